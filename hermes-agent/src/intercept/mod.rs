@@ -1,0 +1,81 @@
+//! Interception: accepts the connections steered to the agent and serves each one with a
+//! protocol handler, until shutdown; then lets in-flight connections finish within a grace period.
+pub mod passthrough;
+
+use std::{future::Future, io, net::SocketAddr, time::Duration};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+};
+
+use crate::steer::Listeners;
+
+/// Serves one accepted client connection.
+pub trait Handler: Clone + Send + 'static {
+    fn serve(self, client: TcpStream, peer: SocketAddr) -> impl Future<Output = ()> + Send;
+}
+
+/// Accepts on `listeners` until `shutdown` resolves, then waits up to `grace` for the connections
+/// being served to finish and aborts the rest. Dropping the listeners on shutdown makes the
+/// kernel remove them from the SOCKMAP: from then on the port fails closed (or open).
+pub async fn serve(
+    listeners: Listeners,
+    handler: impl Handler,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> io::Result<()> {
+    let v4 = into_tokio(listeners.v4)?;
+    let v6 = listeners.v6.map(into_tokio).transpose()?;
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = v4.accept() => accepted,
+            accepted = accept(v6.as_ref()) => accepted,
+            // Reap finished connections so the set does not grow with the connection count.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                connections.spawn(handler.clone().serve(client, peer));
+            }
+            Err(error) => {
+                // Out of file descriptors or memory: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop((v4, v6));
+    tracing::info!(
+        in_flight = connections.len(),
+        grace = ?grace,
+        "shutting down: no longer accepting"
+    );
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            aborted = connections.len(),
+            "grace period over; closing connections still open"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+fn into_tokio(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
+async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}

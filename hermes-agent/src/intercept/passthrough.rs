@@ -1,0 +1,39 @@
+//! Interception only: each steered connection is proxied to the app as a byte stream, both
+//! ways, half-close included. The baseline that measures what interception costs.
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::net::TcpStream;
+
+use super::Handler;
+
+/// Bytes buffered per direction: large enough that bulk transfers move in few syscalls.
+const BUFFER: usize = 64 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Passthrough {
+    pub app: SocketAddr,
+}
+
+impl Handler for Passthrough {
+    async fn serve(self, mut client: TcpStream, peer: SocketAddr) {
+        let mut app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.app))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        {
+            Ok(app) => app,
+            Err(error) => {
+                // Closing the client connection is all we can tell it at the byte level.
+                tracing::warn!(%peer, app = %self.app, %error, "app unreachable");
+                return;
+            }
+        };
+        let _ = client.set_nodelay(true);
+        let _ = app.set_nodelay(true);
+        match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut app, BUFFER, BUFFER).await
+        {
+            Ok((up, down)) => tracing::debug!(%peer, up, down, "connection done"),
+            Err(error) => tracing::debug!(%peer, %error, "connection ended"),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! `hermes-agent`: see `hermes-agent --help`.
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use hermes_agent::{
+    config::{Cli, EXIT_USAGE, Invocation},
+    steer,
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let invocation = match Cli::invocation(std::env::args_os()) {
+        Ok(invocation) => invocation,
+        Err(error) if error.use_stderr() => {
+            let _ = error.print();
+            std::process::exit(EXIT_USAGE);
+        }
+        Err(help) => {
+            let _ = help.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match invocation {
+        Invocation::Detach(args) => exit(detach(&args)),
+        Invocation::Agent(config) => {
+            if let Err(error) = config.validate() {
+                eprintln!("error: {error}");
+                std::process::exit(EXIT_USAGE);
+            }
+            exit(agent(config))
+        }
+    }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn detach(args: &hermes_agent::config::DetachArgs) -> anyhow::Result<()> {
+    let target = steer::Target {
+        netns: args.netns.as_deref(),
+        port: args.port,
+        fail_open: false,
+        bpffs: &args.bpffs,
+    };
+    if !steer::detach(&target)? {
+        tracing::info!(
+            port = args.port,
+            "nothing to detach: the port was not steered"
+        );
+    }
+    Ok(())
+}
+
+fn agent(config: hermes_agent::Config) -> anyhow::Result<()> {
+    // Before the runtime starts, so that every thread it creates, and so every socket, lives in
+    // the protected namespace. Only the network namespace changes: pins stay in our bpffs.
+    if let Some(netns) = &config.netns {
+        steer::netns::enter(netns)
+            .with_context(|| format!("cannot enter network namespace {}", netns.display()))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(hermes_agent::run(config, shutdown_signal()))?;
+    tracing::info!("stopped; steering stays pinned (fail closed) until an agent takes over");
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one ends the process at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received; draining (send another to stop at once)");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: stopping now");
+        std::process::exit(0);
+    });
+}

@@ -1,0 +1,147 @@
+//! Processes started in a lab: killed by PID when dropped, their output kept for inspection and
+//! printed if the test that owns them fails.
+use std::{
+    io::{self, BufRead, BufReader, Read},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+#[derive(Default)]
+struct Output {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+/// A child process with its stdout and stderr captured line by line.
+pub struct Process {
+    name: String,
+    child: Child,
+    output: Arc<Output>,
+}
+
+impl Process {
+    /// Starts `command` with stdout and stderr captured.
+    pub fn spawn(name: impl Into<String>, mut command: Command) -> io::Result<Self> {
+        let name = name.into();
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start {name}: {e}")))?;
+        let output = Arc::new(Output::default());
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        collect(stdout, Arc::clone(&output));
+        collect(stderr, Arc::clone(&output));
+        Ok(Self {
+            name,
+            child,
+            output,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until a line of output contains `needle`; fails if the process exits first or
+    /// `timeout` passes.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> io::Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        loop {
+            {
+                let lines = self.output.lines.lock().unwrap();
+                if let Some(line) = lines[seen..].iter().find(|line| line.contains(needle)) {
+                    return Ok(line.clone());
+                }
+                seen = lines.len();
+                let wait = deadline.saturating_duration_since(Instant::now());
+                if wait.is_zero() {
+                    return Err(self.failure(format!("no `{needle}` within {timeout:?}")));
+                }
+                let _unused = self
+                    .output
+                    .changed
+                    .wait_timeout(lines, wait.min(Duration::from_millis(100)))
+                    .unwrap();
+            }
+            if let Some(status) = self.child.try_wait()? {
+                // Give the readers a moment to deliver the last lines before judging.
+                std::thread::sleep(Duration::from_millis(50));
+                let lines = self.output.lines.lock().unwrap();
+                if let Some(line) = lines[seen..].iter().find(|line| line.contains(needle)) {
+                    return Ok(line.clone());
+                }
+                drop(lines);
+                return Err(self.failure(format!("exited ({status}) before `{needle}`")));
+            }
+        }
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> Vec<String> {
+        self.output.lines.lock().unwrap().clone()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) -> io::Result<ExitStatus> {
+        self.child.kill()?;
+        self.child.wait()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) -> io::Result<()> {
+        // SAFETY: kill(2) on our own child's PID, which is not reaped yet.
+        if unsafe { libc::kill(self.child.id() as i32, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(self.failure(format!("still running after {timeout:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn failure(&self, what: String) -> io::Error {
+        let lines = self.output.lines.lock().unwrap();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        io::Error::other(format!("{}: {what}; last output:\n{tail}", self.name))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- output of {} ---", self.name);
+            for line in self.output.lines.lock().unwrap().iter() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static, output: Arc<Output>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            output.lines.lock().unwrap().push(line);
+            output.changed.notify_all();
+        }
+    });
+}

@@ -1,0 +1,78 @@
+//! Helpers shared by the integration tests: a lab per test, the agent and the apps inside it.
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+pub use hermes_lab::{Lab, Node, Process};
+
+/// How long a process may take to come up before a test gives up on it.
+pub const STARTUP: Duration = Duration::from_secs(20);
+
+/// A lab of `nodes` for one test. Without root the test fails, unless `HERMES_SKIP_PRIVILEGED=1`
+/// asks to skip it, which is then printed.
+pub fn lab(nodes: usize) -> Option<Lab> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 && std::env::var_os("HERMES_SKIP_PRIVILEGED").is_some() {
+        eprintln!("SKIPPED: needs root (network namespaces, eBPF); HERMES_SKIP_PRIVILEGED is set");
+        return None;
+    }
+    Some(Lab::up(nodes).expect("cannot create the lab (run as root; `cargo xtask test` does)"))
+}
+
+/// Starts a workspace binary inside `node`.
+pub fn spawn(node: &Node, binary: &str, args: &[&str]) -> Process {
+    let path = hermes_lab::binary(binary).expect("binary");
+    let mut command = node.command(path).expect("command inside the node");
+    command
+        .args(args)
+        .env("RUST_LOG", "info,hermes_agent=debug");
+    Process::spawn(format!("{binary} on node {}", node.id), command).expect("spawn")
+}
+
+/// Starts an agent in `node` and waits until it steers.
+pub fn agent(node: &Node, args: &[&str]) -> Process {
+    let mut agent = spawn(node, "hermes-agent", args);
+    agent
+        .wait_for("steering attached", STARTUP)
+        .expect("agent up");
+    agent
+}
+
+/// Starts `hermes-echo` in `node`, named `name`, listening on `addrs`.
+pub fn echo(node: &Node, name: &str, addrs: &[&str]) -> Process {
+    let mut args = vec![name];
+    args.extend_from_slice(addrs);
+    let mut app = spawn(node, "hermes-echo", &args);
+    app.wait_for("listening", STARTUP).expect("echo app up");
+    app
+}
+
+/// What `hermes-echo` said about a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Greeting {
+    pub app: String,
+    pub peer: SocketAddr,
+    /// Connections the app had accepted, this one included.
+    pub conn: u64,
+}
+
+/// Reads the greeting line `hermes-echo` sends first.
+pub fn greeting(stream: &TcpStream) -> Greeting {
+    let mut line = String::new();
+    // One byte at a time, so that nothing after the line is consumed.
+    let mut reader = BufReader::with_capacity(1, stream);
+    reader.read_line(&mut line).expect("greeting");
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no {key} in greeting {line:?}"))
+            .to_owned()
+    };
+    Greeting {
+        app: field("app"),
+        peer: field("peer").parse().expect("peer address"),
+        conn: field("conn").parse().expect("connection count"),
+    }
+}

@@ -1,0 +1,149 @@
+//! `cargo xtask`: the project's commands. See `cargo xtask --help`.
+mod setup;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test Hermes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks to build and test Hermes (Debian packages, rust-src,
+    /// bpf-linker), and check that the eBPF toolchain fits together. Idempotent.
+    Setup,
+    /// Build the agent (release) and run it in the foreground with the given flags, e.g.
+    /// `cargo xtask build-and-load -- --port 8080 --passthrough`.
+    BuildAndLoad {
+        /// Flags for hermes-agent (see `hermes-agent --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Network namespaces as hosts, for trying things by hand.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+    /// Run the whole test suite, including the privileged lab tests (needs root). Runs setup first.
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Create a lab of N nodes and leave it running.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Delete every lab on this machine, with the processes and pins inside.
+    Down,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::run().map(drop),
+        Task::BuildAndLoad { args } => build_and_load(&args),
+        Task::Lab { command } => lab(command),
+        Task::Test { args } => test(&args),
+    }
+}
+
+fn build_and_load(args: &[String]) -> anyhow::Result<()> {
+    let ebpf = setup::run()?;
+    cargo(&ebpf, &["build", "--release", "--package", "hermes-agent"])?;
+    let agent = target_dir().join("release/hermes-agent");
+    eprintln!("$ {} {}", agent.display(), args.join(" "));
+    // Replace this process so that signals (Ctrl-C, SIGTERM) reach the agent directly.
+    Err(Command::new(&agent).args(args).exec()).with_context(|| format!("exec {}", agent.display()))
+}
+
+fn lab(command: LabCommand) -> anyhow::Result<()> {
+    match command {
+        LabCommand::Up { nodes } => {
+            let lab = hermes_lab::Lab::up(nodes)?;
+            println!(
+                "lab {} is up; clients reach nodes from this namespace:",
+                lab.index
+            );
+            for node in &lab.nodes {
+                println!(
+                    "  node {}: {} / {}  (netns {}, e.g. `ip netns exec {} ...`)",
+                    node.id,
+                    node.ip,
+                    node.ip6,
+                    node.netns_path().display(),
+                    node.netns
+                );
+            }
+            println!("remove with `cargo xtask lab down`");
+            lab.keep();
+        }
+        LabCommand::Down => {
+            let removed = hermes_lab::teardown_all()?;
+            println!("removed {} lab(s) {removed:?}", removed.len());
+        }
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let ebpf = setup::run()?;
+    cargo(&ebpf, &["fmt", "--all", "--check"])
+        .context("code is not formatted: run `cargo fmt --all`")?;
+    cargo(
+        &ebpf,
+        &[
+            "clippy",
+            "--all-targets",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // The lab tests start the workspace's binaries: build them in the profile the tests use.
+    cargo(&ebpf, &["build", "--release", "--bins"])?;
+    let mut test = vec!["test", "--release"];
+    test.extend(args.iter().map(String::as_str));
+    cargo(&ebpf, &test)
+}
+
+/// Runs cargo in the workspace with the eBPF toolchain chosen by setup.
+fn cargo(ebpf: &setup::EbpfToolchain, args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .env("HERMES_EBPF_TOOLCHAIN", &ebpf.toolchain)
+        .status()?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
