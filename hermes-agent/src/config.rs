@@ -1,5 +1,5 @@
 //! Command line and environment: every flag of the agent can also come from `HERMES_<FLAG>`.
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
@@ -25,7 +25,7 @@ pub struct Cli {
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Invocation {
-    Agent(Config),
+    Agent(Box<Config>),
     Detach(DetachArgs),
 }
 
@@ -39,7 +39,7 @@ impl Cli {
         let cli = Self::try_parse_from(args)?;
         match (cli.command, cli.agent) {
             (Some(Command::Detach(args)), _) => Ok(Invocation::Detach(args)),
-            (None, Some(config)) => Ok(Invocation::Agent(config)),
+            (None, Some(config)) => Ok(Invocation::Agent(Box::new(config))),
             (None, None) => Err(Self::command().error(
                 clap::error::ErrorKind::MissingRequiredArgument,
                 "--port is required",
@@ -103,6 +103,112 @@ pub struct Config {
     /// Where bpffs is (or will be) mounted; pins go under `<bpffs>/hermes/`.
     #[arg(long, env = "HERMES_BPFFS", default_value = "/sys/fs/bpf")]
     pub bpffs: PathBuf,
+
+    /// This node's id in the cluster: one of the ids in --peers.
+    #[arg(long, env = "HERMES_NODE_ID", help_heading = "Replication")]
+    pub node_id: Option<u64>,
+
+    /// The cluster's voters and where their peers listen: ID=HOST:PORT,... (this node included,
+    /// same list on every node). The member with the lowest id forms the cluster once all answer.
+    #[arg(long, env = "HERMES_PEERS", value_parser = parse_members, help_heading = "Replication")]
+    pub peers: Option<Members>,
+
+    /// Where to listen for peers. Default: this node's address in --peers.
+    #[arg(long, env = "HERMES_RAFT_ADDR", help_heading = "Replication")]
+    pub raft_addr: Option<SocketAddr>,
+
+    /// Where the Raft log, vote and delivery progress are kept. Keep it across restarts: a node
+    /// restarted with it rejoins with its log and delivers nothing twice.
+    #[arg(long, env = "HERMES_DATA_DIR", help_heading = "Replication")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Admin API (status, health, readiness).
+    #[arg(long, env = "HERMES_ADMIN", default_value = "127.0.0.1:9180")]
+    pub admin: SocketAddr,
+
+    /// Largest request body accepted (larger: 413). Units: k, KiB, M, MiB, G, GiB.
+    #[arg(long, env = "HERMES_MAX_BODY", default_value = "8MiB", value_parser = parse_size, help_heading = "Limits")]
+    pub max_body: u64,
+
+    /// A request, once begun, must arrive completely within this (or: 408).
+    #[arg(long, env = "HERMES_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration, help_heading = "Limits")]
+    pub client_timeout: Duration,
+
+    /// Close kept-alive client connections idle for this long.
+    #[arg(long, env = "HERMES_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration, help_heading = "Limits")]
+    pub idle_timeout: Duration,
+
+    /// Longest a client waits for its request to be ordered and answered (then: 504, outcome
+    /// unknown; or 503 when no leader could take it).
+    #[arg(long, env = "HERMES_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration, help_heading = "Limits")]
+    pub request_timeout: Duration,
+
+    /// Longest the app may take to answer one request before it is retried.
+    #[arg(long, env = "HERMES_APP_TIMEOUT", default_value = "60s", value_parser = parse_duration, help_heading = "Limits")]
+    pub app_timeout: Duration,
+
+    /// Requests of this node's clients waiting for the log at most (more: 503 with Retry-After).
+    #[arg(
+        long,
+        env = "HERMES_MAX_PENDING",
+        default_value_t = 4096,
+        help_heading = "Limits"
+    )]
+    pub max_pending: usize,
+}
+
+/// Cluster members: node id to peer address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Members(pub BTreeMap<u64, String>);
+
+/// Parses `1=host:port,2=host:port`.
+fn parse_members(text: &str) -> Result<Members, String> {
+    let mut members = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("`{item}` is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{id}` is not a node id"))?;
+        let addr = addr.trim();
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            return Err(format!("`{addr}` is not HOST:PORT"));
+        }
+        if members.insert(id, addr.to_owned()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if members.is_empty() {
+        return Err("no members".into());
+    }
+    Ok(Members(members))
+}
+
+/// Parses `65536`, `64k`, `64KiB`, `8M`, `8MiB`, `1G`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 8MiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown unit `{other}` in `{text}`")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// A configuration that parses but cannot work.
@@ -113,8 +219,14 @@ pub enum ConfigError {
          connections to the app would be steered back to it; run the app on 127.0.0.1:{1}"
     )]
     AppSteered(SocketAddr, u16),
-    #[error("replicated mode is not available yet; run with --passthrough")]
-    ReplicationUnavailable,
+    #[error("{0} is required (or --passthrough, for interception without replication)")]
+    Missing(&'static str),
+    #[error("--node-id {0} is not one of the --peers")]
+    NotAMember(u64),
+    #[error(
+        "--peers gives node {0} the address `{1}`, which is not an IP:PORT to listen on; give --raft-addr"
+    )]
+    NoListenAddr(u64, String),
 }
 
 impl Config {
@@ -130,10 +242,39 @@ impl Config {
         if app.port() == self.port && !app.ip().is_loopback() {
             return Err(ConfigError::AppSteered(app, self.port));
         }
-        if !self.passthrough {
-            return Err(ConfigError::ReplicationUnavailable);
+        self.settings().map(drop)
+    }
+
+    /// What the Raft node needs; `None` in passthrough mode.
+    pub fn settings(&self) -> Result<Option<crate::order::Settings>, ConfigError> {
+        if self.passthrough {
+            return Ok(None);
         }
-        Ok(())
+        let node_id = self.node_id.ok_or(ConfigError::Missing("--node-id"))?;
+        let Members(members) = self.peers.clone().ok_or(ConfigError::Missing("--peers"))?;
+        let data_dir = self
+            .data_dir
+            .clone()
+            .ok_or(ConfigError::Missing("--data-dir"))?;
+        let own = members
+            .get(&node_id)
+            .ok_or(ConfigError::NotAMember(node_id))?;
+        let raft_addr = match self.raft_addr {
+            Some(addr) => addr,
+            None => own
+                .parse()
+                .map_err(|_| ConfigError::NoListenAddr(node_id, own.clone()))?,
+        };
+        Ok(Some(crate::order::Settings {
+            node_id,
+            raft_addr,
+            members,
+            data_dir,
+            app: self.app_addr(),
+            app_timeout: self.app_timeout,
+            request_timeout: self.request_timeout,
+            max_pending: self.max_pending,
+        }))
     }
 }
 
@@ -170,7 +311,7 @@ mod tests {
 
     fn agent(args: &[&str]) -> Config {
         match parse(args) {
-            Ok(Invocation::Agent(config)) => config,
+            Ok(Invocation::Agent(config)) => *config,
             other => panic!("{args:?} parsed as {other:?}"),
         }
     }
@@ -179,6 +320,10 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("lots").is_err());
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("soon").is_err());
@@ -202,6 +347,44 @@ mod tests {
         agent(&["--port", "80", "--app", "10.0.0.1:81", "--passthrough"])
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn replication_needs_its_flags() {
+        let config = agent(&["--port", "80"]);
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Missing("--node-id"))
+        ));
+        let full = [
+            "--port",
+            "80",
+            "--node-id",
+            "2",
+            "--peers",
+            "1=10.0.0.1:7000,2=10.0.0.2:7000",
+            "--data-dir",
+            "/d",
+        ];
+        let settings = agent(&full).settings().unwrap().unwrap();
+        assert_eq!(settings.raft_addr, "10.0.0.2:7000".parse().unwrap());
+        assert_eq!(settings.members.len(), 2);
+        let stranger = agent(&[
+            "--port",
+            "80",
+            "--node-id",
+            "3",
+            "--peers",
+            "1=10.0.0.1:7000",
+            "--data-dir",
+            "/d",
+        ]);
+        assert!(matches!(
+            stranger.validate(),
+            Err(ConfigError::NotAMember(3))
+        ));
+        assert!(parse(&["--port", "80", "--peers", "1=nowhere"]).is_err());
+        assert!(parse(&["--port", "80", "--peers", "1=a:1,1=b:2"]).is_err());
     }
 
     #[test]

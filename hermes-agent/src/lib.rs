@@ -3,30 +3,53 @@
 //! - [`config`]: flags and `HERMES_*` environment.
 //! - [`steer`]: the eBPF `sk_lookup` program that steers the protected port to the agent, pinned
 //!   so that it fails closed while no agent runs.
-//! - [`intercept`]: accepts steered connections and serves them (for now: [`intercept::passthrough`]).
+//! - [`intercept`]: accepts steered connections and parses their requests ([`intercept::http`]),
+//!   or only relays bytes ([`intercept::passthrough`]).
+//! - [`order`]: totally orders the requests of all nodes through Raft and delivers them, in log
+//!   order, with [`deliver`] to the local app.
+//! - [`admin`]: status, health and readiness over HTTP.
+//! - [`http`]: HTTP/1.1 framing shared by interception and delivery.
 //!
 //! [`run`] is the whole daemon, so tests and `main` start it the same way.
+pub mod admin;
 pub mod config;
+pub mod deliver;
+pub mod http;
 pub mod intercept;
+pub mod order;
 pub mod steer;
 
-use std::future::Future;
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 pub use config::Config;
 
 /// Why an agent stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error("cannot listen for steered connections: {0}")]
     Listen(std::io::Error),
+    #[error("cannot serve the admin API on {0}: {1}")]
+    Admin(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Start(#[from] order::StartError),
     #[error(transparent)]
     Steer(#[from] steer::Error),
 }
 
 /// Runs an agent in the current network namespace until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let settings = config.settings()?;
     let listeners = steer::Listeners::bind().map_err(Error::Listen)?;
-    steer::attach(
+    let admin_listener = admin::bind(config.admin)
+        .await
+        .map_err(|e| Error::Admin(config.admin, e))?;
+    let node = match settings {
+        Some(settings) => Some(order::Node::start(settings).await?),
+        None => None,
+    };
+    let steering = steer::attach(
         &steer::Target {
             netns: config.netns.as_deref(),
             port: config.port,
@@ -35,10 +58,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
         &listeners,
     )?;
-    let handler = intercept::passthrough::Passthrough {
-        app: config.app_addr(),
+    let admin = admin::Admin {
+        steering,
+        node: node.clone(),
+        max_pending: config.max_pending,
     };
-    intercept::serve(listeners, handler, shutdown, config.grace_period)
-        .await
-        .map_err(Error::Listen)
+    tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
+    let served = match &node {
+        None => {
+            let handler = intercept::passthrough::Passthrough {
+                app: config.app_addr(),
+            };
+            intercept::serve(listeners, handler, shutdown, config.grace_period).await
+        }
+        Some(node) => {
+            let limits = intercept::http::Limits {
+                max_body: config.max_body,
+                client_timeout: config.client_timeout,
+                idle_timeout: config.idle_timeout,
+            };
+            let handler = intercept::http::Http {
+                node: Arc::clone(node),
+                limits,
+            };
+            intercept::serve(listeners, handler, shutdown, config.grace_period).await
+        }
+    };
+    if let Some(node) = node {
+        let _ = node.raft.shutdown().await;
+    }
+    served.map_err(Error::Listen)
 }

@@ -22,7 +22,8 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -34,7 +35,7 @@ fn main() -> ExitCode {
                 eprintln!("error: {error}");
                 std::process::exit(EXIT_USAGE);
             }
-            exit(agent(config))
+            exit(agent(*config))
         }
     }
 }

@@ -1,19 +1,27 @@
 //! Interception: accepts the connections steered to the agent and serves each one with a
 //! protocol handler, until shutdown; then lets in-flight connections finish within a grace period.
+pub mod http;
 pub mod passthrough;
 
 use std::{future::Future, io, net::SocketAddr, time::Duration};
 
 use tokio::{
     net::{TcpListener, TcpStream},
+    sync::watch,
     task::JoinSet,
 };
 
 use crate::steer::Listeners;
 
-/// Serves one accepted client connection.
+/// Serves one accepted client connection. `stop` turns true on shutdown: finish the request in
+/// progress, then close.
 pub trait Handler: Clone + Send + 'static {
-    fn serve(self, client: TcpStream, peer: SocketAddr) -> impl Future<Output = ()> + Send;
+    fn serve(
+        self,
+        client: TcpStream,
+        peer: SocketAddr,
+        stop: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// Accepts on `listeners` until `shutdown` resolves, then waits up to `grace` for the connections
@@ -28,6 +36,7 @@ pub async fn serve(
     let v4 = into_tokio(listeners.v4)?;
     let v6 = listeners.v6.map(into_tokio).transpose()?;
     let mut connections = JoinSet::new();
+    let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -39,7 +48,7 @@ pub async fn serve(
         };
         match accepted {
             Ok((client, peer)) => {
-                connections.spawn(handler.clone().serve(client, peer));
+                connections.spawn(handler.clone().serve(client, peer, stopping.clone()));
             }
             Err(error) => {
                 // Out of file descriptors or memory: back off instead of spinning.
@@ -49,6 +58,7 @@ pub async fn serve(
         }
     }
     drop((v4, v6));
+    let _ = stop.send(true);
     tracing::info!(
         in_flight = connections.len(),
         grace = ?grace,

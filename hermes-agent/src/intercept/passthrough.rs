@@ -2,7 +2,7 @@
 //! ways, half-close included. The baseline that measures what interception costs.
 use std::{net::SocketAddr, time::Duration};
 
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::watch};
 
 use super::Handler;
 
@@ -16,7 +16,9 @@ pub struct Passthrough {
 }
 
 impl Handler for Passthrough {
-    async fn serve(self, mut client: TcpStream, peer: SocketAddr) {
+    /// A byte stream has no request boundaries: on shutdown, it runs until either side closes
+    /// or the grace period ends.
+    async fn serve(self, mut client: TcpStream, peer: SocketAddr, _stop: watch::Receiver<bool>) {
         let mut app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.app))
             .await
             .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))

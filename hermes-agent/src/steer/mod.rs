@@ -18,11 +18,12 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, SockMap},
+    maps::{Array, MapData, PerCpuArray, SockMap},
     programs::{SkLookup, links::FdLink},
 };
 use hermes_common::{
-    FAIL_OPEN, LISTENER_V4, LISTENER_V6, POLICY_MAP, PROGRAM, Policy, SOCKETS_MAP, STATS_MAP,
+    FAIL_OPEN, LISTENER_V4, LISTENER_V6, POLICY_MAP, PROGRAM, Policy, SOCKETS_MAP, STAT_BYPASSED,
+    STAT_DROPPED, STAT_STEERED, STATS_MAP,
 };
 
 /// The compiled `hermes-ebpf` object, built by `build.rs`.
@@ -102,8 +103,42 @@ impl Target<'_> {
     }
 }
 
-/// Steers `target` to `listeners` and pins the result. Returns the pin directory.
-pub fn attach(target: &Target<'_>, listeners: &Listeners) -> Result<PathBuf, Error> {
+/// Attached steering: where it is pinned, and its counters.
+pub struct Steering {
+    pins: PathBuf,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+/// Connections the program has handled since this agent attached it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub steered: u64,
+    pub dropped: u64,
+    pub bypassed: u64,
+}
+
+impl Steering {
+    pub fn pins(&self) -> &Path {
+        &self.pins
+    }
+
+    pub fn stats(&self) -> Stats {
+        let read = |index| {
+            self.stats
+                .get(&index, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        Stats {
+            steered: read(STAT_STEERED),
+            dropped: read(STAT_DROPPED),
+            bypassed: read(STAT_BYPASSED),
+        }
+    }
+}
+
+/// Steers `target` to `listeners` and pins the result.
+pub fn attach(target: &Target<'_>, listeners: &Listeners) -> Result<Steering, Error> {
     let dir = target.pin_dir()?;
     let bpffs_error = |source| Error::Bpffs {
         path: target.bpffs.into(),
@@ -155,6 +190,7 @@ pub fn attach(target: &Target<'_>, listeners: &Listeners) -> Result<PathBuf, Err
     replace_pin(&dir, POLICY_MAP, |path| policy.pin(path))?;
     replace_pin(&dir, SOCKETS_MAP, |path| sockets.pin(path))?;
     replace_pin(&dir, STATS_MAP, |path| stats.pin(path))?;
+    let stats = stats.try_into()?;
     replace_pin(&dir, PIN_PROGRAM, |path| program.pin(path))?;
     replace_pin(&dir, PIN_LINK, |path| link.pin(path).map(drop))?;
     tracing::info!(
@@ -166,7 +202,7 @@ pub fn attach(target: &Target<'_>, listeners: &Listeners) -> Result<PathBuf, Err
         pins = %dir.display(),
         "steering attached: non-loopback TCP connections to the port go to the agent"
     );
-    Ok(dir)
+    Ok(Steering { pins: dir, stats })
 }
 
 /// Pins under a temporary name, then renames over the old pin, so the name never goes missing.

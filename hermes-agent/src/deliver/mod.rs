@@ -1,0 +1,244 @@
+//! Delivery: sends ordered requests to the unchanged local app over a kept-alive connection,
+//! one at a time, and reads each full response. When the app is unreachable or fails mid-way, it
+//! waits and retries, forever: an entry is never skipped. A request that may already have reached
+//! the app is re-sent with a `Hermes-Log-Index` header, so an app that wants exactly-once can
+//! recognise it.
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::http::{self, Body};
+
+/// Name of the header that marks a possible re-delivery.
+pub const LOG_INDEX_HEADER: &str = "Hermes-Log-Index";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The app's complete response, as it sent it.
+#[derive(Clone, Debug)]
+pub struct Response {
+    pub bytes: Bytes,
+    pub status: u16,
+    /// Where the body starts in `bytes`.
+    pub body_at: usize,
+    /// The client connection must close after it (the app closed, or said so).
+    pub close: bool,
+}
+
+impl Response {
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[self.body_at..]
+    }
+}
+
+/// Why one attempt failed; all of them are retried.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error("the app closed the connection before a complete response")]
+    Closed,
+    #[error("the app sent an invalid response: {0}")]
+    Invalid(#[from] http::Invalid),
+}
+
+/// The local application.
+pub struct App {
+    addr: SocketAddr,
+    timeout: Duration,
+    connection: Option<TcpStream>,
+    buffer: BytesMut,
+    /// Whether the last attempt reached the app; readiness reports it.
+    reachable: Arc<AtomicBool>,
+}
+
+impl App {
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+        Self {
+            addr,
+            timeout,
+            connection: None,
+            buffer: BytesMut::with_capacity(16 * 1024),
+            reachable: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Shared flag: did the last delivery attempt reach the app?
+    pub fn reachable(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.reachable)
+    }
+
+    /// Delivers `request` and returns the app's response, retrying until it gets one.
+    /// `redelivery` names the log index when the request may have reached the app before.
+    pub async fn deliver(&mut self, request: &[u8], index: u64, mut redelivery: bool) -> Response {
+        let mut delay = RETRY_MIN;
+        let mut failures = 0u64;
+        let mut stale_retry = true;
+        loop {
+            let marked;
+            let bytes = if redelivery {
+                marked = mark_redelivery(request, index);
+                &marked[..]
+            } else {
+                request
+            };
+            let reused = self.connection.is_some();
+            match self.exchange(bytes).await {
+                Ok(response) => {
+                    if failures > 0 {
+                        tracing::info!(index, failures, app = %self.addr, "app reachable again");
+                    }
+                    self.reachable.store(true, Ordering::Relaxed);
+                    return response;
+                }
+                Err(error) => {
+                    self.connection = None;
+                    // Once bytes may have left, the app may have acted on them.
+                    redelivery |= !matches!(error, AttemptError::Connect(_));
+                    // Most likely a kept-alive connection the app had closed while idle: retry
+                    // at once on a new one.
+                    if reused && stale_retry && matches!(error, AttemptError::Closed) {
+                        stale_retry = false;
+                        continue;
+                    }
+                    self.reachable.store(false, Ordering::Relaxed);
+                    if (failures + 1).is_power_of_two() {
+                        tracing::warn!(index, failures, app = %self.addr, %error, "delivery failed; retrying");
+                    }
+                    failures += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    async fn exchange(&mut self, request: &[u8]) -> Result<Response, AttemptError> {
+        if self.connection.is_none() {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+                .await
+                .map_err(|_| AttemptError::Connect(std::io::ErrorKind::TimedOut.into()))?
+                .map_err(AttemptError::Connect)?;
+            stream.set_nodelay(true).map_err(AttemptError::Connect)?;
+            self.connection = Some(stream);
+        }
+        self.buffer.clear();
+        let timeout = self.timeout;
+        let method = http::method_of(request).to_owned();
+        let connection = self.connection.as_mut().expect("connected above");
+        let buffer = &mut self.buffer;
+        let response = tokio::time::timeout(timeout, async {
+            connection.write_all(request).await?;
+            read_response(connection, buffer, &method).await
+        })
+        .await
+        .map_err(|_| AttemptError::Timeout(timeout))??;
+        if response.close {
+            self.connection = None;
+        }
+        Ok(response)
+    }
+}
+
+/// Reads one final response (skipping interim 1xx ones) into `buffer`.
+async fn read_response(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    method: &str,
+) -> Result<Response, AttemptError> {
+    loop {
+        let head = loop {
+            if let Some(head) = http::parse_response(buffer, method)? {
+                break head;
+            }
+            if buffer.len() > 64 * 1024 {
+                return Err(http::Invalid::HeadersTooLarge.into());
+            }
+            read_more(stream, buffer).await?;
+        };
+        if (100..200).contains(&head.status) {
+            let _ = buffer.split_to(head.len);
+            continue;
+        }
+        let total = match head.body {
+            Body::None => head.len,
+            Body::Length(n) => {
+                let total = head.len
+                    + usize::try_from(n).map_err(|_| http::Invalid::Malformed("length"))?;
+                buffer.reserve(total.saturating_sub(buffer.len()));
+                while buffer.len() < total {
+                    read_more(stream, buffer).await?;
+                }
+                total
+            }
+            Body::Chunked => loop {
+                if let Some(len) = http::chunked_len(&buffer[head.len..])? {
+                    break head.len + len;
+                }
+                read_more(stream, buffer).await?;
+            },
+            Body::UntilClose => {
+                while stream.read_buf(buffer).await? != 0 {}
+                buffer.len()
+            }
+        };
+        // Anything beyond the response is a protocol error of the app; do not reuse.
+        let close = head.close || buffer.len() > total;
+        let bytes = buffer.split_to(total).freeze();
+        return Ok(Response {
+            bytes,
+            status: head.status,
+            body_at: head.len,
+            close,
+        });
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> Result<(), AttemptError> {
+    if buffer.capacity() - buffer.len() < 4096 {
+        buffer.reserve(16 * 1024);
+    }
+    if stream.read_buf(buffer).await? == 0 {
+        return Err(AttemptError::Closed);
+    }
+    Ok(())
+}
+
+fn mark_redelivery(request: &[u8], index: u64) -> Vec<u8> {
+    let head = http::head_len(request).unwrap_or(request.len());
+    let line = format!("{LOG_INDEX_HEADER}: {index}");
+    let mut marked = http::rewrite_head(&request[..head], Some(&line), &[LOG_INDEX_HEADER]);
+    marked.extend_from_slice(&request[head..]);
+    marked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redelivery_names_the_log_index() {
+        let marked = mark_redelivery(b"POST /insert HTTP/1.1\r\nHost: a\r\n\r\nbody", 42);
+        assert_eq!(
+            marked,
+            b"POST /insert HTTP/1.1\r\nHost: a\r\nHermes-Log-Index: 42\r\n\r\nbody"
+        );
+    }
+}

@@ -1,0 +1,523 @@
+//! The durable Raft log, in redb, with group commit.
+//!
+//! `append` puts entries in an in-memory cache, where readers see them at once, and queues them
+//! to a writer thread. The writer takes everything queued, writes it in one transaction, commits
+//! it with one fsync (redb's `Durability::Immediate`), and only then tells openraft the entries
+//! are durable. The cache also keeps the most recent durable entries, which replication reads.
+//! Operations that must be in order with appends (truncate, purge, vote) go through the same
+//! queue and wait for their commit.
+use std::{
+    collections::BTreeMap,
+    fmt::Debug,
+    ops::{Bound, RangeBounds},
+    path::Path,
+    sync::{Arc, Mutex, mpsc},
+};
+
+use openraft::{RaftLogReader, storage::RaftLogStorage};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::oneshot;
+
+use super::typ::{
+    Entry, LogFlushed, LogId, LogState, StorageError, StorageIOError, TypeConfig, Vote,
+};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const PURGED: &str = "purged";
+
+/// Durable entries kept in memory for replication and apply.
+const CACHE: usize = 8192;
+/// Most operations written in one transaction.
+const BATCH: usize = 4096;
+
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    db: Arc<Database>,
+    state: Mutex<State>,
+    /// `None` only while dropping.
+    writer: Option<mpsc::Sender<Write>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Shared {
+    /// Lets the writer finish what is queued and close the database before returning, so that
+    /// the log can be opened again at once.
+    fn drop(&mut self) {
+        self.writer = None;
+        if let Some(thread) = self.writer_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Entries not yet durable, and the most recent durable ones.
+    cache: BTreeMap<u64, Entry>,
+    last_log_id: Option<LogId>,
+    last_purged: Option<LogId>,
+    /// The last entry the writer made durable.
+    durable: Option<LogId>,
+    committed: Option<LogId>,
+}
+
+type Done = oneshot::Sender<Result<(), String>>;
+
+enum Write {
+    Append {
+        entries: Vec<(LogId, Vec<u8>)>,
+        flushed: LogFlushed,
+    },
+    Meta {
+        key: &'static str,
+        value: Vec<u8>,
+        done: Option<Done>,
+    },
+    Truncate {
+        from: u64,
+        done: Done,
+    },
+    Purge {
+        upto: LogId,
+        done: Done,
+    },
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `path`.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let db = Database::create(path).map_err(|e| StorageIOError::write_logs(&e))?;
+        let txn = db
+            .begin_write()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        txn.open_table(LOG)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        txn.open_table(META)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        txn.commit().map_err(|e| StorageIOError::write_logs(&e))?;
+        let db = Arc::new(db);
+
+        let mut state = State {
+            last_purged: read_meta::<Option<LogId>>(&db, PURGED)?.flatten(),
+            committed: read_meta::<Option<LogId>>(&db, COMMITTED)?.flatten(),
+            ..State::default()
+        };
+        let last = read_range(&db, (Bound::Unbounded, Bound::Unbounded), true)?;
+        state.last_log_id = last.last().map(|e| e.log_id).or(state.last_purged);
+        state.durable = state.last_log_id;
+
+        let (writer, queue) = mpsc::channel();
+        let writer_db = Arc::clone(&db);
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
+            let weak = weak.clone();
+            let thread = std::thread::Builder::new()
+                .name("hermes-log-writer".into())
+                .spawn(move || write_loop(&writer_db, &queue, &weak));
+            Shared {
+                db,
+                state: Mutex::new(state),
+                writer: Some(writer),
+                writer_thread: thread.ok(),
+            }
+        });
+        if shared.writer_thread.is_none() {
+            return Err(StorageIOError::write_logs(&std::io::Error::other(
+                "cannot start the log writer",
+            ))
+            .into());
+        }
+        Ok(Self { shared })
+    }
+
+    /// The commit index openraft last reported, for status and readiness.
+    pub fn committed(&self) -> Option<LogId> {
+        self.shared.state.lock().unwrap().committed
+    }
+
+    fn queue(&self, write: Write) -> Result<(), StorageError> {
+        self.shared
+            .writer
+            .as_ref()
+            .expect("writer lives as long as the store")
+            .send(write)
+            .map_err(|_| {
+                StorageIOError::write_logs(&std::io::Error::other("log writer stopped")).into()
+            })
+    }
+
+    async fn queue_and_wait(
+        &self,
+        make: impl FnOnce(Done) -> Write,
+        error: fn(&std::io::Error) -> StorageIOError,
+    ) -> Result<(), StorageError> {
+        let (done, wait) = oneshot::channel();
+        self.queue(make(done))?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(error(&std::io::Error::other(message)).into()),
+            Err(_) => Err(error(&std::io::Error::other("log writer stopped")).into()),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (mut found, last, first_cached) = {
+            let state = self.shared.state.lock().unwrap();
+            let cached: BTreeMap<u64, Entry> = state
+                .cache
+                .range(range.clone())
+                .map(|(i, e)| (*i, e.clone()))
+                .collect();
+            let first_cached = state.cache.keys().next().copied();
+            (cached, state.last_log_id.map(|id| id.index), first_cached)
+        };
+        let Some(last) = last else {
+            return Ok(Vec::new());
+        };
+        // Entries below the cache come from disk.
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        if first_cached.is_none_or(|first| start < first) {
+            let end = first_cached.map_or(Bound::Unbounded, Bound::Excluded);
+            let end = match (end, range.end_bound()) {
+                (Bound::Excluded(a), Bound::Excluded(b)) => Bound::Excluded(a.min(*b)),
+                (Bound::Excluded(a), Bound::Included(b)) => Bound::Excluded(a.min(b + 1)),
+                (Bound::Unbounded, b) => b.cloned(),
+                (other, _) => other,
+            };
+            for entry in read_range(&self.shared.db, (Bound::Included(start), end), false)? {
+                found.entry(entry.log_id.index).or_insert(entry);
+            }
+        }
+        Ok(found
+            .into_values()
+            .filter(|e| e.log_id.index <= last)
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
+        let state = self.shared.state.lock().unwrap();
+        Ok(LogState {
+            last_purged_log_id: state.last_purged,
+            last_log_id: state.last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let value = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        self.queue_and_wait(
+            |done| Write::Meta {
+                key: VOTE,
+                value,
+                done: Some(done),
+            },
+            |e| StorageIOError::write_vote(e),
+        )
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        read_meta(&self.shared.db, VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.shared.state.lock().unwrap().committed = committed;
+        // Not waited for: a lost commit index is learnt again from the leader.
+        let value = encode(&committed).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.queue(Write::Meta {
+            key: COMMITTED,
+            value,
+            done: None,
+        })
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.shared.state.lock().unwrap().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, flushed: LogFlushed) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut encoded = Vec::new();
+        {
+            let mut state = self.shared.state.lock().unwrap();
+            for entry in entries {
+                let bytes = encode(&entry)
+                    .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+                encoded.push((entry.log_id, bytes));
+                state.last_log_id = Some(entry.log_id);
+                state.cache.insert(entry.log_id.index, entry);
+            }
+        }
+        self.queue(Write::Append {
+            entries: encoded,
+            flushed,
+        })
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut state = self.shared.state.lock().unwrap();
+            state.cache.split_off(&log_id.index);
+            let previous = log_id.index.checked_sub(1);
+            let previous = match previous {
+                Some(i) if state.last_purged.is_none_or(|p| p.index < i) => {
+                    match state.cache.get(&i) {
+                        Some(entry) => Some(entry.log_id),
+                        None => read_range(
+                            &self.shared.db,
+                            (Bound::Included(i), Bound::Included(i)),
+                            false,
+                        )?
+                        .first()
+                        .map(|e| e.log_id),
+                    }
+                }
+                _ => state.last_purged,
+            };
+            state.last_log_id = previous;
+            state.durable = state.durable.min(previous);
+        }
+        self.queue_and_wait(
+            |done| Write::Truncate {
+                from: log_id.index,
+                done,
+            },
+            |e| StorageIOError::write_logs(e),
+        )
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut state = self.shared.state.lock().unwrap();
+            state.cache = state.cache.split_off(&(log_id.index + 1));
+            state.last_purged = Some(log_id);
+            if state.last_log_id < Some(log_id) {
+                state.last_log_id = Some(log_id);
+            }
+        }
+        self.queue_and_wait(
+            |done| Write::Purge { upto: log_id, done },
+            |e| StorageIOError::write_logs(e),
+        )
+        .await
+    }
+}
+
+fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &std::sync::Weak<Shared>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match queue.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let result = write_batch(db, &batch).map_err(|e| e.to_string());
+        let mut last_appended = None;
+        for write in batch {
+            match write {
+                Write::Append { entries, flushed } => {
+                    last_appended = entries.last().map(|(id, _)| *id).or(last_appended);
+                    flushed.log_io_completed(result.clone().map_err(std::io::Error::other));
+                }
+                Write::Truncate { done, .. } | Write::Purge { done, .. } => {
+                    let _ = done.send(result.clone());
+                }
+                Write::Meta { done, .. } => {
+                    if let Some(done) = done {
+                        let _ = done.send(result.clone());
+                    }
+                }
+            }
+        }
+        let (Some(shared), Some(appended), Ok(())) = (shared.upgrade(), last_appended, &result)
+        else {
+            continue;
+        };
+        let mut state = shared.state.lock().unwrap();
+        if state.last_log_id >= Some(appended) {
+            state.durable = state.durable.max(Some(appended));
+        }
+        // Keep the newest entries; drop the oldest durable ones.
+        while state.cache.len() > CACHE {
+            let Some((&index, _)) = state.cache.first_key_value() else {
+                break;
+            };
+            if state.durable.is_none_or(|d| index > d.index) {
+                break;
+            }
+            state.cache.pop_first();
+        }
+    }
+}
+
+fn write_batch(db: &Database, batch: &[Write]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut log = txn.open_table(LOG)?;
+        let mut meta = txn.open_table(META)?;
+        for write in batch {
+            match write {
+                Write::Append { entries, .. } => {
+                    for (id, bytes) in entries {
+                        log.insert(id.index, bytes.as_slice())?;
+                    }
+                }
+                Write::Meta { key, value, .. } => {
+                    meta.insert(*key, value.as_slice())?;
+                }
+                Write::Truncate { from, .. } => {
+                    log.retain_in(*from.., |_, _| false)?;
+                }
+                Write::Purge { upto, .. } => {
+                    log.retain_in(..=upto.index, |_, _| false)?;
+                    meta.insert(
+                        PURGED,
+                        encode(&Some(*upto)).map_err(redb::Error::Io)?.as_slice(),
+                    )?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn read_range(
+    db: &Database,
+    range: (Bound<u64>, Bound<u64>),
+    last_only: bool,
+) -> Result<Vec<Entry>, StorageError> {
+    let read = |e: &dyn std::error::Error| -> StorageError {
+        StorageIOError::read_logs(&std::io::Error::other(e.to_string())).into()
+    };
+    let txn = db.begin_read().map_err(|e| read(&e))?;
+    let table = txn.open_table(LOG).map_err(|e| read(&e))?;
+    let mut rows = table.range(range).map_err(|e| read(&e))?;
+    let mut entries = Vec::new();
+    if last_only {
+        if let Some(row) = rows.next_back() {
+            let (_, value) = row.map_err(|e| read(&e))?;
+            entries.push(decode(value.value()).map_err(|e| read(&e))?);
+        }
+        return Ok(entries);
+    }
+    for row in rows {
+        let (_, value) = row.map_err(|e| read(&e))?;
+        entries.push(decode(value.value()).map_err(|e| read(&e))?);
+    }
+    Ok(entries)
+}
+
+fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, StorageError> {
+    let read = |e: &dyn std::error::Error| -> StorageError {
+        StorageIOError::read(&std::io::Error::other(e.to_string())).into()
+    };
+    let txn = db.begin_read().map_err(|e| read(&e))?;
+    let table = txn.open_table(META).map_err(|e| read(&e))?;
+    match table.get(key).map_err(|e| read(&e))? {
+        Some(value) => decode(value.value()).map(Some).map_err(|e| read(&e)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, std::io::Error> {
+    postcard::to_stdvec(value).map_err(std::io::Error::other)
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, std::io::Error> {
+    postcard::from_bytes(bytes).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::{
+        storage::RaftLogStorageExt as _,
+        testing::{StoreBuilder, Suite},
+    };
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::{deliver::App, order::state_machine::StateMachine};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+        async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let mut log = LogStore::open(&dir.path().join("log.redb"))?;
+            // The suite applies no app requests: the app is never contacted.
+            let app = App::new(([127, 0, 0, 1], 9).into(), Duration::from_secs(1));
+            let (state_machine, _) = StateMachine::open(dir.path(), 1, app, &mut log).await?;
+            Ok((dir, log, state_machine))
+        }
+    }
+
+    #[test]
+    fn passes_openraft_storage_suite() {
+        Suite::test_all(Builder).unwrap();
+    }
+
+    #[tokio::test]
+    async fn entries_and_vote_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        let vote = Vote::new(3, 2);
+        {
+            let mut log = LogStore::open(&path).unwrap();
+            let entries: Vec<Entry> = (1..=3)
+                .map(|i| Entry {
+                    log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
+                    payload: crate::order::typ::EntryPayload::Normal(crate::order::typ::Command {
+                        origin: 1,
+                        id: i,
+                        payload: bytes::Bytes::from(vec![i as u8; 3]),
+                    }),
+                })
+                .collect();
+            log.blocking_append(entries).await.unwrap();
+            log.save_vote(&vote).await.unwrap();
+        }
+        let mut log = LogStore::open(&path).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        let entries = log.try_get_log_entries(1..).await.unwrap();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(
+            log.get_log_state()
+                .await
+                .unwrap()
+                .last_log_id
+                .map(|id| id.index),
+            Some(3)
+        );
+    }
+}

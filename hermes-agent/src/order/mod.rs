@@ -1,0 +1,385 @@
+//! Ordering: every node's client requests go through one Raft log (openraft), and each node's
+//! state machine delivers the committed entries, in order, to its local app.
+//!
+//! - [`typ`]: the Raft type configuration; [`log_store`]: the durable log (redb);
+//!   [`state_machine`]: delivery to the app, exactly once;
+//! - [`network`] (client) and [`server`]: the peer transport, [`wire`]: its messages.
+//!
+//! [`Node::submit`] is what interception calls: it proposes a request (directly on the leader,
+//! forwarded by followers), follows leader changes, and returns the local app's response once
+//! this node has delivered it.
+#![allow(
+    clippy::result_large_err,
+    reason = "openraft's storage traits return its StorageError; boxing it here would only move the copy"
+)]
+pub mod log_store;
+pub mod network;
+pub mod server;
+pub mod state_machine;
+pub mod typ;
+pub mod wire;
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use openraft::{
+    BasicNode, SnapshotPolicy,
+    error::{ClientWriteError, InitializeError, RaftError},
+};
+use tokio::{
+    net::TcpListener,
+    sync::Semaphore,
+    time::{Instant, sleep_until},
+};
+
+use crate::deliver::{App, Response};
+use log_store::LogStore;
+use network::{Network, Peers};
+use state_machine::{Shared, StateMachine};
+use typ::{Command, Metrics, NodeId, Raft};
+use wire::{ForwardError, Request, Response as PeerResponse};
+
+/// What a node needs to know to start.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub node_id: NodeId,
+    /// Where peers reach this node.
+    pub raft_addr: SocketAddr,
+    /// The initial voters and their peer addresses (this node included).
+    pub members: BTreeMap<NodeId, String>,
+    pub data_dir: PathBuf,
+    pub app: SocketAddr,
+    pub app_timeout: Duration,
+    /// Longest a client waits for its request to be ordered and answered.
+    pub request_timeout: Duration,
+    /// Requests of this node's clients in flight at most.
+    pub max_pending: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error("storage: {0}")]
+    Storage(#[from] typ::StorageError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("cannot listen for peers on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+/// Why a request was not answered by the app.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("too many requests in flight on this node")]
+    Overloaded,
+    #[error("no leader could be reached; the request was not ordered")]
+    NoLeader,
+    #[error("not answered within the request timeout; the outcome is unknown")]
+    Timeout,
+}
+
+/// A running Raft node and the means to submit requests to it.
+pub struct Node {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    pub log: LogStore,
+    /// Commit index when the node started: readiness waits until it is applied.
+    pub startup_commit: u64,
+    peers: Peers,
+    boot: u64,
+    sequence: AtomicU64,
+    pending: Semaphore,
+    request_timeout: Duration,
+}
+
+impl Node {
+    /// Opens the node's storage, starts Raft and the peer server, and forms the cluster when all
+    /// members are reachable for the first time.
+    pub async fn start(settings: Settings) -> Result<Arc<Self>, StartError> {
+        let dir = &settings.data_dir;
+        let dir_error = |e| StartError::DataDir(dir.clone(), e);
+        std::fs::create_dir_all(dir).map_err(dir_error)?;
+        let boot = next_boot(dir).map_err(dir_error)?;
+        let mut log = LogStore::open(&dir.join("log.redb"))?;
+        let startup_commit = log.committed().map_or(0, |id| id.index);
+        let app = App::new(settings.app, settings.app_timeout);
+        let (state_machine, shared) =
+            StateMachine::open(dir, settings.node_id, app, &mut log).await?;
+
+        let config = openraft::Config {
+            cluster_name: "hermes".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 600,
+            election_timeout_max: 1200,
+            max_payload_entries: 1024,
+            // Without snapshot hooks the app's state cannot be captured: keep the whole log, so
+            // that a new or wiped replica replays it from the start.
+            snapshot_policy: SnapshotPolicy::Never,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let peers = Peers::default();
+        let raft = Raft::new(
+            settings.node_id,
+            Arc::new(config),
+            Network {
+                peers: peers.clone(),
+            },
+            log.clone(),
+            state_machine,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let listener = TcpListener::bind(settings.raft_addr)
+            .await
+            .map_err(|e| StartError::Listen(settings.raft_addr, e))?;
+        tokio::spawn(server::serve(
+            listener,
+            Arc::new(server::Server {
+                raft: raft.clone(),
+                node_id: settings.node_id,
+                forward_timeout: settings.request_timeout,
+            }),
+        ));
+        tokio::spawn(bootstrap(
+            raft.clone(),
+            peers.clone(),
+            settings.node_id,
+            settings.members.clone(),
+        ));
+        tracing::info!(
+            node_id = settings.node_id,
+            raft = %settings.raft_addr,
+            data = %dir.display(),
+            boot,
+            applied = shared.applied_index(),
+            committed = startup_commit,
+            "raft node started"
+        );
+        Ok(Arc::new(Self {
+            id: settings.node_id,
+            raft,
+            shared,
+            log,
+            startup_commit,
+            peers,
+            boot,
+            sequence: AtomicU64::new(0),
+            pending: Semaphore::new(settings.max_pending),
+            request_timeout: settings.request_timeout,
+        }))
+    }
+
+    /// Orders `payload` and returns this node's app response to it.
+    pub async fn submit(&self, payload: Bytes) -> Result<Response, SubmitError> {
+        let _permit = self
+            .pending
+            .try_acquire()
+            .map_err(|_| SubmitError::Overloaded)?;
+        let id = (self.boot << 40) | self.sequence.fetch_add(1, Ordering::Relaxed);
+        let command = Command {
+            origin: self.id,
+            id,
+            payload,
+        };
+        let answered = self.shared.register(id);
+        let _forget = Forget(&self.shared, id);
+        let deadline = Instant::now() + self.request_timeout;
+        let maybe_proposed = AtomicBool::new(false);
+        tokio::select! {
+            response = answered => response.map_err(|_| SubmitError::Timeout),
+            never = self.propose(command, &maybe_proposed) => match never {},
+            () = sleep_until(deadline) => Err(if maybe_proposed.load(Ordering::Relaxed) {
+                SubmitError::Timeout
+            } else {
+                SubmitError::NoLeader
+            }),
+        }
+    }
+
+    /// Proposes `command` until a leader has taken it, then waits (the local apply answers).
+    /// Retries after leader changes; the state machine drops duplicates.
+    async fn propose(&self, command: Command, maybe_proposed: &AtomicBool) -> Infallible {
+        let mut hint = None;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let leader = match hint.take() {
+                Some(leader) => Some(leader),
+                None => self.raft.metrics().borrow().current_leader,
+            };
+            let outcome = match leader {
+                None => Err(None),
+                Some(leader) if leader == self.id => {
+                    maybe_proposed.store(true, Ordering::Relaxed);
+                    match self.raft.client_write(command.clone()).await {
+                        Ok(_) => Ok(()),
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+                            Err(to.leader_id)
+                        }
+                        Err(_) => Err(None),
+                    }
+                }
+                Some(leader) => self.forward(leader, &command, maybe_proposed).await,
+            };
+            match outcome {
+                // Committed: the local state machine will answer.
+                Ok(()) => return std::future::pending().await,
+                Err(Some(next)) if Some(next) != leader => hint = Some(next),
+                Err(_) => {
+                    let mut metrics = self.raft.metrics();
+                    let _ = tokio::time::timeout(backoff, metrics.changed()).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        command: &Command,
+        maybe_proposed: &AtomicBool,
+    ) -> Result<(), Option<NodeId>> {
+        let addr = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+        };
+        let Some(addr) = addr else { return Err(None) };
+        let result = self
+            .peers
+            .get(&addr)
+            .call(&Request::Forward(command.clone()), self.request_timeout)
+            .await;
+        match result {
+            Ok(PeerResponse::Forward(Ok(()))) => {
+                maybe_proposed.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(PeerResponse::Forward(Err(ForwardError::NotLeader(next)))) => Err(next),
+            Ok(other) => {
+                maybe_proposed.store(true, Ordering::Relaxed);
+                tracing::debug!(leader, ?other, "forwarding failed");
+                Err(None)
+            }
+            Err(error) => {
+                if error.maybe_sent() {
+                    maybe_proposed.store(true, Ordering::Relaxed);
+                }
+                tracing::debug!(leader, %error, "forwarding failed");
+                Err(None)
+            }
+        }
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Requests of this node's clients now waiting for the log.
+    pub fn pending(&self, max: usize) -> usize {
+        max - self.pending.available_permits()
+    }
+}
+
+/// Withdraws a waiter when its request is done or abandoned.
+struct Forget<'a>(&'a Shared, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
+    }
+}
+
+/// Counts the node's starts, so that request ids never repeat across restarts.
+fn next_boot(dir: &Path) -> std::io::Result<u64> {
+    let path = dir.join("boot");
+    let boot = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(std::io::Error::other)? + 1,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+        Err(e) => return Err(e),
+    };
+    if boot >= 1 << 24 {
+        return Err(std::io::Error::other("more than 2^24 restarts"));
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, boot.to_string())?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(boot)
+}
+
+/// Forms the cluster once: the member with the lowest id initialises it when every member answers
+/// and none is part of a cluster yet. The others wait to be contacted by the leader.
+async fn bootstrap(raft: Raft, peers: Peers, node_id: NodeId, members: BTreeMap<NodeId, String>) {
+    if members.keys().next() != Some(&node_id) {
+        return;
+    }
+    loop {
+        if raft.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+        let mut all_fresh = true;
+        for (&id, addr) in members.iter().filter(|(id, _)| **id != node_id) {
+            match peers
+                .get(addr)
+                .call(&Request::Hello, Duration::from_secs(1))
+                .await
+            {
+                Ok(PeerResponse::Hello {
+                    node_id: answered,
+                    initialized,
+                }) if answered == id => {
+                    if initialized {
+                        tracing::info!(
+                            peer = id,
+                            "member is already in a cluster; joining it instead of forming one"
+                        );
+                        return;
+                    }
+                }
+                Ok(other) => {
+                    tracing::warn!(peer = id, %addr, ?other, "unexpected answer from member");
+                    all_fresh = false;
+                }
+                Err(error) => {
+                    tracing::debug!(peer = id, %error, "member not reachable yet");
+                    all_fresh = false;
+                }
+            }
+        }
+        if all_fresh {
+            let nodes: BTreeMap<NodeId, BasicNode> = members
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            match raft.initialize(nodes).await {
+                Ok(()) => {
+                    tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "cluster formed");
+                    return;
+                }
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => return,
+                Err(error) => tracing::warn!(%error, "forming the cluster failed; retrying"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

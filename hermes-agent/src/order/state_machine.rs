@@ -1,0 +1,490 @@
+//! The state machine is the local application: each committed entry is delivered to the app, in
+//! log order, one at a time. Around it, this module keeps what makes delivery exactly-once:
+//!
+//! - `applied` (with the entry in flight, if any) is persisted as each entry is delivered, so a
+//!   restarted agent neither skips nor repeats; the entry that was in flight during a crash is
+//!   re-delivered with a `Hermes-Log-Index` header;
+//! - commands are deduplicated on (origin, request id) over a window of recent log entries, so a
+//!   proposal retried through a leader change is delivered once; the window is rebuilt from the
+//!   log on start, so every replica decides alike;
+//! - on the command's origin node, the client waiting for it gets the app's response.
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    fs::File,
+    io::{Cursor, Write as _},
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use openraft::{RaftLogReader, RaftSnapshotBuilder, storage::RaftStateMachine};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::{
+    log_store::{LogStore, decode, encode},
+    typ::{
+        Command, Entry, EntryPayload, LogId, NodeId, Snapshot, SnapshotMeta, StorageError,
+        StorageIOError, StoredMembership, TypeConfig,
+    },
+};
+use crate::deliver::{App, Response};
+
+/// Log entries over which duplicates are recognised. A retried proposal lands within the
+/// request timeout of the original; at 20k requests/s that is 13 s.
+pub const DEDUP_WINDOW: u64 = 1 << 18;
+/// Recent response digests kept for comparison between replicas.
+const DIGESTS: usize = 4096;
+
+/// State shared with interception and the admin API.
+pub struct Shared {
+    node_id: NodeId,
+    waiters: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
+    applied: AtomicU64,
+    deliveries: AtomicU64,
+    digests: Mutex<VecDeque<(u64, u64)>>,
+    app_reachable: Arc<AtomicBool>,
+}
+
+impl Shared {
+    /// Registers interest in the response to this node's request `id`.
+    pub fn register(&self, id: u64) -> oneshot::Receiver<Response> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().unwrap().insert(id, tx);
+        rx
+    }
+
+    /// Withdraws interest (the client gave up or went away).
+    pub fn forget(&self, id: u64) {
+        self.waiters.lock().unwrap().remove(&id);
+    }
+
+    /// Index of the last entry delivered (0: none).
+    pub fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// App requests delivered since the log began.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last delivery attempt reached the app.
+    pub fn app_reachable(&self) -> bool {
+        self.app_reachable.load(Ordering::Relaxed)
+    }
+
+    /// `(log index, digest of status and body)` of recent deliveries at or after `from`.
+    pub fn digests(&self, from: u64) -> Vec<(u64, u64)> {
+        let digests = self.digests.lock().unwrap();
+        digests
+            .iter()
+            .filter(|(i, _)| *i >= from)
+            .copied()
+            .collect()
+    }
+}
+
+/// What survives a restart besides the log.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+struct Progress {
+    applied: Option<LogId>,
+    /// Delivered to the app, response not yet recorded.
+    in_flight: Option<u64>,
+    deliveries: u64,
+}
+
+/// The latest snapshot, built or installed, as its metadata and bytes.
+type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
+
+/// What a snapshot carries besides its metadata.
+#[derive(Serialize, Deserialize)]
+struct SnapshotState {
+    deliveries: u64,
+    dedup: Vec<(u64, (NodeId, u64))>,
+}
+
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    app: App,
+    progress: Progress,
+    progress_file: ProgressFile,
+    membership: StoredMembership,
+    membership_path: PathBuf,
+    dedup: Dedup,
+    current: CurrentSnapshot,
+}
+
+impl StateMachine {
+    /// Opens the state kept in `dir` and rebuilds the duplicate window from `log`.
+    pub async fn open(
+        dir: &Path,
+        node_id: NodeId,
+        app: App,
+        log: &mut LogStore,
+    ) -> Result<(Self, Arc<Shared>), StorageError> {
+        let progress_file = ProgressFile::open(&dir.join("applied"))
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let progress = progress_file.read();
+        let membership_path = dir.join("membership");
+        let membership = match std::fs::read(&membership_path) {
+            Ok(bytes) => decode(&bytes).map_err(|e| StorageIOError::read_state_machine(&e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoredMembership::default(),
+            Err(e) => return Err(StorageIOError::read_state_machine(&e).into()),
+        };
+        let applied = progress.applied.map_or(0, |id| id.index);
+        let mut dedup = Dedup::default();
+        let mut next = applied.saturating_sub(DEDUP_WINDOW - 1).max(1);
+        while next <= applied {
+            let end = (next + 4096).min(applied + 1);
+            let entries = log.try_get_log_entries(next..end).await?;
+            for entry in &entries {
+                if let EntryPayload::Normal(command) = &entry.payload {
+                    dedup.insert(entry.log_id.index, command.key());
+                }
+            }
+            next = end;
+        }
+        if progress.in_flight.is_some() {
+            tracing::warn!(index = ?progress.in_flight, "an entry was in flight when the agent stopped; it will be re-delivered with a {} header", crate::deliver::LOG_INDEX_HEADER);
+        }
+        let shared = Arc::new(Shared {
+            node_id,
+            waiters: Mutex::default(),
+            applied: AtomicU64::new(applied),
+            deliveries: AtomicU64::new(progress.deliveries),
+            digests: Mutex::default(),
+            app_reachable: app.reachable(),
+        });
+        let machine = Self {
+            shared: Arc::clone(&shared),
+            app,
+            progress,
+            progress_file,
+            membership,
+            membership_path,
+            dedup,
+            current: Arc::default(),
+        };
+        Ok((machine, shared))
+    }
+
+    async fn deliver(&mut self, log_id: LogId, command: Command) -> Result<(), StorageError> {
+        let index = log_id.index;
+        if self.dedup.contains(&command.key()) {
+            tracing::debug!(
+                index,
+                origin = command.origin,
+                id = command.id,
+                "duplicate proposal; not delivered again"
+            );
+            return Ok(());
+        }
+        let redelivery = self.progress.in_flight == Some(index);
+        self.progress.in_flight = Some(index);
+        self.save_progress(log_id)?;
+        let response = self.app.deliver(&command.payload, index, redelivery).await;
+        self.progress.deliveries += 1;
+        self.shared
+            .deliveries
+            .store(self.progress.deliveries, Ordering::Relaxed);
+        self.dedup.insert(index, command.key());
+        {
+            let mut digests = self.shared.digests.lock().unwrap();
+            if digests.len() == DIGESTS {
+                digests.pop_front();
+            }
+            digests.push_back((index, digest(response.status, response.body())));
+        }
+        if command.origin == self.shared.node_id
+            && let Some(waiter) = self.shared.waiters.lock().unwrap().remove(&command.id)
+        {
+            let _ = waiter.send(response);
+        }
+        Ok(())
+    }
+
+    fn save_progress(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.progress_file
+            .write(&self.progress)
+            .map_err(|e| StorageIOError::apply(log_id, &e).into())
+    }
+
+    fn save_membership(&self) -> Result<(), StorageError> {
+        let bytes =
+            encode(&self.membership).map_err(|e| StorageIOError::write_state_machine(&e))?;
+        write_atomically(&self.membership_path, &bytes)
+            .map_err(|e| StorageIOError::write_state_machine(&e).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.progress.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut replies = Vec::new();
+        for entry in entries {
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Membership(membership) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    self.save_membership()?;
+                }
+                EntryPayload::Normal(command) => self.deliver(entry.log_id, command).await?,
+            }
+            self.progress.applied = Some(entry.log_id);
+            self.progress.in_flight = None;
+            self.save_progress(entry.log_id)?;
+            self.shared
+                .applied
+                .store(entry.log_id.index, Ordering::Release);
+            replies.push(());
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            meta: SnapshotMeta {
+                last_log_id: self.progress.applied,
+                last_membership: self.membership.clone(),
+                snapshot_id: format!(
+                    "{}-{}",
+                    self.progress.applied.map_or(0, |id| id.index),
+                    self.progress.deliveries
+                ),
+            },
+            state: SnapshotState {
+                deliveries: self.progress.deliveries,
+                dedup: self.dedup.order.iter().copied().collect(),
+            },
+            current: Arc::clone(&self.current),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::default())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let signature = Some(meta.signature());
+        let bytes = snapshot.into_inner();
+        let state: SnapshotState =
+            decode(&bytes).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
+        // Without the app's state in it, a snapshot can only stand in for entries that carried
+        // no app request: anything else would leave this replica's app behind for good.
+        if state.deliveries != self.progress.deliveries {
+            let error = std::io::Error::other(format!(
+                "the snapshot covers {} app requests, this replica delivered {}; it holds no app \
+                 state, so installing it would skip requests",
+                state.deliveries, self.progress.deliveries
+            ));
+            return Err(StorageIOError::write_snapshot(signature, &error).into());
+        }
+        self.dedup = Dedup::default();
+        for (index, key) in state.dedup {
+            self.dedup.insert(index, key);
+        }
+        self.membership = meta.last_membership.clone();
+        self.save_membership()?;
+        self.progress.applied = meta.last_log_id;
+        self.progress.in_flight = None;
+        self.progress_file
+            .write(&self.progress)
+            .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+        self.shared
+            .applied
+            .store(meta.last_log_id.map_or(0, |id| id.index), Ordering::Release);
+        *self.current.lock().unwrap() = Some((meta.clone(), bytes));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self
+            .current
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|(meta, bytes)| Snapshot {
+                meta: meta.clone(),
+                snapshot: Box::new(Cursor::new(bytes.clone())),
+            }))
+    }
+}
+
+/// Builds a snapshot of the state captured when it was created.
+pub struct SnapshotBuilder {
+    meta: SnapshotMeta,
+    state: SnapshotState,
+    current: CurrentSnapshot,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let bytes = encode(&self.state)
+            .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), &e))?;
+        *self.current.lock().unwrap() = Some((self.meta.clone(), bytes.clone()));
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+/// Keys of the commands in the last [`DEDUP_WINDOW`] log entries.
+#[derive(Default)]
+struct Dedup {
+    seen: HashSet<(NodeId, u64)>,
+    order: VecDeque<(u64, (NodeId, u64))>,
+}
+
+impl Dedup {
+    fn contains(&self, key: &(NodeId, u64)) -> bool {
+        self.seen.contains(key)
+    }
+
+    fn insert(&mut self, index: u64, key: (NodeId, u64)) {
+        self.seen.insert(key);
+        self.order.push_back((index, key));
+        while let Some(&(oldest, key)) = self.order.front() {
+            if oldest + DEDUP_WINDOW > index {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&key);
+        }
+    }
+}
+
+/// [`Progress`] in two alternating slots with a sequence number and checksum, so that a torn
+/// write leaves the previous record readable. Written per entry without fsync: it survives the
+/// agent's crash (the case that matters); a machine crash takes the app's unsynced state too.
+struct ProgressFile {
+    file: File,
+    seq: u64,
+}
+
+const SLOT: usize = 128;
+
+impl ProgressFile {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let mut this = Self { file, seq: 0 };
+        this.seq = this.best().map_or(0, |(seq, _)| seq);
+        Ok(this)
+    }
+
+    fn read(&self) -> Progress {
+        self.best()
+            .map(|(_, progress)| progress)
+            .unwrap_or_default()
+    }
+
+    fn best(&self) -> Option<(u64, Progress)> {
+        (0..2)
+            .filter_map(|slot| {
+                let mut buf = [0u8; SLOT];
+                self.file
+                    .read_exact_at(&mut buf, (slot * SLOT) as u64)
+                    .ok()?;
+                let len = u16::from_le_bytes([buf[0], buf[1]]) as usize;
+                let body = buf.get(2..2 + len)?;
+                let sum = buf.get(2 + len..10 + len)?;
+                (digest(0, body).to_le_bytes() == sum).then_some(())?;
+                decode::<(u64, Progress)>(body).ok()
+            })
+            .max_by_key(|(seq, _)| *seq)
+    }
+
+    fn write(&mut self, progress: &Progress) -> std::io::Result<()> {
+        self.seq += 1;
+        let body = encode(&(self.seq, progress))?;
+        let mut buf = [0u8; SLOT];
+        buf[..2].copy_from_slice(&(body.len() as u16).to_le_bytes());
+        buf[2..2 + body.len()].copy_from_slice(&body);
+        buf[2 + body.len()..10 + body.len()].copy_from_slice(&digest(0, &body).to_le_bytes());
+        self.file.write_all_at(&buf, (self.seq % 2) * SLOT as u64)
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// FNV-1a over the status and the body: equal on replicas whose apps answered alike.
+pub fn digest(status: u16, body: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in status.to_be_bytes().iter().chain(body) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_survives_reopen_and_a_torn_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("applied");
+        let mut file = ProgressFile::open(&path).unwrap();
+        assert_eq!(file.read(), Progress::default());
+        let first = Progress {
+            applied: None,
+            in_flight: Some(1),
+            deliveries: 0,
+        };
+        let second = Progress {
+            applied: None,
+            in_flight: None,
+            deliveries: 1,
+        };
+        file.write(&first).unwrap();
+        file.write(&second).unwrap();
+        assert_eq!(ProgressFile::open(&path).unwrap().read(), second);
+        // Tear the newest slot: the previous record is what remains.
+        file.file
+            .write_all_at(&[0xff; 8], (file.seq % 2) * SLOT as u64 + 4)
+            .unwrap();
+        assert_eq!(ProgressFile::open(&path).unwrap().read(), first);
+    }
+
+    #[test]
+    fn dedup_forgets_beyond_the_window() {
+        let mut dedup = Dedup::default();
+        dedup.insert(1, (1, 7));
+        assert!(dedup.contains(&(1, 7)));
+        dedup.insert(DEDUP_WINDOW, (2, 7));
+        assert!(dedup.contains(&(1, 7)));
+        dedup.insert(DEDUP_WINDOW + 1, (2, 8));
+        assert!(!dedup.contains(&(1, 7)));
+        assert!(dedup.contains(&(2, 7)));
+    }
+}

@@ -1,0 +1,67 @@
+//! The Raft type configuration, in one place: no other file spells openraft's generics.
+use std::io::Cursor;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A node of the cluster, as in `--node-id`.
+pub type NodeId = u64;
+
+/// A client request, opaque to ordering: only `intercept` and `deliver` know its protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The node whose client sent it: only there is the app's response returned.
+    pub origin: NodeId,
+    /// Unique per origin, across restarts: `(boot << 40) | sequence`.
+    pub id: u64,
+    /// The request as the app will receive it.
+    pub payload: Bytes,
+}
+
+impl Command {
+    /// What the state machine deduplicates on.
+    pub fn key(&self) -> (NodeId, u64) {
+        (self.origin, self.id)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Hermes' Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = (),
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type EntryPayload = openraft::EntryPayload<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type LogState = openraft::storage::LogState<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type Snapshot = openraft::storage::Snapshot<TypeConfig>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StorageIOError = openraft::StorageIOError<NodeId>;
+pub type LogFlushed = openraft::storage::LogFlushed<TypeConfig>;
+pub type Metrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
+
+pub mod rpc {
+    //! Raft messages between peers.
+    use super::{NodeId, TypeConfig};
+    pub type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+    pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<NodeId>;
+    pub type VoteRequest = openraft::raft::VoteRequest<NodeId>;
+    pub type VoteResponse = openraft::raft::VoteResponse<NodeId>;
+    pub type InstallSnapshotRequest = openraft::raft::InstallSnapshotRequest<TypeConfig>;
+    pub type InstallSnapshotResponse = openraft::raft::InstallSnapshotResponse<NodeId>;
+    pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
+    pub type InstallSnapshotError = openraft::error::InstallSnapshotError;
+    pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, openraft::BasicNode>;
+    pub type RpcError<E = openraft::error::Infallible> =
+        openraft::error::RPCError<NodeId, openraft::BasicNode, RaftError<E>>;
+}

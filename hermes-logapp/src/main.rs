@@ -1,0 +1,422 @@
+//! `hermes-logapp`: the sample application of the Hermes paper, and the benchmark app.
+//!
+//! - `POST /insert` appends the request body as one line to the log file and answers
+//!   `201 Created` with the new line number (and `Location: /line/N`);
+//! - `GET /line/N` returns line N (1-based), `404` past the end;
+//! - `GET /count` returns the number of lines.
+//!
+//! The file is the state: a restarted app continues it. Each insert is one `write(2)` (no fsync),
+//! so the file is complete whenever the app has answered. Bodies may not contain line breaks.
+use std::{
+    fs::File,
+    io::{self, Read as _, Write as _},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use bytes::{Buf, BytesMut};
+use clap::Parser;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "The Hermes paper's log server: POST /insert, GET /line/N, GET /count"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The log file (created if missing; an existing one is continued).
+    #[arg(long)]
+    file: PathBuf,
+    /// When the file is new, fill it with this many deterministic lines first.
+    #[arg(long, default_value_t = 0)]
+    prepopulate: usize,
+    /// Bytes per pre-populated line.
+    #[arg(long, default_value_t = 128)]
+    line_bytes: usize,
+    /// Largest body accepted.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body: usize,
+}
+
+/// The lines, in memory for reads, and the file they are appended to.
+struct Log {
+    file: File,
+    data: Vec<u8>,
+    /// Start of each line in `data`, plus the end.
+    starts: Vec<usize>,
+}
+
+impl Log {
+    fn open(args: &Args) -> io::Result<Self> {
+        let mut file = File::options()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&args.file)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)?;
+        if data.last().is_some_and(|&b| b != b'\n') {
+            // A torn last line (crash mid-write): drop it, as the app never acknowledged it.
+            let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            data.truncate(keep);
+            file.set_len(keep as u64)?;
+        }
+        let mut log = Self {
+            file,
+            data: Vec::new(),
+            starts: vec![0],
+        };
+        for line in data.split_inclusive(|&b| b == b'\n') {
+            log.data.extend_from_slice(&line[..line.len() - 1]);
+            log.starts.push(log.data.len());
+        }
+        if log.count() == 0 && args.prepopulate > 0 {
+            let mut batch = Vec::with_capacity(args.prepopulate * (args.line_bytes + 1));
+            for n in 1..=args.prepopulate {
+                let line = prepopulated_line(n, args.line_bytes);
+                batch.extend_from_slice(&line);
+                batch.push(b'\n');
+                log.data.extend_from_slice(&line);
+                log.starts.push(log.data.len());
+            }
+            log.file.write_all(&batch)?;
+        }
+        Ok(log)
+    }
+
+    fn count(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    fn line(&self, n: usize) -> Option<&[u8]> {
+        (1..=self.count())
+            .contains(&n)
+            .then(|| &self.data[self.starts[n - 1]..self.starts[n]])
+    }
+
+    fn append(&mut self, line: &[u8]) -> io::Result<usize> {
+        let mut record = Vec::with_capacity(line.len() + 1);
+        record.extend_from_slice(line);
+        record.push(b'\n');
+        self.file.write_all(&record)?;
+        self.data.extend_from_slice(line);
+        self.starts.push(self.data.len());
+        Ok(self.count())
+    }
+}
+
+/// Line `n` of a pre-populated log: its number, then a letter repeated, `bytes` long.
+fn prepopulated_line(n: usize, bytes: usize) -> Vec<u8> {
+    let mut line = format!("{n:08}-").into_bytes();
+    line.resize(bytes.max(line.len()), b'a' + (n % 26) as u8);
+    line.truncate(bytes);
+    line
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let log = match Log::open(&args) {
+        Ok(log) => Arc::new(Mutex::new(log)),
+        Err(error) => {
+            eprintln!(
+                "hermes-logapp: cannot open {}: {error}",
+                args.file.display()
+            );
+            std::process::exit(1);
+        }
+    };
+    let listener = match TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("hermes-logapp: cannot listen on {}: {error}", args.listen);
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "hermes-logapp listening on {} with {} lines in {}",
+        args.listen,
+        log.lock().unwrap().count(),
+        args.file.display()
+    );
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let log = Arc::clone(&log);
+        let max_body = args.max_body;
+        tokio::spawn(async move {
+            let _ = connection(stream, &log, max_body).await;
+        });
+    }
+}
+
+async fn connection(mut stream: TcpStream, log: &Mutex<Log>, max_body: usize) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        let request = loop {
+            match parse(&buf, max_body) {
+                Ok(Some(request)) => break Ok(request),
+                Ok(None) => {}
+                Err(status) => break Err(status),
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        };
+        out.clear();
+        let close = match request {
+            Ok(request) => {
+                let close = request.close;
+                respond(&mut out, log, &request, close)?;
+                buf.advance(request.len);
+                close
+            }
+            Err((status, reason)) => {
+                write_response(&mut out, status, reason, &[], b"", true);
+                true
+            }
+        };
+        stream.write_all(&out).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+struct Request {
+    /// Bytes of the whole request in the buffer.
+    len: usize,
+    post: bool,
+    get: bool,
+    path: String,
+    body: Vec<u8>,
+    close: bool,
+}
+
+/// A status and reason to refuse a request with.
+type Refusal = (u16, &'static str);
+
+/// Parses one request from the start of `buf`; `Ok(None)`: more bytes needed.
+fn parse(buf: &[u8], max_body: usize) -> Result<Option<Request>, Refusal> {
+    const BAD: Refusal = (400, "Bad Request");
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    let head = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => return Ok(None),
+        _ => return Err(BAD),
+    };
+    let mut length = None;
+    let mut chunked = false;
+    let mut close = request.version == Some(0);
+    for header in request.headers.iter() {
+        let value = std::str::from_utf8(header.value).map_err(|_| BAD)?.trim();
+        if header.name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse::<usize>().map_err(|_| BAD)?);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close")
+                || (close && !value.eq_ignore_ascii_case("keep-alive"));
+        }
+    }
+    let (body, len) = if chunked {
+        match dechunk(&buf[head..], max_body)? {
+            Some((body, used)) => (body, head + used),
+            None => return Ok(None),
+        }
+    } else {
+        let length = length.unwrap_or(0);
+        if length > max_body {
+            return Err((413, "Content Too Large"));
+        }
+        if buf.len() < head + length {
+            return Ok(None);
+        }
+        (buf[head..head + length].to_vec(), head + length)
+    };
+    let method = request.method.unwrap_or("");
+    Ok(Some(Request {
+        len,
+        post: method == "POST",
+        get: method == "GET" || method == "HEAD",
+        path: request.path.unwrap_or("").to_owned(),
+        body,
+        close,
+    }))
+}
+
+/// Decodes a chunked body; returns it and the bytes it took, or `None` if incomplete.
+fn dechunk(mut buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, Refusal> {
+    let total = buf.len();
+    let mut body = Vec::new();
+    loop {
+        let (used, size) = match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete(parsed)) => parsed,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err((400, "Bad Request")),
+        };
+        buf = &buf[used..];
+        let size = size as usize;
+        if size == 0 {
+            // Skip trailers up to the blank line.
+            loop {
+                let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                    return Ok(None);
+                };
+                buf = &buf[end + 2..];
+                if end == 0 {
+                    return Ok(Some((body, total - buf.len())));
+                }
+            }
+        }
+        if body.len() + size > max_body {
+            return Err((413, "Content Too Large"));
+        }
+        if buf.len() < size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf = &buf[size + 2..];
+    }
+}
+
+fn respond(out: &mut Vec<u8>, log: &Mutex<Log>, request: &Request, close: bool) -> io::Result<()> {
+    let path = request.path.as_str();
+    if path == "/insert" {
+        if !request.post {
+            write_response(
+                out,
+                405,
+                "Method Not Allowed",
+                &[("Allow", "POST")],
+                b"use POST\n",
+                close,
+            );
+        } else if request.body.iter().any(|&b| b == b'\n' || b == b'\r') {
+            write_response(
+                out,
+                400,
+                "Bad Request",
+                &[],
+                b"the body is one line: no line breaks\n",
+                close,
+            );
+        } else {
+            let n = log.lock().unwrap().append(&request.body)?;
+            let location = format!("/line/{n}");
+            write_response(
+                out,
+                201,
+                "Created",
+                &[("Location", &location)],
+                format!("{n}\n").as_bytes(),
+                close,
+            );
+        }
+    } else if let Some(n) = path.strip_prefix("/line/") {
+        if !request.get {
+            write_response(
+                out,
+                405,
+                "Method Not Allowed",
+                &[("Allow", "GET")],
+                b"use GET\n",
+                close,
+            );
+            return Ok(());
+        }
+        let log = log.lock().unwrap();
+        match n.parse().ok().and_then(|n| log.line(n)) {
+            Some(line) => write_response(out, 200, "OK", &[], line, close),
+            None => write_response(out, 404, "Not Found", &[], b"no such line\n", close),
+        }
+    } else if path == "/count" && request.get {
+        let count = log.lock().unwrap().count();
+        write_response(out, 200, "OK", &[], format!("{count}\n").as_bytes(), close);
+    } else {
+        write_response(
+            out,
+            404,
+            "Not Found",
+            &[],
+            b"try POST /insert, GET /line/N, GET /count\n",
+            close,
+        );
+    }
+    Ok(())
+}
+
+fn write_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    reason: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    close: bool,
+) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepopulated_lines_are_deterministic() {
+        assert_eq!(prepopulated_line(3, 12), b"00000003-ddd");
+        assert_eq!(prepopulated_line(3, 128).len(), 128);
+    }
+
+    #[test]
+    fn parses_length_and_chunked_bodies() {
+        let r = parse(
+            b"POST /insert HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET",
+            100,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((r.body.as_slice(), r.len, r.post), (&b"abc"[..], 47, true));
+        let r = parse(b"POST /insert HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n", 100)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.body, b"abc");
+        assert!(
+            parse(b"POST /insert HTTP/1.1\r\nContent-Length: 3\r\n\r\nab", 100)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            parse(b"POST /insert HTTP/1.1\r\nContent-Length: 300\r\n\r\n", 100).err(),
+            Some((413, "Content Too Large"))
+        );
+        assert!(
+            parse(b"GET / HTTP/1.0\r\n\r\n", 100)
+                .unwrap()
+                .unwrap()
+                .close
+        );
+    }
+}
