@@ -7,10 +7,16 @@
 //!
 //! The file is the state: a restarted app continues it. Each insert is one `write(2)` (no fsync),
 //! so the file is complete whenever the app has answered. Bodies may not contain line breaks.
+//!
+//! Exactly-once behind Hermes: Hermes names the log index of every request it delivers
+//! (`Hermes-Log-Index`), and delivers the entry in flight during a crash a second time. Before
+//! appending, the app records "index I becomes line L" in `<file>.hermes-index`; a request whose
+//! index it has already appended gets the original answer and appends nothing.
 use std::{
     fs::File,
     io::{self, Read as _, Write as _},
     net::SocketAddr,
+    os::unix::fs::FileExt as _,
     path::PathBuf,
     sync::{Arc, Mutex},
 };
@@ -51,6 +57,19 @@ struct Log {
     data: Vec<u8>,
     /// Start of each line in `data`, plus the end.
     starts: Vec<usize>,
+    /// The last Hermes log index appended, and the line it became: `(index, line)`.
+    intent: Option<(u64, usize)>,
+    intent_file: File,
+}
+
+/// What an insert did.
+enum Inserted {
+    /// Appended as this line.
+    Line(usize),
+    /// This log index was appended before, as this line.
+    Again(usize),
+    /// An index older than the last one appended: not a redelivery Hermes makes.
+    Stale(u64),
 }
 
 impl Log {
@@ -68,10 +87,26 @@ impl Log {
             data.truncate(keep);
             file.set_len(keep as u64)?;
         }
+        let mut intent_path = args.file.clone().into_os_string();
+        intent_path.push(".hermes-index");
+        let intent_file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(intent_path)?;
+        let mut record = [0u8; 16];
+        let intent = intent_file.read_exact_at(&mut record, 0).ok().map(|()| {
+            let index = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
+            let line = u64::from_le_bytes(record[8..].try_into().expect("8 bytes"));
+            (index, line as usize)
+        });
         let mut log = Self {
             file,
             data: Vec::new(),
             starts: vec![0],
+            intent,
+            intent_file,
         };
         for line in data.split_inclusive(|&b| b == b'\n') {
             log.data.extend_from_slice(&line[..line.len() - 1]);
@@ -99,6 +134,27 @@ impl Log {
         (1..=self.count())
             .contains(&n)
             .then(|| &self.data[self.starts[n - 1]..self.starts[n]])
+    }
+
+    /// Appends `line`, unless it is the request of a Hermes log `index` appended before.
+    fn insert(&mut self, line: &[u8], index: Option<u64>) -> io::Result<Inserted> {
+        if let (Some(index), Some((last, last_line))) = (index, self.intent) {
+            if index < last {
+                return Ok(Inserted::Stale(index));
+            }
+            if index == last && self.count() >= last_line {
+                return Ok(Inserted::Again(last_line));
+            }
+        }
+        if let Some(index) = index {
+            let line = self.count() + 1;
+            let mut record = [0u8; 16];
+            record[..8].copy_from_slice(&index.to_le_bytes());
+            record[8..].copy_from_slice(&(line as u64).to_le_bytes());
+            self.intent_file.write_all_at(&record, 0)?;
+            self.intent = Some((index, line));
+        }
+        self.append(line).map(Inserted::Line)
     }
 
     fn append(&mut self, line: &[u8]) -> io::Result<usize> {
@@ -201,6 +257,8 @@ struct Request {
     path: String,
     body: Vec<u8>,
     close: bool,
+    /// `Hermes-Log-Index`, when delivered by Hermes.
+    log_index: Option<u64>,
 }
 
 /// A status and reason to refuse a request with.
@@ -219,12 +277,15 @@ fn parse(buf: &[u8], max_body: usize) -> Result<Option<Request>, Refusal> {
     let mut length = None;
     let mut chunked = false;
     let mut close = request.version == Some(0);
+    let mut log_index = None;
     for header in request.headers.iter() {
         let value = std::str::from_utf8(header.value).map_err(|_| BAD)?.trim();
         if header.name.eq_ignore_ascii_case("content-length") {
             length = Some(value.parse::<usize>().map_err(|_| BAD)?);
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = value.eq_ignore_ascii_case("chunked");
+        } else if header.name.eq_ignore_ascii_case("hermes-log-index") {
+            log_index = Some(value.parse::<u64>().map_err(|_| BAD)?);
         } else if header.name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close")
                 || (close && !value.eq_ignore_ascii_case("keep-alive"));
@@ -253,6 +314,7 @@ fn parse(buf: &[u8], max_body: usize) -> Result<Option<Request>, Refusal> {
         path: request.path.unwrap_or("").to_owned(),
         body,
         close,
+        log_index,
     }))
 }
 
@@ -313,16 +375,22 @@ fn respond(out: &mut Vec<u8>, log: &Mutex<Log>, request: &Request, close: bool) 
                 close,
             );
         } else {
-            let n = log.lock().unwrap().append(&request.body)?;
-            let location = format!("/line/{n}");
-            write_response(
-                out,
-                201,
-                "Created",
-                &[("Location", &location)],
-                format!("{n}\n").as_bytes(),
-                close,
-            );
+            let inserted = log
+                .lock()
+                .unwrap()
+                .insert(&request.body, request.log_index)?;
+            match inserted {
+                Inserted::Line(n) | Inserted::Again(n) => {
+                    let location = format!("/line/{n}");
+                    let body = format!("{n}\n");
+                    let headers = [("Location", location.as_str())];
+                    write_response(out, 201, "Created", &headers, body.as_bytes(), close);
+                }
+                Inserted::Stale(index) => {
+                    let body = format!("log index {index} is older than the last one appended\n");
+                    write_response(out, 409, "Conflict", &[], body.as_bytes(), close);
+                }
+            }
         }
     } else if let Some(n) = path.strip_prefix("/line/") {
         if !request.get {
@@ -388,6 +456,41 @@ mod tests {
     fn prepopulated_lines_are_deterministic() {
         assert_eq!(prepopulated_line(3, 12), b"00000003-ddd");
         assert_eq!(prepopulated_line(3, 128).len(), 128);
+    }
+
+    #[test]
+    fn a_log_index_is_appended_once() {
+        let dir = std::env::temp_dir().join(format!("hermes-logapp-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let args = Args::parse_from(["hermes-logapp", "--file", dir.join("log").to_str().unwrap()]);
+        let mut log = Log::open(&args).unwrap();
+        assert!(matches!(
+            log.insert(b"a", Some(5)).unwrap(),
+            Inserted::Line(1)
+        ));
+        assert!(matches!(
+            log.insert(b"a", Some(5)).unwrap(),
+            Inserted::Again(1)
+        ));
+        assert!(matches!(log.insert(b"b", None).unwrap(), Inserted::Line(2)));
+        drop(log);
+        // After a restart: index 5 is known, 7 is new, 6 is stale.
+        let mut log = Log::open(&args).unwrap();
+        assert!(matches!(
+            log.insert(b"a", Some(5)).unwrap(),
+            Inserted::Again(1)
+        ));
+        assert!(matches!(
+            log.insert(b"c", Some(7)).unwrap(),
+            Inserted::Line(3)
+        ));
+        assert!(matches!(
+            log.insert(b"x", Some(6)).unwrap(),
+            Inserted::Stale(6)
+        ));
+        assert_eq!(std::fs::read(dir.join("log")).unwrap(), b"a\nb\nc\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

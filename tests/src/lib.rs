@@ -1,4 +1,8 @@
-//! Helpers shared by the integration tests: a lab per test, the agent and the apps inside it.
+//! Helpers shared by the integration tests: a lab per test, the agent and the apps inside it,
+//! whole clusters ([`cluster`]) and an HTTP client ([`client`]).
+pub mod client;
+pub mod cluster;
+
 use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpStream},

@@ -1,8 +1,11 @@
 //! Delivery: sends ordered requests to the unchanged local app over a kept-alive connection,
 //! one at a time, and reads each full response. When the app is unreachable or fails mid-way, it
-//! waits and retries, forever: an entry is never skipped. A request that may already have reached
-//! the app is re-sent with a `Hermes-Log-Index` header, so an app that wants exactly-once can
-//! recognise it.
+//! waits and retries, forever: an entry is never skipped.
+//!
+//! Every request carries a `Hermes-Log-Index` header with its log index. Apps may ignore it; an
+//! app that wants exactly-once records the index with its state and recognises the one request
+//! that can arrive twice: the entry in flight when the agent or the app crashed, or when a
+//! connection failed mid-request, which is delivered again with the same index.
 use std::{
     net::SocketAddr,
     sync::{
@@ -85,22 +88,16 @@ impl App {
         Arc::clone(&self.reachable)
     }
 
-    /// Delivers `request` and returns the app's response, retrying until it gets one.
-    /// `redelivery` names the log index when the request may have reached the app before.
-    pub async fn deliver(&mut self, request: &[u8], index: u64, mut redelivery: bool) -> Response {
+    /// Delivers `request`, the entry at `index`, and returns the app's response, retrying until
+    /// it gets one.
+    pub async fn deliver(&mut self, request: &[u8], index: u64) -> Response {
         let mut delay = RETRY_MIN;
         let mut failures = 0u64;
         let mut stale_retry = true;
+        let request = with_log_index(request, index);
         loop {
-            let marked;
-            let bytes = if redelivery {
-                marked = mark_redelivery(request, index);
-                &marked[..]
-            } else {
-                request
-            };
             let reused = self.connection.is_some();
-            match self.exchange(bytes).await {
+            match self.exchange(&request).await {
                 Ok(response) => {
                     if failures > 0 {
                         tracing::info!(index, failures, app = %self.addr, "app reachable again");
@@ -110,8 +107,6 @@ impl App {
                 }
                 Err(error) => {
                     self.connection = None;
-                    // Once bytes may have left, the app may have acted on them.
-                    redelivery |= !matches!(error, AttemptError::Connect(_));
                     // Most likely a kept-alive connection the app had closed while idle: retry
                     // at once on a new one.
                     if reused && stale_retry && matches!(error, AttemptError::Closed) {
@@ -221,7 +216,7 @@ async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> Result<(), 
     Ok(())
 }
 
-fn mark_redelivery(request: &[u8], index: u64) -> Vec<u8> {
+fn with_log_index(request: &[u8], index: u64) -> Vec<u8> {
     let head = http::head_len(request).unwrap_or(request.len());
     let line = format!("{LOG_INDEX_HEADER}: {index}");
     let mut marked = http::rewrite_head(&request[..head], Some(&line), &[LOG_INDEX_HEADER]);
@@ -234,8 +229,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redelivery_names_the_log_index() {
-        let marked = mark_redelivery(b"POST /insert HTTP/1.1\r\nHost: a\r\n\r\nbody", 42);
+    fn requests_name_their_log_index() {
+        let marked = with_log_index(
+            b"POST /insert HTTP/1.1\r\nHost: a\r\nHermes-Log-Index: 1\r\n\r\nbody",
+            42,
+        );
         assert_eq!(
             marked,
             b"POST /insert HTTP/1.1\r\nHost: a\r\nHermes-Log-Index: 42\r\n\r\nbody"

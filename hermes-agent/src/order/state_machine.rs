@@ -1,9 +1,9 @@
 //! The state machine is the local application: each committed entry is delivered to the app, in
 //! log order, one at a time. Around it, this module keeps what makes delivery exactly-once:
 //!
-//! - `applied` (with the entry in flight, if any) is persisted as each entry is delivered, so a
-//!   restarted agent neither skips nor repeats; the entry that was in flight during a crash is
-//!   re-delivered with a `Hermes-Log-Index` header;
+//! - `applied` is persisted as each entry is delivered, so a restarted agent neither skips nor
+//!   repeats; the one entry that was in flight during a crash is delivered again, with the same
+//!   `Hermes-Log-Index` header as every delivery, for the app to recognise;
 //! - commands are deduplicated on (origin, request id) over a window of recent log entries, so a
 //!   proposal retried through a leader change is delivered once; the window is rebuilt from the
 //!   log on start, so every replica decides alike;
@@ -92,8 +92,6 @@ impl Shared {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 struct Progress {
     applied: Option<LogId>,
-    /// Delivered to the app, response not yet recorded.
-    in_flight: Option<u64>,
     deliveries: u64,
 }
 
@@ -148,9 +146,6 @@ impl StateMachine {
             }
             next = end;
         }
-        if progress.in_flight.is_some() {
-            tracing::warn!(index = ?progress.in_flight, "an entry was in flight when the agent stopped; it will be re-delivered with a {} header", crate::deliver::LOG_INDEX_HEADER);
-        }
         let shared = Arc::new(Shared {
             node_id,
             waiters: Mutex::default(),
@@ -183,10 +178,7 @@ impl StateMachine {
             );
             return Ok(());
         }
-        let redelivery = self.progress.in_flight == Some(index);
-        self.progress.in_flight = Some(index);
-        self.save_progress(log_id)?;
-        let response = self.app.deliver(&command.payload, index, redelivery).await;
+        let response = self.app.deliver(&command.payload, index).await;
         self.progress.deliveries += 1;
         self.shared
             .deliveries
@@ -244,7 +236,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(command) => self.deliver(entry.log_id, command).await?,
             }
             self.progress.applied = Some(entry.log_id);
-            self.progress.in_flight = None;
             self.save_progress(entry.log_id)?;
             self.shared
                 .applied
@@ -303,7 +294,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.membership = meta.last_membership.clone();
         self.save_membership()?;
         self.progress.applied = meta.last_log_id;
-        self.progress.in_flight = None;
         self.progress_file
             .write(&self.progress)
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
@@ -458,13 +448,11 @@ mod tests {
         assert_eq!(file.read(), Progress::default());
         let first = Progress {
             applied: None,
-            in_flight: Some(1),
-            deliveries: 0,
+            deliveries: 1,
         };
         let second = Progress {
             applied: None,
-            in_flight: None,
-            deliveries: 1,
+            deliveries: 2,
         };
         file.write(&first).unwrap();
         file.write(&second).unwrap();
