@@ -3,8 +3,9 @@
 use std::io::{Read, Write};
 
 use hermes_tests::{
+    App,
     client::{self, read_response},
-    cluster::{App, Cluster},
+    cluster,
 };
 
 /// What the echo app received, from its answer.
@@ -15,7 +16,7 @@ fn received(response: &client::Response) -> String {
 
 #[test]
 fn the_app_gets_the_request_with_forwarding_and_log_index_headers() {
-    let Some(cluster) = Cluster::start(1, App::HttpEcho, &[]) else {
+    let Some(cluster) = cluster(1, App::HttpEcho, &[]) else {
         return;
     };
     let got = received(&client::post(cluster.addr(1), "/anything?x=1", b"payload").unwrap());
@@ -45,7 +46,7 @@ fn the_app_gets_the_request_with_forwarding_and_log_index_headers() {
 
 #[test]
 fn app_responses_reach_the_client_exactly() {
-    let Some(cluster) = Cluster::start(1, App::HttpEcho, &[]) else {
+    let Some(cluster) = cluster(1, App::HttpEcho, &[]) else {
         return;
     };
     let addr = cluster.addr(1);
@@ -75,7 +76,7 @@ fn app_responses_reach_the_client_exactly() {
 
 #[test]
 fn keep_alive_pipelining_and_http_1_0() {
-    let Some(cluster) = Cluster::start(1, App::HttpEcho, &[]) else {
+    let Some(cluster) = cluster(1, App::HttpEcho, &[]) else {
         return;
     };
     let addr = cluster.addr(1);
@@ -112,7 +113,7 @@ fn keep_alive_pipelining_and_http_1_0() {
 
 #[test]
 fn chunked_requests_and_expect_continue() {
-    let Some(cluster) = Cluster::start(1, App::HttpEcho, &[]) else {
+    let Some(cluster) = cluster(1, App::HttpEcho, &[]) else {
         return;
     };
     let addr = cluster.addr(1);

@@ -2,14 +2,11 @@
 //! unchanged app receives them in the same order; failures lose no acknowledged request.
 use std::collections::HashSet;
 
-use hermes_tests::{
-    client,
-    cluster::{App, Cluster, Load, assert_replicas_consistent, eventually},
-};
+use hermes_tests::{App, Load, check_replicas, client, cluster, wait_until};
 
 #[test]
 fn concurrent_posts_to_all_nodes_reach_every_replica_once_in_one_order() {
-    let Some(cluster) = Cluster::start(3, App::Log, &[]) else {
+    let Some(cluster) = cluster(3, App::Log, &[]) else {
         return;
     };
     let addrs: Vec<_> = (1..=3).map(|id| cluster.addr(id)).collect();
@@ -33,7 +30,7 @@ fn concurrent_posts_to_all_nodes_reach_every_replica_once_in_one_order() {
         .flat_map(|c| c.join().unwrap())
         .collect();
     assert_eq!(answers.len(), 300);
-    cluster.wait_converged();
+    cluster.wait_converged().unwrap();
 
     let file = cluster.file(1);
     for id in [2, 3] {
@@ -63,10 +60,10 @@ fn concurrent_posts_to_all_nodes_reach_every_replica_once_in_one_order() {
 
 #[test]
 fn followers_accept_requests_and_app_statuses_and_headers_reach_clients() {
-    let Some(cluster) = Cluster::start(3, App::Log, &[]) else {
+    let Some(cluster) = cluster(3, App::Log, &[]) else {
         return;
     };
-    let leader = cluster.wait_for_leader();
+    let leader = cluster.wait_for_leader().unwrap();
     let follower = (1..=3).find(|id| *id != leader).unwrap();
 
     let created = client::post(cluster.addr(follower), "/insert", b"through a follower").unwrap();
@@ -87,13 +84,13 @@ fn followers_accept_requests_and_app_statuses_and_headers_reach_clients() {
     let wrong = client::get(cluster.addr(follower), "/insert").unwrap();
     assert_eq!(wrong.status, 405);
     assert_eq!(wrong.header("Allow"), Some("POST"));
-    cluster.wait_converged();
+    cluster.wait_converged().unwrap();
     assert_eq!(cluster.file(leader), b"through a follower\n");
 }
 
 #[test]
 fn refused_requests_get_their_status_and_are_never_ordered() {
-    let Some(cluster) = Cluster::start(
+    let Some(cluster) = cluster(
         3,
         App::Log,
         &["--max-body", "1KiB", "--client-timeout", "1s"],
@@ -166,7 +163,7 @@ fn refused_requests_get_their_status_and_are_never_ordered() {
     // Nothing of it was ordered: the first request that is becomes line 1, on every node.
     let first = client::post(node, "/insert", b"first").unwrap();
     assert_eq!((first.status, first.text().as_str()), (201, "1\n"));
-    cluster.wait_converged();
+    cluster.wait_converged().unwrap();
     for id in 1..=3 {
         assert_eq!(cluster.file(id), b"first\n", "node {id}");
     }
@@ -174,26 +171,28 @@ fn refused_requests_get_their_status_and_are_never_ordered() {
 
 #[test]
 fn killing_the_leader_under_load_loses_no_acknowledged_request() {
-    let Some(mut cluster) = Cluster::start(3, App::Log, &[]) else {
+    let Some(mut cluster) = cluster(3, App::Log, &[]) else {
         return;
     };
     let addrs: Vec<_> = (1..=3).map(|id| cluster.addr(id)).collect();
     let load = Load::start(&addrs, 9);
-    load.wait_for_acks(100);
+    load.wait_for_acks(100).unwrap();
 
-    let old_leader = cluster.wait_for_leader();
-    cluster.kill_agent(old_leader);
-    let new_leader = eventually("a new leader among the survivors", || {
+    let old_leader = cluster.wait_for_leader().unwrap();
+    cluster.kill_agent(old_leader).unwrap();
+    let new_leader = wait_until("a new leader among the survivors", || {
         cluster.leader().filter(|leader| *leader != old_leader)
-    });
+    })
+    .unwrap();
     assert_ne!(new_leader, old_leader);
-    load.wait_for_acks(100);
+    load.wait_for_acks(100).unwrap();
 
-    cluster.start_agent(old_leader);
-    load.wait_for_acks(50);
+    cluster.start_agent(old_leader).unwrap();
+    load.wait_for_acks(50).unwrap();
     let sent = load.stop();
-    cluster.wait_converged();
-    let lines = assert_replicas_consistent(&cluster, &sent);
+    cluster.wait_converged().unwrap();
+    let files: Vec<_> = (1..=3).map(|id| cluster.file(id)).collect();
+    let lines = check_replicas(&files, &sent).unwrap();
     assert!(lines >= sent.acked.len());
     eprintln!(
         "{} sent, {} acknowledged, {lines} lines; failures: {:?}",
@@ -205,23 +204,24 @@ fn killing_the_leader_under_load_loses_no_acknowledged_request() {
 
 #[test]
 fn a_killed_agent_restarted_delivers_nothing_twice_and_skips_nothing() {
-    let Some(mut cluster) = Cluster::start(3, App::Log, &[]) else {
+    let Some(mut cluster) = cluster(3, App::Log, &[]) else {
         return;
     };
     let addrs: Vec<_> = (1..=3).map(|id| cluster.addr(id)).collect();
     let load = Load::start(&addrs, 9);
-    load.wait_for_acks(100);
+    load.wait_for_acks(100).unwrap();
 
     // A follower's agent, while its app keeps running and entries keep coming.
-    let leader = cluster.wait_for_leader();
+    let leader = cluster.wait_for_leader().unwrap();
     let victim = (1..=3).find(|id| *id != leader).unwrap();
     for _ in 0..3 {
-        cluster.kill_agent(victim);
-        load.wait_for_acks(50);
-        cluster.start_agent(victim);
-        load.wait_for_acks(50);
+        cluster.kill_agent(victim).unwrap();
+        load.wait_for_acks(50).unwrap();
+        cluster.start_agent(victim).unwrap();
+        load.wait_for_acks(50).unwrap();
     }
     let sent = load.stop();
-    cluster.wait_converged();
-    assert_replicas_consistent(&cluster, &sent);
+    cluster.wait_converged().unwrap();
+    let files: Vec<_> = (1..=3).map(|id| cluster.file(id)).collect();
+    check_replicas(&files, &sent).unwrap();
 }

@@ -190,7 +190,16 @@ fn two_namespaces_and_two_ports_are_protected_independently() {
     let _app_two = echo(two, "two", &["[::]:8080", "[::]:9090"]);
     let mut agent_one = agent(one, PASSTHROUGH);
     let _agent_two = agent(two, PASSTHROUGH);
-    let _agent_two_b = agent(two, &["--port", "9090", "--passthrough"]);
+    let _agent_two_b = agent(
+        two,
+        &[
+            "--port",
+            "9090",
+            "--passthrough",
+            "--admin",
+            "127.0.0.1:9181",
+        ],
+    );
 
     let app_of = |stream: TcpStream| {
         let seen = greeting(&stream);

@@ -1,18 +1,26 @@
 //! Helpers shared by the integration tests: a lab per test, the agent and the apps inside it,
-//! whole clusters ([`cluster`]) and an HTTP client ([`client`]).
-pub mod client;
-pub mod cluster;
+//! and whole clusters.
 
 use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpStream},
-    time::Duration,
 };
 
-pub use hermes_lab::{Lab, Node, Process};
+pub use hermes_lab::{
+    Lab, Node, Process, client,
+    cluster::{App, Cluster, STARTUP, wait_until},
+    load::{Load, Sent, check_replicas},
+};
 
-/// How long a process may take to come up before a test gives up on it.
-pub const STARTUP: Duration = Duration::from_secs(20);
+/// A started cluster of `nodes` running `app`, with binaries built next to the tests; `None`
+/// when privileged tests are skipped.
+pub fn cluster(nodes: usize, app: App, agent_args: &[&str]) -> Option<Cluster> {
+    let lab = lab(nodes)?;
+    let bin = hermes_lab::binary("hermes-agent").expect("binaries");
+    let mut cluster = Cluster::new(lab, bin.parent().unwrap(), app, agent_args).expect("cluster");
+    cluster.start().expect("cluster up");
+    Some(cluster)
+}
 
 /// A lab of `nodes` for one test. Without root the test fails, unless `HERMES_SKIP_PRIVILEGED=1`
 /// asks to skip it, which is then printed.

@@ -1,0 +1,240 @@
+//! A Hermes cluster in a lab: per node an app and an agent, their files in a temporary
+//! directory; processes can be killed (by PID) and restarted with the same data.
+use std::{
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{Lab, Node, Process, client};
+
+/// The app each node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum App {
+    /// `hermes-logapp`, the paper's log server.
+    Log,
+    /// `hermes-http-echo` (from the tests), which answers with the request it received.
+    HttpEcho,
+}
+
+/// The protected port: where apps listen (on loopback) and clients connect (on node addresses).
+pub const PORT: u16 = 8080;
+pub const RAFT_PORT: u16 = 7000;
+pub const ADMIN_PORT: u16 = 9180;
+/// How long a process may take to come up.
+pub const STARTUP: Duration = Duration::from_secs(20);
+/// How long to wait for the cluster to get somewhere before giving up.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct Cluster {
+    pub lab: Lab,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    app: App,
+    /// Agent flags besides the cluster's own.
+    pub agent_args: Vec<String>,
+    apps: Vec<Option<Process>>,
+    agents: Vec<Option<Process>>,
+}
+
+impl Cluster {
+    /// A cluster on `lab`, with binaries from `bin`; nothing runs until started.
+    pub fn new(lab: Lab, bin: &Path, app: App, agent_args: &[&str]) -> io::Result<Self> {
+        let nodes = lab.nodes.len();
+        Ok(Self {
+            lab,
+            bin: bin.to_owned(),
+            dir: tempfile::tempdir()?,
+            app,
+            agent_args: agent_args.iter().map(|s| s.to_string()).collect(),
+            apps: (0..nodes).map(|_| None).collect(),
+            agents: (0..nodes).map(|_| None).collect(),
+        })
+    }
+
+    /// Starts every app, then every agent, and waits for a leader.
+    pub fn start(&mut self) -> io::Result<usize> {
+        for id in 1..=self.nodes() {
+            self.start_app(id)?;
+        }
+        for id in 1..=self.nodes() {
+            self.start_agent(id)?;
+        }
+        self.wait_for_leader()
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.lab.nodes.len()
+    }
+
+    /// Where clients reach node `id`.
+    pub fn addr(&self, id: usize) -> SocketAddr {
+        SocketAddr::new(self.lab.node(id).ip.into(), PORT)
+    }
+
+    /// The log app's file on node `id`.
+    pub fn file_path(&self, id: usize) -> PathBuf {
+        self.dir.path().join(format!("app-{id}.log"))
+    }
+
+    pub fn file(&self, id: usize) -> Vec<u8> {
+        std::fs::read(self.file_path(id)).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self, id: usize) -> PathBuf {
+        self.dir.path().join(format!("data-{id}"))
+    }
+
+    fn spawn(&self, node: &Node, binary: &str, args: &[&str]) -> io::Result<Process> {
+        let mut command = node.command(self.bin.join(binary))?;
+        command.args(args).env("RUST_LOG", "info");
+        Process::spawn(format!("{binary} on node {}", node.id), command)
+    }
+
+    pub fn start_app(&mut self, id: usize) -> io::Result<()> {
+        let node = self.lab.node(id);
+        let listen = format!("127.0.0.1:{PORT}");
+        let mut app = match self.app {
+            App::Log => {
+                let file = self.file_path(id);
+                let file = file.to_str().expect("UTF-8 path");
+                self.spawn(
+                    node,
+                    "hermes-logapp",
+                    &["--listen", &listen, "--file", file],
+                )?
+            }
+            App::HttpEcho => self.spawn(node, "hermes-http-echo", &[&listen])?,
+        };
+        app.wait_for("listening", STARTUP)?;
+        self.apps[id - 1] = Some(app);
+        Ok(())
+    }
+
+    /// kill -9 of node `id`'s app.
+    pub fn kill_app(&mut self, id: usize) -> io::Result<()> {
+        if let Some(mut app) = self.apps[id - 1].take() {
+            app.kill()?;
+        }
+        Ok(())
+    }
+
+    /// The `--peers` value of this cluster.
+    pub fn peers(&self) -> String {
+        let peers: Vec<String> = self
+            .lab
+            .nodes
+            .iter()
+            .map(|n| format!("{}={}:{RAFT_PORT}", n.id, n.ip))
+            .collect();
+        peers.join(",")
+    }
+
+    pub fn start_agent(&mut self, id: usize) -> io::Result<()> {
+        let data_dir = self.data_dir(id);
+        let mut args = vec![
+            "--port".to_owned(),
+            PORT.to_string(),
+            "--node-id".into(),
+            id.to_string(),
+            "--peers".into(),
+            self.peers(),
+            "--data-dir".into(),
+            data_dir.to_str().expect("UTF-8 path").to_owned(),
+        ];
+        args.extend(self.agent_args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut agent = self.spawn(self.lab.node(id), "hermes-agent", &args)?;
+        agent.wait_for("steering attached", STARTUP)?;
+        self.agents[id - 1] = Some(agent);
+        Ok(())
+    }
+
+    /// kill -9 of node `id`'s agent; its app keeps running.
+    pub fn kill_agent(&mut self, id: usize) -> io::Result<()> {
+        if let Some(mut agent) = self.agents[id - 1].take() {
+            agent.kill()?;
+        }
+        Ok(())
+    }
+
+    pub fn agent(&mut self, id: usize) -> Option<&mut Process> {
+        self.agents[id - 1].as_mut()
+    }
+
+    pub fn is_running(&self, id: usize) -> bool {
+        self.agents[id - 1].is_some()
+    }
+
+    /// `GET /status` of node `id`'s admin API; `None` if it does not answer.
+    pub fn status(&self, id: usize) -> Option<Value> {
+        let body = self.admin(id, "/status")?.body;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// A `GET` on node `id`'s admin API (loopback inside the node).
+    pub fn admin(&self, id: usize, path: &str) -> Option<client::Response> {
+        let path = path.to_owned();
+        self.lab
+            .node(id)
+            .run_inside(move || client::get(SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT)), &path))
+            .ok()
+    }
+
+    /// The leader, if the running agents agree on one.
+    pub fn leader(&self) -> Option<usize> {
+        let leaders: Vec<Option<u64>> = (1..=self.nodes())
+            .filter(|id| self.is_running(*id))
+            .map(|id| self.status(id).and_then(|s| s["leader_id"].as_u64()))
+            .collect();
+        let first = (*leaders.first()?)?;
+        leaders
+            .iter()
+            .all(|l| *l == Some(first))
+            .then_some(first as usize)
+    }
+
+    pub fn wait_for_leader(&self) -> io::Result<usize> {
+        wait_until("a leader all running agents agree on", || self.leader())
+    }
+
+    /// Waits until every running agent has applied all it has committed, and they agree;
+    /// returns that index.
+    pub fn wait_converged(&self) -> io::Result<u64> {
+        wait_until("running agents applied the same, complete log", || {
+            let mut applied = Vec::new();
+            for id in (1..=self.nodes()).filter(|id| self.is_running(*id)) {
+                let status = self.status(id)?;
+                let (commit, done) = (
+                    status["commit_index"].as_u64()?,
+                    status["applied_index"].as_u64()?,
+                );
+                if done < commit {
+                    return None;
+                }
+                applied.push(done);
+            }
+            applied.windows(2).all(|w| w[0] == w[1]).then(|| applied[0])
+        })
+    }
+}
+
+/// Polls `check` until it gives a value; an error naming `what` after [`PATIENCE`].
+pub fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> io::Result<T> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("gave up waiting for {what}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

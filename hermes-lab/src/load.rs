@@ -1,0 +1,180 @@
+//! Clients that post unique bodies to a log app cluster, and the check of the replicas' files
+//! against what they sent.
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::{client, cluster::wait_until};
+
+/// Client threads posting `client<c>-request<n>` to `POST /insert` in a loop.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
+    threads: Vec<JoinHandle<Sent>>,
+}
+
+/// What the clients sent, and which of it the cluster acknowledged (201).
+#[derive(Default, Debug)]
+pub struct Sent {
+    pub all: Vec<Vec<u8>>,
+    pub acked: Vec<Vec<u8>>,
+    /// Failures by kind, e.g. "503" or "connection refused".
+    pub failures: BTreeMap<String, usize>,
+}
+
+impl Load {
+    /// `clients` threads; client `c` talks to `addrs[c % addrs.len()]`.
+    pub fn start(addrs: &[SocketAddr], clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let threads = (0..clients)
+            .map(|c| {
+                let (stop, acked, addr) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&acked),
+                    addrs[c % addrs.len()],
+                );
+                std::thread::spawn(move || client_loop(c, addr, &stop, &acked))
+            })
+            .collect();
+        Self {
+            stop,
+            acked,
+            threads,
+        }
+    }
+
+    pub fn acked(&self) -> usize {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` further requests have been acknowledged.
+    pub fn wait_for_acks(&self, more: usize) -> std::io::Result<()> {
+        let target = self.acked() + more;
+        wait_until(&format!("{target} acknowledged requests"), || {
+            (self.acked() >= target).then_some(())
+        })
+    }
+
+    /// Stops the clients (each finishes its request in progress) and returns what they sent.
+    pub fn stop(self) -> Sent {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = Sent::default();
+        for thread in self.threads {
+            let sent = thread.join().expect("client thread");
+            total.all.extend(sent.all);
+            total.acked.extend(sent.acked);
+            for (kind, count) in sent.failures {
+                *total.failures.entry(kind).or_default() += count;
+            }
+        }
+        total
+    }
+}
+
+fn client_loop(c: usize, addr: SocketAddr, stop: &AtomicBool, acked: &AtomicUsize) -> Sent {
+    let mut sent = Sent::default();
+    for n in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let body = format!("client{c}-request{n}").into_bytes();
+        sent.all.push(body.clone());
+        match client::post(addr, "/insert", &body) {
+            Ok(response) if response.status == 201 => {
+                sent.acked.push(body);
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(response) => {
+                *sent
+                    .failures
+                    .entry(response.status.to_string())
+                    .or_default() += 1
+            }
+            Err(error) => {
+                *sent.failures.entry(error.kind().to_string()).or_default() += 1;
+                // A refused connection fails at once: do not spin on it.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    sent
+}
+
+/// Checks replicas' log files against what clients sent: all files identical, no line twice, no
+/// line nobody sent, every acknowledged body present. Returns the number of lines.
+pub fn check_replicas(files: &[Vec<u8>], sent: &Sent) -> Result<usize, String> {
+    let first = files.first().ok_or("no replicas")?;
+    for (i, file) in files.iter().enumerate().skip(1) {
+        if file != first {
+            return Err(format!("the files of node 1 and node {} differ", i + 1));
+        }
+    }
+    let all: HashSet<&[u8]> = sent.all.iter().map(Vec::as_slice).collect();
+    let mut seen = HashSet::new();
+    for line in first.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        if !seen.insert(line) {
+            return Err(format!("{} appears twice", String::from_utf8_lossy(line)));
+        }
+        if !all.contains(line) {
+            return Err(format!("{} was never sent", String::from_utf8_lossy(line)));
+        }
+    }
+    if let Some(missing) = sent
+        .acked
+        .iter()
+        .find(|body| !seen.contains(body.as_slice()))
+    {
+        return Err(format!(
+            "acknowledged {} is missing",
+            String::from_utf8_lossy(missing)
+        ));
+    }
+    Ok(seen.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_check_catches_what_it_should() {
+        let sent = Sent {
+            all: vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()],
+            acked: vec![b"a".to_vec(), b"b".to_vec()],
+            failures: BTreeMap::new(),
+        };
+        assert_eq!(
+            check_replicas(&[b"a\nb\n".to_vec(), b"a\nb\n".to_vec()], &sent),
+            Ok(2)
+        );
+        assert_eq!(check_replicas(&[b"b\na\nc\n".to_vec()], &sent), Ok(3));
+        assert!(
+            check_replicas(&[b"a\nb\n".to_vec(), b"b\na\n".to_vec()], &sent)
+                .unwrap_err()
+                .contains("differ")
+        );
+        assert!(
+            check_replicas(&[b"a\nb\na\n".to_vec()], &sent)
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            check_replicas(&[b"a\nb\nz\n".to_vec()], &sent)
+                .unwrap_err()
+                .contains("never sent")
+        );
+        assert!(
+            check_replicas(&[b"a\n".to_vec()], &sent)
+                .unwrap_err()
+                .contains("missing")
+        );
+    }
+}
