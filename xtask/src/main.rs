@@ -1,4 +1,5 @@
 //! `cargo xtask`: the project's commands. See `cargo xtask --help`.
+mod demo;
 mod setup;
 
 use std::{
@@ -29,6 +30,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Show Hermes at work: a replicated log app on three lab nodes, 300 concurrent requests, a
+    /// leader crash and its recovery. Needs root.
+    Demo,
     /// Network namespaces as hosts, for trying things by hand.
     Lab {
         #[command(subcommand)]
@@ -58,6 +62,21 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run().map(drop),
         Task::BuildAndLoad { args } => build_and_load(&args),
         Task::Lab { command } => lab(command),
+        Task::Demo => {
+            let ebpf = setup::run()?;
+            cargo(
+                &ebpf,
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "hermes-agent",
+                    "--package",
+                    "hermes-logapp",
+                ],
+            )?;
+            demo::run(&target_dir().join("release"))
+        }
         Task::Test { args } => test(&args),
     }
 }
