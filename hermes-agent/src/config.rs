@@ -104,6 +104,11 @@ pub struct Config {
     #[arg(long, env = "HERMES_BPFFS", default_value = "/sys/fs/bpf")]
     pub bpffs: PathBuf,
 
+    /// Threads serving connections and Raft. 1 avoids cross-thread wake-ups, which is fastest
+    /// when the app and the agent share few cores.
+    #[arg(long, env = "HERMES_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+
     /// This node's id in the cluster: one of the ids in --peers.
     #[arg(long, env = "HERMES_NODE_ID", help_heading = "Replication")]
     pub node_id: Option<u64>,

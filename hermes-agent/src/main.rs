@@ -73,7 +73,15 @@ fn agent(config: hermes_agent::Config) -> anyhow::Result<()> {
         steer::netns::enter(netns)
             .with_context(|| format!("cannot enter network namespace {}", netns.display()))?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = match config.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n.into());
+            builder
+        }
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the runtime")?;

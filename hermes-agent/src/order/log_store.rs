@@ -379,7 +379,12 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &std::sync::
 }
 
 fn write_batch(db: &Database, batch: &[Write]) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    // A batch of commit-index updates alone need not reach the disk now: the next durable
+    // commit takes it along, and a lost one is learnt again from the leader.
+    if batch.iter().all(|w| matches!(w, Write::Meta { done: None, .. })) {
+        txn.set_durability(redb::Durability::None)?;
+    }
     {
         let mut log = txn.open_table(LOG)?;
         let mut meta = txn.open_table(META)?;
@@ -497,11 +502,13 @@ mod tests {
             let entries: Vec<Entry> = (1..=3)
                 .map(|i| Entry {
                     log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
-                    payload: crate::order::typ::EntryPayload::Normal(crate::order::typ::Command {
-                        origin: 1,
-                        id: i,
-                        payload: bytes::Bytes::from(vec![i as u8; 3]),
-                    }),
+                    payload: crate::order::typ::EntryPayload::Normal(crate::order::typ::Batch(
+                        vec![crate::order::typ::Command {
+                            origin: 1,
+                            id: i,
+                            payload: bytes::Bytes::from(vec![i as u8; 3]),
+                        }],
+                    )),
                 })
                 .collect();
             log.blocking_append(entries).await.unwrap();

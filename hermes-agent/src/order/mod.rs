@@ -14,6 +14,7 @@
 )]
 pub mod log_store;
 pub mod network;
+pub mod propose;
 pub mod server;
 pub mod state_machine;
 pub mod typ;
@@ -34,7 +35,7 @@ use std::{
 use bytes::Bytes;
 use openraft::{
     BasicNode, SnapshotPolicy,
-    error::{ClientWriteError, InitializeError, RaftError},
+    error::{InitializeError, RaftError},
 };
 use tokio::{
     net::TcpListener,
@@ -45,9 +46,10 @@ use tokio::{
 use crate::deliver::{App, Response};
 use log_store::LogStore;
 use network::{Network, Peers};
+use propose::{Outcome, Proposer};
 use state_machine::{Shared, StateMachine};
 use typ::{Command, Metrics, NodeId, Raft};
-use wire::{ForwardError, Request, Response as PeerResponse};
+use wire::{Request, Response as PeerResponse};
 
 /// What a node needs to know to start.
 #[derive(Clone, Debug)]
@@ -97,7 +99,7 @@ pub struct Node {
     pub log: LogStore,
     /// Commit index when the node started: readiness waits until it is applied.
     pub startup_commit: u64,
-    peers: Peers,
+    proposer: Proposer,
     boot: u64,
     sequence: AtomicU64,
     pending: Semaphore,
@@ -170,13 +172,19 @@ impl Node {
             committed = startup_commit,
             "raft node started"
         );
+        let proposer = Proposer::start(
+            raft.clone(),
+            peers.clone(),
+            settings.node_id,
+            settings.request_timeout,
+        );
         Ok(Arc::new(Self {
             id: settings.node_id,
             raft,
             shared,
             log,
             startup_commit,
-            peers,
+            proposer,
             boot,
             sequence: AtomicU64::new(0),
             pending: Semaphore::new(settings.max_pending),
@@ -211,82 +219,24 @@ impl Node {
         }
     }
 
-    /// Proposes `command` until a leader has taken it, then waits (the local apply answers).
-    /// Retries after leader changes; the state machine drops duplicates.
+    /// Proposes `command` until the leader has committed it, then waits (the local apply
+    /// answers). Follows leader changes; the state machine drops duplicates of retried proposals.
     async fn propose(&self, command: Command, maybe_proposed: &AtomicBool) -> Infallible {
-        let mut hint = None;
         let mut backoff = Duration::from_millis(20);
         loop {
-            let leader = match hint.take() {
-                Some(leader) => Some(leader),
-                None => self.raft.metrics().borrow().current_leader,
-            };
-            let outcome = match leader {
-                None => Err(None),
-                Some(leader) if leader == self.id => {
-                    maybe_proposed.store(true, Ordering::Relaxed);
-                    match self.raft.client_write(command.clone()).await {
-                        Ok(_) => Ok(()),
-                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
-                            Err(to.leader_id)
-                        }
-                        Err(_) => Err(None),
+            match self.proposer.propose(command.clone()).await {
+                Outcome::Committed => return std::future::pending().await,
+                Outcome::NotLeader(_) => {}
+                Outcome::Failed { maybe_sent } => {
+                    if maybe_sent {
+                        maybe_proposed.store(true, Ordering::Relaxed);
                     }
                 }
-                Some(leader) => self.forward(leader, &command, maybe_proposed).await,
-            };
-            match outcome {
-                // Committed: the local state machine will answer.
-                Ok(()) => return std::future::pending().await,
-                Err(Some(next)) if Some(next) != leader => hint = Some(next),
-                Err(_) => {
-                    let mut metrics = self.raft.metrics();
-                    let _ = tokio::time::timeout(backoff, metrics.changed()).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
             }
-        }
-    }
-
-    async fn forward(
-        &self,
-        leader: NodeId,
-        command: &Command,
-        maybe_proposed: &AtomicBool,
-    ) -> Result<(), Option<NodeId>> {
-        let addr = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.addr.clone())
-        };
-        let Some(addr) = addr else { return Err(None) };
-        let result = self
-            .peers
-            .get(&addr)
-            .call(&Request::Forward(command.clone()), self.request_timeout)
-            .await;
-        match result {
-            Ok(PeerResponse::Forward(Ok(()))) => {
-                maybe_proposed.store(true, Ordering::Relaxed);
-                Ok(())
-            }
-            Ok(PeerResponse::Forward(Err(ForwardError::NotLeader(next)))) => Err(next),
-            Ok(other) => {
-                maybe_proposed.store(true, Ordering::Relaxed);
-                tracing::debug!(leader, ?other, "forwarding failed");
-                Err(None)
-            }
-            Err(error) => {
-                if error.maybe_sent() {
-                    maybe_proposed.store(true, Ordering::Relaxed);
-                }
-                tracing::debug!(leader, %error, "forwarding failed");
-                Err(None)
-            }
+            // Wait for news of the leader, or a while.
+            let mut metrics = self.raft.metrics();
+            let _ = tokio::time::timeout(backoff, metrics.changed()).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
 

@@ -1,13 +1,16 @@
-//! The state machine is the local application: each committed entry is delivered to the app, in
-//! log order, one at a time. Around it, this module keeps what makes delivery exactly-once:
+//! The state machine is the local application: the requests of committed entries are delivered to
+//! the app in log order, one at a time. Each request has a sequence number, its position in the
+//! total order (the same on every replica), which the app receives as `Hermes-Log-Index`. Around
+//! delivery, this module keeps what makes it exactly-once:
 //!
-//! - `applied` is persisted as each entry is delivered, so a restarted agent neither skips nor
-//!   repeats; the one entry that was in flight during a crash is delivered again, with the same
-//!   `Hermes-Log-Index` header as every delivery, for the app to recognise;
-//! - commands are deduplicated on (origin, request id) over a window of recent log entries, so a
+//! - progress (the last entry applied, the last request delivered) is persisted as each request
+//!   is delivered, so a restarted agent neither skips nor repeats; the one request that was in
+//!   flight during a crash is delivered again with the same `Hermes-Log-Index`, for the app to
+//!   recognise;
+//! - requests are deduplicated on (origin, request id) over a window of recent requests, so a
 //!   proposal retried through a leader change is delivered once; the window is rebuilt from the
 //!   log on start, so every replica decides alike;
-//! - on the command's origin node, the client waiting for it gets the app's response.
+//! - on the request's origin node, the client waiting for it gets the app's response.
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     fs::File,
@@ -33,8 +36,8 @@ use super::{
 };
 use crate::deliver::{App, Response};
 
-/// Log entries over which duplicates are recognised. A retried proposal lands within the
-/// request timeout of the original; at 20k requests/s that is 13 s.
+/// Requests over which duplicates are recognised. A retried proposal lands within the request
+/// timeout of the original; at 20k requests/s that is 13 s.
 pub const DEDUP_WINDOW: u64 = 1 << 18;
 /// Recent response digests kept for comparison between replicas.
 const DIGESTS: usize = 4096;
@@ -91,7 +94,14 @@ impl Shared {
 /// What survives a restart besides the log.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 struct Progress {
+    /// The last entry whose requests were all delivered.
     applied: Option<LogId>,
+    /// Requests in the entries up to `applied`: the sequence number of its last one.
+    requests: u64,
+    /// Sequence number of the last request delivered (or recognised as a duplicate). Beyond
+    /// `requests` while an entry is being applied.
+    delivered: u64,
+    /// Requests delivered to the app, duplicates not counted.
     deliveries: u64,
 }
 
@@ -101,6 +111,7 @@ type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
 /// What a snapshot carries besides its metadata.
 #[derive(Serialize, Deserialize)]
 struct SnapshotState {
+    requests: u64,
     deliveries: u64,
     dedup: Vec<(u64, (NodeId, u64))>,
 }
@@ -134,18 +145,7 @@ impl StateMachine {
             Err(e) => return Err(StorageIOError::read_state_machine(&e).into()),
         };
         let applied = progress.applied.map_or(0, |id| id.index);
-        let mut dedup = Dedup::default();
-        let mut next = applied.saturating_sub(DEDUP_WINDOW - 1).max(1);
-        while next <= applied {
-            let end = (next + 4096).min(applied + 1);
-            let entries = log.try_get_log_entries(next..end).await?;
-            for entry in &entries {
-                if let EntryPayload::Normal(command) = &entry.payload {
-                    dedup.insert(entry.log_id.index, command.key());
-                }
-            }
-            next = end;
-        }
+        let dedup = Dedup::rebuild(log, applied, progress.requests).await?;
         let shared = Arc::new(Shared {
             node_id,
             waiters: Mutex::default(),
@@ -167,29 +167,37 @@ impl StateMachine {
         Ok((machine, shared))
     }
 
-    async fn deliver(&mut self, log_id: LogId, command: Command) -> Result<(), StorageError> {
-        let index = log_id.index;
+    /// Delivers request `seq` (unless it is a duplicate) and records that it is done.
+    async fn deliver(
+        &mut self,
+        log_id: LogId,
+        seq: u64,
+        command: Command,
+    ) -> Result<(), StorageError> {
         if self.dedup.contains(&command.key()) {
             tracing::debug!(
-                index,
+                seq,
                 origin = command.origin,
                 id = command.id,
                 "duplicate proposal; not delivered again"
             );
-            return Ok(());
+            self.progress.delivered = seq;
+            return self.save_progress(log_id);
         }
-        let response = self.app.deliver(&command.payload, index).await;
+        let response = self.app.deliver(&command.payload, seq).await;
         self.progress.deliveries += 1;
+        self.progress.delivered = seq;
+        self.save_progress(log_id)?;
         self.shared
             .deliveries
             .store(self.progress.deliveries, Ordering::Relaxed);
-        self.dedup.insert(index, command.key());
+        self.dedup.insert(seq, command.key());
         {
             let mut digests = self.shared.digests.lock().unwrap();
             if digests.len() == DIGESTS {
                 digests.pop_front();
             }
-            digests.push_back((index, digest(response.status, response.body())));
+            digests.push_back((seq, digest(response.status, response.body())));
         }
         if command.origin == self.shared.node_id
             && let Some(waiter) = self.shared.waiters.lock().unwrap().remove(&command.id)
@@ -233,7 +241,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
                     self.save_membership()?;
                 }
-                EntryPayload::Normal(command) => self.deliver(entry.log_id, command).await?,
+                EntryPayload::Normal(batch) => {
+                    let first = self.progress.requests + 1;
+                    for (seq, command) in (first..).zip(batch.0) {
+                        // Delivered before a restart: skip it.
+                        if seq > self.progress.delivered {
+                            self.deliver(entry.log_id, seq, command).await?;
+                        }
+                    }
+                    self.progress.requests = self.progress.delivered;
+                }
             }
             self.progress.applied = Some(entry.log_id);
             self.save_progress(entry.log_id)?;
@@ -257,6 +274,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 ),
             },
             state: SnapshotState {
+                requests: self.progress.requests,
                 deliveries: self.progress.deliveries,
                 dedup: self.dedup.order.iter().copied().collect(),
             },
@@ -294,6 +312,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.membership = meta.last_membership.clone();
         self.save_membership()?;
         self.progress.applied = meta.last_log_id;
+        self.progress.requests = state.requests;
+        self.progress.delivered = state.requests;
         self.progress_file
             .write(&self.progress)
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
@@ -336,7 +356,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// Keys of the commands in the last [`DEDUP_WINDOW`] log entries.
+/// Keys of the last [`DEDUP_WINDOW`] requests, by sequence number.
 #[derive(Default)]
 struct Dedup {
     seen: HashSet<(NodeId, u64)>,
@@ -344,6 +364,36 @@ struct Dedup {
 }
 
 impl Dedup {
+    /// The window as it was after request `requests`, the last of entry `applied`, read back
+    /// from the log.
+    async fn rebuild(
+        log: &mut LogStore,
+        applied: u64,
+        requests: u64,
+    ) -> Result<Self, StorageError> {
+        let mut keys = Vec::new();
+        let mut end = applied + 1;
+        while end > 1 && (keys.len() as u64) < DEDUP_WINDOW {
+            let start = end.saturating_sub(4096).max(1);
+            let entries = log.try_get_log_entries(start..end).await?;
+            for entry in entries.iter().rev() {
+                if let EntryPayload::Normal(batch) = &entry.payload {
+                    keys.extend(batch.0.iter().rev().map(Command::key));
+                }
+            }
+            end = start;
+        }
+        keys.truncate(DEDUP_WINDOW as usize);
+        let mut dedup = Self::default();
+        // Oldest first; the newest key is request `requests`.
+        for (age, key) in keys.into_iter().enumerate().rev() {
+            if let Some(seq) = requests.checked_sub(age as u64).filter(|seq| *seq > 0) {
+                dedup.insert(seq, key);
+            }
+        }
+        Ok(dedup)
+    }
+
     fn contains(&self, key: &(NodeId, u64)) -> bool {
         self.seen.contains(key)
     }
@@ -447,12 +497,12 @@ mod tests {
         let mut file = ProgressFile::open(&path).unwrap();
         assert_eq!(file.read(), Progress::default());
         let first = Progress {
-            applied: None,
             deliveries: 1,
+            ..Progress::default()
         };
         let second = Progress {
-            applied: None,
             deliveries: 2,
+            ..Progress::default()
         };
         file.write(&first).unwrap();
         file.write(&second).unwrap();
@@ -474,5 +524,123 @@ mod tests {
         dedup.insert(DEDUP_WINDOW + 1, (2, 8));
         assert!(!dedup.contains(&(1, 7)));
         assert!(dedup.contains(&(2, 7)));
+    }
+
+    /// An app on loopback that records `(Hermes-Log-Index, body)` of each request and answers 200.
+    async fn recording_app() -> (std::net::SocketAddr, Arc<Mutex<Vec<(u64, String)>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let record = Arc::clone(&record);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut headers = [httparse::EMPTY_HEADER; 16];
+                        let mut request = httparse::Request::new(&mut headers);
+                        if let Ok(httparse::Status::Complete(head)) = request.parse(&buf) {
+                            let header = |name: &str| {
+                                let h = request
+                                    .headers
+                                    .iter()
+                                    .find(|h| h.name.eq_ignore_ascii_case(name));
+                                h.map(|h| String::from_utf8_lossy(h.value).into_owned())
+                            };
+                            let length: usize =
+                                header("content-length").map_or(0, |v| v.parse().unwrap());
+                            if buf.len() >= head + length {
+                                let index = header("hermes-log-index").unwrap().parse().unwrap();
+                                let body =
+                                    String::from_utf8_lossy(&buf[head..head + length]).into_owned();
+                                record.lock().unwrap().push((index, body));
+                                buf.drain(..head + length);
+                                stream
+                                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                                    .await
+                                    .unwrap();
+                                continue;
+                            }
+                        }
+                        let mut chunk = [0; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    fn entry(index: u64, commands: &[(u64, u64, &str)]) -> Entry {
+        let commands = commands
+            .iter()
+            .map(|&(origin, id, body)| Command {
+                origin,
+                id,
+                payload: bytes::Bytes::from(format!(
+                    "POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )),
+            })
+            .collect();
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(super::super::typ::Batch(commands)),
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_are_delivered_in_order_once_with_their_sequence_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, seen) = recording_app().await;
+        let mut log = LogStore::open(&dir.path().join("log.redb")).unwrap();
+        let app = || App::new(addr, std::time::Duration::from_secs(5));
+        let (mut machine, shared) = StateMachine::open(dir.path(), 1, app(), &mut log)
+            .await
+            .unwrap();
+        let mut answered = shared.register(11);
+        machine
+            .apply(vec![
+                entry(1, &[(2, 10, "a"), (1, 11, "b")]),
+                entry(2, &[(2, 10, "a-again"), (3, 5, "c")]),
+            ])
+            .await
+            .unwrap();
+        // (2, 10) came twice: the retry is recognised and not delivered.
+        let expected = vec![
+            (1, "a".to_owned()),
+            (2, "b".to_owned()),
+            (4, "c".to_owned()),
+        ];
+        assert_eq!(*seen.lock().unwrap(), expected);
+        assert_eq!(
+            answered.try_recv().unwrap().body(),
+            b"ok",
+            "the origin's waiter gets the response"
+        );
+        assert_eq!(shared.deliveries(), 3);
+        drop(machine);
+
+        // A restart that stopped inside entry 3 after its first request: only the rest follows.
+        let mut progress = ProgressFile::open(&dir.path().join("applied")).unwrap();
+        let mut state = progress.read();
+        assert_eq!((state.requests, state.delivered), (4, 4));
+        state.delivered = 5;
+        progress.write(&state).unwrap();
+        let (mut machine, _) = StateMachine::open(dir.path(), 1, app(), &mut log)
+            .await
+            .unwrap();
+        machine
+            .apply(vec![entry(3, &[(3, 6, "d"), (3, 7, "e")])])
+            .await
+            .unwrap();
+        assert_eq!(seen.lock().unwrap().last(), Some(&(6, "e".to_owned())));
+        assert_eq!(seen.lock().unwrap().len(), 4);
     }
 }

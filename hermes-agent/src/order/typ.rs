@@ -25,10 +25,15 @@ impl Command {
     }
 }
 
+/// The commands of one log entry: a node proposes the requests its clients sent while its
+/// previous proposal was in flight together, so that one append (one fsync) orders them all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Command>);
+
 openraft::declare_raft_types!(
     /// Hermes' Raft types.
     pub TypeConfig:
-        D = Command,
+        D = Batch,
         R = (),
         NodeId = NodeId,
         Node = openraft::BasicNode,

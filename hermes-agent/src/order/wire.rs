@@ -3,15 +3,15 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::typ::{Command, NodeId, rpc};
+use super::typ::{Batch, NodeId, rpc};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
     AppendEntries(rpc::AppendEntriesRequest),
     Vote(rpc::VoteRequest),
     InstallSnapshot(rpc::InstallSnapshotRequest),
-    /// A client request accepted by a follower, for the leader to propose.
-    Forward(Command),
+    /// Client requests accepted by a follower, for the leader to propose as one entry.
+    Forward(Batch),
     /// Who are you, and are you part of a cluster already?
     Hello,
 }
@@ -89,17 +89,18 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip() {
-        let command = Command {
+        let command = crate::order::typ::Command {
             origin: 2,
             id: 9,
             payload: bytes::Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"),
         };
-        let mut stream = frame(7, &Request::Forward(command.clone())).unwrap();
+        let batch = Batch(vec![command]);
+        let mut stream = frame(7, &Request::Forward(batch.clone())).unwrap();
         stream.extend(frame(8, &Request::Hello).unwrap());
         let mut reader = &stream[..];
         let mut buf = Vec::new();
         assert_eq!(read_frame(&mut reader, &mut buf).await.unwrap(), Some(7));
-        assert!(matches!(decode(&buf).unwrap(), Request::Forward(c) if c == command));
+        assert!(matches!(decode(&buf).unwrap(), Request::Forward(b) if b == batch));
         assert_eq!(read_frame(&mut reader, &mut buf).await.unwrap(), Some(8));
         assert!(matches!(decode(&buf).unwrap(), Request::Hello));
         assert_eq!(read_frame(&mut reader, &mut buf).await.unwrap(), None);

@@ -1,0 +1,157 @@
+//! Proposing: gets this node's client requests into the log. Requests that arrive while earlier
+//! proposals are in flight are batched into one entry, so that under load one append (one fsync,
+//! one round of replication) orders many of them; at low load a batch is a single request and
+//! waits for nothing. The leader proposes its batches itself; a follower forwards them to it.
+use std::{sync::Arc, time::Duration};
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{
+    network::Peers,
+    typ::{Batch, Command, NodeId, Raft},
+    wire::{ForwardError, Request, Response},
+};
+
+/// Batches in flight at once from one node.
+const IN_FLIGHT: usize = 4;
+/// Requests in one batch at most.
+const MAX_BATCH: usize = 256;
+/// Payload bytes in one batch at most (a single larger request still goes alone).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// What became of a proposal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The leader committed it: the local apply will answer.
+    Committed,
+    /// No leader known, or the node asked is not the leader (it may name the one that is).
+    NotLeader(Option<NodeId>),
+    /// The leader could not be reached or failed; it may have received the proposal.
+    Failed { maybe_sent: bool },
+}
+
+struct Pending {
+    command: Command,
+    outcome: oneshot::Sender<Outcome>,
+}
+
+/// Batches proposals and routes them to the leader.
+pub struct Proposer {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl Proposer {
+    pub fn start(raft: Raft, peers: Peers, node_id: NodeId, timeout: Duration) -> Self {
+        let (queue, pending) = mpsc::unbounded_channel();
+        let route = Arc::new(Route {
+            raft,
+            peers,
+            node_id,
+            timeout,
+        });
+        tokio::spawn(batch(pending, route));
+        Self { queue }
+    }
+
+    /// Proposes `command` (in a batch) and says what became of it.
+    pub async fn propose(&self, command: Command) -> Outcome {
+        let (outcome, receive) = oneshot::channel();
+        if self.queue.send(Pending { command, outcome }).is_err() {
+            return Outcome::Failed { maybe_sent: false };
+        }
+        receive
+            .await
+            .unwrap_or(Outcome::Failed { maybe_sent: false })
+    }
+}
+
+async fn batch(mut queue: mpsc::UnboundedReceiver<Pending>, route: Arc<Route>) {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        // Whatever arrived while waiting for a permit goes along.
+        let mut bytes = first.command.payload.len();
+        let mut pending = vec![first];
+        while pending.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            let Ok(next) = queue.try_recv() else { break };
+            bytes += next.command.payload.len();
+            pending.push(next);
+        }
+        let route = Arc::clone(&route);
+        tokio::spawn(async move {
+            let (commands, waiters): (Vec<_>, Vec<_>) =
+                pending.into_iter().map(|p| (p.command, p.outcome)).unzip();
+            let outcome = route.propose(Batch(commands)).await;
+            drop(permit);
+            for waiter in waiters {
+                let _ = waiter.send(outcome);
+            }
+        });
+    }
+}
+
+struct Route {
+    raft: Raft,
+    peers: Peers,
+    node_id: NodeId,
+    timeout: Duration,
+}
+
+impl Route {
+    async fn propose(&self, batch: Batch) -> Outcome {
+        let (leader, addr) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let leader = metrics.current_leader;
+            let addr = leader.and_then(|l| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            });
+            (leader, addr)
+        };
+        match (leader, addr) {
+            (Some(leader), _) if leader == self.node_id => {
+                match self.raft.client_write(batch).await {
+                    Ok(_) => Outcome::Committed,
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+                        Outcome::NotLeader(to.leader_id)
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "proposal failed");
+                        Outcome::Failed { maybe_sent: true }
+                    }
+                }
+            }
+            (Some(leader), Some(addr)) => {
+                match self
+                    .peers
+                    .get(&addr)
+                    .call(&Request::Forward(batch), self.timeout)
+                    .await
+                {
+                    Ok(Response::Forward(Ok(()))) => Outcome::Committed,
+                    Ok(Response::Forward(Err(ForwardError::NotLeader(next)))) => {
+                        Outcome::NotLeader(next)
+                    }
+                    Ok(other) => {
+                        tracing::debug!(leader, ?other, "forwarding failed");
+                        Outcome::Failed { maybe_sent: true }
+                    }
+                    Err(error) => {
+                        tracing::debug!(leader, %error, "forwarding failed");
+                        Outcome::Failed {
+                            maybe_sent: error.maybe_sent(),
+                        }
+                    }
+                }
+            }
+            _ => Outcome::NotLeader(None),
+        }
+    }
+}
