@@ -36,6 +36,8 @@ pub struct Cluster {
     app: App,
     /// Agent flags besides the cluster's own.
     pub agent_args: Vec<String>,
+    /// App flags besides the cluster's own (e.g. `--prepopulate 1000` for the log app).
+    pub app_args: Vec<String>,
     apps: Vec<Option<Process>>,
     agents: Vec<Option<Process>>,
 }
@@ -50,6 +52,7 @@ impl Cluster {
             dir: tempfile::tempdir()?,
             app,
             agent_args: agent_args.iter().map(|s| s.to_string()).collect(),
+            app_args: Vec::new(),
             apps: (0..nodes).map(|_| None).collect(),
             agents: (0..nodes).map(|_| None).collect(),
         })
@@ -163,6 +166,10 @@ impl Cluster {
 
     pub fn agent(&mut self, id: usize) -> Option<&mut Process> {
         self.agents[id - 1].as_mut()
+    }
+
+    pub fn app(&mut self, id: usize) -> Option<&mut Process> {
+        self.apps[id - 1].as_mut()
     }
 
     pub fn is_running(&self, id: usize) -> bool {

@@ -84,7 +84,8 @@ fn rust_src(toolchain: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn apt_install(packages: &[String]) -> anyhow::Result<()> {
+/// Installs the Debian packages that are missing (as root), or says what to install.
+pub fn apt_install(packages: &[String]) -> anyhow::Result<()> {
     let missing: Vec<&String> = packages
         .iter()
         .filter(|p| {
