@@ -109,6 +109,13 @@ fn not_ready(admin: &Admin) -> Option<String> {
     if metrics.current_leader.is_none() {
         return Some("no leader".into());
     }
+    if metrics.current_leader == Some(node.id)
+        && metrics
+            .millis_since_quorum_ack
+            .is_some_and(|ms| ms > crate::order::propose::QUORUM_SILENCE_MS)
+    {
+        return Some("leader cut off from a quorum".into());
+    }
     let applied = node.shared.applied_index();
     if applied < node.startup_commit {
         return Some(format!(

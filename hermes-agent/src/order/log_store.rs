@@ -6,8 +6,11 @@
 //! are durable. The cache also keeps the most recent durable entries, which replication reads.
 //! Operations that must be in order with appends (truncate, purge, vote) go through the same
 //! queue and wait for their commit.
+//!
+//! The store also tells proposers when their batch is committed (openraft itself answers a
+//! proposal only once the leader has applied it, which waits for the app).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt::Debug,
     ops::{Bound, RangeBounds},
     path::Path,
@@ -20,7 +23,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
 
 use super::typ::{
-    Entry, LogFlushed, LogId, LogState, StorageError, StorageIOError, TypeConfig, Vote,
+    BatchId, Entry, EntryPayload, LogFlushed, LogId, LogState, StorageError, StorageIOError,
+    TypeConfig, Vote,
 };
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -42,6 +46,7 @@ pub struct LogStore {
 struct Shared {
     db: Arc<Database>,
     state: Mutex<State>,
+    watches: Mutex<Watches>,
     /// `None` only while dropping.
     writer: Option<mpsc::Sender<Write>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -67,6 +72,14 @@ struct State {
     /// The last entry the writer made durable.
     durable: Option<LogId>,
     committed: Option<LogId>,
+}
+
+/// Proposals waiting to hear that their batch is committed.
+#[derive(Default)]
+struct Watches {
+    waiting: HashMap<BatchId, oneshot::Sender<()>>,
+    /// Index of the entry each watched batch was appended as.
+    placed: BTreeMap<u64, BatchId>,
 }
 
 type Done = oneshot::Sender<Result<(), String>>;
@@ -124,6 +137,7 @@ impl LogStore {
             Shared {
                 db,
                 state: Mutex::new(state),
+                watches: Mutex::default(),
                 writer: Some(writer),
                 writer_thread: thread.ok(),
             }
@@ -135,6 +149,18 @@ impl LogStore {
             .into());
         }
         Ok(Self { shared })
+    }
+
+    /// Resolves once batch `id`, appended to this log after this call, is committed; fails if
+    /// the entry is truncated away (a leader change) or the watch is withdrawn.
+    pub fn watch(&self, id: BatchId) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.shared.watches.lock().unwrap().waiting.insert(id, tx);
+        rx
+    }
+
+    pub fn unwatch(&self, id: BatchId) {
+        self.shared.watches.lock().unwrap().waiting.remove(&id);
     }
 
     /// The commit index openraft last reported, for status and readiness.
@@ -245,6 +271,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.shared.state.lock().unwrap().committed = committed;
+        if let Some(committed) = committed {
+            let mut watches = self.shared.watches.lock().unwrap();
+            let later = watches.placed.split_off(&(committed.index + 1));
+            for id in std::mem::replace(&mut watches.placed, later).into_values() {
+                if let Some(watch) = watches.waiting.remove(&id) {
+                    let _ = watch.send(());
+                }
+            }
+        }
         // Not waited for: a lost commit index is learnt again from the leader.
         let value = encode(&committed).map_err(|e| StorageIOError::write_logs(&e))?;
         self.queue(Write::Meta {
@@ -266,7 +301,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut encoded = Vec::new();
         {
             let mut state = self.shared.state.lock().unwrap();
+            let mut watches = self.shared.watches.lock().unwrap();
             for entry in entries {
+                if let EntryPayload::Normal(batch) = &entry.payload
+                    && watches.waiting.contains_key(&batch.id)
+                {
+                    watches.placed.insert(entry.log_id.index, batch.id);
+                }
                 let bytes = encode(&entry)
                     .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
                 encoded.push((entry.log_id, bytes));
@@ -281,6 +322,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            // Watched batches from the truncated entries will not commit: dropping their
+            // senders tells the proposers.
+            let mut watches = self.shared.watches.lock().unwrap();
+            for id in watches.placed.split_off(&log_id.index).into_values() {
+                watches.waiting.remove(&id);
+            }
+        }
         {
             let mut state = self.shared.state.lock().unwrap();
             state.cache.split_off(&log_id.index);
@@ -382,7 +431,10 @@ fn write_batch(db: &Database, batch: &[Write]) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
     // A batch of commit-index updates alone need not reach the disk now: the next durable
     // commit takes it along, and a lost one is learnt again from the leader.
-    if batch.iter().all(|w| matches!(w, Write::Meta { done: None, .. })) {
+    if batch
+        .iter()
+        .all(|w| matches!(w, Write::Meta { done: None, .. }))
+    {
         txn.set_durability(redb::Durability::None)?;
     }
     {
@@ -502,13 +554,14 @@ mod tests {
             let entries: Vec<Entry> = (1..=3)
                 .map(|i| Entry {
                     log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
-                    payload: crate::order::typ::EntryPayload::Normal(crate::order::typ::Batch(
-                        vec![crate::order::typ::Command {
+                    payload: crate::order::typ::EntryPayload::Normal(crate::order::typ::Batch {
+                        id: (1, i),
+                        commands: vec![crate::order::typ::Command {
                             origin: 1,
                             id: i,
                             payload: bytes::Bytes::from(vec![i as u8; 3]),
                         }],
-                    )),
+                    }),
                 })
                 .collect();
             log.blocking_append(entries).await.unwrap();

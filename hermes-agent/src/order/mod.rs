@@ -22,7 +22,6 @@ pub mod wire;
 
 use std::{
     collections::BTreeMap,
-    convert::Infallible,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
@@ -79,6 +78,10 @@ pub enum StartError {
     #[error("cannot listen for peers on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
 }
+
+/// How long a request waits for a leader to take it before the client gets 503: longer than an
+/// election (with its random timeouts) normally takes.
+pub const LEADERLESS: Duration = Duration::from_secs(3);
 
 /// Why a request was not answered by the app.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -153,6 +156,7 @@ impl Node {
             listener,
             Arc::new(server::Server {
                 raft: raft.clone(),
+                log: log.clone(),
                 node_id: settings.node_id,
                 forward_timeout: settings.request_timeout,
             }),
@@ -174,8 +178,10 @@ impl Node {
         );
         let proposer = Proposer::start(
             raft.clone(),
+            log.clone(),
             peers.clone(),
             settings.node_id,
+            boot,
             settings.request_timeout,
         );
         Ok(Arc::new(Self {
@@ -210,7 +216,7 @@ impl Node {
         let maybe_proposed = AtomicBool::new(false);
         tokio::select! {
             response = answered => response.map_err(|_| SubmitError::Timeout),
-            never = self.propose(command, &maybe_proposed) => match never {},
+            given_up = self.propose(command, &maybe_proposed) => Err(given_up),
             () = sleep_until(deadline) => Err(if maybe_proposed.load(Ordering::Relaxed) {
                 SubmitError::Timeout
             } else {
@@ -221,8 +227,11 @@ impl Node {
 
     /// Proposes `command` until the leader has committed it, then waits (the local apply
     /// answers). Follows leader changes; the state machine drops duplicates of retried proposals.
-    async fn propose(&self, command: Command, maybe_proposed: &AtomicBool) -> Infallible {
+    /// Gives up early, with [`SubmitError::NoLeader`], when no leader took it for
+    /// [`LEADERLESS`] and no leader may have received it.
+    async fn propose(&self, command: Command, maybe_proposed: &AtomicBool) -> SubmitError {
         let mut backoff = Duration::from_millis(20);
+        let started = Instant::now();
         loop {
             match self.proposer.propose(command.clone()).await {
                 Outcome::Committed => return std::future::pending().await,
@@ -232,6 +241,9 @@ impl Node {
                         maybe_proposed.store(true, Ordering::Relaxed);
                     }
                 }
+            }
+            if !maybe_proposed.load(Ordering::Relaxed) && started.elapsed() > LEADERLESS {
+                return SubmitError::NoLeader;
             }
             // Wait for news of the leader, or a while.
             let mut metrics = self.raft.metrics();

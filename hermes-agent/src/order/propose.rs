@@ -2,12 +2,19 @@
 //! proposals are in flight are batched into one entry, so that under load one append (one fsync,
 //! one round of replication) orders many of them; at low load a batch is a single request and
 //! waits for nothing. The leader proposes its batches itself; a follower forwards them to it.
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::ClientWriteError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
+    log_store::LogStore,
     network::Peers,
     typ::{Batch, Command, NodeId, Raft},
     wire::{ForwardError, Request, Response},
@@ -19,6 +26,9 @@ const IN_FLIGHT: usize = 4;
 const MAX_BATCH: usize = 256;
 /// Payload bytes in one batch at most (a single larger request still goes alone).
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// A leader that has heard from no quorum for this long is probably cut off: it takes no more
+/// proposals, which could not commit.
+pub const QUORUM_SILENCE_MS: u64 = 1500;
 
 /// What became of a proposal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,12 +52,23 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    pub fn start(raft: Raft, peers: Peers, node_id: NodeId, timeout: Duration) -> Self {
+    /// `boot` makes batch ids unique across restarts.
+    pub fn start(
+        raft: Raft,
+        log: LogStore,
+        peers: Peers,
+        node_id: NodeId,
+        boot: u64,
+        timeout: Duration,
+    ) -> Self {
         let (queue, pending) = mpsc::unbounded_channel();
         let route = Arc::new(Route {
             raft,
+            log,
             peers,
             node_id,
+            boot,
+            sequence: AtomicU64::new(0),
             timeout,
         });
         tokio::spawn(batch(pending, route));
@@ -84,7 +105,7 @@ async fn batch(mut queue: mpsc::UnboundedReceiver<Pending>, route: Arc<Route>) {
         tokio::spawn(async move {
             let (commands, waiters): (Vec<_>, Vec<_>) =
                 pending.into_iter().map(|p| (p.command, p.outcome)).unzip();
-            let outcome = route.propose(Batch(commands)).await;
+            let outcome = route.propose(commands).await;
             drop(permit);
             for waiter in waiters {
                 let _ = waiter.send(outcome);
@@ -95,13 +116,21 @@ async fn batch(mut queue: mpsc::UnboundedReceiver<Pending>, route: Arc<Route>) {
 
 struct Route {
     raft: Raft,
+    log: LogStore,
     peers: Peers,
     node_id: NodeId,
+    boot: u64,
+    sequence: AtomicU64,
     timeout: Duration,
 }
 
 impl Route {
-    async fn propose(&self, batch: Batch) -> Outcome {
+    async fn propose(&self, commands: Vec<Command>) -> Outcome {
+        let id = (
+            self.node_id,
+            (self.boot << 40) | self.sequence.fetch_add(1, Ordering::Relaxed),
+        );
+        let batch = Batch { id, commands };
         let (leader, addr) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
@@ -117,16 +146,7 @@ impl Route {
         };
         match (leader, addr) {
             (Some(leader), _) if leader == self.node_id => {
-                match self.raft.client_write(batch).await {
-                    Ok(_) => Outcome::Committed,
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
-                        Outcome::NotLeader(to.leader_id)
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "proposal failed");
-                        Outcome::Failed { maybe_sent: true }
-                    }
-                }
+                commit(&self.raft, &self.log, batch).await
             }
             (Some(leader), Some(addr)) => {
                 match self
@@ -154,4 +174,32 @@ impl Route {
             _ => Outcome::NotLeader(None),
         }
     }
+}
+
+/// Proposes `batch` on this node, the leader, and waits until it is committed (not until it is
+/// applied here: that waits for the app, and the proposer's own node answers its clients).
+pub async fn commit(raft: &Raft, log: &LogStore, batch: Batch) -> Outcome {
+    let quorum_silence = raft.metrics().borrow().millis_since_quorum_ack;
+    if quorum_silence.is_some_and(|ms| ms > QUORUM_SILENCE_MS) {
+        return Outcome::NotLeader(None);
+    }
+    let id = batch.id;
+    let committed = log.watch(id);
+    let outcome = match raft.client_write_ff(batch).await {
+        Err(_) => Outcome::Failed { maybe_sent: false },
+        Ok(applied) => tokio::select! {
+            Ok(()) = committed => Outcome::Committed,
+            result = applied => match result {
+                Ok(Ok(_)) => Outcome::Committed,
+                Ok(Err(ClientWriteError::ForwardToLeader(to))) => Outcome::NotLeader(to.leader_id),
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "proposal failed");
+                    Outcome::Failed { maybe_sent: true }
+                }
+                Err(_) => Outcome::Failed { maybe_sent: true },
+            },
+        },
+    };
+    log.unwatch(id);
+    outcome
 }

@@ -2,7 +2,6 @@
 //! its own task so that a slow one does not hold up the others on the connection.
 use std::{sync::Arc, time::Duration};
 
-use openraft::error::{ClientWriteError, RaftError};
 use tokio::{
     io::{AsyncWriteExt, BufWriter},
     net::{TcpListener, TcpStream},
@@ -10,12 +9,15 @@ use tokio::{
 };
 
 use super::{
+    log_store::LogStore,
+    propose::{self, Outcome},
     typ::{NodeId, Raft},
     wire::{self, ForwardError, Request, Response},
 };
 
 pub struct Server {
     pub raft: Raft,
+    pub log: LogStore,
     pub node_id: NodeId,
     /// How long a forwarded proposal may wait to be applied here.
     pub forward_timeout: Duration,
@@ -88,19 +90,24 @@ async fn handle(server: &Server, request: Request) -> Response {
         Request::InstallSnapshot(rpc) => {
             Response::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
-        Request::Forward(command) => {
-            let written =
-                tokio::time::timeout(server.forward_timeout, raft.client_write(command)).await;
-            Response::Forward(match written {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to)))) => {
-                    Err(ForwardError::NotLeader(to.leader_id))
-                }
-                Ok(Err(error)) => Err(ForwardError::Failed(error.to_string())),
-                Err(_) => Err(ForwardError::Failed(
-                    "not applied within the request timeout".into(),
-                )),
-            })
+        Request::Forward(batch) => {
+            let leader = raft.metrics().borrow().current_leader;
+            if leader != Some(server.node_id) {
+                return Response::Forward(Err(ForwardError::NotLeader(leader)));
+            }
+            let commit = propose::commit(raft, &server.log, batch);
+            Response::Forward(
+                match tokio::time::timeout(server.forward_timeout, commit).await {
+                    Ok(Outcome::Committed) => Ok(()),
+                    Ok(Outcome::NotLeader(leader)) => Err(ForwardError::NotLeader(leader)),
+                    Ok(Outcome::Failed { .. }) => {
+                        Err(ForwardError::Failed("the proposal failed".into()))
+                    }
+                    Err(_) => Err(ForwardError::Failed(
+                        "not committed within the request timeout".into(),
+                    )),
+                },
+            )
         }
         Request::Hello => Response::Hello {
             node_id: server.node_id,

@@ -243,7 +243,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(batch) => {
                     let first = self.progress.requests + 1;
-                    for (seq, command) in (first..).zip(batch.0) {
+                    for (seq, command) in (first..).zip(batch.commands) {
                         // Delivered before a restart: skip it.
                         if seq > self.progress.delivered {
                             self.deliver(entry.log_id, seq, command).await?;
@@ -378,7 +378,7 @@ impl Dedup {
             let entries = log.try_get_log_entries(start..end).await?;
             for entry in entries.iter().rev() {
                 if let EntryPayload::Normal(batch) = &entry.payload {
-                    keys.extend(batch.0.iter().rev().map(Command::key));
+                    keys.extend(batch.commands.iter().rev().map(Command::key));
                 }
             }
             end = start;
@@ -591,7 +591,10 @@ mod tests {
             .collect();
         Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(super::super::typ::Batch(commands)),
+            payload: EntryPayload::Normal(super::super::typ::Batch {
+                id: (1, index),
+                commands,
+            }),
         }
     }
 

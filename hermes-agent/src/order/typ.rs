@@ -28,7 +28,14 @@ impl Command {
 /// The commands of one log entry: a node proposes the requests its clients sent while its
 /// previous proposal was in flight together, so that one append (one fsync) orders them all.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Batch(pub Vec<Command>);
+pub struct Batch {
+    /// Unique per proposing node, across restarts: lets the proposer learn when it is committed.
+    pub id: BatchId,
+    pub commands: Vec<Command>,
+}
+
+/// (proposing node, `(boot << 40) | sequence`).
+pub type BatchId = (NodeId, u64);
 
 openraft::declare_raft_types!(
     /// Hermes' Raft types.

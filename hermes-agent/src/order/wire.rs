@@ -94,7 +94,10 @@ mod tests {
             id: 9,
             payload: bytes::Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"),
         };
-        let batch = Batch(vec![command]);
+        let batch = Batch {
+            id: (2, 1),
+            commands: vec![command],
+        };
         let mut stream = frame(7, &Request::Forward(batch.clone())).unwrap();
         stream.extend(frame(8, &Request::Hello).unwrap());
         let mut reader = &stream[..];
