@@ -27,6 +27,7 @@ pub struct Cli {
 pub enum Invocation {
     Agent(Box<Config>),
     Detach(DetachArgs),
+    Ctl(CtlArgs),
 }
 
 impl Cli {
@@ -39,6 +40,7 @@ impl Cli {
         let cli = Self::try_parse_from(args)?;
         match (cli.command, cli.agent) {
             (Some(Command::Detach(args)), _) => Ok(Invocation::Detach(args)),
+            (Some(Command::Ctl(args)), _) => Ok(Invocation::Ctl(args)),
             (None, Some(config)) => Ok(Invocation::Agent(Box::new(config))),
             (None, None) => Err(Self::command().error(
                 clap::error::ErrorKind::MissingRequiredArgument,
@@ -53,6 +55,41 @@ pub enum Command {
     /// Remove the steering of a port for good (uninstall): afterwards clients reach the app
     /// directly. A running agent keeps serving the connections it already accepted.
     Detach(DetachArgs),
+    /// Talk to a running agent's admin API: status, and cluster membership (add a node as a
+    /// learner, promote it to voter, remove a node).
+    Ctl(CtlArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CtlArgs {
+    /// The agent's admin API.
+    #[arg(long, env = "HERMES_ADMIN", default_value = "127.0.0.1:9180")]
+    pub admin: SocketAddr,
+    #[command(subcommand)]
+    pub action: CtlAction,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum CtlAction {
+    /// Print the node's status (JSON).
+    Status,
+    /// Add a node (started with --join) as a learner: it receives the log but does not vote
+    /// yet. Shows its progress when asked of the leader.
+    AddLearner {
+        /// The new node's --node-id.
+        id: u64,
+        /// Where its peers reach it (its --raft-addr), HOST:PORT.
+        addr: String,
+    },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+    /// Remove a node from the cluster: it receives no more entries.
+    Remove { id: u64 },
+    /// Make exactly these nodes the voters, e.g. `voters 1,2,4`.
+    Voters {
+        #[arg(value_delimiter = ',', required = true)]
+        ids: Vec<u64>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -117,6 +154,11 @@ pub struct Config {
     /// same list on every node). The member with the lowest id forms the cluster once all answer.
     #[arg(long, env = "HERMES_PEERS", value_parser = parse_members, help_heading = "Replication")]
     pub peers: Option<Members>,
+
+    /// This node joins a running cluster (`hermes-agent ctl add-learner` on a member adds it):
+    /// it never forms a cluster of its own, whatever --peers says.
+    #[arg(long, env = "HERMES_JOIN", help_heading = "Replication")]
+    pub join: bool,
 
     /// Where to listen for peers. Default: this node's address in --peers.
     #[arg(long, env = "HERMES_RAFT_ADDR", help_heading = "Replication")]
@@ -272,6 +314,7 @@ impl Config {
         };
         Ok(Some(crate::order::Settings {
             node_id,
+            join: self.join,
             raft_addr,
             members,
             data_dir,

@@ -7,12 +7,13 @@
 //!   or only relays bytes ([`intercept::passthrough`]).
 //! - [`order`]: totally orders the requests of all nodes through Raft and delivers them, in log
 //!   order, with [`deliver`] to the local app.
-//! - [`admin`]: status, health and readiness over HTTP.
+//! - [`admin`]: status, health, readiness and membership over HTTP; [`ctl`] is its command line.
 //! - [`http`]: HTTP/1.1 framing shared by interception and delivery.
 //!
 //! [`run`] is the whole daemon, so tests and `main` start it the same way.
 pub mod admin;
 pub mod config;
+pub mod ctl;
 pub mod deliver;
 pub mod http;
 pub mod intercept;

@@ -30,6 +30,13 @@ fn main() -> ExitCode {
         .init();
     match invocation {
         Invocation::Detach(args) => exit(detach(&args)),
+        Invocation::Ctl(args) => match hermes_agent::ctl::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Invocation::Agent(config) => {
             if let Err(error) = config.validate() {
                 eprintln!("error: {error}");

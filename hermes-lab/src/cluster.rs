@@ -38,6 +38,8 @@ pub struct Cluster {
     pub agent_args: Vec<String>,
     /// App flags besides the cluster's own (e.g. `--prepopulate 1000` for the log app).
     pub app_args: Vec<String>,
+    /// Nodes `1..=members` form the cluster; later ones join it (`--join`) when started.
+    pub members: usize,
     apps: Vec<Option<Process>>,
     agents: Vec<Option<Process>>,
 }
@@ -53,17 +55,18 @@ impl Cluster {
             app,
             agent_args: agent_args.iter().map(|s| s.to_string()).collect(),
             app_args: Vec::new(),
+            members: nodes,
             apps: (0..nodes).map(|_| None).collect(),
             agents: (0..nodes).map(|_| None).collect(),
         })
     }
 
-    /// Starts every app, then every agent, and waits for a leader.
+    /// Starts the members' apps, then their agents, and waits for a leader.
     pub fn start(&mut self) -> io::Result<usize> {
-        for id in 1..=self.nodes() {
+        for id in 1..=self.members {
             self.start_app(id)?;
         }
-        for id in 1..=self.nodes() {
+        for id in 1..=self.members {
             self.start_agent(id)?;
         }
         self.wait_for_leader()
@@ -125,13 +128,16 @@ impl Cluster {
         Ok(())
     }
 
-    /// The `--peers` value of this cluster.
-    pub fn peers(&self) -> String {
-        let peers: Vec<String> = self
-            .lab
-            .nodes
-            .iter()
-            .map(|n| format!("{}={}:{RAFT_PORT}", n.id, n.ip))
+    /// Where node `id`'s peers reach it.
+    pub fn raft_addr(&self, id: usize) -> String {
+        format!("{}:{RAFT_PORT}", self.lab.node(id).ip)
+    }
+
+    /// The `--peers` value for node `id`: the founding members, and itself.
+    pub fn peers(&self, id: usize) -> String {
+        let peers: Vec<String> = (1..=self.members.max(id))
+            .filter(|n| *n <= self.members || *n == id)
+            .map(|n| format!("{n}={}", self.raft_addr(n)))
             .collect();
         peers.join(",")
     }
@@ -144,10 +150,13 @@ impl Cluster {
             "--node-id".into(),
             id.to_string(),
             "--peers".into(),
-            self.peers(),
+            self.peers(id),
             "--data-dir".into(),
             data_dir.to_str().expect("UTF-8 path").to_owned(),
         ];
+        if id > self.members {
+            args.push("--join".into());
+        }
         args.extend(self.agent_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut agent = self.spawn(self.lab.node(id), "hermes-agent", &args)?;
@@ -176,6 +185,25 @@ impl Cluster {
         self.agents[id - 1].is_some()
     }
 
+    /// Runs `hermes-agent ctl ARGS` inside node `id` against its admin API; its output, or an
+    /// error with it.
+    pub fn ctl(&self, id: usize, args: &[&str]) -> io::Result<String> {
+        let output = self
+            .lab
+            .node(id)
+            .command(self.bin.join("hermes-agent"))?
+            .arg("ctl")
+            .args(args)
+            .output()?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        if output.status.success() {
+            Ok(text)
+        } else {
+            Err(io::Error::other(format!("ctl {args:?} failed: {text}")))
+        }
+    }
+
     /// `GET /status` of node `id`'s admin API; `None` if it does not answer.
     pub fn status(&self, id: usize) -> Option<Value> {
         let body = self.admin(id, "/status")?.body;
@@ -193,9 +221,17 @@ impl Cluster {
 
     /// The leader, if the running agents agree on one.
     pub fn leader(&self) -> Option<usize> {
-        let leaders: Vec<Option<u64>> = (1..=self.nodes())
+        let running: Vec<usize> = (1..=self.nodes())
             .filter(|id| self.is_running(*id))
-            .map(|id| self.status(id).and_then(|s| s["leader_id"].as_u64()))
+            .collect();
+        self.leader_among(&running)
+    }
+
+    /// The leader, if these nodes agree on one.
+    pub fn leader_among(&self, nodes: &[usize]) -> Option<usize> {
+        let leaders: Vec<Option<u64>> = nodes
+            .iter()
+            .map(|id| self.status(*id).and_then(|s| s["leader_id"].as_u64()))
             .collect();
         let first = (*leaders.first()?)?;
         leaders

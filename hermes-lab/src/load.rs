@@ -64,10 +64,10 @@ impl Load {
     }
 
     /// Stops the clients (each finishes its request in progress) and returns what they sent.
-    pub fn stop(self) -> Sent {
+    pub fn stop(mut self) -> Sent {
         self.stop.store(true, Ordering::Relaxed);
         let mut total = Sent::default();
-        for thread in self.threads {
+        for thread in std::mem::take(&mut self.threads) {
             let sent = thread.join().expect("client thread");
             total.all.extend(sent.all);
             total.acked.extend(sent.acked);
@@ -76,6 +76,13 @@ impl Load {
             }
         }
         total
+    }
+}
+
+impl Drop for Load {
+    /// Clients left running would go on posting to whatever lab next gets these addresses.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -1,14 +1,31 @@
-//! The admin API (loopback by default): `GET /status` (JSON), `/healthz`, `/readyz`, and
-//! `/digests?from=N` (digests of the app's responses per log index, to compare replicas).
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+//! The admin API (loopback by default):
+//!
+//! - `GET /status` (JSON), `GET /healthz`, `GET /readyz`;
+//! - `GET /digests?from=N`: digests of the app's responses by request sequence number, to
+//!   compare replicas;
+//! - `POST /cluster/learners` `{"id": 4, "addr": "10.0.0.4:7000"}`: add a node as a learner;
+//! - `POST /cluster/membership` `{"voters": [1, 2, 3, 4]}`: make exactly these the voters
+//!   (promotes learners, removes voters left out).
+//!
+//! `hermes-agent ctl` is the command-line front of it.
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
 
+use serde::Deserialize;
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 
-use crate::{order::Node, steer::Steering};
+use crate::{
+    order::{Node, propose::QUORUM_SILENCE_MS, wire::MembershipChange},
+    steer::Steering,
+};
+
+/// Largest request the admin API reads.
+const MAX_REQUEST: usize = 64 * 1024;
+/// Longest a request may take, membership changes included.
+const TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Admin {
     pub steering: Steering,
@@ -29,59 +46,104 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         };
         let admin = Arc::clone(&admin);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), connection(stream, &admin)).await;
+            let _ = tokio::time::timeout(TIMEOUT, connection(stream, &admin)).await;
         });
     }
 }
 
-async fn connection(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut headers);
-        let parsed = request.parse(&buf);
-        let (status, content_type, body) = match parsed {
-            Ok(httparse::Status::Partial) if buf.len() < 16 * 1024 => {
-                if stream.read_buf(&mut buf).await? == 0 {
-                    return Ok(());
-                }
-                continue;
-            }
-            Ok(httparse::Status::Complete(_)) => route(
-                admin,
-                request.method.unwrap_or(""),
-                request.path.unwrap_or(""),
-            ),
-            _ => (400, "text/plain", "bad request\n".to_owned()),
-        };
-        let reason = match status {
-            200 => "OK",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            503 => "Service Unavailable",
-            _ => "Bad Request",
-        };
-        let response = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        return stream.write_all(response.as_bytes()).await;
+/// An answer: status and JSON or text body.
+struct Answer {
+    status: u16,
+    json: bool,
+    body: String,
+}
+
+impl Answer {
+    fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            json: false,
+            body: body.into() + "\n",
+        }
+    }
+
+    fn json(status: u16, value: serde_json::Value) -> Self {
+        Self {
+            status,
+            json: true,
+            body: value.to_string() + "\n",
+        }
     }
 }
 
-fn route(admin: &Admin, method: &str, target: &str) -> (u16, &'static str, String) {
-    if method != "GET" {
-        return (405, "text/plain", "only GET\n".into());
-    }
+/// Serves one request, then closes.
+async fn connection(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let answer = loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf) {
+            Ok(httparse::Status::Complete(head)) => {
+                let length = request
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| {
+                        std::str::from_utf8(h.value)
+                            .ok()?
+                            .trim()
+                            .parse::<usize>()
+                            .ok()
+                    })
+                    .unwrap_or(0);
+                if head + length > MAX_REQUEST {
+                    break Answer::text(413, "request too large");
+                }
+                if buf.len() >= head + length {
+                    let (method, path) = (request.method.unwrap_or(""), request.path.unwrap_or(""));
+                    break route(admin, method, path, &buf[head..head + length]).await;
+                }
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST => {}
+            _ => break Answer::text(400, "bad request"),
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    };
+    let reason = match answer.status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        _ => "Service Unavailable",
+    };
+    let content_type = if answer.json {
+        "application/json"
+    } else {
+        "text/plain"
+    };
+    let response = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        answer.status,
+        answer.body.len(),
+        answer.body
+    );
+    stream.write_all(response.as_bytes()).await
+}
+
+async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]) -> Answer {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    match path {
-        "/healthz" => (200, "text/plain", "ok\n".into()),
-        "/readyz" => match not_ready(admin) {
-            None => (200, "text/plain", "ready\n".into()),
-            Some(reason) => (503, "text/plain", format!("not ready: {reason}\n")),
+    match (method, path) {
+        ("GET", "/healthz") => Answer::text(200, "ok"),
+        ("GET", "/readyz") => match not_ready(admin) {
+            None => Answer::text(200, "ready"),
+            Some(reason) => Answer::text(503, format!("not ready: {reason}")),
         },
-        "/status" => (200, "application/json", status(admin).to_string() + "\n"),
-        "/digests" => {
+        ("GET", "/status") => Answer::json(200, status(admin)),
+        ("GET", "/digests") => {
             let from = query
                 .split('&')
                 .find_map(|kv| kv.strip_prefix("from="))
@@ -92,13 +154,59 @@ fn route(admin: &Admin, method: &str, target: &str) -> (u16, &'static str, Strin
                 .as_ref()
                 .map(|n| n.shared.digests(from))
                 .unwrap_or_default();
-            (200, "application/json", json!(digests).to_string() + "\n")
+            Answer::json(200, json!(digests))
         }
-        _ => (
-            404,
-            "text/plain",
-            "unknown path; try /status, /healthz, /readyz, /digests\n".into(),
-        ),
+        ("POST", "/cluster/learners") => {
+            #[derive(Deserialize)]
+            struct Learner {
+                id: u64,
+                addr: String,
+            }
+            match serde_json::from_slice::<Learner>(body) {
+                Ok(Learner { id, addr }) => {
+                    change(admin, MembershipChange::AddLearner { id, addr }).await
+                }
+                Err(error) => Answer::text(
+                    400,
+                    format!("expected {{\"id\": N, \"addr\": \"HOST:PORT\"}}: {error}"),
+                ),
+            }
+        }
+        ("POST", "/cluster/membership") => {
+            #[derive(Deserialize)]
+            struct Voters {
+                voters: BTreeSet<u64>,
+            }
+            match serde_json::from_slice::<Voters>(body) {
+                Ok(Voters { voters }) if !voters.is_empty() => {
+                    change(admin, MembershipChange::Voters(voters)).await
+                }
+                Ok(_) => Answer::text(400, "a cluster needs at least one voter"),
+                Err(error) => {
+                    Answer::text(400, format!("expected {{\"voters\": [N, ...]}}: {error}"))
+                }
+            }
+        }
+        (
+            _,
+            "/healthz"
+            | "/readyz"
+            | "/status"
+            | "/digests"
+            | "/cluster/learners"
+            | "/cluster/membership",
+        ) => Answer::text(405, "wrong method"),
+        _ => Answer::text(404, "unknown path; see the admin API in the README"),
+    }
+}
+
+async fn change(admin: &Admin, change: MembershipChange) -> Answer {
+    let Some(node) = &admin.node else {
+        return Answer::text(409, "passthrough mode has no cluster");
+    };
+    match node.change_membership(change).await {
+        Ok(()) => Answer::json(200, status(admin)),
+        Err(error) => Answer::text(409, error),
     }
 }
 
@@ -112,7 +220,7 @@ fn not_ready(admin: &Admin) -> Option<String> {
     if metrics.current_leader == Some(node.id)
         && metrics
             .millis_since_quorum_ack
-            .is_some_and(|ms| ms > crate::order::propose::QUORUM_SILENCE_MS)
+            .is_some_and(|ms| ms > QUORUM_SILENCE_MS)
     {
         return Some("leader cut off from a quorum".into());
     }
@@ -147,6 +255,13 @@ fn status(admin: &Admin) -> serde_json::Value {
         .nodes()
         .map(|(id, n)| json!({ "id": id, "addr": n.addr, "voter": voters.contains(id) }))
         .collect();
+    // On the leader: how far each member's log matches.
+    let replication: Option<serde_json::Map<String, serde_json::Value>> =
+        metrics.replication.as_ref().map(|r| {
+            r.iter()
+                .map(|(id, matched)| (id.to_string(), json!(matched.map_or(0, |m| m.index))))
+                .collect()
+        });
     json!({
         "mode": "replicated",
         "node_id": node.id,
@@ -156,8 +271,12 @@ fn status(admin: &Admin) -> serde_json::Value {
         "last_log_index": metrics.last_log_index.unwrap_or(0),
         "commit_index": node.log.committed().map_or(0, |id| id.index),
         "applied_index": node.shared.applied_index(),
+        "snapshot_index": metrics.snapshot.map_or(0, |id| id.index),
+        "purged_index": metrics.purged.map_or(0, |id| id.index),
+        "requests": node.shared.requests(),
         "deliveries": node.shared.deliveries(),
         "members": members,
+        "replication": replication,
         "pending": node.pending(admin.max_pending),
         "app_reachable": node.shared.app_reachable(),
         "ready": not_ready(admin).is_none(),

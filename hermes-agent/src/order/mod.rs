@@ -13,6 +13,7 @@
     reason = "openraft's storage traits return its StorageError; boxing it here would only move the copy"
 )]
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod propose;
 pub mod server;
@@ -54,6 +55,8 @@ use wire::{Request, Response as PeerResponse};
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub node_id: NodeId,
+    /// Join a running cluster instead of forming one.
+    pub join: bool,
     /// Where peers reach this node.
     pub raft_addr: SocketAddr,
     /// The initial voters and their peer addresses (this node included).
@@ -103,6 +106,7 @@ pub struct Node {
     /// Commit index when the node started: readiness waits until it is applied.
     pub startup_commit: u64,
     proposer: Proposer,
+    peers: Peers,
     boot: u64,
     sequence: AtomicU64,
     pending: Semaphore,
@@ -161,12 +165,14 @@ impl Node {
                 forward_timeout: settings.request_timeout,
             }),
         ));
-        tokio::spawn(bootstrap(
-            raft.clone(),
-            peers.clone(),
-            settings.node_id,
-            settings.members.clone(),
-        ));
+        if !settings.join {
+            tokio::spawn(bootstrap(
+                raft.clone(),
+                peers.clone(),
+                settings.node_id,
+                settings.members.clone(),
+            ));
+        }
         tracing::info!(
             node_id = settings.node_id,
             raft = %settings.raft_addr,
@@ -191,6 +197,7 @@ impl Node {
             log,
             startup_commit,
             proposer,
+            peers,
             boot,
             sequence: AtomicU64::new(0),
             pending: Semaphore::new(settings.max_pending),

@@ -109,6 +109,9 @@ async fn handle(server: &Server, request: Request) -> Response {
                 },
             )
         }
+        Request::ChangeMembership(change) => Response::ChangeMembership(
+            super::membership::change_on_leader(raft, server.node_id, change).await,
+        ),
         Request::Hello => Response::Hello {
             node_id: server.node_id,
             initialized: raft.is_initialized().await.unwrap_or(false),

@@ -47,6 +47,7 @@ pub struct Shared {
     node_id: NodeId,
     waiters: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
     applied: AtomicU64,
+    requests: AtomicU64,
     deliveries: AtomicU64,
     digests: Mutex<VecDeque<(u64, u64)>>,
     app_reachable: Arc<AtomicBool>,
@@ -68,6 +69,11 @@ impl Shared {
     /// Index of the last entry delivered (0: none).
     pub fn applied_index(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
+    }
+
+    /// Sequence number of the last request handled: requests ordered so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// App requests delivered since the log began.
@@ -150,6 +156,7 @@ impl StateMachine {
             node_id,
             waiters: Mutex::default(),
             applied: AtomicU64::new(applied),
+            requests: AtomicU64::new(progress.requests),
             deliveries: AtomicU64::new(progress.deliveries),
             digests: Mutex::default(),
             app_reachable: app.reachable(),
@@ -191,6 +198,7 @@ impl StateMachine {
         self.shared
             .deliveries
             .store(self.progress.deliveries, Ordering::Relaxed);
+        self.shared.requests.store(seq, Ordering::Relaxed);
         self.dedup.insert(seq, command.key());
         {
             let mut digests = self.shared.digests.lock().unwrap();

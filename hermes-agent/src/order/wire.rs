@@ -14,6 +14,18 @@ pub enum Request {
     Forward(Batch),
     /// Who are you, and are you part of a cluster already?
     Hello,
+    /// A membership change, for the leader to make.
+    ChangeMembership(MembershipChange),
+}
+
+/// A change to the cluster's members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Start replicating to a new node, which does not vote yet.
+    AddLearner { id: NodeId, addr: String },
+    /// Make exactly these nodes the voters (learners among them are promoted; voters left out
+    /// are removed from the cluster).
+    Voters(std::collections::BTreeSet<NodeId>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +40,7 @@ pub enum Response {
         node_id: NodeId,
         initialized: bool,
     },
+    ChangeMembership(Result<(), String>),
     /// The request could not be decoded.
     Rejected(String),
 }

@@ -1,0 +1,146 @@
+//! `hermes-agent ctl`: the command-line front of the admin API (status and membership).
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::config::{CtlAction, CtlArgs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error(
+        "cannot reach the admin API at {0}: {1} (is the agent running? ctl talks to --admin, loopback by default)"
+    )]
+    Connect(SocketAddr, std::io::Error),
+    #[error("the admin API answered {0}: {1}")]
+    Refused(u16, String),
+    #[error("unexpected answer from the admin API: {0}")]
+    Garbled(String),
+    #[error("node {0} is not a member")]
+    NotAMember(u64),
+}
+
+/// How long `add-learner` follows the new node's catching up.
+const FOLLOW: Duration = Duration::from_secs(600);
+
+pub fn run(args: &CtlArgs) -> Result<(), CtlError> {
+    let admin = args.admin;
+    match &args.action {
+        CtlAction::Status => {
+            let status = request(admin, "GET", "/status", None)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&status).unwrap_or_default()
+            );
+        }
+        CtlAction::AddLearner { id, addr } => {
+            request(
+                admin,
+                "POST",
+                "/cluster/learners",
+                Some(json!({ "id": id, "addr": addr })),
+            )?;
+            println!("node {id} ({addr}) added as a learner");
+            follow(admin, *id)?;
+        }
+        CtlAction::Promote { id } => {
+            let mut voters = voters(admin)?;
+            voters.push(*id);
+            set_voters(admin, &voters)?;
+        }
+        CtlAction::Remove { id } => {
+            let mut voters = voters(admin)?;
+            if !voters.contains(id) {
+                return Err(CtlError::NotAMember(*id));
+            }
+            voters.retain(|v| v != id);
+            set_voters(admin, &voters)?;
+        }
+        CtlAction::Voters { ids } => set_voters(admin, ids)?,
+    }
+    Ok(())
+}
+
+fn voters(admin: SocketAddr) -> Result<Vec<u64>, CtlError> {
+    let status = request(admin, "GET", "/status", None)?;
+    let members = status["members"]
+        .as_array()
+        .ok_or_else(|| CtlError::Garbled(status.to_string()))?;
+    Ok(members
+        .iter()
+        .filter(|m| m["voter"].as_bool() == Some(true))
+        .filter_map(|m| m["id"].as_u64())
+        .collect())
+}
+
+fn set_voters(admin: SocketAddr, voters: &[u64]) -> Result<(), CtlError> {
+    let status = request(
+        admin,
+        "POST",
+        "/cluster/membership",
+        Some(json!({ "voters": voters })),
+    )?;
+    println!("voters are now {voters:?}; members: {}", status["members"]);
+    Ok(())
+}
+
+/// Shows how far the learner has caught up, when `admin` is the leader's (it alone knows).
+fn follow(admin: SocketAddr, id: u64) -> Result<(), CtlError> {
+    let started = Instant::now();
+    loop {
+        let status = request(admin, "GET", "/status", None)?;
+        let Some(matched) = status["replication"][id.to_string()].as_u64() else {
+            println!("follow its progress in the leader's /status (\"replication\")");
+            return Ok(());
+        };
+        let last = status["last_log_index"].as_u64().unwrap_or(0);
+        print!("\r  node {id} has {matched} of {last} log entries");
+        let _ = std::io::stdout().flush();
+        if matched >= last {
+            println!("\n  caught up; `ctl promote {id}` makes it a voter");
+            return Ok(());
+        }
+        if started.elapsed() > FOLLOW {
+            println!("\n  still catching up; check /status later");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// One request to the admin API; its JSON answer.
+fn request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, CtlError> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(5))
+        .map_err(|e| CtlError::Connect(admin, e))?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: hermes\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut answer = Vec::new();
+    stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.read_to_end(&mut answer))
+        .map_err(|e| CtlError::Connect(admin, e))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| CtlError::Garbled(answer.to_string()))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| CtlError::Garbled(head.to_owned()))?;
+    if status != 200 {
+        return Err(CtlError::Refused(status, body.trim().to_owned()));
+    }
+    serde_json::from_str(body).map_err(|_| CtlError::Garbled(body.to_owned()))
+}

@@ -1,0 +1,183 @@
+//! Failures (issue 5): partitions, an app down on one replica, membership changes. Throughout,
+//! every request acknowledged to a client is in every replica exactly once.
+use std::net::SocketAddr;
+
+use hermes_tests::{App, Load, check_replicas, client, cluster, lab, wait_until};
+
+#[test]
+fn a_partitioned_leader_serves_no_write_and_the_majority_carries_on() {
+    let Some(cluster) = cluster(3, App::Log, &[]) else {
+        return;
+    };
+    let addrs: Vec<_> = (1..=3).map(|id| cluster.addr(id)).collect();
+    let load = Load::start(&addrs, 6);
+    load.wait_for_acks(50).unwrap();
+
+    let old = cluster.wait_for_leader().unwrap();
+    let majority: Vec<usize> = (1..=3).filter(|id| *id != old).collect();
+    cluster
+        .lab
+        .set_connected(cluster.lab.node(old), false)
+        .unwrap();
+    let new = wait_until("a new leader in the majority", || {
+        cluster.leader_among(&majority).filter(|l| *l != old)
+    })
+    .unwrap();
+    assert_ne!(new, old);
+    load.wait_for_acks(100).unwrap();
+
+    // The old leader knows it is cut off, and a client that still reaches it (from inside its
+    // namespace) is told 503: nothing it takes could be ordered.
+    wait_until("the cut-off leader to report not ready", || {
+        let ready = cluster.admin(old, "/readyz")?;
+        (ready.status == 503).then_some(())
+    })
+    .unwrap();
+    let node = cluster.lab.node(old);
+    let addr = SocketAddr::new(node.ip.into(), 8080);
+    let refused = node
+        .run_inside(move || client::post(addr, "/insert", b"to the cut-off leader"))
+        .unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("Retry-After"), Some("1"));
+
+    cluster
+        .lab
+        .set_connected(cluster.lab.node(old), true)
+        .unwrap();
+    load.wait_for_acks(50).unwrap();
+    let sent = load.stop();
+    cluster.wait_converged().unwrap();
+    let files: Vec<_> = (1..=3).map(|id| cluster.file(id)).collect();
+    check_replicas(&files, &sent).unwrap();
+    assert!(!contains(&files[0], "cut-off"));
+}
+
+fn contains(file: &[u8], text: &str) -> bool {
+    file.windows(text.len()).any(|w| w == text.as_bytes())
+}
+
+#[test]
+fn an_app_down_on_one_replica_holds_it_back_without_skipping_and_it_catches_up() {
+    let Some(mut cluster) = cluster(3, App::Log, &[]) else {
+        return;
+    };
+    let leader = cluster.wait_for_leader().unwrap();
+    let down = (1..=3).find(|id| *id != leader).unwrap();
+    let up: Vec<usize> = (1..=3).filter(|id| *id != down).collect();
+    cluster.kill_app(down).unwrap();
+
+    for n in 0..30 {
+        let response = client::post(
+            cluster.addr(up[n % 2]),
+            "/insert",
+            format!("while-down-{n}").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(response.status, 201);
+    }
+    wait_until("the replica without its app to report not ready", || {
+        (cluster.admin(down, "/readyz")?.status == 503).then_some(())
+    })
+    .unwrap();
+    let behind = cluster.status(down).unwrap();
+    assert!(
+        behind["applied_index"].as_u64() < behind["commit_index"].as_u64(),
+        "{behind}"
+    );
+    assert_eq!(
+        cluster.file(down),
+        b"",
+        "nothing reached the app while it was down"
+    );
+
+    cluster.start_app(down).unwrap();
+    cluster.wait_converged().unwrap();
+    assert_eq!(cluster.file(down), cluster.file(leader));
+    assert_eq!(
+        cluster.file(down).iter().filter(|&&b| b == b'\n').count(),
+        30
+    );
+    wait_until("the replica to be ready again", || {
+        (cluster.admin(down, "/readyz")?.status == 200).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_node_added_with_an_empty_app_catches_up_and_a_removed_node_stops_receiving() {
+    let Some(lab) = lab(4) else { return };
+    let bin = hermes_lab::binary("hermes-agent").unwrap();
+    let mut cluster =
+        hermes_tests::Cluster::new(lab, bin.parent().unwrap(), App::Log, &[]).unwrap();
+    cluster.members = 3;
+    cluster.start().unwrap();
+    let post_all = |cluster: &hermes_tests::Cluster, nodes: &[usize], tag: &str| {
+        for (n, id) in nodes.iter().cycle().take(40).enumerate() {
+            let response = client::post(
+                cluster.addr(*id),
+                "/insert",
+                format!("{tag}-{n}").as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(response.status, 201, "{}", response.text());
+        }
+    };
+    post_all(&cluster, &[1, 2, 3], "before");
+
+    // Node 4 starts empty, joins as a learner, catches up from the start of the log, votes.
+    cluster.start_app(4).unwrap();
+    cluster.start_agent(4).unwrap();
+    let addr = cluster.raft_addr(4);
+    let leader = wait_until("a leader", || cluster.leader_among(&[1, 2, 3])).unwrap();
+    let added = cluster.ctl(leader, &["add-learner", "4", &addr]).unwrap();
+    assert!(added.contains("caught up"), "{added}");
+    cluster.ctl(leader, &["promote", "4"]).unwrap();
+    let status = cluster.status(1).unwrap();
+    let voters: Vec<u64> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(voters, [1, 2, 3, 4]);
+    post_all(&cluster, &[1, 2, 3, 4], "with-four");
+    cluster.wait_converged().unwrap();
+    assert_eq!(cluster.file(4), cluster.file(1));
+
+    // Node 2 removed: it gets no more entries, the other three carry on.
+    cluster.ctl(1, &["remove", "2"]).unwrap();
+    post_all(&cluster, &[1, 3, 4], "after-removal");
+    let remaining = [1, 3, 4];
+    let leader = wait_until("a leader among the remaining members", || {
+        cluster.leader_among(&remaining)
+    })
+    .unwrap();
+    let last = cluster.status(leader).unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
+    wait_until("the remaining members to apply everything", || {
+        remaining
+            .iter()
+            .all(|id| {
+                cluster
+                    .status(*id)
+                    .and_then(|s| s["applied_index"].as_u64())
+                    >= Some(last)
+            })
+            .then_some(())
+    })
+    .unwrap();
+    assert_eq!(cluster.file(1), cluster.file(3));
+    assert_eq!(cluster.file(1), cluster.file(4));
+    assert!(contains(&cluster.file(1), "after-removal-39"));
+    assert!(
+        contains(&cluster.file(2), "with-four-39"),
+        "node 2 had everything up to its removal"
+    );
+    assert!(
+        !contains(&cluster.file(2), "after-removal"),
+        "node 2 got entries after its removal"
+    );
+}
