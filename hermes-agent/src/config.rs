@@ -169,6 +169,39 @@ pub struct Config {
     #[arg(long, env = "HERMES_DATA_DIR", help_heading = "Replication")]
     pub data_dir: Option<PathBuf>,
 
+    /// Shell command that writes the app's state to the file named by `$HERMES_SNAPSHOT`.
+    /// With --restore-cmd, lets Hermes take snapshots and compact its log; a new or lagging
+    /// replica then starts from a snapshot. Without them the log is kept whole.
+    #[arg(
+        long,
+        env = "HERMES_SNAPSHOT_CMD",
+        requires = "restore_cmd",
+        help_heading = "Snapshots"
+    )]
+    pub snapshot_cmd: Option<String>,
+
+    /// Shell command that replaces the app's state with the file named by `$HERMES_SNAPSHOT`.
+    #[arg(
+        long,
+        env = "HERMES_RESTORE_CMD",
+        requires = "snapshot_cmd",
+        help_heading = "Snapshots"
+    )]
+    pub restore_cmd: Option<String>,
+
+    /// Log entries between snapshots (with the hooks).
+    #[arg(long, env = "HERMES_SNAPSHOT_EVERY", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..), help_heading = "Snapshots")]
+    pub snapshot_every: u64,
+
+    /// Log entries kept behind a snapshot, so that a follower lagging a little needs no snapshot.
+    #[arg(
+        long,
+        env = "HERMES_KEEP_LOG",
+        default_value_t = 1000,
+        help_heading = "Snapshots"
+    )]
+    pub keep_log: u64,
+
     /// Admin API (status, health, readiness).
     #[arg(long, env = "HERMES_ADMIN", default_value = "127.0.0.1:9180")]
     pub admin: SocketAddr,
@@ -322,6 +355,14 @@ impl Config {
             app_timeout: self.app_timeout,
             request_timeout: self.request_timeout,
             max_pending: self.max_pending,
+            snapshots: self.snapshot_cmd.clone().zip(self.restore_cmd.clone()).map(
+                |(snapshot_cmd, restore_cmd)| crate::order::Snapshots {
+                    snapshot_cmd,
+                    restore_cmd,
+                    every: self.snapshot_every,
+                    keep: self.keep_log,
+                },
+            ),
         }))
     }
 }

@@ -3,7 +3,9 @@
 //! - `POST /insert` appends the request body as one line to the log file and answers
 //!   `201 Created` with the new line number (and `Location: /line/N`);
 //! - `GET /line/N` returns line N (1-based), `404` past the end;
-//! - `GET /count` returns the number of lines.
+//! - `GET /count` returns the number of lines;
+//! - `GET /state` returns the whole state (for snapshots), `PUT /state` replaces it: 8 bytes of
+//!   the last Hermes log index appended, 8 bytes of the line it became, then the file.
 //!
 //! The file is the state: a restarted app continues it. Each insert is one `write(2)` (no fsync),
 //! so the file is complete whenever the app has answered. Bodies may not contain line breaks.
@@ -124,6 +126,43 @@ impl Log {
             log.file.write_all(&batch)?;
         }
         Ok(log)
+    }
+
+    /// The intent record, then the file.
+    fn state(&self) -> Vec<u8> {
+        let (index, line) = self.intent.unwrap_or((0, 0));
+        let mut state = Vec::with_capacity(16 + self.data.len() + self.count());
+        state.extend_from_slice(&index.to_le_bytes());
+        state.extend_from_slice(&(line as u64).to_le_bytes());
+        for n in 1..=self.count() {
+            state.extend_from_slice(&self.data[self.starts[n - 1]..self.starts[n]]);
+            state.push(b'\n');
+        }
+        state
+    }
+
+    /// Makes `state` (as [`Log::state`] gives it) the log's; returns the number of lines.
+    fn replace(&mut self, state: &[u8]) -> io::Result<usize> {
+        let invalid = |what| io::Error::new(io::ErrorKind::InvalidData, what);
+        let (record, file) = state
+            .split_at_checked(16)
+            .ok_or_else(|| invalid("shorter than 16 bytes"))?;
+        if file.last().is_some_and(|&b| b != b'\n') {
+            return Err(invalid("the file does not end with a line break"));
+        }
+        self.intent_file.write_all_at(record, 0)?;
+        let index = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
+        let line = u64::from_le_bytes(record[8..].try_into().expect("8 bytes"));
+        self.intent = Some((index, line as usize));
+        self.file.set_len(0)?;
+        self.file.write_all(file)?;
+        self.data.clear();
+        self.starts = vec![0];
+        for line in file.split_inclusive(|&b| b == b'\n') {
+            self.data.extend_from_slice(&line[..line.len() - 1]);
+            self.starts.push(self.data.len());
+        }
+        Ok(self.count())
     }
 
     fn count(&self) -> usize {
@@ -254,6 +293,7 @@ struct Request {
     len: usize,
     post: bool,
     get: bool,
+    put: bool,
     path: String,
     body: Vec<u8>,
     close: bool,
@@ -311,6 +351,7 @@ fn parse(buf: &[u8], max_body: usize) -> Result<Option<Request>, Refusal> {
         len,
         post: method == "POST",
         get: method == "GET" || method == "HEAD",
+        put: method == "PUT",
         path: request.path.unwrap_or("").to_owned(),
         body,
         close,
@@ -409,6 +450,24 @@ fn respond(out: &mut Vec<u8>, log: &Mutex<Log>, request: &Request, close: bool) 
             Some(line) => write_response(out, 200, "OK", &[], line, close),
             None => write_response(out, 404, "Not Found", &[], b"no such line\n", close),
         }
+    } else if path == "/state" && request.get {
+        let state = log.lock().unwrap().state();
+        write_response(out, 200, "OK", &[], &state, close);
+    } else if path == "/state" && request.put {
+        match log.lock().unwrap().replace(&request.body) {
+            Ok(count) => {
+                write_response(out, 200, "OK", &[], format!("{count}\n").as_bytes(), close)
+            }
+            Err(error) if error.kind() == io::ErrorKind::InvalidData => write_response(
+                out,
+                400,
+                "Bad Request",
+                &[],
+                format!("{error}\n").as_bytes(),
+                close,
+            ),
+            Err(error) => return Err(error),
+        }
     } else if path == "/count" && request.get {
         let count = log.lock().unwrap().count();
         write_response(out, 200, "OK", &[], format!("{count}\n").as_bytes(), close);
@@ -490,6 +549,40 @@ mod tests {
             Inserted::Stale(6)
         ));
         assert_eq!(std::fs::read(dir.join("log")).unwrap(), b"a\nb\nc\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn state_moves_between_logs() {
+        let dir = std::env::temp_dir().join(format!("hermes-logapp-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let open = |name: &str| {
+            Log::open(&Args::parse_from([
+                "hermes-logapp",
+                "--file",
+                dir.join(name).to_str().unwrap(),
+            ]))
+            .unwrap()
+        };
+        let mut source = open("a");
+        source.insert(b"one", Some(3)).unwrap();
+        source.insert(b"two", Some(4)).unwrap();
+        let mut target = open("b");
+        target.insert(b"stale", None).unwrap();
+        assert_eq!(target.replace(&source.state()).unwrap(), 2);
+        assert_eq!(std::fs::read(dir.join("b")).unwrap(), b"one\ntwo\n");
+        assert!(matches!(
+            target.insert(b"two", Some(4)).unwrap(),
+            Inserted::Again(2)
+        ));
+        drop(target);
+        let mut reopened = open("b");
+        assert!(matches!(
+            reopened.insert(b"three", Some(5)).unwrap(),
+            Inserted::Line(3)
+        ));
+        assert!(reopened.replace(b"short").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

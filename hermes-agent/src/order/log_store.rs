@@ -534,7 +534,7 @@ mod tests {
             let mut log = LogStore::open(&dir.path().join("log.redb"))?;
             // The suite applies no app requests: the app is never contacted.
             let app = App::new(([127, 0, 0, 1], 9).into(), Duration::from_secs(1));
-            let (state_machine, _) = StateMachine::open(dir.path(), 1, app, &mut log).await?;
+            let (state_machine, _) = StateMachine::open(dir.path(), 1, app, None, &mut log).await?;
             Ok((dir, log, state_machine))
         }
     }

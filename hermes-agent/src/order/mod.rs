@@ -12,6 +12,7 @@
     clippy::result_large_err,
     reason = "openraft's storage traits return its StorageError; boxing it here would only move the copy"
 )]
+pub mod hooks;
 pub mod log_store;
 pub mod membership;
 pub mod network;
@@ -68,6 +69,21 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Requests of this node's clients in flight at most.
     pub max_pending: usize,
+    /// Snapshots of the app's state, which allow compacting the log; `None`: keep the whole log.
+    pub snapshots: Option<Snapshots>,
+}
+
+/// When and how to snapshot the app's state.
+#[derive(Clone, Debug)]
+pub struct Snapshots {
+    /// Shell command writing the app's state to `$HERMES_SNAPSHOT`.
+    pub snapshot_cmd: String,
+    /// Shell command replacing the app's state with `$HERMES_SNAPSHOT`.
+    pub restore_cmd: String,
+    /// Entries between snapshots.
+    pub every: u64,
+    /// Entries kept in the log behind a snapshot, for followers that lag a little.
+    pub keep: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,8 +140,14 @@ impl Node {
         let mut log = LogStore::open(&dir.join("log.redb"))?;
         let startup_commit = log.committed().map_or(0, |id| id.index);
         let app = App::new(settings.app, settings.app_timeout);
+        let hooks = settings.snapshots.as_ref().map(|s| hooks::Hooks {
+            snapshot: s.snapshot_cmd.clone(),
+            restore: s.restore_cmd.clone(),
+            file: dir.join("app-state"),
+            timeout: settings.app_timeout,
+        });
         let (state_machine, shared) =
-            StateMachine::open(dir, settings.node_id, app, &mut log).await?;
+            StateMachine::open(dir, settings.node_id, app, hooks, &mut log).await?;
 
         let config = openraft::Config {
             cluster_name: "hermes".into(),
@@ -135,7 +157,13 @@ impl Node {
             max_payload_entries: 1024,
             // Without snapshot hooks the app's state cannot be captured: keep the whole log, so
             // that a new or wiped replica replays it from the start.
-            snapshot_policy: SnapshotPolicy::Never,
+            snapshot_policy: settings
+                .snapshots
+                .as_ref()
+                .map_or(SnapshotPolicy::Never, |s| {
+                    SnapshotPolicy::LogsSinceLast(s.every)
+                }),
+            max_in_snapshot_log_to_keep: settings.snapshots.as_ref().map_or(0, |s| s.keep),
             ..Default::default()
         }
         .validate()

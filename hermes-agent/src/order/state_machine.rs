@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{
+    hooks::Hooks,
     log_store::{LogStore, decode, encode},
     typ::{
         Command, Entry, EntryPayload, LogId, NodeId, Snapshot, SnapshotMeta, StorageError,
@@ -120,11 +121,16 @@ struct SnapshotState {
     requests: u64,
     deliveries: u64,
     dedup: Vec<(u64, (NodeId, u64))>,
+    /// The app's state, captured by the snapshot hook; `None` without hooks.
+    app: Option<Vec<u8>>,
 }
 
 pub struct StateMachine {
     shared: Arc<Shared>,
     app: App,
+    hooks: Option<Hooks>,
+    /// Where the latest snapshot is kept, so a restarted node still has it after compaction.
+    snapshot_path: PathBuf,
     progress: Progress,
     progress_file: ProgressFile,
     membership: StoredMembership,
@@ -139,6 +145,7 @@ impl StateMachine {
         dir: &Path,
         node_id: NodeId,
         app: App,
+        hooks: Option<Hooks>,
         log: &mut LogStore,
     ) -> Result<(Self, Arc<Shared>), StorageError> {
         let progress_file = ProgressFile::open(&dir.join("applied"))
@@ -150,8 +157,23 @@ impl StateMachine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoredMembership::default(),
             Err(e) => return Err(StorageIOError::read_state_machine(&e).into()),
         };
+        let snapshot_path = dir.join("snapshot");
+        let current: Option<(SnapshotMeta, Vec<u8>)> = match std::fs::read(&snapshot_path) {
+            Ok(bytes) => Some(decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
+        };
+        // The duplicate window: the log since the snapshot, then the snapshot's own window.
+        let (first, older) = match &current {
+            Some((meta, bytes)) => {
+                let state: SnapshotState = decode(bytes)
+                    .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+                (meta.last_log_id.map_or(1, |id| id.index + 1), state.dedup)
+            }
+            None => (1, Vec::new()),
+        };
         let applied = progress.applied.map_or(0, |id| id.index);
-        let dedup = Dedup::rebuild(log, applied, progress.requests).await?;
+        let dedup = Dedup::rebuild(log, first, applied, progress.requests, older).await?;
         let shared = Arc::new(Shared {
             node_id,
             waiters: Mutex::default(),
@@ -164,12 +186,14 @@ impl StateMachine {
         let machine = Self {
             shared: Arc::clone(&shared),
             app,
+            hooks,
+            snapshot_path,
             progress,
             progress_file,
             membership,
             membership_path,
             dedup,
-            current: Arc::default(),
+            current: Arc::new(Mutex::new(current)),
         };
         Ok((machine, shared))
     }
@@ -270,7 +294,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(replies)
     }
 
+    /// Runs in order with `apply`, so the app's state captured here is exactly that of
+    /// `applied`. (openraft builds the snapshot itself in another task, concurrently with
+    /// applying more entries.)
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let app = match &self.hooks {
+            Some(hooks) => Some(hooks.capture(&self.shared.app_reachable).await),
+            None => None,
+        };
         SnapshotBuilder {
             meta: SnapshotMeta {
                 last_log_id: self.progress.applied,
@@ -285,8 +316,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 requests: self.progress.requests,
                 deliveries: self.progress.deliveries,
                 dedup: self.dedup.order.iter().copied().collect(),
+                app,
             },
             current: Arc::clone(&self.current),
+            path: self.snapshot_path.clone(),
         }
     }
 
@@ -303,15 +336,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = snapshot.into_inner();
         let state: SnapshotState =
             decode(&bytes).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
-        // Without the app's state in it, a snapshot can only stand in for entries that carried
-        // no app request: anything else would leave this replica's app behind for good.
-        if state.deliveries != self.progress.deliveries {
-            let error = std::io::Error::other(format!(
-                "the snapshot covers {} app requests, this replica delivered {}; it holds no app \
-                 state, so installing it would skip requests",
-                state.deliveries, self.progress.deliveries
-            ));
-            return Err(StorageIOError::write_snapshot(signature, &error).into());
+        match (&state.app, &self.hooks) {
+            (Some(app), Some(hooks)) => {
+                tracing::info!(snapshot = %meta.snapshot_id, bytes = app.len(), "restoring the app from a snapshot");
+                hooks.restore(app, &self.shared.app_reachable).await;
+            }
+            (Some(_), None) => {
+                let error = std::io::Error::other(
+                    "the snapshot holds the app's state; restoring it needs --restore-cmd",
+                );
+                return Err(StorageIOError::write_snapshot(signature, &error).into());
+            }
+            // Without the app's state in it, a snapshot can only stand in for entries that
+            // carried no app request: anything else would leave this replica's app behind.
+            (None, _) if state.deliveries != self.progress.deliveries => {
+                let error = std::io::Error::other(format!(
+                    "the snapshot covers {} app requests, this replica delivered {}; it holds no \
+                     app state, so installing it would skip requests",
+                    state.deliveries, self.progress.deliveries
+                ));
+                return Err(StorageIOError::write_snapshot(signature, &error).into());
+            }
+            (None, _) => {}
         }
         self.dedup = Dedup::default();
         for (index, key) in state.dedup {
@@ -322,6 +368,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.progress.applied = meta.last_log_id;
         self.progress.requests = state.requests;
         self.progress.delivered = state.requests;
+        self.progress.deliveries = state.deliveries;
+        self.shared
+            .requests
+            .store(state.requests, Ordering::Relaxed);
+        self.shared
+            .deliveries
+            .store(state.deliveries, Ordering::Relaxed);
+        write_atomically(
+            &self.snapshot_path,
+            &encode(&(meta, &bytes))
+                .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?,
+        )
+        .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         self.progress_file
             .write(&self.progress)
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
@@ -350,12 +409,18 @@ pub struct SnapshotBuilder {
     meta: SnapshotMeta,
     state: SnapshotState,
     current: CurrentSnapshot,
+    path: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let bytes = encode(&self.state)
-            .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), &e))?;
+        let failed =
+            |e: std::io::Error| StorageIOError::write_snapshot(Some(self.meta.signature()), &e);
+        let bytes = encode(&self.state).map_err(failed)?;
+        // On disk before openraft may purge the log it stands for.
+        write_atomically(&self.path, &encode(&(&self.meta, &bytes)).map_err(failed)?)
+            .map_err(failed)?;
+        tracing::info!(snapshot = %self.meta.snapshot_id, bytes = bytes.len(), "snapshot built");
         *self.current.lock().unwrap() = Some((self.meta.clone(), bytes.clone()));
         Ok(Snapshot {
             meta: self.meta.clone(),
@@ -372,17 +437,19 @@ struct Dedup {
 }
 
 impl Dedup {
-    /// The window as it was after request `requests`, the last of entry `applied`, read back
-    /// from the log.
+    /// The window as it was after request `requests`, the last of entry `applied`: `older`
+    /// (the snapshot's window, if the log was compacted), then the log's entries since `first`.
     async fn rebuild(
         log: &mut LogStore,
+        first: u64,
         applied: u64,
         requests: u64,
+        older: Vec<(u64, (NodeId, u64))>,
     ) -> Result<Self, StorageError> {
         let mut keys = Vec::new();
         let mut end = applied + 1;
-        while end > 1 && (keys.len() as u64) < DEDUP_WINDOW {
-            let start = end.saturating_sub(4096).max(1);
+        while end > first && (keys.len() as u64) < DEDUP_WINDOW {
+            let start = end.saturating_sub(4096).max(first);
             let entries = log.try_get_log_entries(start..end).await?;
             for entry in entries.iter().rev() {
                 if let EntryPayload::Normal(batch) = &entry.payload {
@@ -393,6 +460,9 @@ impl Dedup {
         }
         keys.truncate(DEDUP_WINDOW as usize);
         let mut dedup = Self::default();
+        for (seq, key) in older {
+            dedup.insert(seq, key);
+        }
         // Oldest first; the newest key is request `requests`.
         for (age, key) in keys.into_iter().enumerate().rev() {
             if let Some(seq) = requests.checked_sub(age as u64).filter(|seq| *seq > 0) {
@@ -612,7 +682,7 @@ mod tests {
         let (addr, seen) = recording_app().await;
         let mut log = LogStore::open(&dir.path().join("log.redb")).unwrap();
         let app = || App::new(addr, std::time::Duration::from_secs(5));
-        let (mut machine, shared) = StateMachine::open(dir.path(), 1, app(), &mut log)
+        let (mut machine, shared) = StateMachine::open(dir.path(), 1, app(), None, &mut log)
             .await
             .unwrap();
         let mut answered = shared.register(11);
@@ -644,7 +714,7 @@ mod tests {
         assert_eq!((state.requests, state.delivered), (4, 4));
         state.delivered = 5;
         progress.write(&state).unwrap();
-        let (mut machine, _) = StateMachine::open(dir.path(), 1, app(), &mut log)
+        let (mut machine, _) = StateMachine::open(dir.path(), 1, app(), None, &mut log)
             .await
             .unwrap();
         machine
