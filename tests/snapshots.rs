@@ -4,20 +4,35 @@ use hermes_tests::{App, Cluster, client, lab, wait_until};
 
 /// The log app's state endpoints, reached on loopback inside the node (not steered).
 const TAKE: &str = r#"curl -sf -o "$HERMES_SNAPSHOT" http://127.0.0.1:8080/state"#;
-const RESTORE: &str = r#"curl -sf -X PUT --data-binary @"$HERMES_SNAPSHOT" http://127.0.0.1:8080/state"#;
+const RESTORE: &str =
+    r#"curl -sf -X PUT --data-binary @"$HERMES_SNAPSHOT" http://127.0.0.1:8080/state"#;
 
 #[test]
 fn with_hooks_the_log_is_compacted_and_a_new_replica_installs_a_snapshot() {
     let Some(lab) = lab(4) else { return };
     let bin = hermes_lab::binary("hermes-agent").unwrap();
-    let args = ["--snapshot-every", "40", "--keep-log", "5", "--snapshot-cmd", TAKE, "--restore-cmd", RESTORE];
+    let args = [
+        "--snapshot-every",
+        "40",
+        "--keep-log",
+        "5",
+        "--snapshot-cmd",
+        TAKE,
+        "--restore-cmd",
+        RESTORE,
+    ];
     let mut cluster = Cluster::new(lab, bin.parent().unwrap(), App::Log, &args).unwrap();
     cluster.members = 3;
     cluster.start().unwrap();
     let post = |cluster: &Cluster, nodes: &[usize], tag: &str, count: usize| {
         for n in 0..count {
             let node = nodes[n % nodes.len()];
-            let response = client::post(cluster.addr(node), "/insert", format!("{tag}-{n}").as_bytes()).unwrap();
+            let response = client::post(
+                cluster.addr(node),
+                "/insert",
+                format!("{tag}-{n}").as_bytes(),
+            )
+            .unwrap();
             assert_eq!(response.status, 201, "{}", response.text());
         }
     };
@@ -25,7 +40,8 @@ fn with_hooks_the_log_is_compacted_and_a_new_replica_installs_a_snapshot() {
     let leader = wait_until("a leader", || cluster.leader_among(&[1, 2, 3])).unwrap();
     let compacted = wait_until("a snapshot and a compacted log", || {
         let status = cluster.status(leader)?;
-        (status["snapshot_index"].as_u64()? > 0 && status["purged_index"].as_u64()? > 0).then_some(status)
+        (status["snapshot_index"].as_u64()? > 0 && status["purged_index"].as_u64()? > 0)
+            .then_some(status)
     })
     .unwrap();
     assert!(compacted["purged_index"].as_u64() > Some(1), "{compacted}");
@@ -40,7 +56,9 @@ fn with_hooks_the_log_is_compacted_and_a_new_replica_installs_a_snapshot() {
     assert_eq!(cluster.file(4), cluster.file(1));
     let restored = cluster.agent(4).unwrap().output();
     assert!(
-        restored.iter().any(|line| line.contains("restoring the app from a snapshot")),
+        restored
+            .iter()
+            .any(|line| line.contains("restoring the app from a snapshot")),
         "node 4 did not start from a snapshot"
     );
 

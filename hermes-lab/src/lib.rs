@@ -10,6 +10,7 @@
 //! [`cluster`] runs Hermes clusters in a lab; [`client`] is a small HTTP client for them.
 //!
 //! Everything here needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN).
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod load;
@@ -201,6 +202,43 @@ impl Lab {
             &node.link,
             if connected { "up" } else { "down" },
         ])
+    }
+
+    /// Loses `percent` of the packets to and from `node` (nftables in the node; the kernel
+    /// here has no netem), or none again with `None`.
+    pub fn set_loss(&self, node: &Node, percent: Option<u32>) -> io::Result<()> {
+        use std::io::Write as _;
+        let script = match percent {
+            Some(p) => format!(
+                "table inet hermes_loss {{\n\
+                 chain input {{ type filter hook input priority 0; policy accept; iifname \"eth0\" numgen random mod 100 < {p} drop; }}\n\
+                 chain output {{ type filter hook output priority 0; policy accept; oifname \"eth0\" numgen random mod 100 < {p} drop; }}\n\
+                 }}\n"
+            ),
+            None => "delete table inet hermes_loss\n".to_owned(),
+        };
+        let mut nft = node
+            .command("nft")?
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot run nft (install nftables): {e}"))
+            })?;
+        nft.stdin
+            .take()
+            .expect("piped")
+            .write_all(script.as_bytes())?;
+        let output = nft.wait_with_output()?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "nft failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        }
     }
 
     /// Deletes the lab now, reporting what went wrong.

@@ -13,7 +13,8 @@ use std::{
 
 use crate::{client, cluster::wait_until};
 
-/// Client threads posting `client<c>-request<n>` to `POST /insert` in a loop.
+/// Client threads posting `client<c>-request<n>` to `POST /insert` in a loop (and, if asked,
+/// reading `GET /count` in between).
 pub struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicUsize>,
@@ -27,11 +28,22 @@ pub struct Sent {
     pub acked: Vec<Vec<u8>>,
     /// Failures by kind, e.g. "503" or "connection refused".
     pub failures: BTreeMap<String, usize>,
+    /// Reads answered 200.
+    pub reads: usize,
 }
 
 impl Load {
     /// `clients` threads; client `c` talks to `addrs[c % addrs.len()]`.
     pub fn start(addrs: &[SocketAddr], clients: usize) -> Self {
+        Self::spawn(addrs, clients, false)
+    }
+
+    /// Like [`Load::start`], with a read between writes.
+    pub fn mixed(addrs: &[SocketAddr], clients: usize) -> Self {
+        Self::spawn(addrs, clients, true)
+    }
+
+    fn spawn(addrs: &[SocketAddr], clients: usize, reads: bool) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicUsize::new(0));
         let threads = (0..clients)
@@ -41,7 +53,7 @@ impl Load {
                     Arc::clone(&acked),
                     addrs[c % addrs.len()],
                 );
-                std::thread::spawn(move || client_loop(c, addr, &stop, &acked))
+                std::thread::spawn(move || client_loop(c, addr, reads, &stop, &acked))
             })
             .collect();
         Self {
@@ -71,6 +83,7 @@ impl Load {
             let sent = thread.join().expect("client thread");
             total.all.extend(sent.all);
             total.acked.extend(sent.acked);
+            total.reads += sent.reads;
             for (kind, count) in sent.failures {
                 *total.failures.entry(kind).or_default() += count;
             }
@@ -86,11 +99,34 @@ impl Drop for Load {
     }
 }
 
-fn client_loop(c: usize, addr: SocketAddr, stop: &AtomicBool, acked: &AtomicUsize) -> Sent {
+fn client_loop(
+    c: usize,
+    addr: SocketAddr,
+    reads: bool,
+    stop: &AtomicBool,
+    acked: &AtomicUsize,
+) -> Sent {
     let mut sent = Sent::default();
     for n in 0.. {
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        if reads {
+            match client::get(addr, "/count") {
+                Ok(response) if response.status == 200 => sent.reads += 1,
+                Ok(response) => {
+                    *sent
+                        .failures
+                        .entry(format!("read {}", response.status))
+                        .or_default() += 1
+                }
+                Err(error) => {
+                    *sent
+                        .failures
+                        .entry(format!("read {}", error.kind()))
+                        .or_default() += 1
+                }
+            }
         }
         let body = format!("client{c}-request{n}").into_bytes();
         sent.all.push(body.clone());
@@ -156,7 +192,7 @@ mod tests {
         let sent = Sent {
             all: vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()],
             acked: vec![b"a".to_vec(), b"b".to_vec()],
-            failures: BTreeMap::new(),
+            ..Sent::default()
         };
         assert_eq!(
             check_replicas(&[b"a\nb\n".to_vec(), b"a\nb\n".to_vec()], &sent),

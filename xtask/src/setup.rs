@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 const PINNED_NIGHTLY: &str = "nightly-2026-05-20";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the build and the lab need, beyond LLVM.
-const PACKAGES: &[&str] = &["iproute2", "curl"];
+const PACKAGES: &[&str] = &["iproute2", "curl", "nftables"];
 
 /// The toolchain that compiles the eBPF program.
 pub struct EbpfToolchain {

@@ -151,9 +151,11 @@ impl Node {
 
         let config = openraft::Config {
             cluster_name: "hermes".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 600,
-            election_timeout_max: 1200,
+            // Failover within a second, yet tolerant of a busy machine's scheduling delays: a
+            // follower waits for 6 to 12 missed heartbeats.
+            heartbeat_interval: 50,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
             max_payload_entries: 1024,
             // Without snapshot hooks the app's state cannot be captured: keep the whole log, so
             // that a new or wiped replica replays it from the start.

@@ -1,0 +1,200 @@
+//! Chaos: mixed load on a log-app cluster for a while, with a fault injected in turn every few
+//! seconds (kill -9 of the leader's agent, of a follower's agent, of an app; the leader cut off;
+//! 30% of a follower's packets lost), each healed before the next; then the invariant checker: every
+//! request acknowledged to a client is in every replica exactly once, the replicas are
+//! byte-identical, and nothing is there that no client sent.
+use std::{
+    collections::BTreeMap,
+    fmt, io,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    cluster::Cluster,
+    load::{Load, Sent, check_replicas},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    KillLeader,
+    KillFollower,
+    KillApp,
+    PartitionLeader,
+    LossyFollower,
+}
+
+impl Fault {
+    const ALL: [Fault; 5] = [
+        Fault::KillLeader,
+        Fault::KillFollower,
+        Fault::PartitionLeader,
+        Fault::KillApp,
+        Fault::LossyFollower,
+    ];
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fault::KillLeader => "kill -9 leader agent",
+            Fault::KillFollower => "kill -9 follower agent",
+            Fault::KillApp => "kill -9 an app",
+            Fault::PartitionLeader => "cut the leader off",
+            Fault::LossyFollower => "30% packet loss at a follower",
+        })
+    }
+}
+
+pub struct Config {
+    pub duration: Duration,
+    /// Time between faults; each fault lasts this long, then is healed.
+    pub every: Duration,
+    pub clients: usize,
+}
+
+/// One fault, and how long the cluster took no write after it.
+pub struct Injected {
+    pub at: Duration,
+    pub fault: Fault,
+    pub node: usize,
+    /// Until writes sent after the fault were acknowledged again; `None`: not within the fault.
+    pub unavailable: Option<Duration>,
+}
+
+pub struct Report {
+    pub injected: Vec<Injected>,
+    pub sent: Sent,
+    /// The checker's verdict: the number of lines in every replica, or what is wrong.
+    pub verdict: Result<usize, String>,
+}
+
+impl Report {
+    pub fn longest_unavailability(&self) -> BTreeMap<Fault, Option<Duration>> {
+        let mut longest = BTreeMap::new();
+        for injected in &self.injected {
+            let entry = longest
+                .entry(injected.fault)
+                .or_insert(Some(Duration::ZERO));
+            *entry = match (*entry, injected.unavailable) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
+        longest
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "faults:")?;
+        for i in &self.injected {
+            let unavailable = i
+                .unavailable
+                .map_or("more than the fault lasted".into(), |d| format!("{d:.2?}"));
+            writeln!(
+                f,
+                "  {:>6.1?}  {:<30} node {}  writes unavailable for {unavailable}",
+                i.at,
+                i.fault.to_string(),
+                i.node
+            )?;
+        }
+        writeln!(f, "longest unavailability per fault:")?;
+        for (fault, longest) in self.longest_unavailability() {
+            let longest =
+                longest.map_or("more than the fault lasted".into(), |d| format!("{d:.2?}"));
+            writeln!(f, "  {:<30} {longest}", fault.to_string())?;
+        }
+        writeln!(
+            f,
+            "requests: {} writes sent, {} acknowledged, {} reads answered; failures: {:?}",
+            self.sent.all.len(),
+            self.sent.acked.len(),
+            self.sent.reads,
+            self.sent.failures
+        )?;
+        match &self.verdict {
+            Ok(lines) => write!(
+                f,
+                "verdict: PASS: {lines} lines, identical on every replica; every acknowledged write exactly once; nothing unsent"
+            ),
+            Err(problem) => write!(f, "verdict: FAIL: {problem}"),
+        }
+    }
+}
+
+/// Runs chaos on a started `cluster` of the log app; `progress` hears of each fault.
+pub fn run(
+    cluster: &mut Cluster,
+    config: &Config,
+    mut progress: impl FnMut(&Injected),
+) -> io::Result<Report> {
+    let addrs: Vec<_> = (1..=cluster.nodes()).map(|id| cluster.addr(id)).collect();
+    let load = Load::mixed(&addrs, config.clients);
+    load.wait_for_acks(config.clients)?;
+    let started = Instant::now();
+    let mut injected = Vec::new();
+    for (turn, fault) in Fault::ALL.iter().copied().cycle().enumerate() {
+        if started.elapsed() >= config.duration {
+            break;
+        }
+        let leader = cluster.wait_for_leader()?;
+        let followers: Vec<usize> = (1..=cluster.nodes()).filter(|id| *id != leader).collect();
+        let node = match fault {
+            Fault::KillLeader | Fault::PartitionLeader => leader,
+            _ => followers[turn % followers.len()],
+        };
+        let at = started.elapsed();
+        let acked = load.acked();
+        let since = Instant::now();
+        inject(cluster, fault, node)?;
+        // Each client had at most one write in flight: once `clients` more are acknowledged,
+        // at least one was sent after the fault.
+        let mut unavailable = None;
+        while since.elapsed() < config.every {
+            if unavailable.is_none() && load.acked() >= acked + config.clients {
+                unavailable = Some(since.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        heal(cluster, fault, node)?;
+        // Let the cluster settle (e.g. the reconnected old leader's election) before the next
+        // fault, so that each fault's figure is its own.
+        cluster.wait_for_leader()?;
+        let done = Injected {
+            at,
+            fault,
+            node,
+            unavailable,
+        };
+        progress(&done);
+        injected.push(done);
+    }
+    let sent = load.stop();
+    cluster.wait_converged()?;
+    let files: Vec<Vec<u8>> = (1..=cluster.nodes()).map(|id| cluster.file(id)).collect();
+    let verdict = check_replicas(&files, &sent);
+    Ok(Report {
+        injected,
+        sent,
+        verdict,
+    })
+}
+
+fn inject(cluster: &mut Cluster, fault: Fault, node: usize) -> io::Result<()> {
+    match fault {
+        Fault::KillLeader | Fault::KillFollower => cluster.kill_agent(node),
+        Fault::KillApp => cluster.kill_app(node),
+        Fault::PartitionLeader => cluster.lab.set_connected(cluster.lab.node(node), false),
+        Fault::LossyFollower => cluster.lab.set_loss(cluster.lab.node(node), Some(30)),
+    }
+}
+
+fn heal(cluster: &mut Cluster, fault: Fault, node: usize) -> io::Result<()> {
+    match fault {
+        Fault::KillLeader | Fault::KillFollower => cluster.start_agent(node),
+        Fault::KillApp => cluster.start_app(node),
+        Fault::PartitionLeader => cluster.lab.set_connected(cluster.lab.node(node), true),
+        Fault::LossyFollower => cluster.lab.set_loss(cluster.lab.node(node), None),
+    }
+}
