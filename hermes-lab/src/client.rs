@@ -139,7 +139,8 @@ pub fn read_response(
     }
 }
 
-fn chunked_len(buf: &[u8]) -> Option<usize> {
+/// Bytes of the chunked body (trailers included) at the start of `buf`, once all of it is there.
+pub fn chunked_len(buf: &[u8]) -> Option<usize> {
     let mut at = 0;
     loop {
         let Ok(httparse::Status::Complete((used, size))) = httparse::parse_chunk_size(&buf[at..])

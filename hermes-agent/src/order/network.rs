@@ -15,7 +15,6 @@ use openraft::{
     network::RPCOption,
 };
 use tokio::{
-    io::{AsyncWriteExt, BufWriter},
     net::TcpStream,
     sync::{mpsc, oneshot},
 };
@@ -137,21 +136,7 @@ impl Peer {
         });
         let for_writer = Arc::clone(&connection);
         tokio::spawn(async move {
-            let mut writer = BufWriter::with_capacity(64 * 1024, writer);
-            while let Some(frame) = queue.recv().await {
-                if writer.write_all(&frame).await.is_err() {
-                    break;
-                }
-                // Batch whatever else is queued into the same write.
-                while let Ok(frame) = queue.try_recv() {
-                    if writer.write_all(&frame).await.is_err() {
-                        break;
-                    }
-                }
-                if writer.flush().await.is_err() {
-                    break;
-                }
-            }
+            let _ = wire::write_frames(writer, &mut queue).await;
             for_writer.close();
         });
         let for_reader = Arc::clone(&connection);

@@ -3,7 +3,6 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio::{
-    io::{AsyncWriteExt, BufWriter},
     net::{TcpListener, TcpStream},
     sync::mpsc,
 };
@@ -46,22 +45,7 @@ async fn connection(stream: TcpStream, server: Arc<Server>) -> std::io::Result<(
     stream.set_nodelay(true)?;
     let (mut reader, writer) = stream.into_split();
     let (frames, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(async move {
-        let mut writer = BufWriter::with_capacity(64 * 1024, writer);
-        while let Some(frame) = queue.recv().await {
-            if writer.write_all(&frame).await.is_err() {
-                return;
-            }
-            while let Ok(frame) = queue.try_recv() {
-                if writer.write_all(&frame).await.is_err() {
-                    return;
-                }
-            }
-            if writer.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    tokio::spawn(async move { wire::write_frames(writer, &mut queue).await });
     let mut buf = Vec::new();
     while let Some(id) = wire::read_frame(&mut reader, &mut buf).await? {
         let request = wire::decode::<Request>(&buf);

@@ -1,7 +1,10 @@
 //! Messages between peers, and their framing: `[u32 length][u64 call id][postcard body]`.
 //! Calls carry ids so that one connection per peer serves many at once, pipelined.
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter},
+    sync::mpsc,
+};
 
 use super::typ::{Batch, NodeId, rpc};
 
@@ -66,6 +69,23 @@ pub fn frame(id: u64, body: &impl Serialize) -> std::io::Result<Vec<u8>> {
     out[..4].copy_from_slice(&len.to_le_bytes());
     out[4..HEADER].copy_from_slice(&id.to_le_bytes());
     Ok(out)
+}
+
+/// Writes the frames queued for a connection until the queue closes, batching those queued
+/// together into one write.
+pub async fn write_frames(
+    writer: impl AsyncWrite + Unpin,
+    queue: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    while let Some(frame) = queue.recv().await {
+        writer.write_all(&frame).await?;
+        while let Ok(frame) = queue.try_recv() {
+            writer.write_all(&frame).await?;
+        }
+        writer.flush().await?;
+    }
+    Ok(())
 }
 
 /// Reads the next frame into `buf`; returns its call id, or `None` at a clean end of stream.

@@ -106,30 +106,7 @@ fn body_len(headers: &[httparse::Header<'_>], rest: &[u8]) -> Option<usize> {
             .map(|h| h.value)
     };
     if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case(b"chunked")) {
-        let mut at = 0;
-        loop {
-            let Ok(httparse::Status::Complete((used, size))) =
-                httparse::parse_chunk_size(&rest[at..])
-            else {
-                return None;
-            };
-            at += used;
-            if size == 0 {
-                // Trailers, if any, end with a blank line.
-                let trailers = &rest[at..];
-                if trailers.starts_with(b"\r\n") {
-                    return Some(at + 2);
-                }
-                return trailers
-                    .windows(4)
-                    .position(|w| w == b"\r\n\r\n")
-                    .map(|end| at + end + 4);
-            }
-            at += size as usize + 2;
-            if at > rest.len() {
-                return None;
-            }
-        }
+        return hermes_lab::client::chunked_len(rest);
     }
     let length = header("content-length")
         .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
