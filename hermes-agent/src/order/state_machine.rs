@@ -213,6 +213,7 @@ impl StateMachine {
                 "duplicate proposal; not delivered again"
             );
             self.progress.delivered = seq;
+            self.shared.requests.store(seq, Ordering::Relaxed);
             return self.save_progress(log_id);
         }
         let response = self.app.deliver(&command.payload, seq).await;
