@@ -1,4 +1,5 @@
 //! `cargo xtask`: the project's commands. See `cargo xtask --help`.
+mod bench;
 mod demo;
 mod setup;
 
@@ -44,6 +45,17 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure Hermes against its baselines (the log app alone, behind a passthrough agent,
+    /// behind nginx; etcd for replicated writes), each in a fresh lab on this machine: latency at
+    /// low load and throughput up to saturation, CPU per request. Writes raw points, plots and a
+    /// summary to bench/results/<UTC time>/ and publishes them to docs/benchmarks.md. Needs root;
+    /// takes about 20 minutes.
+    Bench {
+        /// A tiny run (about a second per point) that checks that the harness works and its
+        /// output is complete; its numbers mean nothing and docs/ is left alone.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             demo::run(&target_dir().join("release"))
         }
         Task::Test { args } => test(&args),
+        Task::Bench { quick } => bench::run(&setup::run()?, quick),
     }
 }
 
@@ -138,7 +151,9 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     cargo(&ebpf, &["build", "--release", "--bins"])?;
     let mut test = vec!["test", "--release"];
     test.extend(args.iter().map(String::as_str));
-    cargo(&ebpf, &test)
+    cargo(&ebpf, &test)?;
+    // The benchmark harness is code too: prove that it runs and writes complete output.
+    bench::run(&ebpf, true)
 }
 
 /// Runs cargo in the workspace with the eBPF toolchain chosen by setup.

@@ -1,0 +1,82 @@
+//! CPU time (user + system) of processes and all their descendants, from `/proc/<pid>/stat`:
+//! nginx does its work in child processes, and the kernel counts a child's time in its parent
+//! only once the child is reaped.
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context as _, bail};
+
+/// The CPU time used so far by `roots` and their descendants.
+pub fn used(roots: &[u32]) -> anyhow::Result<Duration> {
+    let processes = snapshot()?;
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (&pid, &(parent, _)) in &processes {
+        children.entry(parent).or_default().push(pid);
+    }
+    let mut ticks = 0;
+    let mut pending = Vec::new();
+    for &root in roots {
+        if !processes.contains_key(&root) {
+            bail!("process {root} of the setup under test is gone");
+        }
+        pending.push(root);
+    }
+    while let Some(pid) = pending.pop() {
+        ticks += processes[&pid].1;
+        pending.extend(children.get(&pid).into_iter().flatten());
+    }
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if per_second <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) failed");
+    }
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// Every process: pid → (parent pid, utime + stime in clock ticks).
+fn snapshot() -> anyhow::Result<HashMap<u32, (u32, u64)>> {
+    let mut processes = HashMap::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let entry = entry.context("reading /proc")?;
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // A process may exit between listing and reading: it no longer uses CPU.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let parsed = parse_stat(&stat).with_context(|| format!("unexpected /proc/{pid}/stat"))?;
+        processes.insert(pid, parsed);
+    }
+    Ok(processes)
+}
+
+/// (ppid, utime + stime) from a `stat` line. The command name (field 2) may contain spaces and
+/// parentheses, so fields are counted from its closing parenthesis.
+fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    // After the name: state (field 3), ppid (4), ..., utime (14), stime (15).
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((ppid, utime + stime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_with_spaces_and_parentheses() {
+        let stat = "42 (a (b) c) S 7 42 42 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 1 0 9 0 0";
+        assert_eq!(parse_stat(stat), Some((7, 281)));
+    }
+
+    #[test]
+    fn counts_this_process() {
+        let pid = std::process::id();
+        assert!(used(&[pid]).is_ok());
+    }
+}

@@ -1,0 +1,62 @@
+//! `passthrough`, `hermes-1` and `hermes-3`: the log app behind Hermes agents, in a
+//! [`Cluster`].
+use std::path::Path;
+
+use anyhow::Context as _;
+use hermes_lab::{
+    Lab,
+    cluster::{App, Cluster},
+};
+
+use super::{Deployment, logapp};
+use crate::bench::api::{self, Api};
+
+/// One node whose agent only intercepts and relays.
+pub fn passthrough(bin: &Path) -> anyhow::Result<Deployment> {
+    let mut cluster = cluster(1, bin, &["--passthrough"])?;
+    // A passthrough agent joins no Raft cluster, so there is no leader to wait for.
+    cluster.start_app(1).context("starting the log app")?;
+    cluster
+        .start_agent(1)
+        .context("starting the passthrough agent")?;
+    Ok(deployment(cluster))
+}
+
+/// A Hermes cluster of `nodes` replicas.
+pub fn replicated(nodes: usize, bin: &Path) -> anyhow::Result<Deployment> {
+    let mut cluster = cluster(nodes, bin, &[])?;
+    cluster
+        .start()
+        .with_context(|| format!("starting a Hermes cluster of {nodes}"))?;
+    Ok(deployment(cluster))
+}
+
+fn cluster(nodes: usize, bin: &Path, agent_args: &[&str]) -> anyhow::Result<Cluster> {
+    let lab = Lab::up(nodes).with_context(|| format!("creating a lab of {nodes} nodes"))?;
+    let mut cluster =
+        Cluster::new(lab, bin, App::Log, agent_args).context("creating the cluster's directory")?;
+    cluster.app_args = api::logapp_args();
+    for id in 1..=nodes {
+        logapp::seed(cluster.lab.node(id), bin, &cluster.file_path(id))?;
+    }
+    Ok(cluster)
+}
+
+fn deployment(mut cluster: Cluster) -> Deployment {
+    let nodes = 1..=cluster.nodes();
+    let targets = nodes.clone().map(|id| cluster.addr(id)).collect();
+    let app_pids = nodes
+        .clone()
+        .filter_map(|id| Some(cluster.app(id)?.pid()))
+        .collect();
+    let proxy_pids = nodes
+        .filter_map(|id| Some(cluster.agent(id)?.pid()))
+        .collect();
+    Deployment {
+        targets,
+        api: Api::LogApp,
+        app_pids,
+        proxy_pids,
+        _running: Box::new(cluster),
+    }
+}

@@ -1,0 +1,111 @@
+//! The setups under test, each brought up in a fresh lab and answering before it is returned:
+//! where clients send requests, which processes do the work, and how to speak to them.
+mod direct;
+mod etcd;
+mod hermes;
+mod logapp;
+mod nginx;
+
+use std::{any::Any, fmt, net::SocketAddr, path::Path};
+
+use hermes_lab::Process;
+
+use super::{api::Api, probe, workload::Workload};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setup {
+    /// The log app alone, clients connect to it.
+    Direct,
+    /// The log app behind a Hermes agent that only intercepts and relays bytes.
+    Passthrough,
+    /// The log app behind Hermes, one replica.
+    Hermes1,
+    /// The log app behind Hermes, three replicas, clients spread over all three.
+    Hermes3,
+    /// etcd, three members, clients spread over all three (writes only).
+    Etcd3,
+    /// The log app behind nginx as a reverse proxy: a conventional proxy's cost, to compare
+    /// with interception.
+    NginxProxy,
+}
+
+impl Setup {
+    pub const ALL: [Self; 6] = [
+        Self::Direct,
+        Self::Passthrough,
+        Self::Hermes1,
+        Self::Hermes3,
+        Self::Etcd3,
+        Self::NginxProxy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Passthrough => "passthrough",
+            Self::Hermes1 => "hermes-1",
+            Self::Hermes3 => "hermes-3",
+            Self::Etcd3 => "etcd-3",
+            Self::NginxProxy => "nginx-proxy",
+        }
+    }
+
+    /// What this setup is measured under: etcd is a key-value store, not the log app, so only
+    /// its writes compare.
+    pub fn workloads(self) -> &'static [Workload] {
+        match self {
+            Self::Etcd3 => &[Workload::Post],
+            _ => &Workload::ALL,
+        }
+    }
+
+    /// Brings the setup up with the binaries in `bin` and waits until every target answers.
+    pub fn deploy(self, bin: &Path) -> anyhow::Result<Deployment> {
+        let deployment = match self {
+            Self::Direct => direct::deploy(bin)?,
+            Self::Passthrough => hermes::passthrough(bin)?,
+            Self::Hermes1 => hermes::replicated(1, bin)?,
+            Self::Hermes3 => hermes::replicated(3, bin)?,
+            Self::Etcd3 => etcd::deploy()?,
+            Self::NginxProxy => nginx::deploy(bin)?,
+        };
+        deployment.wait_answering()?;
+        Ok(deployment)
+    }
+}
+
+impl fmt::Display for Setup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A running setup; dropping it stops its processes and tears its lab down.
+pub struct Deployment {
+    /// Where clients send requests; the load is spread over them.
+    pub targets: Vec<SocketAddr>,
+    pub api: Api,
+    /// The processes that hold the state: log apps, or etcd members.
+    pub app_pids: Vec<u32>,
+    /// The processes in front of the apps: Hermes agents, or nginx; empty where there are none.
+    pub proxy_pids: Vec<u32>,
+    /// The lab, processes and files that keep the setup running, in the order to drop them.
+    _running: Box<dyn Any>,
+}
+
+impl Deployment {
+    /// Waits until every target answers successfully.
+    pub fn wait_answering(&self) -> anyhow::Result<()> {
+        let probe = self.api.probe();
+        for &target in &self.targets {
+            probe::wait_answering(target, &probe)?;
+        }
+        Ok(())
+    }
+}
+
+/// The last lines a process printed, to explain why it did not come up.
+fn last_output(process: &Process) -> String {
+    let lines = process.output();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}

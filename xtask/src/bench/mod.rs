@@ -1,0 +1,116 @@
+//! `cargo xtask bench`: measures Hermes against its baselines, each setup in a fresh lab on this
+//! machine, and writes the raw points, plots and a summary to `bench/results/<UTC time>/`.
+//!
+//! [`deploy`] brings the setups up, [`sweep`] measures one setup under one workload point by
+//! point ([`measure`], with [`cpu`]), [`results`], [`plot`] and [`summary`] write the output,
+//! [`check`] proves it complete (`--quick`), and [`docs`] publishes a full run.
+mod api;
+mod check;
+mod cpu;
+mod csv;
+mod deploy;
+mod docs;
+mod environment;
+mod measure;
+mod plan;
+mod plot;
+mod point;
+mod probe;
+mod results;
+mod summary;
+mod sweep;
+mod workload;
+
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context as _;
+
+use crate::setup::{self, EbpfToolchain};
+use deploy::Setup;
+use environment::Environment;
+use measure::Bench;
+use plan::Plan;
+use results::Results;
+use workload::Workload;
+
+/// Debian packages of the reference setups and of the plots' font.
+const PACKAGES: [&str; 3] = ["etcd-server", "nginx-light", "fonts-dejavu-core"];
+
+pub fn run(ebpf: &EbpfToolchain, quick: bool) -> anyhow::Result<()> {
+    setup::apt_install(&PACKAGES.map(str::to_owned))?;
+    crate::cargo(
+        ebpf,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "hermes-agent",
+            "--package",
+            "hermes-logapp",
+            "--package",
+            "hermes-loadgen",
+        ],
+    )?;
+    let bin = crate::target_dir().join("release");
+    plot::load_font()?;
+    let plan = Plan::new(quick);
+    let started = results::utc_timestamp(SystemTime::now());
+    let dir = results::create_dir(&started)?;
+    let mut results = Results {
+        command: plan.command().to_owned(),
+        started,
+        environment: Environment::probe()?,
+        duration_s: plan.duration.as_secs_f64(),
+        warmup_s: plan.warmup.as_secs_f64(),
+        points: Vec::new(),
+    };
+    println!(
+        "bench: {} into {}\nbench: {}",
+        results.command,
+        dir.display(),
+        results.environment.describe()
+    );
+    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
+    let bench = Bench {
+        plan: &plan,
+        bin: &bin,
+        scratch: scratch.path(),
+    };
+    let clock = Instant::now();
+    for setup in Setup::ALL {
+        println!("bench: bringing up {setup}");
+        let deployment = setup
+            .deploy(&bin)
+            .with_context(|| format!("bringing up {setup}"))?;
+        for &workload in setup.workloads() {
+            let points = sweep::run(&bench, setup, &deployment, workload, clock)
+                .with_context(|| format!("measuring {setup} under {}", workload.name()))?;
+            results.points.extend(points);
+            // Written as it goes, so that a failure later keeps what was measured.
+            results::write(&dir, &results)?;
+        }
+    }
+    for workload in Workload::ALL {
+        plot::draw(&dir, workload, &results.points)?;
+    }
+    let summary = dir.join("summary.md");
+    let text = format!(
+        "# Hermes benchmark, {}\n\n{}",
+        results.started,
+        summary::render(&results, "##", "")
+    );
+    std::fs::write(&summary, text).with_context(|| format!("writing {}", summary.display()))?;
+    if quick {
+        check::output(&dir)?;
+        println!("bench: the output is complete and well formed");
+    } else {
+        docs::publish(&dir, &results)?;
+        println!("bench: published to docs/benchmarks.md and docs/bench/");
+    }
+    println!(
+        "bench: done in {:.0?}; results in {}",
+        clock.elapsed(),
+        dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `summary.md`: per workload, each setup's saturation throughput and low-load latency, with
+//! ratios to the baselines, and what the run measured on.
+use std::fmt::Write as _;
+
+use super::{
+    deploy::Setup,
+    plan::{LOW_RATE, MAX_ERROR_SHARE, P90_LIMIT_MS},
+    point::{Point, micros},
+    results::Results,
+    workload::Workload,
+};
+
+/// The summary as Markdown: `heading` is the level of its sections ("##"), `images` the path
+/// prefix of the plots.
+pub fn render(results: &Results, heading: &str, images: &str) -> String {
+    let mut out = String::new();
+    let env = &results.environment;
+    let _ = writeln!(
+        out,
+        "Command: `{}`, started {} (UTC).\n\nMachine: {}.\n\nEach point: {} s measured after {} s \
+         of warm-up, open loop; low load is {LOW_RATE} requests/s; a sweep stops at its first \
+         saturated point: p90 over {P90_LIMIT_MS} ms, under 90% of the offered rate achieved, or \
+         over {}% errors.\n",
+        results.command,
+        results.started,
+        env.describe(),
+        results.duration_s,
+        results.warmup_s,
+        MAX_ERROR_SHARE * 100.0
+    );
+    for workload in Workload::ALL {
+        let rows: Vec<Row<'_>> = Setup::ALL
+            .iter()
+            .filter_map(|&setup| Row::new(setup, workload, &results.points))
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "{heading} {}: {}\n",
+            workload.name(),
+            workload.description()
+        );
+        table(&mut out, workload, &rows);
+        let _ = writeln!(
+            out,
+            "\nSaturation: the highest achieved rate whose p90 stayed within {P90_LIMIT_MS} ms \
+             with at most {errors}% errors; \"≥\" where even the highest offered rate did not \
+             saturate. CPU per request at that point, summed over the nodes: app = the log apps \
+             or the etcd members, proxy = the Hermes agents or nginx.\n\n![{name}]({images}{name}.svg)\n",
+            name = workload.name(),
+            errors = MAX_ERROR_SHARE * 100.0
+        );
+    }
+    out
+}
+
+/// A setup's figures under one workload.
+struct Row<'a> {
+    setup: Setup,
+    /// The point of the saturation throughput, if any stayed within the limits.
+    best: Option<&'a Point>,
+    /// No point saturated: the setup can do more than was offered.
+    unsaturated: bool,
+    low: Option<&'a Point>,
+}
+
+impl<'a> Row<'a> {
+    fn new(setup: Setup, workload: Workload, points: &'a [Point]) -> Option<Self> {
+        let mine: Vec<&Point> = points
+            .iter()
+            .filter(|p| p.setup == setup.name() && p.workload == workload.name())
+            .collect();
+        if mine.is_empty() {
+            return None;
+        }
+        Some(Self {
+            setup,
+            best: mine
+                .iter()
+                .copied()
+                .filter(|p| p.within_limits())
+                .max_by(|a, b| a.achieved.total_cmp(&b.achieved)),
+            unsaturated: !mine.iter().any(|p| p.saturated),
+            low: mine.iter().copied().find(|p| p.low_load),
+        })
+    }
+
+    fn saturation(&self) -> Option<f64> {
+        self.best.map(|p| p.achieved)
+    }
+}
+
+fn table(out: &mut String, workload: Workload, rows: &[Row<'_>]) {
+    let find = |setup| rows.iter().find(|row| row.setup == setup);
+    let direct = find(Setup::Direct);
+    // etcd is measured under writes only; it is the reference for what replication costs.
+    let etcd = find(Setup::Etcd3).filter(|_| workload == Workload::Post);
+    let mut columns = vec!["setup", "saturation (req/s)", "÷ direct"];
+    if etcd.is_some() {
+        columns.push("÷ etcd-3");
+    }
+    columns.extend([
+        "p50 at low load (ms)",
+        "p90 at low load (ms)",
+        "p50 ÷ direct",
+        "app CPU/req",
+        "proxy CPU/req",
+    ]);
+    let _ = writeln!(out, "| {} |", columns.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(columns.len() - 1));
+    for row in rows {
+        let saturation = match row.saturation() {
+            Some(rate) if row.unsaturated => format!("≥ {rate:.0}"),
+            Some(rate) => format!("{rate:.0}"),
+            None => format!("< {LOW_RATE}"),
+        };
+        let mut cells = vec![row.setup.name().to_owned(), saturation];
+        cells.push(ratio(row.saturation(), direct.and_then(Row::saturation)));
+        if let Some(etcd) = etcd {
+            cells.push(ratio(row.saturation(), etcd.saturation()));
+        }
+        let p50 = row.low.map(|p| p.p50_ms);
+        cells.extend([
+            ms(p50),
+            ms(row.low.map(|p| p.p90_ms)),
+            ratio(p50, direct.and_then(|d| d.low).map(|p| p.p50_ms)),
+            micros(row.best.and_then(|p| p.app_cpu_us_per_req)),
+            micros(row.best.and_then(|p| p.proxy_cpu_us_per_req)),
+        ]);
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+}
+
+fn ratio(value: Option<f64>, base: Option<f64>) -> String {
+    match (value, base) {
+        (Some(value), Some(base)) if base > 0.0 => format!("{:.2}", value / base),
+        _ => "-".to_owned(),
+    }
+}
+
+/// Milliseconds with the digits that matter.
+fn ms(value: Option<f64>) -> String {
+    match value {
+        None => "-".to_owned(),
+        Some(ms) if ms < 1.0 => format!("{ms:.3}"),
+        Some(ms) if ms < 10.0 => format!("{ms:.2}"),
+        Some(ms) => format!("{ms:.1}"),
+    }
+}
