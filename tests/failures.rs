@@ -181,3 +181,37 @@ fn a_node_added_with_an_empty_app_catches_up_and_a_removed_node_stops_receiving(
         "node 2 got entries after its removal"
     );
 }
+
+#[test]
+fn clients_get_503_when_too_many_wait_and_504_when_the_outcome_is_unknown() {
+    let args = ["--max-pending", "2", "--request-timeout", "2s"];
+    let Some(mut cluster) = cluster(1, App::HttpEcho, &args) else {
+        return;
+    };
+    // Without its app the node orders requests but cannot answer them.
+    cluster.kill_app(1).unwrap();
+    let addr = cluster.addr(1);
+    let waiting: Vec<_> = (0..2)
+        .map(|n| {
+            std::thread::spawn(move || {
+                client::post(addr, "/slow", format!("{n}").as_bytes()).unwrap()
+            })
+        })
+        .collect();
+    wait_until("two requests waiting", || {
+        (cluster.status(1)?["pending"].as_u64()? == 2).then_some(())
+    })
+    .unwrap();
+    let refused = client::post(addr, "/one-too-many", b"x").unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("Retry-After"), Some("1"));
+    for waiting in waiting {
+        let unknown = waiting.join().unwrap();
+        assert_eq!(unknown.status, 504, "{}", unknown.text());
+        assert!(
+            unknown.text().contains("outcome is unknown"),
+            "{}",
+            unknown.text()
+        );
+    }
+}

@@ -271,7 +271,10 @@ impl Node {
         let started = Instant::now();
         loop {
             match self.proposer.propose(command.clone()).await {
-                Outcome::Committed => return std::future::pending().await,
+                Outcome::Committed => {
+                    maybe_proposed.store(true, Ordering::Relaxed);
+                    return std::future::pending().await;
+                }
                 Outcome::NotLeader(_) => {}
                 Outcome::Failed { maybe_sent } => {
                     if maybe_sent {
