@@ -8,6 +8,10 @@ use hermes_agent::{
 };
 use tracing_subscriber::EnvFilter;
 
+/// Log levels unless `RUST_LOG` says otherwise. openraft's responder warns whenever a proposer
+/// stops waiting for the leader's apply, which Hermes does by design (it waits for the commit).
+const DEFAULT_LOG: &str = "info,openraft=warn,openraft::raft::responder=error";
+
 fn main() -> ExitCode {
     let invocation = match Cli::invocation(std::env::args_os()) {
         Ok(invocation) => invocation,
@@ -23,7 +27,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -96,7 +96,8 @@ impl Cluster {
 
     fn spawn(&self, node: &Node, binary: &str, args: &[&str]) -> io::Result<Process> {
         let mut command = node.command(self.bin.join(binary))?;
-        command.args(args).env("RUST_LOG", "info");
+        // The agent's own default log levels: a cluster may be measured.
+        command.args(args).env_remove("RUST_LOG");
         Process::spawn(format!("{binary} on node {}", node.id), command)
     }
 

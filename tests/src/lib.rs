@@ -39,7 +39,7 @@ pub fn spawn(node: &Node, binary: &str, args: &[&str]) -> Process {
     let mut command = node.command(path).expect("command inside the node");
     command
         .args(args)
-        .env("RUST_LOG", "info,hermes_agent=debug");
+        .env("RUST_LOG", "info,openraft=warn,hermes_agent=debug");
     Process::spawn(format!("{binary} on node {}", node.id), command).expect("spawn")
 }
 
