@@ -92,7 +92,7 @@ enum Write {
     Meta {
         key: &'static str,
         value: Vec<u8>,
-        done: Option<Done>,
+        done: Done,
     },
     Truncate {
         from: u64,
@@ -258,7 +258,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             |done| Write::Meta {
                 key: VOTE,
                 value,
-                done: Some(done),
+                done,
             },
             |e| StorageIOError::write_vote(e),
         )
@@ -280,13 +280,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
         }
-        // Not waited for: a lost commit index is learnt again from the leader.
-        let value = encode(&committed).map_err(|e| StorageIOError::write_logs(&e))?;
-        self.queue(Write::Meta {
-            key: COMMITTED,
-            value,
-            done: None,
-        })
+        // Written along with the next append: a lost commit index is learnt again from the
+        // leader, so it is not worth a write of its own.
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -388,7 +384,10 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &std::sync::
                 Err(_) => break,
             }
         }
-        let result = write_batch(db, &batch).map_err(|e| e.to_string());
+        let committed = shared
+            .upgrade()
+            .and_then(|s| s.state.lock().unwrap().committed);
+        let result = write_batch(db, &batch, committed).map_err(|e| e.to_string());
         let mut last_appended = None;
         for write in batch {
             match write {
@@ -396,13 +395,10 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &std::sync::
                     last_appended = entries.last().map(|(id, _)| *id).or(last_appended);
                     flushed.log_io_completed(result.clone().map_err(std::io::Error::other));
                 }
-                Write::Truncate { done, .. } | Write::Purge { done, .. } => {
+                Write::Truncate { done, .. }
+                | Write::Purge { done, .. }
+                | Write::Meta { done, .. } => {
                     let _ = done.send(result.clone());
-                }
-                Write::Meta { done, .. } => {
-                    if let Some(done) = done {
-                        let _ = done.send(result.clone());
-                    }
                 }
             }
         }
@@ -427,19 +423,21 @@ fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &std::sync::
     }
 }
 
-fn write_batch(db: &Database, batch: &[Write]) -> Result<(), redb::Error> {
-    let mut txn = db.begin_write()?;
-    // A batch of commit-index updates alone need not reach the disk now: the next durable
-    // commit takes it along, and a lost one is learnt again from the leader.
-    if batch
-        .iter()
-        .all(|w| matches!(w, Write::Meta { done: None, .. }))
-    {
-        txn.set_durability(redb::Durability::None)?;
-    }
+fn write_batch(
+    db: &Database,
+    batch: &[Write],
+    committed: Option<LogId>,
+) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
     {
         let mut log = txn.open_table(LOG)?;
         let mut meta = txn.open_table(META)?;
+        if committed.is_some() && batch.iter().any(|w| matches!(w, Write::Append { .. })) {
+            meta.insert(
+                COMMITTED,
+                encode(&committed).map_err(redb::Error::Io)?.as_slice(),
+            )?;
+        }
         for write in batch {
             match write {
                 Write::Append { entries, .. } => {
