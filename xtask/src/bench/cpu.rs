@@ -9,19 +9,20 @@ use anyhow::{Context as _, bail};
 pub fn used(roots: &[u32]) -> anyhow::Result<Duration> {
     let processes = snapshot()?;
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for (&pid, &(parent, _)) in &processes {
-        children.entry(parent).or_default().push(pid);
+    for (&pid, process) in &processes {
+        children.entry(process.parent).or_default().push(pid);
     }
     let mut ticks = 0;
     let mut pending = Vec::new();
     for &root in roots {
-        if !processes.contains_key(&root) {
-            bail!("process {root} of the setup under test is gone");
+        // A dead child stays a zombie until the lab reaps it.
+        if processes.get(&root).is_none_or(|p| p.exited) {
+            bail!("process {root} of the setup under test has exited");
         }
         pending.push(root);
     }
     while let Some(pid) = pending.pop() {
-        ticks += processes[&pid].1;
+        ticks += processes[&pid].ticks;
         pending.extend(children.get(&pid).into_iter().flatten());
     }
     // SAFETY: sysconf has no preconditions.
@@ -32,8 +33,18 @@ pub fn used(roots: &[u32]) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
-/// Every process: pid → (parent pid, utime + stime in clock ticks).
-fn snapshot() -> anyhow::Result<HashMap<u32, (u32, u64)>> {
+/// What `/proc/<pid>/stat` tells about a process.
+#[derive(Debug, PartialEq, Eq)]
+struct Stat {
+    parent: u32,
+    /// A zombie, or dead.
+    exited: bool,
+    /// utime + stime, in clock ticks.
+    ticks: u64,
+}
+
+/// Every process by pid.
+fn snapshot() -> anyhow::Result<HashMap<u32, Stat>> {
     let mut processes = HashMap::new();
     for entry in std::fs::read_dir("/proc").context("reading /proc")? {
         let entry = entry.context("reading /proc")?;
@@ -50,18 +61,21 @@ fn snapshot() -> anyhow::Result<HashMap<u32, (u32, u64)>> {
     Ok(processes)
 }
 
-/// (ppid, utime + stime) from a `stat` line. The command name (field 2) may contain spaces and
-/// parentheses, so fields are counted from its closing parenthesis.
-fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+/// Parses a `stat` line. The command name (field 2) may contain spaces and parentheses, so
+/// fields are counted from its closing parenthesis.
+fn parse_stat(stat: &str) -> Option<Stat> {
     let fields: Vec<&str> = stat
         .get(stat.rfind(')')? + 1..)?
         .split_whitespace()
         .collect();
     // After the name: state (field 3), ppid (4), ..., utime (14), stime (15).
-    let ppid = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((ppid, utime + stime))
+    Some(Stat {
+        parent: fields.get(1)?.parse().ok()?,
+        exited: matches!(*fields.first()?, "Z" | "X"),
+        ticks: utime + stime,
+    })
 }
 
 #[cfg(test)]
@@ -71,7 +85,14 @@ mod tests {
     #[test]
     fn parses_names_with_spaces_and_parentheses() {
         let stat = "42 (a (b) c) S 7 42 42 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 1 0 9 0 0";
-        assert_eq!(parse_stat(stat), Some((7, 281)));
+        let parsed = Stat {
+            parent: 7,
+            exited: false,
+            ticks: 281,
+        };
+        assert_eq!(parse_stat(stat), Some(parsed));
+        let zombie = stat.replace(") S ", ") Z ");
+        assert!(parse_stat(&zombie).unwrap().exited);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::{
     cpu,
     deploy::{Deployment, Setup},
+    guard,
     plan::{self, Plan},
     point::Point,
     workload::Workload,
@@ -21,6 +22,8 @@ use super::{
 /// The load generator starts sending this long after it starts (it sets up its connections'
 /// schedules first).
 const LOADGEN_START: Duration = Duration::from_millis(100);
+/// How often to check, while the load runs, that the targets are still in the lab.
+const GUARD_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What `hermes-loadgen --json` writes (the fields used here).
 #[derive(Deserialize)]
@@ -78,17 +81,30 @@ impl Bench<'_> {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        guard::targets_in_lab(&deployment.targets)?;
         let started = Instant::now();
-        let child = command
+        let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", loadgen.display()))?;
         // Count CPU from the end of the warm-up, as the load generator counts requests.
         std::thread::sleep(LOADGEN_START + self.plan.warmup);
         let before = cpu_used(deployment);
+        while child
+            .try_wait()
+            .context("waiting for hermes-loadgen")?
+            .is_none()
+        {
+            if let Err(error) = guard::targets_in_lab(&deployment.targets) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(error);
+            }
+            std::thread::sleep(GUARD_INTERVAL);
+        }
+        let after = cpu_used(deployment);
         let output = child
             .wait_with_output()
-            .context("waiting for hermes-loadgen")?;
-        let after = cpu_used(deployment);
+            .context("reading hermes-loadgen's output")?;
         if !output.status.success() {
             bail!(
                 "hermes-loadgen failed ({}) after {:.1?}:\n{}",

@@ -1,4 +1,4 @@
-//! Waits until a service answers a request successfully: before measuring, and after a sweep
+//! Waits until a service answers a request successfully: before measuring, and after a point
 //! that overloaded it, so that no backlog leaks into the next measurement.
 use std::{
     net::SocketAddr,
@@ -6,11 +6,18 @@ use std::{
 };
 
 use anyhow::bail;
-use hermes_lab::{client, cluster::PATIENCE};
+use hermes_lab::client;
+
+use super::guard;
+
+/// How long a service may take to answer: generous, because an overloaded Hermes cluster first
+/// works off what its followers have committed but not yet delivered.
+const PATIENCE: Duration = Duration::from_secs(180);
 
 pub fn wait_answering(addr: SocketAddr, request: &[u8]) -> anyhow::Result<()> {
     let deadline = Instant::now() + PATIENCE;
     loop {
+        guard::targets_in_lab(&[addr])?;
         let last = match client::exchange(addr, request) {
             Ok(response) if (200..300).contains(&response.status) => return Ok(()),
             Ok(response) => format!("status {}: {}", response.status, response.text().trim()),

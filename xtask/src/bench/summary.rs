@@ -47,7 +47,7 @@ pub fn render(results: &Results, heading: &str, images: &str) -> String {
             out,
             "\nSaturation: the highest achieved rate whose p90 stayed within {P90_LIMIT_MS} ms \
              with at most {errors}% errors; \"≥\" where even the highest offered rate did not \
-             saturate. CPU per request at that point, summed over the nodes: app = the log apps \
+             saturate, which makes ratios to it bounds. CPU per request at that point, summed over the nodes: app = the log apps \
              or the etcd members, proxy = the Hermes agents or nginx.\n\n![{name}]({images}{name}.svg)\n",
             name = workload.name(),
             errors = MAX_ERROR_SHARE * 100.0
@@ -117,9 +117,9 @@ fn table(out: &mut String, workload: Workload, rows: &[Row<'_>]) {
             None => format!("< {LOW_RATE}"),
         };
         let mut cells = vec![row.setup.name().to_owned(), saturation];
-        cells.push(ratio(row.saturation(), direct.and_then(Row::saturation)));
+        cells.push(direct.map_or_else(|| "-".to_owned(), |direct| throughput_ratio(row, direct)));
         if let Some(etcd) = etcd {
-            cells.push(ratio(row.saturation(), etcd.saturation()));
+            cells.push(throughput_ratio(row, etcd));
         }
         let p50 = row.low.map(|p| p.p50_ms);
         cells.extend([
@@ -130,6 +130,21 @@ fn table(out: &mut String, workload: Workload, rows: &[Row<'_>]) {
             micros(row.best.and_then(|p| p.proxy_cpu_us_per_req)),
         ]);
         let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+}
+
+/// `row`'s saturation throughput over `base`'s, as a bound where either did not saturate.
+fn throughput_ratio(row: &Row<'_>, base: &Row<'_>) -> String {
+    if row.setup == base.setup {
+        return "1.00".to_owned();
+    }
+    let ratio = ratio(row.saturation(), base.saturation());
+    match (row.unsaturated, base.unsaturated) {
+        _ if ratio == "-" => ratio,
+        (false, false) => ratio,
+        (true, false) => format!("≥ {ratio}"),
+        (false, true) => format!("≤ {ratio}"),
+        (true, true) => "-".to_owned(),
     }
 }
 

@@ -26,6 +26,16 @@ pub fn run(
         println!("[{:>2}:{:02}] {point}", elapsed / 60, elapsed % 60);
         let saturated = point.saturated;
         points.push(point);
+        if saturated {
+            // An overloaded setup may still be working off a backlog (a Hermes follower
+            // delivering what was committed): let it finish, or it would slow the next point.
+            let settling = Instant::now();
+            deployment.wait_answering()?;
+            let settled = settling.elapsed();
+            if settled.as_secs() >= 1 {
+                println!("        {setup} took {settled:.1?} to answer again after overload");
+            }
+        }
         Ok(saturated)
     };
     // The low-load point is there for its latency and is not part of the sweep: the sweep's
@@ -51,8 +61,5 @@ pub fn run(
             }
         }
     }
-    // An overloaded setup may still be working off queued requests: let it finish before the
-    // next workload is measured.
-    deployment.wait_answering()?;
     Ok(points)
 }
