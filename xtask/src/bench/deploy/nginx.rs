@@ -101,8 +101,11 @@ http {{
 
     upstream app {{
         server 127.0.0.1:{PORT};
-        # Reuse connections to the app, as the Hermes agent does.
-        keepalive 64;
+        # Keep-alive connections to the app, as many as the load generator opens at most: the
+        # passthrough agent relays each client connection over one app connection, and nginx
+        # with a smaller idle pool would open and close an app connection per request under
+        # load, until it runs out of local ports.
+        keepalive 1536;
     }}
 
     server {{
