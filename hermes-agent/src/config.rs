@@ -3,6 +3,8 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
+use crate::order::read::ReadMode;
+
 /// Exit code for bad configuration (`EX_USAGE` from sysexits.h).
 pub const EXIT_USAGE: i32 = 64;
 
@@ -226,6 +228,22 @@ pub struct Config {
     /// Longest the app may take to answer one request before it is retried.
     #[arg(long, env = "HERMES_APP_TIMEOUT", default_value = "60s", value_parser = parse_duration, help_heading = "Limits")]
     pub app_timeout: Duration,
+
+    /// How requests with a --read-methods method are served: `ordered` (through the log, like
+    /// every request), `linearizable` (off the log, once this replica has applied what the
+    /// leader had committed when the read began), or `local` (off the log, at once; may miss the
+    /// latest writes).
+    #[arg(long, env = "HERMES_READS", value_enum, default_value_t = ReadMode::Ordered)]
+    pub reads: ReadMode,
+
+    /// Methods that do not change the app's state, for --reads.
+    #[arg(
+        long,
+        env = "HERMES_READ_METHODS",
+        value_delimiter = ',',
+        default_value = "GET,HEAD,OPTIONS"
+    )]
+    pub read_methods: Vec<String>,
 
     /// Requests of this node's clients waiting for the log at most (more: 503 with Retry-After).
     #[arg(

@@ -78,9 +78,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 client_timeout: config.client_timeout,
                 idle_timeout: config.idle_timeout,
             };
+            let reads = intercept::http::Reads {
+                mode: config.reads,
+                methods: config
+                    .read_methods
+                    .iter()
+                    .map(|m| m.to_ascii_uppercase())
+                    .collect(),
+            };
             let handler = intercept::http::Http {
                 node: Arc::clone(node),
                 limits,
+                reads,
             };
             intercept::serve(listeners, handler, shutdown, config.grace_period).await
         }

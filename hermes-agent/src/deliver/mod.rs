@@ -47,9 +47,9 @@ impl Response {
     }
 }
 
-/// Why one attempt failed; all of them are retried.
+/// Why one exchange with the app failed.
 #[derive(Debug, thiserror::Error)]
-enum AttemptError {
+pub enum AttemptError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
     #[error("connection failed: {0}")]
@@ -62,12 +62,67 @@ enum AttemptError {
     Invalid(#[from] http::Invalid),
 }
 
-/// The local application.
+/// A kept-alive connection to the app, opened when first needed.
+#[derive(Default)]
+struct Connection {
+    stream: Option<TcpStream>,
+    buffer: BytesMut,
+}
+
+impl Connection {
+    fn is_open(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Sends `request` and reads the full response; the connection closes on failure, or when
+    /// the app says so.
+    async fn exchange(
+        &mut self,
+        addr: SocketAddr,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Response, AttemptError> {
+        let result = self.try_exchange(addr, request, timeout).await;
+        if !matches!(&result, Ok(response) if !response.close) {
+            self.stream = None;
+        }
+        result
+    }
+
+    async fn try_exchange(
+        &mut self,
+        addr: SocketAddr,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Response, AttemptError> {
+        if self.stream.is_none() {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| AttemptError::Connect(std::io::ErrorKind::TimedOut.into()))?
+                .map_err(AttemptError::Connect)?;
+            stream.set_nodelay(true).map_err(AttemptError::Connect)?;
+            self.stream = Some(stream);
+        }
+        self.buffer.clear();
+        let method = http::method_of(request).to_owned();
+        let (stream, buffer) = (
+            self.stream.as_mut().expect("connected above"),
+            &mut self.buffer,
+        );
+        tokio::time::timeout(timeout, async {
+            stream.write_all(request).await?;
+            read_response(stream, buffer, &method).await
+        })
+        .await
+        .map_err(|_| AttemptError::Timeout(timeout))?
+    }
+}
+
+/// The local application, as the state machine delivers to it.
 pub struct App {
     addr: SocketAddr,
     timeout: Duration,
-    connection: Option<TcpStream>,
-    buffer: BytesMut,
+    connection: Connection,
     /// Whether the last attempt reached the app; readiness reports it.
     reachable: Arc<AtomicBool>,
 }
@@ -77,8 +132,7 @@ impl App {
         Self {
             addr,
             timeout,
-            connection: None,
-            buffer: BytesMut::with_capacity(16 * 1024),
+            connection: Connection::default(),
             reachable: Arc::new(AtomicBool::new(true)),
         }
     }
@@ -96,8 +150,12 @@ impl App {
         let mut stale_retry = true;
         let request = with_log_index(request, index);
         loop {
-            let reused = self.connection.is_some();
-            match self.exchange(&request).await {
+            let reused = self.connection.is_open();
+            match self
+                .connection
+                .exchange(self.addr, &request, self.timeout)
+                .await
+            {
                 Ok(response) => {
                     if failures > 0 {
                         tracing::info!(index, failures, app = %self.addr, "app reachable again");
@@ -106,7 +164,6 @@ impl App {
                     return response;
                 }
                 Err(error) => {
-                    self.connection = None;
                     // Most likely a kept-alive connection the app had closed while idle: retry
                     // at once on a new one.
                     if reused && stale_retry && matches!(error, AttemptError::Closed) {
@@ -124,31 +181,37 @@ impl App {
             }
         }
     }
+}
 
-    async fn exchange(&mut self, request: &[u8]) -> Result<Response, AttemptError> {
-        if self.connection.is_none() {
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
-                .await
-                .map_err(|_| AttemptError::Connect(std::io::ErrorKind::TimedOut.into()))?
-                .map_err(AttemptError::Connect)?;
-            stream.set_nodelay(true).map_err(AttemptError::Connect)?;
-            self.connection = Some(stream);
+/// Requests that are not ordered (reads, with `--reads linearizable|local`), sent to the app on
+/// connections of their own, concurrently with the ordered ones.
+pub struct Reads {
+    addr: SocketAddr,
+    timeout: Duration,
+    idle: std::sync::Mutex<Vec<Connection>>,
+}
+
+impl Reads {
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+        Self {
+            addr,
+            timeout,
+            idle: std::sync::Mutex::default(),
         }
-        self.buffer.clear();
-        let timeout = self.timeout;
-        let method = http::method_of(request).to_owned();
-        let connection = self.connection.as_mut().expect("connected above");
-        let buffer = &mut self.buffer;
-        let response = tokio::time::timeout(timeout, async {
-            connection.write_all(request).await?;
-            read_response(connection, buffer, &method).await
-        })
-        .await
-        .map_err(|_| AttemptError::Timeout(timeout))??;
-        if response.close {
-            self.connection = None;
+    }
+
+    /// Sends `request` once (again on a new connection if a kept-alive one had gone stale).
+    pub async fn send(&self, request: &[u8]) -> Result<Response, AttemptError> {
+        let mut connection = self.idle.lock().unwrap().pop().unwrap_or_default();
+        let reused = connection.is_open();
+        let mut result = connection.exchange(self.addr, request, self.timeout).await;
+        if reused && matches!(result, Err(AttemptError::Closed)) {
+            result = connection.exchange(self.addr, request, self.timeout).await;
         }
-        Ok(response)
+        if connection.is_open() {
+            self.idle.lock().unwrap().push(connection);
+        }
+        result
     }
 }
 

@@ -20,7 +20,7 @@ use super::Handler;
 use crate::{
     deliver::Response,
     http::{self, Body, Invalid},
-    order::{Node, SubmitError},
+    order::{Node, SubmitError, read::ReadMode},
 };
 
 /// Largest request head (request line and headers).
@@ -41,6 +41,32 @@ pub struct Limits {
 pub struct Http {
     pub node: Arc<Node>,
     pub limits: Limits,
+    pub reads: Reads,
+}
+
+/// Which requests skip the log, and how they are answered.
+#[derive(Clone, Debug)]
+pub struct Reads {
+    pub mode: ReadMode,
+    /// Methods that do not change the app's state.
+    pub methods: Arc<[String]>,
+}
+
+impl Reads {
+    /// How to serve a request with this method; `None`: through the log.
+    fn mode_for(&self, method: &str) -> Option<ReadMode> {
+        (self.mode != ReadMode::Ordered && self.methods.iter().any(|m| m == method))
+            .then_some(self.mode)
+    }
+}
+
+/// A request read from a client.
+struct Request {
+    /// As the app will get it.
+    payload: Bytes,
+    method: String,
+    /// The connection closes after it.
+    close: bool,
 }
 
 /// Why a request is refused; each maps to a status.
@@ -95,9 +121,19 @@ impl Handler for Http {
             )
             .await;
             let reply = match request {
-                Ok(Some((payload, close))) => {
+                Ok(Some(Request {
+                    payload,
+                    method,
+                    close,
+                })) => {
                     let node = Arc::clone(&self.node);
-                    let answer = tokio::spawn(async move { node.submit(payload).await });
+                    let read = self.reads.mode_for(&method);
+                    let answer = tokio::spawn(async move {
+                        match read {
+                            Some(mode) => node.read(payload, mode).await,
+                            None => node.submit(payload).await,
+                        }
+                    });
                     Reply::Answer { answer, close }
                 }
                 Ok(None) => break,
@@ -117,7 +153,6 @@ impl Handler for Http {
 }
 
 /// Reads one request; `Ok(None)` when the connection is done (closed, idle, or stopping).
-/// Returns the request as the app will get it, and whether the connection closes after it.
 async fn read_request(
     reader: &mut OwnedReadHalf,
     buf: &mut BytesMut,
@@ -125,7 +160,7 @@ async fn read_request(
     stop: &mut watch::Receiver<bool>,
     replies: &mpsc::Sender<Reply>,
     forwarded: &str,
-) -> Result<Option<(Bytes, bool)>, Refusal> {
+) -> Result<Option<Request>, Refusal> {
     if buf.is_empty() {
         tokio::select! {
             read = reader.read_buf(buf) => if !matches!(read, Ok(n) if n > 0) { return Ok(None) },
@@ -194,7 +229,11 @@ async fn read_request(
             &["x-forwarded-for", "expect"],
         );
         payload.extend_from_slice(&message[head.len..]);
-        Ok(Some((Bytes::from(payload), head.close)))
+        Ok(Some(Request {
+            payload: Bytes::from(payload),
+            method: head.method,
+            close: head.close,
+        }))
     };
     tokio::time::timeout(limits.client_timeout, read)
         .await
@@ -218,6 +257,7 @@ async fn write_replies(
                             (503, "Service Unavailable", true)
                         }
                         SubmitError::Timeout => (504, "Gateway Timeout", false),
+                        SubmitError::App(_) => (502, "Bad Gateway", false),
                     };
                     (
                         own_response(status, reason, &format!("hermes: {error}\n"), retry, close),

@@ -16,19 +16,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 impl Node {
     /// Makes `change`, on this node if it leads, through the leader otherwise.
     pub async fn change_membership(&self, change: MembershipChange) -> Result<(), String> {
-        let (leader, addr) = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            let leader = metrics
-                .current_leader
-                .ok_or("no leader; retry once one is elected")?;
-            let addr = metrics
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.addr.clone());
-            (leader, addr)
-        };
+        let (leader, addr) = super::leader(&self.raft);
+        let leader = leader.ok_or("no leader; retry once one is elected")?;
         if leader == self.id {
             return change_on_leader(&self.raft, self.id, change).await;
         }

@@ -17,6 +17,7 @@ pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod propose;
+pub mod read;
 pub mod server;
 pub mod state_machine;
 pub mod typ;
@@ -111,6 +112,8 @@ pub enum SubmitError {
     NoLeader,
     #[error("not answered within the request timeout; the outcome is unknown")]
     Timeout,
+    #[error("the app did not answer the read: {0}")]
+    App(String),
 }
 
 /// A running Raft node and the means to submit requests to it.
@@ -122,6 +125,7 @@ pub struct Node {
     /// Commit index when the node started: readiness waits until it is applied.
     pub startup_commit: u64,
     proposer: Proposer,
+    reads: crate::deliver::Reads,
     peers: Peers,
     boot: u64,
     sequence: AtomicU64,
@@ -227,6 +231,7 @@ impl Node {
             log,
             startup_commit,
             proposer,
+            reads: crate::deliver::Reads::new(settings.app, settings.app_timeout),
             peers,
             boot,
             sequence: AtomicU64::new(0),
@@ -300,6 +305,21 @@ impl Node {
     pub fn pending(&self, max: usize) -> usize {
         max - self.pending.available_permits()
     }
+}
+
+/// The leader this node knows of, and where its peers reach it.
+fn leader(raft: &Raft) -> (Option<NodeId>, Option<String>) {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let leader = metrics.current_leader;
+    let addr = leader.and_then(|l| {
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&l)
+            .map(|n| n.addr.clone())
+    });
+    (leader, addr)
 }
 
 /// Withdraws a waiter when its request is done or abandoned.

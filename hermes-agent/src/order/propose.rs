@@ -131,19 +131,7 @@ impl Route {
             (self.boot << 40) | self.sequence.fetch_add(1, Ordering::Relaxed),
         );
         let batch = Batch { id, commands };
-        let (leader, addr) = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            let leader = metrics.current_leader;
-            let addr = leader.and_then(|l| {
-                metrics
-                    .membership_config
-                    .membership()
-                    .get_node(&l)
-                    .map(|n| n.addr.clone())
-            });
-            (leader, addr)
-        };
+        let (leader, addr) = super::leader(&self.raft);
         match (leader, addr) {
             (Some(leader), _) if leader == self.node_id => {
                 commit(&self.raft, &self.log, batch).await

@@ -96,6 +96,9 @@ async fn handle(server: &Server, request: Request) -> Response {
         Request::ChangeMembership(change) => Response::ChangeMembership(
             super::membership::change_on_leader(raft, server.node_id, change).await,
         ),
+        Request::ReadIndex => {
+            Response::ReadIndex(super::read::read_index_on_leader(raft, server.node_id).await)
+        }
         Request::Hello => Response::Hello {
             node_id: server.node_id,
             initialized: raft.is_initialized().await.unwrap_or(false),

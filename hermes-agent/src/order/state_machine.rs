@@ -25,7 +25,7 @@ use std::{
 
 use openraft::{RaftLogReader, RaftSnapshotBuilder, storage::RaftStateMachine};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::{
     hooks::Hooks,
@@ -47,7 +47,8 @@ const DIGESTS: usize = 4096;
 pub struct Shared {
     node_id: NodeId,
     waiters: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
-    applied: AtomicU64,
+    /// Index of the last entry applied (0: none), for readers to wait on.
+    applied: watch::Sender<u64>,
     requests: AtomicU64,
     deliveries: AtomicU64,
     digests: Mutex<VecDeque<(u64, u64)>>,
@@ -69,7 +70,16 @@ impl Shared {
 
     /// Index of the last entry delivered (0: none).
     pub fn applied_index(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
+        *self.applied.borrow()
+    }
+
+    /// Waits until entry `index` is applied here.
+    pub async fn applied_at_least(&self, index: u64) {
+        let _ = self
+            .applied
+            .subscribe()
+            .wait_for(|applied| *applied >= index)
+            .await;
     }
 
     /// Sequence number of the last request handled: requests ordered so far.
@@ -177,7 +187,7 @@ impl StateMachine {
         let shared = Arc::new(Shared {
             node_id,
             waiters: Mutex::default(),
-            applied: AtomicU64::new(applied),
+            applied: watch::Sender::new(applied),
             requests: AtomicU64::new(progress.requests),
             deliveries: AtomicU64::new(progress.deliveries),
             digests: Mutex::default(),
@@ -287,9 +297,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             self.progress.applied = Some(entry.log_id);
             self.save_progress(entry.log_id)?;
-            self.shared
-                .applied
-                .store(entry.log_id.index, Ordering::Release);
+            self.shared.applied.send_replace(entry.log_id.index);
             replies.push(());
         }
         Ok(replies)
@@ -387,7 +395,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
         self.shared
             .applied
-            .store(meta.last_log_id.map_or(0, |id| id.index), Ordering::Release);
+            .send_replace(meta.last_log_id.map_or(0, |id| id.index));
         *self.current.lock().unwrap() = Some((meta.clone(), bytes));
         Ok(())
     }

@@ -19,6 +19,9 @@ pub enum Request {
     Hello,
     /// A membership change, for the leader to make.
     ChangeMembership(MembershipChange),
+    /// For a linearizable read: confirm your leadership, and name the log index the reader's
+    /// replica must have applied.
+    ReadIndex,
 }
 
 /// A change to the cluster's members.
@@ -44,6 +47,7 @@ pub enum Response {
         initialized: bool,
     },
     ChangeMembership(Result<(), String>),
+    ReadIndex(Result<u64, ForwardError>),
     /// The request could not be decoded.
     Rejected(String),
 }

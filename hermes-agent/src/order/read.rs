@@ -1,0 +1,101 @@
+//! Reads that skip the log (`--reads linearizable|local`), for requests whose method does not
+//! change the app's state (by default GET, HEAD and OPTIONS).
+//!
+//! A linearizable read asks the leader for a read index: the leader confirms it still leads with
+//! a round of heartbeats to a quorum and names its commit index; once this replica has applied
+//! that far, its app has every write that was acknowledged before the read began, and answers.
+//! A local read is answered by the local app at once, possibly without the latest writes.
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::{
+    LEADERLESS, Node, SubmitError,
+    typ::{NodeId, Raft},
+    wire::{ForwardError, Request, Response},
+};
+use crate::deliver;
+
+/// How reads are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadMode {
+    /// Through the log like every request: the paper's behaviour.
+    Ordered,
+    /// Off the log, after a read index from the leader.
+    Linearizable,
+    /// Off the log, at once: may miss the latest writes.
+    Local,
+}
+
+impl Node {
+    /// Answers a read with the local app's response, off the log.
+    pub async fn read(
+        &self,
+        payload: Bytes,
+        mode: ReadMode,
+    ) -> Result<deliver::Response, SubmitError> {
+        let _permit = self
+            .pending
+            .try_acquire()
+            .map_err(|_| SubmitError::Overloaded)?;
+        let read = async {
+            if mode == ReadMode::Linearizable {
+                let index = self.read_index().await?;
+                self.shared.applied_at_least(index).await;
+            }
+            self.reads
+                .send(&payload)
+                .await
+                .map_err(|e| SubmitError::App(e.to_string()))
+        };
+        tokio::time::timeout(self.request_timeout, read)
+            .await
+            .unwrap_or(Err(SubmitError::Timeout))
+    }
+
+    /// The leader's read index; `NoLeader` when no leader confirms one within [`LEADERLESS`].
+    async fn read_index(&self) -> Result<u64, SubmitError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let (leader, addr) = super::leader(&self.raft);
+            let index = match (leader, addr) {
+                (Some(leader), _) if leader == self.id => {
+                    read_index_on_leader(&self.raft, self.id).await.ok()
+                }
+                (Some(_), Some(addr)) => match self
+                    .peers
+                    .get(&addr)
+                    .call(&Request::ReadIndex, LEADERLESS)
+                    .await
+                {
+                    Ok(Response::ReadIndex(Ok(index))) => Some(index),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(index) = index {
+                return Ok(index);
+            }
+            if started.elapsed() > LEADERLESS {
+                return Err(SubmitError::NoLeader);
+            }
+            let mut metrics = self.raft.metrics();
+            let _ = tokio::time::timeout(backoff, metrics.changed()).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+/// On the leader: confirms leadership with a quorum and returns the index a reader must wait for.
+pub async fn read_index_on_leader(raft: &Raft, node_id: NodeId) -> Result<u64, ForwardError> {
+    let leader = raft.metrics().borrow().current_leader;
+    if leader != Some(node_id) {
+        return Err(ForwardError::NotLeader(leader));
+    }
+    match raft.get_read_log_id().await {
+        Ok((read, _applied)) => Ok(read.map_or(0, |id| id.index)),
+        Err(error) => Err(ForwardError::Failed(error.to_string())),
+    }
+}
