@@ -393,14 +393,7 @@ async fn exchange(
         .map_err(|e| format!("write: {}", e.kind()))?;
     buf.clear();
     loop {
-        if connection
-            .read_buf(buf)
-            .await
-            .map_err(|e| format!("read: {}", e.kind()))?
-            == 0
-        {
-            return Err("closed by server".into());
-        }
+        read_more(connection, buf).await?;
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut response = httparse::Response::new(&mut headers);
         let head = match response.parse(buf) {
@@ -423,25 +416,11 @@ async fn exchange(
             header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case(b"chunked"));
         if chunked {
             while !chunked_complete(&buf[head..]) {
-                if connection
-                    .read_buf(buf)
-                    .await
-                    .map_err(|e| format!("read: {}", e.kind()))?
-                    == 0
-                {
-                    return Err("closed by server".into());
-                }
+                read_more(connection, buf).await?;
             }
         } else if let Some(length) = length {
             while buf.len() < head + length {
-                if connection
-                    .read_buf(buf)
-                    .await
-                    .map_err(|e| format!("read: {}", e.kind()))?
-                    == 0
-                {
-                    return Err("closed by server".into());
-                }
+                read_more(connection, buf).await?;
             }
         } else if status != 204 && status != 304 {
             // Delimited by close.
@@ -458,6 +437,15 @@ async fn exchange(
             *stream = None;
         }
         return Ok(status);
+    }
+}
+
+/// Reads more of the response; the server closing before its end is a failure.
+async fn read_more(connection: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    match connection.read_buf(buf).await {
+        Ok(0) => Err("closed by server".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("read: {}", e.kind())),
     }
 }
 
