@@ -104,18 +104,21 @@ impl Cluster {
     pub fn start_app(&mut self, id: usize) -> io::Result<()> {
         let node = self.lab.node(id);
         let listen = format!("127.0.0.1:{PORT}");
-        let mut app = match self.app {
-            App::Log => {
-                let file = self.file_path(id);
-                let file = file.to_str().expect("UTF-8 path");
-                self.spawn(
-                    node,
-                    "hermes-logapp",
-                    &["--listen", &listen, "--file", file],
-                )?
-            }
-            App::HttpEcho => self.spawn(node, "hermes-http-echo", &[&listen])?,
+        let file = self.file_path(id);
+        let (binary, mut args) = match self.app {
+            App::Log => (
+                "hermes-logapp",
+                vec![
+                    "--listen",
+                    &listen,
+                    "--file",
+                    file.to_str().expect("UTF-8 path"),
+                ],
+            ),
+            App::HttpEcho => ("hermes-http-echo", vec![listen.as_str()]),
         };
+        args.extend(self.app_args.iter().map(String::as_str));
+        let mut app = self.spawn(node, binary, &args)?;
         app.wait_for("listening", STARTUP)?;
         self.apps[id - 1] = Some(app);
         Ok(())

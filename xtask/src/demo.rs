@@ -37,10 +37,17 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
     cluster.kill_app(leader)?;
     let survivors: Vec<usize> = (1..=3).filter(|id| *id != leader).collect();
     let new_leader = wait_until("a new leader", || cluster.leader().filter(|l| *l != leader))?;
+    let elected = killed.elapsed();
+    // Failover as a client sees it: until a write to a survivor is acknowledged.
+    wait_until("a write to a survivor", || {
+        let answer = client::post(cluster.addr(survivors[0]), "/insert", b"failover-probe").ok()?;
+        (answer.status == 201).then_some(())
+    })?;
     println!(
-        "   node {new_leader} leads after {:.2?}; clients of node {leader} get refused connections (fail closed)",
+        "   node {new_leader} leads after {elected:.2?}; the first write after the crash was acknowledged after {:.2?}",
         killed.elapsed()
     );
+    println!("   clients of node {leader} get refused connections: its port fails closed");
 
     step("5. 100 more POSTs, to the survivors");
     let statuses = post_concurrently(&cluster, &survivors, 10, 10, "second");

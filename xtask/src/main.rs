@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's commands. See `cargo xtask --help`.
 mod bench;
+mod chaos;
 mod demo;
 mod setup;
 
@@ -34,6 +35,21 @@ enum Task {
     /// Show Hermes at work: a replicated log app on three lab nodes, 300 concurrent requests, a
     /// leader crash and its recovery. Needs root.
     Demo,
+    /// Faults under load: a three-node cluster of the log app under mixed load while faults come
+    /// in turn (kill -9 of agents and apps, the leader cut off, packet loss), then the invariant
+    /// checker: every acknowledged write exactly once in every replica, replicas identical.
+    /// Prints each fault's unavailability. Needs root.
+    Chaos {
+        /// How long to run.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        /// Seconds between faults (each lasts this long, then is healed).
+        #[arg(long, default_value_t = 6)]
+        every: u64,
+        /// Clients writing (and reading) all the time.
+        #[arg(long, default_value_t = 12)]
+        clients: usize,
+    },
     /// Network namespaces as hosts, for trying things by hand.
     Lab {
         #[command(subcommand)]
@@ -74,24 +90,32 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run().map(drop),
         Task::BuildAndLoad { args } => build_and_load(&args),
         Task::Lab { command } => lab(command),
-        Task::Demo => {
-            let ebpf = setup::run()?;
-            cargo(
-                &ebpf,
-                &[
-                    "build",
-                    "--release",
-                    "--package",
-                    "hermes-agent",
-                    "--package",
-                    "hermes-logapp",
-                ],
-            )?;
-            demo::run(&target_dir().join("release"))
-        }
+        Task::Demo => demo::run(&build_cluster_binaries()?),
+        Task::Chaos {
+            seconds,
+            every,
+            clients,
+        } => chaos::run(&build_cluster_binaries()?, seconds, every, clients),
         Task::Test { args } => test(&args),
         Task::Bench { quick } => bench::run(&setup::run()?, quick),
     }
+}
+
+/// Builds (release) what a lab cluster of the log app runs; returns where the binaries are.
+fn build_cluster_binaries() -> anyhow::Result<PathBuf> {
+    let ebpf = setup::run()?;
+    cargo(
+        &ebpf,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "hermes-agent",
+            "--package",
+            "hermes-logapp",
+        ],
+    )?;
+    Ok(target_dir().join("release"))
 }
 
 fn build_and_load(args: &[String]) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use hermes_lab::{
     cluster::{App, Cluster},
 };
 
-use super::{Deployment, logapp};
+use super::Deployment;
 use crate::bench::api::{self, Api};
 
 /// One node whose agent only intercepts and relays.
@@ -36,9 +36,6 @@ fn cluster(nodes: usize, bin: &Path, agent_args: &[&str]) -> anyhow::Result<Clus
     let mut cluster =
         Cluster::new(lab, bin, App::Log, agent_args).context("creating the cluster's directory")?;
     cluster.app_args = api::logapp_args();
-    for id in 1..=nodes {
-        logapp::seed(cluster.lab.node(id), bin, &cluster.file_path(id))?;
-    }
     Ok(cluster)
 }
 

@@ -21,13 +21,3 @@ pub fn spawn(node: &Node, bin: &Path, listen: &str, file: &Path) -> anyhow::Resu
     app.wait_for("listening", STARTUP)?;
     Ok(app)
 }
-
-/// Pre-populates the log app's file by running the app on it once. `Cluster` does not pass its
-/// `app_args` to the apps it starts yet (hermes-lab's `start_app`), and an app continues an
-/// existing file: this gives the cluster's apps the same starting state as the other setups'.
-pub fn seed(node: &Node, bin: &Path, file: &Path) -> anyhow::Result<()> {
-    // The file is complete once the app listens; port 0 keeps clear of the node's real app.
-    let mut app = spawn(node, bin, "127.0.0.1:0", file)?;
-    app.kill().context("stopping the seeding log app")?;
-    Ok(())
-}

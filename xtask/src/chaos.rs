@@ -1,0 +1,36 @@
+//! `cargo xtask chaos`: a three-node log-app cluster under mixed load while faults come in turn,
+//! then the invariant checker's verdict (see `hermes_lab::chaos`).
+use std::{path::Path, time::Duration};
+
+use hermes_lab::{
+    Lab,
+    chaos::{self, Config},
+    cluster::{App, Cluster},
+};
+
+pub fn run(bin: &Path, seconds: u64, every: u64, clients: usize) -> anyhow::Result<()> {
+    let mut cluster = Cluster::new(Lab::up(3)?, bin, App::Log, &[])?;
+    cluster.start()?;
+    println!(
+        "chaos: {seconds} s of mixed load from {clients} clients on 3 nodes, a fault every {every} s"
+    );
+    let config = Config {
+        duration: Duration::from_secs(seconds),
+        every: Duration::from_secs(every),
+        clients,
+    };
+    let report = chaos::run(&mut cluster, &config, |injected| {
+        let unavailable = injected
+            .unavailable
+            .map_or("more than the fault lasted".into(), |d| format!("{d:.2?}"));
+        println!(
+            "  {:>6.1?}  {:<30} node {}  writes unavailable for {unavailable}",
+            injected.at,
+            injected.fault.to_string(),
+            injected.node
+        );
+    })?;
+    println!("{report}");
+    anyhow::ensure!(report.verdict.is_ok(), "the invariant checker failed");
+    Ok(())
+}
