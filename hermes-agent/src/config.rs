@@ -143,9 +143,10 @@ pub struct Config {
     #[arg(long, env = "HERMES_BPFFS", default_value = "/sys/fs/bpf")]
     pub bpffs: PathBuf,
 
-    /// Threads serving connections and Raft. 1 avoids cross-thread wake-ups, which is fastest
-    /// when the app and the agent share few cores.
-    #[arg(long, env = "HERMES_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Threads serving connections and Raft (the log writer has its own). One avoids
+    /// cross-thread wake-ups and is the fastest where the agent shares a few cores with the app
+    /// (measured on 2 cores); more help an agent that is the bottleneck on a bigger machine.
+    #[arg(long, env = "HERMES_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
 
     /// This node's id in the cluster: one of the ids in --peers.
