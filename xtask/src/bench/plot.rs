@@ -21,11 +21,12 @@ const LEGEND_WIDTH: u32 = 190;
 const GRAY: RGBColor = RGBColor(120, 120, 120);
 /// Colours that stay distinct for colour-blind readers (Okabe and Ito), one per setup, in the
 /// order of [`Setup::ALL`].
-const COLORS: [RGBColor; 6] = [
+const COLORS: [RGBColor; 7] = [
     RGBColor(0, 0, 0),
     RGBColor(86, 180, 233),
     RGBColor(0, 114, 178),
     RGBColor(213, 94, 0),
+    RGBColor(204, 121, 167),
     RGBColor(0, 158, 115),
     RGBColor(230, 159, 0),
 ];

@@ -22,9 +22,9 @@ pub fn passthrough(bin: &Path) -> anyhow::Result<Deployment> {
     Ok(deployment(cluster))
 }
 
-/// A Hermes cluster of `nodes` replicas.
-pub fn replicated(nodes: usize, bin: &Path) -> anyhow::Result<Deployment> {
-    let mut cluster = cluster(nodes, bin, &[])?;
+/// A Hermes cluster of `nodes` replicas, agents with `agent_args` besides the cluster's.
+pub fn replicated(nodes: usize, bin: &Path, agent_args: &[&str]) -> anyhow::Result<Deployment> {
+    let mut cluster = cluster(nodes, bin, agent_args)?;
     cluster
         .start()
         .with_context(|| format!("starting a Hermes cluster of {nodes}"))?;

@@ -22,6 +22,8 @@ pub enum Setup {
     Hermes1,
     /// The log app behind Hermes, three replicas, clients spread over all three.
     Hermes3,
+    /// As `hermes-3`, with reads off the log (`--reads linearizable`).
+    Hermes3Reads,
     /// etcd, three members, clients spread over all three (writes only).
     Etcd3,
     /// The log app behind nginx as a reverse proxy: a conventional proxy's cost, to compare
@@ -30,11 +32,12 @@ pub enum Setup {
 }
 
 impl Setup {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Direct,
         Self::Passthrough,
         Self::Hermes1,
         Self::Hermes3,
+        Self::Hermes3Reads,
         Self::Etcd3,
         Self::NginxProxy,
     ];
@@ -45,16 +48,18 @@ impl Setup {
             Self::Passthrough => "passthrough",
             Self::Hermes1 => "hermes-1",
             Self::Hermes3 => "hermes-3",
+            Self::Hermes3Reads => "hermes-3-reads",
             Self::Etcd3 => "etcd-3",
             Self::NginxProxy => "nginx-proxy",
         }
     }
 
     /// What this setup is measured under: etcd is a key-value store, not the log app, so only
-    /// its writes compare.
+    /// its writes compare; linearizable reads change nothing for writes.
     pub fn workloads(self) -> &'static [Workload] {
         match self {
             Self::Etcd3 => &[Workload::Post],
+            Self::Hermes3Reads => &[Workload::Mixed, Workload::Get],
             _ => &Workload::ALL,
         }
     }
@@ -64,8 +69,9 @@ impl Setup {
         let deployment = match self {
             Self::Direct => direct::deploy(bin)?,
             Self::Passthrough => hermes::passthrough(bin)?,
-            Self::Hermes1 => hermes::replicated(1, bin)?,
-            Self::Hermes3 => hermes::replicated(3, bin)?,
+            Self::Hermes1 => hermes::replicated(1, bin, &[])?,
+            Self::Hermes3 => hermes::replicated(3, bin, &[])?,
+            Self::Hermes3Reads => hermes::replicated(3, bin, &["--reads", "linearizable"])?,
             Self::Etcd3 => etcd::deploy()?,
             Self::NginxProxy => nginx::deploy(bin)?,
         };
