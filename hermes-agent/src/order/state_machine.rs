@@ -287,9 +287,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(batch) => {
                     let first = self.progress.requests + 1;
                     for (seq, command) in (first..).zip(batch.commands) {
-                        // Delivered before a restart: skip it.
                         if seq > self.progress.delivered {
                             self.deliver(entry.log_id, seq, command).await?;
+                        } else {
+                            // Delivered before a restart, which rebuilt the window only up to
+                            // the previous entry: remember it, so a retry of it is recognised.
+                            self.dedup.insert(seq, command.key());
                         }
                     }
                     self.progress.requests = self.progress.delivered;
@@ -732,5 +735,12 @@ mod tests {
             .unwrap();
         assert_eq!(seen.lock().unwrap().last(), Some(&(6, "e".to_owned())));
         assert_eq!(seen.lock().unwrap().len(), 4);
+        // A retry of the request delivered before the restart is still recognised.
+        machine
+            .apply(vec![entry(4, &[(3, 6, "d-again"), (3, 8, "f")])])
+            .await
+            .unwrap();
+        assert_eq!(seen.lock().unwrap().last(), Some(&(8, "f".to_owned())));
+        assert_eq!(seen.lock().unwrap().len(), 5);
     }
 }
