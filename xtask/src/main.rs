@@ -90,22 +90,27 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run().map(drop),
         Task::BuildAndLoad { args } => build_and_load(&args),
         Task::Lab { command } => lab(command),
-        Task::Demo => demo::run(&build_cluster_binaries()?),
+        Task::Demo => demo::run(&build_cluster_binaries(&setup::run()?)?),
         Task::Chaos {
             seconds,
             every,
             clients,
-        } => chaos::run(&build_cluster_binaries()?, seconds, every, clients),
+        } => chaos::run(
+            &build_cluster_binaries(&setup::run()?)?,
+            seconds,
+            every,
+            clients,
+        ),
         Task::Test { args } => test(&args),
-        Task::Bench { quick } => bench::run(&setup::run()?, quick),
+        Task::Bench { quick } => bench::run(&build_cluster_binaries(&setup::run()?)?, quick),
     }
 }
 
-/// Builds (release) what a lab cluster of the log app runs; returns where the binaries are.
-fn build_cluster_binaries() -> anyhow::Result<PathBuf> {
-    let ebpf = setup::run()?;
+/// Builds (release) what a lab cluster of the log app runs and loads; returns where the
+/// binaries are.
+fn build_cluster_binaries(ebpf: &setup::EbpfToolchain) -> anyhow::Result<PathBuf> {
     cargo(
-        &ebpf,
+        ebpf,
         &[
             "build",
             "--release",
@@ -113,6 +118,8 @@ fn build_cluster_binaries() -> anyhow::Result<PathBuf> {
             "hermes-agent",
             "--package",
             "hermes-logapp",
+            "--package",
+            "hermes-loadgen",
         ],
     )?;
     Ok(target_dir().join("release"))
@@ -177,7 +184,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     test.extend(args.iter().map(String::as_str));
     cargo(&ebpf, &test)?;
     // The benchmark harness is code too: prove that it runs and writes complete output.
-    bench::run(&ebpf, true)
+    bench::run(&target_dir().join("release"), true)
 }
 
 /// Runs cargo in the workspace with the eBPF toolchain chosen by setup.

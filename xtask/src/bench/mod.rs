@@ -22,11 +22,14 @@ mod summary;
 mod sweep;
 mod workload;
 
-use std::time::{Instant, SystemTime};
+use std::{
+    path::Path,
+    time::{Instant, SystemTime},
+};
 
 use anyhow::Context as _;
 
-use crate::setup::{self, EbpfToolchain};
+use crate::setup;
 use deploy::Setup;
 use environment::Environment;
 use measure::Bench;
@@ -37,22 +40,9 @@ use workload::Workload;
 /// Debian packages of the reference setups and of the plots' font.
 const PACKAGES: [&str; 3] = ["etcd-server", "nginx-light", "fonts-dejavu-core"];
 
-pub fn run(ebpf: &EbpfToolchain, quick: bool) -> anyhow::Result<()> {
+/// Runs the benchmark with the release binaries in `bin`.
+pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
     setup::apt_install(&PACKAGES.map(str::to_owned))?;
-    crate::cargo(
-        ebpf,
-        &[
-            "build",
-            "--release",
-            "--package",
-            "hermes-agent",
-            "--package",
-            "hermes-logapp",
-            "--package",
-            "hermes-loadgen",
-        ],
-    )?;
-    let bin = crate::target_dir().join("release");
     plot::load_font()?;
     let plan = Plan::new(quick);
     let started = results::utc_timestamp(SystemTime::now());
@@ -74,14 +64,14 @@ pub fn run(ebpf: &EbpfToolchain, quick: bool) -> anyhow::Result<()> {
     let scratch = tempfile::tempdir().context("creating a temporary directory")?;
     let bench = Bench {
         plan: &plan,
-        bin: &bin,
+        bin,
         scratch: scratch.path(),
     };
     let clock = Instant::now();
     for setup in Setup::ALL {
         println!("bench: bringing up {setup}");
         let deployment = setup
-            .deploy(&bin)
+            .deploy(bin)
             .with_context(|| format!("bringing up {setup}"))?;
         for &workload in setup.workloads() {
             let points = sweep::run(&bench, setup, &deployment, workload, clock)
