@@ -44,7 +44,7 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
         (answer.status == 201).then_some(())
     })?;
     println!(
-        "   node {new_leader} leads after {elected:.2?}; the first write after the crash was acknowledged after {:.2?}",
+        "   node {new_leader} leads after {elected:.2?}; the first write after the crash (a line of its own) was acknowledged after {:.2?}",
         killed.elapsed()
     );
     println!("   clients of node {leader} get refused connections: its port fails closed");
