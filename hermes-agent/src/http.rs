@@ -200,42 +200,66 @@ impl Framing {
     }
 }
 
-/// Finds the end of a chunked body that starts at `buf[0]`: `Ok(Some(len))` once the last chunk
-/// and the trailers are in, `Ok(None)` if more bytes are needed.
-pub fn chunked_len(buf: &[u8]) -> Result<Option<usize>, Invalid> {
-    let mut at = 0;
-    loop {
-        let (size_len, size) = match httparse::parse_chunk_size(&buf[at..]) {
-            Ok(httparse::Status::Complete(parsed)) => parsed,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err(Invalid::Malformed("chunk size")),
-        };
-        at += size_len;
-        if size == 0 {
-            // Trailers: header lines up to an empty line.
-            loop {
-                let Some(end) = find_crlf(&buf[at..]) else {
-                    return Ok(None);
-                };
-                at += end + 2;
-                if end == 0 {
-                    return Ok(Some(at));
+/// Longest chunk-size line (the size and its extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Longest trailer section accepted.
+const MAX_TRAILERS: usize = 32 * 1024;
+
+/// Finds the end of a chunked body that starts at `buf[0]`, as it arrives: each call resumes
+/// after the chunks already complete, so a body that comes in many pieces is scanned once.
+#[derive(Default)]
+pub struct Chunked {
+    /// Where the first chunk not yet complete begins.
+    at: usize,
+}
+
+impl Chunked {
+    /// `Ok(Some(len))` once the last chunk and the trailers are in, `Ok(None)` if more bytes
+    /// are needed (call again with the same `buf`, grown).
+    pub fn end(&mut self, buf: &[u8]) -> Result<Option<usize>, Invalid> {
+        loop {
+            let (size_len, size) = match httparse::parse_chunk_size(&buf[self.at..]) {
+                Ok(httparse::Status::Complete(parsed)) => parsed,
+                Ok(httparse::Status::Partial) if buf.len() - self.at > MAX_CHUNK_LINE => {
+                    return Err(Invalid::Malformed("chunk size line too long"));
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(_) => return Err(Invalid::Malformed("chunk size")),
+            };
+            let data = self.at + size_len;
+            if size == 0 {
+                // Trailers: header lines up to an empty line.
+                let mut at = data;
+                loop {
+                    match find_crlf(&buf[at..]) {
+                        Some(0) => return Ok(Some(at + 2)),
+                        Some(end) => at += end + 2,
+                        None if buf.len() - data > MAX_TRAILERS => {
+                            return Err(Invalid::HeadersTooLarge);
+                        }
+                        None => return Ok(None),
+                    }
                 }
             }
+            let next = usize::try_from(size)
+                .ok()
+                .and_then(|size| data.checked_add(size)?.checked_add(2))
+                .ok_or(Invalid::Malformed("chunk size"))?;
+            if buf.len() < next {
+                return Ok(None);
+            }
+            if &buf[next - 2..next] != b"\r\n" {
+                return Err(Invalid::Malformed("chunk without CRLF"));
+            }
+            self.at = next;
         }
-        let size = usize::try_from(size).map_err(|_| Invalid::Malformed("chunk size"))?;
-        let next = at
-            .checked_add(size)
-            .and_then(|n| n.checked_add(2))
-            .ok_or(Invalid::Malformed("chunk size"))?;
-        if buf.len() < next {
-            return Ok(None);
-        }
-        if &buf[next - 2..next] != b"\r\n" {
-            return Err(Invalid::Malformed("chunk without CRLF"));
-        }
-        at = next;
     }
+}
+
+/// The end of a complete chunked body at the start of `buf` (see [`Chunked`]).
+#[cfg(test)]
+fn chunked_len(buf: &[u8]) -> Result<Option<usize>, Invalid> {
+    Chunked::default().end(buf)
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
@@ -392,6 +416,61 @@ mod tests {
         assert_eq!(chunked_len(b"5\r\nhello\r\n0\r\n"), Ok(None));
         assert!(chunked_len(b"5\r\nhelloXX0\r\n\r\n").is_err());
         assert!(chunked_len(b"zz\r\n").is_err());
+        // Unbounded size lines and trailers are refused, not buffered.
+        let long_line = [b"5;".as_slice(), &[b'x'; MAX_CHUNK_LINE]].concat();
+        assert!(chunked_len(&long_line).is_err());
+        let long_trailer = [b"0\r\nX: ".as_slice(), &[b'x'; MAX_TRAILERS]].concat();
+        assert_eq!(chunked_len(&long_trailer), Err(Invalid::HeadersTooLarge));
+    }
+
+    #[test]
+    fn chunked_bodies_arriving_byte_by_byte() {
+        let body = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nT: 1\r\n\r\n";
+        let mut chunked = Chunked::default();
+        for end in 0..body.len() {
+            assert_eq!(chunked.end(&body[..end]), Ok(None), "after {end} bytes");
+        }
+        assert_eq!(chunked.end(body), Ok(Some(body.len())));
+        assert_eq!(chunked.at, 30, "resumes after the complete chunks");
+    }
+
+    /// Mangled messages (truncated, bytes replaced, bytes inserted) never panic the parsers.
+    #[test]
+    fn mangled_input_is_refused_or_incomplete_never_a_panic() {
+        let samples: [&[u8]; 3] = [
+            b"POST /insert HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"GET /line/1 HTTP/1.0\r\nContent-Length: 3\r\nX-Forwarded-For: 1.2.3.4\r\n\r\nabc",
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\n42",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut random = |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below as u64) as usize
+        };
+        let interesting = b"\r\n:;0 -9fFxX\t\x00\xff";
+        for round in 0..20_000 {
+            let mut message = samples[round % samples.len()].to_vec();
+            for _ in 0..1 + random(4) {
+                let at = random(message.len() + 1);
+                let byte = interesting[random(interesting.len())];
+                match random(3) {
+                    0 => message.truncate(at),
+                    1 if at < message.len() => message[at] = byte,
+                    _ => message.insert(at, byte),
+                }
+            }
+            let _ = parse_request(&message);
+            let _ = parse_response(&message, "GET");
+            let _ = parse_response(&message, "HEAD");
+            let _ = chunked_len(&message);
+            if let Some(head) = head_len(&message) {
+                let _ = chunked_len(&message[head..]);
+                let _ = rewrite_head(&message[..head], Some("X-Forwarded-For: 1"), &["expect"]);
+            }
+            let _ = method_of(&message);
+        }
     }
 
     #[test]

@@ -246,12 +246,15 @@ async fn read_response(
                 }
                 total
             }
-            Body::Chunked => loop {
-                if let Some(len) = http::chunked_len(&buffer[head.len..])? {
-                    break head.len + len;
+            Body::Chunked => {
+                let mut chunked = http::Chunked::default();
+                loop {
+                    if let Some(len) = chunked.end(&buffer[head.len..])? {
+                        break head.len + len;
+                    }
+                    read_more(stream, buffer).await?;
                 }
-                read_more(stream, buffer).await?;
-            },
+            }
             Body::UntilClose => {
                 while stream.read_buf(buffer).await? != 0 {}
                 buffer.len()

@@ -203,17 +203,20 @@ async fn read_request(
                 }
                 n
             }
-            Body::Chunked => loop {
-                if let Some(len) = http::chunked_len(&buf[head.len..])? {
-                    break len;
+            Body::Chunked => {
+                let mut chunked = http::Chunked::default();
+                loop {
+                    if let Some(len) = chunked.end(&buf[head.len..])? {
+                        break len;
+                    }
+                    if (buf.len() - head.len) as u64 > limits.max_body {
+                        return Err(Refusal::BodyTooLarge(limits.max_body));
+                    }
+                    if !matches!(reader.read_buf(buf).await, Ok(n) if n > 0) {
+                        return Ok(None);
+                    }
                 }
-                if (buf.len() - head.len) as u64 > limits.max_body {
-                    return Err(Refusal::BodyTooLarge(limits.max_body));
-                }
-                if !matches!(reader.read_buf(buf).await, Ok(n) if n > 0) {
-                    return Ok(None);
-                }
-            },
+            }
         };
         if body_len as u64 > limits.max_body {
             return Err(Refusal::BodyTooLarge(limits.max_body));
