@@ -65,9 +65,7 @@ const HEADER: usize = 12;
 
 /// A frame for `body` under call `id`.
 pub fn frame(id: u64, body: &impl Serialize) -> std::io::Result<Vec<u8>> {
-    let mut out = vec![0; HEADER];
-    let mut out =
-        postcard::to_extend(body, std::mem::take(&mut out)).map_err(std::io::Error::other)?;
+    let mut out = postcard::to_extend(body, vec![0; HEADER]).map_err(std::io::Error::other)?;
     let len =
         u32::try_from(out.len() - 4).map_err(|_| std::io::Error::other("message over 4 GiB"))?;
     out[..4].copy_from_slice(&len.to_le_bytes());
