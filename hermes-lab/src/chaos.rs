@@ -84,26 +84,33 @@ impl Report {
     }
 }
 
+/// How long writes were unavailable, when they came back before the fault's turn ended.
+fn unavailability(unavailable: Option<Duration>) -> String {
+    unavailable.map_or("more than the fault lasted".into(), |d| format!("{d:.2?}"))
+}
+
+impl fmt::Display for Injected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:>6.1?}  {:<30} node {}  writes unavailable for {}",
+            self.at,
+            self.fault.to_string(),
+            self.node,
+            unavailability(self.unavailable)
+        )
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "faults:")?;
-        for i in &self.injected {
-            let unavailable = i
-                .unavailable
-                .map_or("more than the fault lasted".into(), |d| format!("{d:.2?}"));
-            writeln!(
-                f,
-                "  {:>6.1?}  {:<30} node {}  writes unavailable for {unavailable}",
-                i.at,
-                i.fault.to_string(),
-                i.node
-            )?;
+        for injected in &self.injected {
+            writeln!(f, "  {injected}")?;
         }
         writeln!(f, "longest unavailability per fault:")?;
         for (fault, longest) in self.longest_unavailability() {
-            let longest =
-                longest.map_or("more than the fault lasted".into(), |d| format!("{d:.2?}"));
-            writeln!(f, "  {:<30} {longest}", fault.to_string())?;
+            writeln!(f, "  {:<30} {}", fault.to_string(), unavailability(longest))?;
         }
         writeln!(
             f,

@@ -116,10 +116,18 @@ impl Process {
         }
     }
 
-    fn failure(&self, what: String) -> io::Error {
+    /// The last `n` lines it printed, to explain why it failed.
+    pub fn tail(&self, n: usize) -> String {
         let lines = self.output.lines.lock().unwrap();
-        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-        io::Error::other(format!("{}: {what}; last output:\n{tail}", self.name))
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn failure(&self, what: String) -> io::Error {
+        io::Error::other(format!(
+            "{}: {what}; last output:\n{}",
+            self.name,
+            self.tail(30)
+        ))
     }
 }
 

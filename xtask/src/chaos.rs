@@ -19,17 +19,7 @@ pub fn run(bin: &Path, seconds: u64, every: u64, clients: usize) -> anyhow::Resu
         every: Duration::from_secs(every),
         clients,
     };
-    let report = chaos::run(&mut cluster, &config, |injected| {
-        let unavailable = injected
-            .unavailable
-            .map_or("more than the fault lasted".into(), |d| format!("{d:.2?}"));
-        println!(
-            "  {:>6.1?}  {:<30} node {}  writes unavailable for {unavailable}",
-            injected.at,
-            injected.fault.to_string(),
-            injected.node
-        );
-    })?;
+    let report = chaos::run(&mut cluster, &config, |injected| println!("  {injected}"))?;
     println!("{report}");
     anyhow::ensure!(report.verdict.is_ok(), "the invariant checker failed");
     Ok(())

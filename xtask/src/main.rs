@@ -87,30 +87,26 @@ enum LabCommand {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Task::Setup => setup::run().map(drop),
+        Task::Setup => setup::run(&[]).map(drop),
         Task::BuildAndLoad { args } => build_and_load(&args),
         Task::Lab { command } => lab(command),
-        Task::Demo => demo::run(&build_cluster_binaries(&setup::run()?)?),
+        Task::Demo => demo::run(&build_cluster_binaries(&[])?),
         Task::Chaos {
             seconds,
             every,
             clients,
-        } => chaos::run(
-            &build_cluster_binaries(&setup::run()?)?,
-            seconds,
-            every,
-            clients,
-        ),
+        } => chaos::run(&build_cluster_binaries(&[])?, seconds, every, clients),
         Task::Test { args } => test(&args),
-        Task::Bench { quick } => bench::run(&build_cluster_binaries(&setup::run()?)?, quick),
+        Task::Bench { quick } => bench::run(&build_cluster_binaries(bench::PACKAGES)?, quick),
     }
 }
 
-/// Builds (release) what a lab cluster of the log app runs and loads; returns where the
-/// binaries are.
-fn build_cluster_binaries(ebpf: &setup::EbpfToolchain) -> anyhow::Result<PathBuf> {
+/// Sets up (with the Debian `packages` the task needs besides), then builds (release) what a
+/// lab cluster of the log app runs and loads; returns where the binaries are.
+fn build_cluster_binaries(packages: &[&str]) -> anyhow::Result<PathBuf> {
+    let ebpf = setup::run(packages)?;
     cargo(
-        ebpf,
+        &ebpf,
         &[
             "build",
             "--release",
@@ -126,7 +122,7 @@ fn build_cluster_binaries(ebpf: &setup::EbpfToolchain) -> anyhow::Result<PathBuf
 }
 
 fn build_and_load(args: &[String]) -> anyhow::Result<()> {
-    let ebpf = setup::run()?;
+    let ebpf = setup::run(&[])?;
     cargo(&ebpf, &["build", "--release", "--package", "hermes-agent"])?;
     let agent = target_dir().join("release/hermes-agent");
     eprintln!("$ {} {}", agent.display(), args.join(" "));
@@ -164,7 +160,8 @@ fn lab(command: LabCommand) -> anyhow::Result<()> {
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
-    let ebpf = setup::run()?;
+    // The suite ends with `bench --quick`: set up what it needs too.
+    let ebpf = setup::run(bench::PACKAGES)?;
     cargo(&ebpf, &["fmt", "--all", "--check"])
         .context("code is not formatted: run `cargo fmt --all`")?;
     cargo(

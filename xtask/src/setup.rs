@@ -19,7 +19,9 @@ pub struct EbpfToolchain {
     pub toolchain: String,
 }
 
-pub fn run() -> anyhow::Result<EbpfToolchain> {
+/// Makes the machine ready; `extra`: Debian packages the task needs besides the build's and
+/// the lab's.
+pub fn run(extra: &[&str]) -> anyhow::Result<EbpfToolchain> {
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         eprintln!(
             "setup: warning: this kernel has no BTF (/sys/kernel/btf/vmlinux); Hermes needs Linux >= 5.9 with BTF to run"
@@ -27,7 +29,11 @@ pub fn run() -> anyhow::Result<EbpfToolchain> {
     }
     let toolchain = nightly()?;
     let llvm = rustc_llvm_major(&toolchain)?;
-    let mut packages: Vec<String> = PACKAGES.iter().map(|p| p.to_string()).collect();
+    let mut packages: Vec<String> = PACKAGES
+        .iter()
+        .chain(extra)
+        .map(|p| p.to_string())
+        .collect();
     packages.push(format!("llvm-{llvm}-dev"));
     packages.push(format!("libllvm{llvm}"));
     apt_install(&packages)?;
@@ -85,7 +91,7 @@ fn rust_src(toolchain: &str) -> anyhow::Result<()> {
 }
 
 /// Installs the Debian packages that are missing (as root), or says what to install.
-pub fn apt_install(packages: &[String]) -> anyhow::Result<()> {
+fn apt_install(packages: &[String]) -> anyhow::Result<()> {
     let missing: Vec<&String> = packages
         .iter()
         .filter(|p| {

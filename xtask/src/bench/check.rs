@@ -20,7 +20,7 @@ pub fn output(dir: &Path) -> anyhow::Result<()> {
             let points: Vec<_> = results
                 .points
                 .iter()
-                .filter(|p| p.setup == setup.name() && p.workload == workload.name())
+                .filter(|p| p.is(setup, workload))
                 .collect();
             let what = format!("{setup} under {}", workload.name());
             if !points.iter().any(|p| p.low_load) {

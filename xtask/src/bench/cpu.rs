@@ -5,32 +5,37 @@ use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context as _, bail};
 
-/// The CPU time used so far by `roots` and their descendants.
-pub fn used(roots: &[u32]) -> anyhow::Result<Duration> {
+/// The CPU time used so far by each group of `roots` and their descendants, from one look at
+/// `/proc`.
+pub fn used<const N: usize>(groups: [&[u32]; N]) -> anyhow::Result<[Duration; N]> {
     let processes = snapshot()?;
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for (&pid, process) in &processes {
         children.entry(process.parent).or_default().push(pid);
-    }
-    let mut ticks = 0;
-    let mut pending = Vec::new();
-    for &root in roots {
-        // A dead child stays a zombie until the lab reaps it.
-        if processes.get(&root).is_none_or(|p| p.exited) {
-            bail!("process {root} of the setup under test has exited");
-        }
-        pending.push(root);
-    }
-    while let Some(pid) = pending.pop() {
-        ticks += processes[&pid].ticks;
-        pending.extend(children.get(&pid).into_iter().flatten());
     }
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if per_second <= 0 {
         bail!("sysconf(_SC_CLK_TCK) failed");
     }
-    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    let mut used = [Duration::ZERO; N];
+    for (roots, used) in groups.into_iter().zip(&mut used) {
+        let mut ticks = 0;
+        let mut pending = Vec::new();
+        for &root in roots {
+            // A dead child stays a zombie until the lab reaps it.
+            if processes.get(&root).is_none_or(|p| p.exited) {
+                bail!("process {root} of the setup under test has exited");
+            }
+            pending.push(root);
+        }
+        while let Some(pid) = pending.pop() {
+            ticks += processes[&pid].ticks;
+            pending.extend(children.get(&pid).into_iter().flatten());
+        }
+        *used = Duration::from_secs_f64(ticks as f64 / per_second as f64);
+    }
+    Ok(used)
 }
 
 /// What `/proc/<pid>/stat` tells about a process.
@@ -98,6 +103,6 @@ mod tests {
     #[test]
     fn counts_this_process() {
         let pid = std::process::id();
-        assert!(used(&[pid]).is_ok());
+        assert!(used([&[pid]]).is_ok());
     }
 }

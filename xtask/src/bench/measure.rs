@@ -113,8 +113,8 @@ impl Bench<'_> {
                 String::from_utf8_lossy(&output.stderr).trim()
             );
         }
-        let (app_before, proxy_before) = before?;
-        let (app_after, proxy_after) = after?;
+        let [app_before, proxy_before] = before?;
+        let [app_after, proxy_after] = after?;
         let text = std::fs::read_to_string(&json)
             .with_context(|| format!("reading {}", json.display()))?;
         let report: Report = serde_json::from_str(&text)
@@ -151,9 +151,6 @@ impl Bench<'_> {
 }
 
 /// CPU time used so far by the deployment's apps and by its proxies.
-fn cpu_used(deployment: &Deployment) -> anyhow::Result<(Duration, Duration)> {
-    Ok((
-        cpu::used(&deployment.app_pids)?,
-        cpu::used(&deployment.proxy_pids)?,
-    ))
+fn cpu_used(deployment: &Deployment) -> anyhow::Result<[Duration; 2]> {
+    cpu::used([&deployment.app_pids, &deployment.proxy_pids])
 }

@@ -29,7 +29,6 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::setup;
 use deploy::Setup;
 use environment::Environment;
 use measure::Bench;
@@ -38,11 +37,10 @@ use results::Results;
 use workload::Workload;
 
 /// Debian packages of the reference setups and of the plots' font.
-const PACKAGES: [&str; 3] = ["etcd-server", "nginx-light", "fonts-dejavu-core"];
+pub const PACKAGES: &[&str] = &["etcd-server", "nginx-light", "fonts-dejavu-core"];
 
-/// Runs the benchmark with the release binaries in `bin`.
+/// Runs the benchmark with the release binaries in `bin` (setup installs [`PACKAGES`]).
 pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
-    setup::apt_install(&PACKAGES.map(str::to_owned))?;
     plot::load_font()?;
     let plan = Plan::new(quick);
     let started = results::utc_timestamp(SystemTime::now());

@@ -72,10 +72,7 @@ fn lines(workload: Workload, points: &[Point]) -> Vec<Line<'_>> {
         .iter()
         .zip(COLORS)
         .map(|(&setup, color)| {
-            let mut mine: Vec<&Point> = points
-                .iter()
-                .filter(|p| p.setup == setup.name() && p.workload == workload.name())
-                .collect();
+            let mut mine: Vec<&Point> = points.iter().filter(|p| p.is(setup, workload)).collect();
             mine.sort_by(|a, b| a.offered.total_cmp(&b.offered));
             Line {
                 setup,

@@ -4,7 +4,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::plan::{MAX_ERROR_SHARE, MIN_ACHIEVED_SHARE, P90_LIMIT_MS};
+use super::{
+    deploy::Setup,
+    plan::{MAX_ERROR_SHARE, MIN_ACHIEVED_SHARE, P90_LIMIT_MS},
+    workload::Workload,
+};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Point {
@@ -34,6 +38,11 @@ pub struct Point {
 }
 
 impl Point {
+    /// Whether it was measured on `setup` under `workload`.
+    pub fn is(&self, setup: Setup, workload: Workload) -> bool {
+        self.setup == setup.name() && self.workload == workload.name()
+    }
+
     /// Whether the setup could not keep up with the offered rate: latency beyond the limit, too
     /// little of the offered rate achieved, or too many errors.
     pub fn overloaded(&self) -> bool {

@@ -68,10 +68,7 @@ struct Row<'a> {
 
 impl<'a> Row<'a> {
     fn new(setup: Setup, workload: Workload, points: &'a [Point]) -> Option<Self> {
-        let mine: Vec<&Point> = points
-            .iter()
-            .filter(|p| p.setup == setup.name() && p.workload == workload.name())
-            .collect();
+        let mine: Vec<&Point> = points.iter().filter(|p| p.is(setup, workload)).collect();
         if mine.is_empty() {
             return None;
         }

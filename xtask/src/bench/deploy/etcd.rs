@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use hermes_lab::{Lab, Process};
 
-use super::{Deployment, last_output};
+use super::Deployment;
 use crate::bench::{api::Api, probe};
 
 const ETCD: &str = "/usr/bin/etcd";
@@ -56,7 +56,7 @@ pub fn deploy() -> anyhow::Result<Deployment> {
             format!(
                 "etcd on node {} did not come up; it printed:\n{}",
                 node.id,
-                last_output(member)
+                member.tail(20)
             )
         })?;
     }

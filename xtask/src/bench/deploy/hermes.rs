@@ -19,7 +19,7 @@ pub fn passthrough(bin: &Path) -> anyhow::Result<Deployment> {
     cluster
         .start_agent(1)
         .context("starting the passthrough agent")?;
-    Ok(deployment(cluster))
+    deployment(cluster)
 }
 
 /// A Hermes cluster of `nodes` replicas, agents with `agent_args` besides the cluster's.
@@ -28,10 +28,11 @@ pub fn replicated(nodes: usize, bin: &Path, agent_args: &[&str]) -> anyhow::Resu
     cluster
         .start()
         .with_context(|| format!("starting a Hermes cluster of {nodes}"))?;
-    Ok(deployment(cluster))
+    deployment(cluster)
 }
 
-fn cluster(nodes: usize, bin: &Path, agent_args: &[&str]) -> anyhow::Result<Cluster> {
+/// A cluster of the log app on a fresh lab of `nodes`, nothing started yet.
+pub(super) fn cluster(nodes: usize, bin: &Path, agent_args: &[&str]) -> anyhow::Result<Cluster> {
     let lab = Lab::up(nodes).with_context(|| format!("creating a lab of {nodes} nodes"))?;
     let mut cluster =
         Cluster::new(lab, bin, App::Log, agent_args).context("creating the cluster's directory")?;
@@ -39,7 +40,8 @@ fn cluster(nodes: usize, bin: &Path, agent_args: &[&str]) -> anyhow::Result<Clus
     Ok(cluster)
 }
 
-fn deployment(mut cluster: Cluster) -> Deployment {
+/// The cluster as a deployment, once every node answers.
+fn deployment(mut cluster: Cluster) -> anyhow::Result<Deployment> {
     let nodes = 1..=cluster.nodes();
     let targets = nodes.clone().map(|id| cluster.addr(id)).collect();
     let app_pids = nodes
@@ -49,11 +51,13 @@ fn deployment(mut cluster: Cluster) -> Deployment {
     let proxy_pids = nodes
         .filter_map(|id| Some(cluster.agent(id)?.pid()))
         .collect();
-    Deployment {
+    let deployment = Deployment {
         targets,
         api: Api::LogApp,
         app_pids,
         proxy_pids,
         _running: Box::new(cluster),
-    }
+    };
+    deployment.wait_answering()?;
+    Ok(deployment)
 }

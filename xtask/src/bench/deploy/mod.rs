@@ -3,12 +3,9 @@
 mod direct;
 mod etcd;
 mod hermes;
-mod logapp;
 mod nginx;
 
 use std::{any::Any, fmt, net::SocketAddr, path::Path};
-
-use hermes_lab::Process;
 
 use super::{api::Api, probe, workload::Workload};
 
@@ -64,9 +61,9 @@ impl Setup {
         }
     }
 
-    /// Brings the setup up with the binaries in `bin` and waits until every target answers.
+    /// Brings the setup up with the binaries in `bin`; every target answers once it returns.
     pub fn deploy(self, bin: &Path) -> anyhow::Result<Deployment> {
-        let deployment = match self {
+        Ok(match self {
             Self::Direct => direct::deploy(bin)?,
             Self::Passthrough => hermes::passthrough(bin)?,
             Self::Hermes1 => hermes::replicated(1, bin, &[])?,
@@ -74,9 +71,7 @@ impl Setup {
             Self::Hermes3Reads => hermes::replicated(3, bin, &["--reads", "linearizable"])?,
             Self::Etcd3 => etcd::deploy()?,
             Self::NginxProxy => nginx::deploy(bin)?,
-        };
-        deployment.wait_answering()?;
-        Ok(deployment)
+        })
     }
 }
 
@@ -108,10 +103,4 @@ impl Deployment {
         }
         Ok(())
     }
-}
-
-/// The last lines a process printed, to explain why it did not come up.
-fn last_output(process: &Process) -> String {
-    let lines = process.output();
-    lines[lines.len().saturating_sub(20)..].join("\n")
 }

@@ -4,9 +4,9 @@
 use std::{net::SocketAddr, path::Path, process::Stdio};
 
 use anyhow::{Context as _, bail};
-use hermes_lab::{Lab, Node, Process, cluster::PORT};
+use hermes_lab::{Node, Process, cluster::PORT};
 
-use super::{Deployment, last_output, logapp};
+use super::{Deployment, hermes};
 use crate::bench::{api::Api, probe};
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -14,15 +14,11 @@ const NGINX: &str = "/usr/sbin/nginx";
 const PROXY_PORT: u16 = 8081;
 
 pub fn deploy(bin: &Path) -> anyhow::Result<Deployment> {
-    let lab = Lab::up(1).context("creating a lab of 1 node")?;
+    // The log app as a Hermes node runs it, on loopback, without an agent.
+    let mut cluster = hermes::cluster(1, bin, &[])?;
+    cluster.start_app(1).context("starting the log app")?;
+    let node = cluster.lab.node(1);
     let files = tempfile::tempdir().context("creating a temporary directory")?;
-    let node = lab.node(1);
-    let app = logapp::spawn(
-        node,
-        bin,
-        &format!("127.0.0.1:{PORT}"),
-        &files.path().join("app.log"),
-    )?;
     let prefix = files.path();
     let conf = prefix.join("nginx.conf");
     std::fs::write(&conf, config(prefix, node)).context("writing nginx.conf")?;
@@ -36,19 +32,15 @@ pub fn deploy(bin: &Path) -> anyhow::Result<Deployment> {
         .args(["-g", "daemon off;"]);
     let nginx = Process::spawn("nginx on node 1", command)?;
     let target = SocketAddr::new(node.ip.into(), PROXY_PORT);
-    probe::wait_answering(target, &Api::LogApp.probe()).with_context(|| {
-        format!(
-            "nginx did not come up; it printed:\n{}",
-            last_output(&nginx)
-        )
-    })?;
+    probe::wait_answering(target, &Api::LogApp.probe())
+        .with_context(|| format!("nginx did not come up; it printed:\n{}", nginx.tail(20)))?;
     Ok(Deployment {
         targets: vec![target],
         api: Api::LogApp,
-        app_pids: vec![app.pid()],
+        app_pids: cluster.app(1).map(|app| app.pid()).into_iter().collect(),
         // The master; the workers that do the proxying are its children.
         proxy_pids: vec![nginx.pid()],
-        _running: Box::new((nginx, app, lab, files)),
+        _running: Box::new((nginx, cluster, files)),
     })
 }
 
