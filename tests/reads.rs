@@ -1,14 +1,11 @@
 //! Reads off the log (`--reads`): linearizable reads see every write acknowledged before them,
 //! on any node; local reads are answered even by a replica cut off from the others.
-use std::net::SocketAddr;
 
 use hermes_tests::{App, client, cluster, wait_until};
 
 #[test]
 fn linearizable_reads_see_every_acknowledged_write_and_stay_off_the_log() {
-    let Some(cluster) = cluster(3, App::Log, &["--reads", "linearizable"]) else {
-        return;
-    };
+    let cluster = cluster(3, App::Log, &["--reads", "linearizable"]);
     for n in 1..=60 {
         let (writer, reader) = (1 + n % 3, 1 + (n + 1) % 3);
         let body = format!("write-{n}");
@@ -31,9 +28,7 @@ fn linearizable_reads_see_every_acknowledged_write_and_stay_off_the_log() {
 
 #[test]
 fn local_reads_are_answered_by_a_replica_cut_off_from_the_others() {
-    let Some(cluster) = cluster(3, App::Log, &["--reads", "local"]) else {
-        return;
-    };
+    let cluster = cluster(3, App::Log, &["--reads", "local"]);
     let created = client::post(cluster.addr(1), "/insert", b"before the cut").unwrap();
     assert_eq!(created.status, 201);
     cluster.wait_converged().unwrap();
@@ -44,7 +39,7 @@ fn local_reads_are_answered_by_a_replica_cut_off_from_the_others() {
         .set_connected(cluster.lab.node(cut), false)
         .unwrap();
     let node = cluster.lab.node(cut);
-    let addr = SocketAddr::new(node.ip.into(), 8080);
+    let addr = cluster.addr(cut);
     let read = node
         .run_inside(move || client::get(addr, "/line/1"))
         .unwrap();

@@ -9,7 +9,7 @@ const RESTORE: &str =
 
 #[test]
 fn with_hooks_the_log_is_compacted_and_a_new_replica_installs_a_snapshot() {
-    let Some(lab) = lab(4) else { return };
+    let lab = lab(4);
     let bin = hermes_lab::binary("hermes-agent").unwrap();
     let args = [
         "--snapshot-every",

@@ -44,7 +44,7 @@ fn assert_refused(ip: impl Into<IpAddr>) {
 
 #[test]
 fn steered_connections_reach_the_app_through_the_agent_intact() {
-    let Some(lab) = lab(1) else { return };
+    let lab = lab(1);
     let node = lab.node(1);
     let _app = echo(node, "a", &["[::]:8080"]);
     let _agent = agent(node, PASSTHROUGH);
@@ -85,7 +85,7 @@ fn steered_connections_reach_the_app_through_the_agent_intact() {
 
 #[test]
 fn loopback_and_other_ports_are_not_steered() {
-    let Some(lab) = lab(1) else { return };
+    let lab = lab(1);
     let node = lab.node(1);
     let _app = echo(node, "a", &["[::]:8080", "[::]:8081"]);
     let _agent = agent(node, PASSTHROUGH);
@@ -104,7 +104,7 @@ fn loopback_and_other_ports_are_not_steered() {
 
 #[test]
 fn killed_agent_fails_closed_until_a_new_one_takes_over() {
-    let Some(lab) = lab(1) else { return };
+    let lab = lab(1);
     let node = lab.node(1);
     let _app = echo(node, "a", &["[::]:8080"]);
     let mut first = agent(node, PASSTHROUGH);
@@ -126,7 +126,7 @@ fn killed_agent_fails_closed_until_a_new_one_takes_over() {
 
 #[test]
 fn killed_agent_with_fail_open_lets_clients_reach_the_app_directly() {
-    let Some(lab) = lab(1) else { return };
+    let lab = lab(1);
     let node = lab.node(1);
     let _app = echo(node, "a", &["[::]:8080"]);
     let mut agent = agent(node, &["--port", "8080", "--passthrough", "--fail-open"]);
@@ -139,7 +139,7 @@ fn killed_agent_with_fail_open_lets_clients_reach_the_app_directly() {
 
 #[test]
 fn sigterm_drains_and_keeps_steering_until_detach() {
-    let Some(lab) = lab(1) else { return };
+    let lab = lab(1);
     let node = lab.node(1);
     let _app = echo(node, "a", &["[::]:8080"]);
     let mut agent = agent(node, PASSTHROUGH);
@@ -184,7 +184,7 @@ fn sigterm_drains_and_keeps_steering_until_detach() {
 
 #[test]
 fn two_namespaces_and_two_ports_are_protected_independently() {
-    let Some(lab) = lab(2) else { return };
+    let lab = lab(2);
     let (one, two) = (lab.node(1), lab.node(2));
     let _app_one = echo(one, "one", &["[::]:8080"]);
     let _app_two = echo(two, "two", &["[::]:8080", "[::]:9090"]);

@@ -136,7 +136,7 @@ pub fn run(
     config: &Config,
     mut progress: impl FnMut(&Injected),
 ) -> io::Result<Report> {
-    let addrs: Vec<_> = (1..=cluster.nodes()).map(|id| cluster.addr(id)).collect();
+    let addrs = cluster.addrs();
     let load = Load::mixed(&addrs, config.clients);
     load.wait_for_acks(config.clients)?;
     let started = Instant::now();
@@ -179,7 +179,7 @@ pub fn run(
     }
     let sent = load.stop();
     cluster.wait_converged()?;
-    let files: Vec<Vec<u8>> = (1..=cluster.nodes()).map(|id| cluster.file(id)).collect();
+    let files = cluster.files();
     let verdict = check_replicas(&files, &sent);
     Ok(Report {
         injected,

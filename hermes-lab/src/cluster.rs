@@ -81,6 +81,11 @@ impl Cluster {
         SocketAddr::new(self.lab.node(id).ip.into(), PORT)
     }
 
+    /// Where clients reach each node, in order.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        (1..=self.nodes()).map(|id| self.addr(id)).collect()
+    }
+
     /// The log app's file on node `id`.
     pub fn file_path(&self, id: usize) -> PathBuf {
         self.dir.path().join(format!("app-{id}.log"))
@@ -90,15 +95,23 @@ impl Cluster {
         std::fs::read(self.file_path(id)).unwrap_or_default()
     }
 
+    /// Every node's log app file, in order.
+    pub fn files(&self) -> Vec<Vec<u8>> {
+        (1..=self.nodes()).map(|id| self.file(id)).collect()
+    }
+
     pub fn data_dir(&self, id: usize) -> PathBuf {
         self.dir.path().join(format!("data-{id}"))
     }
 
-    fn spawn(&self, node: &Node, binary: &str, args: &[&str]) -> io::Result<Process> {
+    /// Starts `binary` in `node` and waits until it prints `ready`.
+    fn spawn(&self, node: &Node, binary: &str, args: &[&str], ready: &str) -> io::Result<Process> {
         let mut command = node.command(self.bin.join(binary))?;
         // The agent's own default log levels: a cluster may be measured.
         command.args(args).env_remove("RUST_LOG");
-        Process::spawn(format!("{binary} on node {}", node.id), command)
+        let mut process = Process::spawn(format!("{binary} on node {}", node.id), command)?;
+        process.wait_for(ready, STARTUP)?;
+        Ok(process)
     }
 
     pub fn start_app(&mut self, id: usize) -> io::Result<()> {
@@ -118,18 +131,13 @@ impl Cluster {
             App::HttpEcho => ("hermes-http-echo", vec![listen.as_str()]),
         };
         args.extend(self.app_args.iter().map(String::as_str));
-        let mut app = self.spawn(node, binary, &args)?;
-        app.wait_for("listening", STARTUP)?;
-        self.apps[id - 1] = Some(app);
+        self.apps[id - 1] = Some(self.spawn(node, binary, &args, "listening")?);
         Ok(())
     }
 
     /// kill -9 of node `id`'s app.
     pub fn kill_app(&mut self, id: usize) -> io::Result<()> {
-        if let Some(mut app) = self.apps[id - 1].take() {
-            app.kill()?;
-        }
-        Ok(())
+        kill(&mut self.apps[id - 1])
     }
 
     /// Where node `id`'s peers reach it.
@@ -163,18 +171,19 @@ impl Cluster {
         }
         args.extend(self.agent_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut agent = self.spawn(self.lab.node(id), "hermes-agent", &args)?;
-        agent.wait_for("steering attached", STARTUP)?;
+        let agent = self.spawn(
+            self.lab.node(id),
+            "hermes-agent",
+            &args,
+            "steering attached",
+        )?;
         self.agents[id - 1] = Some(agent);
         Ok(())
     }
 
     /// kill -9 of node `id`'s agent; its app keeps running.
     pub fn kill_agent(&mut self, id: usize) -> io::Result<()> {
-        if let Some(mut agent) = self.agents[id - 1].take() {
-            agent.kill()?;
-        }
-        Ok(())
+        kill(&mut self.agents[id - 1])
     }
 
     pub fn agent(&mut self, id: usize) -> Option<&mut Process> {
@@ -284,4 +293,12 @@ pub fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> io::Re
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// kill -9 of the process in `slot`, if any; the slot is left empty.
+fn kill(slot: &mut Option<Process>) -> io::Result<()> {
+    if let Some(mut process) = slot.take() {
+        process.kill()?;
+    }
+    Ok(())
 }

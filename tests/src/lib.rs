@@ -12,25 +12,18 @@ pub use hermes_lab::{
     load::{Load, Sent, check_replicas},
 };
 
-/// A started cluster of `nodes` running `app`, with binaries built next to the tests; `None`
-/// when privileged tests are skipped.
-pub fn cluster(nodes: usize, app: App, agent_args: &[&str]) -> Option<Cluster> {
-    let lab = lab(nodes)?;
+/// A started cluster of `nodes` running `app`, with binaries built next to the tests.
+pub fn cluster(nodes: usize, app: App, agent_args: &[&str]) -> Cluster {
     let bin = hermes_lab::binary("hermes-agent").expect("binaries");
-    let mut cluster = Cluster::new(lab, bin.parent().unwrap(), app, agent_args).expect("cluster");
+    let mut cluster =
+        Cluster::new(lab(nodes), bin.parent().unwrap(), app, agent_args).expect("cluster");
     cluster.start().expect("cluster up");
-    Some(cluster)
+    cluster
 }
 
-/// A lab of `nodes` for one test. Without root the test fails, unless `HERMES_SKIP_PRIVILEGED=1`
-/// asks to skip it, which is then printed.
-pub fn lab(nodes: usize) -> Option<Lab> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 && std::env::var_os("HERMES_SKIP_PRIVILEGED").is_some() {
-        eprintln!("SKIPPED: needs root (network namespaces, eBPF); HERMES_SKIP_PRIVILEGED is set");
-        return None;
-    }
-    Some(Lab::up(nodes).expect("cannot create the lab (run as root; `cargo xtask test` does)"))
+/// A lab of `nodes` for one test. Without root the test fails: it never passes unrun.
+pub fn lab(nodes: usize) -> Lab {
+    Lab::up(nodes).expect("cannot create the lab (run as root; `cargo xtask test` does)")
 }
 
 /// Starts a workspace binary inside `node`.

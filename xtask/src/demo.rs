@@ -62,7 +62,7 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
     cluster.start_agent(leader)?;
     cluster.wait_converged()?;
     table(&cluster)?;
-    let files: Vec<Vec<u8>> = (1..=3).map(|id| cluster.file(id)).collect();
+    let files = cluster.files();
     anyhow::ensure!(
         files.windows(2).all(|w| w[0] == w[1]),
         "the replicas differ"

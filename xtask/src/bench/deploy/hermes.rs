@@ -43,7 +43,7 @@ pub(super) fn cluster(nodes: usize, bin: &Path, agent_args: &[&str]) -> anyhow::
 /// The cluster as a deployment, once every node answers.
 fn deployment(mut cluster: Cluster) -> anyhow::Result<Deployment> {
     let nodes = 1..=cluster.nodes();
-    let targets = nodes.clone().map(|id| cluster.addr(id)).collect();
+    let targets = cluster.addrs();
     let app_pids = nodes
         .clone()
         .filter_map(|id| Some(cluster.app(id)?.pid()))
