@@ -271,10 +271,9 @@ async fn connection(mut stream: TcpStream, log: &Mutex<Log>, max_body: usize) ->
         out.clear();
         let close = match request {
             Ok(request) => {
-                let close = request.close;
-                respond(&mut out, log, &request, close)?;
+                respond(&mut out, log, &request)?;
                 buf.advance(request.len);
-                close
+                request.close
             }
             Err((status, reason)) => {
                 write_response(&mut out, status, reason, &[], b"", true);
@@ -292,7 +291,10 @@ struct Request {
     /// Bytes of the whole request in the buffer.
     len: usize,
     post: bool,
+    /// GET or HEAD.
     get: bool,
+    /// HEAD: the response is a GET's without its body.
+    head: bool,
     put: bool,
     path: String,
     body: Vec<u8>,
@@ -351,6 +353,7 @@ fn parse(buf: &[u8], max_body: usize) -> Result<Option<Request>, Refusal> {
         len,
         post: method == "POST",
         get: method == "GET" || method == "HEAD",
+        head: method == "HEAD",
         put: method == "PUT",
         path: request.path.unwrap_or("").to_owned(),
         body,
@@ -394,7 +397,18 @@ fn dechunk(mut buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, 
     }
 }
 
-fn respond(out: &mut Vec<u8>, log: &Mutex<Log>, request: &Request, close: bool) -> io::Result<()> {
+fn respond(out: &mut Vec<u8>, log: &Mutex<Log>, request: &Request) -> io::Result<()> {
+    answer(out, log, request)?;
+    if request.head
+        && let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n")
+    {
+        out.truncate(end + 4);
+    }
+    Ok(())
+}
+
+fn answer(out: &mut Vec<u8>, log: &Mutex<Log>, request: &Request) -> io::Result<()> {
+    let close = request.close;
     let path = request.path.as_str();
     if path == "/insert" {
         if !request.post {
@@ -583,6 +597,25 @@ mod tests {
             Inserted::Line(3)
         ));
         assert!(reopened.replace(b"short").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn head_gets_the_head_of_the_get_response_only() {
+        let dir = std::env::temp_dir().join(format!("hermes-logapp-head-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let args = Args::parse_from(["hermes-logapp", "--file", dir.join("log").to_str().unwrap()]);
+        let log = Mutex::new(Log::open(&args).unwrap());
+        let mut out = Vec::new();
+        let head = parse(b"HEAD /count HTTP/1.1\r\n\r\n", 100)
+            .unwrap()
+            .unwrap();
+        respond(&mut out, &log, &head).unwrap();
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
