@@ -130,17 +130,14 @@ fn request(
         .write_all(request.as_bytes())
         .and_then(|()| stream.read_to_end(&mut answer))
         .map_err(|e| CtlError::Connect(admin, e))?;
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| CtlError::Garbled(answer.to_string()))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| CtlError::Garbled(head.to_owned()))?;
-    if status != 200 {
-        return Err(CtlError::Refused(status, body.trim().to_owned()));
+    let garbled = || CtlError::Garbled(String::from_utf8_lossy(&answer).into_owned());
+    let head = match crate::http::parse_response(&answer, method) {
+        Ok(Some(head)) => head,
+        _ => return Err(garbled()),
+    };
+    let body = String::from_utf8_lossy(&answer[head.len..]);
+    if head.status != 200 {
+        return Err(CtlError::Refused(head.status, body.trim().to_owned()));
     }
-    serde_json::from_str(body).map_err(|_| CtlError::Garbled(body.to_owned()))
+    serde_json::from_str(&body).map_err(|_| CtlError::Garbled(body.into_owned()))
 }

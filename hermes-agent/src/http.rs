@@ -1,9 +1,10 @@
 //! HTTP/1.1 message framing shared by interception (requests from clients) and delivery
 //! (responses from the app). Parsing is httparse's; this module decides where a message ends,
 //! without copying it: both sides relay the bytes exactly as received.
+use bytes::Bytes;
 
 /// Headers a message may have at most.
-pub const MAX_HEADERS: usize = 100;
+const MAX_HEADERS: usize = 100;
 
 /// How the body of a message is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,10 +267,11 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
 
-/// The bytes of `head` with `line` (a header without CRLF) added before the blank line, and the
-/// headers named in `drop` removed.
-pub fn rewrite_head(head: &[u8], line: Option<&str>, drop: &[&str]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(head.len() + line.map_or(0, |l| l.len() + 2));
+/// `message`, whose head is its first `head_len` bytes, with `line` (a header without CRLF)
+/// added to the head and the headers named in `drop` removed; the body follows unchanged.
+pub fn rewrite(message: &[u8], head_len: usize, line: &str, drop: &[&str]) -> Vec<u8> {
+    let (head, body) = message.split_at(head_len);
+    let mut out = Vec::with_capacity(message.len() + line.len() + 2);
     let mut lines = head.split_inclusive(|&b| b == b'\n');
     if let Some(first) = lines.next() {
         out.extend_from_slice(first);
@@ -284,12 +286,28 @@ pub fn rewrite_head(head: &[u8], line: Option<&str>, drop: &[&str]) -> Vec<u8> {
         }
         out.extend_from_slice(header);
     }
-    if let Some(line) = line {
-        out.extend_from_slice(line.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(line.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body);
     out
+}
+
+/// A complete response of the agent's own (not the app's): `retry` adds `Retry-After: 1`,
+/// `close` says that the connection closes after it.
+pub fn response(
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    body: &str,
+    retry: bool,
+    close: bool,
+) -> Bytes {
+    let retry = if retry { "Retry-After: 1\r\n" } else { "" };
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    Bytes::from(format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{retry}{connection}\r\n{body}",
+        body.len()
+    ))
 }
 
 /// The method of a serialised request: its first word.
@@ -467,7 +485,7 @@ mod tests {
             let _ = chunked_len(&message);
             if let Some(head) = head_len(&message) {
                 let _ = chunked_len(&message[head..]);
-                let _ = rewrite_head(&message[..head], Some("X-Forwarded-For: 1"), &["expect"]);
+                let _ = rewrite(&message, head, "X-Forwarded-For: 1", &["expect"]);
             }
             let _ = method_of(&message);
         }
@@ -476,7 +494,7 @@ mod tests {
     #[test]
     fn head_rewriting() {
         let head = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n";
-        let out = rewrite_head(head, Some("X-Forwarded-For: 1.2.3.4"), &["expect"]);
+        let out = rewrite(head, head.len(), "X-Forwarded-For: 1.2.3.4", &["expect"]);
         assert_eq!(
             out,
             b"POST / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n"

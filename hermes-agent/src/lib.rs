@@ -43,7 +43,7 @@ pub enum Error {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let settings = config.settings()?;
     let listeners = steer::Listeners::bind().map_err(Error::Listen)?;
-    let admin_listener = admin::bind(config.admin)
+    let admin_listener = tokio::net::TcpListener::bind(config.admin)
         .await
         .map_err(|e| Error::Admin(config.admin, e))?;
     let node = match settings {
@@ -62,7 +62,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let admin = admin::Admin {
         steering,
         node: node.clone(),
-        max_pending: config.max_pending,
     };
     tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
     let served = match &node {

@@ -8,7 +8,7 @@
 //!   (promotes learners, removes voters left out).
 //!
 //! `hermes-agent ctl` is the command-line front of it.
-use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 use serde_json::json;
@@ -18,7 +18,8 @@ use tokio::{
 };
 
 use crate::{
-    order::{Node, propose::QUORUM_SILENCE_MS, wire::MembershipChange},
+    http,
+    order::{Node, propose, wire::MembershipChange},
     steer::Steering,
 };
 
@@ -31,11 +32,6 @@ pub struct Admin {
     pub steering: Steering,
     /// `None` in passthrough mode.
     pub node: Option<Arc<Node>>,
-    pub max_pending: usize,
-}
-
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
@@ -125,13 +121,15 @@ async fn connection(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()>
     } else {
         "text/plain"
     };
-    let response = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+    let response = http::response(
         answer.status,
-        answer.body.len(),
-        answer.body
+        reason,
+        content_type,
+        &answer.body,
+        false,
+        true,
     );
-    stream.write_all(response.as_bytes()).await
+    stream.write_all(&response).await
 }
 
 async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]) -> Answer {
@@ -217,11 +215,7 @@ fn not_ready(admin: &Admin) -> Option<String> {
     if metrics.current_leader.is_none() {
         return Some("no leader".into());
     }
-    if metrics.current_leader == Some(node.id)
-        && metrics
-            .millis_since_quorum_ack
-            .is_some_and(|ms| ms > QUORUM_SILENCE_MS)
-    {
+    if propose::cut_off(&metrics) {
         return Some("leader cut off from a quorum".into());
     }
     let applied = node.shared.applied_index();
@@ -277,7 +271,7 @@ fn status(admin: &Admin) -> serde_json::Value {
         "deliveries": node.shared.deliveries(),
         "members": members,
         "replication": replication,
-        "pending": node.pending(admin.max_pending),
+        "pending": node.pending(),
         "app_reachable": node.shared.app_reachable(),
         "ready": not_ready(admin).is_none(),
         "steering": steering,

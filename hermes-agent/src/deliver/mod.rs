@@ -74,15 +74,21 @@ impl Connection {
         self.stream.is_some()
     }
 
-    /// Sends `request` and reads the full response; the connection closes on failure, or when
-    /// the app says so.
+    /// Sends `request` and reads the full response, once more on a new connection if a
+    /// kept-alive one turns out closed (most likely by the app, while idle); the connection
+    /// closes on failure, or when the app says so.
     async fn exchange(
         &mut self,
         addr: SocketAddr,
         request: &[u8],
         timeout: Duration,
     ) -> Result<Response, AttemptError> {
-        let result = self.try_exchange(addr, request, timeout).await;
+        let reused = self.is_open();
+        let mut result = self.try_exchange(addr, request, timeout).await;
+        if reused && matches!(result, Err(AttemptError::Closed)) {
+            self.stream = None;
+            result = self.try_exchange(addr, request, timeout).await;
+        }
         if !matches!(&result, Ok(response) if !response.close) {
             self.stream = None;
         }
@@ -104,14 +110,14 @@ impl Connection {
             self.stream = Some(stream);
         }
         self.buffer.clear();
-        let method = http::method_of(request).to_owned();
+        let method = http::method_of(request);
         let (stream, buffer) = (
             self.stream.as_mut().expect("connected above"),
             &mut self.buffer,
         );
         tokio::time::timeout(timeout, async {
             stream.write_all(request).await?;
-            read_response(stream, buffer, &method).await
+            read_response(stream, buffer, method).await
         })
         .await
         .map_err(|_| AttemptError::Timeout(timeout))?
@@ -147,10 +153,8 @@ impl App {
     pub async fn deliver(&mut self, request: &[u8], index: u64) -> Response {
         let mut delay = RETRY_MIN;
         let mut failures = 0u64;
-        let mut stale_retry = true;
         let request = with_log_index(request, index);
         loop {
-            let reused = self.connection.is_open();
             match self
                 .connection
                 .exchange(self.addr, &request, self.timeout)
@@ -164,12 +168,6 @@ impl App {
                     return response;
                 }
                 Err(error) => {
-                    // Most likely a kept-alive connection the app had closed while idle: retry
-                    // at once on a new one.
-                    if reused && stale_retry && matches!(error, AttemptError::Closed) {
-                        stale_retry = false;
-                        continue;
-                    }
                     self.reachable.store(false, Ordering::Relaxed);
                     if (failures + 1).is_power_of_two() {
                         tracing::warn!(index, failures, app = %self.addr, %error, "delivery failed; retrying");
@@ -203,11 +201,7 @@ impl Reads {
     /// Sends `request` once (again on a new connection if a kept-alive one had gone stale).
     pub async fn send(&self, request: &[u8]) -> Result<Response, AttemptError> {
         let mut connection = self.idle.lock().unwrap().pop().unwrap_or_default();
-        let reused = connection.is_open();
-        let mut result = connection.exchange(self.addr, request, self.timeout).await;
-        if reused && matches!(result, Err(AttemptError::Closed)) {
-            result = connection.exchange(self.addr, request, self.timeout).await;
-        }
+        let result = connection.exchange(self.addr, request, self.timeout).await;
         if connection.is_open() {
             self.idle.lock().unwrap().push(connection);
         }
@@ -285,9 +279,7 @@ async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> Result<(), 
 fn with_log_index(request: &[u8], index: u64) -> Vec<u8> {
     let head = http::head_len(request).unwrap_or(request.len());
     let line = format!("{LOG_INDEX_HEADER}: {index}");
-    let mut marked = http::rewrite_head(&request[..head], Some(&line), &[LOG_INDEX_HEADER]);
-    marked.extend_from_slice(&request[head..]);
-    marked
+    http::rewrite(request, head, &line, &[LOG_INDEX_HEADER])
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// Largest request head (request line and headers).
-pub const MAX_HEAD: usize = 32 * 1024;
+const MAX_HEAD: usize = 32 * 1024;
 /// Requests of one connection in flight at once.
 const PIPELINE: usize = 16;
 
@@ -226,12 +226,12 @@ async fn read_request(
             Some(earlier) => format!("X-Forwarded-For: {earlier}, {forwarded}"),
             None => format!("X-Forwarded-For: {forwarded}"),
         };
-        let mut payload = http::rewrite_head(
-            &message[..head.len],
-            Some(&forwarded_for),
+        let payload = http::rewrite(
+            &message,
+            head.len,
+            &forwarded_for,
             &["x-forwarded-for", "expect"],
         );
-        payload.extend_from_slice(&message[head.len..]);
         Ok(Some(Request {
             payload: Bytes::from(payload),
             method: head.method,
@@ -301,10 +301,5 @@ async fn write_replies(
 
 /// A response of the agent's own, when there is no app response to relay.
 fn own_response(status: u16, reason: &str, body: &str, retry: bool, close: bool) -> Bytes {
-    let retry = if retry { "Retry-After: 1\r\n" } else { "" };
-    let connection = if close { "Connection: close\r\n" } else { "" };
-    Bytes::from(format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{retry}{connection}\r\n{body}",
-        body.len()
-    ))
+    http::response(status, reason, "text/plain", body, retry, close)
 }

@@ -199,12 +199,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let (mut found, last, first_cached) = {
+        let (cached, last, first_cached) = {
             let state = self.shared.state.lock().unwrap();
-            let cached: BTreeMap<u64, Entry> = state
+            let cached: Vec<Entry> = state
                 .cache
                 .range(range.clone())
-                .map(|(i, e)| (*i, e.clone()))
+                .map(|(_, e)| e.clone())
                 .collect();
             let first_cached = state.cache.keys().next().copied();
             (cached, state.last_log_id.map(|id| id.index), first_cached)
@@ -212,7 +212,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let Some(last) = last else {
             return Ok(Vec::new());
         };
-        // Entries below the cache come from disk.
+        // Entries below the cache come from disk, then the cached ones follow.
+        let mut found = Vec::new();
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i + 1,
@@ -226,14 +227,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 (Bound::Unbounded, b) => b.cloned(),
                 (other, _) => other,
             };
-            for entry in read_range(&self.shared.db, (Bound::Included(start), end), false)? {
-                found.entry(entry.log_id.index).or_insert(entry);
-            }
+            found = read_range(&self.shared.db, (Bound::Included(start), end), false)?;
         }
-        Ok(found
-            .into_values()
-            .filter(|e| e.log_id.index <= last)
-            .collect())
+        found.extend(cached);
+        found.retain(|e| e.log_id.index <= last);
+        Ok(found)
     }
 }
 
@@ -294,7 +292,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut encoded = Vec::new();
+        // Encoded before taking the locks, which replication's reads need too.
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let encoded = entries
+            .iter()
+            .map(|entry| {
+                let bytes =
+                    encode(entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+                Ok((entry.log_id, bytes))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
         {
             let mut state = self.shared.state.lock().unwrap();
             let mut watches = self.shared.watches.lock().unwrap();
@@ -304,9 +311,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 {
                     watches.placed.insert(entry.log_id.index, batch.id);
                 }
-                let bytes = encode(&entry)
-                    .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
-                encoded.push((entry.log_id, bytes));
                 state.last_log_id = Some(entry.log_id);
                 state.cache.insert(entry.log_id.index, entry);
             }

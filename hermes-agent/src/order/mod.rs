@@ -130,6 +130,7 @@ pub struct Node {
     boot: u64,
     sequence: AtomicU64,
     pending: Semaphore,
+    max_pending: usize,
     request_timeout: Duration,
 }
 
@@ -236,6 +237,7 @@ impl Node {
             boot,
             sequence: AtomicU64::new(0),
             pending: Semaphore::new(settings.max_pending),
+            max_pending: settings.max_pending,
             request_timeout: settings.request_timeout,
         }))
     }
@@ -290,11 +292,16 @@ impl Node {
             if !maybe_proposed.load(Ordering::Relaxed) && started.elapsed() > LEADERLESS {
                 return SubmitError::NoLeader;
             }
-            // Wait for news of the leader, or a while.
-            let mut metrics = self.raft.metrics();
-            let _ = tokio::time::timeout(backoff, metrics.changed()).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            self.await_leader_news(&mut backoff).await;
         }
+    }
+
+    /// Waits for news of the leader (any change in Raft's metrics), `backoff` at most, which
+    /// doubles, up to half a second, for the next wait.
+    async fn await_leader_news(&self, backoff: &mut Duration) {
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout(*backoff, metrics.changed()).await;
+        *backoff = (*backoff * 2).min(Duration::from_millis(500));
     }
 
     pub fn metrics(&self) -> Metrics {
@@ -302,8 +309,8 @@ impl Node {
     }
 
     /// Requests of this node's clients now waiting for the log.
-    pub fn pending(&self, max: usize) -> usize {
-        max - self.pending.available_permits()
+    pub fn pending(&self) -> usize {
+        self.max_pending - self.pending.available_permits()
     }
 }
 
@@ -342,10 +349,7 @@ fn next_boot(dir: &Path) -> std::io::Result<u64> {
     if boot >= 1 << 24 {
         return Err(std::io::Error::other("more than 2^24 restarts"));
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, boot.to_string())?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    state_machine::write_atomically(&path, boot.to_string().as_bytes())?;
     Ok(boot)
 }
 

@@ -20,6 +20,7 @@ use tokio::{
 };
 
 use super::{
+    log_store,
     typ::{NodeId, TypeConfig, rpc},
     wire::{self, Request, Response},
 };
@@ -112,7 +113,7 @@ impl Peer {
             .await
             .map_err(|_| CallError::Timeout(self.addr.clone(), timeout))?
             .map_err(|_| CallError::Lost(self.addr.clone()))?;
-        wire::decode(&body).map_err(|_| CallError::Lost(self.addr.clone()))
+        log_store::decode(&body).map_err(|_| CallError::Lost(self.addr.clone()))
     }
 
     async fn connection(&self) -> Result<Arc<Connection>, CallError> {

@@ -10,13 +10,12 @@ use std::{
     time::Duration,
 };
 
-use openraft::error::ClientWriteError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
     log_store::LogStore,
     network::Peers,
-    typ::{Batch, Command, NodeId, Raft},
+    typ::{Batch, Command, Metrics, NodeId, Raft, rpc::ClientWriteError},
     wire::{ForwardError, Request, Response},
 };
 
@@ -29,6 +28,14 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// A leader that has heard from no quorum for this long is probably cut off: it takes no more
 /// proposals, which could not commit.
 pub const QUORUM_SILENCE_MS: u64 = 1500;
+
+/// Whether this node leads but has heard from no quorum for [`QUORUM_SILENCE_MS`] (openraft
+/// reports the silence on a leader only).
+pub fn cut_off(metrics: &Metrics) -> bool {
+    metrics
+        .millis_since_quorum_ack
+        .is_some_and(|ms| ms > QUORUM_SILENCE_MS)
+}
 
 /// What became of a proposal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,8 +174,7 @@ impl Route {
 /// Proposes `batch` on this node, the leader, and waits until it is committed (not until it is
 /// applied here: that waits for the app, and the proposer's own node answers its clients).
 pub async fn commit(raft: &Raft, log: &LogStore, batch: Batch) -> Outcome {
-    let quorum_silence = raft.metrics().borrow().millis_since_quorum_ack;
-    if quorum_silence.is_some_and(|ms| ms > QUORUM_SILENCE_MS) {
+    if cut_off(&raft.metrics().borrow()) {
         return Outcome::NotLeader(None);
     }
     let id = batch.id;

@@ -81,9 +81,7 @@ impl Node {
             if started.elapsed() > LEADERLESS {
                 return Err(SubmitError::NoLeader);
             }
-            let mut metrics = self.raft.metrics();
-            let _ = tokio::time::timeout(backoff, metrics.changed()).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            self.await_leader_news(&mut backoff).await;
         }
     }
 }

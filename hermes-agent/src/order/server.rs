@@ -8,7 +8,7 @@ use tokio::{
 };
 
 use super::{
-    log_store::LogStore,
+    log_store::{self, LogStore},
     propose::{self, Outcome},
     typ::{NodeId, Raft},
     wire::{self, ForwardError, Request, Response},
@@ -48,7 +48,7 @@ async fn connection(stream: TcpStream, server: Arc<Server>) -> std::io::Result<(
     tokio::spawn(async move { wire::write_frames(writer, &mut queue).await });
     let mut buf = Vec::new();
     while let Some(id) = wire::read_frame(&mut reader, &mut buf).await? {
-        let request = wire::decode::<Request>(&buf);
+        let request = log_store::decode::<Request>(&buf);
         let (server, frames) = (Arc::clone(&server), frames.clone());
         tokio::spawn(async move {
             let response = match request {

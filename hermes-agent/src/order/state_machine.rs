@@ -371,10 +371,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             (None, _) => {}
         }
-        self.dedup = Dedup::default();
-        for (index, key) in state.dedup {
-            self.dedup.insert(index, key);
-        }
+        self.dedup = Dedup::from_window(state.dedup);
         self.membership = meta.last_membership.clone();
         self.save_membership()?;
         self.progress.applied = meta.last_log_id;
@@ -387,19 +384,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared
             .deliveries
             .store(state.deliveries, Ordering::Relaxed);
-        write_atomically(
-            &self.snapshot_path,
-            &encode(&(meta, &bytes))
-                .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?,
-        )
-        .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        keep_snapshot(&self.snapshot_path, &self.current, meta, bytes)
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         self.progress_file
             .write(&self.progress)
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
         self.shared
             .applied
             .send_replace(meta.last_log_id.map_or(0, |id| id.index));
-        *self.current.lock().unwrap() = Some((meta.clone(), bytes));
         Ok(())
     }
 
@@ -429,16 +421,26 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let failed =
             |e: std::io::Error| StorageIOError::write_snapshot(Some(self.meta.signature()), &e);
         let bytes = encode(&self.state).map_err(failed)?;
-        // On disk before openraft may purge the log it stands for.
-        write_atomically(&self.path, &encode(&(&self.meta, &bytes)).map_err(failed)?)
-            .map_err(failed)?;
+        keep_snapshot(&self.path, &self.current, &self.meta, bytes.clone()).map_err(failed)?;
         tracing::info!(snapshot = %self.meta.snapshot_id, bytes = bytes.len(), "snapshot built");
-        *self.current.lock().unwrap() = Some((self.meta.clone(), bytes.clone()));
         Ok(Snapshot {
             meta: self.meta.clone(),
             snapshot: Box::new(Cursor::new(bytes)),
         })
     }
+}
+
+/// Makes `bytes` the current snapshot, on disk first: before openraft may purge the log it
+/// stands for, and so that a restarted node still has it.
+fn keep_snapshot(
+    path: &Path,
+    current: &CurrentSnapshot,
+    meta: &SnapshotMeta,
+    bytes: Vec<u8>,
+) -> std::io::Result<()> {
+    write_atomically(path, &encode(&(meta, &bytes))?)?;
+    *current.lock().unwrap() = Some((meta.clone(), bytes));
+    Ok(())
 }
 
 /// Keys of the last [`DEDUP_WINDOW`] requests, by sequence number.
@@ -471,10 +473,7 @@ impl Dedup {
             end = start;
         }
         keys.truncate(DEDUP_WINDOW as usize);
-        let mut dedup = Self::default();
-        for (seq, key) in older {
-            dedup.insert(seq, key);
-        }
+        let mut dedup = Self::from_window(older);
         // Oldest first; the newest key is request `requests`.
         for (age, key) in keys.into_iter().enumerate().rev() {
             if let Some(seq) = requests.checked_sub(age as u64).filter(|seq| *seq > 0) {
@@ -482,6 +481,15 @@ impl Dedup {
             }
         }
         Ok(dedup)
+    }
+
+    /// The window as a snapshot carries it, oldest first.
+    fn from_window(window: Vec<(u64, (NodeId, u64))>) -> Self {
+        let mut dedup = Self::default();
+        for (seq, key) in window {
+            dedup.insert(seq, key);
+        }
+        dedup
     }
 
     fn contains(&self, key: &(NodeId, u64)) -> bool {
@@ -557,7 +565,8 @@ impl ProgressFile {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Replaces the file at `path` with `bytes`, durably: a crash leaves the old or the new file.
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = File::create(&tmp)?;
     file.write_all(bytes)?;

@@ -1,6 +1,6 @@
 //! Messages between peers, and their framing: `[u32 length][u64 call id][postcard body]`.
 //! Calls carry ids so that one connection per peer serves many at once, pipelined.
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter},
     sync::mpsc,
@@ -114,13 +114,10 @@ pub async fn read_frame(
     )))
 }
 
-pub fn decode<T: DeserializeOwned>(body: &[u8]) -> std::io::Result<T> {
-    postcard::from_bytes(body).map_err(std::io::Error::other)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::order::log_store::decode;
 
     #[tokio::test]
     async fn frames_round_trip() {

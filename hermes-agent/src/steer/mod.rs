@@ -110,7 +110,7 @@ pub struct Steering {
 }
 
 /// Connections the program has handled since this agent attached it.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct Stats {
     pub steered: u64,
     pub dropped: u64,
