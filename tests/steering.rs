@@ -146,7 +146,7 @@ fn sigterm_drains_and_keeps_steering_until_detach() {
     let stream = connect(node.ip, PORT).unwrap();
     assert_steered(&stream);
 
-    agent.signal(libc::SIGTERM).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
     agent
         .wait_for("no longer accepting", Duration::from_secs(10))
         .unwrap();

@@ -20,7 +20,7 @@ use std::{
     fs::File,
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -83,12 +83,10 @@ impl Node {
 }
 
 fn setns(netns: &File) -> io::Result<()> {
-    // SAFETY: a plain syscall on a descriptor that is open for the duration of the call.
-    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(nix::sched::setns(
+        netns,
+        nix::sched::CloneFlags::CLONE_NEWNET,
+    )?)
 }
 
 /// A lab; torn down on drop unless [`Lab::keep`] was called.
@@ -110,11 +108,11 @@ impl Lab {
             )));
         }
         // Serialise index allocation among concurrent processes (parallel tests, benches).
-        let lock = File::create("/run/hermes-lab.lock")?;
-        // SAFETY: flock on a descriptor we own; released when `lock` closes.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let lock = nix::fcntl::Flock::lock(
+            File::create("/run/hermes-lab.lock")?,
+            nix::fcntl::FlockArg::LockExclusive,
+        )
+        .map_err(|(_, errno)| io::Error::from(errno))?;
         let index = (1..=254u8)
             .find(|i| !Path::new(&format!("/sys/class/net/{PREFIX}{i}")).exists())
             .ok_or_else(|| {
@@ -346,8 +344,10 @@ fn kill_all_in(netns: &str) {
     };
     for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
         if let Ok(pid) = pid.parse::<i32>() {
-            // SAFETY: kill(2) with a PID that `ip` just listed.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -382,8 +382,7 @@ fn ip(args: &[&str]) -> io::Result<()> {
 }
 
 fn require_root() -> io::Result<()> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         Ok(())
     } else {
         Err(io::Error::new(

@@ -7,6 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
 #[derive(Default)]
 struct Output {
     lines: Mutex<Vec<String>>,
@@ -92,14 +97,9 @@ impl Process {
         self.child.wait()
     }
 
-    /// Sends `signal` (e.g. `libc::SIGTERM`).
-    pub fn signal(&self, signal: i32) -> io::Result<()> {
-        // SAFETY: kill(2) on our own child's PID, which is not reaped yet.
-        if unsafe { libc::kill(self.child.id() as i32, signal) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+    /// Sends `signal` (e.g. `Signal::SIGTERM`) to the process, which is not reaped yet.
+    pub fn signal(&self, signal: Signal) -> io::Result<()> {
+        Ok(kill(Pid::from_raw(self.child.id() as i32), signal)?)
     }
 
     /// Waits for the process to exit, at most `timeout`.

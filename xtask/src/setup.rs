@@ -112,8 +112,7 @@ fn apt_install(packages: &[String]) -> anyhow::Result<()> {
             "this is not a Debian-like system: install the equivalents of {list} yourself, then retry"
         );
     }
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("missing packages {list}: run `sudo apt-get install -y {list}` or run setup as root");
     }
     eprintln!("setup: installing {list}");

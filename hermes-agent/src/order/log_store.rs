@@ -556,7 +556,7 @@ mod tests {
             let entries: Vec<Entry> = (1..=3)
                 .map(|i| Entry {
                     log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
-                    payload: crate::order::typ::EntryPayload::Normal(crate::order::typ::Batch {
+                    payload: EntryPayload::Normal(crate::order::typ::Batch {
                         id: (1, i),
                         commands: vec![crate::order::typ::Command {
                             origin: 1,

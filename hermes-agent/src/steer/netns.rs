@@ -1,10 +1,7 @@
 //! Network namespaces: entering one, and naming one stably while it lives.
-use std::{
-    fs::File,
-    io,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
-    path::Path,
-};
+use std::{fs::File, io, os::unix::fs::MetadataExt, path::Path};
+
+use nix::sched::{CloneFlags, setns};
 
 /// The calling thread's own network namespace.
 pub const OWN: &str = "/proc/thread-self/ns/net";
@@ -13,10 +10,7 @@ pub const OWN: &str = "/proc/thread-self/ns/net";
 /// (e.g. a tokio runtime's) start there too; do this before starting them.
 pub fn enter(path: &Path) -> io::Result<()> {
     let file = File::open(path)?;
-    // SAFETY: plain syscall on a file descriptor we own for the duration of the call.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    setns(&file, CloneFlags::CLONE_NEWNET)?;
     Ok(())
 }
 

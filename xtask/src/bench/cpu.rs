@@ -13,11 +13,10 @@ pub fn used<const N: usize>(groups: [&[u32]; N]) -> anyhow::Result<[Duration; N]
     for (&pid, process) in &processes {
         children.entry(process.parent).or_default().push(pid);
     }
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if per_second <= 0 {
-        bail!("sysconf(_SC_CLK_TCK) failed");
-    }
+    let per_second = match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(ticks)) if ticks > 0 => ticks,
+        _ => bail!("sysconf(_SC_CLK_TCK) failed"),
+    };
     let mut used = [Duration::ZERO; N];
     for (roots, used) in groups.into_iter().zip(&mut used) {
         let mut ticks = 0;
