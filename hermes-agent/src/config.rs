@@ -19,7 +19,7 @@ pub const EXIT_USAGE: i32 = 64;
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub tool: Option<Tool>,
     #[command(flatten)]
     pub agent: Option<Config>,
 }
@@ -40,9 +40,9 @@ impl Cli {
         T: Into<std::ffi::OsString> + Clone,
     {
         let cli = Self::try_parse_from(args)?;
-        match (cli.command, cli.agent) {
-            (Some(Command::Detach(args)), _) => Ok(Invocation::Detach(args)),
-            (Some(Command::Ctl(args)), _) => Ok(Invocation::Ctl(args)),
+        match (cli.tool, cli.agent) {
+            (Some(Tool::Detach(args)), _) => Ok(Invocation::Detach(args)),
+            (Some(Tool::Ctl(args)), _) => Ok(Invocation::Ctl(args)),
             (None, Some(config)) => Ok(Invocation::Agent(Box::new(config))),
             (None, None) => Err(Self::command().error(
                 clap::error::ErrorKind::MissingRequiredArgument,
@@ -53,7 +53,7 @@ impl Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub enum Tool {
     /// Remove the steering of a port for good (uninstall): afterwards clients reach the app
     /// directly. A running agent keeps serving the connections it already accepted.
     Detach(DetachArgs),

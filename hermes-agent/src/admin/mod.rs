@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     http,
-    order::{Node, propose, wire::MembershipChange},
+    order::{Node, peer::wire::MembershipChange, propose},
     steer::Steering,
 };
 
@@ -150,7 +150,7 @@ async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]) -> Answer
             let digests = admin
                 .node
                 .as_ref()
-                .map(|n| n.shared.digests(from))
+                .map(|n| n.applied.digests(from))
                 .unwrap_or_default();
             Answer::json(200, json!(digests))
         }
@@ -218,14 +218,14 @@ fn not_ready(admin: &Admin) -> Option<String> {
     if propose::cut_off(&metrics) {
         return Some("leader cut off from a quorum".into());
     }
-    let applied = node.shared.applied_index();
+    let applied = node.applied.applied_index();
     if applied < node.startup_commit {
         return Some(format!(
             "catching up: applied {applied} of {} committed at start",
             node.startup_commit
         ));
     }
-    if !node.shared.app_reachable() {
+    if !node.applied.app_reachable() {
         return Some("the app does not answer".into());
     }
     None
@@ -264,15 +264,15 @@ fn status(admin: &Admin) -> serde_json::Value {
         "term": metrics.current_term,
         "last_log_index": metrics.last_log_index.unwrap_or(0),
         "commit_index": node.log.committed().map_or(0, |id| id.index),
-        "applied_index": node.shared.applied_index(),
+        "applied_index": node.applied.applied_index(),
         "snapshot_index": metrics.snapshot.map_or(0, |id| id.index),
         "purged_index": metrics.purged.map_or(0, |id| id.index),
-        "requests": node.shared.requests(),
-        "deliveries": node.shared.deliveries(),
+        "requests": node.applied.requests(),
+        "deliveries": node.applied.deliveries(),
         "members": members,
         "replication": replication,
         "pending": node.pending(),
-        "app_reachable": node.shared.app_reachable(),
+        "app_reachable": node.applied.app_reachable(),
         "ready": not_ready(admin).is_none(),
         "steering": steering,
     })

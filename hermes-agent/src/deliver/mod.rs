@@ -23,6 +23,8 @@ use tokio::{
 
 use crate::http::{self, Body};
 
+pub mod hooks;
+
 /// Name of the header that marks a possible re-delivery.
 pub const LOG_INDEX_HEADER: &str = "Hermes-Log-Index";
 

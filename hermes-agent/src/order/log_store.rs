@@ -40,10 +40,10 @@ const BATCH: usize = 4096;
 
 #[derive(Clone)]
 pub struct LogStore {
-    shared: Arc<Shared>,
+    inner: Arc<Inner>,
 }
 
-struct Shared {
+struct Inner {
     db: Arc<Database>,
     state: Mutex<State>,
     watches: Mutex<Watches>,
@@ -52,7 +52,7 @@ struct Shared {
     writer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for Shared {
+impl Drop for Inner {
     /// Lets the writer finish what is queued and close the database before returning, so that
     /// the log can be opened again at once.
     fn drop(&mut self) {
@@ -129,12 +129,12 @@ impl LogStore {
 
         let (writer, queue) = mpsc::channel();
         let writer_db = Arc::clone(&db);
-        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
             let weak = weak.clone();
             let thread = std::thread::Builder::new()
                 .name("hermes-log-writer".into())
                 .spawn(move || write_loop(&writer_db, &queue, &weak));
-            Shared {
+            Inner {
                 db,
                 state: Mutex::new(state),
                 watches: Mutex::default(),
@@ -148,28 +148,28 @@ impl LogStore {
             ))
             .into());
         }
-        Ok(Self { shared })
+        Ok(Self { inner: shared })
     }
 
     /// Resolves once batch `id`, appended to this log after this call, is committed; fails if
     /// the entry is truncated away (a leader change) or the watch is withdrawn.
     pub fn watch(&self, id: BatchId) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        self.shared.watches.lock().unwrap().waiting.insert(id, tx);
+        self.inner.watches.lock().unwrap().waiting.insert(id, tx);
         rx
     }
 
     pub fn unwatch(&self, id: BatchId) {
-        self.shared.watches.lock().unwrap().waiting.remove(&id);
+        self.inner.watches.lock().unwrap().waiting.remove(&id);
     }
 
     /// The commit index openraft last reported, for status and readiness.
     pub fn committed(&self) -> Option<LogId> {
-        self.shared.state.lock().unwrap().committed
+        self.inner.state.lock().unwrap().committed
     }
 
     fn queue(&self, write: Write) -> Result<(), StorageError> {
-        self.shared
+        self.inner
             .writer
             .as_ref()
             .expect("writer lives as long as the store")
@@ -200,7 +200,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (cached, last, first_cached) = {
-            let state = self.shared.state.lock().unwrap();
+            let state = self.inner.state.lock().unwrap();
             let cached: Vec<Entry> = state
                 .cache
                 .range(range.clone())
@@ -227,7 +227,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 (Bound::Unbounded, b) => b.cloned(),
                 (other, _) => other,
             };
-            found = read_range(&self.shared.db, (Bound::Included(start), end), false)?;
+            found = read_range(&self.inner.db, (Bound::Included(start), end), false)?;
         }
         found.extend(cached);
         found.retain(|e| e.log_id.index <= last);
@@ -239,7 +239,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
-        let state = self.shared.state.lock().unwrap();
+        let state = self.inner.state.lock().unwrap();
         Ok(LogState {
             last_purged_log_id: state.last_purged,
             last_log_id: state.last_log_id,
@@ -264,13 +264,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        read_meta(&self.shared.db, VOTE)
+        read_meta(&self.inner.db, VOTE)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.shared.state.lock().unwrap().committed = committed;
+        self.inner.state.lock().unwrap().committed = committed;
         if let Some(committed) = committed {
-            let mut watches = self.shared.watches.lock().unwrap();
+            let mut watches = self.inner.watches.lock().unwrap();
             let later = watches.placed.split_off(&(committed.index + 1));
             for id in std::mem::replace(&mut watches.placed, later).into_values() {
                 if let Some(watch) = watches.waiting.remove(&id) {
@@ -284,7 +284,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.shared.state.lock().unwrap().committed)
+        Ok(self.inner.state.lock().unwrap().committed)
     }
 
     async fn append<I>(&mut self, entries: I, flushed: LogFlushed) -> Result<(), StorageError>
@@ -303,8 +303,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         {
-            let mut state = self.shared.state.lock().unwrap();
-            let mut watches = self.shared.watches.lock().unwrap();
+            let mut state = self.inner.state.lock().unwrap();
+            let mut watches = self.inner.watches.lock().unwrap();
             for entry in entries {
                 if let EntryPayload::Normal(batch) = &entry.payload
                     && watches.waiting.contains_key(&batch.id)
@@ -325,13 +325,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             // Watched batches from the truncated entries will not commit: dropping their
             // senders tells the proposers.
-            let mut watches = self.shared.watches.lock().unwrap();
+            let mut watches = self.inner.watches.lock().unwrap();
             for id in watches.placed.split_off(&log_id.index).into_values() {
                 watches.waiting.remove(&id);
             }
         }
         {
-            let mut state = self.shared.state.lock().unwrap();
+            let mut state = self.inner.state.lock().unwrap();
             state.cache.split_off(&log_id.index);
             let previous = log_id.index.checked_sub(1);
             let previous = match previous {
@@ -339,7 +339,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     match state.cache.get(&i) {
                         Some(entry) => Some(entry.log_id),
                         None => read_range(
-                            &self.shared.db,
+                            &self.inner.db,
                             (Bound::Included(i), Bound::Included(i)),
                             false,
                         )?
@@ -364,7 +364,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         {
-            let mut state = self.shared.state.lock().unwrap();
+            let mut state = self.inner.state.lock().unwrap();
             state.cache = state.cache.split_off(&(log_id.index + 1));
             state.last_purged = Some(log_id);
             if state.last_log_id < Some(log_id) {
@@ -379,7 +379,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &std::sync::Weak<Shared>) {
+fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &std::sync::Weak<Inner>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {

@@ -6,8 +6,8 @@ use openraft::BasicNode;
 
 use super::{
     Node,
+    peer::wire::{Call, MembershipChange, Reply},
     typ::{NodeId, Raft},
-    wire::{MembershipChange, Request, Response},
 };
 
 /// Longest a membership change may take (a joint configuration commits in two rounds).
@@ -25,10 +25,10 @@ impl Node {
         match self
             .peers
             .get(&addr)
-            .call(&Request::ChangeMembership(change), TIMEOUT)
+            .call(&Call::ChangeMembership(change), TIMEOUT)
             .await
         {
-            Ok(Response::ChangeMembership(result)) => result,
+            Ok(Reply::ChangeMembership(result)) => result,
             Ok(other) => Err(format!("unexpected answer from the leader: {other:?}")),
             Err(error) => Err(format!("cannot reach the leader, node {leader}: {error}")),
         }

@@ -3,7 +3,7 @@
 //!
 //! - [`typ`]: the Raft type configuration; [`log_store`]: the durable log (redb);
 //!   [`state_machine`]: delivery to the app, exactly once;
-//! - [`network`] (client) and [`server`]: the peer transport, [`wire`]: its messages.
+//! - [`peer`]: the peer transport.
 //!
 //! [`Node::submit`] is what interception calls: it proposes a request (directly on the leader,
 //! forwarded by followers), follows leader changes, and returns the local app's response once
@@ -12,16 +12,13 @@
     clippy::result_large_err,
     reason = "openraft's storage traits return its StorageError; boxing it here would only move the copy"
 )]
-pub mod hooks;
 pub mod log_store;
 pub mod membership;
-pub mod network;
+pub mod peer;
 pub mod propose;
 pub mod read;
-pub mod server;
 pub mod state_machine;
 pub mod typ;
-pub mod wire;
 
 use std::{
     collections::BTreeMap,
@@ -47,11 +44,11 @@ use tokio::{
 
 use crate::deliver::{App, Response};
 use log_store::LogStore;
-use network::{Network, Peers};
+use peer::wire::{Call, Reply};
+use peer::{Network, Peers, server};
 use propose::{Outcome, Proposer};
-use state_machine::{Shared, StateMachine};
+use state_machine::{Applied, StateMachine};
 use typ::{Command, Metrics, NodeId, Raft};
-use wire::{Request, Response as PeerResponse};
 
 /// What a node needs to know to start.
 #[derive(Clone, Debug)]
@@ -120,7 +117,7 @@ pub enum SubmitError {
 pub struct Node {
     pub id: NodeId,
     pub raft: Raft,
-    pub shared: Arc<Shared>,
+    pub applied: Arc<Applied>,
     pub log: LogStore,
     /// Commit index when the node started: readiness waits until it is applied.
     pub startup_commit: u64,
@@ -145,13 +142,16 @@ impl Node {
         let mut log = LogStore::open(&dir.join("log.redb"))?;
         let startup_commit = log.committed().map_or(0, |id| id.index);
         let app = App::new(settings.app, settings.app_timeout);
-        let hooks = settings.snapshots.as_ref().map(|s| hooks::Hooks {
-            snapshot: s.snapshot_cmd.clone(),
-            restore: s.restore_cmd.clone(),
-            file: dir.join("app-state"),
-            timeout: settings.app_timeout,
-        });
-        let (state_machine, shared) =
+        let hooks = settings
+            .snapshots
+            .as_ref()
+            .map(|s| crate::deliver::hooks::Hooks {
+                snapshot: s.snapshot_cmd.clone(),
+                restore: s.restore_cmd.clone(),
+                file: dir.join("app-state"),
+                timeout: settings.app_timeout,
+            });
+        let (state_machine, applied) =
             StateMachine::open(dir, settings.node_id, app, hooks, &mut log).await?;
 
         let config = openraft::Config {
@@ -213,7 +213,7 @@ impl Node {
             raft = %settings.raft_addr,
             data = %dir.display(),
             boot,
-            applied = shared.applied_index(),
+            applied = applied.applied_index(),
             committed = startup_commit,
             "raft node started"
         );
@@ -228,7 +228,7 @@ impl Node {
         Ok(Arc::new(Self {
             id: settings.node_id,
             raft,
-            shared,
+            applied,
             log,
             startup_commit,
             proposer,
@@ -254,8 +254,8 @@ impl Node {
             id,
             payload,
         };
-        let answered = self.shared.register(id);
-        let _forget = Forget(&self.shared, id);
+        let answered = self.applied.register(id);
+        let _forget = Forget(&self.applied, id);
         let deadline = Instant::now() + self.request_timeout;
         let maybe_proposed = AtomicBool::new(false);
         tokio::select! {
@@ -330,7 +330,7 @@ fn leader(raft: &Raft) -> (Option<NodeId>, Option<String>) {
 }
 
 /// Withdraws a waiter when its request is done or abandoned.
-struct Forget<'a>(&'a Shared, u64);
+struct Forget<'a>(&'a Applied, u64);
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
@@ -367,10 +367,10 @@ async fn bootstrap(raft: Raft, peers: Peers, node_id: NodeId, members: BTreeMap<
         for (&id, addr) in members.iter().filter(|(id, _)| **id != node_id) {
             match peers
                 .get(addr)
-                .call(&Request::Hello, Duration::from_secs(1))
+                .call(&Call::Hello, Duration::from_secs(1))
                 .await
             {
-                Ok(PeerResponse::Hello {
+                Ok(Reply::Hello {
                     node_id: answered,
                     initialized,
                 }) if answered == id => {

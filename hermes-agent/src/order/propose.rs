@@ -14,9 +14,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
     log_store::LogStore,
-    network::Peers,
+    peer::Peers,
+    peer::wire::{Call, ForwardError, Reply},
     typ::{Batch, Command, Metrics, NodeId, Raft, rpc::ClientWriteError},
-    wire::{ForwardError, Request, Response},
 };
 
 /// Batches in flight at once from one node.
@@ -147,11 +147,11 @@ impl Route {
                 match self
                     .peers
                     .get(&addr)
-                    .call(&Request::Forward(batch), self.timeout)
+                    .call(&Call::Forward(batch), self.timeout)
                     .await
                 {
-                    Ok(Response::Forward(Ok(()))) => Outcome::Committed,
-                    Ok(Response::Forward(Err(ForwardError::NotLeader(next)))) => {
+                    Ok(Reply::Forward(Ok(()))) => Outcome::Committed,
+                    Ok(Reply::Forward(Err(ForwardError::NotLeader(next)))) => {
                         Outcome::NotLeader(next)
                     }
                     Ok(other) => {

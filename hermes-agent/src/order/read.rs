@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::{
     LEADERLESS, Node, SubmitError,
+    peer::wire::{Call, ForwardError, Reply},
     typ::{NodeId, Raft},
-    wire::{ForwardError, Request, Response},
 };
 use crate::deliver;
 
@@ -42,7 +42,7 @@ impl Node {
         let read = async {
             if mode == ReadMode::Linearizable {
                 let index = self.read_index().await?;
-                self.shared.applied_at_least(index).await;
+                self.applied.applied_at_least(index).await;
             }
             self.reads
                 .send(&payload)
@@ -67,10 +67,10 @@ impl Node {
                 (Some(_), Some(addr)) => match self
                     .peers
                     .get(&addr)
-                    .call(&Request::ReadIndex, LEADERLESS)
+                    .call(&Call::ReadIndex, LEADERLESS)
                     .await
                 {
-                    Ok(Response::ReadIndex(Ok(index))) => Some(index),
+                    Ok(Reply::ReadIndex(Ok(index))) => Some(index),
                     _ => None,
                 },
                 _ => None,

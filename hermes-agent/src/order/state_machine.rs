@@ -28,14 +28,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    hooks::Hooks,
     log_store::{LogStore, decode, encode},
     typ::{
         Command, Entry, EntryPayload, LogId, NodeId, Snapshot, SnapshotMeta, StorageError,
         StorageIOError, StoredMembership, TypeConfig,
     },
 };
-use crate::deliver::{App, Response};
+use crate::deliver::{App, Response, hooks::Hooks};
 
 /// Requests over which duplicates are recognised. A retried proposal lands within the request
 /// timeout of the original; at 20k requests/s that is 13 s.
@@ -44,7 +43,7 @@ pub const DEDUP_WINDOW: u64 = 1 << 18;
 const DIGESTS: usize = 4096;
 
 /// State shared with interception and the admin API.
-pub struct Shared {
+pub struct Applied {
     node_id: NodeId,
     waiters: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
     /// Index of the last entry applied (0: none), for readers to wait on.
@@ -55,7 +54,7 @@ pub struct Shared {
     app_reachable: Arc<AtomicBool>,
 }
 
-impl Shared {
+impl Applied {
     /// Registers interest in the response to this node's request `id`.
     pub fn register(&self, id: u64) -> oneshot::Receiver<Response> {
         let (tx, rx) = oneshot::channel();
@@ -136,7 +135,7 @@ struct SnapshotState {
 }
 
 pub struct StateMachine {
-    shared: Arc<Shared>,
+    applied: Arc<Applied>,
     app: App,
     hooks: Option<Hooks>,
     /// Where the latest snapshot is kept, so a restarted node still has it after compaction.
@@ -157,7 +156,7 @@ impl StateMachine {
         app: App,
         hooks: Option<Hooks>,
         log: &mut LogStore,
-    ) -> Result<(Self, Arc<Shared>), StorageError> {
+    ) -> Result<(Self, Arc<Applied>), StorageError> {
         let progress_file = ProgressFile::open(&dir.join("applied"))
             .map_err(|e| StorageIOError::read_state_machine(&e))?;
         let progress = progress_file.read();
@@ -184,7 +183,7 @@ impl StateMachine {
         };
         let applied = progress.applied.map_or(0, |id| id.index);
         let dedup = Dedup::rebuild(log, first, applied, progress.requests, older).await?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Applied {
             node_id,
             waiters: Mutex::default(),
             applied: watch::Sender::new(applied),
@@ -194,7 +193,7 @@ impl StateMachine {
             app_reachable: app.reachable(),
         });
         let machine = Self {
-            shared: Arc::clone(&shared),
+            applied: Arc::clone(&shared),
             app,
             hooks,
             snapshot_path,
@@ -223,27 +222,27 @@ impl StateMachine {
                 "duplicate proposal; not delivered again"
             );
             self.progress.delivered = seq;
-            self.shared.requests.store(seq, Ordering::Relaxed);
+            self.applied.requests.store(seq, Ordering::Relaxed);
             return self.save_progress(log_id);
         }
         let response = self.app.deliver(&command.payload, seq).await;
         self.progress.deliveries += 1;
         self.progress.delivered = seq;
         self.save_progress(log_id)?;
-        self.shared
+        self.applied
             .deliveries
             .store(self.progress.deliveries, Ordering::Relaxed);
-        self.shared.requests.store(seq, Ordering::Relaxed);
+        self.applied.requests.store(seq, Ordering::Relaxed);
         self.dedup.insert(seq, command.key());
         {
-            let mut digests = self.shared.digests.lock().unwrap();
+            let mut digests = self.applied.digests.lock().unwrap();
             if digests.len() == DIGESTS {
                 digests.pop_front();
             }
             digests.push_back((seq, digest(response.status, response.body())));
         }
-        if command.origin == self.shared.node_id
-            && let Some(waiter) = self.shared.waiters.lock().unwrap().remove(&command.id)
+        if command.origin == self.applied.node_id
+            && let Some(waiter) = self.applied.waiters.lock().unwrap().remove(&command.id)
         {
             let _ = waiter.send(response);
         }
@@ -300,7 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             self.progress.applied = Some(entry.log_id);
             self.save_progress(entry.log_id)?;
-            self.shared.applied.send_replace(entry.log_id.index);
+            self.applied.applied.send_replace(entry.log_id.index);
             replies.push(());
         }
         Ok(replies)
@@ -311,7 +310,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// applying more entries.)
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let app = match &self.hooks {
-            Some(hooks) => Some(hooks.capture(&self.shared.app_reachable).await),
+            Some(hooks) => Some(hooks.capture(&self.applied.app_reachable).await),
             None => None,
         };
         SnapshotBuilder {
@@ -351,7 +350,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         match (&state.app, &self.hooks) {
             (Some(app), Some(hooks)) => {
                 tracing::info!(snapshot = %meta.snapshot_id, bytes = app.len(), "restoring the app from a snapshot");
-                hooks.restore(app, &self.shared.app_reachable).await;
+                hooks.restore(app, &self.applied.app_reachable).await;
             }
             (Some(_), None) => {
                 let error = std::io::Error::other(
@@ -378,10 +377,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.progress.requests = state.requests;
         self.progress.delivered = state.requests;
         self.progress.deliveries = state.deliveries;
-        self.shared
+        self.applied
             .requests
             .store(state.requests, Ordering::Relaxed);
-        self.shared
+        self.applied
             .deliveries
             .store(state.deliveries, Ordering::Relaxed);
         keep_snapshot(&self.snapshot_path, &self.current, meta, bytes)
@@ -389,7 +388,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.progress_file
             .write(&self.progress)
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
-        self.shared
+        self.applied
             .applied
             .send_replace(meta.last_log_id.map_or(0, |id| id.index));
         Ok(())

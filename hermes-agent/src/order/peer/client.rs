@@ -19,10 +19,10 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use super::{
+use super::wire::{self, Call, Reply};
+use crate::order::{
     log_store,
     typ::{NodeId, TypeConfig, rpc},
-    wire::{self, Request, Response},
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -98,7 +98,7 @@ impl Drop for CallGuard<'_> {
 
 impl Peer {
     /// Sends `request` and waits up to `timeout` for the response.
-    pub async fn call(&self, request: &Request, timeout: Duration) -> Result<Response, CallError> {
+    pub async fn call(&self, request: &Call, timeout: Duration) -> Result<Reply, CallError> {
         let connection = self.connection().await?;
         let id = connection.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = wire::frame(id, request).map_err(CallError::Encode)?;
@@ -179,9 +179,9 @@ pub struct PeerNetwork {
 impl PeerNetwork {
     async fn call<E: std::error::Error>(
         &self,
-        request: Request,
+        request: Call,
         option: &RPCOption,
-    ) -> Result<Response, rpc::RpcError<E>> {
+    ) -> Result<Reply, rpc::RpcError<E>> {
         self.peer
             .call(&request, option.hard_ttl())
             .await
@@ -195,7 +195,7 @@ impl PeerNetwork {
             })
     }
 
-    fn unexpected<E: std::error::Error>(&self, response: &Response) -> rpc::RpcError<E> {
+    fn unexpected<E: std::error::Error>(&self, response: &Reply) -> rpc::RpcError<E> {
         let error = std::io::Error::other(format!(
             "unexpected response from node {}: {response:?}",
             self.target
@@ -210,8 +210,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: rpc::AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<rpc::AppendEntriesResponse, rpc::RpcError> {
-        match self.call(Request::AppendEntries(rpc), &option).await? {
-            Response::AppendEntries(result) => {
+        match self.call(Call::AppendEntries(rpc), &option).await? {
+            Reply::AppendEntries(result) => {
                 result.map_err(|e| RemoteError::new(self.target, e).into())
             }
             other => Err(self.unexpected(&other)),
@@ -223,8 +223,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: rpc::InstallSnapshotRequest,
         option: RPCOption,
     ) -> Result<rpc::InstallSnapshotResponse, rpc::RpcError<rpc::InstallSnapshotError>> {
-        match self.call(Request::InstallSnapshot(rpc), &option).await? {
-            Response::InstallSnapshot(result) => {
+        match self.call(Call::InstallSnapshot(rpc), &option).await? {
+            Reply::InstallSnapshot(result) => {
                 result.map_err(|e| RemoteError::new(self.target, e).into())
             }
             other => Err(self.unexpected(&other)),
@@ -236,8 +236,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: rpc::VoteRequest,
         option: RPCOption,
     ) -> Result<rpc::VoteResponse, rpc::RpcError> {
-        match self.call(Request::Vote(rpc), &option).await? {
-            Response::Vote(result) => result.map_err(|e| RemoteError::new(self.target, e).into()),
+        match self.call(Call::Vote(rpc), &option).await? {
+            Reply::Vote(result) => result.map_err(|e| RemoteError::new(self.target, e).into()),
             other => Err(self.unexpected(&other)),
         }
     }

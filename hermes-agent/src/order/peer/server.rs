@@ -7,11 +7,13 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{
+use super::wire::{self, Call, ForwardError, Reply};
+use crate::order::{
     log_store::{self, LogStore},
+    membership,
     propose::{self, Outcome},
+    read,
     typ::{NodeId, Raft},
-    wire::{self, ForwardError, Request, Response},
 };
 
 pub struct Server {
@@ -48,12 +50,12 @@ async fn connection(stream: TcpStream, server: Arc<Server>) -> std::io::Result<(
     tokio::spawn(async move { wire::write_frames(writer, &mut queue).await });
     let mut buf = Vec::new();
     while let Some(id) = wire::read_frame(&mut reader, &mut buf).await? {
-        let request = log_store::decode::<Request>(&buf);
+        let request = log_store::decode::<Call>(&buf);
         let (server, frames) = (Arc::clone(&server), frames.clone());
         tokio::spawn(async move {
             let response = match request {
                 Ok(request) => handle(&server, request).await,
-                Err(error) => Response::Rejected(error.to_string()),
+                Err(error) => Reply::Rejected(error.to_string()),
             };
             match wire::frame(id, &response) {
                 Ok(frame) => {
@@ -66,21 +68,19 @@ async fn connection(stream: TcpStream, server: Arc<Server>) -> std::io::Result<(
     Ok(())
 }
 
-async fn handle(server: &Server, request: Request) -> Response {
+async fn handle(server: &Server, request: Call) -> Reply {
     let raft = &server.raft;
     match request {
-        Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
-        Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
-        Request::InstallSnapshot(rpc) => {
-            Response::InstallSnapshot(raft.install_snapshot(rpc).await)
-        }
-        Request::Forward(batch) => {
+        Call::AppendEntries(rpc) => Reply::AppendEntries(raft.append_entries(rpc).await),
+        Call::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
+        Call::InstallSnapshot(rpc) => Reply::InstallSnapshot(raft.install_snapshot(rpc).await),
+        Call::Forward(batch) => {
             let leader = raft.metrics().borrow().current_leader;
             if leader != Some(server.node_id) {
-                return Response::Forward(Err(ForwardError::NotLeader(leader)));
+                return Reply::Forward(Err(ForwardError::NotLeader(leader)));
             }
             let commit = propose::commit(raft, &server.log, batch);
-            Response::Forward(
+            Reply::Forward(
                 match tokio::time::timeout(server.forward_timeout, commit).await {
                     Ok(Outcome::Committed) => Ok(()),
                     Ok(Outcome::NotLeader(leader)) => Err(ForwardError::NotLeader(leader)),
@@ -93,13 +93,11 @@ async fn handle(server: &Server, request: Request) -> Response {
                 },
             )
         }
-        Request::ChangeMembership(change) => Response::ChangeMembership(
-            super::membership::change_on_leader(raft, server.node_id, change).await,
+        Call::ChangeMembership(change) => Reply::ChangeMembership(
+            membership::change_on_leader(raft, server.node_id, change).await,
         ),
-        Request::ReadIndex => {
-            Response::ReadIndex(super::read::read_index_on_leader(raft, server.node_id).await)
-        }
-        Request::Hello => Response::Hello {
+        Call::ReadIndex => Reply::ReadIndex(read::read_index_on_leader(raft, server.node_id).await),
+        Call::Hello => Reply::Hello {
             node_id: server.node_id,
             initialized: raft.is_initialized().await.unwrap_or(false),
         },

@@ -6,10 +6,10 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::typ::{Batch, NodeId, rpc};
+use crate::order::typ::{Batch, NodeId, rpc};
 
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Request {
+pub enum Call {
     AppendEntries(rpc::AppendEntriesRequest),
     Vote(rpc::VoteRequest),
     InstallSnapshot(rpc::InstallSnapshotRequest),
@@ -35,7 +35,7 @@ pub enum MembershipChange {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Response {
+pub enum Reply {
     AppendEntries(Result<rpc::AppendEntriesResponse, rpc::RaftError>),
     Vote(Result<rpc::VoteResponse, rpc::RaftError>),
     InstallSnapshot(
@@ -130,14 +130,14 @@ mod tests {
             id: (2, 1),
             commands: vec![command],
         };
-        let mut stream = frame(7, &Request::Forward(batch.clone())).unwrap();
-        stream.extend(frame(8, &Request::Hello).unwrap());
+        let mut stream = frame(7, &Call::Forward(batch.clone())).unwrap();
+        stream.extend(frame(8, &Call::Hello).unwrap());
         let mut reader = &stream[..];
         let mut buf = Vec::new();
         assert_eq!(read_frame(&mut reader, &mut buf).await.unwrap(), Some(7));
-        assert!(matches!(decode(&buf).unwrap(), Request::Forward(b) if b == batch));
+        assert!(matches!(decode(&buf).unwrap(), Call::Forward(b) if b == batch));
         assert_eq!(read_frame(&mut reader, &mut buf).await.unwrap(), Some(8));
-        assert!(matches!(decode(&buf).unwrap(), Request::Hello));
+        assert!(matches!(decode(&buf).unwrap(), Call::Hello));
         assert_eq!(read_frame(&mut reader, &mut buf).await.unwrap(), None);
     }
 }

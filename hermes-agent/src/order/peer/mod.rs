@@ -1,0 +1,11 @@
+//! The peer transport: one persistent, pipelined connection per peer carrying Raft's RPCs and
+//! this cluster's own calls (forwarded proposals, membership changes, read indexes).
+//!
+//! - [`wire`]: the calls and replies, and their framing;
+//! - [`client`]: connections to peers, and openraft's network built on them;
+//! - [`server`]: serves the calls of peers.
+pub mod client;
+pub mod server;
+pub mod wire;
+
+pub use client::{CallError, Network, Peers};
