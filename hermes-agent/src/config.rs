@@ -226,9 +226,32 @@ pub struct Config {
     #[arg(long, env = "HERMES_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration, help_heading = "Limits")]
     pub request_timeout: Duration,
 
-    /// Longest the app may take to answer one request before it is retried.
+    /// An app answer taking longer than this makes the node report the app slow (not ready).
+    /// The answer is still waited for: a request the app has is never sent twice.
     #[arg(long, env = "HERMES_APP_TIMEOUT", default_value = "60s", value_parser = parse_duration, help_heading = "Limits")]
     pub app_timeout: Duration,
+
+    /// Largest body of an app's answer (larger: the client gets 502).
+    #[arg(long, env = "HERMES_MAX_RESPONSE", default_value = "64MiB", value_parser = parse_size, help_heading = "Limits")]
+    pub max_response: u64,
+
+    /// Request body bytes held at once over all client connections (more: 503 with
+    /// Retry-After). Bounds the memory clients can make the node use.
+    #[arg(long, env = "HERMES_BODY_BUDGET", default_value = "256MiB", value_parser = parse_size, help_heading = "Limits")]
+    pub body_budget: u64,
+
+    /// Client connections served at once (more: 503 and closed).
+    #[arg(long, env = "HERMES_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000), help_heading = "Limits")]
+    pub max_connections: u64,
+
+    /// Bytes of recent log entries kept in memory (for replication and apply); older ones are
+    /// read from disk.
+    #[arg(long, env = "HERMES_LOG_CACHE", default_value = "64MiB", value_parser = parse_size, help_heading = "Limits")]
+    pub log_cache: u64,
+
+    /// Largest message between peers. At least --max-body plus 1 MiB: one request must fit.
+    #[arg(long, env = "HERMES_MAX_FRAME", default_value = "32MiB", value_parser = parse_size, help_heading = "Limits")]
+    pub max_frame: u64,
 
     /// How requests with a --read-methods method are served: `ordered` (through the log, like
     /// every request), `linearizable` (off the log, once this replica has applied what the
@@ -326,6 +349,8 @@ pub enum ConfigError {
         "--peers gives node {0} the address `{1}`, which is not an IP:PORT to listen on; give --raft-addr"
     )]
     NoListenAddr(u64, String),
+    #[error("{0}")]
+    Limits(String),
 }
 
 impl Config {
@@ -341,7 +366,30 @@ impl Config {
         if app.port() == self.port && !app.ip().is_loopback() {
             return Err(ConfigError::AppSteered(app, self.port));
         }
+        self.check_limits()?;
         self.settings().map(drop)
+    }
+
+    /// Limits that contradict one another.
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        let bad = |text: String| Err(ConfigError::Limits(text));
+        if self.max_body > u64::from(u32::MAX) {
+            return bad(format!("--max-body {} is over 4 GiB", self.max_body));
+        }
+        if self.body_budget < self.max_body {
+            return bad(format!(
+                "--body-budget {} is less than --max-body {}: no request that large could be taken",
+                self.body_budget, self.max_body
+            ));
+        }
+        let min_frame = (self.max_body + (1 << 20)).max(crate::order::peer::wire::MIN_FRAME as u64);
+        if self.max_frame < min_frame || self.max_frame > u64::from(u32::MAX) {
+            return bad(format!(
+                "--max-frame {} must be at least {min_frame} (--max-body plus 1 MiB) and under 4 GiB",
+                self.max_frame
+            ));
+        }
+        Ok(())
     }
 
     /// What the Raft node needs; `None` in passthrough mode.
@@ -372,8 +420,14 @@ impl Config {
             data_dir,
             app: self.app_addr(),
             app_timeout: self.app_timeout,
+            response_limits: crate::http::response::Limits {
+                max_body: self.max_response,
+                ..Default::default()
+            },
             request_timeout: self.request_timeout,
             max_pending: self.max_pending,
+            log_cache: usize::try_from(self.log_cache).unwrap_or(usize::MAX),
+            max_frame: self.max_frame as usize,
             snapshots: self.snapshot_cmd.clone().zip(self.restore_cmd.clone()).map(
                 |(snapshot_cmd, restore_cmd)| crate::order::Snapshots {
                     snapshot_cmd,

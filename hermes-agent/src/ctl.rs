@@ -1,13 +1,19 @@
 //! `hermes-agent ctl`: the command-line front of the admin API (status and membership).
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::Write as _,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt as _;
 
-use crate::config::{CtlAction, CtlArgs};
+use crate::{
+    config::{CtlAction, CtlArgs},
+    http::response,
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -119,25 +125,32 @@ fn request(
     body: Option<Value>,
 ) -> Result<Value, CtlError> {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(5))
-        .map_err(|e| CtlError::Connect(admin, e))?;
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: hermes\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let mut answer = Vec::new();
-    stream
-        .write_all(request.as_bytes())
-        .and_then(|()| stream.read_to_end(&mut answer))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .map_err(|e| CtlError::Connect(admin, e))?;
-    let garbled = || CtlError::Garbled(String::from_utf8_lossy(&answer).into_owned());
-    let head = match crate::http::parse_response(&answer, method) {
-        Ok(Some(head)) => head,
-        _ => return Err(garbled()),
-    };
-    let body = String::from_utf8_lossy(&answer[head.len..]);
-    if head.status != 200 {
-        return Err(CtlError::Refused(head.status, body.trim().to_owned()));
+    let response = runtime.block_on(async {
+        let mut stream =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(admin))
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                .map_err(|e| CtlError::Connect(admin, e))?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| CtlError::Connect(admin, e))?;
+        let mut buf = bytes::BytesMut::new();
+        response::read(&mut stream, &mut buf, method, &response::Limits::default())
+            .await
+            .map_err(|e| CtlError::Garbled(e.to_string()))
+    })?;
+    let body = String::from_utf8_lossy(&response.body);
+    if response.status != 200 {
+        return Err(CtlError::Refused(response.status, body.trim().to_owned()));
     }
     serde_json::from_str(&body).map_err(|_| CtlError::Garbled(body.into_owned()))
 }

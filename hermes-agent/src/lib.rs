@@ -64,16 +64,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         node: node.clone(),
     };
     tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
+    let max_connections = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
     let served = match &node {
         None => {
             let handler = intercept::passthrough::Passthrough {
                 app: config.app_addr(),
             };
-            intercept::serve(listeners, handler, shutdown, config.grace_period).await
+            let grace = config.grace_period;
+            intercept::serve(listeners, handler, shutdown, grace, max_connections).await
         }
         Some(node) => {
             let limits = intercept::http::Limits {
-                max_body: config.max_body,
+                http: http::request::Limits {
+                    max_body: config.max_body,
+                    ..Default::default()
+                },
                 client_timeout: config.client_timeout,
                 idle_timeout: config.idle_timeout,
             };
@@ -85,16 +90,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     .map(|m| m.to_ascii_uppercase())
                     .collect(),
             };
+            let budget = usize::try_from(config.body_budget).unwrap_or(usize::MAX);
             let handler = intercept::http::Http {
                 node: Arc::clone(node),
                 limits,
                 reads,
+                budget: Arc::new(tokio::sync::Semaphore::new(
+                    budget.min(tokio::sync::Semaphore::MAX_PERMITS),
+                )),
             };
-            intercept::serve(listeners, handler, shutdown, config.grace_period).await
+            let grace = config.grace_period;
+            intercept::serve(listeners, handler, shutdown, grace, max_connections).await
         }
     };
     if let Some(node) = node {
         let _ = node.raft.shutdown().await;
+        // A delivery in flight finishes: the app gets no request cut in half, and the progress
+        // says exactly what it has.
+        if tokio::time::timeout(config.grace_period, node.finish_delivery())
+            .await
+            .is_err()
+        {
+            tracing::warn!("a delivery was still in flight when the grace period ended");
+        }
     }
     served.map_err(Error::Listen)
 }

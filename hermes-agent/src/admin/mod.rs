@@ -13,18 +13,25 @@ use std::{collections::BTreeSet, sync::Arc, time::Duration};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
 };
 
 use crate::{
-    http,
+    http::{
+        Response, Version,
+        request::{self, ReadError, Reader},
+    },
     order::{Node, peer::wire::MembershipChange, propose},
     steer::Steering,
 };
 
-/// Largest request the admin API reads.
-const MAX_REQUEST: usize = 64 * 1024;
+/// What the admin API reads of a request.
+const LIMITS: request::Limits = request::Limits {
+    max_head: 16 * 1024,
+    max_fields: 64,
+    max_body: 64 * 1024,
+};
 /// Longest a request may take, membership changes included.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -73,63 +80,34 @@ impl Answer {
 }
 
 /// Serves one request, then closes.
-async fn connection(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let answer = loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf) {
-            Ok(httparse::Status::Complete(head)) => {
-                let length = request
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| {
-                        std::str::from_utf8(h.value)
-                            .ok()?
-                            .trim()
-                            .parse::<usize>()
-                            .ok()
-                    })
-                    .unwrap_or(0);
-                if head + length > MAX_REQUEST {
-                    break Answer::text(413, "request too large");
-                }
-                if buf.len() >= head + length {
-                    let (method, path) = (request.method.unwrap_or(""), request.path.unwrap_or(""));
-                    break route(admin, method, path, &buf[head..head + length]).await;
-                }
+async fn connection(stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
+    let (reader, mut writer) = stream.into_split();
+    let mut requests = Reader::new(reader, LIMITS);
+    let answer = match requests.head().await {
+        Err(ReadError::Closed) => return Ok(()),
+        Err(ReadError::Invalid(invalid)) => Answer::text(invalid.status(), invalid.to_string()),
+        Ok(head) => match requests
+            .body(&head, |_| true, crate::http::Invalid::Overloaded)
+            .await
+        {
+            Err(ReadError::Closed) => return Ok(()),
+            Err(ReadError::Invalid(invalid)) => Answer::text(invalid.status(), invalid.to_string()),
+            Ok(body) => {
+                let target = head.target().to_owned();
+                route(admin, &head.method, &target, &body).await
             }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST => {}
-            _ => break Answer::text(400, "bad request"),
-        }
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Ok(());
-        }
-    };
-    let reason = match answer.status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        413 => "Content Too Large",
-        _ => "Service Unavailable",
+        },
     };
     let content_type = if answer.json {
         "application/json"
     } else {
         "text/plain"
     };
-    let response = http::response(
-        answer.status,
-        reason,
-        content_type,
-        &answer.body,
-        false,
-        true,
-    );
-    stream.write_all(&response).await
+    let response = Response::own(answer.status, content_type, answer.body);
+    let (head, body) = response.to_client(Version::Http11, true);
+    writer.write_all(&head).await?;
+    writer.write_all(&body).await?;
+    writer.shutdown().await
 }
 
 async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]) -> Answer {
@@ -225,8 +203,11 @@ fn not_ready(admin: &Admin) -> Option<String> {
             node.startup_commit
         ));
     }
-    if !node.applied.app_reachable() {
-        return Some("the app does not answer".into());
+    if !node.is_member() {
+        return Some("not a member of the cluster".into());
+    }
+    if !node.app().healthy() {
+        return Some("the app does not answer, or is slow to".into());
     }
     None
 }
@@ -259,6 +240,7 @@ fn status(admin: &Admin) -> serde_json::Value {
     json!({
         "mode": "replicated",
         "node_id": node.id,
+        "incarnation": format!("{:016x}", node.identity.incarnation),
         "state": format!("{:?}", metrics.state),
         "leader_id": metrics.current_leader,
         "term": metrics.current_term,
@@ -272,7 +254,9 @@ fn status(admin: &Admin) -> serde_json::Value {
         "members": members,
         "replication": replication,
         "pending": node.pending(),
-        "app_reachable": node.applied.app_reachable(),
+        "in_doubt": node.applied.in_doubt(),
+        "log_cache_bytes": node.log.cached_bytes(),
+        "app_healthy": node.app().healthy(),
         "ready": not_ready(admin).is_none(),
         "steering": steering,
     })

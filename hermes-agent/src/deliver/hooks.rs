@@ -2,18 +2,16 @@
 //! it from one. They let Hermes compact its log: a snapshot holds the app's state as of a log
 //! index, and a new or lagging replica starts from it instead of replaying the whole log.
 //!
-//! Each command runs with `sh -c`, with the file's path in `HERMES_SNAPSHOT`. A hook that fails
-//! is retried, like a delivery to an app that is down: nothing is skipped, the replica waits.
-use std::{
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+//! Each command runs with `sh -c`, with the file's path in `HERMES_SNAPSHOT`, while the agent
+//! holds its turn on the app with its connection closed: a hook that talks to an app serving one
+//! connection at a time gets through, and no request reaches the app meanwhile. A hook that
+//! fails is retried, like a delivery to an app that is down: nothing is skipped, the replica
+//! waits.
+use std::{path::PathBuf, time::Duration};
 
 use tokio::process::Command;
+
+use super::App;
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -31,64 +29,39 @@ pub struct Hooks {
 
 impl Hooks {
     /// The app's state, as the snapshot command captured it.
-    pub async fn capture(&self, healthy: &Arc<AtomicBool>) -> Vec<u8> {
-        self.until_done(
-            "snapshot",
-            &self.snapshot,
-            healthy,
-            || {
-                let _ = std::fs::remove_file(&self.file);
-                Ok(())
-            },
-            || std::fs::read(&self.file),
-        )
-        .await
+    pub async fn capture(&self, app: &App) -> Vec<u8> {
+        let mut turn = app.turn().await;
+        turn.close();
+        let mut retry = Retry::default();
+        loop {
+            let attempt = async {
+                match tokio::fs::remove_file(&self.file).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                self.run(&self.snapshot).await?;
+                tokio::fs::read(&self.file).await
+            };
+            match attempt.await {
+                Ok(state) => return retry.succeeded(app, "snapshot", state),
+                Err(error) => retry.failed(app, "snapshot", &self.snapshot, error).await,
+            }
+        }
     }
 
     /// Makes `state` the app's state with the restore command.
-    pub async fn restore(&self, state: &[u8], healthy: &Arc<AtomicBool>) {
-        self.until_done(
-            "restore",
-            &self.restore,
-            healthy,
-            || std::fs::write(&self.file, state),
-            || Ok(()),
-        )
-        .await;
-    }
-
-    /// Runs `command` between `before` and `after` until all three succeed.
-    async fn until_done<T>(
-        &self,
-        what: &str,
-        command: &str,
-        healthy: &Arc<AtomicBool>,
-        before: impl Fn() -> std::io::Result<()>,
-        after: impl Fn() -> std::io::Result<T>,
-    ) -> T {
-        let mut delay = RETRY_MIN;
-        let mut failures = 0u64;
+    pub async fn restore(&self, state: &[u8], app: &App) {
+        let mut turn = app.turn().await;
+        turn.close();
+        let mut retry = Retry::default();
         loop {
             let attempt = async {
-                before()?;
-                self.run(command).await?;
-                after()
+                tokio::fs::write(&self.file, state).await?;
+                self.run(&self.restore).await
             };
             match attempt.await {
-                Ok(value) => {
-                    if failures > 0 {
-                        tracing::info!(what, failures, "snapshot hook succeeded");
-                        healthy.store(true, Ordering::Relaxed);
-                    }
-                    return value;
-                }
-                Err(error) => {
-                    failures += 1;
-                    healthy.store(false, Ordering::Relaxed);
-                    tracing::warn!(what, command, %error, failures, "snapshot hook failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
-                }
+                Ok(()) => return retry.succeeded(app, "restore", ()),
+                Err(error) => retry.failed(app, "restore", &self.restore, error).await,
             }
         }
     }
@@ -112,6 +85,39 @@ impl Hooks {
                 String::from_utf8_lossy(&output.stderr).trim()
             )))
         }
+    }
+}
+
+/// Retrying a hook: the app counts as unhealthy while its hooks fail.
+struct Retry {
+    delay: Duration,
+    failures: u64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            delay: RETRY_MIN,
+            failures: 0,
+        }
+    }
+}
+
+impl Retry {
+    fn succeeded<T>(&self, app: &App, what: &str, value: T) -> T {
+        if self.failures > 0 {
+            tracing::info!(what, failures = self.failures, "snapshot hook succeeded");
+            app.set_reachable(true);
+        }
+        value
+    }
+
+    async fn failed(&mut self, app: &App, what: &str, command: &str, error: std::io::Error) {
+        self.failures += 1;
+        app.set_reachable(false);
+        tracing::warn!(what, command, %error, failures = self.failures, "snapshot hook failed; retrying");
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(RETRY_MAX);
     }
 }
 
@@ -139,9 +145,14 @@ mod tests {
             &format!("cp {} \"$HERMES_SNAPSHOT\"", app.display()),
             &restore,
         );
-        let healthy = Arc::new(AtomicBool::new(true));
-        assert_eq!(ok.capture(&healthy).await, b"state v1");
-        ok.restore(b"state v2", &healthy).await;
+        // No app listens: the hooks need none, and its connection is never opened.
+        let nowhere = App::new(
+            ([127, 0, 0, 1], 9).into(),
+            Duration::from_secs(1),
+            crate::http::response::Limits::default(),
+        );
+        assert_eq!(ok.capture(&nowhere).await, b"state v1");
+        ok.restore(b"state v2", &nowhere).await;
         assert_eq!(std::fs::read(&app).unwrap(), b"state v2");
 
         // Fails twice (the marker files count attempts), then succeeds.
@@ -150,7 +161,7 @@ mod tests {
             dir.path().display()
         );
         let flaky = hooks(dir.path(), &flaky, "true");
-        assert_eq!(flaky.capture(&healthy).await, b"ok\n");
-        assert!(healthy.load(Ordering::Relaxed));
+        assert_eq!(flaky.capture(&nowhere).await, b"ok\n");
+        assert!(nowhere.healthy());
     }
 }

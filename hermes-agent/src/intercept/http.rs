@@ -1,36 +1,40 @@
-//! HTTP/1.1 interception: reads each request of a steered connection, submits it for ordering,
-//! and relays the app's response exactly as the app sent it. Keep-alive and pipelining (answers
-//! go back in request order), HTTP/1.0, `Expect: 100-continue`, `X-Forwarded-For`. A request that
-//! breaks a rule gets its status (400, 408, 413, 431, 501), closes the connection, and is never
-//! ordered.
+//! HTTP/1.1 interception: reads each request of a steered connection strictly, orders its
+//! canonical form, and answers with the local app's response.
+//!
+//! A connection's requests are handled one after another: request k + 1 is proposed only once
+//! request k is answered. So a connection's requests enter the log in the order its client sent
+//! them, whatever the runtime's thread count, and nothing pipelined behind a request whose answer
+//! closes the connection is ever processed (RFC 9112 section 9.6). Pipelined requests are read
+//! ahead but wait their turn.
+//!
+//! A request that breaks a rule gets its status (400, 408, 413, 417, 431, 501, or 503 when the
+//! node's budget of body bytes is spent), closes the connection, and is never ordered. After an
+//! answer whose outcome is unknown (504) the connection closes too: a later request of it could
+//! otherwise be ordered before the earlier one.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
-    sync::{mpsc, watch},
-    task::JoinHandle,
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
 };
 
 use super::Handler;
 use crate::{
-    deliver::Response,
-    http::{self, Body, Invalid},
+    http::{
+        Framing, Invalid, RequestHead, Response, Version,
+        request::{self, ReadError, Reader},
+    },
     order::{Node, SubmitError, read::ReadMode},
 };
 
-/// Largest request head (request line and headers).
-const MAX_HEAD: usize = 32 * 1024;
-/// Requests of one connection in flight at once.
-const PIPELINE: usize = 16;
-
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    pub max_body: u64,
+    pub http: request::Limits,
     /// A request, once begun, must be complete within this.
     pub client_timeout: Duration,
     /// A kept-alive connection may idle this long between requests.
@@ -42,6 +46,8 @@ pub struct Http {
     pub node: Arc<Node>,
     pub limits: Limits,
     pub reads: Reads,
+    /// Request body bytes this node holds at most, over all its client connections.
+    pub budget: Arc<Semaphore>,
 }
 
 /// Which requests skip the log, and how they are answered.
@@ -60,246 +66,172 @@ impl Reads {
     }
 }
 
-/// A request read from a client.
-struct Request {
-    /// As the app will get it.
-    payload: Bytes,
-    method: String,
-    /// The connection closes after it.
-    close: bool,
-}
-
-/// Why a request is refused; each maps to a status.
-#[derive(Debug, thiserror::Error)]
-enum Refusal {
-    #[error(transparent)]
-    Invalid(#[from] Invalid),
-    #[error("body larger than {0} bytes")]
-    BodyTooLarge(u64),
-    #[error("request not complete within {0:?}")]
-    TooSlow(Duration),
-}
-
-impl Refusal {
-    fn status(&self) -> (u16, &'static str) {
-        match self {
-            Self::Invalid(Invalid::Malformed(_)) => (400, "Bad Request"),
-            Self::Invalid(Invalid::HeadersTooLarge) => (431, "Request Header Fields Too Large"),
-            Self::Invalid(Invalid::Unsupported(_)) => (501, "Not Implemented"),
-            Self::BodyTooLarge(_) => (413, "Content Too Large"),
-            Self::TooSlow(_) => (408, "Request Timeout"),
-        }
-    }
-}
-
-/// What the writer sends back, in request order.
-enum Reply {
-    Continue,
-    Answer {
-        answer: JoinHandle<Result<Response, SubmitError>>,
-        close: bool,
-    },
-    Refuse(Refusal),
-}
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// What a client that would go past `--max-connections` gets.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+Retry-After: 1\r\nContent-Length: 43\r\nConnection: close\r\n\r\nhermes: too many connections on this node\r\n";
+/// How long a refused client's unread bytes are drained before its connection closes, so that
+/// it reads its answer instead of a reset.
+const LINGER: Duration = Duration::from_secs(2);
 
 impl Handler for Http {
     async fn serve(self, client: TcpStream, peer: SocketAddr, mut stop: watch::Receiver<bool>) {
         let _ = client.set_nodelay(true);
-        let (mut reader, writer) = client.into_split();
-        let (replies, queue) = mpsc::channel(PIPELINE);
-        let writer = tokio::spawn(write_replies(writer, queue, peer));
-        let mut buf = BytesMut::with_capacity(8 * 1024);
-        let forwarded = peer.ip().to_canonical().to_string();
+        let (reader, mut writer) = client.into_split();
+        let mut requests = Reader::new(reader, self.limits.http);
         loop {
-            let request = read_request(
-                &mut reader,
-                &mut buf,
-                &self.limits,
-                &mut stop,
-                &replies,
-                &forwarded,
-            )
-            .await;
-            let reply = match request {
-                Ok(Some(Request {
-                    payload,
-                    method,
-                    close,
-                })) => {
-                    let node = Arc::clone(&self.node);
-                    let read = self.reads.mode_for(&method);
-                    let answer = tokio::spawn(async move {
-                        match read {
-                            Some(mode) => node.read(payload, mode).await,
-                            None => node.submit(payload).await,
+            let more = tokio::select! {
+                more = requests.ready() => more,
+                _ = stop.wait_for(|stop| *stop) => false,
+                () = tokio::time::sleep(self.limits.idle_timeout) => false,
+            };
+            if !more {
+                break;
+            }
+            let read = tokio::time::timeout(
+                self.limits.client_timeout,
+                self.read(&mut requests, &mut writer),
+            );
+            let (answer, version, close) = match read.await {
+                Ok(Ok((head, body, budget))) => {
+                    let (version, close) = (head.version, head.close);
+                    let answer = self.answer(head, body, peer).await;
+                    drop(budget);
+                    let close = close || answer.as_ref().is_ok_and(|r| r.close);
+                    match answer {
+                        Ok(response) => (response, version, close),
+                        Err(error) => {
+                            tracing::debug!(%peer, %error, "request not answered");
+                            let unknown = error == SubmitError::Timeout;
+                            (refusal(&error), version, close || unknown)
                         }
-                    });
-                    Reply::Answer { answer, close }
+                    }
                 }
-                Ok(None) => break,
-                Err(refusal) => {
-                    tracing::debug!(%peer, %refusal, "request refused");
-                    Reply::Refuse(refusal)
+                Ok(Err(ReadError::Closed)) => break,
+                Ok(Err(ReadError::Invalid(invalid))) => {
+                    tracing::debug!(%peer, %invalid, "request refused");
+                    let own = Response::own(
+                        invalid.status(),
+                        "text/plain",
+                        format!("hermes: {invalid}\n"),
+                    );
+                    refuse(requests, writer, own).await;
+                    return;
+                }
+                Err(_) => {
+                    let own =
+                        Response::own(408, "text/plain", "hermes: request not complete in time\n");
+                    refuse(requests, writer, own).await;
+                    return;
                 }
             };
-            let last = matches!(reply, Reply::Refuse(_) | Reply::Answer { close: true, .. });
-            if replies.send(reply).await.is_err() || last {
+            let (head, body) = answer.to_client(version, close);
+            if write(&mut writer, &head, &body).await.is_err() || close {
                 break;
             }
         }
-        drop(replies);
-        let _ = writer.await;
+        let _ = writer.shutdown().await;
+    }
+
+    fn refuse(&self, client: TcpStream) {
+        let _ = client.try_write(TOO_MANY);
     }
 }
 
-/// Reads one request; `Ok(None)` when the connection is done (closed, idle, or stopping).
-async fn read_request(
-    reader: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    limits: &Limits,
-    stop: &mut watch::Receiver<bool>,
-    replies: &mpsc::Sender<Reply>,
-    forwarded: &str,
-) -> Result<Option<Request>, Refusal> {
-    if buf.is_empty() {
-        tokio::select! {
-            read = reader.read_buf(buf) => if !matches!(read, Ok(n) if n > 0) { return Ok(None) },
-            _ = stop.wait_for(|stop| *stop) => return Ok(None),
-            () = tokio::time::sleep(limits.idle_timeout) => return Ok(None),
-        }
-    }
-    let read = async {
-        let head = loop {
-            if let Some(head) = http::parse_request(buf)? {
-                break head;
-            }
-            if buf.len() > MAX_HEAD {
-                return Err(Invalid::HeadersTooLarge.into());
-            }
-            if !matches!(reader.read_buf(buf).await, Ok(n) if n > 0) {
-                return Ok(None);
-            }
-        };
-        if head.len > MAX_HEAD {
-            return Err(Invalid::HeadersTooLarge.into());
-        }
-        if let Body::Length(n) = head.body
-            && n > limits.max_body
+impl Http {
+    /// Reads a request's head and body, with `100 Continue` when the client waits for it, and
+    /// the body's bytes taken from the node's budget (given back when the permit drops).
+    async fn read(
+        &self,
+        requests: &mut Reader<OwnedReadHalf>,
+        writer: &mut OwnedWriteHalf,
+    ) -> Result<(RequestHead, Bytes, Option<OwnedSemaphorePermit>), ReadError> {
+        let head = requests.head().await?;
+        if let Framing::Length(n) = head.framing
+            && n > self.limits.http.max_body
         {
-            return Err(Refusal::BodyTooLarge(limits.max_body));
+            return Err(Invalid::BodyTooLarge(self.limits.http.max_body).into());
         }
-        if head.expect_continue && head.body != Body::None && buf.len() == head.len {
-            let _ = replies.send(Reply::Continue).await;
+        if head.expect_continue && !requests.has_buffered() {
+            let _ = writer.write_all(CONTINUE).await;
         }
-        let body_len = match head.body {
-            Body::None | Body::UntilClose => 0,
-            Body::Length(n) => {
-                let n = n as usize;
-                while buf.len() < head.len + n {
-                    buf.reserve(head.len + n - buf.len());
-                    if !matches!(reader.read_buf(buf).await, Ok(n) if n > 0) {
-                        return Ok(None);
+        let mut budget: Option<OwnedSemaphorePermit> = None;
+        let take = |bytes: u64| {
+            let Ok(bytes) = u32::try_from(bytes) else {
+                return false;
+            };
+            match Arc::clone(&self.budget).try_acquire_many_owned(bytes) {
+                Ok(permit) => {
+                    match &mut budget {
+                        Some(held) => held.merge(permit),
+                        None => budget = Some(permit),
                     }
+                    true
                 }
-                n
-            }
-            Body::Chunked => {
-                let mut chunked = http::Chunked::default();
-                loop {
-                    if let Some(len) = chunked.end(&buf[head.len..])? {
-                        break len;
-                    }
-                    if (buf.len() - head.len) as u64 > limits.max_body {
-                        return Err(Refusal::BodyTooLarge(limits.max_body));
-                    }
-                    if !matches!(reader.read_buf(buf).await, Ok(n) if n > 0) {
-                        return Ok(None);
-                    }
-                }
+                Err(_) => false,
             }
         };
-        if body_len as u64 > limits.max_body {
-            return Err(Refusal::BodyTooLarge(limits.max_body));
+        let body = requests.body(&head, take, Invalid::Overloaded).await?;
+        Ok((head, body, budget))
+    }
+
+    /// Orders the request (or reads off the log) and returns the app's answer.
+    async fn answer(
+        &self,
+        head: RequestHead,
+        body: Bytes,
+        peer: SocketAddr,
+    ) -> Result<Response, SubmitError> {
+        let read = self.reads.mode_for(&head.method);
+        let payload = head.canonical(peer.ip(), &body);
+        drop(body);
+        match read {
+            Some(mode) => self.node.read(payload, mode).await,
+            None => self.node.submit(payload).await,
         }
-        let message = buf.split_to(head.len + body_len);
-        let forwarded_for = match &head.forwarded_for {
-            Some(earlier) => format!("X-Forwarded-For: {earlier}, {forwarded}"),
-            None => format!("X-Forwarded-For: {forwarded}"),
-        };
-        let payload = http::rewrite(
-            &message,
-            head.len,
-            &forwarded_for,
-            &["x-forwarded-for", "expect"],
-        );
-        Ok(Some(Request {
-            payload: Bytes::from(payload),
-            method: head.method,
-            close: head.close,
-        }))
-    };
-    tokio::time::timeout(limits.client_timeout, read)
-        .await
-        .map_err(|_| Refusal::TooSlow(limits.client_timeout))?
+    }
 }
 
-async fn write_replies(
-    mut writer: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Reply>,
-    peer: SocketAddr,
-) {
-    while let Some(reply) = queue.recv().await {
-        let (bytes, close) = match reply {
-            Reply::Continue => (Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"), false),
-            Reply::Answer { answer, close } => match answer.await {
-                Ok(Ok(response)) => (response.bytes, close || response.close),
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "request not answered");
-                    let (status, reason, retry) = match error {
-                        SubmitError::Overloaded | SubmitError::NoLeader => {
-                            (503, "Service Unavailable", true)
-                        }
-                        SubmitError::Timeout => (504, "Gateway Timeout", false),
-                        SubmitError::App(_) => (502, "Bad Gateway", false),
-                    };
-                    (
-                        own_response(status, reason, &format!("hermes: {error}\n"), retry, close),
-                        close,
-                    )
-                }
-                Err(error) => {
-                    tracing::error!(%peer, %error, "request task failed");
-                    (
-                        own_response(
-                            500,
-                            "Internal Server Error",
-                            "hermes: internal error\n",
-                            false,
-                            true,
-                        ),
-                        true,
-                    )
-                }
-            },
-            Reply::Refuse(refusal) => {
-                let (status, reason) = refusal.status();
-                (
-                    own_response(status, reason, &format!("hermes: {refusal}\n"), false, true),
-                    true,
-                )
-            }
-        };
-        if writer.write_all(&bytes).await.is_err() {
-            return;
-        }
-        if close {
-            break;
-        }
+/// The agent's own answer when the app's cannot be had.
+fn refusal(error: &SubmitError) -> Response {
+    let status = match error {
+        SubmitError::Overloaded | SubmitError::NoLeader | SubmitError::NotMember => 503,
+        SubmitError::Timeout => 504,
+        SubmitError::App(_) => 502,
+    };
+    let own = Response::own(status, "text/plain", format!("hermes: {error}\n"));
+    if status == 503 {
+        own.with_field("Retry-After", "1")
+    } else {
+        own
+    }
+}
+
+async fn write(writer: &mut OwnedWriteHalf, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+    if body.len() <= 16 * 1024 {
+        let mut all = Vec::with_capacity(head.len() + body.len());
+        all.extend_from_slice(head);
+        all.extend_from_slice(body);
+        writer.write_all(&all).await
+    } else {
+        writer.write_all(head).await?;
+        writer.write_all(body).await
+    }
+}
+
+/// Answers a refused request and closes, draining what the client still sends for a moment so
+/// that it reads the answer rather than a reset.
+async fn refuse(requests: Reader<OwnedReadHalf>, mut writer: OwnedWriteHalf, own: Response) {
+    let (head, body) = own.to_client(Version::Http11, true);
+    if write(&mut writer, &head, &body).await.is_err() {
+        return;
     }
     let _ = writer.shutdown().await;
-}
-
-/// A response of the agent's own, when there is no app response to relay.
-fn own_response(status: u16, reason: &str, body: &str, retry: bool, close: bool) -> Bytes {
-    http::response(status, reason, "text/plain", body, retry, close)
+    let mut reader = requests.into_inner();
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }

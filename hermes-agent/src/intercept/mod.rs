@@ -1,13 +1,15 @@
 //! Interception: accepts the connections steered to the agent and serves each one with a
 //! protocol handler, until shutdown; then lets in-flight connections finish within a grace period.
+//! At most `max_connections` are served at once; a client beyond that is refused at once
+//! ([`Handler::refuse`]) and its connection closed.
 pub mod http;
 pub mod passthrough;
 
-use std::{future::Future, io, net::SocketAddr, time::Duration};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::watch,
+    sync::{Semaphore, watch},
     task::JoinSet,
 };
 
@@ -22,6 +24,11 @@ pub trait Handler: Clone + Send + 'static {
         peer: SocketAddr,
         stop: watch::Receiver<bool>,
     ) -> impl Future<Output = ()> + Send;
+
+    /// Turns away a client beyond the connection limit (the connection closes afterwards).
+    fn refuse(&self, client: TcpStream) {
+        drop(client);
+    }
 }
 
 /// Accepts on `listeners` until `shutdown` resolves, then waits up to `grace` for the connections
@@ -32,7 +39,9 @@ pub async fn serve(
     handler: impl Handler,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    max_connections: usize,
 ) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(max_connections));
     let v4 = into_tokio(listeners.v4)?;
     let v6 = listeners.v6.map(into_tokio).transpose()?;
     let mut connections = JoinSet::new();
@@ -47,9 +56,19 @@ pub async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         match accepted {
-            Ok((client, peer)) => {
-                connections.spawn(handler.clone().serve(client, peer, stopping.clone()));
-            }
+            Ok((client, peer)) => match Arc::clone(&slots).try_acquire_owned() {
+                Ok(slot) => {
+                    let served = handler.clone().serve(client, peer, stopping.clone());
+                    connections.spawn(async move {
+                        served.await;
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, max_connections, "too many connections; refusing one");
+                    handler.refuse(client);
+                }
+            },
             Err(error) => {
                 // Out of file descriptors or memory: back off instead of spinning.
                 tracing::warn!(%error, "accept failed");

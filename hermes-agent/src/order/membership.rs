@@ -2,12 +2,13 @@
 //! takes them; a follower passes them to the leader, which makes them through Raft.
 use std::time::Duration;
 
-use openraft::BasicNode;
-
 use super::{
     Node,
-    peer::wire::{Call, MembershipChange, Reply},
-    typ::{NodeId, Raft},
+    peer::{
+        Peers,
+        wire::{Call, MembershipChange, Reply},
+    },
+    typ::{Member, NodeId, Raft},
 };
 
 /// Longest a membership change may take (a joint configuration commits in two rounds).
@@ -19,7 +20,7 @@ impl Node {
         let (leader, addr) = super::leader(&self.raft);
         let leader = leader.ok_or("no leader; retry once one is elected")?;
         if leader == self.id {
-            return change_on_leader(&self.raft, self.id, change).await;
+            return change_on_leader(&self.raft, &self.peers, self.id, change).await;
         }
         let addr = addr.ok_or("the leader's address is unknown")?;
         match self
@@ -35,9 +36,12 @@ impl Node {
     }
 }
 
-/// Makes `change` on this node, which must be the leader.
+/// Makes `change` on this node, which must be the leader. A learner is asked who it is first:
+/// its id must be the one given, and a node the cluster knows as another incarnation (one that
+/// lost its data) is not let in under that id.
 pub async fn change_on_leader(
     raft: &Raft,
+    peers: &Peers,
     node_id: NodeId,
     change: MembershipChange,
 ) -> Result<(), String> {
@@ -47,9 +51,35 @@ pub async fn change_on_leader(
     }
     let changed = match change {
         MembershipChange::AddLearner { id, addr } => {
+            let incarnation = match peers.get(&addr).call(&Call::Hello, TIMEOUT).await {
+                Ok(Reply::Hello {
+                    node_id,
+                    incarnation,
+                    ..
+                }) if node_id == id => incarnation,
+                Ok(Reply::Hello { node_id, .. }) => {
+                    return Err(format!("{addr} is node {node_id}, not node {id}"));
+                }
+                Ok(other) => return Err(format!("unexpected answer from {addr}: {other:?}")),
+                Err(error) => return Err(format!("cannot reach node {id} at {addr}: {error}")),
+            };
+            let known = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|member| member.incarnation);
+            if known.is_some_and(|known| known != incarnation) {
+                return Err(format!(
+                    "node {id} is a member already, as another incarnation (it lost its data): \
+                     remove it first, and add the new node under a new id"
+                ));
+            }
             tracing::info!(id, %addr, "adding a learner");
             // Not blocking: catching up may take long; progress shows in the leader's /status.
-            raft.add_learner(id, BasicNode::new(addr), false).await
+            let member = Member { addr, incarnation };
+            raft.add_learner(id, member, false).await
         }
         MembershipChange::Voters(voters) => {
             tracing::info!(?voters, "changing the voters");

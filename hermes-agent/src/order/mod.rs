@@ -2,16 +2,20 @@
 //! state machine delivers the committed entries, in order, to its local app.
 //!
 //! - [`typ`]: the Raft type configuration; [`log_store`]: the durable log (redb);
-//!   [`state_machine`]: delivery to the app, exactly once;
-//! - [`peer`]: the peer transport.
+//!   [`state_machine`]: the app as Raft's state machine (delivery itself is [`crate::deliver`]);
+//! - [`identity`]: who this node is across restarts; [`bootstrap`]: forming the cluster;
+//! - [`propose`]: getting requests into the log; [`read`]: reads off the log;
+//!   [`membership`]: changing the members; [`peer`]: the peer transport.
 //!
 //! [`Node::submit`] is what interception calls: it proposes a request (directly on the leader,
-//! forwarded by followers), follows leader changes, and returns the local app's response once
-//! this node has delivered it.
+//! forwarded by followers), follows leader changes, and returns the local app's answer once this
+//! node has delivered it.
 #![allow(
     clippy::result_large_err,
     reason = "openraft's storage traits return its StorageError; boxing it here would only move the copy"
 )]
+pub mod bootstrap;
+pub mod identity;
 pub mod log_store;
 pub mod membership;
 pub mod peer;
@@ -23,7 +27,7 @@ pub mod typ;
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -32,19 +36,19 @@ use std::{
 };
 
 use bytes::Bytes;
-use openraft::{
-    BasicNode, SnapshotPolicy,
-    error::{InitializeError, RaftError},
-};
+use openraft::SnapshotPolicy;
 use tokio::{
     net::TcpListener,
     sync::Semaphore,
     time::{Instant, sleep_until},
 };
 
-use crate::deliver::{App, Response};
+use crate::{
+    deliver::{App, hooks::Hooks},
+    http::{Response, response},
+};
+use identity::{Identity, IdentityError};
 use log_store::LogStore;
-use peer::wire::{Call, Reply};
 use peer::{Network, Peers, server};
 use propose::{Outcome, Proposer};
 use state_machine::{Applied, StateMachine};
@@ -62,11 +66,18 @@ pub struct Settings {
     pub members: BTreeMap<NodeId, String>,
     pub data_dir: PathBuf,
     pub app: SocketAddr,
+    /// An answer taking longer makes the app count as slow (it is still waited for).
     pub app_timeout: Duration,
+    /// What an app's answer may be.
+    pub response_limits: response::Limits,
     /// Longest a client waits for its request to be ordered and answered.
     pub request_timeout: Duration,
     /// Requests of this node's clients in flight at most.
     pub max_pending: usize,
+    /// Bytes of log entries kept in memory.
+    pub log_cache: usize,
+    /// Largest peer frame sent or accepted.
+    pub max_frame: usize,
     /// Snapshots of the app's state, which allow compacting the log; `None`: keep the whole log.
     pub snapshots: Option<Snapshots>,
 }
@@ -88,6 +99,15 @@ pub struct Snapshots {
 pub enum StartError {
     #[error("data directory {0}: {1}")]
     DataDir(PathBuf, std::io::Error),
+    #[error("data directory {0}: {1}")]
+    Identity(PathBuf, IdentityError),
+    #[error(
+        "node {node_id} has an empty data directory, but the cluster knows node {node_id} as \
+         another incarnation (node {peer} says so): its data was lost, and a node without its \
+         log and vote must not act as the member it was. Remove it (`hermes-agent ctl remove \
+         {node_id}` on a member) and start this node with a new --node-id and --join"
+    )]
+    Wiped { node_id: NodeId, peer: NodeId },
     #[error("storage: {0}")]
     Storage(#[from] typ::StorageError),
     #[error("raft: {0}")]
@@ -107,24 +127,33 @@ pub enum SubmitError {
     Overloaded,
     #[error("no leader could be reached; the request was not ordered")]
     NoLeader,
+    #[error("this node is not a member of the cluster; the request was not ordered")]
+    NotMember,
     #[error("not answered within the request timeout; the outcome is unknown")]
     Timeout,
-    #[error("the app did not answer the read: {0}")]
+    #[error("the app gave no answer that can be passed on: {0}")]
     App(String),
+}
+
+impl SubmitError {
+    /// Whether the request was certainly not ordered (so the client may send it again).
+    pub fn not_ordered(&self) -> bool {
+        matches!(self, Self::Overloaded | Self::NoLeader | Self::NotMember)
+    }
 }
 
 /// A running Raft node and the means to submit requests to it.
 pub struct Node {
     pub id: NodeId,
+    pub identity: Identity,
     pub raft: Raft,
     pub applied: Arc<Applied>,
     pub log: LogStore,
     /// Commit index when the node started: readiness waits until it is applied.
     pub startup_commit: u64,
+    app: Arc<App>,
     proposer: Proposer,
-    reads: crate::deliver::Reads,
     peers: Peers,
-    boot: u64,
     sequence: AtomicU64,
     pending: Semaphore,
     max_pending: usize,
@@ -136,31 +165,44 @@ impl Node {
     /// members are reachable for the first time.
     pub async fn start(settings: Settings) -> Result<Arc<Self>, StartError> {
         let dir = &settings.data_dir;
-        let dir_error = |e| StartError::DataDir(dir.clone(), e);
-        std::fs::create_dir_all(dir).map_err(dir_error)?;
-        let boot = next_boot(dir).map_err(dir_error)?;
-        let mut log = LogStore::open(&dir.join("log.redb"))?;
+        std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir(dir.clone(), e))?;
+        let identity = Identity::load(dir, settings.node_id)
+            .map_err(|e| StartError::Identity(dir.clone(), e))?;
+        let peers = Peers::new(settings.max_frame);
+        if identity.fresh && !settings.join {
+            bootstrap::refuse_if_wiped(&peers, &identity, &settings.members).await?;
+        }
+        let mut log = LogStore::open(&dir.join("log.redb"), settings.log_cache)?;
         let startup_commit = log.committed().map_or(0, |id| id.index);
-        let app = App::new(settings.app, settings.app_timeout);
-        let hooks = settings
-            .snapshots
-            .as_ref()
-            .map(|s| crate::deliver::hooks::Hooks {
-                snapshot: s.snapshot_cmd.clone(),
-                restore: s.restore_cmd.clone(),
-                file: dir.join("app-state"),
-                timeout: settings.app_timeout,
-            });
-        let (state_machine, applied) =
-            StateMachine::open(dir, settings.node_id, app, hooks, &mut log).await?;
+        let app = Arc::new(App::new(
+            settings.app,
+            settings.app_timeout,
+            settings.response_limits,
+        ));
+        let hooks = settings.snapshots.as_ref().map(|s| Hooks {
+            snapshot: s.snapshot_cmd.clone(),
+            restore: s.restore_cmd.clone(),
+            file: dir.join("app-state"),
+            timeout: settings.app_timeout,
+        });
+        let (state_machine, applied) = StateMachine::open(
+            dir,
+            settings.node_id,
+            identity.incarnation,
+            Arc::clone(&app),
+            hooks,
+            &mut log,
+        )
+        .await?;
 
         let config = openraft::Config {
             cluster_name: "hermes".into(),
-            // Failover within a second, yet tolerant of a busy machine's scheduling delays: a
-            // follower waits for 6 to 12 missed heartbeats.
-            heartbeat_interval: 50,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            // openraft waits one heartbeat interval for an AppendEntries answer: long enough for
+            // a follower's fsync on a busy machine, short enough for failover within a second
+            // (a follower waits for 4 to 8 missed heartbeats).
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
             max_payload_entries: 1024,
             // Without snapshot hooks the app's state cannot be captured: keep the whole log, so
             // that a new or wiped replica replays it from the start.
@@ -175,13 +217,10 @@ impl Node {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let peers = Peers::default();
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
-            Network {
-                peers: peers.clone(),
-            },
+            Network::new(peers.clone()),
             log.clone(),
             state_machine,
         )
@@ -196,23 +235,26 @@ impl Node {
             Arc::new(server::Server {
                 raft: raft.clone(),
                 log: log.clone(),
-                node_id: settings.node_id,
+                peers: peers.clone(),
+                identity,
                 forward_timeout: settings.request_timeout,
             }),
         ));
         if !settings.join {
-            tokio::spawn(bootstrap(
+            tokio::spawn(bootstrap::form(
                 raft.clone(),
                 peers.clone(),
-                settings.node_id,
+                identity,
+                settings.raft_addr,
                 settings.members.clone(),
             ));
         }
         tracing::info!(
             node_id = settings.node_id,
+            incarnation = format!("{:016x}", identity.incarnation),
             raft = %settings.raft_addr,
             data = %dir.display(),
-            boot,
+            boot = identity.boot,
             applied = applied.applied_index(),
             committed = startup_commit,
             "raft node started"
@@ -221,36 +263,39 @@ impl Node {
             raft.clone(),
             log.clone(),
             peers.clone(),
-            settings.node_id,
-            boot,
+            identity,
             settings.request_timeout,
         );
         Ok(Arc::new(Self {
             id: settings.node_id,
+            identity,
             raft,
             applied,
             log,
             startup_commit,
+            app,
             proposer,
-            reads: crate::deliver::Reads::new(settings.app, settings.app_timeout),
             peers,
-            boot,
-            sequence: AtomicU64::new(0),
+            sequence: AtomicU64::new(identity.first_id()),
             pending: Semaphore::new(settings.max_pending),
             max_pending: settings.max_pending,
             request_timeout: settings.request_timeout,
         }))
     }
 
-    /// Orders `payload` and returns this node's app response to it.
+    /// Orders `payload` and returns this node's app answer to it.
     pub async fn submit(&self, payload: Bytes) -> Result<Response, SubmitError> {
         let _permit = self
             .pending
             .try_acquire()
             .map_err(|_| SubmitError::Overloaded)?;
-        let id = (self.boot << 40) | self.sequence.fetch_add(1, Ordering::Relaxed);
+        if !self.is_member() {
+            return Err(SubmitError::NotMember);
+        }
+        let id = self.sequence.fetch_add(1, Ordering::Relaxed);
         let command = Command {
             origin: self.id,
+            incarnation: self.identity.incarnation,
             id,
             payload,
         };
@@ -259,7 +304,11 @@ impl Node {
         let deadline = Instant::now() + self.request_timeout;
         let maybe_proposed = AtomicBool::new(false);
         tokio::select! {
-            response = answered => response.map_err(|_| SubmitError::Timeout),
+            answer = answered => match answer {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(why)) => Err(SubmitError::App(why.into())),
+                Err(_) => Err(SubmitError::Timeout),
+            },
             given_up = self.propose(command, &maybe_proposed) => Err(given_up),
             () = sleep_until(deadline) => Err(if maybe_proposed.load(Ordering::Relaxed) {
                 SubmitError::Timeout
@@ -308,9 +357,32 @@ impl Node {
         self.raft.metrics().borrow().clone()
     }
 
+    /// Whether this node is in the cluster's membership (as a voter or a learner).
+    pub fn is_member(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some_and(|member| member.incarnation == self.identity.incarnation)
+    }
+
     /// Requests of this node's clients now waiting for the log.
     pub fn pending(&self) -> usize {
         self.max_pending - self.pending.available_permits()
+    }
+
+    /// The app, as delivery and reads reach it.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Waits until the delivery in flight, if any, is done, and keeps any other from starting
+    /// for as long as the process lives: a planned stop never cuts a delivery in half.
+    pub async fn finish_delivery(&self) {
+        // The turn is never given back: the process is about to exit.
+        std::mem::forget(self.app.turn().await);
     }
 }
 
@@ -329,83 +401,17 @@ fn leader(raft: &Raft) -> (Option<NodeId>, Option<String>) {
     (leader, addr)
 }
 
+/// Resolves once the leader is no longer `leader`.
+async fn leader_changed(raft: &Raft, leader: NodeId) {
+    let mut metrics = raft.metrics();
+    let _ = metrics.wait_for(|m| m.current_leader != Some(leader)).await;
+}
+
 /// Withdraws a waiter when its request is done or abandoned.
 struct Forget<'a>(&'a Applied, u64);
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
         self.0.forget(self.1);
-    }
-}
-
-/// Counts the node's starts, so that request ids never repeat across restarts.
-fn next_boot(dir: &Path) -> std::io::Result<u64> {
-    let path = dir.join("boot");
-    let boot = match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse::<u64>().map_err(std::io::Error::other)? + 1,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
-        Err(e) => return Err(e),
-    };
-    if boot >= 1 << 24 {
-        return Err(std::io::Error::other("more than 2^24 restarts"));
-    }
-    state_machine::write_atomically(&path, boot.to_string().as_bytes())?;
-    Ok(boot)
-}
-
-/// Forms the cluster once: the member with the lowest id initialises it when every member answers
-/// and none is part of a cluster yet. The others wait to be contacted by the leader.
-async fn bootstrap(raft: Raft, peers: Peers, node_id: NodeId, members: BTreeMap<NodeId, String>) {
-    if members.keys().next() != Some(&node_id) {
-        return;
-    }
-    loop {
-        if raft.is_initialized().await.unwrap_or(true) {
-            return;
-        }
-        let mut all_fresh = true;
-        for (&id, addr) in members.iter().filter(|(id, _)| **id != node_id) {
-            match peers
-                .get(addr)
-                .call(&Call::Hello, Duration::from_secs(1))
-                .await
-            {
-                Ok(Reply::Hello {
-                    node_id: answered,
-                    initialized,
-                }) if answered == id => {
-                    if initialized {
-                        tracing::info!(
-                            peer = id,
-                            "member is already in a cluster; joining it instead of forming one"
-                        );
-                        return;
-                    }
-                }
-                Ok(other) => {
-                    tracing::warn!(peer = id, %addr, ?other, "unexpected answer from member");
-                    all_fresh = false;
-                }
-                Err(error) => {
-                    tracing::debug!(peer = id, %error, "member not reachable yet");
-                    all_fresh = false;
-                }
-            }
-        }
-        if all_fresh {
-            let nodes: BTreeMap<NodeId, BasicNode> = members
-                .iter()
-                .map(|(id, addr)| (*id, BasicNode::new(addr)))
-                .collect();
-            match raft.initialize(nodes).await {
-                Ok(()) => {
-                    tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "cluster formed");
-                    return;
-                }
-                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => return,
-                Err(error) => tracing::warn!(%error, "forming the cluster failed; retrying"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

@@ -13,10 +13,14 @@ use std::{
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
+    identity::Identity,
+    leader_changed,
     log_store::LogStore,
-    peer::Peers,
-    peer::wire::{Call, ForwardError, Reply},
-    typ::{Batch, Command, Metrics, NodeId, Raft, rpc::ClientWriteError},
+    peer::{
+        Peers,
+        wire::{Call, ForwardError, Reply},
+    },
+    typ::{Batch, Command, Metrics, NodeId, Raft},
 };
 
 /// Batches in flight at once from one node.
@@ -59,13 +63,12 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// `boot` makes batch ids unique across restarts.
+    /// `identity` makes batch ids unique across restarts and incarnations.
     pub fn start(
         raft: Raft,
         log: LogStore,
         peers: Peers,
-        node_id: NodeId,
-        boot: u64,
+        identity: Identity,
         timeout: Duration,
     ) -> Self {
         let (queue, pending) = mpsc::unbounded_channel();
@@ -73,9 +76,8 @@ impl Proposer {
             raft,
             log,
             peers,
-            node_id,
-            boot,
-            sequence: AtomicU64::new(0),
+            identity,
+            sequence: AtomicU64::new(identity.first_id()),
             timeout,
         });
         tokio::spawn(batch(pending, route));
@@ -125,8 +127,7 @@ struct Route {
     raft: Raft,
     log: LogStore,
     peers: Peers,
-    node_id: NodeId,
-    boot: u64,
+    identity: Identity,
     sequence: AtomicU64,
     timeout: Duration,
 }
@@ -134,22 +135,28 @@ struct Route {
 impl Route {
     async fn propose(&self, commands: Vec<Command>) -> Outcome {
         let id = (
-            self.node_id,
-            (self.boot << 40) | self.sequence.fetch_add(1, Ordering::Relaxed),
+            self.identity.node_id,
+            self.identity.incarnation,
+            self.sequence.fetch_add(1, Ordering::Relaxed),
         );
         let batch = Batch { id, commands };
         let (leader, addr) = super::leader(&self.raft);
         match (leader, addr) {
-            (Some(leader), _) if leader == self.node_id => {
+            (Some(leader), _) if leader == self.identity.node_id => {
                 commit(&self.raft, &self.log, batch).await
             }
             (Some(leader), Some(addr)) => {
-                match self
-                    .peers
-                    .get(&addr)
-                    .call(&Call::Forward(batch), self.timeout)
-                    .await
-                {
+                let peer = self.peers.get(&addr);
+                let call = Call::Forward(batch);
+                let forwarded = tokio::select! {
+                    forwarded = peer.call(&call, self.timeout) => forwarded,
+                    // A leader that lost its place (cut off, say) may never answer: the batch
+                    // goes to the next one, and the log drops a second copy.
+                    () = leader_changed(&self.raft, leader) => {
+                        return Outcome::Failed { maybe_sent: true };
+                    }
+                };
+                match forwarded {
                     Ok(Reply::Forward(Ok(()))) => Outcome::Committed,
                     Ok(Reply::Forward(Err(ForwardError::NotLeader(next)))) => {
                         Outcome::NotLeader(next)
@@ -173,6 +180,7 @@ impl Route {
 
 /// Proposes `batch` on this node, the leader, and waits until it is committed (not until it is
 /// applied here: that waits for the app, and the proposer's own node answers its clients).
+/// Once openraft has taken the batch, any failure may still see it committed.
 pub async fn commit(raft: &Raft, log: &LogStore, batch: Batch) -> Outcome {
     if cut_off(&raft.metrics().borrow()) {
         return Outcome::NotLeader(None);
@@ -185,9 +193,8 @@ pub async fn commit(raft: &Raft, log: &LogStore, batch: Batch) -> Outcome {
             Ok(()) = committed => Outcome::Committed,
             result = applied => match result {
                 Ok(Ok(_)) => Outcome::Committed,
-                Ok(Err(ClientWriteError::ForwardToLeader(to))) => Outcome::NotLeader(to.leader_id),
                 Ok(Err(error)) => {
-                    tracing::debug!(%error, "proposal failed");
+                    tracing::debug!(%error, "proposal failed after openraft took it");
                     Outcome::Failed { maybe_sent: true }
                 }
                 Err(_) => Outcome::Failed { maybe_sent: true },

@@ -5,6 +5,9 @@
 //! a round of heartbeats to a quorum and names its commit index; once this replica has applied
 //! that far, its app has every write that was acknowledged before the read began, and answers.
 //! A local read is answered by the local app at once, possibly without the latest writes.
+//!
+//! Either way the read takes its turn on the app's one connection, between ordered requests:
+//! an app that serves one connection at a time is never asked for a second.
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +18,7 @@ use super::{
     peer::wire::{Call, ForwardError, Reply},
     typ::{NodeId, Raft},
 };
-use crate::deliver;
+use crate::http::Response;
 
 /// How reads are served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -30,22 +33,23 @@ pub enum ReadMode {
 
 impl Node {
     /// Answers a read with the local app's response, off the log.
-    pub async fn read(
-        &self,
-        payload: Bytes,
-        mode: ReadMode,
-    ) -> Result<deliver::Response, SubmitError> {
+    pub async fn read(&self, payload: Bytes, mode: ReadMode) -> Result<Response, SubmitError> {
         let _permit = self
             .pending
             .try_acquire()
             .map_err(|_| SubmitError::Overloaded)?;
+        if !self.is_member() {
+            return Err(SubmitError::NotMember);
+        }
         let read = async {
             if mode == ReadMode::Linearizable {
                 let index = self.read_index().await?;
                 self.applied.applied_at_least(index).await;
             }
-            self.reads
-                .send(&payload)
+            let method = payload.split(|b| *b == b' ').next().unwrap_or_default();
+            let method = std::str::from_utf8(method).unwrap_or_default();
+            self.app
+                .read(&payload, method)
                 .await
                 .map_err(|e| SubmitError::App(e.to_string()))
         };

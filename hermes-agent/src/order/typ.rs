@@ -12,7 +12,10 @@ pub type NodeId = u64;
 pub struct Command {
     /// The node whose client sent it: only there is the app's response returned.
     pub origin: NodeId,
-    /// Unique per origin, across restarts: `(boot << 40) | sequence`.
+    /// The origin's incarnation: random, drawn when its data directory was made, so that a node
+    /// whose data was wiped never reuses an id.
+    pub incarnation: u64,
+    /// Unique per origin incarnation, across restarts: `(boot << 40) | sequence`.
     pub id: u64,
     /// The request as the app will receive it.
     pub payload: Bytes,
@@ -20,10 +23,13 @@ pub struct Command {
 
 impl Command {
     /// What the state machine deduplicates on.
-    pub fn key(&self) -> (NodeId, u64) {
-        (self.origin, self.id)
+    pub fn key(&self) -> RequestKey {
+        (self.origin, self.incarnation, self.id)
     }
 }
+
+/// (origin, incarnation, id): unique for every request ever proposed.
+pub type RequestKey = (NodeId, u64, u64);
 
 /// The commands of one log entry: a node proposes the requests its clients sent while its
 /// previous proposal was in flight together, so that one append (one fsync) orders them all.
@@ -34,8 +40,24 @@ pub struct Batch {
     pub commands: Vec<Command>,
 }
 
-/// (proposing node, `(boot << 40) | sequence`).
-pub type BatchId = (NodeId, u64);
+/// (proposing node, its incarnation, `(boot << 40) | sequence`).
+pub type BatchId = (NodeId, u64, u64);
+
+/// A member of the cluster, as the membership records it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Where its peers reach it.
+    pub addr: String,
+    /// Its incarnation (see [`Command::incarnation`]): a node that lost its data is another
+    /// member, under another id, never this one.
+    pub incarnation: u64,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (incarnation {:016x})", self.addr, self.incarnation)
+    }
+}
 
 openraft::declare_raft_types!(
     /// Hermes' Raft types.
@@ -43,7 +65,7 @@ openraft::declare_raft_types!(
         D = Batch,
         R = (),
         NodeId = NodeId,
-        Node = openraft::BasicNode,
+        Node = Member,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
 );
@@ -54,17 +76,17 @@ pub type EntryPayload = openraft::EntryPayload<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type Vote = openraft::Vote<NodeId>;
 pub type LogState = openraft::storage::LogState<TypeConfig>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
 pub type Snapshot = openraft::storage::Snapshot<TypeConfig>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type StorageIOError = openraft::StorageIOError<NodeId>;
 pub type LogFlushed = openraft::storage::LogFlushed<TypeConfig>;
-pub type Metrics = openraft::RaftMetrics<NodeId, openraft::BasicNode>;
+pub type Metrics = openraft::RaftMetrics<NodeId, Member>;
 
 pub mod rpc {
     //! Raft messages between peers.
-    use super::{NodeId, TypeConfig};
+    use super::{Member, NodeId, TypeConfig};
     pub type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
     pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<NodeId>;
     pub type VoteRequest = openraft::raft::VoteRequest<NodeId>;
@@ -73,7 +95,7 @@ pub mod rpc {
     pub type InstallSnapshotResponse = openraft::raft::InstallSnapshotResponse<NodeId>;
     pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
     pub type InstallSnapshotError = openraft::error::InstallSnapshotError;
-    pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, openraft::BasicNode>;
+    pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, Member>;
     pub type RpcError<E = openraft::error::Infallible> =
-        openraft::error::RPCError<NodeId, openraft::BasicNode, RaftError<E>>;
+        openraft::error::RPCError<NodeId, Member, RaftError<E>>;
 }

@@ -9,66 +9,76 @@ use std::{
     time::Duration,
 };
 
-use openraft::{
-    RaftNetwork, RaftNetworkFactory,
-    error::{NetworkError, RPCError, RemoteError, Unreachable},
-    network::RPCOption,
-};
 use tokio::{
     net::TcpStream,
     sync::{mpsc, oneshot},
 };
 
 use super::wire::{self, Call, Reply};
-use crate::order::{
-    log_store,
-    typ::{NodeId, TypeConfig, rpc},
-};
+use crate::order::log_store;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Why a call got no response.
+/// Why a call got no reply.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// Nothing was sent.
     #[error("cannot connect to {0}: {1}")]
     Connect(String, std::io::Error),
-    /// Sent, but the connection failed before the response.
+    /// Sent, but the connection failed before the reply.
     #[error("connection to {0} lost")]
     Lost(String),
-    #[error("no response from {0} within {1:?}")]
+    #[error("no reply from {0} within {1:?}")]
     Timeout(String, Duration),
+    /// Nothing was sent: the call does not fit in a frame.
+    #[error("{0}")]
+    TooLarge(std::io::Error),
     #[error("{0}")]
     Encode(std::io::Error),
 }
 
 impl CallError {
-    /// Whether the peer may have received the request.
+    /// Whether the peer may have received the call.
     pub fn maybe_sent(&self) -> bool {
         matches!(self, Self::Lost(_) | Self::Timeout(..))
     }
 }
 
 /// Connections to peers by address.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Peers {
     peers: Arc<Mutex<HashMap<String, Arc<Peer>>>>,
+    /// Largest frame sent or accepted.
+    max_frame: usize,
 }
 
 impl Peers {
+    pub fn new(max_frame: usize) -> Self {
+        Self {
+            peers: Arc::default(),
+            max_frame,
+        }
+    }
+
     pub fn get(&self, addr: &str) -> Arc<Peer> {
         let mut peers = self.peers.lock().unwrap();
         Arc::clone(peers.entry(addr.to_owned()).or_insert_with(|| {
             Arc::new(Peer {
                 addr: addr.to_owned(),
+                max_frame: self.max_frame,
                 connection: tokio::sync::Mutex::default(),
             })
         }))
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
     }
 }
 
 pub struct Peer {
     addr: String,
+    max_frame: usize,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
 }
 
@@ -97,11 +107,21 @@ impl Drop for CallGuard<'_> {
 }
 
 impl Peer {
-    /// Sends `request` and waits up to `timeout` for the response.
-    pub async fn call(&self, request: &Call, timeout: Duration) -> Result<Reply, CallError> {
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends `call` and waits up to `timeout` for the reply.
+    pub async fn call(&self, call: &Call, timeout: Duration) -> Result<Reply, CallError> {
         let connection = self.connection().await?;
         let id = connection.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = wire::frame(id, request).map_err(CallError::Encode)?;
+        let frame = wire::frame(id, call, self.max_frame).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::FileTooLarge {
+                CallError::TooLarge(e)
+            } else {
+                CallError::Encode(e)
+            }
+        })?;
         let (tx, rx) = oneshot::channel();
         connection.calls.lock().unwrap().insert(id, tx);
         let _guard = CallGuard(&connection, id);
@@ -141,104 +161,27 @@ impl Peer {
             for_writer.close();
         });
         let for_reader = Arc::clone(&connection);
+        let max_frame = self.max_frame;
+        let addr = self.addr.clone();
         tokio::spawn(async move {
             let mut buf = Vec::new();
-            while let Ok(Some(id)) = wire::read_frame(&mut reader, &mut buf).await {
-                if let Some(call) = for_reader.calls.lock().unwrap().remove(&id) {
-                    let _ = call.send(std::mem::take(&mut buf));
+            loop {
+                match wire::read_frame(&mut reader, &mut buf, max_frame).await {
+                    Ok(Some(id)) => {
+                        if let Some(call) = for_reader.calls.lock().unwrap().remove(&id) {
+                            let _ = call.send(std::mem::take(&mut buf));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::debug!(peer = %addr, %error, "peer connection failed");
+                        break;
+                    }
                 }
             }
             for_reader.close();
         });
         *slot = Some(Arc::clone(&connection));
         Ok(connection)
-    }
-}
-
-/// openraft's view of the network.
-pub struct Network {
-    pub peers: Peers,
-}
-
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = PeerNetwork;
-
-    async fn new_client(&mut self, target: NodeId, node: &openraft::BasicNode) -> PeerNetwork {
-        PeerNetwork {
-            target,
-            peer: self.peers.get(&node.addr),
-        }
-    }
-}
-
-pub struct PeerNetwork {
-    target: NodeId,
-    peer: Arc<Peer>,
-}
-
-impl PeerNetwork {
-    async fn call<E: std::error::Error>(
-        &self,
-        request: Call,
-        option: &RPCOption,
-    ) -> Result<Reply, rpc::RpcError<E>> {
-        self.peer
-            .call(&request, option.hard_ttl())
-            .await
-            .map_err(|e| match e {
-                CallError::Connect(..) | CallError::Lost(_) => {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
-                CallError::Timeout(..) | CallError::Encode(_) => {
-                    RPCError::Network(NetworkError::new(&e))
-                }
-            })
-    }
-
-    fn unexpected<E: std::error::Error>(&self, response: &Reply) -> rpc::RpcError<E> {
-        let error = std::io::Error::other(format!(
-            "unexpected response from node {}: {response:?}",
-            self.target
-        ));
-        RPCError::Network(NetworkError::new(&error))
-    }
-}
-
-impl RaftNetwork<TypeConfig> for PeerNetwork {
-    async fn append_entries(
-        &mut self,
-        rpc: rpc::AppendEntriesRequest,
-        option: RPCOption,
-    ) -> Result<rpc::AppendEntriesResponse, rpc::RpcError> {
-        match self.call(Call::AppendEntries(rpc), &option).await? {
-            Reply::AppendEntries(result) => {
-                result.map_err(|e| RemoteError::new(self.target, e).into())
-            }
-            other => Err(self.unexpected(&other)),
-        }
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: rpc::InstallSnapshotRequest,
-        option: RPCOption,
-    ) -> Result<rpc::InstallSnapshotResponse, rpc::RpcError<rpc::InstallSnapshotError>> {
-        match self.call(Call::InstallSnapshot(rpc), &option).await? {
-            Reply::InstallSnapshot(result) => {
-                result.map_err(|e| RemoteError::new(self.target, e).into())
-            }
-            other => Err(self.unexpected(&other)),
-        }
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: rpc::VoteRequest,
-        option: RPCOption,
-    ) -> Result<rpc::VoteResponse, rpc::RpcError> {
-        match self.call(Call::Vote(rpc), &option).await? {
-            Reply::Vote(result) => result.map_err(|e| RemoteError::new(self.target, e).into()),
-            other => Err(self.unexpected(&other)),
-        }
     }
 }

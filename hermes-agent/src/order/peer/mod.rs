@@ -2,10 +2,12 @@
 //! this cluster's own calls (forwarded proposals, membership changes, read indexes).
 //!
 //! - [`wire`]: the calls and replies, and their framing;
-//! - [`client`]: connections to peers, and openraft's network built on them;
+//! - [`client`]: connections to peers; [`network`]: openraft's network built on them;
 //! - [`server`]: serves the calls of peers.
 pub mod client;
+pub mod network;
 pub mod server;
 pub mod wire;
 
-pub use client::{CallError, Network, Peers};
+pub use client::{CallError, Peers};
+pub use network::Network;

@@ -1,26 +1,35 @@
-//! The server side of the peer transport: serves Raft RPCs and forwarded proposals, each call on
-//! its own task so that a slow one does not hold up the others on the connection.
-use std::{sync::Arc, time::Duration};
+//! The server side of the peer transport: serves Raft's calls and forwarded proposals, each call
+//! on its own task so that a slow one does not hold up the others on the connection, and at most
+//! [`CALLS_PER_CONNECTION`] at once (then the connection is read no further until one is done).
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::mpsc,
+    sync::{Semaphore, mpsc},
 };
 
-use super::wire::{self, Call, ForwardError, Reply};
+use super::{
+    Peers,
+    wire::{self, Call, ForwardError, Reply, Target},
+};
 use crate::order::{
+    identity::Identity,
     log_store::{self, LogStore},
     membership,
     propose::{self, Outcome},
     read,
-    typ::{NodeId, Raft},
+    typ::Raft,
 };
+
+/// Calls of one connection served at once.
+const CALLS_PER_CONNECTION: usize = 64;
 
 pub struct Server {
     pub raft: Raft,
     pub log: LogStore,
-    pub node_id: NodeId,
-    /// How long a forwarded proposal may wait to be applied here.
+    pub peers: Peers,
+    pub identity: Identity,
+    /// How long a forwarded proposal may wait to be committed here.
     pub forward_timeout: Duration,
 }
 
@@ -48,35 +57,70 @@ async fn connection(stream: TcpStream, server: Arc<Server>) -> std::io::Result<(
     let (mut reader, writer) = stream.into_split();
     let (frames, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move { wire::write_frames(writer, &mut queue).await });
+    let calls = Arc::new(Semaphore::new(CALLS_PER_CONNECTION));
+    let max_frame = server.peers.max_frame();
     let mut buf = Vec::new();
-    while let Some(id) = wire::read_frame(&mut reader, &mut buf).await? {
-        let request = log_store::decode::<Call>(&buf);
+    while let Some(id) = wire::read_frame(&mut reader, &mut buf, max_frame).await? {
+        let call = log_store::decode::<Call>(&buf);
+        let Ok(permit) = Arc::clone(&calls).acquire_owned().await else {
+            break;
+        };
         let (server, frames) = (Arc::clone(&server), frames.clone());
         tokio::spawn(async move {
-            let response = match request {
-                Ok(request) => handle(&server, request).await,
-                Err(error) => Reply::Rejected(error.to_string()),
+            let reply = match call {
+                Ok(call) => handle(&server, call).await,
+                Err(error) => Reply::Rejected(format!("cannot decode the call: {error}")),
             };
-            match wire::frame(id, &response) {
+            drop(permit);
+            match wire::frame(id, &reply, max_frame) {
                 Ok(frame) => {
                     let _ = frames.send(frame);
                 }
-                Err(error) => tracing::error!(%error, "cannot encode a response"),
+                Err(error) => tracing::error!(%error, "cannot encode a reply"),
             }
         });
     }
     Ok(())
 }
 
-async fn handle(server: &Server, request: Call) -> Reply {
+/// Refuses Raft calls meant for another node, or for another incarnation of this one (the node
+/// this one was before its data was lost).
+fn for_me(server: &Server, target: Target) -> Result<(), Reply> {
+    let me = &server.identity;
+    if target.id == me.node_id && target.incarnation == me.incarnation {
+        return Ok(());
+    }
+    tracing::error!(
+        ?target,
+        node_id = me.node_id,
+        incarnation = format!("{:016x}", me.incarnation),
+        "refusing a Raft call for another node or incarnation: if this node's data was lost, \
+         remove it from the cluster and join it under a new id"
+    );
+    Err(Reply::Rejected(format!(
+        "this is node {} incarnation {:016x}, not node {} incarnation {:016x}",
+        me.node_id, me.incarnation, target.id, target.incarnation
+    )))
+}
+
+async fn handle(server: &Server, call: Call) -> Reply {
     let raft = &server.raft;
-    match request {
-        Call::AppendEntries(rpc) => Reply::AppendEntries(raft.append_entries(rpc).await),
-        Call::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
-        Call::InstallSnapshot(rpc) => Reply::InstallSnapshot(raft.install_snapshot(rpc).await),
+    match call {
+        Call::AppendEntries(target, rpc) => match for_me(server, target) {
+            Ok(()) => Reply::AppendEntries(raft.append_entries(rpc).await),
+            Err(refused) => refused,
+        },
+        Call::Vote(target, rpc) => match for_me(server, target) {
+            Ok(()) => Reply::Vote(raft.vote(rpc).await),
+            Err(refused) => refused,
+        },
+        Call::InstallSnapshot(target, rpc) => match for_me(server, target) {
+            Ok(()) => Reply::InstallSnapshot(raft.install_snapshot(rpc).await),
+            Err(refused) => refused,
+        },
         Call::Forward(batch) => {
             let leader = raft.metrics().borrow().current_leader;
-            if leader != Some(server.node_id) {
+            if leader != Some(server.identity.node_id) {
                 return Reply::Forward(Err(ForwardError::NotLeader(leader)));
             }
             let commit = propose::commit(raft, &server.log, batch);
@@ -94,12 +138,26 @@ async fn handle(server: &Server, request: Call) -> Reply {
             )
         }
         Call::ChangeMembership(change) => Reply::ChangeMembership(
-            membership::change_on_leader(raft, server.node_id, change).await,
+            membership::change_on_leader(raft, &server.peers, server.identity.node_id, change)
+                .await,
         ),
-        Call::ReadIndex => Reply::ReadIndex(read::read_index_on_leader(raft, server.node_id).await),
-        Call::Hello => Reply::Hello {
-            node_id: server.node_id,
-            initialized: raft.is_initialized().await.unwrap_or(false),
-        },
+        Call::ReadIndex => {
+            Reply::ReadIndex(read::read_index_on_leader(raft, server.identity.node_id).await)
+        }
+        Call::Hello => {
+            let metrics = raft.metrics().borrow().clone();
+            let members: BTreeMap<_, _> = metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, member)| (*id, member.incarnation))
+                .collect();
+            Reply::Hello {
+                node_id: server.identity.node_id,
+                incarnation: server.identity.incarnation,
+                initialized: raft.is_initialized().await.unwrap_or(false),
+                members,
+            }
+        }
     }
 }

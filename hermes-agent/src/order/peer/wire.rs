@@ -1,5 +1,9 @@
-//! Messages between peers, and their framing: `[u32 length][u64 call id][postcard body]`.
-//! Calls carry ids so that one connection per peer serves many at once, pipelined.
+//! Messages between peers, and their framing: `[u32 length][u64 call id][postcard body]`, the
+//! length counting the id and the body. Calls carry ids so that one connection per peer serves
+//! many at once, pipelined. A frame's length is checked against a cap before anything is read
+//! for it, and its body is read as it arrives, not allocated up front.
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter},
@@ -8,11 +12,17 @@ use tokio::{
 
 use crate::order::typ::{Batch, NodeId, rpc};
 
+/// The smallest cap on frames a node may be given: room for Raft's messages and a batch of
+/// small requests.
+pub const MIN_FRAME: usize = 1 << 20;
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Call {
-    AppendEntries(rpc::AppendEntriesRequest),
-    Vote(rpc::VoteRequest),
-    InstallSnapshot(rpc::InstallSnapshotRequest),
+    /// Raft's own calls, each for one incarnation of one member: a node that lost its data and
+    /// came back under its old id refuses them.
+    AppendEntries(Target, rpc::AppendEntriesRequest),
+    Vote(Target, rpc::VoteRequest),
+    InstallSnapshot(Target, rpc::InstallSnapshotRequest),
     /// Client requests accepted by a follower, for the leader to propose as one entry.
     Forward(Batch),
     /// Who are you, and are you part of a cluster already?
@@ -24,6 +34,13 @@ pub enum Call {
     ReadIndex,
 }
 
+/// The member a Raft call is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub id: NodeId,
+    pub incarnation: u64,
+}
+
 /// A change to the cluster's members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MembershipChange {
@@ -31,7 +48,7 @@ pub enum MembershipChange {
     AddLearner { id: NodeId, addr: String },
     /// Make exactly these nodes the voters (learners among them are promoted; voters left out
     /// are removed from the cluster).
-    Voters(std::collections::BTreeSet<NodeId>),
+    Voters(BTreeSet<NodeId>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,11 +61,14 @@ pub enum Reply {
     Forward(Result<(), ForwardError>),
     Hello {
         node_id: NodeId,
+        incarnation: u64,
         initialized: bool,
+        /// The members this node knows, with their incarnations.
+        members: BTreeMap<NodeId, u64>,
     },
     ChangeMembership(Result<(), String>),
     ReadIndex(Result<u64, ForwardError>),
-    /// The request could not be decoded.
+    /// The call was refused (could not be decoded, or was not for this node): why.
     Rejected(String),
 }
 
@@ -63,11 +83,17 @@ pub enum ForwardError {
 /// Bytes of the length and id fields.
 const HEADER: usize = 12;
 
-/// A frame for `body` under call `id`.
-pub fn frame(id: u64, body: &impl Serialize) -> std::io::Result<Vec<u8>> {
+/// A frame for `body` under call `id`; refused if longer than `max` bytes.
+pub fn frame(id: u64, body: &impl Serialize, max: usize) -> std::io::Result<Vec<u8>> {
     let mut out = postcard::to_extend(body, vec![0; HEADER]).map_err(std::io::Error::other)?;
+    if out.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("a frame of {} bytes is over the cap of {max}", out.len()),
+        ));
+    }
     let len =
-        u32::try_from(out.len() - 4).map_err(|_| std::io::Error::other("message over 4 GiB"))?;
+        u32::try_from(out.len() - 4).map_err(|_| std::io::Error::other("frame over 4 GiB"))?;
     out[..4].copy_from_slice(&len.to_le_bytes());
     out[4..HEADER].copy_from_slice(&id.to_le_bytes());
     Ok(out)
@@ -90,10 +116,12 @@ pub async fn write_frames(
     Ok(())
 }
 
-/// Reads the next frame into `buf`; returns its call id, or `None` at a clean end of stream.
+/// Reads the next frame's body into `buf`; returns its call id, or `None` at a clean end of
+/// stream. A frame longer than `max` bytes is an error, found before its body is read.
 pub async fn read_frame(
     reader: &mut (impl AsyncRead + Unpin),
     buf: &mut Vec<u8>,
+    max: usize,
 ) -> std::io::Result<Option<u64>> {
     let mut header = [0u8; HEADER];
     match reader.read_exact(&mut header[..1]).await {
@@ -104,11 +132,20 @@ pub async fn read_frame(
     reader.read_exact(&mut header[1..]).await?;
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
     let body = len
-        .checked_sub(8)
+        .checked_sub(HEADER - 4)
         .ok_or_else(|| std::io::Error::other("frame shorter than its header"))?;
+    if len + 4 > max {
+        return Err(std::io::Error::other(format!(
+            "a peer announced a frame of {} bytes, over the cap of {max}",
+            len + 4
+        )));
+    }
     buf.clear();
-    buf.resize(body, 0);
-    reader.read_exact(buf).await?;
+    // Grows as the bytes come: a peer that announces much and sends little costs little.
+    let read = reader.take(body as u64).read_to_end(buf).await?;
+    if read < body {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(Some(u64::from_le_bytes(
         header[4..].try_into().expect("8 bytes"),
     )))
@@ -123,21 +160,55 @@ mod tests {
     async fn frames_round_trip() {
         let command = crate::order::typ::Command {
             origin: 2,
+            incarnation: 5,
             id: 9,
             payload: bytes::Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"),
         };
         let batch = Batch {
-            id: (2, 1),
+            id: (2, 5, 1),
             commands: vec![command],
         };
-        let mut stream = frame(7, &Call::Forward(batch.clone())).unwrap();
-        stream.extend(frame(8, &Call::Hello).unwrap());
+        let mut stream = frame(7, &Call::Forward(batch.clone()), MIN_FRAME).unwrap();
+        stream.extend(frame(8, &Call::Hello, MIN_FRAME).unwrap());
         let mut reader = &stream[..];
         let mut buf = Vec::new();
-        assert_eq!(read_frame(&mut reader, &mut buf).await.unwrap(), Some(7));
+        assert_eq!(
+            read_frame(&mut reader, &mut buf, MIN_FRAME).await.unwrap(),
+            Some(7)
+        );
         assert!(matches!(decode(&buf).unwrap(), Call::Forward(b) if b == batch));
-        assert_eq!(read_frame(&mut reader, &mut buf).await.unwrap(), Some(8));
+        assert_eq!(
+            read_frame(&mut reader, &mut buf, MIN_FRAME).await.unwrap(),
+            Some(8)
+        );
         assert!(matches!(decode(&buf).unwrap(), Call::Hello));
-        assert_eq!(read_frame(&mut reader, &mut buf).await.unwrap(), None);
+        assert_eq!(
+            read_frame(&mut reader, &mut buf, MIN_FRAME).await.unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_huge_announced_length_is_refused_before_anything_is_read_for_it() {
+        // 2^31 bytes announced, then nothing.
+        let mut stream = (1u32 << 31).to_le_bytes().to_vec();
+        stream.extend_from_slice(&7u64.to_le_bytes());
+        let mut buf = Vec::new();
+        let error = read_frame(&mut &stream[..], &mut buf, MIN_FRAME)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("over the cap"), "{error}");
+        assert_eq!(buf.capacity(), 0, "nothing was allocated for it");
+        // Within the cap but never sent: the buffer holds what came, not what was announced.
+        let mut stream = 1000u32.to_le_bytes().to_vec();
+        stream.extend_from_slice(&7u64.to_le_bytes());
+        stream.extend_from_slice(b"short");
+        assert!(
+            read_frame(&mut &stream[..], &mut buf, MIN_FRAME)
+                .await
+                .is_err()
+        );
+        assert!(buf.capacity() < 1000);
+        assert!(frame(1, &vec![0u8; MIN_FRAME], MIN_FRAME).is_err());
     }
 }

@@ -1,11 +1,13 @@
 //! The durable Raft log, in redb, with group commit.
 //!
-//! `append` puts entries in an in-memory cache, where readers see them at once, and queues them
-//! to a writer thread. The writer takes everything queued, writes it in one transaction, commits
-//! it with one fsync (redb's `Durability::Immediate`), and only then tells openraft the entries
-//! are durable. The cache also keeps the most recent durable entries, which replication reads.
-//! Operations that must be in order with appends (truncate, purge, vote) go through the same
-//! queue and wait for their commit.
+//! `append` puts entries in an in-memory [`cache`], where readers see them at once, and queues
+//! them to the [`writer`] thread. The writer takes everything queued, writes it in one
+//! transaction, commits it with one fsync (redb's `Durability::Immediate`), and only then tells
+//! openraft the entries are durable. The cache also keeps the most recent durable entries, which
+//! replication reads, within a budget of bytes; older ones are read from disk on a blocking
+//! thread. Operations that must be in order with appends (truncate, purge, vote) go through the
+//! same queue and wait for their commit. The commit index is saved with appends, never beyond
+//! the last durable entry.
 //!
 //! The store also tells proposers when their batch is committed (openraft itself answers a
 //! proposal only once the leader has applied it, which waits for the app).
@@ -17,8 +19,12 @@ use std::{
     sync::{Arc, Mutex, mpsc},
 };
 
+mod cache;
+mod tables;
+mod writer;
+
 use openraft::{RaftLogReader, storage::RaftLogStorage};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::Database;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
 
@@ -26,17 +32,9 @@ use super::typ::{
     BatchId, Entry, EntryPayload, LogFlushed, LogId, LogState, StorageError, StorageIOError,
     TypeConfig, Vote,
 };
-
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
-const PURGED: &str = "purged";
-
-/// Durable entries kept in memory for replication and apply.
-const CACHE: usize = 8192;
-/// Most operations written in one transaction.
-const BATCH: usize = 4096;
+use cache::Cache;
+use tables::{COMMITTED, LOG, META, PURGED, VOTE, read_meta, read_range};
+use writer::{Done, Write, write_loop};
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -46,6 +44,8 @@ pub struct LogStore {
 struct Inner {
     db: Arc<Database>,
     state: Mutex<State>,
+    /// Bytes of durable entries the cache keeps.
+    cache_budget: usize,
     watches: Mutex<Watches>,
     /// `None` only while dropping.
     writer: Option<mpsc::Sender<Write>>,
@@ -66,7 +66,7 @@ impl Drop for Inner {
 #[derive(Default)]
 struct State {
     /// Entries not yet durable, and the most recent durable ones.
-    cache: BTreeMap<u64, Entry>,
+    cache: Cache,
     last_log_id: Option<LogId>,
     last_purged: Option<LogId>,
     /// The last entry the writer made durable.
@@ -82,31 +82,10 @@ struct Watches {
     placed: BTreeMap<u64, BatchId>,
 }
 
-type Done = oneshot::Sender<Result<(), String>>;
-
-enum Write {
-    Append {
-        entries: Vec<(LogId, Vec<u8>)>,
-        flushed: LogFlushed,
-    },
-    Meta {
-        key: &'static str,
-        value: Vec<u8>,
-        done: Done,
-    },
-    Truncate {
-        from: u64,
-        done: Done,
-    },
-    Purge {
-        upto: LogId,
-        done: Done,
-    },
-}
-
 impl LogStore {
-    /// Opens (or creates) the log in `path`.
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
+    /// Opens (or creates) the log in `path`, keeping up to `cache_budget` bytes of durable
+    /// entries in memory.
+    pub fn open(path: &Path, cache_budget: usize) -> Result<Self, StorageError> {
         let db = Database::create(path).map_err(|e| StorageIOError::write_logs(&e))?;
         let txn = db
             .begin_write()
@@ -126,6 +105,10 @@ impl LogStore {
         let last = read_range(&db, (Bound::Unbounded, Bound::Unbounded), true)?;
         state.last_log_id = last.last().map(|e| e.log_id).or(state.last_purged);
         state.durable = state.last_log_id;
+        // An older Hermes could save a commit index beyond its durable log.
+        if state.committed.map(|c| c.index) > state.last_log_id.map(|l| l.index) {
+            state.committed = state.last_log_id;
+        }
 
         let (writer, queue) = mpsc::channel();
         let writer_db = Arc::clone(&db);
@@ -137,6 +120,7 @@ impl LogStore {
             Inner {
                 db,
                 state: Mutex::new(state),
+                cache_budget,
                 watches: Mutex::default(),
                 writer: Some(writer),
                 writer_thread: thread.ok(),
@@ -161,6 +145,11 @@ impl LogStore {
 
     pub fn unwatch(&self, id: BatchId) {
         self.inner.watches.lock().unwrap().waiting.remove(&id);
+    }
+
+    /// Bytes of entries held in memory.
+    pub fn cached_bytes(&self) -> usize {
+        self.inner.state.lock().unwrap().cache.bytes()
     }
 
     /// The commit index openraft last reported, for status and readiness.
@@ -201,12 +190,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let (cached, last, first_cached) = {
             let state = self.inner.state.lock().unwrap();
-            let cached: Vec<Entry> = state
-                .cache
-                .range(range.clone())
-                .map(|(_, e)| e.clone())
-                .collect();
-            let first_cached = state.cache.keys().next().copied();
+            let cached: Vec<Entry> = state.cache.range(range.clone()).cloned().collect();
+            let first_cached = state.cache.first_index();
             (cached, state.last_log_id.map(|id| id.index), first_cached)
         };
         let Some(last) = last else {
@@ -227,7 +212,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 (Bound::Unbounded, b) => b.cloned(),
                 (other, _) => other,
             };
-            found = read_range(&self.inner.db, (Bound::Included(start), end), false)?;
+            // A lagging follower's entries, from disk: not on the runtime's threads.
+            let db = Arc::clone(&self.inner.db);
+            found = tokio::task::spawn_blocking(move || {
+                read_range(&db, (Bound::Included(start), end), false)
+            })
+            .await
+            .map_err(|e| StorageIOError::read_logs(&std::io::Error::other(e)))??;
         }
         found.extend(cached);
         found.retain(|e| e.log_id.index <= last);
@@ -305,14 +296,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut state = self.inner.state.lock().unwrap();
             let mut watches = self.inner.watches.lock().unwrap();
-            for entry in entries {
+            for (entry, (_, bytes)) in entries.into_iter().zip(&encoded) {
                 if let EntryPayload::Normal(batch) = &entry.payload
                     && watches.waiting.contains_key(&batch.id)
                 {
                     watches.placed.insert(entry.log_id.index, batch.id);
                 }
                 state.last_log_id = Some(entry.log_id);
-                state.cache.insert(entry.log_id.index, entry);
+                state.cache.insert(entry, bytes.len());
             }
         }
         self.queue(Write::Append {
@@ -332,11 +323,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         {
             let mut state = self.inner.state.lock().unwrap();
-            state.cache.split_off(&log_id.index);
+            state.cache.remove_from(log_id.index);
             let previous = log_id.index.checked_sub(1);
             let previous = match previous {
                 Some(i) if state.last_purged.is_none_or(|p| p.index < i) => {
-                    match state.cache.get(&i) {
+                    match state.cache.get(i) {
                         Some(entry) => Some(entry.log_id),
                         None => read_range(
                             &self.inner.db,
@@ -365,7 +356,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         {
             let mut state = self.inner.state.lock().unwrap();
-            state.cache = state.cache.split_off(&(log_id.index + 1));
+            state.cache.remove_through(log_id.index);
             state.last_purged = Some(log_id);
             if state.last_log_id < Some(log_id) {
                 state.last_log_id = Some(log_id);
@@ -376,134 +367,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             |e| StorageIOError::write_logs(e),
         )
         .await
-    }
-}
-
-fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &std::sync::Weak<Inner>) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match queue.try_recv() {
-                Ok(write) => batch.push(write),
-                Err(_) => break,
-            }
-        }
-        let committed = shared
-            .upgrade()
-            .and_then(|s| s.state.lock().unwrap().committed);
-        let result = write_batch(db, &batch, committed).map_err(|e| e.to_string());
-        let mut last_appended = None;
-        for write in batch {
-            match write {
-                Write::Append { entries, flushed } => {
-                    last_appended = entries.last().map(|(id, _)| *id).or(last_appended);
-                    flushed.log_io_completed(result.clone().map_err(std::io::Error::other));
-                }
-                Write::Truncate { done, .. }
-                | Write::Purge { done, .. }
-                | Write::Meta { done, .. } => {
-                    let _ = done.send(result.clone());
-                }
-            }
-        }
-        let (Some(shared), Some(appended), Ok(())) = (shared.upgrade(), last_appended, &result)
-        else {
-            continue;
-        };
-        let mut state = shared.state.lock().unwrap();
-        if state.last_log_id >= Some(appended) {
-            state.durable = state.durable.max(Some(appended));
-        }
-        // Keep the newest entries; drop the oldest durable ones.
-        while state.cache.len() > CACHE {
-            let Some((&index, _)) = state.cache.first_key_value() else {
-                break;
-            };
-            if state.durable.is_none_or(|d| index > d.index) {
-                break;
-            }
-            state.cache.pop_first();
-        }
-    }
-}
-
-fn write_batch(
-    db: &Database,
-    batch: &[Write],
-    committed: Option<LogId>,
-) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
-    {
-        let mut log = txn.open_table(LOG)?;
-        let mut meta = txn.open_table(META)?;
-        if committed.is_some() && batch.iter().any(|w| matches!(w, Write::Append { .. })) {
-            meta.insert(
-                COMMITTED,
-                encode(&committed).map_err(redb::Error::Io)?.as_slice(),
-            )?;
-        }
-        for write in batch {
-            match write {
-                Write::Append { entries, .. } => {
-                    for (id, bytes) in entries {
-                        log.insert(id.index, bytes.as_slice())?;
-                    }
-                }
-                Write::Meta { key, value, .. } => {
-                    meta.insert(*key, value.as_slice())?;
-                }
-                Write::Truncate { from, .. } => {
-                    log.retain_in(*from.., |_, _| false)?;
-                }
-                Write::Purge { upto, .. } => {
-                    log.retain_in(..=upto.index, |_, _| false)?;
-                    meta.insert(
-                        PURGED,
-                        encode(&Some(*upto)).map_err(redb::Error::Io)?.as_slice(),
-                    )?;
-                }
-            }
-        }
-    }
-    txn.commit()?;
-    Ok(())
-}
-
-fn read_range(
-    db: &Database,
-    range: (Bound<u64>, Bound<u64>),
-    last_only: bool,
-) -> Result<Vec<Entry>, StorageError> {
-    let read = |e: &dyn std::error::Error| -> StorageError {
-        StorageIOError::read_logs(&std::io::Error::other(e.to_string())).into()
-    };
-    let txn = db.begin_read().map_err(|e| read(&e))?;
-    let table = txn.open_table(LOG).map_err(|e| read(&e))?;
-    let mut rows = table.range(range).map_err(|e| read(&e))?;
-    let mut entries = Vec::new();
-    if last_only {
-        if let Some(row) = rows.next_back() {
-            let (_, value) = row.map_err(|e| read(&e))?;
-            entries.push(decode(value.value()).map_err(|e| read(&e))?);
-        }
-        return Ok(entries);
-    }
-    for row in rows {
-        let (_, value) = row.map_err(|e| read(&e))?;
-        entries.push(decode(value.value()).map_err(|e| read(&e))?);
-    }
-    Ok(entries)
-}
-
-fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, StorageError> {
-    let read = |e: &dyn std::error::Error| -> StorageError {
-        StorageIOError::read(&std::io::Error::other(e.to_string())).into()
-    };
-    let txn = db.begin_read().map_err(|e| read(&e))?;
-    let table = txn.open_table(META).map_err(|e| read(&e))?;
-    match table.get(key).map_err(|e| read(&e))? {
-        Some(value) => decode(value.value()).map(Some).map_err(|e| read(&e)),
-        None => Ok(None),
     }
 }
 
@@ -533,10 +396,15 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
             let dir = tempfile::tempdir().expect("temporary directory");
-            let mut log = LogStore::open(&dir.path().join("log.redb"))?;
+            let mut log = LogStore::open(&dir.path().join("log.redb"), 1 << 20)?;
             // The suite applies no app requests: the app is never contacted.
-            let app = App::new(([127, 0, 0, 1], 9).into(), Duration::from_secs(1));
-            let (state_machine, _) = StateMachine::open(dir.path(), 1, app, None, &mut log).await?;
+            let app = App::new(
+                ([127, 0, 0, 1], 9).into(),
+                Duration::from_secs(1),
+                crate::http::response::Limits::default(),
+            );
+            let (state_machine, _) =
+                StateMachine::open(dir.path(), 1, 1, Arc::new(app), None, &mut log).await?;
             Ok((dir, log, state_machine))
         }
     }
@@ -552,14 +420,15 @@ mod tests {
         let path = dir.path().join("log.redb");
         let vote = Vote::new(3, 2);
         {
-            let mut log = LogStore::open(&path).unwrap();
+            let mut log = LogStore::open(&path, 1 << 20).unwrap();
             let entries: Vec<Entry> = (1..=3)
                 .map(|i| Entry {
                     log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
                     payload: EntryPayload::Normal(crate::order::typ::Batch {
-                        id: (1, i),
+                        id: (1, 1, i),
                         commands: vec![crate::order::typ::Command {
                             origin: 1,
+                            incarnation: 1,
                             id: i,
                             payload: bytes::Bytes::from(vec![i as u8; 3]),
                         }],
@@ -569,7 +438,7 @@ mod tests {
             log.blocking_append(entries).await.unwrap();
             log.save_vote(&vote).await.unwrap();
         }
-        let mut log = LogStore::open(&path).unwrap();
+        let mut log = LogStore::open(&path, 1 << 20).unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(vote));
         let entries = log.try_get_log_entries(1..).await.unwrap();
         assert_eq!(entries.len(), 3);
