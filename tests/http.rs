@@ -1,5 +1,7 @@
-//! HTTP/1.1 through Hermes (issue 3): what the app receives, and what the client gets back, byte
-//! for byte; keep-alive, pipelining, HTTP/1.0, chunked bodies, `Expect: 100-continue`.
+//! HTTP/1.1 through Hermes: what the app receives (the canonical request, never the client's
+//! bytes), what the client gets back (the app's status, fields and body, framed by Hermes);
+//! keep-alive, pipelining, HTTP/1.0, chunked bodies, `Expect: 100-continue`; and hostile requests
+//! sent through every node of a cluster whose apps record every byte they parse.
 use std::io::{Read, Write};
 
 use hermes_tests::{
@@ -14,36 +16,46 @@ fn received(response: &client::Response) -> String {
     response.text()
 }
 
-#[test]
-fn the_app_gets_the_request_with_forwarding_and_log_index_headers() {
-    let cluster = cluster(1, App::HttpEcho, &[]);
-    let got = received(&client::post(cluster.addr(1), "/anything?x=1", b"payload").unwrap());
-    assert!(
-        got.starts_with("POST /anything?x=1 HTTP/1.1\r\nHost: hermes\r\nContent-Length: 7\r\n"),
-        "{got}"
-    );
-    assert!(
-        got.contains(&format!("\r\nX-Forwarded-For: {}\r\n", cluster.lab.gateway)),
-        "{got}"
-    );
-    assert!(got.contains("\r\nHermes-Log-Index: "), "{got}");
-    assert!(got.ends_with("\r\n\r\npayload"), "{got}");
-
-    // An existing X-Forwarded-For is extended; a client's own Hermes-Log-Index is not trusted.
-    let raw = b"GET /x HTTP/1.1\r\nX-Forwarded-For: 10.1.1.1\r\nHermes-Log-Index: 999999\r\n\r\n";
-    let got = received(&client::exchange(cluster.addr(1), raw).unwrap());
-    assert!(
-        got.contains(&format!(
-            "X-Forwarded-For: 10.1.1.1, {}\r\n",
-            cluster.lab.gateway
-        )),
-        "{got}"
-    );
-    assert!(!got.contains("999999"), "{got}");
+/// `text` with the value of its `Hermes-Log-Index` field replaced by `N`.
+fn any_index(text: &str) -> String {
+    let Some(at) = text.find("Hermes-Log-Index: ") else {
+        return text.to_owned();
+    };
+    let start = at + "Hermes-Log-Index: ".len();
+    let end = start + text[start..].find('\r').unwrap_or(0);
+    format!("{}N{}", &text[..start], &text[end..])
 }
 
 #[test]
-fn app_responses_reach_the_client_exactly() {
+fn the_app_gets_the_canonical_request_with_forwarding_and_log_index_fields() {
+    let cluster = cluster(1, App::HttpEcho, &[]);
+    let gateway = cluster.lab.gateway;
+    let got = received(&client::post(cluster.addr(1), "/anything?x=1", b"payload").unwrap());
+    assert_eq!(
+        any_index(&got),
+        format!(
+            "POST /anything?x=1 HTTP/1.1\r\nHost: hermes\r\nX-Forwarded-For: {gateway}\r\n\
+             Forwarded: for={gateway}\r\nContent-Length: 7\r\nHermes-Log-Index: N\r\n\r\npayload"
+        )
+    );
+
+    // An existing X-Forwarded-For is extended; a client's own Hermes-Log-Index is not trusted;
+    // hop-by-hop fields go; field values lose their blanks; empty lines before the request
+    // line are dropped.
+    let raw = b"\r\nGET /x HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.1.1.1\r\nKeep-Alive: 5\r\n\
+                Hermes-Log-Index: 999999\r\nX-Spaced:   v  \r\n\r\n";
+    let got = received(&client::exchange(cluster.addr(1), raw).unwrap());
+    assert_eq!(
+        any_index(&got),
+        format!(
+            "GET /x HTTP/1.1\r\nHost: h\r\nX-Spaced: v\r\nX-Forwarded-For: 10.1.1.1, {gateway}\r\n\
+             Forwarded: for={gateway}\r\nHermes-Log-Index: N\r\n\r\n"
+        )
+    );
+}
+
+#[test]
+fn app_answers_reach_the_client_with_hermes_framing() {
     let cluster = cluster(1, App::HttpEcho, &[]);
     let addr = cluster.addr(1);
     let chosen = client::get(addr, "/status/418").unwrap();
@@ -51,22 +63,25 @@ fn app_responses_reach_the_client_exactly() {
         chosen.raw,
         b"HTTP/1.1 418 Chosen\r\nX-App: hermes-http-echo\r\nSet-Cookie: a=b\r\nContent-Length: 11\r\n\r\nstatus 418\n"
     );
+    // A chunked answer reaches the client with a length; its trailers stay behind.
     let chunked = client::get(addr, "/chunked").unwrap();
     assert_eq!(
         chunked.raw,
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Done\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Done: yes\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world"
     );
+    // So does an answer the app delimited by closing; the connection closes after it.
     let until_close = client::get(addr, "/close").unwrap();
     assert_eq!(
         until_close.raw,
-        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the connection closes"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 27\r\nConnection: close\r\n\r\nuntil the connection closes"
     );
     let mut stream = client::connect(addr).unwrap();
     stream
-        .write_all(b"HEAD /status/201 HTTP/1.1\r\n\r\n")
+        .write_all(b"HEAD /status/201 HTTP/1.1\r\nHost: h\r\n\r\n")
         .unwrap();
     let head_response = read_response(&mut stream, &mut Vec::new(), "HEAD").unwrap();
     assert_eq!(head_response.status, 201);
+    assert_eq!(head_response.header("Content-Length"), Some("11"));
     assert!(head_response.body.is_empty());
 }
 
@@ -88,7 +103,7 @@ fn keep_alive_pipelining_and_http_1_0() {
     // Then more, one by one, still on it.
     for i in 0..20 {
         stream
-            .write_all(format!("GET /sequential/{i} HTTP/1.1\r\n\r\n").as_bytes())
+            .write_all(format!("GET /sequential/{i} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
             .unwrap();
         let response = read_response(&mut stream, &mut pending, "GET").unwrap();
         assert!(received(&response).starts_with(&format!("GET /sequential/{i} ")));
@@ -103,22 +118,26 @@ fn keep_alive_pipelining_and_http_1_0() {
         text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("GET /old HTTP/1.0\r\n"),
         "{text}"
     );
+    assert!(text.contains("\r\nConnection: close\r\n"), "{text}");
 }
 
 #[test]
-fn chunked_requests_and_expect_continue() {
+fn chunked_requests_reach_the_app_decoded_and_expect_continue() {
     let cluster = cluster(1, App::HttpEcho, &[]);
     let addr = cluster.addr(1);
-    let chunked = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n";
+    let chunked = b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nWiki\r\n5\r\npedia\r\n0\r\nX-Trailer: t\r\n\r\n";
     let got = received(&client::exchange(addr, chunked).unwrap());
     assert!(
-        got.ends_with("\r\n\r\n4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n"),
+        any_index(&got).ends_with("Content-Length: 9\r\nHermes-Log-Index: N\r\n\r\nWikipedia"),
         "{got}"
     );
+    assert!(!got.to_lowercase().contains("transfer-encoding") && !got.contains("X-Trailer"));
 
     let mut stream = client::connect(addr).unwrap();
     stream
-        .write_all(b"POST /e HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .write_all(
+            b"POST /e HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        )
         .unwrap();
     let mut pending = Vec::new();
     let interim = read_response(&mut stream, &mut pending, "POST").unwrap();
@@ -129,4 +148,202 @@ fn chunked_requests_and_expect_continue() {
         got.ends_with("\r\n\r\nhello") && !got.to_lowercase().contains("expect:"),
         "{got}"
     );
+}
+
+/// Hostile and sloppy requests, each carrying a unique marker: `(raw, expected status)`.
+/// A request that is refused must leave no trace in any app; one that is taken reaches every
+/// app, canonical. Smuggling attempts name their inner request `smuggled-...`.
+fn hostile() -> Vec<(String, u16)> {
+    let ok = |m: &str| {
+        (
+            format!("POST /{m} HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok"),
+            200,
+        )
+    };
+    let mut cases = vec![
+        ok("plain"),
+        ("\r\n\r\nHEAD /m-head-after-empty-lines HTTP/1.1\r\nHost: h\r\n\r\n".to_owned(), 200),
+        ("POST /m-chunked HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n2;a=\"b c\"\r\nok\r\n0\r\nX-T: v\r\n\r\n".into(), 200),
+        ("POST /m-zeros HTTP/1.1\r\nHost: h\r\nContent-Length: 002\r\n\r\nok".into(), 200),
+        ("GET http://h/m-absolute HTTP/1.1\r\nHost: h\r\n\r\n".into(), 200),
+        ("GET /m-http10 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n".into(), 200),
+        ("POST /m-latin1 HTTP/1.1\r\nHost: h\r\nX-Name: caf\u{e9}\r\nContent-Length: 0\r\n\r\n".into(), 200),
+    ];
+    let refused: Vec<(&str, u16)> = vec![
+        (
+            "POST /refused-bare-lf HTTP/1.1\nHost: h\nContent-Length: 2\n\nok",
+            400,
+        ),
+        (
+            "POST /refused-bare-cr HTTP/1.1\r\nHost: h\rX: y\r\nContent-Length: 2\r\n\r\nok",
+            400,
+        ),
+        (
+            "POST /refused-plus HTTP/1.1\r\nHost: h\r\nContent-Length: +2\r\n\r\nok",
+            400,
+        ),
+        (
+            "POST /refused-nbsp HTTP/1.1\r\nHost: h\r\nContent-Length: \u{a0}2\r\n\r\nok",
+            400,
+        ),
+        (
+            "POST /refused-two-lengths HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+            400,
+        ),
+        (
+            "POST /refused-te-cl HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /refused-te10 HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /refused-gzip HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /refused-gzip-chunked HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            501,
+        ),
+        (
+            "POST /refused-chunked-twice HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /refused-empty-size HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\r\n\r\nGET /smuggled-empty-size HTTP/1.1\r\nHost: h\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /refused-lf-ext HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a\nb\r\nok\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /refused-trailer-lf HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\n\nGET /smuggled-trailer HTTP/1.1\r\nHost: h\r\n\r\n\r\n",
+            400,
+        ),
+        (
+            "POST /refused-obs-fold HTTP/1.1\r\nHost: h\r\nX-A: b\r\n c\r\nContent-Length: 2\r\n\r\nok",
+            400,
+        ),
+        (
+            "POST /refused-space-colon HTTP/1.1\r\nHost: h\r\nContent-Length : 2\r\n\r\nok",
+            400,
+        ),
+        (
+            "POST /refused-no-host HTTP/1.1\r\nContent-Length: 2\r\n\r\nok",
+            400,
+        ),
+        (
+            "POST /refused-two-hosts HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 2\r\n\r\nok",
+            400,
+        ),
+        ("GET /refused-fragment#x HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+        (
+            "GET /refused-upgrade HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            501,
+        ),
+        (
+            "POST /refused-expect HTTP/1.1\r\nHost: h\r\nExpect: teapot\r\nContent-Length: 2\r\n\r\nok",
+            417,
+        ),
+        ("GET /refused-version HTTP/1.2\r\nHost: h\r\n\r\n", 400),
+        (
+            "GET /refused-nul HTTP/1.1\r\nHost: h\r\nX: a\0b\r\n\r\n",
+            400,
+        ),
+    ];
+    cases.extend(
+        refused
+            .into_iter()
+            .map(|(raw, status)| (raw.to_owned(), status)),
+    );
+    // Pipelined behind a request that closes: taken, then nothing behind it.
+    cases.push((
+        "POST /m-closing HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 2\r\n\r\nokPOST /refused-behind-close HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok".into(),
+        200,
+    ));
+    cases
+}
+
+/// The records `tests/apps/record.py` keeps: `<length>\n<bytes>\n` each.
+fn records(file: &[u8]) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    let mut rest = file;
+    while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+        let len: usize = std::str::from_utf8(&rest[..newline])
+            .unwrap()
+            .parse()
+            .unwrap();
+        records.push(rest[newline + 1..newline + 1 + len].to_vec());
+        rest = &rest[newline + 2 + len..];
+    }
+    records
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn hostile_requests_through_every_node_leave_identical_records_of_ordered_requests_only() {
+    let cluster = cluster(3, App::Record, &[]);
+    let cases = hostile();
+    for (i, (raw, status)) in cases.iter().enumerate() {
+        let node = 1 + i % 3;
+        let mut stream = client::connect(cluster.addr(node)).unwrap();
+        stream.write_all(raw.as_bytes()).unwrap();
+        let method = if raw.trim_start().starts_with("HEAD") {
+            "HEAD"
+        } else {
+            "POST"
+        };
+        let response = read_response(&mut stream, &mut Vec::new(), method).unwrap();
+        assert_eq!(
+            response.status,
+            *status,
+            "case {i}: {raw:?}: {}",
+            response.text()
+        );
+    }
+    cluster.wait_converged().unwrap();
+    let files = cluster.files();
+    let records = records(&files[0]);
+    for (node, file) in files.iter().enumerate().skip(1) {
+        assert!(
+            file == &files[0],
+            "node {} recorded other requests than node 1",
+            node + 1
+        );
+    }
+    let taken = cases.iter().filter(|(_, status)| *status == 200).count();
+    assert_eq!(records.len(), taken, "one record per request taken");
+    for (i, record) in records.iter().enumerate() {
+        assert!(
+            contains(record, "\r\nHermes-Log-Index: "),
+            "record {i} was not ordered"
+        );
+        assert!(
+            !contains(record, "refused") && !contains(record, "smuggled"),
+            "record {i}"
+        );
+        assert!(!contains(record, "Transfer-Encoding") && !contains(record, "\r\nX-T:"));
+    }
+    for marker in [
+        "/plain",
+        "/m-head-after-empty-lines",
+        "/m-chunked",
+        "/m-zeros",
+        "/m-absolute",
+        "/m-http10",
+        "/m-latin1",
+        "/m-closing",
+    ] {
+        let found = records.iter().filter(|r| contains(r, marker)).count();
+        assert_eq!(found, 1, "{marker}");
+    }
+    let chunked = records.iter().find(|r| contains(r, "/m-chunked")).unwrap();
+    assert!(chunked.ends_with(b"\r\n\r\nok") && contains(chunked, "Content-Length: 2\r\n"));
 }

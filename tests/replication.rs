@@ -99,7 +99,7 @@ fn refused_requests_get_their_status_and_are_never_ordered() {
     let many_headers = format!("GET /line/1 HTTP/1.1\r\n{}\r\n", "X-A: b\r\n".repeat(150));
     let chunk = format!("100\r\n{}\r\n", "y".repeat(256));
     let chunked_too_big = format!(
-        "POST /insert HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
+        "POST /insert HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
         chunk.repeat(5)
     );
     let cases: Vec<(u16, Vec<u8>)> = vec![
@@ -118,7 +118,7 @@ fn refused_requests_get_their_status_and_are_never_ordered() {
         (
             413,
             format!(
-                "POST /insert HTTP/1.1\r\nContent-Length: 2000\r\n\r\n{}",
+                "POST /insert HTTP/1.1\r\nHost: h\r\nContent-Length: 2000\r\n\r\n{}",
                 "z".repeat(2000)
             )
             .into_bytes(),
@@ -130,13 +130,22 @@ fn refused_requests_get_their_status_and_are_never_ordered() {
         ),
         (501, b"CONNECT example.org:443 HTTP/1.1\r\n\r\n".to_vec()),
         (
+            400,
+            b"POST /insert HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+        ),
+        (
             501,
-            b"POST /insert HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            b"POST /insert HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                .to_vec(),
+        ),
+        (
+            400,
+            b"POST /insert HTTP/1.1\r\nContent-Length: 1\r\n\r\nx".to_vec(),
         ),
         // Too slow: the body never completes.
         (
             408,
-            b"POST /insert HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc".to_vec(),
+            b"POST /insert HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc".to_vec(),
         ),
     ];
     for (status, raw) in &cases {
@@ -184,7 +193,7 @@ fn killing_the_leader_under_load_loses_no_acknowledged_request() {
     let sent = load.stop();
     cluster.wait_converged().unwrap();
     let files = cluster.files();
-    let lines = check_replicas(&files, &sent).unwrap();
+    let lines = check_replicas(&files, &cluster.in_doubt(), &sent).unwrap();
     assert!(lines >= sent.acked.len());
     // Clients of the dead node got answers or connection errors, never a hang (which shows as a
     // read timing out).
@@ -223,5 +232,5 @@ fn a_killed_agent_restarted_delivers_nothing_twice_and_skips_nothing() {
     let sent = load.stop();
     cluster.wait_converged().unwrap();
     let files = cluster.files();
-    check_replicas(&files, &sent).unwrap();
+    check_replicas(&files, &cluster.in_doubt(), &sent).unwrap();
 }

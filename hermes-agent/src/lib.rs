@@ -19,6 +19,8 @@ pub mod http;
 pub mod intercept;
 pub mod order;
 pub mod steer;
+#[cfg(test)]
+mod testing;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 

@@ -24,7 +24,8 @@ pub enum Fault {
 }
 
 impl Fault {
-    const ALL: [Fault; 5] = [
+    /// Every kind of fault, in the order they come.
+    pub const ALL: [Fault; 5] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::PartitionLeader,
@@ -180,7 +181,8 @@ pub fn run(
     let sent = load.stop();
     cluster.wait_converged()?;
     let files = cluster.files();
-    let verdict = check_replicas(&files, &sent);
+    let in_doubt = cluster.in_doubt();
+    let verdict = check_replicas(&files, &in_doubt, &sent);
     Ok(Report {
         injected,
         sent,

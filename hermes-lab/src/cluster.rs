@@ -14,10 +14,36 @@ use crate::{Lab, Node, Process, client};
 /// The app each node runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum App {
-    /// `hermes-logapp`, the paper's log server.
+    /// `hermes-logapp`, the paper's log server. It de-duplicates nothing unless the cluster's
+    /// `app_args` add `--dedup`.
     Log,
     /// `hermes-http-echo` (from the tests), which answers with the request it received.
     HttpEcho,
+    /// `tests/apps/append.py`: every POST appends its body as a line; no de-duplication.
+    Append,
+    /// `tests/apps/record.py`: appends every request, byte for byte as received, to its file.
+    Record,
+    /// `tests/apps/register.py`: one register (`PUT`/`GET /register`, `GET`/`PUT /state`).
+    Register,
+    /// `tests/apps/random.py`: `Append` whose every answer carries a per-process random number.
+    Random,
+}
+
+impl App {
+    /// The Python script (run with `python3`) of an app from `tests/apps/`; `None` for the apps
+    /// that are workspace binaries. The scripts serve one connection at a time.
+    pub fn script(self) -> Option<PathBuf> {
+        let name = match self {
+            Self::Log | Self::HttpEcho => return None,
+            Self::Append => "append.py",
+            Self::Record => "record.py",
+            Self::Register => "register.py",
+            Self::Random => "random.py",
+        };
+        let lab = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let workspace = lab.parent().expect("hermes-lab lies in the workspace");
+        Some(workspace.join("tests").join("apps").join(name))
+    }
 }
 
 /// The protected port: where apps listen (on loopback) and clients connect (on node addresses).
@@ -36,7 +62,8 @@ pub struct Cluster {
     app: App,
     /// Agent flags besides the cluster's own.
     pub agent_args: Vec<String>,
-    /// App flags besides the cluster's own (e.g. `--prepopulate 1000` for the log app).
+    /// App flags besides the cluster's own (e.g. `--prepopulate 1000` or `--dedup` for the log
+    /// app).
     pub app_args: Vec<String>,
     /// Nodes `1..=members` form the cluster; later ones join it (`--join`) when started.
     pub members: usize,
@@ -86,7 +113,7 @@ impl Cluster {
         (1..=self.nodes()).map(|id| self.addr(id)).collect()
     }
 
-    /// The log app's file on node `id`.
+    /// The app's file on node `id` (all apps but `HttpEcho` keep their state in it).
     pub fn file_path(&self, id: usize) -> PathBuf {
         self.dir.path().join(format!("app-{id}.log"))
     }
@@ -95,9 +122,22 @@ impl Cluster {
         std::fs::read(self.file_path(id)).unwrap_or_default()
     }
 
-    /// Every node's log app file, in order.
+    /// Every node's app file, in order.
     pub fn files(&self) -> Vec<Vec<u8>> {
         (1..=self.nodes()).map(|id| self.file(id)).collect()
+    }
+
+    /// For each node, in order, the requests its app got once more because its agent could not
+    /// tell whether the app had them (`in_doubt` in `/status`; 0 for an agent that does not
+    /// answer).
+    pub fn in_doubt(&self) -> Vec<u64> {
+        (1..=self.nodes())
+            .map(|id| {
+                self.status(id)
+                    .and_then(|s| s["in_doubt"].as_u64())
+                    .unwrap_or(0)
+            })
+            .collect()
     }
 
     pub fn data_dir(&self, id: usize) -> PathBuf {
@@ -106,10 +146,23 @@ impl Cluster {
 
     /// Starts `binary` in `node` and waits until it prints `ready`.
     fn spawn(&self, node: &Node, binary: &str, args: &[&str], ready: &str) -> io::Result<Process> {
-        let mut command = node.command(self.bin.join(binary))?;
+        let name = format!("{binary} on node {}", node.id);
+        self.spawn_program(node, &self.bin.join(binary), name, args, ready)
+    }
+
+    /// Starts `program` in `node`, calling it `name`, and waits until it prints `ready`.
+    fn spawn_program(
+        &self,
+        node: &Node,
+        program: &Path,
+        name: String,
+        args: &[&str],
+        ready: &str,
+    ) -> io::Result<Process> {
+        let mut command = node.command(program)?;
         // The agent's own default log levels: a cluster may be measured.
         command.args(args).env_remove("RUST_LOG");
-        let mut process = Process::spawn(format!("{binary} on node {}", node.id), command)?;
+        let mut process = Process::spawn(name, command)?;
         process.wait_for(ready, STARTUP)?;
         Ok(process)
     }
@@ -118,20 +171,29 @@ impl Cluster {
         let node = self.lab.node(id);
         let listen = format!("127.0.0.1:{PORT}");
         let file = self.file_path(id);
-        let (binary, mut args) = match self.app {
+        let file = file.to_str().expect("UTF-8 path");
+        let script = self.app.script();
+        let (program, mut args) = match self.app {
             App::Log => (
-                "hermes-logapp",
-                vec![
-                    "--listen",
-                    &listen,
-                    "--file",
-                    file.to_str().expect("UTF-8 path"),
-                ],
+                self.bin.join("hermes-logapp"),
+                vec!["--listen", &listen, "--file", file],
             ),
-            App::HttpEcho => ("hermes-http-echo", vec![listen.as_str()]),
+            App::HttpEcho => (self.bin.join("hermes-http-echo"), vec![listen.as_str()]),
+            App::Append | App::Record | App::Register | App::Random => {
+                let script = script.as_deref().expect("the app's script");
+                let script = script.to_str().expect("UTF-8 path");
+                let args = vec![script, "--listen", &listen, "--file", file];
+                (PathBuf::from("python3"), args)
+            }
         };
         args.extend(self.app_args.iter().map(String::as_str));
-        self.apps[id - 1] = Some(self.spawn(node, binary, &args, "listening")?);
+        let shown = script.as_deref().unwrap_or(&program);
+        let name = format!(
+            "{} on node {id}",
+            shown.file_name().unwrap_or_default().display()
+        );
+        let app = self.spawn_program(node, &program, name, &args, "listening")?;
+        self.apps[id - 1] = Some(app);
         Ok(())
     }
 

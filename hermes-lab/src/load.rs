@@ -151,23 +151,47 @@ fn client_loop(
     sent
 }
 
-/// Checks replicas' log files against what clients sent: all files identical, no line twice, no
-/// line nobody sent, every acknowledged body present. Returns the number of lines.
-pub fn check_replicas(files: &[Vec<u8>], sent: &Sent) -> Result<usize, String> {
-    let first = files.first().ok_or("no replicas")?;
-    for (i, file) in files.iter().enumerate().skip(1) {
-        if file != first {
+/// Checks replicas' log files against what clients sent: no line nobody sent, every
+/// acknowledged body present, all files identical, no line twice, and each client's
+/// acknowledged requests in the order it sent them (a client sends one at a time). The one exception: replica
+/// `i` may hold a line twice in a row (a request its app got once more because Hermes could not
+/// tell whether it had it) at most `in_doubt[i]` times, the number of such requests it reported;
+/// the files are compared without those second copies. Returns the number of distinct lines.
+pub fn check_replicas(files: &[Vec<u8>], in_doubt: &[u64], sent: &Sent) -> Result<usize, String> {
+    let all: HashSet<&[u8]> = sent.all.iter().map(Vec::as_slice).collect();
+    let mut replicas = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let mut lines: Vec<&[u8]> = Vec::new();
+        let mut doubled = 0;
+        for line in file.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            if !all.contains(line) {
+                return Err(format!("{} was never sent", String::from_utf8_lossy(line)));
+            }
+            if lines.last() == Some(&line) {
+                doubled += 1;
+                continue;
+            }
+            lines.push(line);
+        }
+        let allowed = in_doubt.get(i).copied().unwrap_or(0);
+        if doubled > allowed {
+            return Err(format!(
+                "node {} holds {doubled} lines twice in a row, but reported {allowed} requests in doubt",
+                i + 1
+            ));
+        }
+        replicas.push(lines);
+    }
+    let first = replicas.first().ok_or("no replicas")?;
+    for (i, lines) in replicas.iter().enumerate().skip(1) {
+        if lines != first {
             return Err(format!("the files of node 1 and node {} differ", i + 1));
         }
     }
-    let all: HashSet<&[u8]> = sent.all.iter().map(Vec::as_slice).collect();
     let mut seen = HashSet::new();
-    for line in first.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        if !seen.insert(line) {
+    for line in first {
+        if !seen.insert(*line) {
             return Err(format!("{} appears twice", String::from_utf8_lossy(line)));
-        }
-        if !all.contains(line) {
-            return Err(format!("{} was never sent", String::from_utf8_lossy(line)));
         }
     }
     if let Some(missing) = sent
@@ -180,7 +204,26 @@ pub fn check_replicas(files: &[Vec<u8>], sent: &Sent) -> Result<usize, String> {
             String::from_utf8_lossy(missing)
         ));
     }
+    let acked: HashSet<&[u8]> = sent.acked.iter().map(Vec::as_slice).collect();
+    let mut last = BTreeMap::new();
+    for line in first.iter().filter(|line| acked.contains(*line)) {
+        let Some((client, n)) = client_and_number(line) else {
+            continue;
+        };
+        if last.insert(client, n).is_some_and(|before| before > n) {
+            return Err(format!(
+                "client {client}'s request {n} comes after a later one of its requests"
+            ));
+        }
+    }
     Ok(seen.len())
+}
+
+/// `client<c>-request<n>`, as the load's clients name their bodies.
+fn client_and_number(line: &[u8]) -> Option<(usize, u64)> {
+    let text = std::str::from_utf8(line).ok()?;
+    let (client, n) = text.strip_prefix("client")?.split_once("-request")?;
+    Some((client.parse().ok()?, n.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -194,30 +237,48 @@ mod tests {
             acked: vec![b"a".to_vec(), b"b".to_vec()],
             ..Sent::default()
         };
-        assert_eq!(
-            check_replicas(&[b"a\nb\n".to_vec(), b"a\nb\n".to_vec()], &sent),
-            Ok(2)
-        );
-        assert_eq!(check_replicas(&[b"b\na\nc\n".to_vec()], &sent), Ok(3));
+        let strict = [0, 0];
+        let check = |files: &[&[u8]], in_doubt: &[u64]| {
+            let files: Vec<Vec<u8>> = files.iter().map(|f| f.to_vec()).collect();
+            check_replicas(&files, in_doubt, &sent)
+        };
+        assert_eq!(check(&[b"a\nb\n", b"a\nb\n"], &strict), Ok(2));
+        assert_eq!(check(&[b"b\na\nc\n"], &strict), Ok(3));
         assert!(
-            check_replicas(&[b"a\nb\n".to_vec(), b"b\na\n".to_vec()], &sent)
+            check(&[b"a\nb\n", b"b\na\n"], &strict)
                 .unwrap_err()
                 .contains("differ")
         );
         assert!(
-            check_replicas(&[b"a\nb\na\n".to_vec()], &sent)
+            check(&[b"a\nb\na\n"], &strict)
                 .unwrap_err()
                 .contains("twice")
         );
         assert!(
-            check_replicas(&[b"a\nb\nz\n".to_vec()], &sent)
+            check(&[b"a\nb\nz\n"], &strict)
                 .unwrap_err()
                 .contains("never sent")
         );
+        assert!(check(&[b"a\n"], &strict).unwrap_err().contains("missing"));
+        // A line twice in a row: only as often as the node reported requests in doubt.
+        let doubled: &[&[u8]] = &[b"a\na\nb\n", b"a\nb\n"];
+        assert!(check(doubled, &strict).unwrap_err().contains("in doubt"));
+        assert_eq!(check(doubled, &[1, 0]), Ok(2));
+        assert!(check(&[b"a\na\nb\nb\n", b"a\nb\n"], &[1, 0]).is_err());
         assert!(
-            check_replicas(&[b"a\n".to_vec()], &sent)
+            check(&[b"a\nb\na\n", b"a\nb\n"], &[5, 0]).is_err(),
+            "not in a row"
+        );
+        let ordered = Sent {
+            all: vec![b"client1-request0".to_vec(), b"client1-request1".to_vec()],
+            acked: vec![b"client1-request0".to_vec(), b"client1-request1".to_vec()],
+            ..Sent::default()
+        };
+        let files = [b"client1-request1\nclient1-request0\n".to_vec()];
+        assert!(
+            check_replicas(&files, &[0], &ordered)
                 .unwrap_err()
-                .contains("missing")
+                .contains("comes after")
         );
     }
 }

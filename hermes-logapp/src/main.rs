@@ -5,15 +5,19 @@
 //! - `GET /line/N` returns line N (1-based), `404` past the end;
 //! - `GET /count` returns the number of lines;
 //! - `GET /state` returns the whole state (for snapshots), `PUT /state` replaces it: 8 bytes of
-//!   the last Hermes log index appended, 8 bytes of the line it became, then the file.
+//!   the last Hermes log index appended, 8 bytes of the line it became (both zero without
+//!   `--dedup`), then the file.
 //!
 //! The file is the state: a restarted app continues it. Each insert is one `write(2)` (no fsync),
 //! so the file is complete whenever the app has answered. Bodies may not contain line breaks.
 //!
-//! Exactly-once behind Hermes: Hermes names the log index of every request it delivers
-//! (`Hermes-Log-Index`), and delivers the entry in flight during a crash a second time. Before
-//! appending, the app records "index I becomes line L" in `<file>.hermes-index`; a request whose
-//! index it has already appended gets the original answer and appends nothing.
+//! By default the app does not help Hermes: every `POST /insert` appends, whatever its headers,
+//! as an unchanged app would. Hermes delivers each request once, except the one the app itself was
+//! processing when it died: that one Hermes delivers again, naming its log index
+//! (`Hermes-Log-Index`), as every request it delivers. With `--dedup` the app makes that
+//! redelivery harmless: before appending it records "index I becomes line L" in
+//! `<file>.hermes-index`, and a request whose index it has already appended gets the original
+//! answer and appends nothing. Without `--dedup` that file is neither read nor written.
 use std::{
     fs::File,
     io::{self, Read as _, Write as _},
@@ -51,6 +55,10 @@ struct Args {
     /// Largest body accepted.
     #[arg(long, default_value_t = 16 << 20)]
     max_body: usize,
+    /// Append a request with a `Hermes-Log-Index` already appended only once (exactly-once even
+    /// when the app dies with a request in flight). Off: every insert appends.
+    #[arg(long)]
+    dedup: bool,
 }
 
 /// The lines, in memory for reads, and the file they are appended to.
@@ -59,9 +67,53 @@ struct Log {
     data: Vec<u8>,
     /// Start of each line in `data`, plus the end.
     starts: Vec<usize>,
-    /// The last Hermes log index appended, and the line it became: `(index, line)`.
-    intent: Option<(u64, usize)>,
-    intent_file: File,
+    /// With `--dedup`: what was appended last for which Hermes log index.
+    intent: Option<Intent>,
+}
+
+/// The last Hermes log index appended, and the line it became, in memory and in a file.
+struct Intent {
+    /// `(index, line)`; `None` before the first.
+    last: Option<(u64, usize)>,
+    file: File,
+}
+
+impl Intent {
+    fn open(log: &std::path::Path) -> io::Result<Self> {
+        let mut path = log.to_owned().into_os_string();
+        path.push(".hermes-index");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let mut record = [0u8; 16];
+        let last = file
+            .read_exact_at(&mut record, 0)
+            .ok()
+            .map(|()| decode_intent(&record));
+        Ok(Self { last, file })
+    }
+
+    fn set(&mut self, index: u64, line: usize) -> io::Result<()> {
+        self.file.write_all_at(&encode_intent(index, line), 0)?;
+        self.last = Some((index, line));
+        Ok(())
+    }
+}
+
+fn encode_intent(index: u64, line: usize) -> [u8; 16] {
+    let mut record = [0u8; 16];
+    record[..8].copy_from_slice(&index.to_le_bytes());
+    record[8..].copy_from_slice(&(line as u64).to_le_bytes());
+    record
+}
+
+fn decode_intent(record: &[u8; 16]) -> (u64, usize) {
+    let index = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
+    let line = u64::from_le_bytes(record[8..].try_into().expect("8 bytes"));
+    (index, line as usize)
 }
 
 /// What an insert did.
@@ -89,26 +141,16 @@ impl Log {
             data.truncate(keep);
             file.set_len(keep as u64)?;
         }
-        let mut intent_path = args.file.clone().into_os_string();
-        intent_path.push(".hermes-index");
-        let intent_file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(intent_path)?;
-        let mut record = [0u8; 16];
-        let intent = intent_file.read_exact_at(&mut record, 0).ok().map(|()| {
-            let index = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
-            let line = u64::from_le_bytes(record[8..].try_into().expect("8 bytes"));
-            (index, line as usize)
-        });
+        let intent = if args.dedup {
+            Some(Intent::open(&args.file)?)
+        } else {
+            None
+        };
         let mut log = Self {
             file,
             data: Vec::new(),
             starts: vec![0],
             intent,
-            intent_file,
         };
         for line in data.split_inclusive(|&b| b == b'\n') {
             log.data.extend_from_slice(&line[..line.len() - 1]);
@@ -128,12 +170,15 @@ impl Log {
         Ok(log)
     }
 
-    /// The intent record, then the file.
+    /// The intent record (zeros without `--dedup`), then the file.
     fn state(&self) -> Vec<u8> {
-        let (index, line) = self.intent.unwrap_or((0, 0));
+        let (index, line) = self
+            .intent
+            .as_ref()
+            .and_then(|intent| intent.last)
+            .unwrap_or((0, 0));
         let mut state = Vec::with_capacity(16 + self.data.len() + self.count());
-        state.extend_from_slice(&index.to_le_bytes());
-        state.extend_from_slice(&(line as u64).to_le_bytes());
+        state.extend_from_slice(&encode_intent(index, line));
         for n in 1..=self.count() {
             state.extend_from_slice(&self.data[self.starts[n - 1]..self.starts[n]]);
             state.push(b'\n');
@@ -141,7 +186,8 @@ impl Log {
         state
     }
 
-    /// Makes `state` (as [`Log::state`] gives it) the log's; returns the number of lines.
+    /// Makes `state` (as [`Log::state`] gives it) the log's; returns the number of lines. Without
+    /// `--dedup` the intent record is checked for length only.
     fn replace(&mut self, state: &[u8]) -> io::Result<usize> {
         let invalid = |what| io::Error::new(io::ErrorKind::InvalidData, what);
         let (record, file) = state
@@ -150,10 +196,10 @@ impl Log {
         if file.last().is_some_and(|&b| b != b'\n') {
             return Err(invalid("the file does not end with a line break"));
         }
-        self.intent_file.write_all_at(record, 0)?;
-        let index = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
-        let line = u64::from_le_bytes(record[8..].try_into().expect("8 bytes"));
-        self.intent = Some((index, line as usize));
+        if let Some(intent) = &mut self.intent {
+            let (index, line) = decode_intent(record.try_into().expect("16 bytes"));
+            intent.set(index, line)?;
+        }
         self.file.set_len(0)?;
         self.file.write_all(file)?;
         self.data.clear();
@@ -175,23 +221,20 @@ impl Log {
             .then(|| &self.data[self.starts[n - 1]..self.starts[n]])
     }
 
-    /// Appends `line`, unless it is the request of a Hermes log `index` appended before.
+    /// Appends `line`; with `--dedup`, not if it is the request of a Hermes log `index` appended
+    /// before. Without `--dedup`, `index` is ignored.
     fn insert(&mut self, line: &[u8], index: Option<u64>) -> io::Result<Inserted> {
-        if let (Some(index), Some((last, last_line))) = (index, self.intent) {
-            if index < last {
-                return Ok(Inserted::Stale(index));
+        let next = self.count() + 1;
+        if let (Some(intent), Some(index)) = (&mut self.intent, index) {
+            if let Some((last, last_line)) = intent.last {
+                if index < last {
+                    return Ok(Inserted::Stale(index));
+                }
+                if index == last && next > last_line {
+                    return Ok(Inserted::Again(last_line));
+                }
             }
-            if index == last && self.count() >= last_line {
-                return Ok(Inserted::Again(last_line));
-            }
-        }
-        if let Some(index) = index {
-            let line = self.count() + 1;
-            let mut record = [0u8; 16];
-            record[..8].copy_from_slice(&index.to_le_bytes());
-            record[8..].copy_from_slice(&(line as u64).to_le_bytes());
-            self.intent_file.write_all_at(&record, 0)?;
-            self.intent = Some((index, line));
+            intent.set(index, next)?;
         }
         self.append(line).map(Inserted::Line)
     }
@@ -236,10 +279,15 @@ async fn main() {
         }
     };
     println!(
-        "hermes-logapp listening on {} with {} lines in {}",
+        "hermes-logapp listening on {} with {} lines in {}{}",
         args.listen,
         log.lock().unwrap().count(),
-        args.file.display()
+        args.file.display(),
+        if args.dedup {
+            ", de-duplicating on Hermes-Log-Index"
+        } else {
+            ""
+        }
     );
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -299,8 +347,9 @@ struct Request {
     path: String,
     body: Vec<u8>,
     close: bool,
-    /// `Hermes-Log-Index`, when delivered by Hermes.
-    log_index: Option<u64>,
+    /// `Hermes-Log-Index`, when delivered by Hermes (only `--dedup` looks at it, and refuses a
+    /// value that is not a number).
+    log_index: Option<Result<u64, std::num::ParseIntError>>,
 }
 
 /// A status and reason to refuse a request with.
@@ -327,7 +376,7 @@ fn parse(buf: &[u8], max_body: usize) -> Result<Option<Request>, Refusal> {
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = value.eq_ignore_ascii_case("chunked");
         } else if header.name.eq_ignore_ascii_case("hermes-log-index") {
-            log_index = Some(value.parse::<u64>().map_err(|_| BAD)?);
+            log_index = Some(value.parse::<u64>());
         } else if header.name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close")
                 || (close && !value.eq_ignore_ascii_case("keep-alive"));
@@ -429,11 +478,14 @@ fn answer(out: &mut Vec<u8>, log: &Mutex<Log>, request: &Request) -> io::Result<
                 b"the body is one line: no line breaks\n",
                 close,
             );
+        } else if request.log_index.as_ref().is_some_and(Result::is_err)
+            && log.lock().unwrap().intent.is_some()
+        {
+            let body = b"Hermes-Log-Index is not a number\n";
+            write_response(out, 400, "Bad Request", &[], body, close);
         } else {
-            let inserted = log
-                .lock()
-                .unwrap()
-                .insert(&request.body, request.log_index)?;
+            let index = request.log_index.clone().and_then(Result::ok);
+            let inserted = log.lock().unwrap().insert(&request.body, index)?;
             match inserted {
                 Inserted::Line(n) | Inserted::Again(n) => {
                     let location = format!("/line/{n}");
@@ -536,7 +588,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hermes-logapp-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let args = Args::parse_from(["hermes-logapp", "--file", dir.join("log").to_str().unwrap()]);
+        let args = Args::parse_from([
+            "hermes-logapp",
+            "--dedup",
+            "--file",
+            dir.join("log").to_str().unwrap(),
+        ]);
         let mut log = Log::open(&args).unwrap();
         assert!(matches!(
             log.insert(b"a", Some(5)).unwrap(),
@@ -567,6 +624,55 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_log_index_appends_twice_unless_dedup() {
+        let dir = std::env::temp_dir().join(format!("hermes-logapp-dedup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let insert = |index: &str, body: &str| {
+            let raw = format!(
+                "POST /insert HTTP/1.1\r\nHermes-Log-Index: {index}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            parse(raw.as_bytes(), 100).unwrap().unwrap()
+        };
+        let send = |log: &Mutex<Log>, request: &Request| {
+            let mut out = Vec::new();
+            respond(&mut out, log, request).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        for dedup in [false, true] {
+            let file = dir.join(if dedup { "dedup" } else { "plain" });
+            let mut argv = vec!["hermes-logapp", "--file", file.to_str().unwrap()];
+            argv.extend(dedup.then_some("--dedup"));
+            let log = Mutex::new(Log::open(&Args::parse_from(argv)).unwrap());
+            // Hermes redelivers the request in flight when the app died, with the same index.
+            let first = send(&log, &insert("9", "a"));
+            let again = send(&log, &insert("9", "a"));
+            assert!(first.ends_with("\r\n\r\n1\n"), "{first:?}");
+            let (file_now, line) = if dedup {
+                (&b"a\n"[..], "1")
+            } else {
+                (&b"a\na\n"[..], "2")
+            };
+            assert!(again.starts_with("HTTP/1.1 201 "), "{again:?}");
+            assert!(again.ends_with(&format!("\r\n\r\n{line}\n")), "{again:?}");
+            assert_eq!(std::fs::read(&file).unwrap(), file_now, "dedup: {dedup}");
+            // Without --dedup the header is not even looked at; with it, it must be a number.
+            let odd = send(&log, &insert("x", "b"));
+            let status = if dedup { "400" } else { "201" };
+            assert!(odd.starts_with(&format!("HTTP/1.1 {status} ")), "{odd:?}");
+            let mut intent = file.into_os_string();
+            intent.push(".hermes-index");
+            assert_eq!(
+                std::path::Path::new(&intent).exists(),
+                dedup,
+                "the intent file is only for --dedup"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn state_moves_between_logs() {
         let dir = std::env::temp_dir().join(format!("hermes-logapp-state-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -574,6 +680,7 @@ mod tests {
         let open = |name: &str| {
             Log::open(&Args::parse_from([
                 "hermes-logapp",
+                "--dedup",
                 "--file",
                 dir.join(name).to_str().unwrap(),
             ]))

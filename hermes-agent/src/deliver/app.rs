@@ -4,7 +4,10 @@
 //!
 //! A kept-alive connection is checked before it is written on: bytes nobody asked for, or the
 //! app's close, make it be replaced by a new one first. It is also replaced once it has been idle
-//! for a while, before apps that close idle connections (many do after 5 s) would.
+//! for a while, before apps that close idle connections (many do after 5 s) would, and after
+//! answers that may leave part of a request unread: one that began before the request was
+//! written whole, and an error answer to a request with a body (apps often refuse without
+//! reading the body, which they would then take for the start of the next request).
 use std::{
     net::SocketAddr,
     os::fd::AsRawFd,
@@ -18,7 +21,7 @@ use nix::{
     sys::socket::{MsgFlags, recv},
 };
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncWriteExt, Interest},
     net::TcpStream,
     sync::{Mutex, MutexGuard},
     time::Instant,
@@ -53,6 +56,17 @@ struct Connection {
     stream: Option<TcpStream>,
     buf: BytesMut,
     idle_since: Instant,
+    /// The request on it had a body the app may not have read all of.
+    unread: bool,
+}
+
+/// How a request went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Its last byte was written.
+    Whole,
+    /// The app began to answer before the whole request was written: it has the request.
+    Early,
 }
 
 impl App {
@@ -65,6 +79,7 @@ impl App {
                 stream: None,
                 buf: BytesMut::new(),
                 idle_since: Instant::now(),
+                unread: false,
             }),
             reachable: AtomicBool::new(true),
             slow: AtomicBool::new(false),
@@ -164,21 +179,52 @@ impl Turn<'_> {
         }
     }
 
-    /// Writes `head` then `body`; `Ok` once the last byte is in the kernel's hands.
-    pub async fn send(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<()> {
-        let stream = self
-            .connection
+    /// Writes `head` then `body`: `Ok` once the last byte is in the kernel's hands, or once the
+    /// app has begun to answer (then the rest is not written). An error means the app has no
+    /// whole request and has not answered.
+    pub async fn send(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<Sent> {
+        let connection = &mut *self.connection;
+        let stream = connection
             .stream
             .as_mut()
             .ok_or(std::io::ErrorKind::NotConnected)?;
-        if head.len() + body.len() <= ONE_WRITE {
-            let mut message = Vec::with_capacity(head.len() + body.len());
-            message.extend_from_slice(head);
-            message.extend_from_slice(body);
-            stream.write_all(&message).await
-        } else {
-            stream.write_all(head).await?;
-            stream.write_all(body).await
+        connection.unread = !body.is_empty();
+        let fd = stream.as_raw_fd();
+        let (reader, mut writer) = stream.split();
+        let write = async {
+            if head.len() + body.len() <= ONE_WRITE {
+                let mut message = Vec::with_capacity(head.len() + body.len());
+                message.extend_from_slice(head);
+                message.extend_from_slice(body);
+                writer.write_all(&message).await
+            } else {
+                writer.write_all(head).await?;
+                writer.write_all(body).await
+            }
+        };
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                biased;
+                written = &mut write => return written.map(|()| Sent::Whole),
+                readable = reader.readable() => {
+                    readable?;
+                    // Readiness can be stale: ask the kernel whether an answer is there (and
+                    // let tokio forget the readiness if not).
+                    let peeked = reader
+                        .as_ref()
+                        .try_io(Interest::READABLE, || Ok(peek(fd)?));
+                    match peeked {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Ok(n) if n > 0 => {
+                            connection.unread = true;
+                            return Ok(Sent::Early);
+                        }
+                        // Closed on us: the rest cannot be written.
+                        _ => return Err(std::io::ErrorKind::ConnectionReset.into()),
+                    }
+                }
+            }
         }
     }
 
@@ -210,9 +256,11 @@ impl Turn<'_> {
             }
         };
         app.slow.store(false, Ordering::Relaxed);
-        // Bytes after the answer are the app's mistake: the connection is not reused.
-        let reuse =
-            matches!(&result, Ok(response) if !response.close) && self.connection.buf.is_empty();
+        // Bytes after the answer are the app's mistake: the connection is not reused. Nor after
+        // an answer that may have left part of the request unread.
+        let unread = self.connection.unread;
+        let reuse = matches!(&result, Ok(response) if !response.close && (!unread || response.status < 400))
+            && self.connection.buf.is_empty();
         if reuse {
             self.connection.idle_since = Instant::now();
         } else {
@@ -240,14 +288,16 @@ use Unfit::{Ended, Stray};
 /// Whether a kept-alive connection has nothing waiting on it: no bytes nobody asked for, no close
 /// by the app. Asks the kernel directly, not a readiness cache.
 fn clean(stream: &TcpStream) -> Result<(), Unfit> {
-    let mut byte = [0u8; 1];
-    match recv(
-        stream.as_raw_fd(),
-        &mut byte,
-        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-    ) {
+    match peek(stream.as_raw_fd()) {
         Err(Errno::EAGAIN) => Ok(()),
         Ok(0) | Err(_) => Err(Ended),
         Ok(_) => Err(Stray),
     }
+}
+
+/// Whether bytes wait on the socket (`Ok(n > 0)`), it was closed (`Ok(0)`), or neither yet
+/// (`EAGAIN`), without taking any.
+fn peek(fd: std::os::fd::RawFd) -> nix::Result<usize> {
+    let mut byte = [0u8; 1];
+    recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT)
 }

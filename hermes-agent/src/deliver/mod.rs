@@ -23,6 +23,8 @@ pub mod app;
 mod dedup;
 pub mod hooks;
 mod progress;
+#[cfg(test)]
+mod tests;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -155,7 +157,8 @@ impl Delivery {
         loop {
             turn.ready().await;
             if let Err(error) = turn.send(&head, body).await {
-                // Not all of it went out: the app has no whole request. Send it again.
+                // Not all of it went out, and the app did not answer: it has no whole request.
+                // Send it again.
                 tracing::debug!(seq, %error, "writing to the app failed; sending again");
                 turn.close();
                 tokio::time::sleep(delay).await;
@@ -176,6 +179,13 @@ impl Delivery {
                         "the app's answer cannot be passed on; not sending again"
                     );
                     return Ok(Outcome::Unanswered(why));
+                }
+                Err(ReadError::Cut) => {
+                    tracing::warn!(
+                        seq,
+                        "the app's answer was cut short; it had the request: not sending it again"
+                    );
+                    return Ok(Outcome::Unanswered("the app's answer was cut short"));
                 }
                 Err(ReadError::Closed) if !again => {
                     again = true;

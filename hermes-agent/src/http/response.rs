@@ -56,9 +56,12 @@ pub enum ReadError {
     /// The app sent something that is not a response the agent can frame and pass on.
     #[error("invalid response from the app: {0}")]
     Invalid(&'static str),
-    /// The connection ended (closed, reset) before a complete response.
-    #[error("the app's connection ended before a complete response")]
+    /// The connection ended (closed, reset) before any byte of a response.
+    #[error("the app's connection ended before it answered")]
     Closed,
+    /// The connection ended in the middle of the response: the app had the request.
+    #[error("the app's connection ended in the middle of its answer")]
+    Cut,
 }
 
 /// How the body of a response is delimited.
@@ -90,6 +93,7 @@ pub async fn read(
     method: &str,
     limits: &Limits,
 ) -> Result<Response, ReadError> {
+    let mut received = !buf.is_empty();
     let head = loop {
         let (head, len) = loop {
             if let Some(parsed) = parse_head(buf, method == "HEAD", limits)? {
@@ -98,7 +102,7 @@ pub async fn read(
             if buf.len() > limits.max_head {
                 return Err(ReadError::Invalid("head too large"));
             }
-            fill(stream, buf).await?;
+            fill(stream, buf, &mut received).await?;
         };
         buf.advance(len);
         match head.status {
@@ -126,7 +130,7 @@ pub async fn read(
             let n = n as usize;
             buf.reserve(n.saturating_sub(buf.len()));
             while buf.len() < n {
-                fill(stream, buf).await?;
+                fill(stream, buf, &mut received).await?;
             }
             buf.split_to(n).freeze()
         }
@@ -141,7 +145,7 @@ pub async fn read(
                 if chunked.done() {
                     break Bytes::from(body);
                 }
-                fill(stream, buf).await?;
+                fill(stream, buf, &mut received).await?;
             }
         }
         Framing::UntilClose => loop {
@@ -152,7 +156,7 @@ pub async fn read(
             match stream.read_buf(buf).await {
                 Ok(0) => break buf.split().freeze(),
                 Ok(_) => {}
-                Err(_) => return Err(ReadError::Closed),
+                Err(_) => return Err(ReadError::Cut),
             }
         },
     };
@@ -166,12 +170,21 @@ pub async fn read(
     })
 }
 
-async fn fill(stream: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> Result<(), ReadError> {
+/// Reads more; `received` says whether any byte of the response came before.
+async fn fill(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    received: &mut bool,
+) -> Result<(), ReadError> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(16 * 1024);
     }
     match stream.read_buf(buf).await {
-        Ok(n) if n > 0 => Ok(()),
+        Ok(n) if n > 0 => {
+            *received = true;
+            Ok(())
+        }
+        _ if *received => Err(ReadError::Cut),
         _ => Err(ReadError::Closed),
     }
 }
@@ -190,7 +203,15 @@ fn parse_head(
         Err(httparse::Error::TooManyHeaders) => return Err(ReadError::Invalid("too many fields")),
         Err(_) => return Err(ReadError::Invalid("malformed head")),
     };
+    // Whether the head came in one read or in many.
+    if len > limits.max_head {
+        return Err(ReadError::Invalid("head too large"));
+    }
     let status = response.code.ok_or(ReadError::Invalid("no status"))?;
+    // RFC 9110 section 15: 100 to 599; outside, not even three digits once re-serialized.
+    if !(100..=599).contains(&status) {
+        return Err(ReadError::Invalid("status code out of range"));
+    }
     let minor = response.version.ok_or(ReadError::Invalid("no version"))?;
     let mut head = Vec::with_capacity(len + 64);
     head.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
@@ -222,9 +243,11 @@ fn parse_head(
         }
     }
     let bodiless = head_request || (100..200).contains(&status) || status == 204 || status == 304;
-    let mut close = persistence.closes(minor);
-    let mut unrelayable = None;
     let coding = codings.coding();
+    // RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing; the
+    // connection closes after it.
+    let mut close = persistence.closes(minor) || (minor == 0 && coding != Coding::None);
+    let mut unrelayable = None;
     let framing = if bodiless {
         Framing::None
     } else {

@@ -4,6 +4,8 @@
 //! ([`Handler::refuse`]) and its connection closed.
 pub mod http;
 pub mod passthrough;
+#[cfg(test)]
+mod tests;
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 

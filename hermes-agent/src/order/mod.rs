@@ -163,7 +163,18 @@ pub struct Node {
 impl Node {
     /// Opens the node's storage, starts Raft and the peer server, and forms the cluster when all
     /// members are reachable for the first time.
-    pub async fn start(settings: Settings) -> Result<Arc<Self>, StartError> {
+    pub async fn start(mut settings: Settings) -> Result<Arc<Self>, StartError> {
+        let listener = TcpListener::bind(settings.raft_addr)
+            .await
+            .map_err(|e| StartError::Listen(settings.raft_addr, e))?;
+        if settings.raft_addr.port() == 0 {
+            // A port the system picked (in-process tests): peers learn the one it is.
+            let bound = listener
+                .local_addr()
+                .map_err(|e| StartError::Listen(settings.raft_addr, e))?;
+            settings.raft_addr = bound;
+            settings.members.insert(settings.node_id, bound.to_string());
+        }
         let dir = &settings.data_dir;
         std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir(dir.clone(), e))?;
         let identity = Identity::load(dir, settings.node_id)
@@ -227,9 +238,6 @@ impl Node {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
-        let listener = TcpListener::bind(settings.raft_addr)
-            .await
-            .map_err(|e| StartError::Listen(settings.raft_addr, e))?;
         tokio::spawn(server::serve(
             listener,
             Arc::new(server::Server {

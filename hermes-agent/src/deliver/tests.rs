@@ -1,0 +1,394 @@
+//! Delivery against a scripted fake app that misbehaves on purpose: each request must reach the
+//! app exactly once (or, in the one undecidable case, once more and counted in doubt), and each
+//! outcome must be the one the rules in [`super`] give.
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::Notify;
+
+use super::{App, Delivery, Outcome, progress::ProgressFile};
+use crate::{
+    http::{Response, Version, response::Limits},
+    testing::{Act, FakeApp, OK, Seen},
+};
+
+fn post(body: &str) -> Vec<u8> {
+    format!(
+        "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn head_request() -> Vec<u8> {
+    b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n".to_vec()
+}
+
+/// A delivery to `app` whose progress lives in `dir`, with answers called slow after `slow`.
+fn delivery(dir: &std::path::Path, app: &FakeApp, slow: Duration) -> (Delivery, Arc<App>) {
+    let app = Arc::new(App::new(app.addr, slow, Limits::default()));
+    let delivery = Delivery::open(&dir.join("progress"), Arc::clone(&app)).unwrap();
+    (delivery, app)
+}
+
+fn answered(outcome: &Outcome) -> &Response {
+    match outcome {
+        Outcome::Answered(response) => response,
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
+
+fn to_client(response: &Response) -> Vec<u8> {
+    let (head, body) = response.to_client(Version::Http11, false);
+    [head, body].concat()
+}
+
+fn seen(index: u64, body: &str) -> Seen {
+    Seen {
+        index,
+        method: "POST".into(),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stray_bytes_after_an_answer_are_never_taken_for_the_next_answer() {
+    // Stray bytes in the same write as the answer, then stray bytes a moment later.
+    let app = FakeApp::start(|n| match n {
+        0 => Act::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"),
+        1 => Act::ReplyThenStray(OK, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"),
+        _ => Act::Reply(b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\nmine"),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, _) = delivery(dir.path(), &app, SECOND);
+    let first = delivery.deliver(1, (1, 1, 1), &post("a")).await.unwrap();
+    assert_eq!(&answered(&first).body[..], b"ok");
+    let second = delivery.deliver(2, (1, 1, 2), &post("b")).await.unwrap();
+    assert_eq!(&answered(&second).body[..], b"ok");
+    // The stray answer of the second connection arrives after its real one.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let third = delivery.deliver(3, (1, 1, 3), &post("c")).await.unwrap();
+    assert_eq!(answered(&third).status, 201);
+    assert_eq!(&answered(&third).body[..], b"mine");
+    assert_eq!(app.seen(), [seen(1, "a"), seen(2, "b"), seen(3, "c")]);
+    assert_eq!(
+        app.connections(),
+        3,
+        "no connection with stray bytes was reused"
+    );
+    assert_eq!(delivery.progress().in_doubt, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_before_the_body_was_read_ends_the_connection() {
+    // A body far larger than the socket buffers: the app answers while it is being written.
+    let app = FakeApp::start(|n| match n {
+        0 => Act::ReplyBeforeBody(b"HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\n\r\nbig"),
+        // A small body refused unread: written whole before the answer came.
+        1 => Act::ReplyBeforeBody(b"HTTP/1.1 405 No\r\nContent-Length: 2\r\n\r\nno"),
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, _) = delivery(dir.path(), &app, SECOND);
+    let big = "x".repeat(16 << 20);
+    let first = delivery.deliver(1, (1, 1, 1), &post(&big)).await.unwrap();
+    assert_eq!(answered(&first).status, 413);
+    let second = delivery
+        .deliver(2, (1, 1, 2), &post("small"))
+        .await
+        .unwrap();
+    assert_eq!(answered(&second).status, 405);
+    let third = delivery.deliver(3, (1, 1, 3), &post("next")).await.unwrap();
+    assert_eq!(&answered(&third).body[..], b"ok");
+    let indexes: Vec<u64> = app.seen().iter().map(|s| s.index).collect();
+    assert_eq!(indexes, [1, 2, 3], "each request reached the app once");
+    assert_eq!(app.seen()[2], seen(3, "next"));
+    assert_eq!(app.connections(), 3);
+    assert_eq!(delivery.progress().written, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_connection_the_app_closed_is_replaced_before_writing() {
+    let app = FakeApp::start(|_| Act::ReplyThenCloseIdle(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, _) = delivery(dir.path(), &app, SECOND);
+    for seq in 1..=4 {
+        let outcome = delivery
+            .deliver(seq, (1, 1, seq), &post(&seq.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(&answered(&outcome).body[..], b"ok");
+        // Let the app close its side.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let indexes: Vec<u64> = app.seen().iter().map(|s| s.index).collect();
+    assert_eq!(indexes, [1, 2, 3, 4]);
+    assert_eq!(delivery.progress().in_doubt, 0, "nothing was sent twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn odd_but_legal_answers_are_passed_on() {
+    const LATIN1: &[u8] = b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok";
+    const INTERIM: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone";
+    let many: &'static [u8] = {
+        let mut answer = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..150 {
+            answer.extend_from_slice(format!("X-F{i}: {i}\r\n").as_bytes());
+        }
+        answer.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
+        answer.leak()
+    };
+    let app = FakeApp::start(move |n| match n {
+        0 => Act::Reply(LATIN1),
+        1 => Act::Reply(many),
+        2 => Act::Reply(INTERIM),
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, _) = delivery(dir.path(), &app, SECOND);
+    let latin1 = delivery.deliver(1, (1, 1, 1), &post("a")).await.unwrap();
+    assert_eq!(
+        to_client(answered(&latin1)),
+        b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\r\nContent-Length: 2\r\n\r\nok"
+    );
+    let many = delivery.deliver(2, (1, 1, 2), &post("b")).await.unwrap();
+    let many = to_client(answered(&many));
+    assert!(many.windows(11).any(|w| w == b"X-F149: 149"));
+    let interim = delivery.deliver(3, (1, 1, 3), &post("c")).await.unwrap();
+    assert_eq!(
+        to_client(answered(&interim)),
+        b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone"
+    );
+    assert_eq!(app.seen().len(), 3);
+    assert_eq!(
+        app.connections(),
+        1,
+        "a connection that served odd answers is kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_head_answer_with_a_length_and_a_body_it_should_not_have() {
+    // A buggy app sends a body after its HEAD answer.
+    let app = FakeApp::start(|n| match n {
+        0 => Act::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, _) = delivery(dir.path(), &app, SECOND);
+    let head = delivery
+        .deliver(1, (1, 1, 1), &head_request())
+        .await
+        .unwrap();
+    assert_eq!(
+        to_client(answered(&head)),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+        "the length describes what a GET would get; no body"
+    );
+    let next = delivery.deliver(2, (1, 1, 2), &post("b")).await.unwrap();
+    assert_eq!(
+        &answered(&next).body[..],
+        b"ok",
+        "not the HEAD answer's stray body"
+    );
+    assert_eq!(app.seen().len(), 2);
+    assert_eq!(app.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn answers_that_cannot_be_passed_on_are_not_retried() {
+    let app = FakeApp::start(|n| match n {
+        0 => Act::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\nok"),
+        1 => Act::Reply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b"),
+        2 => Act::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"),
+        3 => Act::Reply(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"),
+        4 => Act::Reply(b"NOT HTTP AT ALL\r\n\r\n"),
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, _) = delivery(dir.path(), &app, SECOND);
+    for seq in 1..=5 {
+        let outcome = delivery
+            .deliver(seq, (1, 1, seq), &post("x"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, Outcome::Unanswered(_)),
+            "request {seq}: {outcome:?}"
+        );
+        assert_eq!(
+            app.seen().len() as u64,
+            seq,
+            "request {seq} reached the app once"
+        );
+    }
+    let last = delivery.deliver(6, (1, 1, 6), &post("y")).await.unwrap();
+    assert_eq!(&answered(&last).body[..], b"ok");
+    assert_eq!(app.seen().len(), 6);
+    assert_eq!(delivery.progress().in_doubt, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_cut_short_is_not_retried_the_app_had_the_request() {
+    let app = FakeApp::start(|n| match n {
+        0 => Act::ReplyAndClose(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, _) = delivery(dir.path(), &app, SECOND);
+    let cut = delivery.deliver(1, (1, 1, 1), &post("a")).await.unwrap();
+    assert!(matches!(cut, Outcome::Unanswered(_)), "{cut:?}");
+    let next = delivery.deliver(2, (1, 1, 2), &post("b")).await.unwrap();
+    assert_eq!(&answered(&next).body[..], b"ok");
+    assert_eq!(app.seen(), [seen(1, "a"), seen(2, "b")]);
+    assert_eq!(delivery.progress().in_doubt, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_app_is_waited_for_reported_and_never_sent_the_request_twice() {
+    let told = Arc::new(Notify::new());
+    let release = Arc::clone(&told);
+    let app = FakeApp::start(move |_| Act::ReplyWhenTold(Arc::clone(&told), OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, app_handle) = delivery(dir.path(), &app, Duration::from_millis(50));
+    let delivering = tokio::spawn(async move {
+        let outcome = delivery.deliver(1, (1, 1, 1), &post("a")).await.unwrap();
+        (delivery, outcome)
+    });
+    // Not a timing window: wait as long as it takes for the app to count as slow.
+    while app_handle.healthy() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    release.notify_one();
+    let (delivery, outcome) = delivering.await.unwrap();
+    assert_eq!(&answered(&outcome).body[..], b"ok");
+    assert!(app_handle.healthy());
+    assert_eq!(app.seen(), [seen(1, "a")]);
+    assert_eq!(delivery.progress().in_doubt, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_app_that_dies_with_a_written_request_gets_it_once_more_counted_in_doubt() {
+    let app = FakeApp::start(|n| match n {
+        0 => Act::Die,
+        1 => Act::Reply(OK),
+        2 | 3 => Act::Die,
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, _) = delivery(dir.path(), &app, SECOND);
+    let again = delivery.deliver(1, (1, 1, 1), &post("a")).await.unwrap();
+    assert_eq!(&answered(&again).body[..], b"ok");
+    assert_eq!(
+        app.seen(),
+        [seen(1, "a"), seen(1, "a")],
+        "the same log index twice"
+    );
+    assert_eq!(delivery.progress().in_doubt, 1);
+    // Dying with it twice: no third time.
+    let lost = delivery.deliver(2, (1, 1, 2), &post("b")).await.unwrap();
+    assert!(matches!(lost, Outcome::Unanswered(_)), "{lost:?}");
+    assert_eq!(app.seen().len(), 4);
+    assert_eq!(delivery.progress().in_doubt, 2);
+    let next = delivery.deliver(3, (1, 1, 3), &post("c")).await.unwrap();
+    assert_eq!(&answered(&next).body[..], b"ok");
+    assert_eq!(app.seen().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_an_agent_crash_a_written_request_is_not_sent_again() {
+    let app = FakeApp::start(|n| match n {
+        0 => Act::Hang,
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, _) = delivery(dir.path(), &app, SECOND);
+    // The agent dies while it waits for the answer to request 1: its task is dropped.
+    let crashed = tokio::spawn(async move {
+        let _ = delivery.deliver(1, (1, 1, 1), &post("a")).await;
+    });
+    app.wait_seen(1).await;
+    crashed.abort();
+    let _ = crashed.await;
+    // Restarted: the entry is applied again from its first request.
+    let (mut restarted, _) = delivery_again(dir.path(), &app);
+    let earlier = restarted.deliver(1, (1, 1, 1), &post("a")).await.unwrap();
+    assert!(matches!(earlier, Outcome::Earlier), "{earlier:?}");
+    let next = restarted.deliver(2, (1, 1, 2), &post("b")).await.unwrap();
+    assert_eq!(&answered(&next).body[..], b"ok");
+    assert_eq!(app.seen(), [seen(1, "a"), seen(2, "b")]);
+    assert_eq!(restarted.progress().in_doubt, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_between_writing_and_written_makes_the_request_in_doubt() {
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    // What the progress says after a crash in the middle of writing request 2.
+    let (mut file, mut progress) = ProgressFile::open(&dir.path().join("progress")).unwrap();
+    progress.written = 1;
+    progress.writing = 2;
+    progress.requests = 1;
+    file.write(&progress).unwrap();
+    let (mut delivery, _) = delivery(dir.path(), &app, SECOND);
+    let outcome = delivery.deliver(2, (1, 1, 2), &post("b")).await.unwrap();
+    assert_eq!(&answered(&outcome).body[..], b"ok");
+    assert_eq!(app.seen(), [seen(2, "b")]);
+    assert_eq!(
+        delivery.progress().in_doubt,
+        1,
+        "sent once more, and counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_duplicate_proposal_never_reaches_the_app() {
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, _) = delivery(dir.path(), &app, SECOND);
+    delivery.deliver(1, (2, 7, 10), &post("a")).await.unwrap();
+    let again = delivery.deliver(2, (2, 7, 10), &post("a")).await.unwrap();
+    assert!(matches!(again, Outcome::Duplicate));
+    let other_incarnation = delivery.deliver(3, (2, 8, 10), &post("c")).await.unwrap();
+    assert!(matches!(other_incarnation, Outcome::Answered(_)));
+    assert_eq!(app.seen(), [seen(1, "a"), seen(3, "c")]);
+    assert_eq!(delivery.progress().written, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_take_their_turn_on_the_one_connection() {
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, handle) = delivery(dir.path(), &app, SECOND);
+    for seq in 1..=5 {
+        delivery
+            .deliver(seq, (1, 1, seq), &post("w"))
+            .await
+            .unwrap();
+        let read = handle
+            .read(b"GET /r HTTP/1.1\r\nHost: a\r\n\r\n", "GET")
+            .await
+            .unwrap();
+        assert_eq!(&read.body[..], b"ok");
+    }
+    assert_eq!(
+        app.connections(),
+        1,
+        "ordered requests and reads shared one connection"
+    );
+    assert_eq!(app.seen().len(), 10);
+}
+
+/// The delivery of a restarted agent.
+fn delivery_again(dir: &std::path::Path, app: &FakeApp) -> (Delivery, Arc<App>) {
+    delivery(dir, app, SECOND)
+}

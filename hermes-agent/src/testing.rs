@@ -1,0 +1,227 @@
+//! What the in-process tests share: a scripted fake app that misbehaves on purpose, and a
+//! one-node cluster in front of it.
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Notify,
+};
+
+use crate::order::{Node, Settings};
+
+/// A plain answer.
+pub const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// What the fake app does with a request.
+#[derive(Clone)]
+pub enum Act {
+    /// Reads the whole request, writes these bytes, keeps the connection.
+    Reply(&'static [u8]),
+    /// Like `Reply`, then closes the connection after a moment (an idle timeout).
+    ReplyThenCloseIdle(&'static [u8]),
+    /// Like `Reply`, then writes more bytes nobody asked for, a moment later.
+    ReplyThenStray(&'static [u8], &'static [u8]),
+    /// Reads only the head, answers at once, never reads the body (and keeps the connection:
+    /// what it reads next is taken for a request, badly).
+    ReplyBeforeBody(&'static [u8]),
+    /// Reads the whole request, writes these bytes, closes.
+    ReplyAndClose(&'static [u8]),
+    /// Reads the whole request and closes without a word (the app died).
+    Die,
+    /// Reads the whole request, waits to be told, then replies.
+    ReplyWhenTold(Arc<Notify>, &'static [u8]),
+    /// Reads the whole request and never answers.
+    Hang,
+}
+
+/// A request as the fake app read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub index: u64,
+    pub method: String,
+    pub body: Vec<u8>,
+}
+
+pub struct FakeApp {
+    pub addr: std::net::SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl FakeApp {
+    /// Starts an app that does `script(n)` with its `n`th request (0-based).
+    pub async fn start(script: impl Fn(usize) -> Act + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let script = Arc::new(script);
+        let (record, count) = (Arc::clone(&seen), Arc::clone(&connections));
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, Arc::clone(&record), Arc::clone(&script)));
+            }
+        });
+        Self {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the app has read `n` requests.
+    pub async fn wait_seen(&self, n: usize) {
+        while self.seen.lock().unwrap().len() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    script: Arc<impl Fn(usize) -> Act + Send + Sync>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        // The head, then (unless the script says otherwise) the body.
+        let (head_len, index, method, length) = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let mut fields = [httparse::EMPTY_HEADER; 64];
+                let mut request = httparse::Request::new(&mut fields);
+                if request.parse(&buf[..end + 4]).is_err() {
+                    // What an app that took the rest of a body for a request does.
+                    let _ = stream.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
+                    return;
+                }
+                let field = |name: &str| {
+                    request
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<u64>().ok())
+                };
+                break (
+                    end + 4,
+                    field("hermes-log-index").unwrap_or(0),
+                    request.method.unwrap_or("").to_owned(),
+                    field("content-length").unwrap_or(0) as usize,
+                );
+            }
+            if !read_more(&mut stream, &mut buf).await {
+                return;
+            }
+        };
+        let n = seen.lock().unwrap().len();
+        let act = script(n);
+        if let Act::ReplyBeforeBody(answer) = act {
+            buf.drain(..head_len);
+            seen.lock().unwrap().push(Seen {
+                index,
+                method,
+                body: Vec::new(),
+            });
+            let _ = stream.write_all(answer).await;
+            continue;
+        }
+        while buf.len() < head_len + length {
+            if !read_more(&mut stream, &mut buf).await {
+                return;
+            }
+        }
+        let body = buf[head_len..head_len + length].to_vec();
+        buf.drain(..head_len + length);
+        seen.lock().unwrap().push(Seen {
+            index,
+            method,
+            body,
+        });
+        match act {
+            Act::Reply(answer) => {
+                let _ = stream.write_all(answer).await;
+            }
+            Act::ReplyThenCloseIdle(answer) => {
+                let _ = stream.write_all(answer).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return;
+            }
+            Act::ReplyThenStray(answer, stray) => {
+                let _ = stream.write_all(answer).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = stream.write_all(stray).await;
+            }
+            Act::ReplyAndClose(answer) => {
+                let _ = stream.write_all(answer).await;
+                return;
+            }
+            Act::Die => return,
+            Act::ReplyWhenTold(told, answer) => {
+                told.notified().await;
+                let _ = stream.write_all(answer).await;
+            }
+            Act::Hang => std::future::pending::<()>().await,
+            Act::ReplyBeforeBody(_) => unreachable!("handled above"),
+        }
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 64 * 1024];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+/// A one-node cluster in front of the app at `app`, its data in `dir`, once it leads; `tune`
+/// changes its settings first.
+pub async fn single_node(
+    app: std::net::SocketAddr,
+    dir: &std::path::Path,
+    tune: impl FnOnce(&mut Settings),
+) -> Arc<Node> {
+    let local: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    let mut settings = Settings {
+        node_id: 1,
+        join: false,
+        raft_addr: local,
+        members: [(1, local.to_string())].into(),
+        data_dir: dir.to_owned(),
+        app,
+        app_timeout: Duration::from_secs(5),
+        response_limits: crate::http::response::Limits::default(),
+        request_timeout: Duration::from_secs(10),
+        max_pending: 64,
+        log_cache: 1 << 20,
+        max_frame: 32 << 20,
+        snapshots: None,
+    };
+    tune(&mut settings);
+    let node = Node::start(settings).await.expect("node starts");
+    let mut metrics = node.raft.metrics();
+    metrics
+        .wait_for(|m| m.current_leader == Some(1))
+        .await
+        .expect("it leads");
+    node
+}
