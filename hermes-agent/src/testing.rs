@@ -19,18 +19,25 @@ use crate::order::{Node, Settings};
 /// A plain answer.
 pub const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
-/// What the fake app does with a request.
+/// What the fake app does with a request. Acts that end in a state a test must see first
+/// (a close, stray bytes) tell `done` once they are there, so that no test waits on a timer.
 #[derive(Clone)]
 pub enum Act {
     /// Reads the whole request, writes these bytes, keeps the connection.
     Reply(&'static [u8]),
-    /// Like `Reply`, then closes the connection after a moment (an idle timeout).
-    ReplyThenCloseIdle(&'static [u8]),
-    /// Like `Reply`, then writes more bytes nobody asked for, a moment later.
-    ReplyThenStray(&'static [u8], &'static [u8]),
+    /// Like `Reply`, then closes the connection (an idle timeout), and tells `done`.
+    ReplyThenClose(&'static [u8], Arc<Notify>),
+    /// Like `Reply`, then writes more bytes nobody asked for in a second write, and tells
+    /// `done`.
+    ReplyThenStray(&'static [u8], &'static [u8], Arc<Notify>),
     /// Reads only the head, answers at once, never reads the body (and keeps the connection:
     /// what it reads next is taken for a request, badly).
     ReplyBeforeBody(&'static [u8]),
+    /// Reads only the head, answers at once, and closes with the body unread.
+    ReplyBeforeBodyAndClose(&'static [u8]),
+    /// Reads only the head, writes these bytes, then reads the body (a streaming app, or one
+    /// that sends `100 Continue` unasked), then writes the second bytes.
+    AnswerWhileReading(&'static [u8], &'static [u8]),
     /// Reads the whole request, writes these bytes, closes.
     ReplyAndClose(&'static [u8]),
     /// Reads the whole request and closes without a word (the app died).
@@ -131,41 +138,52 @@ async fn serve(
         };
         let n = seen.lock().unwrap().len();
         let act = script(n);
-        if let Act::ReplyBeforeBody(answer) = act {
-            buf.drain(..head_len);
+        let record = |body: Vec<u8>| {
             seen.lock().unwrap().push(Seen {
                 index,
-                method,
-                body: Vec::new(),
+                method: method.clone(),
+                body,
             });
-            let _ = stream.write_all(answer).await;
-            continue;
+        };
+        match &act {
+            Act::ReplyBeforeBody(answer) | Act::ReplyBeforeBodyAndClose(answer) => {
+                buf.drain(..head_len);
+                record(Vec::new());
+                let _ = stream.write_all(answer).await;
+                if matches!(act, Act::ReplyBeforeBodyAndClose(_)) {
+                    return;
+                }
+                continue;
+            }
+            Act::AnswerWhileReading(first, _) => {
+                let _ = stream.write_all(first).await;
+            }
+            _ => {}
         }
         while buf.len() < head_len + length {
             if !read_more(&mut stream, &mut buf).await {
                 return;
             }
         }
-        let body = buf[head_len..head_len + length].to_vec();
+        record(buf[head_len..head_len + length].to_vec());
         buf.drain(..head_len + length);
-        seen.lock().unwrap().push(Seen {
-            index,
-            method,
-            body,
-        });
         match act {
             Act::Reply(answer) => {
                 let _ = stream.write_all(answer).await;
             }
-            Act::ReplyThenCloseIdle(answer) => {
+            Act::ReplyThenClose(answer, done) => {
                 let _ = stream.write_all(answer).await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(stream);
+                done.notify_one();
                 return;
             }
-            Act::ReplyThenStray(answer, stray) => {
+            Act::ReplyThenStray(answer, stray, done) => {
                 let _ = stream.write_all(answer).await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
                 let _ = stream.write_all(stray).await;
+                done.notify_one();
+            }
+            Act::AnswerWhileReading(_, rest) => {
+                let _ = stream.write_all(rest).await;
             }
             Act::ReplyAndClose(answer) => {
                 let _ = stream.write_all(answer).await;
@@ -177,7 +195,9 @@ async fn serve(
                 let _ = stream.write_all(answer).await;
             }
             Act::Hang => std::future::pending::<()>().await,
-            Act::ReplyBeforeBody(_) => unreachable!("handled above"),
+            Act::ReplyBeforeBody(_) | Act::ReplyBeforeBodyAndClose(_) => {
+                unreachable!("handled above")
+            }
         }
     }
 }

@@ -2,16 +2,20 @@
 //! snapshot hooks take their turn on it ([`App::turn`], a fair lock), so an app that serves one
 //! connection at a time (Python's `http.server`, say) is never asked for a second.
 //!
+//! An exchange writes the request and reads the answer at once: an app may answer before it has
+//! read the whole request (refusing it, or streaming its answer), and then it has the request.
+//!
 //! A kept-alive connection is checked before it is written on: bytes nobody asked for, or the
 //! app's close, make it be replaced by a new one first. It is also replaced once it has been idle
-//! for a while, before apps that close idle connections (many do after 5 s) would, and after
-//! answers that may leave part of a request unread: one that began before the request was
-//! written whole, and an error answer to a request with a body (apps often refuse without
-//! reading the body, which they would then take for the start of the next request).
+//! for a while (before apps that close idle connections, many after 5 s, would), after an
+//! exchange that was cut off, and after any answer that may leave bytes on it: an answer that
+//! came before the request was written whole, an error answer to a request with a body (apps
+//! often refuse without reading the body, which they would then take for the next request), and
+//! a bodiless answer (to HEAD, or a 204 or 304) that announced a body the app may send anyway.
 use std::{
     net::SocketAddr,
     os::fd::AsRawFd,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::Duration,
 };
 
@@ -21,7 +25,7 @@ use nix::{
     sys::socket::{MsgFlags, recv},
 };
 use tokio::{
-    io::{AsyncWriteExt, Interest},
+    io::{AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     sync::{Mutex, MutexGuard},
     time::Instant,
@@ -56,17 +60,29 @@ struct Connection {
     stream: Option<TcpStream>,
     buf: BytesMut,
     idle_since: Instant,
-    /// The request on it had a body the app may not have read all of.
-    unread: bool,
+    /// An exchange is under way on it: if its caller stops waiting, the connection goes.
+    busy: bool,
 }
 
-/// How a request went out.
+/// How far a request got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
-    /// Its last byte was written.
+    /// Every byte was written.
     Whole,
-    /// The app began to answer before the whole request was written: it has the request.
+    /// The app answered before every byte was written: it has the request.
     Early,
+    /// Its head went out whole, not all its body, and no answer came.
+    Head,
+    /// Not even its head went out whole, and no answer came: the app cannot have it.
+    Nothing,
+}
+
+/// What came of an exchange.
+#[derive(Debug)]
+pub struct Exchanged {
+    pub sent: Sent,
+    /// The answer, or why there is none.
+    pub answer: Result<Response, ReadError>,
 }
 
 impl App {
@@ -79,7 +95,7 @@ impl App {
                 stream: None,
                 buf: BytesMut::new(),
                 idle_since: Instant::now(),
-                unread: false,
+                busy: false,
             }),
             reachable: AtomicBool::new(true),
             slow: AtomicBool::new(false),
@@ -104,22 +120,22 @@ impl App {
     }
 
     /// Sends a request that changes nothing (a read off the log) and returns the answer; once
-    /// more on a new connection if the app closed the one used.
+    /// more on a new connection if the app closed the one used without answering.
     pub async fn read(&self, request: &[u8], method: &str) -> Result<Response, ReadError> {
         let mut turn = self.turn().await;
-        let mut result = Err(ReadError::Closed);
+        let mut answer = Err(ReadError::Closed);
         for _ in 0..2 {
             turn.ready().await;
-            if turn.send(request, &[]).await.is_err() {
-                turn.close();
-                continue;
-            }
-            result = turn.receive(method).await;
-            if !matches!(result, Err(ReadError::Closed)) {
+            let exchanged = turn
+                .exchange(request, &[], method, false, || Ok(()))
+                .await
+                .map_err(|_| ReadError::Closed)?;
+            answer = exchanged.answer;
+            if !matches!(answer, Err(ReadError::Closed)) {
                 break;
             }
         }
-        result
+        answer
     }
 }
 
@@ -127,6 +143,16 @@ impl App {
 pub struct Turn<'a> {
     app: &'a App,
     connection: MutexGuard<'a, Connection>,
+}
+
+impl Drop for Turn<'_> {
+    /// An exchange cut off in the middle (its caller gave up) leaves a request or an answer on
+    /// the connection: nobody may read that as theirs.
+    fn drop(&mut self) {
+        if self.connection.busy {
+            self.close();
+        }
+    }
 }
 
 impl Turn<'_> {
@@ -179,101 +205,125 @@ impl Turn<'_> {
         }
     }
 
-    /// Writes `head` then `body`: `Ok` once the last byte is in the kernel's hands, or once the
-    /// app has begun to answer (then the rest is not written). An error means the app has no
-    /// whole request and has not answered.
-    pub async fn send(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<Sent> {
-        let connection = &mut *self.connection;
-        let stream = connection
-            .stream
-            .as_mut()
-            .ok_or(std::io::ErrorKind::NotConnected)?;
-        connection.unread = !body.is_empty();
-        let fd = stream.as_raw_fd();
-        let (reader, mut writer) = stream.split();
-        let write = async {
-            if head.len() + body.len() <= ONE_WRITE {
-                let mut message = Vec::with_capacity(head.len() + body.len());
-                message.extend_from_slice(head);
-                message.extend_from_slice(body);
-                writer.write_all(&message).await
-            } else {
-                writer.write_all(head).await?;
-                writer.write_all(body).await
-            }
-        };
-        tokio::pin!(write);
-        loop {
-            tokio::select! {
-                biased;
-                written = &mut write => return written.map(|()| Sent::Whole),
-                readable = reader.readable() => {
-                    readable?;
-                    // Readiness can be stale: ask the kernel whether an answer is there (and
-                    // let tokio forget the readiness if not).
-                    let peeked = reader
-                        .as_ref()
-                        .try_io(Interest::READABLE, || Ok(peek(fd)?));
-                    match peeked {
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Ok(n) if n > 0 => {
-                            connection.unread = true;
-                            return Ok(Sent::Early);
-                        }
-                        // Closed on us: the rest cannot be written.
-                        _ => return Err(std::io::ErrorKind::ConnectionReset.into()),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Reads the answer to a request with `method`, however long it takes (the app is reported
-    /// slow meanwhile). The connection is closed after an answer that ends it, and after any
-    /// failure.
-    pub async fn receive(&mut self, method: &str) -> Result<Response, ReadError> {
+    /// Writes `head` then `body` while reading the answer to a request with `method`, however
+    /// long it takes (the app is reported slow meanwhile). `delivered` is called as soon as the
+    /// app certainly has the request: its last byte is written, or its answer came. `close`
+    /// says the request asked the app to close the connection. The connection is kept only
+    /// after an exchange that leaves nothing on it. An error is `delivered`'s.
+    pub async fn exchange(
+        &mut self,
+        head: &[u8],
+        body: &[u8],
+        method: &str,
+        close: bool,
+        mut delivered: impl FnMut() -> std::io::Result<()>,
+    ) -> std::io::Result<Exchanged> {
         let app = self.app;
-        let result = {
-            let connection = &mut *self.connection;
-            let Some(stream) = connection.stream.as_mut() else {
-                return Err(ReadError::Closed);
-            };
-            let read = response::read(stream, &mut connection.buf, method, &app.limits);
-            tokio::pin!(read);
+        let connection = &mut *self.connection;
+        let Some(stream) = connection.stream.as_mut() else {
+            return Ok(Exchanged {
+                sent: Sent::Nothing,
+                answer: Err(ReadError::Closed),
+            });
+        };
+        connection.busy = true;
+        let written = AtomicUsize::new(0);
+        let mut told = false;
+        let answer = {
+            let (mut reader, mut writer) = stream.split();
+            let write = write_parts(&mut writer, head, body, &written);
+            let read = response::read(&mut reader, &mut connection.buf, method, &app.limits);
+            tokio::pin!(write, read);
+            let mut writing = true;
             let started = Instant::now();
             loop {
                 tokio::select! {
-                    result = &mut read => break result,
+                    biased;
+                    result = &mut write, if writing => {
+                        writing = false;
+                        if result.is_ok() {
+                            told = true;
+                            delivered()?;
+                        }
+                        // A failed write: an answer may be there all the same (the app refused
+                        // and closed); the read decides.
+                    }
+                    answer = &mut read => break answer,
                     () = tokio::time::sleep(app.slow_after) => {
                         app.slow.store(true, Ordering::Relaxed);
                         tracing::warn!(
                             app = %app.addr,
                             waited = ?started.elapsed(),
-                            "the app has not answered yet; still waiting (a request is never sent twice)"
+                            "the app has not taken the request or answered it yet; still waiting \
+                             (a request is never sent twice)"
                         );
                     }
                 }
             }
         };
         app.slow.store(false, Ordering::Relaxed);
-        // Bytes after the answer are the app's mistake: the connection is not reused. Nor after
-        // an answer that may have left part of the request unread.
-        let unread = self.connection.unread;
-        let reuse = matches!(&result, Ok(response) if !response.close && (!unread || response.status < 400))
-            && self.connection.buf.is_empty();
-        if reuse {
-            self.connection.idle_since = Instant::now();
-        } else {
-            self.close();
+        let written = written.into_inner();
+        let whole = written == head.len() + body.len();
+        let sent = match (&answer, whole) {
+            (_, true) => Sent::Whole,
+            (Err(ReadError::Closed), false) if written >= head.len() => Sent::Head,
+            (Err(ReadError::Closed), false) => Sent::Nothing,
+            (_, false) => Sent::Early,
+        };
+        if !told && matches!(sent, Sent::Whole | Sent::Early) {
+            delivered()?;
         }
-        result
+        let reuse = !close
+            && sent == Sent::Whole
+            && connection.buf.is_empty()
+            && matches!(&answer, Ok(response)
+                if !response.close
+                    && !response.may_linger()
+                    && (body.is_empty() || response.status < 400));
+        connection.busy = false;
+        if reuse {
+            connection.idle_since = Instant::now();
+        } else {
+            connection.stream = None;
+            connection.buf.clear();
+        }
+        Ok(Exchanged { sent, answer })
     }
 
     /// Closes the connection (the next [`Turn::ready`] opens a new one).
     pub fn close(&mut self) {
         self.connection.stream = None;
         self.connection.buf.clear();
+        self.connection.busy = false;
     }
+}
+
+/// Writes `head` then `body`, counting in `written` the bytes the kernel took.
+async fn write_parts(
+    writer: &mut (impl AsyncWrite + Unpin),
+    head: &[u8],
+    body: &[u8],
+    written: &AtomicUsize,
+) -> std::io::Result<()> {
+    let joined;
+    let parts: [&[u8]; 2] = if head.len() + body.len() <= ONE_WRITE {
+        joined = [head, body].concat();
+        [joined.as_slice(), &[]]
+    } else {
+        [head, body]
+    };
+    for part in parts {
+        let mut at = 0;
+        while at < part.len() {
+            let n = writer.write(&part[at..]).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            at += n;
+            written.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+    writer.flush().await
 }
 
 /// Why a kept-alive connection is not fit for the next request.
@@ -288,16 +338,14 @@ use Unfit::{Ended, Stray};
 /// Whether a kept-alive connection has nothing waiting on it: no bytes nobody asked for, no close
 /// by the app. Asks the kernel directly, not a readiness cache.
 fn clean(stream: &TcpStream) -> Result<(), Unfit> {
-    match peek(stream.as_raw_fd()) {
+    let mut byte = [0u8; 1];
+    match recv(
+        stream.as_raw_fd(),
+        &mut byte,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
         Err(Errno::EAGAIN) => Ok(()),
         Ok(0) | Err(_) => Err(Ended),
         Ok(_) => Err(Stray),
     }
-}
-
-/// Whether bytes wait on the socket (`Ok(n > 0)`), it was closed (`Ok(0)`), or neither yet
-/// (`EAGAIN`), without taking any.
-fn peek(fd: std::os::fd::RawFd) -> nix::Result<usize> {
-    let mut byte = [0u8; 1];
-    recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT)
 }

@@ -29,12 +29,16 @@ mod tests;
 use std::{path::Path, sync::Arc, time::Duration};
 
 pub use app::App;
+use app::Sent;
 pub use dedup::{Dedup, WINDOW as DEDUP_WINDOW};
 pub use progress::Progress;
 use progress::ProgressFile;
 
 use crate::{
-    http::response::{ReadError, Response},
+    http::{
+        request::CLOSE,
+        response::{ReadError, Response},
+    },
     order::typ::{LogId, RequestKey},
 };
 
@@ -80,9 +84,22 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Opens the progress kept at `path`.
+    /// Opens the progress kept at `path`. A request written before the agent stopped whose
+    /// answer it never read is counted as unconfirmed: it is not sent again (the app has it),
+    /// but if the app stopped too, it may not have run it.
     pub fn open(path: &Path, app: Arc<App>) -> std::io::Result<Self> {
-        let (file, progress) = ProgressFile::open(path)?;
+        let (mut file, mut progress) = ProgressFile::open(path)?;
+        let written = progress.written;
+        if written > progress.answered && progress.doubted != written {
+            tracing::warn!(
+                seq = written,
+                "the agent stopped before the app answered this request; it is not sent again, \
+                 but if the app stopped too it may not have run it"
+            );
+            progress.unconfirmed += 1;
+            progress.answered = written;
+            file.write(&progress)?;
+        }
         Ok(Self {
             app,
             file,
@@ -117,7 +134,10 @@ impl Delivery {
         key: RequestKey,
         request: &[u8],
     ) -> std::io::Result<Outcome> {
-        if seq <= self.progress.written {
+        let progress = &self.progress;
+        // Counted in doubt before a restart, and not answered yet: sent once more still.
+        let resending = progress.doubted == seq && progress.answered < seq;
+        if seq <= progress.answered || (seq <= progress.written && !resending) {
             // Delivered before a restart, which rebuilt the window only up to the previous
             // entry: remember it, so that a retry of it is recognised.
             self.dedup.insert(seq, key);
@@ -127,81 +147,96 @@ impl Delivery {
             tracing::debug!(seq, ?key, "duplicate proposal; not delivered again");
             self.progress.writing = seq;
             self.progress.written = seq;
+            self.progress.answered = seq;
             self.file.write(&self.progress)?;
             return Ok(Outcome::Duplicate);
         }
         self.dedup.insert(seq, key);
         let Some((head, body)) = split(request) else {
             tracing::error!(seq, "not an HTTP request; nothing sent to the app");
-            self.progress.writing = seq;
-            self.progress.written = seq;
-            self.file.write(&self.progress)?;
-            return Ok(Outcome::Unanswered("not an HTTP request"));
+            return self.outcome(seq, Outcome::Unanswered("not an HTTP request"));
         };
         let method = head.split(|b| *b == b' ').next().unwrap_or_default();
         let method = std::str::from_utf8(method).unwrap_or_default();
+        let close = head
+            .windows(CLOSE.len() + 2)
+            .any(|w| w[2..] == *CLOSE && w[..2] == *b"\r\n");
         let mut head = head.to_vec();
         head.extend_from_slice(format!("{LOG_INDEX_HEADER}: {seq}\r\n\r\n").as_bytes());
 
         let app = Arc::clone(&self.app);
         let mut turn = app.turn().await;
-        // Begun before the agent stopped: whether its last byte went out is unknown.
-        let mut again = self.progress.writing == seq;
-        if again {
+        let mut again = resending;
+        if !again && self.progress.writing == seq {
+            // Begun before the agent stopped: whether the app got it is unknown.
+            again = true;
             self.doubt(seq, "the agent stopped while writing it")?;
-        } else {
-            self.progress.writing = seq;
-            self.file.write(&self.progress)?;
         }
         let mut delay = RETRY_MIN;
         loop {
             turn.ready().await;
-            if let Err(error) = turn.send(&head, body).await {
-                // Not all of it went out, and the app did not answer: it has no whole request.
-                // Send it again.
-                tracing::debug!(seq, %error, "writing to the app failed; sending again");
-                turn.close();
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RETRY_MAX);
-                continue;
-            }
-            if self.progress.written < seq {
-                self.progress.written = seq;
-                self.progress.deliveries += 1;
+            if self.progress.writing != seq {
+                // Right before the first byte goes out.
+                self.progress.writing = seq;
                 self.file.write(&self.progress)?;
             }
-            match turn.receive(method).await {
-                Ok(response) => return Ok(Outcome::Answered(response)),
-                Err(ReadError::Invalid(why)) => {
+            let (progress, file) = (&mut self.progress, &mut self.file);
+            let delivered = || {
+                if progress.written < seq {
+                    progress.written = seq;
+                    progress.deliveries += 1;
+                }
+                file.write(progress)
+            };
+            let exchanged = turn.exchange(&head, body, method, close, delivered).await?;
+            let why = match (exchanged.sent, exchanged.answer) {
+                (_, Ok(response)) => return self.outcome(seq, Outcome::Answered(response)),
+                (Sent::Nothing, _) => {
+                    // The app cannot have it (not even its head went out): send it again.
+                    tracing::debug!(seq, "writing to the app failed; sending again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                    continue;
+                }
+                (_, Err(ReadError::Invalid(why))) => {
                     tracing::warn!(
                         seq,
                         why,
                         "the app's answer cannot be passed on; not sending again"
                     );
-                    return Ok(Outcome::Unanswered(why));
+                    why
                 }
-                Err(ReadError::Cut) => {
+                (_, Err(ReadError::Cut)) => {
                     tracing::warn!(
                         seq,
                         "the app's answer was cut short; it had the request: not sending it again"
                     );
-                    return Ok(Outcome::Unanswered("the app's answer was cut short"));
+                    "the app's answer was cut short"
                 }
-                Err(ReadError::Closed) if !again => {
+                (_, Err(ReadError::Closed)) if !again => {
                     again = true;
                     self.doubt(seq, "the app's connection ended before its answer")?;
+                    continue;
                 }
-                Err(ReadError::Closed) => {
+                (_, Err(ReadError::Closed)) => {
                     tracing::warn!(seq, "the app's connection ended before its answer, twice");
-                    return Ok(Outcome::Unanswered(
-                        "the app's connection ended before its answer",
-                    ));
+                    "the app's connection ended before its answer"
                 }
-            }
+            };
+            return self.outcome(seq, Outcome::Unanswered(why));
         }
     }
 
-    /// Counts request `seq` as in doubt: it goes to the app once more.
+    /// Records that request `seq`'s outcome is known, and returns it.
+    fn outcome(&mut self, seq: u64, outcome: Outcome) -> std::io::Result<Outcome> {
+        self.progress.writing = self.progress.writing.max(seq);
+        self.progress.written = self.progress.written.max(seq);
+        self.progress.answered = seq;
+        self.file.write(&self.progress)?;
+        Ok(outcome)
+    }
+
+    /// Counts request `seq` as in doubt: it goes to the app once more (also after a restart).
     fn doubt(&mut self, seq: u64, why: &str) -> std::io::Result<()> {
         tracing::warn!(
             seq,
@@ -209,7 +244,7 @@ impl Delivery {
             "in doubt whether the app has the request: sending it once more, with {LOG_INDEX_HEADER}: {seq}"
         );
         self.progress.in_doubt += 1;
-        self.progress.writing = seq;
+        self.progress.doubted = seq;
         self.file.write(&self.progress)
     }
 
@@ -240,9 +275,10 @@ impl Delivery {
             requests,
             writing: requests,
             written: requests,
+            answered: requests,
             deliveries,
-            in_doubt: self.progress.in_doubt,
             installing: false,
+            ..self.progress
         };
         self.dedup = Dedup::from_window(window);
         self.file.write(&self.progress)

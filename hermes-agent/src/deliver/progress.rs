@@ -14,7 +14,7 @@ use crate::order::{
 };
 
 /// Bytes of one slot.
-const SLOT: usize = 128;
+const SLOT: usize = 256;
 
 /// How far delivery has come. Requests are numbered in log order (the same on every replica):
 /// `seq` below is such a number.
@@ -26,13 +26,21 @@ pub struct Progress {
     pub requests: u64,
     /// The request whose first byte may have gone to the app: `written` or `written + 1`.
     pub writing: u64,
-    /// The last request whose last byte went to the app (or that was recognised as a
-    /// duplicate and not sent). It is never sent again.
+    /// The last request the app certainly has: its last byte went to the app, or the app
+    /// answered it (or it was recognised as a duplicate and not sent). Not sent again, but for
+    /// `doubted`.
     pub written: u64,
+    /// The last request whose outcome is known (its answer was read, or it has none).
+    pub answered: u64,
     /// Requests delivered to the app, duplicates not counted.
     pub deliveries: u64,
-    /// Requests sent a second time because Hermes could not tell whether the app had them.
+    /// Requests sent once more because Hermes could not tell whether the app had them.
     pub in_doubt: u64,
+    /// The last request counted in doubt: it is sent once more, until it is answered.
+    pub doubted: u64,
+    /// Requests written before the agent stopped whose answer it never read: if the app stopped
+    /// with it, it may not have run them.
+    pub unconfirmed: u64,
     /// A snapshot is being installed: the app's state may be half restored.
     pub installing: bool,
 }
@@ -115,8 +123,11 @@ mod tests {
             requests: u64::MAX,
             writing: u64::MAX,
             written: u64::MAX,
+            answered: u64::MAX,
             deliveries: u64::MAX,
             in_doubt: u64::MAX,
+            doubted: u64::MAX,
+            unconfirmed: u64::MAX,
             installing: true,
         };
         let second = Progress {

@@ -86,7 +86,8 @@ impl Chunked {
                     _ => return Err(Invalid::Malformed("chunk data not followed by CRLF")),
                 },
                 State::Trailers => {
-                    let room = MAX_TRAILERS - self.trailers;
+                    // A line may end (its CRLF) just past the bound: then there is no room left.
+                    let room = MAX_TRAILERS.saturating_sub(self.trailers);
                     let Some(end) = line_end(rest, room, Invalid::HeadTooLarge)? else {
                         return Ok(at);
                     };

@@ -22,6 +22,22 @@ pub fn is_end_to_end(name: &str) -> bool {
     !HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// Fields whose meaning the agent acts on, or adds itself.
+const ACTED_ON: &[&str] = &["host", "expect", "x-forwarded-for", "forwarded"];
+
+/// Whether a name with `_` for `-` spells a field the agent acts on (`Content_Length`): servers
+/// that map `_` and `-` alike (CGI and WSGI do) would take it for that field, the agent not.
+pub fn is_disguised(name: &str) -> bool {
+    name.contains('_')
+        && HOP_BY_HOP.iter().chain(ACTED_ON).any(|known| {
+            known.len() == name.len()
+                && name
+                    .bytes()
+                    .zip(known.bytes())
+                    .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+        })
+}
+
 /// `tchar` of RFC 9110 section 5.6.2.
 pub fn is_tchar(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
@@ -235,6 +251,15 @@ mod tests {
         assert_eq!(coding(&[b""]), Coding::Unframed);
         assert_eq!(coding(&[b"chunked;q=1"]), Coding::Unframed);
         assert_eq!(coding(&["chunked\u{a0}".as_bytes()]), Coding::Unframed);
+    }
+
+    #[test]
+    fn underscores_do_not_disguise_framing_fields() {
+        assert!(is_disguised("Content_Length"));
+        assert!(is_disguised("transfer_encoding"));
+        assert!(is_disguised("X_Forwarded_For"));
+        assert!(!is_disguised("X_Custom"));
+        assert!(!is_disguised("Content-Length"));
     }
 
     #[test]

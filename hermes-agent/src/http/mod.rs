@@ -11,6 +11,8 @@
 //! Every length read from the network is checked before anything is allocated for it, all
 //! arithmetic on lengths is checked, and field values are bytes (obs-text is legal).
 mod chunked;
+#[cfg(test)]
+mod corpus;
 mod fields;
 pub mod request;
 pub mod response;

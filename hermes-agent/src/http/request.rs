@@ -5,9 +5,10 @@
 //!
 //! The canonical request: the request line as parsed; the client's end-to-end fields in their
 //! order, as `name: value` with CRLF; then `X-Forwarded-For` and `Forwarded` (the client's own
-//! values extended with its address), `Connection: keep-alive` for HTTP/1.0 (the agent keeps its
-//! connection to the app), one `Content-Length` for a request with a body, and the decoded body.
-//! Hop-by-hop fields, `Transfer-Encoding`, `Expect` and trailers are not passed on.
+//! values extended with its address), `Connection: close` for a request after which the agent does
+//! not use its connection to the app again (see [`CLOSE`]), else `Connection: keep-alive` for
+//! HTTP/1.0, one `Content-Length` for a request with a body, and the decoded body. Hop-by-hop
+//! fields, `Transfer-Encoding`, `Expect` and trailers are not passed on.
 use std::net::IpAddr;
 
 use bytes::{Bytes, BytesMut};
@@ -108,8 +109,14 @@ pub fn parse_head(
         Some(1) => Version::Http11,
         _ => return Err(Invalid::Malformed("HTTP version")),
     };
-    if method == "CONNECT" {
+    // Methods are case-sensitive (RFC 9110 section 9.1), but servers that fold case would take
+    // `connect` for a tunnel and `head` for a request whose answer has no body: the app and the
+    // agent would frame the exchange differently. No one implements these spellings: 501.
+    if method.eq_ignore_ascii_case("CONNECT") {
         return Err(Invalid::Unsupported("CONNECT"));
+    }
+    if method != "HEAD" && method.eq_ignore_ascii_case("HEAD") {
+        return Err(Invalid::Unsupported("HEAD spelled in another case"));
     }
     check_target(method, target)?;
 
@@ -154,6 +161,10 @@ pub fn parse_head(
             join(&mut forwarded_for, value);
         } else if is("forwarded") {
             join(&mut forwarded, value);
+        } else if fields::is_disguised(name) {
+            return Err(Invalid::Malformed(
+                "a field name with `_` for `-` that spells a framing field",
+            ));
         } else if fields::is_end_to_end(name) {
             if is("host") {
                 hosts += 1;
@@ -228,7 +239,8 @@ impl Scan {
                 _ => {}
             }
             self.at += 1;
-            if self.at > max {
+            // `at` bytes are in and the head is not over: it is longer than that.
+            if self.at >= max {
                 return Err(Invalid::HeadTooLarge);
             }
         }
@@ -299,7 +311,9 @@ impl RequestHead {
             IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
         };
         list_with(&mut out, b"Forwarded: ", &self.forwarded, &node);
-        if self.version == Version::Http10 {
+        if closes_app_connection(&self.method, body) {
+            out.extend_from_slice(CLOSE);
+        } else if self.version == Version::Http10 {
             out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         if self.framing != Framing::None {
@@ -309,6 +323,19 @@ impl RequestHead {
         out.extend_from_slice(body);
         out.freeze()
     }
+}
+
+/// The field line a canonical request carries when the agent does not use its connection to the
+/// app after it.
+pub const CLOSE: &[u8] = b"Connection: close\r\n";
+
+/// Whether a request gets `Connection: close`: a HEAD (apps that answer HEAD as GET send the
+/// body late, which would become the next request's answer), and a request with a body whose
+/// method gives a body no meaning (apps often do not read it, and would take it for the next
+/// request).
+fn closes_app_connection(method: &str, body: &[u8]) -> bool {
+    method == "HEAD"
+        || (!body.is_empty() && matches!(method, "GET" | "OPTIONS" | "DELETE" | "TRACE"))
 }
 
 /// Why no request could be read.

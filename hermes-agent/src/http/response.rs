@@ -46,6 +46,9 @@ pub struct Response {
     /// The `Content-Length` the app gave a bodiless answer (it describes the body a GET would
     /// get), passed on as it is.
     declared: Option<u64>,
+    /// A bodiless answer that announced a body (a length, or a coding): an app may send one
+    /// anyway, late.
+    lingering: bool,
     /// The app closes its connection after this response.
     pub close: bool,
 }
@@ -79,6 +82,7 @@ struct Head {
     framing: Framing,
     bodiless: bool,
     declared: Option<u64>,
+    lingering: bool,
     close: bool,
     /// Why the response, though it can be framed, cannot be passed on.
     unrelayable: Option<&'static str>,
@@ -166,6 +170,7 @@ pub async fn read(
         body,
         bodiless: head.bodiless,
         declared: head.declared,
+        lingering: head.lingering,
         close: head.close,
     })
 }
@@ -278,12 +283,14 @@ fn parse_head(
         Some(Ok(n)) if bodiless && coding == Coding::None => Some(n),
         _ => None,
     };
+    let lingering = bodiless && (declared.is_some_and(|n| n > 0) || coding != Coding::None);
     let head = Head {
         status,
         head,
         framing,
         bodiless,
         declared,
+        lingering,
         close,
         unrelayable,
     };
@@ -303,8 +310,15 @@ impl Response {
             body: body.into(),
             bodiless: false,
             declared: None,
+            lingering: false,
             close: false,
         }
+    }
+
+    /// Whether the app may still send bytes after this answer (a body it announced but must not
+    /// send): its connection should not be used again.
+    pub fn may_linger(&self) -> bool {
+        self.lingering
     }
 
     /// Adds a field (`name: value`) to the head.

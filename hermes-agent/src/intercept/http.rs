@@ -127,7 +127,8 @@ impl Handler for Http {
                 }
             };
             let (head, body) = answer.to_client(version, close);
-            if write(&mut writer, &head, &body).await.is_err() || close {
+            let stall = self.limits.client_timeout;
+            if write(&mut writer, &head, &body, stall).await.is_err() || close {
                 break;
             }
         }
@@ -208,23 +209,41 @@ fn refusal(error: &SubmitError) -> Response {
     }
 }
 
-async fn write(writer: &mut OwnedWriteHalf, head: &[u8], body: &[u8]) -> std::io::Result<()> {
-    if body.len() <= 16 * 1024 {
-        let mut all = Vec::with_capacity(head.len() + body.len());
-        all.extend_from_slice(head);
-        all.extend_from_slice(body);
-        writer.write_all(&all).await
+/// Writes an answer; a client that takes nothing of it for `stall` is dropped, so that it
+/// cannot hold its connection and the answer's memory for ever.
+async fn write(
+    writer: &mut OwnedWriteHalf,
+    head: &[u8],
+    body: &[u8],
+    stall: Duration,
+) -> std::io::Result<()> {
+    let joined;
+    let parts: [&[u8]; 2] = if body.len() <= 16 * 1024 {
+        joined = [head, body].concat();
+        [joined.as_slice(), &[]]
     } else {
-        writer.write_all(head).await?;
-        writer.write_all(body).await
+        [head, body]
+    };
+    for part in parts {
+        let mut at = 0;
+        while at < part.len() {
+            let n = tokio::time::timeout(stall, writer.write(&part[at..]))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            at += n;
+        }
     }
+    Ok(())
 }
 
 /// Answers a refused request and closes, draining what the client still sends for a moment so
 /// that it reads the answer rather than a reset.
 async fn refuse(requests: Reader<OwnedReadHalf>, mut writer: OwnedWriteHalf, own: Response) {
     let (head, body) = own.to_client(Version::Http11, true);
-    if write(&mut writer, &head, &body).await.is_err() {
+    if write(&mut writer, &head, &body, LINGER).await.is_err() {
         return;
     }
     let _ = writer.shutdown().await;

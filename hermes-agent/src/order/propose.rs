@@ -98,15 +98,29 @@ impl Proposer {
 
 async fn batch(mut queue: mpsc::UnboundedReceiver<Pending>, route: Arc<Route>) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
+    // A request that did not fit in the previous batch: it opens the next.
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match queue.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             return;
         };
-        // Whatever arrived while waiting for a permit goes along.
+        // Whatever arrived while waiting for a permit goes along, within the batch's bounds: an
+        // entry never grows past one request over MAX_BATCH_BYTES, so it fits in a frame.
         let mut bytes = first.command.payload.len();
         let mut pending = vec![first];
-        while pending.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        while pending.len() < MAX_BATCH {
             let Ok(next) = queue.try_recv() else { break };
+            if bytes + next.command.payload.len() > MAX_BATCH_BYTES {
+                carried = Some(next);
+                break;
+            }
             bytes += next.command.payload.len();
             pending.push(next);
         }

@@ -138,7 +138,9 @@ impl Applied {
 }
 
 /// The latest snapshot, built or installed, as its metadata and bytes.
-type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
+/// openraft builds snapshots in a task of their own, concurrently with installing one: the lock
+/// is held across the write of the file, so the two never write it at once.
+type CurrentSnapshot = Arc<tokio::sync::Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
 
 /// What a snapshot carries besides its metadata.
 #[derive(Serialize, Deserialize)]
@@ -210,9 +212,14 @@ impl StateMachine {
             )),
             None => None,
         };
-        if delivery.progress().installing {
-            // A crash interrupted installing the kept snapshot: the app's state may be half
-            // replaced. Restoring is idempotent: do it again, then record it.
+        let applied = delivery.progress().applied;
+        let newer = snapshot_state
+            .as_ref()
+            .is_some_and(|(meta, _)| meta.last_log_id > applied);
+        if delivery.progress().installing || newer {
+            // A crash interrupted installing the kept snapshot (a snapshot built here is never
+            // newer than what is applied): the app's state may be half replaced. Restoring is
+            // idempotent: do it again, then record it.
             let (meta, state) = snapshot_state.as_ref().ok_or_else(|| {
                 read_error(&std::io::Error::other("installing a snapshot that is gone"))
             })?;
@@ -255,7 +262,7 @@ impl StateMachine {
             snapshot_path,
             membership,
             membership_path,
-            current: Arc::new(Mutex::new(current)),
+            current: Arc::new(tokio::sync::Mutex::new(current)),
         };
         Ok((machine, shared))
     }
@@ -410,7 +417,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(self
             .current
             .lock()
-            .unwrap()
+            .await
             .as_ref()
             .map(|(meta, bytes)| Snapshot {
                 meta: meta.clone(),
@@ -444,16 +451,25 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 /// Makes `bytes` the current snapshot, on disk first: before openraft may purge the log it
-/// stands for, and so that a restarted node still has it.
+/// stands for, and so that a restarted node still has it. A snapshot no newer than the current
+/// one (one built while a newer one was installed) is left aside.
 async fn keep_snapshot(
     path: PathBuf,
     current: &CurrentSnapshot,
     meta: &SnapshotMeta,
     bytes: Vec<u8>,
 ) -> std::io::Result<()> {
+    let mut current = current.lock().await;
+    if current
+        .as_ref()
+        .is_some_and(|(kept, _)| kept.last_log_id >= meta.last_log_id)
+    {
+        tracing::debug!(snapshot = %meta.snapshot_id, "a snapshot as new is kept already");
+        return Ok(());
+    }
     let file = encode(&(meta, &bytes))?;
     write_atomically(path, file).await?;
-    *current.lock().unwrap() = Some((meta.clone(), bytes));
+    *current = Some((meta.clone(), bytes));
     Ok(())
 }
 
