@@ -27,10 +27,13 @@ fn assert_direct(stream: &TcpStream) {
     );
 }
 
-/// The app saw a loopback peer that is not the client: the agent relayed the connection.
+/// The agent's delivery address (`--app-source`'s default): never loopback.
+const DELIVERY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 72, 1));
+
+/// The app saw the agent's delivery address, not the client: the agent relayed the connection.
 fn assert_steered(stream: &TcpStream) -> u64 {
     let seen = greeting(stream);
-    assert!(seen.peer.ip().is_loopback(), "app saw {seen:?}");
+    assert_eq!(seen.peer.ip(), DELIVERY, "app saw {seen:?}");
     assert_ne!(seen.peer, stream.local_addr().unwrap());
     seen.conn
 }
@@ -203,7 +206,7 @@ fn two_namespaces_and_two_ports_are_protected_independently() {
 
     let app_of = |stream: TcpStream| {
         let seen = greeting(&stream);
-        assert!(seen.peer.ip().is_loopback(), "{seen:?}");
+        assert_eq!(seen.peer.ip(), DELIVERY, "{seen:?}");
         seen.app
     };
     assert_eq!(app_of(connect(one.ip, PORT).unwrap()), "one");

@@ -3,7 +3,14 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
-use crate::order::read::ReadMode;
+use crate::order::{divergence::OnDivergence, read::ReadMode};
+
+/// What replicas compare of each answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Digest {
+    StatusAndBody,
+    Status,
+}
 
 /// Exit code for bad configuration (`EX_USAGE` from sysexits.h).
 pub const EXIT_USAGE: i32 = 64;
@@ -67,6 +74,9 @@ pub struct CtlArgs {
     /// The agent's admin API.
     #[arg(long, env = "HERMES_ADMIN", default_value = "127.0.0.1:9180")]
     pub admin: SocketAddr,
+    /// The file holding the admin API's bearer token (the agent's --admin-token-file).
+    #[arg(long, env = "HERMES_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub action: CtlAction,
 }
@@ -92,6 +102,9 @@ pub enum CtlAction {
         #[arg(value_delimiter = ',', required = true)]
         ids: Vec<u64>,
     },
+    /// Let a replica fenced after a divergence (`--on-divergence fence`) apply again, once its
+    /// app has been made to agree with the others.
+    Resume,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -120,10 +133,17 @@ pub struct Config {
     #[arg(long, env = "HERMES_NETNS")]
     pub netns: Option<PathBuf>,
 
-    /// Where the unchanged application listens. Default: 127.0.0.1:PORT. It must be a loopback
-    /// address when it uses the protected port, or the agent would steer its own connections.
+    /// Where the unchanged application is reached. Default: the --app-source address, on the
+    /// protected port (an app listening on 0.0.0.0 gets it). Not loopback: see --app-source.
     #[arg(long, env = "HERMES_APP")]
     pub app: Option<SocketAddr>,
+
+    /// The IPv4 address the agent connects to the app from. Not loopback, so that the app never
+    /// takes a remote client for a local one (it learns the client from X-Forwarded-For); the
+    /// same on every replica. Added to `lo` (scope host) if missing; the steering lets
+    /// connections from it through.
+    #[arg(long, env = "HERMES_APP_SOURCE", default_value_t = crate::steer::source::DEFAULT)]
+    pub app_source: std::net::Ipv4Addr,
 
     /// When no agent is listening (crashed, stopped), let connections reach the app directly
     /// instead of dropping them. Trades replica equality for availability.
@@ -167,6 +187,26 @@ pub struct Config {
     #[arg(long, env = "HERMES_RAFT_ADDR", help_heading = "Replication")]
     pub raft_addr: Option<SocketAddr>,
 
+    /// This node's certificate (PEM), from the cluster's CA, naming it with the DNS name
+    /// `hermes-node-<id>` (`cargo xtask certs` makes a lab set). Peers authenticate each other
+    /// with mutual TLS; the files are read again when they change.
+    #[arg(long, env = "HERMES_PEER_CERT", requires_all = ["peer_key", "peer_ca"], help_heading = "Peer security")]
+    pub peer_cert: Option<PathBuf>,
+
+    /// The private key of --peer-cert (PEM).
+    #[arg(long, env = "HERMES_PEER_KEY", requires_all = ["peer_cert", "peer_ca"], help_heading = "Peer security")]
+    pub peer_key: Option<PathBuf>,
+
+    /// The CA certificates (PEM) peers' certificates must come from.
+    #[arg(long, env = "HERMES_PEER_CA", requires_all = ["peer_cert", "peer_key"], help_heading = "Peer security")]
+    pub peer_ca: Option<PathBuf>,
+
+    /// Talk to peers in plain TCP, unauthenticated: whoever can reach the peer port can then
+    /// order requests on every replica and read every request. For trusted networks and tests
+    /// only; a warning is logged at start.
+    #[arg(long, env = "HERMES_INSECURE_PEERS", conflicts_with_all = ["peer_cert", "peer_key", "peer_ca"], help_heading = "Peer security")]
+    pub insecure_peers: bool,
+
     /// Where the Raft log, vote and delivery progress are kept. Keep it across restarts: a node
     /// restarted with it rejoins with its log and delivers nothing twice.
     #[arg(long, env = "HERMES_DATA_DIR", help_heading = "Replication")]
@@ -205,9 +245,15 @@ pub struct Config {
     )]
     pub keep_log: u64,
 
-    /// Admin API (status, health, readiness).
+    /// Admin API (status, health, readiness, membership).
     #[arg(long, env = "HERMES_ADMIN", default_value = "127.0.0.1:9180")]
     pub admin: SocketAddr,
+
+    /// A file holding the admin API's bearer token (mode 0600; read again on every request
+    /// that needs it). Changes to the cluster need it; reads need it unless they come from
+    /// loopback. Without it, the cluster cannot be changed through the admin API.
+    #[arg(long, env = "HERMES_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 
     /// Largest request body accepted (larger: 413). Units: k, KiB, M, MiB, G, GiB.
     #[arg(long, env = "HERMES_MAX_BODY", default_value = "8MiB", value_parser = parse_size, help_heading = "Limits")]
@@ -259,6 +305,18 @@ pub struct Config {
     /// latest writes).
     #[arg(long, env = "HERMES_READS", value_enum, default_value_t = ReadMode::Ordered)]
     pub reads: ReadMode,
+
+    /// What replicas compare to find divergence: the status and the body of every answer, or
+    /// only the status (for apps whose bodies legitimately differ, such as those with a time
+    /// in them).
+    #[arg(long, env = "HERMES_DIGEST", value_enum, default_value_t = Digest::StatusAndBody, help_heading = "Divergence")]
+    pub digest: Digest,
+
+    /// What a replica whose answers diverged from the majority's does: `warn` (report it in
+    /// /status, /metrics and the log, carry on) or `fence` (also stop applying and report not
+    /// ready, until `hermes-agent ctl resume`).
+    #[arg(long, env = "HERMES_ON_DIVERGENCE", value_enum, default_value_t = OnDivergence::Warn, help_heading = "Divergence")]
+    pub on_divergence: OnDivergence,
 
     /// Methods that do not change the app's state, for --reads.
     #[arg(
@@ -337,10 +395,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "--app {0} uses the protected port {1} on a non-loopback address: the agent's own \
-         connections to the app would be steered back to it; run the app on 127.0.0.1:{1}"
+        "--app {0} is a loopback address: the app would see every client as a local one. Let \
+         the app listen on 0.0.0.0 (or on --app-source) and leave --app out"
     )]
-    AppSteered(SocketAddr, u16),
+    AppOnLoopback(SocketAddr),
+    #[error(
+        "--app-source {0} cannot be the agent's own address for the app: it must be a \
+         non-loopback IPv4 address (the default is 169.254.72.1)"
+    )]
+    BadSource(std::net::Ipv4Addr),
     #[error("{0} is required (or --passthrough, for interception without replication)")]
     Missing(&'static str),
     #[error("--node-id {0} is not one of the --peers")]
@@ -351,22 +414,35 @@ pub enum ConfigError {
     NoListenAddr(u64, String),
     #[error("{0}")]
     Limits(String),
+    #[error(transparent)]
+    Token(#[from] crate::admin::token::TokenError),
+    #[error(
+        "peers must authenticate each other: give --peer-cert, --peer-key and --peer-ca \
+         (`cargo xtask certs` makes a lab set), or --insecure-peers on a trusted network"
+    )]
+    NoPeerSecurity,
 }
 
 impl Config {
-    /// Where the application listens.
+    /// Where the application is reached.
     pub fn app_addr(&self) -> SocketAddr {
         self.app
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], self.port)))
+            .unwrap_or_else(|| SocketAddr::from((self.app_source, self.port)))
     }
 
     /// Checks what clap cannot: combinations of flags.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.app_source.is_loopback() || self.app_source.is_unspecified() {
+            return Err(ConfigError::BadSource(self.app_source));
+        }
         let app = self.app_addr();
-        if app.port() == self.port && !app.ip().is_loopback() {
-            return Err(ConfigError::AppSteered(app, self.port));
+        if app.ip().to_canonical().is_loopback() {
+            return Err(ConfigError::AppOnLoopback(app));
         }
         self.check_limits()?;
+        if let Some(path) = &self.admin_token_file {
+            crate::admin::token::read(path)?;
+        }
         self.settings().map(drop)
     }
 
@@ -419,6 +495,7 @@ impl Config {
             members,
             data_dir,
             app: self.app_addr(),
+            app_source: self.app_source,
             app_timeout: self.app_timeout,
             response_limits: crate::http::response::Limits {
                 max_body: self.max_response,
@@ -428,6 +505,10 @@ impl Config {
             max_pending: self.max_pending,
             log_cache: usize::try_from(self.log_cache).unwrap_or(usize::MAX),
             max_frame: self.max_frame as usize,
+            peer_tls: self.peer_tls()?,
+            telemetry: std::sync::Arc::default(),
+            digest_bodies: self.digest == Digest::StatusAndBody,
+            on_divergence: self.on_divergence,
             snapshots: self.snapshot_cmd.clone().zip(self.restore_cmd.clone()).map(
                 |(snapshot_cmd, restore_cmd)| crate::order::Snapshots {
                     snapshot_cmd,
@@ -437,6 +518,21 @@ impl Config {
                 },
             ),
         }))
+    }
+}
+
+impl Config {
+    /// The TLS files for peers; `None` with --insecure-peers.
+    fn peer_tls(&self) -> Result<Option<crate::order::peer::tls::Files>, ConfigError> {
+        match (&self.peer_cert, &self.peer_key, &self.peer_ca) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(crate::order::peer::tls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            })),
+            _ if self.insecure_peers => Ok(None),
+            _ => Err(ConfigError::NoPeerSecurity),
+        }
     }
 }
 
@@ -493,20 +589,18 @@ mod tests {
     }
 
     #[test]
-    fn app_defaults_to_loopback_on_the_port() {
+    fn the_app_is_reached_from_the_delivery_address_never_on_loopback() {
         let config = agent(&["--port", "8080", "--passthrough"]);
-        assert_eq!(config.app_addr(), "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.app_addr(), "169.254.72.1:8080".parse().unwrap());
         config.validate().unwrap();
-    }
-
-    #[test]
-    fn app_on_the_protected_port_must_be_loopback() {
-        let config = agent(&["--port", "80", "--app", "10.0.0.1:80", "--passthrough"]);
+        let config = agent(&["--port", "80", "--app", "127.0.0.1:80", "--passthrough"]);
         assert!(matches!(
             config.validate(),
-            Err(ConfigError::AppSteered(..))
+            Err(ConfigError::AppOnLoopback(..))
         ));
-        agent(&["--port", "80", "--app", "10.0.0.1:81", "--passthrough"])
+        let config = agent(&["--port", "80", "--app-source", "127.0.0.2", "--passthrough"]);
+        assert!(matches!(config.validate(), Err(ConfigError::BadSource(..))));
+        agent(&["--port", "80", "--app", "10.0.0.1:80", "--passthrough"])
             .validate()
             .unwrap();
     }
@@ -519,6 +613,7 @@ mod tests {
             Err(ConfigError::Missing("--node-id"))
         ));
         let full = [
+            "--insecure-peers",
             "--port",
             "80",
             "--node-id",
@@ -532,6 +627,7 @@ mod tests {
         assert_eq!(settings.raft_addr, "10.0.0.2:7000".parse().unwrap());
         assert_eq!(settings.members.len(), 2);
         let stranger = agent(&[
+            "--insecure-peers",
             "--port",
             "80",
             "--node-id",

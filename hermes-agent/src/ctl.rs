@@ -1,7 +1,6 @@
 //! `hermes-agent ctl`: the command-line front of the admin API (status and membership).
 use std::{
     io::Write as _,
-    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -9,6 +8,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 
 use crate::{
+    admin::token,
     config::{CtlAction, CtlArgs},
     http::response,
 };
@@ -20,23 +20,24 @@ pub enum CtlError {
     #[error(
         "cannot reach the admin API at {0}: {1} (is the agent running? ctl talks to --admin, loopback by default)"
     )]
-    Connect(SocketAddr, std::io::Error),
+    Connect(std::net::SocketAddr, std::io::Error),
     #[error("the admin API answered {0}: {1}")]
     Refused(u16, String),
     #[error("unexpected answer from the admin API: {0}")]
     Garbled(String),
     #[error("node {0} is not a member")]
     NotAMember(u64),
+    #[error(transparent)]
+    Token(#[from] token::TokenError),
 }
 
 /// How long `add-learner` follows the new node's catching up.
 const FOLLOW: Duration = Duration::from_secs(600);
 
 pub fn run(args: &CtlArgs) -> Result<(), CtlError> {
-    let admin = args.admin;
     match &args.action {
         CtlAction::Status => {
-            let status = request(admin, "GET", "/status", None)?;
+            let status = request(args, "GET", "/status", None)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&status).unwrap_or_default()
@@ -44,34 +45,38 @@ pub fn run(args: &CtlArgs) -> Result<(), CtlError> {
         }
         CtlAction::AddLearner { id, addr } => {
             request(
-                admin,
+                args,
                 "POST",
                 "/cluster/learners",
                 Some(json!({ "id": id, "addr": addr })),
             )?;
             println!("node {id} ({addr}) added as a learner");
-            follow(admin, *id)?;
+            follow(args, *id)?;
         }
         CtlAction::Promote { id } => {
-            let mut voters = voters(admin)?;
+            let mut voters = voters(args)?;
             voters.push(*id);
-            set_voters(admin, &voters)?;
+            set_voters(args, &voters)?;
         }
         CtlAction::Remove { id } => {
-            let mut voters = voters(admin)?;
+            let mut voters = voters(args)?;
             if !voters.contains(id) {
                 return Err(CtlError::NotAMember(*id));
             }
             voters.retain(|v| v != id);
-            set_voters(admin, &voters)?;
+            set_voters(args, &voters)?;
         }
-        CtlAction::Voters { ids } => set_voters(admin, ids)?,
+        CtlAction::Voters { ids } => set_voters(args, ids)?,
+        CtlAction::Resume => {
+            request(args, "POST", "/divergence/resume", Some(json!({})))?;
+            println!("resumed: the replica applies again");
+        }
     }
     Ok(())
 }
 
-fn voters(admin: SocketAddr) -> Result<Vec<u64>, CtlError> {
-    let status = request(admin, "GET", "/status", None)?;
+fn voters(args: &CtlArgs) -> Result<Vec<u64>, CtlError> {
+    let status = request(args, "GET", "/status", None)?;
     let members = status["members"]
         .as_array()
         .ok_or_else(|| CtlError::Garbled(status.to_string()))?;
@@ -82,9 +87,9 @@ fn voters(admin: SocketAddr) -> Result<Vec<u64>, CtlError> {
         .collect())
 }
 
-fn set_voters(admin: SocketAddr, voters: &[u64]) -> Result<(), CtlError> {
+fn set_voters(args: &CtlArgs, voters: &[u64]) -> Result<(), CtlError> {
     let status = request(
-        admin,
+        args,
         "POST",
         "/cluster/membership",
         Some(json!({ "voters": voters })),
@@ -94,10 +99,10 @@ fn set_voters(admin: SocketAddr, voters: &[u64]) -> Result<(), CtlError> {
 }
 
 /// Shows how far the learner has caught up, when `admin` is the leader's (it alone knows).
-fn follow(admin: SocketAddr, id: u64) -> Result<(), CtlError> {
+fn follow(args: &CtlArgs, id: u64) -> Result<(), CtlError> {
     let started = Instant::now();
     loop {
-        let status = request(admin, "GET", "/status", None)?;
+        let status = request(args, "GET", "/status", None)?;
         let Some(matched) = status["replication"][id.to_string()].as_u64() else {
             println!("follow its progress in the leader's /status (\"replication\")");
             return Ok(());
@@ -119,14 +124,19 @@ fn follow(admin: SocketAddr, id: u64) -> Result<(), CtlError> {
 
 /// One request to the admin API; its JSON answer.
 fn request(
-    admin: SocketAddr,
+    args: &CtlArgs,
     method: &str,
     path: &str,
     body: Option<Value>,
 ) -> Result<Value, CtlError> {
+    let admin = args.admin;
+    let authorization = match &args.admin_token_file {
+        Some(path) => format!("Authorization: Bearer {}\r\n", token::read(path)?),
+        None => String::new(),
+    };
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: hermes\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: hermes\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let runtime = tokio::runtime::Builder::new_current_thread()

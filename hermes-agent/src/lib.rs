@@ -8,7 +8,8 @@
 //! - [`order`]: totally orders the requests of all nodes through Raft and delivers them, in log
 //!   order, with [`deliver`] to the local app.
 //! - [`admin`]: status, health, readiness and membership over HTTP; [`ctl`] is its command line.
-//! - [`http`]: HTTP/1.1 framing shared by interception and delivery.
+//! - [`http`]: HTTP/1.1 framing shared by interception, delivery and the admin API.
+//! - [`telemetry`]: what the agent counts, for Prometheus.
 //!
 //! [`run`] is the whole daemon, so tests and `main` start it the same way.
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod intercept;
 pub mod order;
 pub mod steer;
+pub mod telemetry;
 #[cfg(test)]
 mod testing;
 
@@ -39,11 +41,17 @@ pub enum Error {
     Start(#[from] order::StartError),
     #[error(transparent)]
     Steer(#[from] steer::Error),
+    #[error("cannot give this network namespace the delivery address (--app-source): {0}")]
+    Source(std::io::Error),
 }
 
 /// Runs an agent in the current network namespace until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let settings = config.settings()?;
+    let telemetry = Arc::new(telemetry::Telemetry::default());
+    let mut settings = config.settings()?;
+    if let Some(settings) = &mut settings {
+        settings.telemetry = Arc::clone(&telemetry);
+    }
     let listeners = steer::Listeners::bind().map_err(Error::Listen)?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin)
         .await
@@ -52,18 +60,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Some(settings) => Some(order::Node::start(settings).await?),
         None => None,
     };
+    steer::source::ensure(config.app_source).map_err(Error::Source)?;
     let steering = steer::attach(
         &steer::Target {
             netns: config.netns.as_deref(),
             port: config.port,
             fail_open: config.fail_open,
             bpffs: &config.bpffs,
+            source: Some(config.app_source),
         },
         &listeners,
     )?;
     let admin = admin::Admin {
         steering,
         node: node.clone(),
+        token_file: config.admin_token_file.clone(),
+        telemetry,
     };
     tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
     let max_connections = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
@@ -71,6 +83,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => {
             let handler = intercept::passthrough::Passthrough {
                 app: config.app_addr(),
+                source: config.app_source,
             };
             let grace = config.grace_period;
             intercept::serve(listeners, handler, shutdown, grace, max_connections).await

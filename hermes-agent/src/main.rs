@@ -66,6 +66,7 @@ fn detach(args: &hermes_agent::config::DetachArgs) -> anyhow::Result<()> {
         port: args.port,
         fail_open: false,
         bpffs: &args.bpffs,
+        source: None,
     };
     if !steer::detach(&target)? {
         tracing::info!(
@@ -77,6 +78,7 @@ fn detach(args: &hermes_agent::config::DetachArgs) -> anyhow::Result<()> {
 }
 
 fn agent(config: hermes_agent::Config) -> anyhow::Result<()> {
+    raise_open_files_limit();
     // Before the runtime starts, so that every thread it creates, and so every socket, lives in
     // the protected namespace. Only the network namespace changes: pins stay in our bpffs.
     if let Some(netns) = &config.netns {
@@ -98,6 +100,18 @@ fn agent(config: hermes_agent::Config) -> anyhow::Result<()> {
     runtime.block_on(hermes_agent::run(config, shutdown_signal()))?;
     tracing::info!("stopped; steering stays pinned (fail closed) until an agent takes over");
     Ok(())
+}
+
+/// Every client connection and the app's take a file descriptor: the soft limit (often 1024 in
+/// containers) goes up to the hard one.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(%error, soft, hard, "cannot raise the open files limit");
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one ends the process at once.

@@ -228,12 +228,17 @@ pub async fn single_node(
         members: [(1, local.to_string())].into(),
         data_dir: dir.to_owned(),
         app,
+        app_source: std::net::Ipv4Addr::LOCALHOST,
         app_timeout: Duration::from_secs(5),
         response_limits: crate::http::response::Limits::default(),
         request_timeout: Duration::from_secs(10),
         max_pending: 64,
         log_cache: 1 << 20,
         max_frame: 32 << 20,
+        peer_tls: None,
+        telemetry: Arc::default(),
+        digest_bodies: true,
+        on_divergence: crate::order::divergence::OnDivergence::Warn,
         snapshots: None,
     };
     tune(&mut settings);

@@ -24,6 +24,9 @@ pub struct Policy {
     pub port: u32,
     /// [`FAIL_OPEN`] or 0.
     pub flags: u32,
+    /// The IPv4 address the agent delivers to the app from, network byte order: connections
+    /// from it are the agent's own, and are not steered. 0: none.
+    pub source: u32,
 }
 
 /// With this flag a connection to the protected port reaches the app directly when no agent
@@ -31,7 +34,7 @@ pub struct Policy {
 pub const FAIL_OPEN: u32 = 1;
 
 #[cfg(feature = "user")]
-// SAFETY: `Policy` is `repr(C)`, `Copy`, and has no padding (two `u32`).
+// SAFETY: `Policy` is `repr(C)`, `Copy`, and has no padding (three `u32`).
 unsafe impl aya::Pod for Policy {}
 
 /// Per-CPU counters of the program's verdicts, indexed by the `STAT_*` constants.

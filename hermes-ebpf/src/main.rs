@@ -1,6 +1,6 @@
 //! `hermes_steer`: an `sk_lookup` program that hands inbound TCP connections for the protected
-//! port to the Hermes agent's listener, except those to a loopback address (the agent's own
-//! connections to the app).
+//! port to the Hermes agent's listener, except those to a loopback address and those from the
+//! agent's own delivery address (its connections to the app).
 //!
 //! # Minimum kernel version
 //!
@@ -47,6 +47,10 @@ fn try_steer(ctx: &SkLookupContext) -> Result<u32, u32> {
         return Ok(SK_PASS);
     }
     let listener = match lookup.family {
+        // The agent delivering to the app.
+        AF_INET if policy.source != 0 && lookup.remote_ip4 == policy.source => {
+            return Ok(SK_PASS);
+        }
         AF_INET if !is_loopback_v4(lookup.local_ip4) => LISTENER_V4,
         AF_INET6 if !is_loopback_v6(&lookup.local_ip6) => LISTENER_V6,
         _ => return Ok(SK_PASS),

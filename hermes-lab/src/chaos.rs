@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    cluster::Cluster,
+    cluster::{Cluster, wait_until},
     load::{Load, Sent, check_replicas},
 };
 
@@ -182,12 +182,44 @@ pub fn run(
     cluster.wait_converged()?;
     let files = cluster.files();
     let in_doubt = cluster.in_doubt();
-    let verdict = check_replicas(&files, &in_doubt, &sent);
+    let verdict = check_replicas(&files, &in_doubt, &sent)
+        .and_then(|lines| no_alarm_but_in_doubt(cluster, &in_doubt).map(|()| lines));
     Ok(Report {
         injected,
         sent,
         verdict,
     })
+}
+
+/// Once every node has compared its answers with the others': a node found to have diverged
+/// (its answers not the majority's) must be one that reported requests in doubt (its app may
+/// have run one twice); the deterministic app diverges otherwise nowhere.
+fn no_alarm_but_in_doubt(cluster: &Cluster, in_doubt: &[u64]) -> Result<(), String> {
+    let requests = (1..=cluster.nodes())
+        .filter_map(|id| cluster.status(id)?["requests"].as_u64())
+        .max()
+        .unwrap_or(0);
+    for id in 1..=cluster.nodes() {
+        wait_until(&format!("node {id} to compare its answers"), || {
+            (cluster.status(id)?["compared_up_to"].as_u64()? >= requests).then_some(())
+        })
+        .map_err(|e| e.to_string())?;
+    }
+    for id in 1..=cluster.nodes() {
+        let status = cluster
+            .status(id)
+            .ok_or(format!("node {id} does not answer"))?;
+        let divergence = &status["divergence"];
+        if divergence["minority"] == true && in_doubt[id - 1] == 0 {
+            return Err(format!(
+                "node {id} diverged without any request in doubt: {divergence}"
+            ));
+        }
+        if !divergence.is_null() && in_doubt.iter().all(|n| *n == 0) {
+            return Err(format!("node {id} found a divergence: {divergence}"));
+        }
+    }
+    Ok(())
 }
 
 fn inject(cluster: &mut Cluster, fault: Fault, node: usize) -> io::Result<()> {

@@ -9,7 +9,11 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Lab, Node, Process, client};
+use crate::{
+    Lab, Node, Process,
+    certs::{Authority, NodeFiles, write_private},
+    client,
+};
 
 /// The app each node runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,23 +73,45 @@ pub struct Cluster {
     pub members: usize,
     apps: Vec<Option<Process>>,
     agents: Vec<Option<Process>>,
+    /// Starts and kills agents instead of running them as processes in their nodes.
+    launcher: Option<Box<dyn Launcher>>,
+    /// Each node's TLS files for its peers (from a CA of the cluster's own).
+    certs: Vec<NodeFiles>,
 }
 
 impl Cluster {
-    /// A cluster on `lab`, with binaries from `bin`; nothing runs until started.
+    /// A cluster on `lab`, with binaries from `bin`; nothing runs until started. Its peers
+    /// authenticate each other with certificates from a CA made for it (unless `agent_args`
+    /// has `--insecure-peers`).
     pub fn new(lab: Lab, bin: &Path, app: App, agent_args: &[&str]) -> io::Result<Self> {
         let nodes = lab.nodes.len();
+        let dir = tempfile::tempdir()?;
+        let ids: Vec<u64> = (1..=nodes as u64).collect();
+        let certs = Authority::new("hermes lab")?.write(&dir.path().join("certs"), &ids)?;
+        write_private(&dir.path().join("admin-token"), b"lab-admin-token\n")?;
         Ok(Self {
             lab,
             bin: bin.to_owned(),
-            dir: tempfile::tempdir()?,
+            dir,
             app,
             agent_args: agent_args.iter().map(|s| s.to_string()).collect(),
             app_args: Vec::new(),
             members: nodes,
             apps: (0..nodes).map(|_| None).collect(),
             agents: (0..nodes).map(|_| None).collect(),
+            launcher: None,
+            certs,
         })
+    }
+
+    /// The file with the admin API's bearer token, which every agent and `ctl` use.
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.path().join("admin-token")
+    }
+
+    /// Node `id`'s TLS files for its peers.
+    pub fn certs(&self, id: usize) -> &NodeFiles {
+        &self.certs[id - 1]
     }
 
     /// Starts the members' apps, then their agents, and waits for a leader.
@@ -169,7 +195,8 @@ impl Cluster {
 
     pub fn start_app(&mut self, id: usize) -> io::Result<()> {
         let node = self.lab.node(id);
-        let listen = format!("127.0.0.1:{PORT}");
+        // On every address: the agent reaches it from its delivery address, not loopback.
+        let listen = format!("0.0.0.0:{PORT}");
         let file = self.file_path(id);
         let file = file.to_str().expect("UTF-8 path");
         let script = self.app.script();
@@ -216,7 +243,18 @@ impl Cluster {
         peers.join(",")
     }
 
+    /// From now on, agents are started and killed by `launcher` (e.g. as containers).
+    pub fn set_launcher(&mut self, launcher: impl Launcher + 'static) {
+        self.launcher = Some(Box::new(launcher));
+    }
+
     pub fn start_agent(&mut self, id: usize) -> io::Result<()> {
+        if let Some(mut launcher) = self.launcher.take() {
+            let agent = launcher.start(self, id);
+            self.launcher = Some(launcher);
+            self.agents[id - 1] = Some(agent?);
+            return Ok(());
+        }
         let data_dir = self.data_dir(id);
         let mut args = vec![
             "--port".to_owned(),
@@ -231,6 +269,11 @@ impl Cluster {
         if id > self.members {
             args.push("--join".into());
         }
+        if !self.agent_args.iter().any(|a| a == "--insecure-peers") {
+            args.extend(self.certs(id).args());
+        }
+        args.push("--admin-token-file".into());
+        args.push(self.token_file().to_str().expect("UTF-8 path").to_owned());
         args.extend(self.agent_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let agent = self.spawn(
@@ -245,6 +288,11 @@ impl Cluster {
 
     /// kill -9 of node `id`'s agent; its app keeps running.
     pub fn kill_agent(&mut self, id: usize) -> io::Result<()> {
+        if let Some(launcher) = &mut self.launcher
+            && self.agents[id - 1].is_some()
+        {
+            launcher.kill(id)?;
+        }
         kill(&mut self.agents[id - 1])
     }
 
@@ -268,6 +316,8 @@ impl Cluster {
             .node(id)
             .command(self.bin.join("hermes-agent"))?
             .arg("ctl")
+            .arg("--admin-token-file")
+            .arg(self.token_file())
             .args(args)
             .output()?;
         let text = String::from_utf8_lossy(&output.stdout).into_owned()
@@ -338,6 +388,15 @@ impl Cluster {
             applied.windows(2).all(|w| w[0] == w[1]).then(|| applied[0])
         })
     }
+}
+
+/// Runs a cluster's agents some other way than as processes in their nodes: in containers, say.
+pub trait Launcher: Send + Sync {
+    /// Starts node `id`'s agent in `cluster` and returns once it steers, with the process whose
+    /// output is the agent's.
+    fn start(&mut self, cluster: &Cluster, id: usize) -> io::Result<Process>;
+    /// Kills node `id`'s agent at once, as kill -9 does (its process is reaped afterwards).
+    fn kill(&mut self, id: usize) -> io::Result<()>;
 }
 
 /// Polls `check` until it gives a value; an error naming `what` after [`PATIENCE`].

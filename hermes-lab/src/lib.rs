@@ -7,9 +7,11 @@
 //! processes it started (by PID), deletes its namespaces, links and bpffs pins, even when a test
 //! fails.
 //!
-//! [`cluster`] runs Hermes clusters in a lab; [`client`] is a small HTTP client for them.
+//! [`cluster`] runs Hermes clusters in a lab, their peers authenticated with [`certs`];
+//! [`client`] is a small HTTP client for them.
 //!
 //! Everything here needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN).
+pub mod certs;
 pub mod chaos;
 pub mod client;
 pub mod cluster;

@@ -4,7 +4,9 @@
 - POST (any path): appends the body as one line to the file (append mode, one write, flushed)
   and answers `201` with the line number (1-based) as the body;
 - GET /count: the number of lines;
-- GET /line/N: line N, or 404.
+- GET /line/N: line N, or 404;
+- GET /admin: `200` to a client on 127.0.0.1 only, `403` to anyone else (as apps that trust
+  loopback do).
 
 Nothing is de-duplicated: a request sent twice appends twice. Bodies with a line break get 400.
 The file is the state: a restarted app continues it (a torn last line, from a crash mid-write,
@@ -49,6 +51,10 @@ class Append(common.Handler):
             n = len(self.lines)
             return 201, b"%d\n" % n, [("Location", f"/line/{n}")]
         if self.command in ("GET", "HEAD"):
+            if path == "/admin":
+                if self.client_address[0] in ("127.0.0.1", "::ffff:127.0.0.1"):
+                    return 200, b"admin pages\n"
+                return 403, b"admin pages are for local clients only\n"
             if path == "/count":
                 return 200, b"%d\n" % len(self.lines)
             n = path.removeprefix("/line/")

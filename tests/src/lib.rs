@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: a lab per test, the agent and the apps inside it,
 //! and whole clusters.
 
+pub mod daemonset;
+pub mod podman;
+
 use std::{
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpStream},

@@ -17,7 +17,7 @@ pub fn run(bin: &Path) -> anyhow::Result<()> {
     let mut cluster = Cluster::new(lab, bin, App::Log, &[])?;
 
     step(
-        "2. On each node: the unchanged log app on 127.0.0.1:8080, and a Hermes agent steering port 8080",
+        "2. On each node: the unchanged log app on port 8080, and a Hermes agent steering that port",
     );
     let leader = cluster.start()?;
     println!("   the agents formed a Raft cluster; leader: node {leader}");

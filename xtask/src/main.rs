@@ -2,6 +2,8 @@
 mod bench;
 mod chaos;
 mod demo;
+mod fuzz;
+mod manifests;
 mod setup;
 
 use std::{
@@ -23,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what this machine lacks to build and test Hermes (Debian packages, rust-src,
-    /// bpf-linker), and check that the eBPF toolchain fits together. Idempotent.
+    /// bpf-linker, cargo-fuzz), and check that the eBPF toolchain fits together. Idempotent.
     Setup,
     /// Build the agent (release) and run it in the foreground with the given flags, e.g.
     /// `cargo xtask build-and-load -- --port 8080 --passthrough`.
@@ -50,16 +52,42 @@ enum Task {
         #[arg(long, default_value_t = 12)]
         clients: usize,
     },
+    /// Write a CA and certificates for the peers of a cluster: `ca.pem`, and per node
+    /// `node-<id>.pem` and `node-<id>-key.pem`, naming node `<id>` as `hermes-node-<id>`, for
+    /// `hermes-agent --peer-cert --peer-key --peer-ca`. For labs and trials: in production, use
+    /// your own CA.
+    Certs {
+        /// Nodes `1..=N` get a certificate.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Where to write them.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
     /// Network namespaces as hosts, for trying things by hand.
     Lab {
         #[command(subcommand)]
         command: LabCommand,
     },
-    /// Run the whole test suite, including the privileged lab tests (needs root). Runs setup first.
+    /// Run the whole test suite, including the privileged lab tests and the agent's image built
+    /// and run with podman (needs root), and validate the Kubernetes manifests offline against
+    /// the API's schemas. Runs setup first.
     Test {
         /// Extra arguments for `cargo test`, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Fuzz the agent's parsers (HTTP requests and responses, chunked bodies, peer frames, admin
+    /// requests) with cargo-fuzz on the eBPF build's nightly: builds the targets in fuzz/, runs
+    /// each for the given time, prints its executions, and fails if any crashed (the input is
+    /// left in fuzz/artifacts/<target>/).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all of them).
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
+        targets: Vec<String>,
     },
     /// Measure Hermes against its baselines (the log app alone, behind a passthrough agent,
     /// behind nginx; etcd for replicated writes), each in a fresh lab on this machine: latency at
@@ -89,6 +117,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Setup => setup::run(&[]).map(drop),
         Task::BuildAndLoad { args } => build_and_load(&args),
+        Task::Certs { nodes, dir } => certs(nodes, &dir),
         Task::Lab { command } => lab(command),
         Task::Demo => demo::run(&build_cluster_binaries(&[])?),
         Task::Chaos {
@@ -97,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             clients,
         } => chaos::run(&build_cluster_binaries(&[])?, seconds, every, clients),
         Task::Test { args } => test(&args),
+        Task::Fuzz { seconds, targets } => fuzz::run(&setup::run(&[])?, seconds, &targets),
         Task::Bench { quick } => bench::run(&build_cluster_binaries(bench::PACKAGES)?, quick),
     }
 }
@@ -130,6 +160,16 @@ fn build_and_load(args: &[String]) -> anyhow::Result<()> {
     Err(Command::new(&agent).args(args).exec()).with_context(|| format!("exec {}", agent.display()))
 }
 
+fn certs(nodes: u64, dir: &Path) -> anyhow::Result<()> {
+    let ids: Vec<u64> = (1..=nodes).collect();
+    let files = hermes_lab::certs::Authority::new("hermes")?.write(dir, &ids)?;
+    println!("wrote {}", files[0].ca.display());
+    for (id, files) in ids.iter().zip(&files) {
+        println!("node {id}: {}", files.args().join(" "));
+    }
+    Ok(())
+}
+
 fn lab(command: LabCommand) -> anyhow::Result<()> {
     match command {
         LabCommand::Up { nodes } => {
@@ -159,9 +199,13 @@ fn lab(command: LabCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Debian packages of the image test (tests/image.rs): podman and runc build and run the
+/// agent's image, debootstrap makes its base image.
+const IMAGE_TEST_PACKAGES: &[&str] = &["podman", "runc", "debootstrap"];
+
 fn test(args: &[String]) -> anyhow::Result<()> {
     // The suite ends with `bench --quick`: set up what it needs too.
-    let ebpf = setup::run(bench::PACKAGES)?;
+    let ebpf = setup::run(&[bench::PACKAGES, IMAGE_TEST_PACKAGES].concat())?;
     cargo(&ebpf, &["fmt", "--all", "--check"])
         .context("code is not formatted: run `cargo fmt --all`")?;
     cargo(
@@ -175,11 +219,14 @@ fn test(args: &[String]) -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
+    manifests::validate(workspace_root(), &target_dir())?;
     // The lab tests start the workspace's binaries: build them in the profile the tests use.
     cargo(&ebpf, &["build", "--release", "--bins"])?;
     let mut test = vec!["test", "--release"];
     test.extend(args.iter().map(String::as_str));
     cargo(&ebpf, &test)?;
+    // Every fuzz target, briefly: a smoke test that they build, run and find nothing quickly.
+    fuzz::run(&ebpf, 5, &[])?;
     // The benchmark harness is code too: prove that it runs and writes complete output.
     bench::run(&target_dir().join("release"), true)
 }

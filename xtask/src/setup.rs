@@ -2,7 +2,8 @@
 //!
 //! The eBPF object is compiled by a nightly rustc and linked by bpf-linker, which must use the
 //! same LLVM major version (a mismatch fails with "Invalid record"). bpf-linker is built against
-//! Debian's LLVM of the nightly's major.
+//! Debian's LLVM of the nightly's major. The fuzz targets build with the same nightly, through
+//! cargo-fuzz.
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
@@ -10,6 +11,8 @@ use anyhow::{Context as _, bail};
 /// The nightly known to work here (rustc 1.97, LLVM 22), installed when `nightly` is missing.
 const PINNED_NIGHTLY: &str = "nightly-2026-05-20";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Installed when `cargo fuzz` is missing; runs on the nightly above (`cargo xtask fuzz`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages the build and the lab need, beyond LLVM.
 const PACKAGES: &[&str] = &["iproute2", "curl", "nftables"];
 
@@ -39,6 +42,7 @@ pub fn run(extra: &[&str]) -> anyhow::Result<EbpfToolchain> {
     apt_install(&packages)?;
     rust_src(&toolchain)?;
     bpf_linker(llvm)?;
+    cargo_fuzz()?;
     eprintln!("setup: ok (eBPF: {toolchain}, LLVM {llvm}, bpf-linker {BPF_LINKER_VERSION})");
     Ok(EbpfToolchain { toolchain })
 }
@@ -172,6 +176,21 @@ fn bpf_linker(llvm: u32) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (and so for the tests), from crates.io.
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if output("cargo", &["fuzz", "--version"]).is_ok() {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    run_command(Command::new("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }
 
 fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {

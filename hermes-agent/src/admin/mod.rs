@@ -1,14 +1,23 @@
 //! The admin API (loopback by default):
 //!
 //! - `GET /status` (JSON), `GET /healthz`, `GET /readyz`;
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text);
 //! - `GET /digests?from=N`: digests of the app's responses by request sequence number, to
 //!   compare replicas;
 //! - `POST /cluster/learners` `{"id": 4, "addr": "10.0.0.4:7000"}`: add a node as a learner;
 //! - `POST /cluster/membership` `{"voters": [1, 2, 3, 4]}`: make exactly these the voters
-//!   (promotes learners, removes voters left out).
+//!   (promotes learners, removes voters left out);
+//! - `POST /divergence/resume`: a replica fenced after a divergence applies again.
+//!
+//! What changes the cluster (`POST`) needs `Authorization: Bearer <token>`, the token read from
+//! `--admin-token-file`, and `Content-Type: application/json` (so that no browser form can
+//! post it); without a token file such changes are refused. Reads are open on loopback; from
+//! elsewhere (an admin address that is not loopback) they need the token too.
 //!
 //! `hermes-agent ctl` is the command-line front of it.
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+pub mod token;
+
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 use serde_json::json;
@@ -19,15 +28,20 @@ use tokio::{
 
 use crate::{
     http::{
-        Response, Version,
+        RequestHead, Response, Version,
         request::{self, ReadError, Reader},
     },
-    order::{Node, peer::wire::MembershipChange, propose},
+    order::{
+        Node,
+        peer::{tls::Security, wire::MembershipChange},
+        propose,
+    },
     steer::Steering,
+    telemetry::{State, Telemetry},
 };
 
-/// What the admin API reads of a request.
-const LIMITS: request::Limits = request::Limits {
+/// What the admin API reads of a request (public for the fuzz targets).
+pub const LIMITS: request::Limits = request::Limits {
     max_head: 16 * 1024,
     max_fields: 64,
     max_body: 64 * 1024,
@@ -37,27 +51,30 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Admin {
     pub steering: Steering,
+    pub telemetry: Arc<Telemetry>,
     /// `None` in passthrough mode.
     pub node: Option<Arc<Node>>,
+    /// Where the bearer token is; `None`: no change to the cluster is taken.
+    pub token_file: Option<PathBuf>,
 }
 
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let admin = Arc::clone(&admin);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(TIMEOUT, connection(stream, &admin)).await;
+            let _ = tokio::time::timeout(TIMEOUT, connection(stream, peer, &admin)).await;
         });
     }
 }
 
-/// An answer: status and JSON or text body.
+/// An answer: status, content type, body.
 struct Answer {
     status: u16,
-    json: bool,
+    content_type: &'static str,
     body: String,
 }
 
@@ -65,7 +82,7 @@ impl Answer {
     fn text(status: u16, body: impl Into<String>) -> Self {
         Self {
             status,
-            json: false,
+            content_type: "text/plain",
             body: body.into() + "\n",
         }
     }
@@ -73,14 +90,14 @@ impl Answer {
     fn json(status: u16, value: serde_json::Value) -> Self {
         Self {
             status,
-            json: true,
+            content_type: "application/json",
             body: value.to_string() + "\n",
         }
     }
 }
 
 /// Serves one request, then closes.
-async fn connection(stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
+async fn connection(stream: TcpStream, peer: SocketAddr, admin: &Admin) -> std::io::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut requests = Reader::new(reader, LIMITS);
     let answer = match requests.head().await {
@@ -92,22 +109,64 @@ async fn connection(stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
         {
             Err(ReadError::Closed) => return Ok(()),
             Err(ReadError::Invalid(invalid)) => Answer::text(invalid.status(), invalid.to_string()),
-            Ok(body) => {
-                let target = head.target().to_owned();
-                route(admin, &head.method, &target, &body).await
-            }
+            Ok(body) => match allowed(admin, peer, &head) {
+                Err(refused) => refused,
+                Ok(()) => {
+                    let target = head.target().to_owned();
+                    route(admin, &head.method, &target, &body).await
+                }
+            },
         },
     };
-    let content_type = if answer.json {
-        "application/json"
-    } else {
-        "text/plain"
-    };
-    let response = Response::own(answer.status, content_type, answer.body);
+    let response = Response::own(answer.status, answer.content_type, answer.body);
     let (head, body) = response.to_client(Version::Http11, true);
     writer.write_all(&head).await?;
     writer.write_all(&body).await?;
     writer.shutdown().await
+}
+
+/// Whether the request may be served: see the module's documentation.
+fn allowed(admin: &Admin, peer: SocketAddr, head: &RequestHead) -> Result<(), Answer> {
+    let writes = head.method != "GET" && head.method != "HEAD";
+    if !writes && peer.ip().to_canonical().is_loopback() {
+        return Ok(());
+    }
+    let Some(path) = &admin.token_file else {
+        return Err(Answer::text(
+            403,
+            "changes to the cluster need the agent to be started with --admin-token-file",
+        ));
+    };
+    let token = match token::read(path) {
+        Ok(token) => token,
+        Err(error) => {
+            tracing::error!(%error, "cannot read the admin token");
+            return Err(Answer::text(
+                503,
+                "the admin token cannot be read; see the agent's log",
+            ));
+        }
+    };
+    let presented = head
+        .field("authorization")
+        .and_then(|value| value.strip_prefix(b"Bearer "));
+    if !presented.is_some_and(|presented| token::matches(presented, &token)) {
+        return Err(Answer::text(
+            401,
+            "a valid `Authorization: Bearer <token>` is needed",
+        ));
+    }
+    let json = head.field("content-type").is_some_and(|value| {
+        let media = value.split(|b| *b == b';').next().unwrap_or_default();
+        media.trim_ascii().eq_ignore_ascii_case(b"application/json")
+    });
+    if writes && !json {
+        return Err(Answer::text(
+            415,
+            "changes are sent as `Content-Type: application/json`",
+        ));
+    }
+    Ok(())
 }
 
 async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]) -> Answer {
@@ -119,6 +178,11 @@ async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]) -> Answer
             Some(reason) => Answer::text(503, format!("not ready: {reason}")),
         },
         ("GET", "/status") => Answer::json(200, status(admin)),
+        ("GET", "/metrics") => Answer {
+            status: 200,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body: metrics(admin),
+        },
         ("GET", "/digests") => {
             let from = query
                 .split('&')
@@ -128,7 +192,7 @@ async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]) -> Answer
             let digests = admin
                 .node
                 .as_ref()
-                .map(|n| n.applied.digests(from))
+                .map(|n| n.applied.digests(from, usize::MAX).1)
                 .unwrap_or_default();
             Answer::json(200, json!(digests))
         }
@@ -148,6 +212,14 @@ async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]) -> Answer
                 ),
             }
         }
+        ("POST", "/divergence/resume") => match &admin.node {
+            Some(node) => {
+                node.applied.fence(false);
+                tracing::warn!("resumed by an operator after a divergence");
+                Answer::json(200, status(admin))
+            }
+            None => Answer::text(409, "passthrough mode has no replicas"),
+        },
         ("POST", "/cluster/membership") => {
             #[derive(Deserialize)]
             struct Voters {
@@ -168,9 +240,11 @@ async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]) -> Answer
             "/healthz"
             | "/readyz"
             | "/status"
+            | "/metrics"
             | "/digests"
             | "/cluster/learners"
-            | "/cluster/membership",
+            | "/cluster/membership"
+            | "/divergence/resume",
         ) => Answer::text(405, "wrong method"),
         _ => Answer::text(404, "unknown path; see the admin API in the README"),
     }
@@ -206,10 +280,50 @@ fn not_ready(admin: &Admin) -> Option<String> {
     if !node.is_member() {
         return Some("not a member of the cluster".into());
     }
+    if node.applied.fenced() {
+        let seq = node.divergence.first().map_or(0, |found| found.seq);
+        return Some(format!(
+            "fenced: this replica's answers diverged (first at request {seq}); see /status"
+        ));
+    }
     if !node.app().healthy() {
         return Some("the app does not answer, or is slow to".into());
     }
     None
+}
+
+/// The metrics, with the state of the moment.
+fn metrics(admin: &Admin) -> String {
+    let stats = admin.steering.stats();
+    let mut handshake_failures = 0;
+    if let Some(node) = &admin.node {
+        let metrics = node.metrics();
+        if let Security::Tls(tls) = node.peer_security() {
+            handshake_failures = tls.handshake_failures();
+        }
+        let last = metrics.last_log_index.unwrap_or(0);
+        let lags = metrics
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(id, _)| **id != node.id)
+            .map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |m| m.index))))
+            .collect();
+        admin.telemetry.state(&State {
+            in_flight: node.pending(),
+            in_doubt: node.applied.in_doubt(),
+            term: metrics.current_term,
+            leader: metrics.current_leader.unwrap_or(0),
+            commit_index: node.log.committed().map_or(0, |id| id.index),
+            applied_index: node.applied.applied_index(),
+            lags,
+        });
+    }
+    admin.telemetry.totals(
+        [stats.steered, stats.dropped, stats.bypassed],
+        handshake_failures,
+    );
+    admin.telemetry.encode()
 }
 
 fn status(admin: &Admin) -> serde_json::Value {
@@ -255,6 +369,16 @@ fn status(admin: &Admin) -> serde_json::Value {
         "replication": replication,
         "pending": node.pending(),
         "in_doubt": node.applied.in_doubt(),
+        "divergence": node.divergence.first(),
+        "compared_up_to": node.divergence.checked(),
+        "fenced": node.applied.fenced(),
+        "peer_tls": match node.peer_security() {
+            Security::Tls(tls) => json!({
+                "generation": tls.generation(),
+                "handshake_failures": tls.handshake_failures(),
+            }),
+            Security::Insecure => json!(null),
+        },
         "log_cache_bytes": node.log.cached_bytes(),
         "app_healthy": node.app().healthy(),
         "ready": not_ready(admin).is_none(),

@@ -6,8 +6,9 @@
 //! read the whole request (refusing it, or streaming its answer), and then it has the request.
 //!
 //! A kept-alive connection is checked before it is written on: bytes nobody asked for, or the
-//! app's close, make it be replaced by a new one first. It is also replaced once it has been idle
-//! for a while (before apps that close idle connections, many after 5 s, would), after an
+//! app's close, make it be replaced by a new one first. It is also closed once it has been idle
+//! for a while (before apps that close idle connections, many after 5 s, would; and so that an
+//! app serving one connection at a time can serve other local clients meanwhile), after an
 //! exchange that was cut off, and after any answer that may leave bytes on it: an answer that
 //! came before the request was written whole, an error answer to a request with a body (apps
 //! often refuse without reading the body, which they would then take for the next request), and
@@ -15,6 +16,7 @@
 use std::{
     net::SocketAddr,
     os::fd::AsRawFd,
+    sync::Arc,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::Duration,
 };
@@ -31,7 +33,11 @@ use tokio::{
     time::Instant,
 };
 
-use crate::http::response::{self, ReadError, Response};
+use crate::{
+    http::response::{self, ReadError, Response},
+    steer::source,
+    telemetry::Telemetry,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -45,6 +51,8 @@ const ONE_WRITE: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct App {
     addr: SocketAddr,
+    /// Where the app is reached from.
+    source: std::net::Ipv4Addr,
     limits: response::Limits,
     /// An answer taking longer than this makes the app count as slow (it is waited for still).
     slow_after: Duration,
@@ -53,6 +61,7 @@ pub struct App {
     reachable: AtomicBool,
     /// Whether the app is taking longer than `slow_after` to answer.
     slow: AtomicBool,
+    telemetry: Arc<Telemetry>,
 }
 
 #[derive(Debug)]
@@ -86,9 +95,17 @@ pub struct Exchanged {
 }
 
 impl App {
-    pub fn new(addr: SocketAddr, slow_after: Duration, limits: response::Limits) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        source: std::net::Ipv4Addr,
+        slow_after: Duration,
+        limits: response::Limits,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         Self {
             addr,
+            source,
+            telemetry,
             limits,
             slow_after,
             connection: Mutex::new(Connection {
@@ -109,6 +126,26 @@ impl App {
 
     pub(super) fn set_reachable(&self, reachable: bool) {
         self.reachable.store(reachable, Ordering::Relaxed);
+    }
+
+    /// Closes the connection whenever it has been idle for a while, for as long as the app is
+    /// in use (see the module's documentation).
+    pub fn close_when_idle(self: &Arc<Self>) {
+        let app = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(MAX_IDLE / 2).await;
+                let Some(app) = app.upgrade() else { return };
+                if let Ok(mut connection) = app.connection.try_lock()
+                    && connection.stream.is_some()
+                    && !connection.busy
+                    && connection.idle_since.elapsed() >= MAX_IDLE
+                {
+                    connection.stream = None;
+                    connection.buf.clear();
+                }
+            }
+        });
     }
 
     /// Waits for this caller's turn on the connection (callers are served in order).
@@ -177,10 +214,10 @@ impl Turn<'_> {
         let mut delay = RETRY_MIN;
         let mut failures = 0u64;
         loop {
-            let connected =
-                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.app.addr))
-                    .await
-                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+            let connect = source::connect(self.app.source, self.app.addr);
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
             match connected {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
@@ -229,13 +266,13 @@ impl Turn<'_> {
         connection.busy = true;
         let written = AtomicUsize::new(0);
         let mut told = false;
+        let started = Instant::now();
         let answer = {
             let (mut reader, mut writer) = stream.split();
             let write = write_parts(&mut writer, head, body, &written);
             let read = response::read(&mut reader, &mut connection.buf, method, &app.limits);
             tokio::pin!(write, read);
             let mut writing = true;
-            let started = Instant::now();
             loop {
                 tokio::select! {
                     biased;
@@ -262,6 +299,13 @@ impl Turn<'_> {
             }
         };
         app.slow.store(false, Ordering::Relaxed);
+        app.telemetry.exchanged(started.elapsed().as_secs_f64());
+        match &answer {
+            Ok(_) => {}
+            Err(ReadError::Invalid(_)) => app.telemetry.app_failed("invalid_answer"),
+            Err(ReadError::Cut) => app.telemetry.app_failed("answer_cut_short"),
+            Err(ReadError::Closed) => app.telemetry.app_failed("no_answer"),
+        }
         let written = written.into_inner();
         let whole = written == head.len() + body.len();
         let sent = match (&answer, whole) {

@@ -148,8 +148,10 @@ mod tests {
         // No app listens: the hooks need none, and its connection is never opened.
         let nowhere = App::new(
             ([127, 0, 0, 1], 9).into(),
+            std::net::Ipv4Addr::LOCALHOST,
             Duration::from_secs(1),
             crate::http::response::Limits::default(),
+            std::sync::Arc::default(),
         );
         assert_eq!(ok.capture(&nowhere).await, b"state v1");
         ok.restore(b"state v2", &nowhere).await;

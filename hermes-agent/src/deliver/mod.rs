@@ -63,11 +63,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A digest of what the app answered, to compare replicas: `None` when this replica has no
-    /// answer of its own to compare.
-    pub fn digest(&self) -> Option<u64> {
+    /// A digest of what the app answered (its status, and its body if `bodies`), to compare
+    /// replicas: `None` when this replica has no answer of its own to compare.
+    pub fn digest(&self, bodies: bool) -> Option<u64> {
         match self {
-            Self::Answered(response) => Some(digest(response.status, &response.body)),
+            Self::Answered(response) if bodies => Some(digest(response.status, &response.body)),
+            Self::Answered(response) => Some(digest(response.status, b"")),
             Self::Unanswered(_) => Some(digest(0, b"no answer")),
             Self::Duplicate | Self::Earlier => None,
         }

@@ -26,7 +26,13 @@ fn head_request() -> Vec<u8> {
 
 /// A delivery to `app` whose progress lives in `dir`, with answers called slow after `slow`.
 fn delivery(dir: &std::path::Path, app: &FakeApp, slow: Duration) -> (Delivery, Arc<App>) {
-    let app = Arc::new(App::new(app.addr, slow, Limits::default()));
+    let app = Arc::new(App::new(
+        app.addr,
+        std::net::Ipv4Addr::LOCALHOST,
+        slow,
+        Limits::default(),
+        Arc::default(),
+    ));
     let delivery = Delivery::open(&dir.join("progress"), Arc::clone(&app)).unwrap();
     (delivery, app)
 }

@@ -5,12 +5,12 @@
 //!   ordered and what every app receives; the reader that takes them off a client connection.
 //! - [`response`]: app responses framed totally, whatever the app sends; the agent's own
 //!   responses; both re-serialized for the client.
-//! - `chunked`: the chunked transfer coding, decoded as it arrives; `fields`: field grammar and
-//!   the fields whose meaning the agent acts on.
+//! - [`chunked`]: the chunked transfer coding, decoded as it arrives (public for the fuzz
+//!   targets); `fields`: field grammar and the fields whose meaning the agent acts on.
 //!
 //! Every length read from the network is checked before anything is allocated for it, all
 //! arithmetic on lengths is checked, and field values are bytes (obs-text is legal).
-mod chunked;
+pub mod chunked;
 #[cfg(test)]
 mod corpus;
 mod fields;

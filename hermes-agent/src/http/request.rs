@@ -286,6 +286,23 @@ impl RequestHead {
         &self.target
     }
 
+    /// The value of the first end-to-end field called `name`.
+    pub fn field(&self, name: &str) -> Option<&[u8]> {
+        self.canonical
+            .split(|b| *b == b'\n')
+            .skip(1)
+            .find_map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let colon = line.iter().position(|b| *b == b':')?;
+                let value = line[colon + 1..]
+                    .strip_prefix(b" ")
+                    .unwrap_or(&line[colon + 1..]);
+                line[..colon]
+                    .eq_ignore_ascii_case(name.as_bytes())
+                    .then_some(value)
+            })
+    }
+
     /// The canonical request, for a client at `client` and the decoded `body`.
     pub fn canonical(self, client: IpAddr, body: &[u8]) -> Bytes {
         let client = client.to_canonical();

@@ -30,6 +30,7 @@ use crate::{
         request::{self, ReadError, Reader},
     },
     order::{Node, SubmitError, read::ReadMode},
+    telemetry::Outcome,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -99,18 +100,32 @@ impl Handler for Http {
                     let answer = self.answer(head, body, peer).await;
                     drop(budget);
                     let close = close || answer.as_ref().is_ok_and(|r| r.close);
+                    let telemetry = &self.node.telemetry;
                     match answer {
-                        Ok(response) => (response, version, close),
+                        Ok(response) => {
+                            telemetry.request(Outcome::Answered, response.status);
+                            (response, version, close)
+                        }
                         Err(error) => {
                             tracing::debug!(%peer, %error, "request not answered");
                             let unknown = error == SubmitError::Timeout;
-                            (refusal(&error), version, close || unknown)
+                            let refusal = refusal(&error);
+                            let outcome = match error {
+                                SubmitError::Timeout => Outcome::Unknown,
+                                SubmitError::App(_) => Outcome::AppFailed,
+                                _ => Outcome::Unavailable,
+                            };
+                            telemetry.request(outcome, refusal.status);
+                            (refusal, version, close || unknown)
                         }
                     }
                 }
                 Ok(Err(ReadError::Closed)) => break,
                 Ok(Err(ReadError::Invalid(invalid))) => {
                     tracing::debug!(%peer, %invalid, "request refused");
+                    self.node
+                        .telemetry
+                        .request(Outcome::Refused, invalid.status());
                     let own = Response::own(
                         invalid.status(),
                         "text/plain",
@@ -120,6 +135,7 @@ impl Handler for Http {
                     return;
                 }
                 Err(_) => {
+                    self.node.telemetry.request(Outcome::Refused, 408);
                     let own =
                         Response::own(408, "text/plain", "hermes: request not complete in time\n");
                     refuse(requests, writer, own).await;

@@ -13,13 +13,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Passthrough {
     pub app: SocketAddr,
+    /// Where the app is reached from.
+    pub source: std::net::Ipv4Addr,
 }
 
 impl Handler for Passthrough {
     /// A byte stream has no request boundaries: on shutdown, it runs until either side closes
     /// or the grace period ends.
     async fn serve(self, mut client: TcpStream, peer: SocketAddr, _stop: watch::Receiver<bool>) {
-        let mut app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.app))
+        let connect = crate::steer::source::connect(self.source, self.app);
+        let mut app = match tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
         {

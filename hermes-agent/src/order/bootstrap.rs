@@ -33,7 +33,10 @@ pub async fn refuse_if_wiped(
             node_id,
             members: known,
             ..
-        }) = peers.get(addr).call(&Call::Hello, HELLO_TIMEOUT).await
+        }) = peers
+            .get(peer, addr)
+            .call(&Call::Hello, HELLO_TIMEOUT)
+            .await
             && node_id == peer
             && known
                 .get(&identity.node_id)
@@ -76,7 +79,7 @@ pub async fn form(
                 );
                 continue;
             }
-            match peers.get(addr).call(&Call::Hello, HELLO_TIMEOUT).await {
+            match peers.get(id, addr).call(&Call::Hello, HELLO_TIMEOUT).await {
                 Ok(Reply::Hello {
                     node_id,
                     incarnation,

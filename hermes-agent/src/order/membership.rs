@@ -25,7 +25,7 @@ impl Node {
         let addr = addr.ok_or("the leader's address is unknown")?;
         match self
             .peers
-            .get(&addr)
+            .get(leader, &addr)
             .call(&Call::ChangeMembership(change), TIMEOUT)
             .await
         {
@@ -51,7 +51,7 @@ pub async fn change_on_leader(
     }
     let changed = match change {
         MembershipChange::AddLearner { id, addr } => {
-            let incarnation = match peers.get(&addr).call(&Call::Hello, TIMEOUT).await {
+            let incarnation = match peers.get(id, &addr).call(&Call::Hello, TIMEOUT).await {
                 Ok(Reply::Hello {
                     node_id,
                     incarnation,

@@ -4,6 +4,7 @@
 //! - [`typ`]: the Raft type configuration; [`log_store`]: the durable log (redb);
 //!   [`state_machine`]: the app as Raft's state machine (delivery itself is [`crate::deliver`]);
 //! - [`identity`]: who this node is across restarts; [`bootstrap`]: forming the cluster;
+//! - [`divergence`]: comparing the replicas' answers;
 //! - [`propose`]: getting requests into the log; [`read`]: reads off the log;
 //!   [`membership`]: changing the members; [`peer`]: the peer transport.
 //!
@@ -15,6 +16,7 @@
     reason = "openraft's storage traits return its StorageError; boxing it here would only move the copy"
 )]
 pub mod bootstrap;
+pub mod divergence;
 pub mod identity;
 pub mod log_store;
 pub mod membership;
@@ -46,10 +48,15 @@ use tokio::{
 use crate::{
     deliver::{App, hooks::Hooks},
     http::{Response, response},
+    telemetry::Telemetry,
 };
+use divergence::{Divergence, OnDivergence};
 use identity::{Identity, IdentityError};
 use log_store::LogStore;
-use peer::{Network, Peers, server};
+use peer::{
+    Network, Peers, server,
+    tls::{PeerTls, Security},
+};
 use propose::{Outcome, Proposer};
 use state_machine::{Applied, StateMachine};
 use typ::{Command, Metrics, NodeId, Raft};
@@ -66,6 +73,8 @@ pub struct Settings {
     pub members: BTreeMap<NodeId, String>,
     pub data_dir: PathBuf,
     pub app: SocketAddr,
+    /// Where the app is reached from.
+    pub app_source: std::net::Ipv4Addr,
     /// An answer taking longer makes the app count as slow (it is still waited for).
     pub app_timeout: Duration,
     /// What an app's answer may be.
@@ -78,6 +87,14 @@ pub struct Settings {
     pub log_cache: usize,
     /// Largest peer frame sent or accepted.
     pub max_frame: usize,
+    /// The node's TLS credentials for its peers; `None`: plain TCP (`--insecure-peers`).
+    pub peer_tls: Option<peer::tls::Files>,
+    /// Where the node counts what happens.
+    pub telemetry: Arc<Telemetry>,
+    /// Whether answers' digests cover their bodies (or only their status).
+    pub digest_bodies: bool,
+    /// What a divergence found on this node does.
+    pub on_divergence: OnDivergence,
     /// Snapshots of the app's state, which allow compacting the log; `None`: keep the whole log.
     pub snapshots: Option<Snapshots>,
 }
@@ -108,6 +125,8 @@ pub enum StartError {
          {node_id}` on a member) and start this node with a new --node-id and --join"
     )]
     Wiped { node_id: NodeId, peer: NodeId },
+    #[error("peer TLS: {0}")]
+    Tls(#[from] peer::tls::TlsError),
     #[error("storage: {0}")]
     Storage(#[from] typ::StorageError),
     #[error("raft: {0}")]
@@ -151,6 +170,9 @@ pub struct Node {
     pub log: LogStore,
     /// Commit index when the node started: readiness waits until it is applied.
     pub startup_commit: u64,
+    /// Divergences found between this replica and the others.
+    pub divergence: Arc<Divergence>,
+    pub telemetry: Arc<Telemetry>,
     app: Arc<App>,
     proposer: Proposer,
     peers: Peers,
@@ -179,7 +201,21 @@ impl Node {
         std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir(dir.clone(), e))?;
         let identity = Identity::load(dir, settings.node_id)
             .map_err(|e| StartError::Identity(dir.clone(), e))?;
-        let peers = Peers::new(settings.max_frame);
+        let security = match &settings.peer_tls {
+            Some(files) => Security::Tls(PeerTls::load(files.clone())?),
+            None => {
+                tracing::warn!(
+                    "peers are not authenticated (--insecure-peers): whoever can reach the peer \
+                     port can order requests on every replica and read the whole log"
+                );
+                Security::Insecure
+            }
+        };
+        let peers = Peers::new(settings.node_id, settings.max_frame, security.clone());
+        if let Security::Tls(tls) = &security {
+            let peers = peers.clone();
+            tls.watch(move || peers.reset());
+        }
         if identity.fresh && !settings.join {
             bootstrap::refuse_if_wiped(&peers, &identity, &settings.members).await?;
         }
@@ -187,9 +223,12 @@ impl Node {
         let startup_commit = log.committed().map_or(0, |id| id.index);
         let app = Arc::new(App::new(
             settings.app,
+            settings.app_source,
             settings.app_timeout,
             settings.response_limits,
+            Arc::clone(&settings.telemetry),
         ));
+        app.close_when_idle();
         let hooks = settings.snapshots.as_ref().map(|s| Hooks {
             snapshot: s.snapshot_cmd.clone(),
             restore: s.restore_cmd.clone(),
@@ -202,6 +241,7 @@ impl Node {
             identity.incarnation,
             Arc::clone(&app),
             hooks,
+            settings.digest_bodies,
             &mut log,
         )
         .await?;
@@ -244,11 +284,22 @@ impl Node {
             listener,
             Arc::new(server::Server {
                 raft: raft.clone(),
+                applied: Arc::clone(&applied),
                 log: log.clone(),
                 peers: peers.clone(),
                 identity,
                 forward_timeout: settings.request_timeout,
             }),
+        ));
+        let divergence = Arc::new(Divergence::default());
+        tokio::spawn(divergence::watch(
+            settings.node_id,
+            raft.clone(),
+            peers.clone(),
+            Arc::clone(&applied),
+            Arc::clone(&divergence),
+            Arc::clone(&settings.telemetry),
+            settings.on_divergence,
         ));
         if !settings.join {
             tokio::spawn(bootstrap::form(
@@ -283,6 +334,8 @@ impl Node {
             applied,
             log,
             startup_commit,
+            divergence,
+            telemetry: Arc::clone(&settings.telemetry),
             app,
             proposer,
             peers,
@@ -311,15 +364,25 @@ impl Node {
         };
         let answered = self.applied.register(id);
         let _forget = Forget(&self.applied, id);
-        let deadline = Instant::now() + self.request_timeout;
+        let started = Instant::now();
+        let deadline = started + self.request_timeout;
         let maybe_proposed = AtomicBool::new(false);
+        // When the proposal was committed, in microseconds after `started`.
+        let committed = AtomicU64::new(u64::MAX);
         tokio::select! {
-            answer = answered => match answer {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(why)) => Err(SubmitError::App(why.into())),
-                Err(_) => Err(SubmitError::Timeout),
+            answer = answered => {
+                let at = committed.load(Ordering::Relaxed);
+                if at != u64::MAX {
+                    let after = started.elapsed().as_micros() as u64;
+                    self.telemetry.applied(after.saturating_sub(at) as f64 / 1e6);
+                }
+                match answer {
+                    Ok(Ok(response)) => Ok(response),
+                    Ok(Err(why)) => Err(SubmitError::App(why.into())),
+                    Err(_) => Err(SubmitError::Timeout),
+                }
             },
-            given_up = self.propose(command, &maybe_proposed) => Err(given_up),
+            given_up = self.propose(command, &maybe_proposed, started, &committed) => Err(given_up),
             () = sleep_until(deadline) => Err(if maybe_proposed.load(Ordering::Relaxed) {
                 SubmitError::Timeout
             } else {
@@ -332,13 +395,21 @@ impl Node {
     /// answers). Follows leader changes; the state machine drops duplicates of retried proposals.
     /// Gives up early, with [`SubmitError::NoLeader`], when no leader took it for
     /// [`LEADERLESS`] and no leader may have received it.
-    async fn propose(&self, command: Command, maybe_proposed: &AtomicBool) -> SubmitError {
+    async fn propose(
+        &self,
+        command: Command,
+        maybe_proposed: &AtomicBool,
+        started: Instant,
+        committed: &AtomicU64,
+    ) -> SubmitError {
         let mut backoff = Duration::from_millis(20);
-        let started = Instant::now();
         loop {
             match self.proposer.propose(command.clone()).await {
                 Outcome::Committed => {
                     maybe_proposed.store(true, Ordering::Relaxed);
+                    let elapsed = started.elapsed();
+                    committed.store(elapsed.as_micros() as u64, Ordering::Relaxed);
+                    self.telemetry.committed(elapsed.as_secs_f64());
                     return std::future::pending().await;
                 }
                 Outcome::NotLeader(_) => {}
@@ -381,6 +452,11 @@ impl Node {
     /// Requests of this node's clients now waiting for the log.
     pub fn pending(&self) -> usize {
         self.max_pending - self.pending.available_permits()
+    }
+
+    /// How this node talks to its peers.
+    pub fn peer_security(&self) -> &Security {
+        self.peers.security()
     }
 
     /// The app, as delivery and reads reach it.

@@ -160,7 +160,7 @@ impl Route {
                 commit(&self.raft, &self.log, batch).await
             }
             (Some(leader), Some(addr)) => {
-                let peer = self.peers.get(&addr);
+                let peer = self.peers.get(leader, &addr);
                 let call = Call::Forward(batch);
                 let forwarded = tokio::select! {
                     forwarded = peer.call(&call, self.timeout) => forwarded,

@@ -68,9 +68,9 @@ impl Node {
                 (Some(leader), _) if leader == self.id => {
                     read_index_on_leader(&self.raft, self.id).await.ok()
                 }
-                (Some(_), Some(addr)) => match self
+                (Some(leader), Some(addr)) => match self
                     .peers
-                    .get(&addr)
+                    .get(leader, &addr)
                     .call(&Call::ReadIndex, LEADERLESS)
                     .await
                 {

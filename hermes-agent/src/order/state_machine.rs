@@ -49,6 +49,10 @@ pub struct Applied {
     deliveries: AtomicU64,
     in_doubt: AtomicU64,
     digests: Mutex<VecDeque<(u64, u64)>>,
+    /// Whether digests cover the answer's body (or only its status).
+    digest_bodies: bool,
+    /// Set when this replica diverged and is fenced: it applies nothing until resumed.
+    fenced: watch::Sender<bool>,
     app: Arc<App>,
 }
 
@@ -99,14 +103,28 @@ impl Applied {
         &self.app
     }
 
-    /// `(sequence number, digest of status and body)` of recent requests from `from` on.
-    pub fn digests(&self, from: u64) -> Vec<(u64, u64)> {
+    /// The first request whose digest is still kept (or the next one, if none is), and
+    /// `(sequence number, digest of the answer)` of at most `limit` requests from `from` on.
+    pub fn digests(&self, from: u64, limit: usize) -> (u64, Vec<(u64, u64)>) {
         let digests = self.digests.lock().unwrap();
-        digests
-            .iter()
-            .filter(|(i, _)| *i >= from)
-            .copied()
-            .collect()
+        let oldest = digests.front().map_or(self.requests() + 1, |(seq, _)| *seq);
+        let from = digests.partition_point(|(seq, _)| *seq < from);
+        (oldest, digests.range(from..).take(limit).copied().collect())
+    }
+
+    /// Whether this replica is fenced (see [`super::divergence`]).
+    pub fn fenced(&self) -> bool {
+        *self.fenced.borrow()
+    }
+
+    /// Fences this replica, or resumes it.
+    pub fn fence(&self, fenced: bool) {
+        self.fenced.send_replace(fenced);
+    }
+
+    /// Waits while this replica is fenced.
+    async fn unfenced(&self) {
+        let _ = self.fenced.subscribe().wait_for(|fenced| !*fenced).await;
     }
 
     /// Takes note of what became of request `seq`.
@@ -116,7 +134,7 @@ impl Applied {
         self.deliveries
             .store(progress.deliveries, Ordering::Relaxed);
         self.in_doubt.store(progress.in_doubt, Ordering::Relaxed);
-        if let Some(digest) = outcome.digest() {
+        if let Some(digest) = outcome.digest(self.digest_bodies) {
             let mut digests = self.digests.lock().unwrap();
             if digests.len() == DIGESTS {
                 digests.pop_front();
@@ -179,6 +197,7 @@ impl StateMachine {
         incarnation: u64,
         app: Arc<App>,
         hooks: Option<Hooks>,
+        digest_bodies: bool,
         log: &mut LogStore,
     ) -> Result<(Self, Arc<Applied>), StorageError> {
         let read_error =
@@ -253,6 +272,8 @@ impl StateMachine {
             deliveries: AtomicU64::new(progress.deliveries),
             in_doubt: AtomicU64::new(progress.in_doubt),
             digests: Mutex::default(),
+            digest_bodies,
+            fenced: watch::Sender::new(false),
             app,
         });
         let machine = Self {
@@ -300,6 +321,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(batch) => {
                     let first = self.delivery.progress().requests + 1;
                     for (seq, command) in (first..).zip(batch.commands) {
+                        self.applied.unfenced().await;
                         let outcome = self
                             .delivery
                             .deliver(seq, command.key(), &command.payload)

@@ -8,6 +8,7 @@
 //! namespace died and whose inode number was reused.
 mod bpffs;
 pub mod netns;
+pub mod source;
 
 use std::{
     fs::File,
@@ -82,6 +83,8 @@ pub struct Target<'a> {
     pub port: u16,
     pub fail_open: bool,
     pub bpffs: &'a Path,
+    /// The agent's delivery address: connections from it are not steered.
+    pub source: Option<std::net::Ipv4Addr>,
 }
 
 impl Target<'_> {
@@ -158,6 +161,9 @@ pub fn attach(target: &Target<'_>, listeners: &Listeners) -> Result<Steering, Er
         Policy {
             port: target.port.into(),
             flags,
+            source: target
+                .source
+                .map_or(0, |ip| u32::from_ne_bytes(ip.octets())),
         },
         0,
     )?;

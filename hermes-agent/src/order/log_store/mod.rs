@@ -374,7 +374,8 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, std::io::Error>
     postcard::to_stdvec(value).map_err(std::io::Error::other)
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, std::io::Error> {
+/// Decodes postcard: log entries, peer calls and replies (public for the fuzz targets).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, std::io::Error> {
     postcard::from_bytes(bytes).map_err(std::io::Error::other)
 }
 
@@ -400,11 +401,13 @@ mod tests {
             // The suite applies no app requests: the app is never contacted.
             let app = App::new(
                 ([127, 0, 0, 1], 9).into(),
+                std::net::Ipv4Addr::LOCALHOST,
                 Duration::from_secs(1),
                 crate::http::response::Limits::default(),
+                Arc::default(),
             );
             let (state_machine, _) =
-                StateMachine::open(dir.path(), 1, 1, Arc::new(app), None, &mut log).await?;
+                StateMachine::open(dir.path(), 1, 1, Arc::new(app), None, true, &mut log).await?;
             Ok((dir, log, state_machine))
         }
     }

@@ -1,5 +1,6 @@
 //! The client side of the peer transport: one persistent connection per peer, shared by Raft
-//! replication and proposal forwarding, with calls pipelined on it.
+//! replication and proposal forwarding, with calls pipelined on it. Each call carries this
+//! node's id, which the peer checks against this node's certificate.
 use std::{
     collections::HashMap,
     sync::{
@@ -11,11 +12,14 @@ use std::{
 
 use tokio::{
     net::TcpStream,
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
 };
 
-use super::wire::{self, Call, Reply};
-use crate::order::log_store;
+use super::{
+    tls::Security,
+    wire::{self, Call, Reply},
+};
+use crate::order::{log_store, typ::NodeId};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -44,28 +48,41 @@ impl CallError {
     }
 }
 
-/// Connections to peers by address.
+/// A peer as connections know it: its node id and its address.
+type PeerKey = (NodeId, String);
+
+/// Connections to peers, by node and address.
 #[derive(Clone)]
 pub struct Peers {
-    peers: Arc<Mutex<HashMap<String, Arc<Peer>>>>,
+    peers: Arc<Mutex<HashMap<PeerKey, Arc<Peer>>>>,
+    /// This node.
+    me: NodeId,
     /// Largest frame sent or accepted.
     max_frame: usize,
+    security: Security,
 }
 
 impl Peers {
-    pub fn new(max_frame: usize) -> Self {
+    pub fn new(me: NodeId, max_frame: usize, security: Security) -> Self {
         Self {
             peers: Arc::default(),
+            me,
             max_frame,
+            security,
         }
     }
 
-    pub fn get(&self, addr: &str) -> Arc<Peer> {
+    /// Node `id`, reached at `addr`.
+    pub fn get(&self, id: NodeId, addr: &str) -> Arc<Peer> {
         let mut peers = self.peers.lock().unwrap();
-        Arc::clone(peers.entry(addr.to_owned()).or_insert_with(|| {
+        let key = (id, addr.to_owned());
+        Arc::clone(peers.entry(key).or_insert_with(|| {
             Arc::new(Peer {
+                id,
                 addr: addr.to_owned(),
+                me: self.me,
                 max_frame: self.max_frame,
+                security: self.security.clone(),
                 connection: tokio::sync::Mutex::default(),
             })
         }))
@@ -74,11 +91,29 @@ impl Peers {
     pub fn max_frame(&self) -> usize {
         self.max_frame
     }
+
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
+    /// Closes every connection: the next calls open new ones (with new certificates).
+    pub fn reset(&self) {
+        for peer in self.peers.lock().unwrap().values() {
+            if let Ok(slot) = peer.connection.try_lock()
+                && let Some(connection) = slot.as_ref()
+            {
+                connection.close();
+            }
+        }
+    }
 }
 
 pub struct Peer {
+    id: NodeId,
     addr: String,
+    me: NodeId,
     max_frame: usize,
+    security: Security,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
 }
 
@@ -87,6 +122,8 @@ struct Connection {
     calls: Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
+    /// Tells its reading and writing tasks to end (which closes the stream).
+    stop: watch::Sender<bool>,
 }
 
 impl Connection {
@@ -94,6 +131,15 @@ impl Connection {
         self.closed.store(true, Ordering::Release);
         // Dropping the senders fails every waiting call.
         self.calls.lock().unwrap().clear();
+        self.stop.send_replace(true);
+    }
+
+    /// Resolves once the connection is closed.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.subscribe();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
     }
 }
 
@@ -115,7 +161,7 @@ impl Peer {
     pub async fn call(&self, call: &Call, timeout: Duration) -> Result<Reply, CallError> {
         let connection = self.connection().await?;
         let id = connection.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = wire::frame(id, call, self.max_frame).map_err(|e| {
+        let frame = wire::frame(id, &(self.me, call), self.max_frame).map_err(|e| {
             if e.kind() == std::io::ErrorKind::FileTooLarge {
                 CallError::TooLarge(e)
             } else {
@@ -142,42 +188,60 @@ impl Peer {
             return Ok(Arc::clone(connection));
         }
         let connect_error = |e| CallError::Connect(self.addr.clone(), e);
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-            .await
-            .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(connect_error)?;
-        stream.set_nodelay(true).map_err(connect_error)?;
-        let (mut reader, writer) = stream.into_split();
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let stream = TcpStream::connect(&self.addr).await?;
+            stream.set_nodelay(true)?;
+            match &self.security {
+                Security::Tls(tls) => tls.connect(stream, self.id).await,
+                Security::Insecure => Ok(Box::new(stream) as Box<dyn super::tls::Io>),
+            }
+        })
+        .await
+        .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(connect_error)?;
+        let (mut reader, writer) = tokio::io::split(stream);
         let (frames, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
         let connection = Arc::new(Connection {
             frames,
             calls: Mutex::default(),
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            stop: watch::Sender::new(false),
         });
         let for_writer = Arc::clone(&connection);
+        let stopped = connection.stopped();
         tokio::spawn(async move {
-            let _ = wire::write_frames(writer, &mut queue).await;
+            tokio::select! {
+                _ = wire::write_frames(writer, &mut queue) => {}
+                () = stopped => {}
+            }
             for_writer.close();
         });
         let for_reader = Arc::clone(&connection);
         let max_frame = self.max_frame;
         let addr = self.addr.clone();
+        let stopped = connection.stopped();
         tokio::spawn(async move {
-            let mut buf = Vec::new();
-            loop {
-                match wire::read_frame(&mut reader, &mut buf, max_frame).await {
-                    Ok(Some(id)) => {
-                        if let Some(call) = for_reader.calls.lock().unwrap().remove(&id) {
-                            let _ = call.send(std::mem::take(&mut buf));
+            let read = async {
+                let mut buf = Vec::new();
+                loop {
+                    match wire::read_frame(&mut reader, &mut buf, max_frame).await {
+                        Ok(Some(id)) => {
+                            if let Some(call) = for_reader.calls.lock().unwrap().remove(&id) {
+                                let _ = call.send(std::mem::take(&mut buf));
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(error) => {
+                            tracing::debug!(peer = %addr, %error, "peer connection failed");
+                            break;
                         }
                     }
-                    Ok(None) => break,
-                    Err(error) => {
-                        tracing::debug!(peer = %addr, %error, "peer connection failed");
-                        break;
-                    }
                 }
+            };
+            tokio::select! {
+                () = read => {}
+                () = stopped => {}
             }
             for_reader.close();
         });

@@ -3,10 +3,14 @@
 //!
 //! - [`wire`]: the calls and replies, and their framing;
 //! - [`client`]: connections to peers; [`network`]: openraft's network built on them;
-//! - [`server`]: serves the calls of peers.
+//! - [`server`]: serves the calls of peers, and decides who may make which;
+//! - [`tls`]: mutual TLS, and the node ids certificates name.
 pub mod client;
 pub mod network;
 pub mod server;
+#[cfg(test)]
+mod tests;
+pub mod tls;
 pub mod wire;
 
 pub use client::{CallError, Peers};

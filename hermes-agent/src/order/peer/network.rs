@@ -33,7 +33,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 id: target,
                 incarnation: node.incarnation,
             },
-            peer: self.peers.get(&node.addr),
+            peer: self.peers.get(target, &node.addr),
         }
     }
 }

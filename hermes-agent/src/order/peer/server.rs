@@ -1,7 +1,18 @@
 //! The server side of the peer transport: serves Raft's calls and forwarded proposals, each call
 //! on its own task so that a slow one does not hold up the others on the connection, and at most
 //! [`CALLS_PER_CONNECTION`] at once (then the connection is read no further until one is done).
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+//!
+//! Who may call what: every call names the node it comes from, and with TLS the peer's
+//! certificate must name that node. Only members may vote, append, install snapshots, forward
+//! proposals, ask for a read index or change the membership; a node that is in no cluster yet
+//! takes Raft's calls from any authenticated peer, to learn its members from the leader (a
+//! learner being added, a member of a cluster being formed). What a call says of its sender
+//! (the leader or candidate of a vote, the origin of forwarded requests) must be its sender.
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -10,15 +21,18 @@ use tokio::{
 
 use super::{
     Peers,
+    tls::{Io, Security},
     wire::{self, Call, ForwardError, Reply, Target},
 };
 use crate::order::{
+    divergence,
     identity::Identity,
     log_store::{self, LogStore},
     membership,
     propose::{self, Outcome},
     read,
-    typ::Raft,
+    state_machine::Applied,
+    typ::{NodeId, Raft},
 };
 
 /// Calls of one connection served at once.
@@ -26,6 +40,7 @@ const CALLS_PER_CONNECTION: usize = 64;
 
 pub struct Server {
     pub raft: Raft,
+    pub applied: Arc<Applied>,
     pub log: LogStore,
     pub peers: Peers,
     pub identity: Identity,
@@ -54,14 +69,45 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
 
 async fn connection(stream: TcpStream, server: Arc<Server>) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let (mut reader, writer) = stream.into_split();
+    let security = server.peers.security().clone();
+    let (stream, presented, generation): (Box<dyn Io>, _, _) = match &security {
+        Security::Tls(tls) => {
+            let generation = tls.generation();
+            let (stream, presented) = tls.accept(stream).await?;
+            (stream, Some(presented), generation)
+        }
+        Security::Insecure => (Box::new(stream), None, 0),
+    };
+    let (mut reader, writer) = tokio::io::split(stream);
     let (frames, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move { wire::write_frames(writer, &mut queue).await });
     let calls = Arc::new(Semaphore::new(CALLS_PER_CONNECTION));
     let max_frame = server.peers.max_frame();
+    let mut names = HashMap::new();
     let mut buf = Vec::new();
     while let Some(id) = wire::read_frame(&mut reader, &mut buf, max_frame).await? {
-        let call = log_store::decode::<Call>(&buf);
+        if let Security::Tls(tls) = &security
+            && tls.generation() != generation
+        {
+            // The certificates were reloaded: this peer shows its current ones on a new
+            // connection.
+            return Ok(());
+        }
+        let call = log_store::decode::<(NodeId, Call)>(&buf)
+            .map_err(|error| format!("cannot decode the call: {error}"))
+            .and_then(|(from, call)| {
+                let named = match (&security, &presented) {
+                    (Security::Tls(tls), Some(presented)) => *names
+                        .entry(from)
+                        .or_insert_with(|| tls.names(presented, from)),
+                    _ => true,
+                };
+                if !named {
+                    return Err(format!("the peer's certificate does not name node {from}"));
+                }
+                authorize(&server, from, &call)?;
+                Ok(call)
+            });
         let Ok(permit) = Arc::clone(&calls).acquire_owned().await else {
             break;
         };
@@ -69,7 +115,10 @@ async fn connection(stream: TcpStream, server: Arc<Server>) -> std::io::Result<(
         tokio::spawn(async move {
             let reply = match call {
                 Ok(call) => handle(&server, call).await,
-                Err(error) => Reply::Rejected(format!("cannot decode the call: {error}")),
+                Err(why) => {
+                    tracing::warn!(why, "refused a peer's call");
+                    Reply::Rejected(why)
+                }
             };
             drop(permit);
             match wire::frame(id, &reply, max_frame) {
@@ -81,6 +130,45 @@ async fn connection(stream: TcpStream, server: Arc<Server>) -> std::io::Result<(
         });
     }
     Ok(())
+}
+
+/// Whether node `from` may make `call`.
+fn authorize(server: &Server, from: NodeId, call: &Call) -> Result<(), String> {
+    let claimed = match call {
+        Call::AppendEntries(_, rpc) => rpc.vote.leader_id().voted_for(),
+        Call::InstallSnapshot(_, rpc) => rpc.vote.leader_id().voted_for(),
+        Call::Vote(_, rpc) => rpc.vote.leader_id().voted_for(),
+        Call::Forward(batch) => {
+            if batch.commands.iter().any(|command| command.origin != from) {
+                return Err(format!("node {from} forwards requests of another node"));
+            }
+            Some(batch.id.0)
+        }
+        Call::Hello | Call::ChangeMembership(_) | Call::ReadIndex | Call::Digests { .. } => {
+            Some(from)
+        }
+    };
+    if claimed != Some(from) {
+        return Err(format!("node {from} speaks for node {claimed:?}"));
+    }
+    if matches!(call, Call::Hello) {
+        return Ok(());
+    }
+    let metrics = server.raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    if membership.get_node(&from).is_some() {
+        return Ok(());
+    }
+    let learning = membership.nodes().next().is_none()
+        && matches!(
+            call,
+            Call::AppendEntries(..) | Call::InstallSnapshot(..) | Call::Vote(..)
+        );
+    if learning {
+        return Ok(());
+    }
+    Err(format!("node {from} is not a member"))
 }
 
 /// Refuses Raft calls meant for another node, or for another incarnation of this one (the node
@@ -141,6 +229,10 @@ async fn handle(server: &Server, call: Call) -> Reply {
             membership::change_on_leader(raft, &server.peers, server.identity.node_id, change)
                 .await,
         ),
+        Call::Digests { from } => {
+            let (oldest, digests) = server.applied.digests(from, divergence::BATCH);
+            Reply::Digests { oldest, digests }
+        }
         Call::ReadIndex => {
             Reply::ReadIndex(read::read_index_on_leader(raft, server.identity.node_id).await)
         }

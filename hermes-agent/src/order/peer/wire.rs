@@ -1,5 +1,6 @@
 //! Messages between peers, and their framing: `[u32 length][u64 call id][postcard body]`, the
-//! length counting the id and the body. Calls carry ids so that one connection per peer serves
+//! length counting the id and the body. A call's body is `(sender's node id, Call)`; a reply's,
+//! a [`Reply`]. Calls carry ids so that one connection per peer serves
 //! many at once, pipelined. A frame's length is checked against a cap before anything is read
 //! for it, and its body is read as it arrives, not allocated up front.
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +33,10 @@ pub enum Call {
     /// For a linearizable read: confirm your leadership, and name the log index the reader's
     /// replica must have applied.
     ReadIndex,
+    /// The digests of your answers from request `from` on (divergence detection).
+    Digests {
+        from: u64,
+    },
 }
 
 /// The member a Raft call is for.
@@ -68,6 +73,11 @@ pub enum Reply {
     },
     ChangeMembership(Result<(), String>),
     ReadIndex(Result<u64, ForwardError>),
+    Digests {
+        /// The first request whose digest is still kept.
+        oldest: u64,
+        digests: Vec<(u64, u64)>,
+    },
     /// The call was refused (could not be decoded, or was not for this node): why.
     Rejected(String),
 }
@@ -168,20 +178,20 @@ mod tests {
             id: (2, 5, 1),
             commands: vec![command],
         };
-        let mut stream = frame(7, &Call::Forward(batch.clone()), MIN_FRAME).unwrap();
-        stream.extend(frame(8, &Call::Hello, MIN_FRAME).unwrap());
+        let mut stream = frame(7, &(2u64, Call::Forward(batch.clone())), MIN_FRAME).unwrap();
+        stream.extend(frame(8, &(2u64, Call::Hello), MIN_FRAME).unwrap());
         let mut reader = &stream[..];
         let mut buf = Vec::new();
         assert_eq!(
             read_frame(&mut reader, &mut buf, MIN_FRAME).await.unwrap(),
             Some(7)
         );
-        assert!(matches!(decode(&buf).unwrap(), Call::Forward(b) if b == batch));
+        assert!(matches!(decode(&buf).unwrap(), (2u64, Call::Forward(b)) if b == batch));
         assert_eq!(
             read_frame(&mut reader, &mut buf, MIN_FRAME).await.unwrap(),
             Some(8)
         );
-        assert!(matches!(decode(&buf).unwrap(), Call::Hello));
+        assert!(matches!(decode(&buf).unwrap(), (2u64, Call::Hello)));
         assert_eq!(
             read_frame(&mut reader, &mut buf, MIN_FRAME).await.unwrap(),
             None

@@ -1,0 +1,259 @@
+//! What the agent counts, in Prometheus' terms (prometheus-client), served by the admin API at
+//! `GET /metrics`. Events are counted where they happen (interception, ordering, delivery);
+//! states (Raft's term and indexes, the steering program's counters, TLS failures) are read
+//! when the metrics are asked for.
+use std::sync::Mutex;
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The agent's metrics.
+#[derive(Debug)]
+pub struct Telemetry {
+    registry: Mutex<Registry>,
+    requests: Family<Labels, Counter>,
+    in_flight: Gauge,
+    commit_seconds: Histogram,
+    apply_seconds: Histogram,
+    app_seconds: Histogram,
+    app_failures: Family<Labels, Counter>,
+    in_doubt: Gauge,
+    divergences: Counter,
+    term: Gauge,
+    leader: Gauge,
+    commit_index: Gauge,
+    applied_index: Gauge,
+    replication_lag: Family<Labels, Gauge>,
+    steering: Family<Labels, Counter>,
+    handshake_failures: Counter,
+    /// What the steering program and TLS had counted at the last scrape.
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    steering: [u64; 3],
+    handshake_failures: u64,
+}
+
+/// Latencies from 100 µs to about 26 s.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        let this = Self {
+            registry: Mutex::new(Registry::with_prefix("hermes")),
+            requests: Family::default(),
+            in_flight: Gauge::default(),
+            commit_seconds: seconds(),
+            apply_seconds: seconds(),
+            app_seconds: seconds(),
+            app_failures: Family::default(),
+            in_doubt: Gauge::default(),
+            divergences: Counter::default(),
+            term: Gauge::default(),
+            leader: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            replication_lag: Family::default(),
+            steering: Family::default(),
+            handshake_failures: Counter::default(),
+            seen: Mutex::default(),
+        };
+        {
+            let mut r = this.registry.lock().unwrap();
+            r.register(
+                "requests",
+                "Client requests answered, by outcome and status class",
+                this.requests.clone(),
+            );
+            r.register(
+                "requests_in_flight",
+                "Requests of this node's clients waiting for the log or the app",
+                this.in_flight.clone(),
+            );
+            r.register(
+                "commit_seconds",
+                "From a request's proposal until the leader committed it",
+                this.commit_seconds.clone(),
+            );
+            r.register(
+                "apply_seconds",
+                "From a request's commit until this node's app answered it",
+                this.apply_seconds.clone(),
+            );
+            r.register(
+                "app_seconds",
+                "One exchange with the app: the request written, its answer read",
+                this.app_seconds.clone(),
+            );
+            r.register(
+                "app_failures",
+                "Exchanges with the app that gave no answer to pass on, by kind",
+                this.app_failures.clone(),
+            );
+            r.register(
+                "in_doubt",
+                "Requests sent to the app once more because Hermes could not tell whether it had them",
+                this.in_doubt.clone(),
+            );
+            r.register(
+                "divergences",
+                "Requests whose answer here differed from the other replicas'",
+                this.divergences.clone(),
+            );
+            r.register("raft_term", "The current Raft term", this.term.clone());
+            r.register(
+                "raft_leader",
+                "The node this node takes for the leader (0: none)",
+                this.leader.clone(),
+            );
+            r.register(
+                "raft_commit_index",
+                "The last log index known committed",
+                this.commit_index.clone(),
+            );
+            r.register(
+                "raft_applied_index",
+                "The last log index applied to the app",
+                this.applied_index.clone(),
+            );
+            r.register(
+                "replication_lag",
+                "On the leader: log entries each follower lacks",
+                this.replication_lag.clone(),
+            );
+            r.register(
+                "steering",
+                "Connections to the protected port, by the steering program's verdict",
+                this.steering.clone(),
+            );
+            r.register(
+                "peer_tls_handshake_failures",
+                "TLS handshakes with peers that failed, both ways",
+                this.handshake_failures.clone(),
+            );
+        }
+        this
+    }
+}
+
+/// How a client's request ended, for [`Telemetry::request`].
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    /// The app's answer went to the client.
+    Answered,
+    /// Refused before it was ordered (malformed, too large, over a budget).
+    Refused,
+    /// Not ordered: no leader, not a member, too many waiting.
+    Unavailable,
+    /// Maybe ordered, not answered in time.
+    Unknown,
+    /// Delivered, but the app gave no answer to pass on.
+    AppFailed,
+}
+
+impl Telemetry {
+    pub fn request(&self, outcome: Outcome, status: u16) {
+        let outcome = match outcome {
+            Outcome::Answered => "answered",
+            Outcome::Refused => "refused",
+            Outcome::Unavailable => "unavailable",
+            Outcome::Unknown => "unknown",
+            Outcome::AppFailed => "app_failed",
+        };
+        let class = format!("{}xx", status / 100);
+        self.requests
+            .get_or_create(&vec![("outcome", outcome.to_owned()), ("class", class)])
+            .inc();
+    }
+
+    pub fn committed(&self, seconds: f64) {
+        self.commit_seconds.observe(seconds);
+    }
+
+    pub fn applied(&self, seconds: f64) {
+        self.apply_seconds.observe(seconds);
+    }
+
+    pub fn exchanged(&self, seconds: f64) {
+        self.app_seconds.observe(seconds);
+    }
+
+    pub fn app_failed(&self, kind: &'static str) {
+        self.app_failures
+            .get_or_create(&vec![("kind", kind.to_owned())])
+            .inc();
+    }
+
+    pub fn diverged(&self) {
+        self.divergences.inc();
+    }
+
+    /// The state of the node, at a scrape.
+    pub fn state(&self, state: &State) {
+        self.in_flight.set(state.in_flight as i64);
+        self.in_doubt.set(state.in_doubt as i64);
+        self.term.set(state.term as i64);
+        self.leader.set(state.leader as i64);
+        self.commit_index.set(state.commit_index as i64);
+        self.applied_index.set(state.applied_index as i64);
+        self.replication_lag.clear();
+        for (follower, lag) in &state.lags {
+            self.replication_lag
+                .get_or_create(&vec![("follower", follower.to_string())])
+                .set(*lag as i64);
+        }
+    }
+
+    /// The steering program's counters and TLS failures so far, at a scrape: counted as they
+    /// grew since the last one.
+    pub fn totals(&self, steering: [u64; 3], handshake_failures: u64) {
+        let mut seen = self.seen.lock().unwrap();
+        for ((verdict, now), before) in ["steered", "dropped", "bypassed"]
+            .into_iter()
+            .zip(steering)
+            .zip(&mut seen.steering)
+        {
+            self.steering
+                .get_or_create(&vec![("verdict", verdict.to_owned())])
+                .inc_by(now.saturating_sub(*before));
+            *before = now;
+        }
+        self.handshake_failures
+            .inc_by(handshake_failures.saturating_sub(seen.handshake_failures));
+        seen.handshake_failures = handshake_failures;
+    }
+
+    /// The metrics, in the text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry.lock().unwrap());
+        out
+    }
+}
+
+/// A node's state as a scrape shows it.
+#[derive(Debug, Default)]
+pub struct State {
+    pub in_flight: usize,
+    pub in_doubt: u64,
+    pub term: u64,
+    pub leader: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// On the leader: (follower, entries it lacks).
+    pub lags: Vec<(u64, u64)>,
+}
