@@ -37,6 +37,7 @@ pub enum Invocation {
     Agent(Box<Config>),
     Detach(DetachArgs),
     Ctl(CtlArgs),
+    Pods(crate::kube::PodsArgs),
 }
 
 impl Cli {
@@ -50,6 +51,7 @@ impl Cli {
         match (cli.tool, cli.agent) {
             (Some(Tool::Detach(args)), _) => Ok(Invocation::Detach(args)),
             (Some(Tool::Ctl(args)), _) => Ok(Invocation::Ctl(args)),
+            (Some(Tool::Pods(args)), _) => Ok(Invocation::Pods(args)),
             (None, Some(config)) => Ok(Invocation::Agent(Box::new(config))),
             (None, None) => Err(Self::command().error(
                 clap::error::ErrorKind::MissingRequiredArgument,
@@ -67,6 +69,26 @@ pub enum Tool {
     /// Talk to a running agent's admin API: status, and cluster membership (add a node as a
     /// learner, promote it to voter, remove a node).
     Ctl(CtlArgs),
+    /// Pod mode (Kubernetes): protect every pod on this node that carries the group label, each
+    /// in its own network namespace, with a Raft member per pod. The members' limits and peer
+    /// security come from the same `HERMES_*` variables as the agent's flags.
+    Pods(crate::kube::PodsArgs),
+}
+
+/// Parses `NAMESPACE/NAME`.
+fn parse_pod(text: &str) -> Result<String, String> {
+    match text.split_once('/') {
+        Some((namespace, name))
+            if !namespace.is_empty()
+                && !name.is_empty()
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-./".contains(&b)) =>
+        {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!("`{text}` is not NAMESPACE/NAME")),
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -77,6 +99,10 @@ pub struct CtlArgs {
     /// The file holding the admin API's bearer token (the agent's --admin-token-file).
     #[arg(long, env = "HERMES_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// In pod mode: the protected pod whose member to talk to, NAMESPACE/NAME (without it,
+    /// `status` lists every pod the agent protects).
+    #[arg(long, value_parser = parse_pod)]
+    pub pod: Option<String>,
     #[command(subcommand)]
     pub action: CtlAction,
 }
@@ -517,6 +543,7 @@ impl Config {
                     keep: self.keep_log,
                 },
             ),
+            placement: Default::default(),
         }))
     }
 }

@@ -130,6 +130,11 @@ fn request(
     body: Option<Value>,
 ) -> Result<Value, CtlError> {
     let admin = args.admin;
+    // In pod mode, one agent serves a member per pod: `--pod` picks one.
+    let path = &match &args.pod {
+        Some(pod) => format!("/pods/{pod}{path}"),
+        None => path.to_owned(),
+    };
     let authorization = match &args.admin_token_file {
         Some(path) => format!("Authorization: Bearer {}\r\n", token::read(path)?),
         None => String::new(),

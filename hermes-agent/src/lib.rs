@@ -10,6 +10,7 @@
 //! - [`admin`]: status, health, readiness and membership over HTTP; [`ctl`] is its command line.
 //! - [`http`]: HTTP/1.1 framing shared by interception, delivery and the admin API.
 //! - [`telemetry`]: what the agent counts, for Prometheus.
+//! - [`kube`]: pod mode, for Kubernetes: a member per labelled pod of the node.
 //!
 //! [`run`] is the whole daemon, so tests and `main` start it the same way.
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod ctl;
 pub mod deliver;
 pub mod http;
 pub mod intercept;
+pub mod kube;
 pub mod order;
 pub mod steer;
 pub mod telemetry;

@@ -40,6 +40,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Invocation::Pods(args) => {
+            if let Err(error) = hermes_agent::kube::check(&args) {
+                eprintln!("error: {error}");
+                std::process::exit(EXIT_USAGE);
+            }
+            exit(pods(args))
+        }
         Invocation::Agent(config) => {
             if let Err(error) = config.validate() {
                 eprintln!("error: {error}");
@@ -99,6 +106,19 @@ fn agent(config: hermes_agent::Config) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(hermes_agent::run(config, shutdown_signal()))?;
     tracing::info!("stopped; steering stays pinned (fail closed) until an agent takes over");
+    Ok(())
+}
+
+fn pods(args: hermes_agent::kube::PodsArgs) -> anyhow::Result<()> {
+    raise_open_files_limit();
+    // Pod mode stays in the agent's own namespaces: each member makes its sockets in its pod's.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(hermes_agent::kube::run(args, shutdown_signal()))?;
+    tracing::info!("stopped; every pod's steering stays pinned (fail closed) until an agent takes over");
     Ok(())
 }
 

@@ -240,6 +240,7 @@ pub async fn single_node(
         digest_bodies: true,
         on_divergence: crate::order::divergence::OnDivergence::Warn,
         snapshots: None,
+        placement: Default::default(),
     };
     tune(&mut settings);
     let node = Node::start(settings).await.expect("node starts");

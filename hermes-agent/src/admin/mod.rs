@@ -72,14 +72,14 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
 }
 
 /// An answer: status, content type, body.
-struct Answer {
+pub(crate) struct Answer {
     status: u16,
     content_type: &'static str,
     body: String,
 }
 
 impl Answer {
-    fn text(status: u16, body: impl Into<String>) -> Self {
+    pub(crate) fn text(status: u16, body: impl Into<String>) -> Self {
         Self {
             status,
             content_type: "text/plain",
@@ -87,7 +87,7 @@ impl Answer {
         }
     }
 
-    fn json(status: u16, value: serde_json::Value) -> Self {
+    pub(crate) fn json(status: u16, value: serde_json::Value) -> Self {
         Self {
             status,
             content_type: "application/json",
@@ -98,6 +98,20 @@ impl Answer {
 
 /// Serves one request, then closes.
 async fn connection(stream: TcpStream, peer: SocketAddr, admin: &Admin) -> std::io::Result<()> {
+    let route = async |method: &str, target: &str, body: &[u8]| {
+        route(admin, method, target, body).await
+    };
+    answer_one(stream, peer, admin.token_file.as_deref(), route).await
+}
+
+/// Reads one request, checks that it is `allowed`, answers it with `route` (method, target,
+/// body), then closes.
+pub(crate) async fn answer_one(
+    stream: TcpStream,
+    peer: SocketAddr,
+    token_file: Option<&std::path::Path>,
+    route: impl AsyncFnOnce(&str, &str, &[u8]) -> Answer,
+) -> std::io::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut requests = Reader::new(reader, LIMITS);
     let answer = match requests.head().await {
@@ -109,11 +123,11 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admin: &Admin) -> std::
         {
             Err(ReadError::Closed) => return Ok(()),
             Err(ReadError::Invalid(invalid)) => Answer::text(invalid.status(), invalid.to_string()),
-            Ok(body) => match allowed(admin, peer, &head) {
+            Ok(body) => match allowed(token_file, peer, &head) {
                 Err(refused) => refused,
                 Ok(()) => {
                     let target = head.target().to_owned();
-                    route(admin, &head.method, &target, &body).await
+                    route(&head.method, &target, &body).await
                 }
             },
         },
@@ -126,12 +140,16 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admin: &Admin) -> std::
 }
 
 /// Whether the request may be served: see the module's documentation.
-fn allowed(admin: &Admin, peer: SocketAddr, head: &RequestHead) -> Result<(), Answer> {
+pub(crate) fn allowed(
+    token_file: Option<&std::path::Path>,
+    peer: SocketAddr,
+    head: &RequestHead,
+) -> Result<(), Answer> {
     let writes = head.method != "GET" && head.method != "HEAD";
     if !writes && peer.ip().to_canonical().is_loopback() {
         return Ok(());
     }
-    let Some(path) = &admin.token_file else {
+    let Some(path) = token_file else {
         return Err(Answer::text(
             403,
             "changes to the cluster need the agent to be started with --admin-token-file",
@@ -169,7 +187,7 @@ fn allowed(admin: &Admin, peer: SocketAddr, head: &RequestHead) -> Result<(), An
     Ok(())
 }
 
-async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]) -> Answer {
+pub(crate) async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]) -> Answer {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match (method, path) {
         ("GET", "/healthz") => Answer::text(200, "ok"),
@@ -261,7 +279,7 @@ async fn change(admin: &Admin, change: MembershipChange) -> Answer {
 }
 
 /// Why this node should not get traffic yet, if it should not.
-fn not_ready(admin: &Admin) -> Option<String> {
+pub(crate) fn not_ready(admin: &Admin) -> Option<String> {
     let node = admin.node.as_ref()?;
     let metrics = node.metrics();
     if metrics.current_leader.is_none() {
@@ -326,7 +344,7 @@ fn metrics(admin: &Admin) -> String {
     admin.telemetry.encode()
 }
 
-fn status(admin: &Admin) -> serde_json::Value {
+pub(crate) fn status(admin: &Admin) -> serde_json::Value {
     let stats = admin.steering.stats();
     let steering = json!({
         "pins": admin.steering.pins().display().to_string(),

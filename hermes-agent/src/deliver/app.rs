@@ -53,6 +53,8 @@ pub struct App {
     addr: SocketAddr,
     /// Where the app is reached from.
     source: std::net::Ipv4Addr,
+    /// The network namespace the app lives in; `None`: the agent's own.
+    netns: Option<crate::steer::netns::Netns>,
     limits: response::Limits,
     /// An answer taking longer than this makes the app count as slow (it is waited for still).
     slow_after: Duration,
@@ -105,6 +107,7 @@ impl App {
         Self {
             addr,
             source,
+            netns: None,
             telemetry,
             limits,
             slow_after,
@@ -117,6 +120,12 @@ impl App {
             reachable: AtomicBool::new(true),
             slow: AtomicBool::new(false),
         }
+    }
+
+    /// The app lives in `netns` (pod mode): its connections are made there.
+    pub fn in_netns(mut self, netns: Option<crate::steer::netns::Netns>) -> Self {
+        self.netns = netns;
+        self
     }
 
     /// Whether the app answers: reachable, and not stuck on a request.
@@ -214,7 +223,7 @@ impl Turn<'_> {
         let mut delay = RETRY_MIN;
         let mut failures = 0u64;
         loop {
-            let connect = source::connect(self.app.source, self.app.addr);
+            let connect = source::connect_in(self.app.netns.as_ref(), self.app.source, self.app.addr);
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect)
                 .await
                 .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));

@@ -93,6 +93,18 @@ impl Identity {
         })
     }
 
+    /// The node id recorded in `dir`, if it holds an identity (pod mode draws a new one for an
+    /// empty data directory).
+    pub fn recorded(dir: &Path) -> Result<Option<NodeId>, IdentityError> {
+        match std::fs::read_to_string(dir.join(FILE)) {
+            Ok(text) => parse(&text)
+                .map(|(id, _)| Some(id))
+                .ok_or(IdentityError::Damaged(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The first id of this start's requests (and batches): ids never repeat across restarts.
     pub fn first_id(&self) -> u64 {
         self.boot << 40
@@ -112,7 +124,7 @@ fn parse(text: &str) -> Option<(NodeId, u64)> {
     Some((node?, incarnation?))
 }
 
-fn random() -> io::Result<u64> {
+pub(crate) fn random() -> io::Result<u64> {
     let mut bytes = [0u8; 8];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(u64::from_le_bytes(bytes))

@@ -97,6 +97,21 @@ pub struct Settings {
     pub on_divergence: OnDivergence,
     /// Snapshots of the app's state, which allow compacting the log; `None`: keep the whole log.
     pub snapshots: Option<Snapshots>,
+    /// Where the node's sockets live and how it names its peers (pod mode); the default is the
+    /// agent's own namespace, with peers by address and certificates by node id.
+    pub placement: Placement,
+}
+
+/// Where a node lives, for pod mode (one agent, a node per pod, each in its pod's network
+/// namespace). The default: the agent's own namespace, as in host-network mode.
+#[derive(Clone, Debug, Default)]
+pub struct Placement {
+    /// The namespace of the app and of the node's peer listener; `None`: the agent's own.
+    pub netns: Option<crate::steer::netns::Netns>,
+    /// Turns member addresses into ones to dial; `None`: they are dialled as they are.
+    pub resolve: Option<peer::client::Resolve>,
+    /// The one name every peer's certificate carries; `None`: `hermes-node-<id>`, per node.
+    pub peer_name: Option<String>,
 }
 
 /// When and how to snapshot the app's state.
@@ -186,9 +201,11 @@ impl Node {
     /// Opens the node's storage, starts Raft and the peer server, and forms the cluster when all
     /// members are reachable for the first time.
     pub async fn start(mut settings: Settings) -> Result<Arc<Self>, StartError> {
-        let listener = TcpListener::bind(settings.raft_addr)
-            .await
-            .map_err(|e| StartError::Listen(settings.raft_addr, e))?;
+        let listener = match &settings.placement.netns {
+            Some(netns) => netns.listen(settings.raft_addr),
+            None => TcpListener::bind(settings.raft_addr).await,
+        }
+        .map_err(|e| StartError::Listen(settings.raft_addr, e))?;
         if settings.raft_addr.port() == 0 {
             // A port the system picked (in-process tests): peers learn the one it is.
             let bound = listener
@@ -202,7 +219,10 @@ impl Node {
         let identity = Identity::load(dir, settings.node_id)
             .map_err(|e| StartError::Identity(dir.clone(), e))?;
         let security = match &settings.peer_tls {
-            Some(files) => Security::Tls(PeerTls::load(files.clone())?),
+            Some(files) => Security::Tls(PeerTls::load_as(
+                files.clone(),
+                settings.placement.peer_name.clone(),
+            )?),
             None => {
                 tracing::warn!(
                     "peers are not authenticated (--insecure-peers): whoever can reach the peer \
@@ -211,7 +231,8 @@ impl Node {
                 Security::Insecure
             }
         };
-        let peers = Peers::new(settings.node_id, settings.max_frame, security.clone());
+        let peers = Peers::new(settings.node_id, settings.max_frame, security.clone())
+            .resolving(settings.placement.resolve.clone());
         if let Security::Tls(tls) = &security {
             let peers = peers.clone();
             tls.watch(move || peers.reset());
@@ -227,7 +248,8 @@ impl Node {
             settings.app_timeout,
             settings.response_limits,
             Arc::clone(&settings.telemetry),
-        ));
+        )
+        .in_netns(settings.placement.netns.clone()));
         app.close_when_idle();
         let hooks = settings.snapshots.as_ref().map(|s| Hooks {
             snapshot: s.snapshot_cmd.clone(),
@@ -457,6 +479,11 @@ impl Node {
     /// How this node talks to its peers.
     pub fn peer_security(&self) -> &Security {
         self.peers.security()
+    }
+
+    /// Its connections to peers (pod mode asks the pods of a group who they are).
+    pub fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// The app, as delivery and reads reach it.

@@ -93,7 +93,7 @@ impl Target<'_> {
     }
 
     /// `<bpffs>/hermes/netns-<inode>-port-<port>`: one per protected namespace and port.
-    fn pin_dir(&self) -> Result<PathBuf, Error> {
+    pub fn pin_dir(&self) -> Result<PathBuf, Error> {
         let path = self.netns_path();
         let inode = netns::inode(path).map_err(|source| Error::Netns {
             path: path.into(),
@@ -231,6 +231,17 @@ fn replace_pin(
 /// Returns whether there was anything to remove.
 pub fn detach(target: &Target<'_>) -> Result<bool, Error> {
     let dir = target.pin_dir()?;
+    let detached = detach_pins(&dir)?;
+    if detached {
+        tracing::info!(port = target.port, pins = %dir.display(), "steering detached");
+    }
+    Ok(detached)
+}
+
+/// Removes the steering pinned in `dir` (an [`Steering::pins`]), the link first. Returns whether
+/// there was anything to remove.
+pub fn detach_pins(dir: &Path) -> Result<bool, Error> {
+    let dir = dir.to_owned();
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -252,6 +263,5 @@ pub fn detach(target: &Target<'_>) -> Result<bool, Error> {
         }
     }
     std::fs::remove_dir(&dir).map_err(bpffs_error)?;
-    tracing::info!(port = target.port, pins = %dir.display(), "steering detached");
     Ok(true)
 }

@@ -35,9 +35,20 @@ pub fn ensure(addr: Ipv4Addr) -> io::Result<()> {
 
 /// Connects to the app at `app` from `source`.
 pub async fn connect(source: Ipv4Addr, app: SocketAddr) -> io::Result<TcpStream> {
-    let socket = match app {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    connect_in(None, source, app).await
+}
+
+/// Connects to the app at `app` from `source`, with a socket made in `netns` (`None`: the
+/// agent's own namespace).
+pub async fn connect_in(
+    netns: Option<&super::netns::Netns>,
+    source: Ipv4Addr,
+    app: SocketAddr,
+) -> io::Result<TcpStream> {
+    let socket = match (netns, app) {
+        (Some(netns), _) => netns.tcp_socket(app)?,
+        (None, SocketAddr::V4(_)) => TcpSocket::new_v4()?,
+        (None, SocketAddr::V6(_)) => TcpSocket::new_v6()?,
     };
     if app.is_ipv4() {
         socket.bind(SocketAddr::from((source, 0)))?;

@@ -48,6 +48,17 @@ impl CallError {
     }
 }
 
+/// Turns a peer address that is not `HOST:PORT` into one to dial (pod mode names members by
+/// their pods, whose addresses change when they are rescheduled); `None`: it cannot be reached.
+#[derive(Clone)]
+pub struct Resolve(pub Arc<dyn Fn(&str) -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for Resolve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolve")
+    }
+}
+
 /// A peer as connections know it: its node id and its address.
 type PeerKey = (NodeId, String);
 
@@ -60,6 +71,7 @@ pub struct Peers {
     /// Largest frame sent or accepted.
     max_frame: usize,
     security: Security,
+    resolve: Option<Resolve>,
 }
 
 impl Peers {
@@ -69,7 +81,14 @@ impl Peers {
             me,
             max_frame,
             security,
+            resolve: None,
         }
+    }
+
+    /// Peers whose addresses go through `resolve` before they are dialled.
+    pub fn resolving(mut self, resolve: Option<Resolve>) -> Self {
+        self.resolve = resolve;
+        self
     }
 
     /// Node `id`, reached at `addr`.
@@ -83,6 +102,7 @@ impl Peers {
                 me: self.me,
                 max_frame: self.max_frame,
                 security: self.security.clone(),
+                resolve: self.resolve.clone(),
                 connection: tokio::sync::Mutex::default(),
             })
         }))
@@ -114,6 +134,7 @@ pub struct Peer {
     me: NodeId,
     max_frame: usize,
     security: Security,
+    resolve: Option<Resolve>,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
 }
 
@@ -188,8 +209,17 @@ impl Peer {
             return Ok(Arc::clone(connection));
         }
         let connect_error = |e| CallError::Connect(self.addr.clone(), e);
+        let dial = match &self.resolve {
+            Some(resolve) => (resolve.0)(&self.addr).ok_or_else(|| {
+                connect_error(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no address known for it",
+                ))
+            })?,
+            None => self.addr.clone(),
+        };
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let stream = TcpStream::connect(&self.addr).await?;
+            let stream = TcpStream::connect(&dial).await?;
             stream.set_nodelay(true)?;
             match &self.security {
                 Security::Tls(tls) => tls.connect(stream, self.id).await,

@@ -74,6 +74,9 @@ pub struct Presented {
 /// The node's TLS credentials, as last read.
 pub struct PeerTls {
     files: Files,
+    /// The one name every peer's certificate carries (pod mode: the agents'); `None`: each
+    /// node's names it, `hermes-node-<id>`.
+    shared_name: Option<String>,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<Configs>>,
     stamps: Mutex<Stamps>,
@@ -95,11 +98,18 @@ type Stamps = [Option<(SystemTime, u64)>; 3];
 impl PeerTls {
     /// Reads the credentials in `files`.
     pub fn load(files: Files) -> Result<Arc<Self>, TlsError> {
+        Self::load_as(files, None)
+    }
+
+    /// Reads the credentials in `files`; with `shared_name`, every peer's certificate must
+    /// carry that name instead of its node's.
+    pub fn load_as(files: Files, shared_name: Option<String>) -> Result<Arc<Self>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let configs = build(&files, &provider)?;
         Ok(Arc::new(Self {
             stamps: Mutex::new(stamps(&files)),
             files,
+            shared_name,
             provider,
             current: RwLock::new(Arc::new(configs)),
             generation: AtomicU64::new(0),
@@ -149,9 +159,14 @@ impl PeerTls {
         self.handshake_failures.load(Ordering::Relaxed)
     }
 
+    /// The name node `id`'s certificate must carry.
+    fn name_of(&self, id: NodeId) -> String {
+        self.shared_name.clone().unwrap_or_else(|| name(id))
+    }
+
     /// Opens TLS to node `id` on `stream`: its certificate must name `id`.
     pub async fn connect(&self, stream: TcpStream, id: NodeId) -> std::io::Result<Box<dyn Io>> {
-        let server = ServerName::try_from(name(id)).map_err(std::io::Error::other)?;
+        let server = ServerName::try_from(self.name_of(id)).map_err(std::io::Error::other)?;
         let connector = TlsConnector::from(Arc::clone(&self.configs().client));
         match connector.connect(server, stream).await {
             Ok(stream) => Ok(Box::new(stream)),
@@ -188,7 +203,7 @@ impl PeerTls {
 
     /// Whether `presented` is a certificate of the CA that names node `id`.
     pub fn names(&self, presented: &Presented, id: NodeId) -> bool {
-        let Ok(server) = ServerName::try_from(name(id)) else {
+        let Ok(server) = ServerName::try_from(self.name_of(id)) else {
             return false;
         };
         self.configs()

@@ -1,0 +1,407 @@
+//! One protected pod: a Raft member with its own thread and runtime, its sockets in the pod's
+//! network namespace (steered listeners, peer listener, connections to the app from the
+//! delivery address), its state in the pod's volume, its steering pinned for that namespace.
+//! Stopping it drains it (no new connections, requests in flight finish, the delivery in flight
+//! completes) and leaves the steering pinned: the port fails closed until it is detached.
+use std::{
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::sync::{oneshot, watch};
+
+use super::{
+    Context,
+    discover::{self, Found},
+    group,
+    pod::Protected,
+    record::Record,
+};
+use crate::{
+    admin::Admin,
+    config::{Cli, Config, Invocation},
+    http, intercept,
+    order::{Node, Placement, identity::Identity},
+    steer,
+    telemetry::Telemetry,
+};
+
+/// Ids of members made by pod mode are drawn at random below this (safe in JSON numbers).
+const MAX_ID: u64 = 1 << 48;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    #[error("the data directory on the pod's volume: {0}")]
+    Data(std::io::Error),
+    #[error("the data directory on the pod's volume: {0}")]
+    Identity(#[from] crate::order::identity::IdentityError),
+    #[error("the agent's HERMES_* settings: {0}")]
+    Settings(String),
+    #[error("cannot listen in the pod's network namespace: {0}")]
+    Listen(std::io::Error),
+    #[error("cannot record the pod's steering: {0}")]
+    Record(std::io::Error),
+    #[error("cannot give the pod's network namespace the delivery address: {0}")]
+    Source(std::io::Error),
+    #[error(transparent)]
+    Start(#[from] crate::order::StartError),
+    #[error(transparent)]
+    Steer(#[from] steer::Error),
+    #[error("the member's thread could not start: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running member.
+pub struct Member {
+    pub pod: Protected,
+    pub netns: u64,
+    /// A process of the pod in that namespace (checked to notice a sandbox made anew).
+    pub pid: u32,
+    pub node_id: u64,
+    pub pins: PathBuf,
+    pub admin: Arc<Admin>,
+    /// The member's runtime: its admin routes run there.
+    pub runtime: tokio::runtime::Handle,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Member {
+    /// Starts the member of `pod`, found at `found`, on a thread of its own; returns once it
+    /// steers the pod's port.
+    pub async fn start(context: Arc<Context>, pod: Protected, found: Found) -> Result<Self, MemberError> {
+        let (started, startup) = oneshot::channel();
+        let (stop, stopping) = watch::channel(false);
+        let name = format!("pod {}", pod.key);
+        let (for_thread, pod_for_thread) = (Arc::clone(&context), pod.clone());
+        let netns = found.netns.inode();
+        let pid = found.pid;
+        let thread = std::thread::Builder::new()
+            .name(format!("hermes {}", pod.key.name))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = started.send(Err(MemberError::Thread(error)));
+                        return;
+                    }
+                };
+                runtime.block_on(run(for_thread, pod_for_thread, found, started, stopping));
+                // Whatever the member left running (peer server, replication) ends with it.
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(MemberError::Thread)?;
+        let (admin, runtime, node_id, pins) = match startup.await {
+            Ok(Ok(started)) => started,
+            Ok(Err(error)) => {
+                let _ = thread.join();
+                return Err(error);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(MemberError::Thread(std::io::Error::other(format!(
+                    "{name}: the member's thread ended while starting"
+                ))));
+            }
+        };
+        Ok(Self {
+            pod,
+            netns,
+            pid,
+            node_id,
+            pins,
+            admin,
+            runtime,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether the member's thread has ended (it should not, unless stopped).
+    pub fn ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Drains the member and waits for its thread to end; the steering stays pinned.
+    pub async fn stop(mut self) {
+        self.stop.send_replace(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+type Started = (Arc<Admin>, tokio::runtime::Handle, u64, PathBuf);
+
+/// The member's life, on its own runtime.
+async fn run(
+    context: Arc<Context>,
+    pod: Protected,
+    found: Found,
+    started: oneshot::Sender<Result<Started, MemberError>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let (config, node, listeners, admin, _data) = match start(&context, &pod, &found).await {
+        Ok(parts) => parts,
+        Err(error) => {
+            let _ = started.send(Err(error));
+            return;
+        }
+    };
+    let pins = admin.steering.pins().to_owned();
+    let handle = tokio::runtime::Handle::current();
+    if started
+        .send(Ok((Arc::clone(&admin), handle, node.id, pins)))
+        .is_err()
+    {
+        return;
+    }
+    tokio::spawn(group::tend(
+        Arc::clone(&node),
+        pod.clone(),
+        context.directory.clone(),
+    ));
+    let shutdown = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    let handler = intercept::http::Http {
+        node: Arc::clone(&node),
+        limits: intercept::http::Limits {
+            http: http::request::Limits {
+                max_body: config.max_body,
+                ..Default::default()
+            },
+            client_timeout: config.client_timeout,
+            idle_timeout: config.idle_timeout,
+        },
+        reads: intercept::http::Reads {
+            mode: config.reads,
+            methods: config
+                .read_methods
+                .iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect(),
+        },
+        budget: Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(config.body_budget)
+                .unwrap_or(usize::MAX)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
+    };
+    let max_connections = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
+    let served = intercept::serve(
+        listeners,
+        handler,
+        shutdown,
+        config.grace_period,
+        max_connections,
+    )
+    .await;
+    if let Err(error) = served {
+        tracing::error!(pod = %pod.key, %error, "serving the pod's port failed");
+    }
+    let _ = node.raft.shutdown().await;
+    if tokio::time::timeout(config.grace_period, node.finish_delivery())
+        .await
+        .is_err()
+    {
+        tracing::warn!(pod = %pod.key, "a delivery was still in flight when the grace period ended");
+    }
+    tracing::info!(pod = %pod.key, "member stopped; the pod's port stays closed until it is detached or taken over");
+}
+
+/// Everything a member needs, in the order that keeps the pod safe: the steering is attached
+/// last, once the member can serve, and is recorded before it exists.
+async fn start(
+    context: &Context,
+    pod: &Protected,
+    found: &Found,
+) -> Result<(Config, Arc<Node>, steer::Listeners, Arc<Admin>, OwnedFd), MemberError> {
+    let netns = found.netns.clone();
+    let data = discover::open_data_dir(&context.args.proc, found.container_pid, &pod.data)
+        .map_err(MemberError::Data)?;
+    let data_dir = PathBuf::from(format!("/proc/self/fd/{}", data.as_raw_fd()));
+    refuse_links(&data_dir).map_err(MemberError::Data)?;
+    let node_id = match Identity::recorded(&data_dir)? {
+        Some(id) => id,
+        None => loop {
+            let id = crate::order::identity::random().map_err(MemberError::Data)? % MAX_ID;
+            if id != 0 {
+                break id;
+            }
+        },
+    };
+    let config = member_config(pod, node_id, &data_dir)?;
+    let mut settings = config
+        .settings()
+        .map_err(|e| MemberError::Settings(e.to_string()))?
+        .ok_or_else(|| MemberError::Settings("pod mode replicates: not --passthrough".into()))?;
+    let telemetry = Arc::new(Telemetry::default());
+    settings.telemetry = Arc::clone(&telemetry);
+    settings.placement = Placement {
+        netns: Some(netns.clone()),
+        resolve: Some(context.directory.resolver()),
+        peer_name: Some(context.args.peer_name.clone()),
+    };
+    let target_path = netns.path();
+    let target = steer::Target {
+        netns: Some(&target_path),
+        port: pod.port,
+        fail_open: config.fail_open,
+        bpffs: &config.bpffs,
+        source: Some(config.app_source),
+    };
+    let record = Record {
+        uid: pod.uid.clone(),
+        netns: netns.inode(),
+        pins: target.pin_dir()?,
+    };
+    context.records.add(&record).map_err(MemberError::Record)?;
+    let listeners = netns
+        .run(steer::Listeners::bind)
+        .map_err(MemberError::Listen)?;
+    let node = Node::start(settings).await?;
+    let source = config.app_source;
+    netns
+        .run(|| steer::source::ensure(source))
+        .map_err(MemberError::Source)?;
+    let steering = steer::attach(&target, &listeners)?;
+    tracing::info!(
+        pod = %pod.key,
+        group = pod.group,
+        node_id,
+        netns = netns.inode(),
+        port = pod.port,
+        "pod protected"
+    );
+    let admin = Arc::new(Admin {
+        steering,
+        telemetry,
+        node: Some(Arc::clone(&node)),
+        token_file: context.args.admin_token_file.clone(),
+    });
+    Ok((config, node, listeners, admin, data))
+}
+
+/// The member's configuration: the agent's `HERMES_*` environment, and the pod's own.
+fn member_config(pod: &Protected, node_id: u64, data_dir: &std::path::Path) -> Result<Config, MemberError> {
+    let any: std::net::IpAddr = match pod.ips.first() {
+        Some(std::net::IpAddr::V6(_)) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
+    };
+    let args = [
+        "hermes-agent".to_owned(),
+        "--port".into(),
+        pod.port.to_string(),
+        "--node-id".into(),
+        node_id.to_string(),
+        "--peers".into(),
+        format!("{node_id}={}", pod.member_addr()),
+        "--raft-addr".into(),
+        std::net::SocketAddr::new(any, pod.raft_port).to_string(),
+        "--data-dir".into(),
+        data_dir.to_string_lossy().into_owned(),
+        "--join".into(),
+    ];
+    match Cli::invocation(args) {
+        Ok(Invocation::Agent(config)) => {
+            config
+                .validate()
+                .map_err(|e| MemberError::Settings(e.to_string()))?;
+            Ok(*config)
+        }
+        Ok(_) => Err(MemberError::Settings("not an agent's configuration".into())),
+        Err(error) => Err(MemberError::Settings(error.to_string())),
+    }
+}
+
+/// Checks that the agent's environment makes a valid member configuration (at start, so that a
+/// mistake exits with 64 instead of failing every pod), and that it sets nothing pod mode
+/// decides per pod or cannot do.
+pub fn check_environment() -> Result<(), String> {
+    let probe = Protected {
+        key: super::pod::PodKey {
+            namespace: "check".into(),
+            name: "check-0".into(),
+        },
+        uid: "0".into(),
+        group: "check".into(),
+        node: None,
+        port: 1,
+        raft_port: 2,
+        data: "/".into(),
+        container: "check".into(),
+        container_id: None,
+        ips: Vec::new(),
+        terminating: false,
+        ordinal: Some(0),
+    };
+    let config = member_config(&probe, 1, std::path::Path::new("/nonexistent")).map_err(|e| e.to_string())?;
+    if config.netns.is_some() || config.app.is_some() || config.passthrough {
+        return Err(
+            "HERMES_NETNS, HERMES_APP and HERMES_PASSTHROUGH do not apply to pod mode: each pod's \
+             namespace and port come from the pod"
+                .into(),
+        );
+    }
+    if config.snapshot_cmd.is_some() {
+        return Err(
+            "snapshot hooks (HERMES_SNAPSHOT_CMD, HERMES_RESTORE_CMD) are not available in pod \
+             mode yet: the log is kept whole"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a data directory holding symbolic links: the agent (root) opens its files by name
+/// there, and the pod must not point it elsewhere.
+fn refuse_links(dir: &std::path::Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_symlink() {
+            return Err(std::io::Error::other(format!(
+                "{} is a symbolic link: the agent does not follow links in a pod's volume",
+                entry.file_name().to_string_lossy()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Detaches the steering recorded in `record` and forgets it.
+pub fn detach(context: &Context, record: &Record) {
+    match steer::detach_pins(&record.pins) {
+        Ok(true) => tracing::info!(pins = %record.pins.display(), "pod's steering detached"),
+        Ok(false) => {}
+        Err(error) => {
+            tracing::error!(pins = %record.pins.display(), %error, "cannot detach the pod's steering");
+            return;
+        }
+    }
+    if let Err(error) = context.records.remove(&record.uid, record.netns) {
+        tracing::error!(%error, "cannot remove the pod's record");
+    }
+}
+
+/// Whether the netns `netns` is still that of the pod's process `pid`.
+pub fn still_there(context: &Context, pid: u32, netns: u64) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(context.args.proc.join(pid.to_string()).join("ns/net"))
+        .is_ok_and(|meta| meta.ino() == netns)
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("pod", &self.pod.key)
+            .field("netns", &self.netns)
+            .field("node_id", &self.node_id)
+            .finish()
+    }
+}

@@ -1,0 +1,101 @@
+//! What the agent has pinned for which pod, kept in its state directory, so that an agent
+//! restarted after a pod was deleted still detaches it: a file `pods/<pod uid>.<netns inode>`
+//! holding the pin directory, written before the steering is attached and removed after it is
+//! detached.
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+/// One pinned steering of a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub uid: String,
+    pub netns: u64,
+    pub pins: PathBuf,
+}
+
+pub struct Records {
+    dir: PathBuf,
+}
+
+impl Records {
+    /// The records under `state_dir`.
+    pub fn open(state_dir: &Path) -> io::Result<Self> {
+        let dir = state_dir.join("pods");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { dir })
+    }
+
+    fn file(&self, uid: &str, netns: u64) -> PathBuf {
+        self.dir.join(format!("{uid}.{netns}"))
+    }
+
+    /// Records `record`, durably, before its pins exist.
+    pub fn add(&self, record: &Record) -> io::Result<()> {
+        use std::io::Write as _;
+        let path = self.file(&record.uid, record.netns);
+        let tmp = self.dir.join(format!(".{}.{}", record.uid, record.netns));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(record.pins.to_string_lossy().as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    pub fn remove(&self, uid: &str, netns: u64) -> io::Result<()> {
+        match std::fs::remove_file(self.file(uid, netns)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every record; unreadable or foreign files are skipped (and said so).
+    pub fn all(&self) -> io::Result<Vec<Record>> {
+        let mut records = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let parsed = name.rsplit_once('.').and_then(|(uid, netns)| {
+                let netns = netns.parse().ok()?;
+                let pins = std::fs::read_to_string(entry.path()).ok()?;
+                Some(Record {
+                    uid: uid.to_owned(),
+                    netns,
+                    pins: PathBuf::from(pins.trim()),
+                })
+            });
+            match parsed {
+                Some(record) => records.push(record),
+                None => tracing::warn!(file = %entry.path().display(), "not a pod record; ignored"),
+            }
+        }
+        records.sort_by(|a, b| (&a.uid, a.netns).cmp(&(&b.uid, b.netns)));
+        Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::open(dir.path()).unwrap();
+        let record = Record {
+            uid: "0b8a3c1e-5f6d".into(),
+            netns: 4026532000,
+            pins: "/sys/fs/bpf/hermes/netns-4026532000-port-8080".into(),
+        };
+        records.add(&record).unwrap();
+        let again = Records::open(dir.path()).unwrap();
+        assert_eq!(again.all().unwrap(), [record.clone()]);
+        again.remove(&record.uid, record.netns).unwrap();
+        again.remove(&record.uid, record.netns).unwrap();
+        assert!(again.all().unwrap().is_empty());
+    }
+}
