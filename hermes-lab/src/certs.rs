@@ -67,11 +67,14 @@ impl Authority {
 
     /// A certificate and key (PEM) for node `id`.
     pub fn node(&self, id: u64) -> io::Result<(String, String)> {
-        let mut params =
-            CertificateParams::new(vec![format!("hermes-node-{id}")]).map_err(error)?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("hermes-node-{id}"));
+        self.named(&format!("hermes-node-{id}"))
+    }
+
+    /// A certificate and key (PEM) carrying the DNS name `name` (pod mode's agents share one,
+    /// `hermes-agent`).
+    pub fn named(&self, name: &str) -> io::Result<(String, String)> {
+        let mut params = CertificateParams::new(vec![name.to_owned()]).map_err(error)?;
+        params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -101,6 +104,24 @@ impl Authority {
                 Ok(files)
             })
             .collect()
+    }
+}
+
+impl Authority {
+    /// Writes `ca.pem`, `<name>.pem` and `<name>-key.pem` (mode 0600) into `dir`, for a
+    /// certificate carrying the DNS name `name`.
+    pub fn write_named(&self, dir: &Path, name: &str) -> io::Result<NodeFiles> {
+        std::fs::create_dir_all(dir)?;
+        let files = NodeFiles {
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}-key.pem")),
+            ca: dir.join("ca.pem"),
+        };
+        std::fs::write(&files.ca, self.pem())?;
+        let (cert_pem, key_pem) = self.named(name)?;
+        std::fs::write(&files.cert, cert_pem)?;
+        write_private(&files.key, key_pem.as_bytes())?;
+        Ok(files)
     }
 }
 

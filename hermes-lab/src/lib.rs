@@ -7,15 +7,20 @@
 //! processes it started (by PID), deletes its namespaces, links and bpffs pins, even when a test
 //! fails.
 //!
+//! [`pods`] makes Kubernetes-like pods in a lab's nodes, and [`apiserver`] fakes the API server
+//! that lists and watches them, for pod mode.
+//!
 //! [`cluster`] runs Hermes clusters in a lab, their peers authenticated with [`certs`];
 //! [`client`] is a small HTTP client for them.
 //!
 //! Everything here needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN).
+pub mod apiserver;
 pub mod certs;
 pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod load;
+pub mod pods;
 mod process;
 
 use std::{
@@ -368,7 +373,7 @@ fn remove_pins(netns_inode: u64) {
     }
 }
 
-fn ip(args: &[&str]) -> io::Result<()> {
+pub(crate) fn ip(args: &[&str]) -> io::Result<()> {
     let output = Command::new("ip").args(args).output().map_err(|e| {
         io::Error::new(e.kind(), format!("cannot run `ip` (install iproute2): {e}"))
     })?;

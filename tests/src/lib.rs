@@ -3,6 +3,7 @@
 
 pub mod daemonset;
 pub mod podman;
+pub mod pods;
 
 use std::{
     io::{BufRead, BufReader},

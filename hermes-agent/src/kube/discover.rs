@@ -141,13 +141,16 @@ pub fn find_netns(
 /// Finds `pod` under `proc`: its namespace, and a process of its data container there.
 pub fn find(proc: &Path, pod: &Protected) -> Result<Found, DiscoverError> {
     let (processes, chosen, netns) = find_netns(proc, pod)?;
-    let container = pod
-        .container_id
-        .as_ref()
-        .ok_or_else(|| DiscoverError::NoContainer(pod.container.clone()))?;
-    let container_pid = processes
+    // The data container, or while the pod initialises, one of its init containers (which
+    // mount the same volume): the first that runs.
+    let container_pid = pod
+        .container_ids
         .iter()
-        .find(|p| p.netns == chosen.netns && p.container.as_ref() == Some(container))
+        .find_map(|id| {
+            processes
+                .iter()
+                .find(|p| p.netns == chosen.netns && p.container.as_ref() == Some(id))
+        })
         .ok_or_else(|| DiscoverError::NoContainer(pod.container.clone()))?
         .pid;
     Ok(Found {
@@ -168,6 +171,39 @@ pub fn holds(netns: &Netns, ip: IpAddr) -> io::Result<bool> {
                     || address.as_sockaddr_in6().map(|a| IpAddr::from(a.ip())) == Some(ip)
             }))
     })
+}
+
+/// Whether `path` lies on a mount other than the root one in the mount namespace of process
+/// `pid` (a volume, not the container's own, throwaway, filesystem).
+pub fn on_volume(proc: &Path, pid: u32, path: &Path) -> io::Result<bool> {
+    let mountinfo = std::fs::read_to_string(proc.join(pid.to_string()).join("mountinfo"))?;
+    Ok(mountinfo.lines().any(|line| {
+        // The fifth field is the mount point, with spaces and the like as octal escapes.
+        line.split(' ')
+            .nth(4)
+            .map(unescape_octal)
+            .is_some_and(|point| point != "/" && path.starts_with(&point))
+    }))
+}
+
+fn unescape_octal(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(byte) => {
+                out.push(char::from(byte));
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out + rest
 }
 
 /// Opens (making what is missing, mode 0700) the directory `path` of the filesystem process
@@ -198,8 +234,8 @@ pub fn open_data_dir(proc: &Path, pid: u32, path: &Path) -> io::Result<OwnedFd> 
             other => other,
         };
         dir = next.map_err(|error| match error {
-            Errno::ELOOP | Errno::EXDEV => io::Error::other(format!(
-                "{}: a symbolic link in the path (not followed into a pod)",
+            Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR => io::Error::other(format!(
+                "{}: a symbolic link or a file in the path (links are not followed in a pod)",
                 path.display()
             )),
             error => io::Error::from(error),
@@ -281,6 +317,21 @@ mod tests {
             choose(&[], ip, |_| Ok(true)),
             Err(DiscoverError::NoProcess)
         ));
+    }
+
+    #[test]
+    fn the_data_dir_must_be_on_a_volume() {
+        let proc = tempfile::tempdir().unwrap();
+        std::fs::create_dir(proc.path().join("9")).unwrap();
+        std::fs::write(
+            proc.path().join("9/mountinfo"),
+            "1 0 0:1 / / rw - overlay overlay rw\n\
+             2 1 8:1 /volumes/x /var/lib/my\\040app rw - ext4 /dev/sda1 rw\n",
+        )
+        .unwrap();
+        assert!(on_volume(proc.path(), 9, Path::new("/var/lib/my app/hermes")).unwrap());
+        assert!(!on_volume(proc.path(), 9, Path::new("/var/lib/other")).unwrap());
+        assert!(!on_volume(proc.path(), 9, Path::new("/var/lib/my")).unwrap());
     }
 
     #[test]

@@ -238,7 +238,7 @@ mod tests {
             raft_port: 7000,
             data: "/d".into(),
             container: "app".into(),
-            container_id: None,
+            container_ids: Vec::new(),
             ips: vec![ip.parse().unwrap()],
             terminating,
             ordinal: None,

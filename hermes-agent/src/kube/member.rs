@@ -223,6 +223,14 @@ async fn start(
     found: &Found,
 ) -> Result<(Config, Arc<Node>, steer::Listeners, Arc<Admin>, OwnedFd), MemberError> {
     let netns = found.netns.clone();
+    let on_volume = discover::on_volume(&context.args.proc, found.container_pid, &pod.data)
+        .map_err(MemberError::Data)?;
+    if !on_volume {
+        return Err(MemberError::Data(std::io::Error::other(format!(
+            "{} is not on a volume of the container (its state would go with the container)",
+            pod.data.display()
+        ))));
+    }
     let data = discover::open_data_dir(&context.args.proc, found.container_pid, &pod.data)
         .map_err(MemberError::Data)?;
     let data_dir = PathBuf::from(format!("/proc/self/fd/{}", data.as_raw_fd()));
@@ -336,7 +344,7 @@ pub fn check_environment() -> Result<(), String> {
         raft_port: 2,
         data: "/".into(),
         container: "check".into(),
-        container_id: None,
+        container_ids: Vec::new(),
         ips: Vec::new(),
         terminating: false,
         ordinal: Some(0),

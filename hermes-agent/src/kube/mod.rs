@@ -232,6 +232,8 @@ impl Reconciler {
                 member.stop().await;
             }
         }
+        // What the admin API shows lets go of the stopped members.
+        self.show(pods, states.clone());
         // The steering of pods that are gone, and of namespaces no member serves any more, goes.
         match self.context.records.all() {
             Ok(records) => {

@@ -50,8 +50,9 @@ pub struct Protected {
     /// Absolute, without `.` or `..`.
     pub data: PathBuf,
     pub container: String,
-    /// The runtime's id of [`Self::container`] once it runs (without the `containerd://`).
-    pub container_id: Option<String>,
+    /// The runtime's ids (without `containerd://`) of [`Self::container`], and of the pod's
+    /// init containers, those that have one: where the data volume is reached.
+    pub container_ids: Vec<String>,
     /// The pod's addresses once it has them; the first is `status.podIP`.
     pub ips: Vec<IpAddr>,
     /// Being deleted: no new connections, the member drains.
@@ -130,13 +131,22 @@ impl Protected {
                 .clone(),
         };
         let status = pod.status.as_ref();
-        let container_id = status
+        let main = status
             .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|all| all.iter().find(|c| c.name == container))
-            .and_then(|c| c.container_id.as_deref())
-            .and_then(|id| id.rsplit_once("://").map_or(Some(id), |(_, id)| Some(id)))
+            .into_iter()
+            .flatten()
+            .filter(|c| c.name == container);
+        let init = status
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .into_iter()
+            .flatten();
+        let container_ids = main
+            .chain(init)
+            .filter_map(|c| c.container_id.as_deref())
+            .map(|id| id.rsplit_once("://").map_or(id, |(_, id)| id))
             .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()))
-            .map(str::to_owned);
+            .map(str::to_owned)
+            .collect();
         let mut ips: Vec<IpAddr> = Vec::new();
         let primary = status.and_then(|s| s.pod_ip.as_deref());
         let others = status
@@ -166,7 +176,7 @@ impl Protected {
             raft_port,
             data,
             container,
-            container_id,
+            container_ids,
             ips,
             terminating: meta.deletion_timestamp.is_some(),
             ordinal,
@@ -243,7 +253,7 @@ mod tests {
         assert_eq!(p.key.to_string(), "shop/app-1");
         assert_eq!((p.port, p.raft_port), (8080, 7000));
         assert_eq!(p.data, Path::new("/var/lib/app/hermes"));
-        assert_eq!(p.container_id.as_deref(), Some("abc123"));
+        assert_eq!(p.container_ids, ["abc123"]);
         assert_eq!(p.ips, ["10.1.2.3".parse::<IpAddr>().unwrap(), "fd00::3".parse().unwrap()]);
         assert_eq!(p.ordinal, Some(1));
         assert_eq!(p.member_addr(), "shop/app-1:7000");
@@ -289,6 +299,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!((p.container.as_str(), p.container_id), ("sidecar", None));
+        assert_eq!(p.container.as_str(), "sidecar");
+        assert!(p.container_ids.is_empty());
     }
 }

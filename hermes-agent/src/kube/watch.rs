@@ -109,3 +109,97 @@ pub async fn cluster(client: Client, label: String, directory: Directory) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, time::Duration};
+
+    use hermes_lab::apiserver::ApiServer;
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(name: &str, node: &str, labelled: bool) -> serde_json::Value {
+        let labels = if labelled {
+            json!({ "hermes.io/group": "g" })
+        } else {
+            json!({})
+        };
+        json!({
+            "metadata": { "name": name, "namespace": "ns", "uid": format!("00000000-0000-0000-0000-00000000000{}", name.len()),
+                "labels": labels, "annotations": { "hermes.io/port": "80", "hermes.io/data": "/d" } },
+            "spec": { "nodeName": node, "containers": [ { "name": "app" } ] },
+        })
+    }
+
+    async fn names(local: &std::sync::Mutex<Local>, want: &[&str]) {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        for _ in 0..200 {
+            {
+                let local = local.lock().unwrap();
+                let have: BTreeSet<String> = local
+                    .pods
+                    .values()
+                    .map(|p| p.as_ref().map(|p| p.key.name.clone()).unwrap_or_default())
+                    .collect();
+                if local.synced && have == want {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the watch never showed exactly {want:?}");
+    }
+
+    #[tokio::test]
+    async fn this_nodes_labelled_pods_are_listed_watched_and_listed_again_after_410() {
+        let api = ApiServer::start(([127, 0, 0, 1], 0).into()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        api.kubeconfig(&path).unwrap();
+        let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        let client = Client::try_from(config).unwrap();
+        api.apply(pod("a", "w1", true));
+        api.apply(pod("bb", "w2", true));
+        api.apply(pod("ccc", "w1", false));
+        let local = Arc::new(std::sync::Mutex::new(Local::default()));
+        let changed = Arc::new(Notify::new());
+        tokio::spawn(super::local(
+            client,
+            "hermes.io/group".into(),
+            "w1".into(),
+            Arc::clone(&local),
+            changed,
+        ));
+        names(&local, &["a"]).await;
+        api.apply(pod("dddd", "w1", true));
+        names(&local, &["a", "dddd"]).await;
+        api.delete("ns", "a");
+        names(&local, &["dddd"]).await;
+        // The label taken off: no longer protected.
+        api.apply(pod("dddd", "w1", false));
+        names(&local, &[]).await;
+        api.apply(pod("eeeee", "w1", true));
+        names(&local, &["eeeee"]).await;
+        // The history is compacted and the watch breaks: resuming gets 410 Gone, the watcher
+        // lists again, and what changed meanwhile is seen.
+        api.compact();
+        api.delete("ns", "eeeee");
+        api.apply(pod("ffffff", "w1", true));
+        api.break_watches();
+        names(&local, &["ffffff"]).await;
+        let requests = api.requests();
+        let lists = requests.iter().filter(|r| !r.contains("watch=true")).count();
+        assert!(lists >= 2, "no second list after 410: {requests:#?}");
+        assert!(
+            requests
+                .iter()
+                .all(|r| r.contains("fieldSelector=spec.nodeName%3Dw1")
+                    && r.contains("labelSelector=hermes.io%2Fgroup")),
+            "{requests:#?}"
+        );
+    }
+}
