@@ -30,7 +30,8 @@ fn start_log_app(pod: &mut Pod) {
     let file = pod.mount.join("app.log");
     let program = hermes_lab::binary("hermes-logapp").expect("binary");
     let args = ["--listen", "0.0.0.0:8080", "--file", file.to_str().unwrap()];
-    pod.start_app(&program, &args, "listening").expect("log app");
+    pod.start_app(&program, &args, "listening")
+        .expect("log app");
 }
 
 /// The log app's file, as its volume holds it.
@@ -106,7 +107,9 @@ fn a_group_of_pods_on_three_nodes_forms_one_raft_group_and_follows_its_pods() {
         let member = lab.wait_protected(i + 1, pod);
         assert_eq!(member["mode"], "replicated");
     }
-    let ids: Vec<u64> = (0..3).map(|i| member_id(&lab, i + 1, &pods[i].name)).collect();
+    let ids: Vec<u64> = (0..3)
+        .map(|i| member_id(&lab, i + 1, &pods[i].name))
+        .collect();
     // app-0 formed the group; the others joined as learners and were promoted.
     wait("one group of three voters", || {
         let (voters, learners) = membership(&lab, 1, "app-0")?;
@@ -124,7 +127,11 @@ fn a_group_of_pods_on_three_nodes_forms_one_raft_group_and_follows_its_pods() {
         })
     };
     let lines = converged(&lab, &["app-0", "app-1", "app-2"], 150);
-    assert_eq!(lines.iter().collect::<HashSet<_>>().len(), 150, "a request delivered twice");
+    assert_eq!(
+        lines.iter().collect::<HashSet<_>>().len(),
+        150,
+        "a request delivered twice"
+    );
     for (i, pod) in pods.iter().enumerate() {
         let status = lab.pod_status(i + 1, &pod.name).unwrap();
         assert!(status["member"]["steering"]["steered"].as_u64().unwrap() > 0);
@@ -146,7 +153,9 @@ fn a_group_of_pods_on_three_nodes_forms_one_raft_group_and_follows_its_pods() {
     assert!(detached.exists(), "detached before the pod was gone");
     pods[2].kill_app();
     lab.api.delete(hermes_lab::pods::NAMESPACE, "app-2");
-    wait("app-2's steering detached", || (!detached.exists()).then_some(()));
+    wait("app-2's steering detached", || {
+        (!detached.exists()).then_some(())
+    });
     let old = pods.pop().expect("app-2");
     drop(old);
 
@@ -186,13 +195,14 @@ fn probe(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Pro
     std::thread::spawn(move || {
         let mut probes = Probes::default();
         while !stop.load(Ordering::Relaxed) {
-            let answer = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut s| {
-                s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                s.write_all(b"GET /probe HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n")?;
-                let mut answer = Vec::new();
-                s.read_to_end(&mut answer)?;
-                Ok(answer)
-            });
+            let answer =
+                TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    s.write_all(b"GET /probe HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n")?;
+                    let mut answer = Vec::new();
+                    s.read_to_end(&mut answer)?;
+                    Ok(answer)
+                });
             match answer {
                 Ok(answer) if answer.starts_with(b"HTTP/1.1 200") => {
                     let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
@@ -217,7 +227,8 @@ fn an_agent_restart_reconciles_without_an_open_window_and_state_stays_in_the_vol
     lab.start_agent(1);
     let mut echo = lab.pod(1, 1, "echo-0", "echo", "echo-0", Driver::Systemd);
     let program = hermes_lab::binary("hermes-http-echo").expect("binary");
-    echo.start_app(&program, &["0.0.0.0:8080"], "listening").expect("echo app");
+    echo.start_app(&program, &["0.0.0.0:8080"], "listening")
+        .expect("echo app");
     let mut log = lab.pod(1, 2, "log-0", "log", "log-0", Driver::Cgroupfs);
     start_log_app(&mut log);
     let mut gone = lab.pod(1, 3, "gone-0", "gone", "gone-0", Driver::Cgroupfs);
@@ -225,6 +236,7 @@ fn an_agent_restart_reconciles_without_an_open_window_and_state_stays_in_the_vol
     for pod in [&echo, &log, &gone] {
         lab.publish(pod);
         lab.wait_protected(1, pod);
+        lab.wait_ready(1, pod);
     }
     load(&[&log], "before", 20);
     let id = member_id(&lab, 1, "log-0");
@@ -251,19 +263,27 @@ fn an_agent_restart_reconciles_without_an_open_window_and_state_stays_in_the_vol
     lab.start_agent(1);
     for pod in [&echo, &log] {
         lab.wait_protected(1, pod);
+        lab.wait_ready(1, pod);
     }
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let probes = prober.join().expect("prober");
-    assert_eq!(probes.direct, 0, "requests reached the app unordered: {probes:?}");
+    assert_eq!(
+        probes.direct, 0,
+        "requests reached the app unordered: {probes:?}"
+    );
     assert!(probes.closed > 0 && probes.through_agent > 0, "{probes:?}");
-    wait("the deleted pod's steering detached", || (!gone_pins.exists()).then_some(()));
+    wait("the deleted pod's steering detached", || {
+        (!gone_pins.exists()).then_some(())
+    });
 
     // The member is the same (its identity came from the volume), and what it delivered
     // before is not delivered again.
     assert_eq!(member_id(&lab, 1, "log-0"), id);
     load(&[&log], "after", 20);
-    wait("40 lines", || (app_lines(&lab, "log-0").len() == 40).then_some(()));
+    wait("40 lines", || {
+        (app_lines(&lab, "log-0").len() == 40).then_some(())
+    });
 
     // The pod's sandbox is made anew (a new network namespace, the same IP): the member follows
     // it, and the old namespace's steering goes.
@@ -274,13 +294,20 @@ fn an_agent_restart_reconciles_without_an_open_window_and_state_stays_in_the_vol
     start_log_app(&mut log);
     lab.publish(&log);
     lab.wait_protected(1, &log);
-    wait("the old sandbox's steering detached", || (!old_pins.exists()).then_some(()));
+    lab.wait_ready(1, &log);
+    wait("the old sandbox's steering detached", || {
+        (!old_pins.exists()).then_some(())
+    });
     load(&[&log], "anew", 10);
     let lines = wait("50 lines", || {
         let lines = app_lines(&lab, "log-0");
         (lines.len() == 50).then_some(lines)
     });
-    assert_eq!(lines.iter().collect::<HashSet<_>>().len(), 50, "a request delivered twice");
+    assert_eq!(
+        lines.iter().collect::<HashSet<_>>().len(),
+        50,
+        "a request delivered twice"
+    );
     assert_eq!(member_id(&lab, 1, "log-0"), id);
     let status: Value = lab.pod_status(1, "log-0").unwrap();
     assert_eq!(status["member"]["in_doubt"], 0);

@@ -31,6 +31,14 @@ pub struct Cli {
     pub agent: Option<Config>,
 }
 
+/// The subcommands alone (see [`Cli::invocation`]).
+#[derive(Parser, Debug)]
+#[command(name = "hermes-agent", version)]
+struct Tools {
+    #[command(subcommand)]
+    tool: Tool,
+}
+
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Invocation {
@@ -47,6 +55,18 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        // A subcommand is parsed without the agent's flags: their `HERMES_*` variables (a
+        // DaemonSet sets them for the agent) would otherwise count as agent flags given, and
+        // make `ctl` or `pods` ask for --port.
+        let tool = args.get(1).and_then(|a| a.to_str());
+        if tool.is_some_and(<Tool as Subcommand>::has_subcommand) {
+            return Ok(match Tools::try_parse_from(args)?.tool {
+                Tool::Detach(args) => Invocation::Detach(args),
+                Tool::Ctl(args) => Invocation::Ctl(args),
+                Tool::Pods(args) => Invocation::Pods(args),
+            });
+        }
         let cli = Self::try_parse_from(args)?;
         match (cli.tool, cli.agent) {
             (Some(Tool::Detach(args)), _) => Ok(Invocation::Detach(args)),
@@ -677,6 +697,20 @@ mod tests {
         assert!(parse(&[]).is_err());
         assert!(parse(&["--port", "0"]).is_err());
         assert!(parse(&["--port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn subcommands_are_parsed_without_the_agents_flags() {
+        assert!(matches!(parse(&["ctl", "status"]), Ok(Invocation::Ctl(_))));
+        assert!(matches!(
+            parse(&["ctl", "--pod", "shop/app-0", "status"]),
+            Ok(Invocation::Ctl(CtlArgs { pod: Some(_), .. }))
+        ));
+        assert!(parse(&["ctl", "--pod", "app-0", "status"]).is_err());
+        assert!(matches!(
+            parse(&["pods", "--node-name", "worker-1"]),
+            Ok(Invocation::Pods(_))
+        ));
     }
 
     #[test]

@@ -118,7 +118,9 @@ fn pods(args: hermes_agent::kube::PodsArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(hermes_agent::kube::run(args, shutdown_signal()))?;
-    tracing::info!("stopped; every pod's steering stays pinned (fail closed) until an agent takes over");
+    tracing::info!(
+        "stopped; every pod's steering stays pinned (fail closed) until an agent takes over"
+    );
     Ok(())
 }
 

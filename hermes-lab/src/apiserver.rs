@@ -2,6 +2,7 @@
 //! to a client that lists and watches them (kube-rs' watcher):
 //!
 //! - `GET /api/v1/pods` (and `/api/v1/namespaces/NS/pods`) lists, with `metadata.resourceVersion`;
+//!   `GET /api/v1/namespaces/NS/pods/NAME` gets one pod (or 404);
 //! - `...?watch=true&resourceVersion=N` streams the events after N as newline-delimited JSON
 //!   (`ADDED`, `MODIFIED`, `DELETED`; an object that stops or starts matching the selectors is
 //!   `DELETED` or `ADDED`), chunked, until the client leaves or [`ApiServer::break_watches`];
@@ -106,7 +107,11 @@ impl ApiServer {
         pod["metadata"]["resourceVersion"] = json!(version.to_string());
         let key = key_of(&pod);
         let before = state.pods.insert(key, pod.clone());
-        let kind = if before.is_some() { "MODIFIED" } else { "ADDED" };
+        let kind = if before.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         state.events.push((version, kind, before, pod.clone()));
         self.shared.changed.notify_all();
         pod
@@ -115,7 +120,10 @@ impl ApiServer {
     /// The pod as stored.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Value> {
         let state = self.shared.state.lock().unwrap();
-        state.pods.get(&(namespace.to_owned(), name.to_owned())).cloned()
+        state
+            .pods
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     /// Deletes a pod (at once, as after its grace period).
@@ -215,7 +223,9 @@ fn parse_labels(text: &str) -> Vec<(String, Option<(bool, String)>, bool)> {
             let term = term.trim();
             if let Some((key, value)) = term.split_once("!=") {
                 (key.into(), Some((false, value.into())), true)
-            } else if let Some((key, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            } else if let Some((key, value)) =
+                term.split_once("==").or_else(|| term.split_once('='))
+            {
                 (key.into(), Some((true, value.into())), true)
             } else if let Some(key) = term.strip_prefix('!') {
                 (key.into(), None, false)
@@ -296,18 +306,41 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
         .collect();
     let mut selectors = Selectors::default();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if let ["api", "v1", "namespaces", namespace, "pods", name] = segments.as_slice() {
+        let pod = shared
+            .state
+            .lock()
+            .unwrap()
+            .pods
+            .get(&((*namespace).to_owned(), (*name).to_owned()))
+            .cloned();
+        return match pod {
+            Some(pod) => answer(stream, 200, &pod),
+            None => answer(stream, 404, &status(404, "NotFound", "pods not found")),
+        };
+    }
     match segments.as_slice() {
         ["api", "v1", "pods"] => {}
         ["api", "v1", "namespaces", namespace, "pods"] => {
             selectors.namespace = Some((*namespace).to_owned())
         }
-        _ => return answer(stream, 404, &status(404, "NotFound", "not served by the fake")),
+        _ => {
+            return answer(
+                stream,
+                404,
+                &status(404, "NotFound", "not served by the fake"),
+            );
+        }
     }
     if method != "GET" {
         return answer(stream, 405, &status(405, "MethodNotAllowed", "read only"));
     }
-    selectors.labels = query.get("labelSelector").map_or_else(Vec::new, |s| parse_labels(s));
-    selectors.fields = query.get("fieldSelector").map_or_else(Vec::new, |s| parse_fields(s));
+    selectors.labels = query
+        .get("labelSelector")
+        .map_or_else(Vec::new, |s| parse_labels(s));
+    selectors.fields = query
+        .get("fieldSelector")
+        .map_or_else(Vec::new, |s| parse_fields(s));
     if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
         let from = query
             .get("resourceVersion")
@@ -354,14 +387,22 @@ fn chunk(stream: &mut TcpStream, event: &Value) -> io::Result<()> {
     stream.flush()
 }
 
-fn watch(mut stream: TcpStream, shared: &Shared, selectors: &Selectors, from: u64) -> io::Result<()> {
+fn watch(
+    mut stream: TcpStream,
+    shared: &Shared,
+    selectors: &Selectors,
+    from: u64,
+) -> io::Result<()> {
     stream.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
     )?;
     let mut state = shared.state.lock().unwrap();
     if from < state.compacted {
         drop(state);
-        chunk(&mut stream, &json!({ "type": "ERROR", "object": status(410, "Expired", "too old resource version") }))?;
+        chunk(
+            &mut stream,
+            &json!({ "type": "ERROR", "object": status(410, "Expired", "too old resource version") }),
+        )?;
         return stream.write_all(b"0\r\n\r\n");
     }
     let generation = state.generation;
@@ -391,7 +432,10 @@ fn watch(mut stream: TcpStream, shared: &Shared, selectors: &Selectors, from: u6
             chunk(&mut stream, event)?;
         }
         state = shared.state.lock().unwrap();
-        while state.version == sent && state.generation == generation && !shared.stop.load(Ordering::Relaxed) {
+        while state.version == sent
+            && state.generation == generation
+            && !shared.stop.load(Ordering::Relaxed)
+        {
             state = shared
                 .changed
                 .wait_timeout(state, Duration::from_millis(500))
@@ -413,7 +457,10 @@ mod tests {
     fn selectors() {
         let pod = json!({ "metadata": { "name": "a", "namespace": "n",
             "labels": { "hermes.io/group": "g" } }, "spec": { "nodeName": "w1" } });
-        let mut s = Selectors { labels: parse_labels("hermes.io/group"), ..Default::default() };
+        let mut s = Selectors {
+            labels: parse_labels("hermes.io/group"),
+            ..Default::default()
+        };
         assert!(s.matches(&pod));
         s.fields = parse_fields("spec.nodeName=w1");
         assert!(s.matches(&pod));

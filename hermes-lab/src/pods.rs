@@ -36,7 +36,15 @@ pub fn network(lab: &Lab) -> io::Result<()> {
             if other.id == node.id {
                 continue;
             }
-            ip(&["-n", &node.netns, "route", "add", &subnet, "via", &other.ip.to_string()])?;
+            ip(&[
+                "-n",
+                &node.netns,
+                "route",
+                "add",
+                &subnet,
+                "via",
+                &other.ip.to_string(),
+            ])?;
         }
         let subnet = format!("{}/28", subnet(lab.index, node.id));
         ip(&["route", "replace", &subnet, "via", &node.ip.to_string()])?;
@@ -51,7 +59,14 @@ fn subnet(index: u8, node: usize) -> Ipv4Addr {
 
 fn sysctl(netns: &str, key: &str, value: &str) -> io::Result<()> {
     let output = Command::new("ip")
-        .args(["netns", "exec", netns, "sysctl", "-qw", &format!("{key}={value}")])
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "sysctl",
+            "-qw",
+            &format!("{key}={value}"),
+        ])
         .output()?;
     if output.status.success() {
         Ok(())
@@ -130,7 +145,14 @@ impl Pod {
         let lab_node = lab.node(node);
         let uid = {
             let hex = random_hex(16)?;
-            format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+            format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            )
         };
         std::fs::create_dir_all(volume)?;
         std::fs::create_dir_all(mount)?;
@@ -140,7 +162,10 @@ impl Pod {
             node,
             node_name: lab_node.netns.clone(),
             ip: Ipv4Addr::from(u32::from(subnet(lab.index, node)) + u32::from(slot)),
-            netns: format!("{}-p{node}-{slot}", crate::PREFIX.to_owned() + &lab.index.to_string()),
+            netns: format!(
+                "{}-p{node}-{slot}",
+                crate::PREFIX.to_owned() + &lab.index.to_string()
+            ),
             volume: volume.to_owned(),
             mount: mount.to_owned(),
             driver,
@@ -169,15 +194,62 @@ impl Pod {
     fn sandbox_up(&mut self) -> io::Result<()> {
         let (ns, node) = (self.netns.as_str(), self.node_netns.as_str());
         ip(&["netns", "add", ns])?;
-        ip(&["-n", node, "link", "add", &self.link, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
-        ip(&["-n", node, "addr", "add", "169.254.1.1/32", "dev", &self.link])?;
+        ip(&[
+            "-n", node, "link", "add", &self.link, "type", "veth", "peer", "name", "eth0", "netns",
+            ns,
+        ])?;
+        ip(&[
+            "-n",
+            node,
+            "addr",
+            "add",
+            "169.254.1.1/32",
+            "dev",
+            &self.link,
+        ])?;
         ip(&["-n", node, "link", "set", &self.link, "up"])?;
-        ip(&["-n", node, "route", "add", &format!("{}/32", self.ip), "dev", &self.link])?;
+        ip(&[
+            "-n",
+            node,
+            "route",
+            "add",
+            &format!("{}/32", self.ip),
+            "dev",
+            &self.link,
+        ])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", ns, "addr", "add", &format!("{}/32", self.ip), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/32", self.ip),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
-        ip(&["-n", ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ])?;
         self.sandbox_id = random_hex(32)?;
         let cgroup = self.cgroup(&self.sandbox_id.clone())?;
         // `sh` puts itself in the cgroup, then becomes `nsenter`, which becomes `sleep`.
@@ -190,7 +262,10 @@ impl Pod {
         command.arg(&cgroup);
         command.arg(format!("--net={}", self.netns_path().display()));
         command.args(["sleep", "infinity"]);
-        self.sandbox = Some(Process::spawn(format!("sandbox of pod {}", self.name), command)?);
+        self.sandbox = Some(Process::spawn(
+            format!("sandbox of pod {}", self.name),
+            command,
+        )?);
         Ok(())
     }
 
@@ -204,7 +279,10 @@ impl Pod {
                 .join(id),
             Driver::Systemd => root
                 .join("kubepods.slice/kubepods-besteffort.slice")
-                .join(format!("kubepods-besteffort-pod{}.slice", self.uid.replace('-', "_")))
+                .join(format!(
+                    "kubepods-besteffort-pod{}.slice",
+                    self.uid.replace('-', "_")
+                ))
                 .join(format!("cri-containerd-{id}.scope")),
         };
         std::fs::create_dir_all(&dir)?;
@@ -277,6 +355,9 @@ impl Pod {
         if let Some(mut sandbox) = self.sandbox.take() {
             let _ = sandbox.kill();
         }
+        // As the CNI plugin does: the link goes with the sandbox, even while someone (the
+        // agent) still holds the old namespace open.
+        ip(&["-n", &self.node_netns, "link", "del", &self.link])?;
         ip(&["netns", "del", &self.netns])?;
         self.sandbox_up()
     }
@@ -333,6 +414,7 @@ impl Drop for Pod {
         if let Some(mut sandbox) = self.sandbox.take() {
             let _ = sandbox.kill();
         }
+        let _ = ip(&["-n", &self.node_netns, "link", "del", &self.link]);
         let _ = ip(&["netns", "del", &self.netns]);
         for dir in self.cgroups.iter().rev() {
             let _ = std::fs::remove_dir(dir);

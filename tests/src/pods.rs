@@ -57,11 +57,17 @@ impl PodLab {
         let state = self.dir.path().join(format!("state-{node}"));
         command
             .arg("pods")
-            .env("RUST_LOG", "info,openraft=warn,hermes_agent=debug,kube=warn,hyper=warn")
+            .env(
+                "RUST_LOG",
+                "info,openraft=warn,hermes_agent=debug,kube=warn,hyper=warn",
+            )
             .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
             .env("HERMES_NODE_NAME", &lab_node.netns)
             .env("HERMES_STATE_DIR", &state)
-            .env("HERMES_ADMIN_TOKEN_FILE", self.dir.path().join("admin-token"))
+            .env(
+                "HERMES_ADMIN_TOKEN_FILE",
+                self.dir.path().join("admin-token"),
+            )
             .env("HERMES_PEER_CERT", &self.certs.cert)
             .env("HERMES_PEER_KEY", &self.certs.key)
             .env("HERMES_PEER_CA", &self.certs.ca)
@@ -99,8 +105,8 @@ impl PodLab {
     ) -> Pod {
         let volume = self.dir.path().join("volumes").join(volume);
         let mount = self.dir.path().join("mnt").join(name);
-        let mut pod = Pod::create(&self.lab, node, slot, name, driver, &volume, &mount)
-            .expect("pod sandbox");
+        let mut pod =
+            Pod::create(&self.lab, node, slot, name, driver, &volume, &mount).expect("pod sandbox");
         let ordinal = name.rsplit_once('-').map_or("0", |(_, n)| n).to_owned();
         pod.labels = json!({ "hermes.io/group": group, "apps.kubernetes.io/pod-index": ordinal });
         pod.annotations = json!({
@@ -147,12 +153,24 @@ impl PodLab {
     pub fn wait_protected(&self, node: usize, pod: &Pod) -> Value {
         let netns = netns_inode(&pod.netns_path());
         let pins = format!("/netns-{netns}-port-{PORT}");
-        wait(&format!("pod {} protected in netns {netns}", pod.name), || {
+        wait(
+            &format!("pod {} protected in netns {netns}", pod.name),
+            || {
+                let status = self.pod_status(node, &pod.name)?;
+                let member = &status["member"];
+                (status["state"] == "protected"
+                    && member["steering"]["pins"].as_str()?.ends_with(&pins))
+                .then(|| member.clone())
+            },
+        )
+    }
+
+    /// Waits until node `node`'s member of `pod` is ready (in a group with a leader, caught
+    /// up, its app answering).
+    pub fn wait_ready(&self, node: usize, pod: &Pod) {
+        wait(&format!("pod {}'s member ready", pod.name), || {
             let status = self.pod_status(node, &pod.name)?;
-            let member = &status["member"];
-            (status["state"] == "protected"
-                && member["steering"]["pins"].as_str()?.ends_with(&pins))
-            .then(|| member.clone())
+            (status["member"]["ready"] == true).then_some(())
         })
     }
 

@@ -54,12 +54,16 @@ enum Task {
     },
     /// Write a CA and certificates for the peers of a cluster: `ca.pem`, and per node
     /// `node-<id>.pem` and `node-<id>-key.pem`, naming node `<id>` as `hermes-node-<id>`, for
-    /// `hermes-agent --peer-cert --peer-key --peer-ca`. For labs and trials: in production, use
-    /// your own CA.
+    /// `hermes-agent --peer-cert --peer-key --peer-ca`; with `--pods`, one certificate for
+    /// pod mode's agents instead, `hermes-agent.pem` naming `hermes-agent`. For labs and
+    /// trials: in production, use your own CA.
     Certs {
         /// Nodes `1..=N` get a certificate.
         #[arg(long, default_value_t = 3)]
         nodes: u64,
+        /// For pod mode: the agents' one certificate (`hermes-agent pods`).
+        #[arg(long, conflicts_with = "nodes")]
+        pods: bool,
         /// Where to write them.
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
@@ -117,7 +121,15 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Setup => setup::run(&[]).map(drop),
         Task::BuildAndLoad { args } => build_and_load(&args),
-        Task::Certs { nodes, dir } => certs(nodes, &dir),
+        Task::Certs {
+            pods: true, dir, ..
+        } => {
+            let files =
+                hermes_lab::certs::Authority::new("hermes")?.write_named(&dir, "hermes-agent")?;
+            println!("pod mode's agents: {}", files.args().join(" "));
+            Ok(())
+        }
+        Task::Certs { nodes, dir, .. } => certs(nodes, &dir),
         Task::Lab { command } => lab(command),
         Task::Demo => demo::run(&build_cluster_binaries(&[])?),
         Task::Chaos {

@@ -98,9 +98,8 @@ impl Answer {
 
 /// Serves one request, then closes.
 async fn connection(stream: TcpStream, peer: SocketAddr, admin: &Admin) -> std::io::Result<()> {
-    let route = async |method: &str, target: &str, body: &[u8]| {
-        route(admin, method, target, body).await
-    };
+    let route =
+        async |method: &str, target: &str, body: &[u8]| route(admin, method, target, body).await;
     answer_one(stream, peer, admin.token_file.as_deref(), route).await
 }
 

@@ -223,7 +223,8 @@ impl Turn<'_> {
         let mut delay = RETRY_MIN;
         let mut failures = 0u64;
         loop {
-            let connect = source::connect_in(self.app.netns.as_ref(), self.app.source, self.app.addr);
+            let connect =
+                source::connect_in(self.app.netns.as_ref(), self.app.source, self.app.addr);
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect)
                 .await
                 .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));

@@ -49,14 +49,16 @@ async fn route(view: &Mutex<View>, method: &str, target: &str, body: &[u8]) -> A
             .find(|(key, _)| key.namespace == namespace && key.name == name)
             .map(|(_, pod)| (pod.member.clone(), pod.state.clone()));
         return match member {
-            None => Answer::text(404, format!("no labelled pod {namespace}/{name} on this node")),
+            None => Answer::text(
+                404,
+                format!("no labelled pod {namespace}/{name} on this node"),
+            ),
             Some((None, state)) => Answer::text(503, format!("{namespace}/{name} is {state}")),
             Some((Some((member, runtime)), _)) => {
                 let (method, body) = (method.to_owned(), body.to_vec());
                 // On the member's own runtime, where its peer connections live.
-                let answer = runtime.spawn(async move {
-                    admin::route(&member, &method, &path, &body).await
-                });
+                let answer = runtime
+                    .spawn(async move { admin::route(&member, &method, &path, &body).await });
                 answer
                     .await
                     .unwrap_or_else(|_| Answer::text(503, "the pod's member stopped"))

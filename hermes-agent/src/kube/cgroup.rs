@@ -50,7 +50,10 @@ mod tests {
     #[test]
     fn kubelet_shapes() {
         let cgroupfs = format!("0::/kubepods/besteffort/pod{UID}/abc123\n");
-        assert_eq!(container_in_pod(&cgroupfs, UID), Some(Some("abc123".into())));
+        assert_eq!(
+            container_in_pod(&cgroupfs, UID),
+            Some(Some("abc123".into()))
+        );
         let guaranteed = format!("4:memory:/kubepods/pod{UID}/def\n0::/\n");
         assert_eq!(container_in_pod(&guaranteed, UID), Some(Some("def".into())));
         let uid_ = UID.replace('-', "_");
@@ -58,9 +61,8 @@ mod tests {
             "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-abc123.scope\n"
         );
         assert_eq!(container_in_pod(&systemd, UID), Some(Some("abc123".into())));
-        let crio = format!(
-            "1:name=systemd:/kubepods.slice/kubepods-pod{uid_}.slice/crio-fff.scope\n"
-        );
+        let crio =
+            format!("1:name=systemd:/kubepods.slice/kubepods-pod{uid_}.slice/crio-fff.scope\n");
         assert_eq!(container_in_pod(&crio, UID), Some(Some("fff".into())));
         let pod_level = format!("0::/kubelet.slice/kubepods/burstable/pod{UID}\n");
         assert_eq!(container_in_pod(&pod_level, UID), Some(None));

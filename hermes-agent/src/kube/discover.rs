@@ -58,7 +58,11 @@ pub fn processes(proc: &Path, uid: &str) -> io::Result<Vec<PodProcess>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(proc)? {
         let entry = entry?;
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(cgroups) = std::fs::read_to_string(entry.path().join("cgroup")) else {
@@ -191,7 +195,9 @@ fn unescape_octal(text: &str) -> String {
     let mut rest = text;
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(byte) => {
                 out.push(char::from(byte));
@@ -300,7 +306,11 @@ mod tests {
         let chosen = choose(&processes, ip, holds_in(proc.path(), &["pod", "pod2"])).unwrap();
         assert_eq!(chosen.pid, 50);
         assert_eq!(
-            processes.iter().find(|p| p.container.as_deref() == Some("abc")).unwrap().netns,
+            processes
+                .iter()
+                .find(|p| p.container.as_deref() == Some("abc"))
+                .unwrap()
+                .netns,
             chosen.netns
         );
         // Nobody holds the IP: nothing is taken.

@@ -120,8 +120,12 @@ pub async fn tend(node: Arc<Node>, pod: Protected, directory: Directory) {
                     incarnation: node.identity.incarnation,
                 };
                 match node.raft.initialize(BTreeMap::from([(node.id, me)])).await {
-                    Ok(()) => tracing::info!(pod = %pod.key, group = pod.group, node_id = node.id, "group formed"),
-                    Err(error) => tracing::warn!(pod = %pod.key, %error, "forming the group failed"),
+                    Ok(()) => {
+                        tracing::info!(pod = %pod.key, group = pod.group, node_id = node.id, "group formed")
+                    }
+                    Err(error) => {
+                        tracing::warn!(pod = %pod.key, %error, "forming the group failed")
+                    }
                 }
             }
             continue;
@@ -185,8 +189,12 @@ async fn grow(node: &Node, pod: &Protected, directory: &Directory) {
             addr: other.member_addr(),
         };
         match node.change_membership(change).await {
-            Ok(()) => tracing::info!(pod = %other.key, id = hello.id, "added the pod's member as a learner"),
-            Err(error) => tracing::warn!(pod = %other.key, %error, "cannot add the pod's member yet"),
+            Ok(()) => {
+                tracing::info!(pod = %other.key, id = hello.id, "added the pod's member as a learner")
+            }
+            Err(error) => {
+                tracing::warn!(pod = %other.key, %error, "cannot add the pod's member yet")
+            }
         }
         // One change at a time.
         return;
@@ -215,7 +223,11 @@ async fn grow(node: &Node, pod: &Protected, directory: &Directory) {
             .change_membership(MembershipChange::Voters(promoted))
             .await
         {
-            Ok(()) => tracing::info!(group = pod.group, id = learner, "promoted a caught-up learner to voter"),
+            Ok(()) => tracing::info!(
+                group = pod.group,
+                id = learner,
+                "promoted a caught-up learner to voter"
+            ),
             Err(error) => tracing::warn!(id = learner, %error, "cannot promote the learner yet"),
         }
     }
@@ -250,9 +262,15 @@ mod tests {
         let directory = Directory::default();
         directory.set(pod("app-0", "10.0.0.1", false));
         let resolve = directory.resolver();
-        assert_eq!((resolve.0)("shop/app-0:7000").as_deref(), Some("10.0.0.1:7000"));
+        assert_eq!(
+            (resolve.0)("shop/app-0:7000").as_deref(),
+            Some("10.0.0.1:7000")
+        );
         directory.set(pod("app-0", "fd00::9", false));
-        assert_eq!((resolve.0)("shop/app-0:7000").as_deref(), Some("[fd00::9]:7000"));
+        assert_eq!(
+            (resolve.0)("shop/app-0:7000").as_deref(),
+            Some("[fd00::9]:7000")
+        );
         assert_eq!((resolve.0)("shop/app-1:7000"), None);
         assert_eq!((resolve.0)("10.0.0.1:7000"), None);
         directory.set(pod("app-1", "10.0.0.2", true));

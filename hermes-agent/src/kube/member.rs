@@ -71,7 +71,11 @@ pub struct Member {
 impl Member {
     /// Starts the member of `pod`, found at `found`, on a thread of its own; returns once it
     /// steers the pod's port.
-    pub async fn start(context: Arc<Context>, pod: Protected, found: Found) -> Result<Self, MemberError> {
+    pub async fn start(
+        context: Arc<Context>,
+        pod: Protected,
+        found: Found,
+    ) -> Result<Self, MemberError> {
         let (started, startup) = oneshot::channel();
         let (stop, stopping) = watch::channel(false);
         let name = format!("pod {}", pod.key);
@@ -266,6 +270,7 @@ async fn start(
     };
     let record = Record {
         uid: pod.uid.clone(),
+        pod: pod.key.to_string(),
         netns: netns.inode(),
         pins: target.pin_dir()?,
     };
@@ -297,7 +302,11 @@ async fn start(
 }
 
 /// The member's configuration: the agent's `HERMES_*` environment, and the pod's own.
-fn member_config(pod: &Protected, node_id: u64, data_dir: &std::path::Path) -> Result<Config, MemberError> {
+fn member_config(
+    pod: &Protected,
+    node_id: u64,
+    data_dir: &std::path::Path,
+) -> Result<Config, MemberError> {
     let any: std::net::IpAddr = match pod.ips.first() {
         Some(std::net::IpAddr::V6(_)) => std::net::Ipv6Addr::UNSPECIFIED.into(),
         _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
@@ -349,7 +358,8 @@ pub fn check_environment() -> Result<(), String> {
         terminating: false,
         ordinal: Some(0),
     };
-    let config = member_config(&probe, 1, std::path::Path::new("/nonexistent")).map_err(|e| e.to_string())?;
+    let config = member_config(&probe, 1, std::path::Path::new("/nonexistent"))
+        .map_err(|e| e.to_string())?;
     if config.netns.is_some() || config.app.is_some() || config.passthrough {
         return Err(
             "HERMES_NETNS, HERMES_APP and HERMES_PASSTHROUGH do not apply to pod mode: each pod's \

@@ -154,7 +154,7 @@ pub async fn run(args: PodsArgs, shutdown: impl Future<Output = ()>) -> Result<(
         Arc::clone(&changed),
     ));
     tokio::spawn(watch::cluster(
-        client,
+        client.clone(),
         args.group_label.clone(),
         context.directory.clone(),
     ));
@@ -163,9 +163,14 @@ pub async fn run(args: PodsArgs, shutdown: impl Future<Output = ()>) -> Result<(
         Arc::clone(&view),
         args.admin_token_file.clone(),
     ));
-    tracing::info!(node = args.node_name, label = args.group_label, "pod mode: watching this node's labelled pods");
+    tracing::info!(
+        node = args.node_name,
+        label = args.group_label,
+        "pod mode: watching this node's labelled pods"
+    );
     let mut reconciler = Reconciler {
         context,
+        client,
         members: BTreeMap::new(),
         view,
     };
@@ -193,6 +198,7 @@ type Pods = BTreeMap<String, Result<Protected, (PodKey, pod::PodError)>>;
 
 struct Reconciler {
     context: Arc<Context>,
+    client: ::kube::Client,
     /// By pod uid.
     members: BTreeMap<String, Member>,
     view: Arc<Mutex<View>>,
@@ -239,7 +245,7 @@ impl Reconciler {
             Ok(records) => {
                 for record in records {
                     let keep = match (pods.get(&record.uid), self.members.get(&record.uid)) {
-                        (None, _) => false,
+                        (None, _) => !self.gone(&record).await,
                         (Some(_), Some(member)) => member.netns == record.netns,
                         // Not served yet (or being deleted): the port stays closed meanwhile.
                         (Some(_), None) => true,
@@ -288,6 +294,42 @@ impl Reconciler {
         self.show(pods, states);
     }
 
+    /// Whether the API says that the pod of `record` is gone, or no longer ours to protect
+    /// (unlabelled). A pod merely missing from the watch (a wrong label or node name given to
+    /// this agent, say) keeps its steering: its port stays closed rather than open unordered.
+    async fn gone(&self, record: &record::Record) -> bool {
+        let Some((namespace, name)) = record.pod.split_once('/') else {
+            return true;
+        };
+        let api = ::kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+            self.client.clone(),
+            namespace,
+        );
+        match api.get_opt(name).await {
+            Ok(None) => true,
+            Ok(Some(pod)) if pod.metadata.uid.as_deref() != Some(record.uid.as_str()) => true,
+            Ok(Some(pod)) => {
+                let labelled = Protected::from_pod(&pod, &self.context.args.group_label).is_some();
+                let here = pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                    == Some(self.context.args.node_name.as_str());
+                if labelled && here {
+                    tracing::error!(
+                        pod = record.pod,
+                        "the pod is labelled and on this node, but not in this agent's watch: \
+                         keeping its port closed (check the agent's node name and label)"
+                    );
+                    false
+                } else {
+                    true
+                }
+            }
+            Err(error) => {
+                tracing::warn!(pod = record.pod, %error, "cannot ask the API about a pod; keeping its port closed");
+                false
+            }
+        }
+    }
+
     /// Updates what the admin API shows.
     fn show(&self, pods: &Pods, mut states: BTreeMap<String, String>) {
         let mut view = self.view.lock().unwrap();
@@ -318,6 +360,17 @@ impl Reconciler {
 
 /// Whether what a member was started with differs from what the pod says now.
 fn changed(was: &Protected, now: &Protected) -> bool {
-    (was.port, was.raft_port, &was.data, &was.container, &was.group)
-        != (now.port, now.raft_port, &now.data, &now.container, &now.group)
+    (
+        was.port,
+        was.raft_port,
+        &was.data,
+        &was.container,
+        &was.group,
+    ) != (
+        now.port,
+        now.raft_port,
+        &now.data,
+        &now.container,
+        &now.group,
+    )
 }

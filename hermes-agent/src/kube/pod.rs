@@ -92,7 +92,10 @@ impl Protected {
         let meta = &pod.metadata;
         let none = BTreeMap::new();
         let annotations = meta.annotations.as_ref().unwrap_or(&none);
-        let namespace = meta.namespace.clone().ok_or(PodError::Missing("namespace"))?;
+        let namespace = meta
+            .namespace
+            .clone()
+            .ok_or(PodError::Missing("namespace"))?;
         let name = meta.name.clone().ok_or(PodError::Missing("name"))?;
         // They become a member's address, `<namespace>/<name>:<port>`.
         for (what, text) in [("namespace", &namespace), ("name", &name)] {
@@ -105,7 +108,9 @@ impl Protected {
             }
         }
         let uid = meta.uid.clone().ok_or(PodError::Missing("uid"))?;
-        if uid.is_empty() || uid.len() > 64 || !uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        if uid.is_empty()
+            || uid.len() > 64
+            || !uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
         {
             return Err(PodError::Uid(uid));
         }
@@ -190,7 +195,10 @@ impl Protected {
     }
 }
 
-fn annotated_port(annotations: &BTreeMap<String, String>, key: &'static str) -> Result<Option<u16>, PodError> {
+fn annotated_port(
+    annotations: &BTreeMap<String, String>,
+    key: &'static str,
+) -> Result<Option<u16>, PodError> {
     match annotations.get(key) {
         None => Ok(None),
         Some(text) => match text.trim().parse::<u16>() {
@@ -254,7 +262,13 @@ mod tests {
         assert_eq!((p.port, p.raft_port), (8080, 7000));
         assert_eq!(p.data, Path::new("/var/lib/app/hermes"));
         assert_eq!(p.container_ids, ["abc123"]);
-        assert_eq!(p.ips, ["10.1.2.3".parse::<IpAddr>().unwrap(), "fd00::3".parse().unwrap()]);
+        assert_eq!(
+            p.ips,
+            [
+                "10.1.2.3".parse::<IpAddr>().unwrap(),
+                "fd00::3".parse().unwrap()
+            ]
+        );
         assert_eq!(p.ordinal, Some(1));
         assert_eq!(p.member_addr(), "shop/app-1:7000");
         assert_eq!(p.node.as_deref(), Some("worker-2"));
@@ -279,7 +293,9 @@ mod tests {
             PodError::Port(..)
         ));
         assert!(matches!(
-            bad(json!({ "hermes.io/port": "80", "hermes.io/raft-port": "80", "hermes.io/data": "/d" })),
+            bad(
+                json!({ "hermes.io/port": "80", "hermes.io/raft-port": "80", "hermes.io/data": "/d" })
+            ),
             PodError::Port(..)
         ));
         for data in ["d", "/a/../etc", "/", ""] {
@@ -289,7 +305,9 @@ mod tests {
             ));
         }
         assert!(matches!(
-            bad(json!({ "hermes.io/port": "80", "hermes.io/data": "/d", "hermes.io/container": "nope" })),
+            bad(
+                json!({ "hermes.io/port": "80", "hermes.io/data": "/d", "hermes.io/container": "nope" })
+            ),
             PodError::Container(_)
         ));
         // Without the annotation: the first container, which has not started.

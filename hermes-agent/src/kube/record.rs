@@ -1,7 +1,7 @@
 //! What the agent has pinned for which pod, kept in its state directory, so that an agent
 //! restarted after a pod was deleted still detaches it: a file `pods/<pod uid>.<netns inode>`
-//! holding the pin directory, written before the steering is attached and removed after it is
-//! detached.
+//! holding the pin directory and the pod's `namespace/name`, written before the steering is
+//! attached and removed after it is detached.
 use std::{
     io,
     path::{Path, PathBuf},
@@ -11,6 +11,8 @@ use std::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub uid: String,
+    /// `namespace/name`.
+    pub pod: String,
     pub netns: u64,
     pub pins: PathBuf,
 }
@@ -37,7 +39,8 @@ impl Records {
         let path = self.file(&record.uid, record.netns);
         let tmp = self.dir.join(format!(".{}.{}", record.uid, record.netns));
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(record.pins.to_string_lossy().as_bytes())?;
+        let text = format!("{}\n{}\n", record.pins.to_string_lossy(), record.pod);
+        file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(&self.dir)?.sync_all()
@@ -61,11 +64,14 @@ impl Records {
             }
             let parsed = name.rsplit_once('.').and_then(|(uid, netns)| {
                 let netns = netns.parse().ok()?;
-                let pins = std::fs::read_to_string(entry.path()).ok()?;
+                let text = std::fs::read_to_string(entry.path()).ok()?;
+                let mut lines = text.lines();
+                let (pins, pod) = (lines.next()?, lines.next()?);
                 Some(Record {
                     uid: uid.to_owned(),
+                    pod: pod.to_owned(),
                     netns,
-                    pins: PathBuf::from(pins.trim()),
+                    pins: PathBuf::from(pins),
                 })
             });
             match parsed {
@@ -88,6 +94,7 @@ mod tests {
         let records = Records::open(dir.path()).unwrap();
         let record = Record {
             uid: "0b8a3c1e-5f6d".into(),
+            pod: "shop/app-0".into(),
             netns: 4026532000,
             pins: "/sys/fs/bpf/hermes/netns-4026532000-port-8080".into(),
         };

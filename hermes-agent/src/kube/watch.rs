@@ -60,7 +60,10 @@ pub async fn local(
                 let mut local = local.lock().unwrap();
                 local.pods = std::mem::take(&mut listing);
                 local.synced = true;
-                tracing::info!(pods = local.pods.len(), "listed the labelled pods of this node");
+                tracing::info!(
+                    pods = local.pods.len(),
+                    "listed the labelled pods of this node"
+                );
             }
             Ok(watcher::Event::Apply(pod)) => {
                 let mut local = local.lock().unwrap();
@@ -105,7 +108,9 @@ pub async fn cluster(client: Client, label: String, directory: Directory) {
                 _ => directory.remove(&key(&pod)),
             },
             Ok(watcher::Event::Delete(pod)) => directory.remove(&key(&pod)),
-            Err(error) => tracing::warn!(%error, "watching the cluster's labelled pods failed; retrying"),
+            Err(error) => {
+                tracing::warn!(%error, "watching the cluster's labelled pods failed; retrying")
+            }
         }
     }
 }
@@ -192,7 +197,10 @@ mod tests {
         api.break_watches();
         names(&local, &["ffffff"]).await;
         let requests = api.requests();
-        let lists = requests.iter().filter(|r| !r.contains("watch=true")).count();
+        let lists = requests
+            .iter()
+            .filter(|r| !r.contains("watch=true"))
+            .count();
         assert!(lists >= 2, "no second list after 410: {requests:#?}");
         assert!(
             requests

@@ -242,14 +242,16 @@ impl Node {
         }
         let mut log = LogStore::open(&dir.join("log.redb"), settings.log_cache)?;
         let startup_commit = log.committed().map_or(0, |id| id.index);
-        let app = Arc::new(App::new(
-            settings.app,
-            settings.app_source,
-            settings.app_timeout,
-            settings.response_limits,
-            Arc::clone(&settings.telemetry),
-        )
-        .in_netns(settings.placement.netns.clone()));
+        let app = Arc::new(
+            App::new(
+                settings.app,
+                settings.app_source,
+                settings.app_timeout,
+                settings.response_limits,
+                Arc::clone(&settings.telemetry),
+            )
+            .in_netns(settings.placement.netns.clone()),
+        );
         app.close_when_idle();
         let hooks = settings.snapshots.as_ref().map(|s| Hooks {
             snapshot: s.snapshot_cmd.clone(),
