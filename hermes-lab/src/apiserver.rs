@@ -173,10 +173,19 @@ fn key_of(pod: &Value) -> (String, String) {
     (text(&meta["namespace"]), text(&meta["name"]))
 }
 
+/// One requirement of a label selector.
+#[derive(Debug)]
+enum Label {
+    Exists(String),
+    Absent(String),
+    Equals(String, String),
+    Differs(String, String),
+}
+
 /// What a request selects.
 #[derive(Default, Debug)]
 struct Selectors {
-    labels: Vec<(String, Option<(bool, String)>, bool)>,
+    labels: Vec<Label>,
     fields: Vec<(String, bool, String)>,
     namespace: Option<String>,
 }
@@ -189,12 +198,13 @@ impl Selectors {
         {
             return false;
         }
-        for (key, value, present) in &self.labels {
-            let label = meta["labels"][key].as_str();
-            let ok = match value {
-                None => label.is_some() == *present,
-                Some((true, value)) => label == Some(value.as_str()),
-                Some((false, value)) => label != Some(value.as_str()),
+        for requirement in &self.labels {
+            let label = |key: &str| meta["labels"][key].as_str();
+            let ok = match requirement {
+                Label::Exists(key) => label(key).is_some(),
+                Label::Absent(key) => label(key).is_none(),
+                Label::Equals(key, value) => label(key) == Some(value.as_str()),
+                Label::Differs(key, value) => label(key) != Some(value.as_str()),
             };
             if !ok {
                 return false;
@@ -216,21 +226,21 @@ impl Selectors {
     }
 }
 
-fn parse_labels(text: &str) -> Vec<(String, Option<(bool, String)>, bool)> {
+fn parse_labels(text: &str) -> Vec<Label> {
     text.split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|term| {
             let term = term.trim();
             if let Some((key, value)) = term.split_once("!=") {
-                (key.into(), Some((false, value.into())), true)
+                Label::Differs(key.into(), value.into())
             } else if let Some((key, value)) =
                 term.split_once("==").or_else(|| term.split_once('='))
             {
-                (key.into(), Some((true, value.into())), true)
+                Label::Equals(key.into(), value.into())
             } else if let Some(key) = term.strip_prefix('!') {
-                (key.into(), None, false)
+                Label::Absent(key.into())
             } else {
-                (term.into(), None, true)
+                Label::Exists(term.into())
             }
         })
         .collect()

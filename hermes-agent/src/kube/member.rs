@@ -46,7 +46,7 @@ pub enum MemberError {
     #[error("cannot give the pod's network namespace the delivery address: {0}")]
     Source(std::io::Error),
     #[error(transparent)]
-    Start(#[from] crate::order::StartError),
+    Start(Box<crate::order::StartError>),
     #[error(transparent)]
     Steer(#[from] steer::Error),
     #[error("the member's thread could not start: {0}")]
@@ -272,13 +272,16 @@ async fn start(
         uid: pod.uid.clone(),
         pod: pod.key.to_string(),
         netns: netns.inode(),
+        port: pod.port,
         pins: target.pin_dir()?,
     };
     context.records.add(&record).map_err(MemberError::Record)?;
     let listeners = netns
         .run(steer::Listeners::bind)
         .map_err(MemberError::Listen)?;
-    let node = Node::start(settings).await?;
+    let node = Node::start(settings)
+        .await
+        .map_err(|e| MemberError::Start(Box::new(e)))?;
     let source = config.app_source;
     netns
         .run(|| steer::source::ensure(source))
@@ -402,7 +405,7 @@ pub fn detach(context: &Context, record: &Record) {
             return;
         }
     }
-    if let Err(error) = context.records.remove(&record.uid, record.netns) {
+    if let Err(error) = context.records.remove(record) {
         tracing::error!(%error, "cannot remove the pod's record");
     }
 }

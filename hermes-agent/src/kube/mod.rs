@@ -194,7 +194,7 @@ pub async fn run(args: PodsArgs, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-type Pods = BTreeMap<String, Result<Protected, (PodKey, pod::PodError)>>;
+type Pods = BTreeMap<String, watch::Read>;
 
 struct Reconciler {
     context: Arc<Context>,
@@ -246,7 +246,9 @@ impl Reconciler {
                 for record in records {
                     let keep = match (pods.get(&record.uid), self.members.get(&record.uid)) {
                         (None, _) => !self.gone(&record).await,
-                        (Some(_), Some(member)) => member.netns == record.netns,
+                        (Some(_), Some(member)) => {
+                            member.netns == record.netns && member.pod.port == record.port
+                        }
                         // Not served yet (or being deleted): the port stays closed meanwhile.
                         (Some(_), None) => true,
                     };

@@ -1,6 +1,6 @@
 //! What the agent has pinned for which pod, kept in its state directory, so that an agent
-//! restarted after a pod was deleted still detaches it: a file `pods/<pod uid>.<netns inode>`
-//! holding the pin directory and the pod's `namespace/name`, written before the steering is
+//! restarted after a pod was deleted still detaches it: a file
+//! `pods/<pod uid>.<netns inode>.<port>` holding the pin directory and the pod's `namespace/name`, written before the steering is
 //! attached and removed after it is detached.
 use std::{
     io,
@@ -14,6 +14,7 @@ pub struct Record {
     /// `namespace/name`.
     pub pod: String,
     pub netns: u64,
+    pub port: u16,
     pub pins: PathBuf,
 }
 
@@ -29,15 +30,20 @@ impl Records {
         Ok(Self { dir })
     }
 
-    fn file(&self, uid: &str, netns: u64) -> PathBuf {
-        self.dir.join(format!("{uid}.{netns}"))
+    fn file(&self, record: &Record) -> PathBuf {
+        let Record {
+            uid, netns, port, ..
+        } = record;
+        self.dir.join(format!("{uid}.{netns}.{port}"))
     }
 
     /// Records `record`, durably, before its pins exist.
     pub fn add(&self, record: &Record) -> io::Result<()> {
         use std::io::Write as _;
-        let path = self.file(&record.uid, record.netns);
-        let tmp = self.dir.join(format!(".{}.{}", record.uid, record.netns));
+        let path = self.file(record);
+        let tmp = self
+            .dir
+            .join(format!(".{}.{}.{}", record.uid, record.netns, record.port));
         let mut file = std::fs::File::create(&tmp)?;
         let text = format!("{}\n{}\n", record.pins.to_string_lossy(), record.pod);
         file.write_all(text.as_bytes())?;
@@ -46,8 +52,8 @@ impl Records {
         std::fs::File::open(&self.dir)?.sync_all()
     }
 
-    pub fn remove(&self, uid: &str, netns: u64) -> io::Result<()> {
-        match std::fs::remove_file(self.file(uid, netns)) {
+    pub fn remove(&self, record: &Record) -> io::Result<()> {
+        match std::fs::remove_file(self.file(record)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -62,8 +68,11 @@ impl Records {
             if name.starts_with('.') {
                 continue;
             }
-            let parsed = name.rsplit_once('.').and_then(|(uid, netns)| {
+            let mut parts = name.rsplitn(3, '.');
+            let (port, netns, uid) = (parts.next(), parts.next(), parts.next());
+            let parsed = uid.zip(netns).zip(port).and_then(|((uid, netns), port)| {
                 let netns = netns.parse().ok()?;
+                let port = port.parse().ok()?;
                 let text = std::fs::read_to_string(entry.path()).ok()?;
                 let mut lines = text.lines();
                 let (pins, pod) = (lines.next()?, lines.next()?);
@@ -71,6 +80,7 @@ impl Records {
                     uid: uid.to_owned(),
                     pod: pod.to_owned(),
                     netns,
+                    port,
                     pins: PathBuf::from(pins),
                 })
             });
@@ -79,7 +89,7 @@ impl Records {
                 None => tracing::warn!(file = %entry.path().display(), "not a pod record; ignored"),
             }
         }
-        records.sort_by(|a, b| (&a.uid, a.netns).cmp(&(&b.uid, b.netns)));
+        records.sort_by(|a, b| (&a.uid, a.netns, a.port).cmp(&(&b.uid, b.netns, b.port)));
         Ok(records)
     }
 }
@@ -96,13 +106,14 @@ mod tests {
             uid: "0b8a3c1e-5f6d".into(),
             pod: "shop/app-0".into(),
             netns: 4026532000,
+            port: 8080,
             pins: "/sys/fs/bpf/hermes/netns-4026532000-port-8080".into(),
         };
         records.add(&record).unwrap();
         let again = Records::open(dir.path()).unwrap();
-        assert_eq!(again.all().unwrap(), [record.clone()]);
-        again.remove(&record.uid, record.netns).unwrap();
-        again.remove(&record.uid, record.netns).unwrap();
+        assert_eq!(again.all().unwrap(), std::slice::from_ref(&record));
+        again.remove(&record).unwrap();
+        again.remove(&record).unwrap();
         assert!(again.all().unwrap().is_empty());
     }
 }

@@ -18,10 +18,13 @@ use super::{
     pod::{PodError, PodKey, Protected},
 };
 
+/// A labelled pod as read: protected, or why not.
+pub type Read = Result<Protected, (PodKey, PodError)>;
+
 /// The labelled pods of this node, by uid.
 #[derive(Default)]
 pub struct Local {
-    pub pods: BTreeMap<String, Result<Protected, (PodKey, PodError)>>,
+    pub pods: BTreeMap<String, Read>,
     /// A full list has been seen.
     pub synced: bool,
 }
@@ -40,7 +43,7 @@ pub async fn local(
     let stream = watcher(Api::<Pod>::all(client), config).default_backoff();
     let mut stream = std::pin::pin!(stream);
     let mut listing = BTreeMap::new();
-    let read = |pod: &Pod| -> Option<(String, Result<Protected, (PodKey, PodError)>)> {
+    let read = |pod: &Pod| -> Option<(String, Read)> {
         let uid = pod.metadata.uid.clone()?;
         // The API honours the selector; a pod elsewhere would not be ours to protect anyway.
         if pod.spec.as_ref()?.node_name.as_deref() != Some(node.as_str()) {

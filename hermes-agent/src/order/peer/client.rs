@@ -51,7 +51,9 @@ impl CallError {
 /// Turns a peer address that is not `HOST:PORT` into one to dial (pod mode names members by
 /// their pods, whose addresses change when they are rescheduled); `None`: it cannot be reached.
 #[derive(Clone)]
-pub struct Resolve(pub Arc<dyn Fn(&str) -> Option<String> + Send + Sync>);
+pub struct Resolve(pub Arc<ResolveFn>);
+
+pub type ResolveFn = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 impl std::fmt::Debug for Resolve {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
