@@ -225,7 +225,17 @@ fn probe(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Pro
 fn an_agent_restart_reconciles_without_an_open_window_and_state_stays_in_the_volume() {
     let mut lab = PodLab::new(1);
     lab.start_agent(1);
+    // This pod appears while its init container runs, before its app: the agent reaches the
+    // volume through the init container and steers the port, which is what the init container
+    // waits for (a connection to the port, accepted by the agent), and only then the app starts.
     let mut echo = lab.pod(1, 1, "echo-0", "echo", "echo-0", Driver::Systemd);
+    echo.start_init().expect("init container");
+    lab.publish(&echo);
+    lab.wait_protected(1, &echo);
+    let port = addr(&echo);
+    echo.run_inside(move || TcpStream::connect_timeout(&port, Duration::from_secs(5)))
+        .expect("the port is steered before the app runs");
+    echo.finish_init();
     let program = hermes_lab::binary("hermes-http-echo").expect("binary");
     echo.start_app(&program, &["0.0.0.0:8080"], "listening")
         .expect("echo app");

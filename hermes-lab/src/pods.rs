@@ -123,9 +123,11 @@ pub struct Pod {
     link: String,
     sandbox_id: String,
     app_id: String,
+    init_id: String,
     cgroups: Vec<PathBuf>,
     sandbox: Option<Process>,
     app: Option<Process>,
+    init: Option<Process>,
     impostors: Vec<Process>,
 }
 
@@ -176,9 +178,11 @@ impl Pod {
             link: format!("hp{}x{node}x{slot}", lab.index),
             sandbox_id: String::new(),
             app_id: String::new(),
+            init_id: String::new(),
             cgroups: Vec::new(),
             sandbox: None,
             app: None,
+            init: None,
             impostors: Vec::new(),
         };
         pod.sandbox_up()?;
@@ -290,12 +294,30 @@ impl Pod {
         Ok(dir)
     }
 
-    /// Starts the app, `program args`, in the pod: its namespace, a container's cgroup, and a
-    /// mount namespace of its own where the volume is at [`Self::mount`]. `ready` is a line it
-    /// prints once it serves.
-    pub fn start_app(&mut self, program: &Path, args: &[&str], ready: &str) -> io::Result<()> {
-        self.app_id = random_hex(32)?;
-        let cgroup = self.cgroup(&self.app_id.clone())?;
+    /// Starts an init container (one that waits, with the volume mounted as the app will), as
+    /// a pod has before its app runs.
+    pub fn start_init(&mut self) -> io::Result<()> {
+        self.init_id = random_hex(32)?;
+        let command = self.container(&self.init_id.clone(), Path::new("sleep"), &["infinity"])?;
+        self.init = Some(Process::spawn(
+            format!("init container of pod {}", self.name),
+            command,
+        )?);
+        Ok(())
+    }
+
+    /// The init container is done.
+    pub fn finish_init(&mut self) {
+        if let Some(mut init) = self.init.take() {
+            let _ = init.kill();
+        }
+    }
+
+    /// A command that runs `program args` as container `id` of the pod: in its cgroup, in the
+    /// pod's network namespace, in a mount namespace of its own where the volume is at
+    /// [`Self::mount`].
+    fn container(&mut self, id: &str, program: &Path, args: &[&str]) -> io::Result<Command> {
+        let cgroup = self.cgroup(id)?;
         let mut command = Command::new("sh");
         command.args([
             "-c",
@@ -311,6 +333,15 @@ impl Pod {
         command.arg(&self.mount);
         command.arg(program);
         command.args(args);
+        Ok(command)
+    }
+
+    /// Starts the app, `program args`, in the pod: its namespace, a container's cgroup, and a
+    /// mount namespace of its own where the volume is at [`Self::mount`]. `ready` is a line it
+    /// prints once it serves.
+    pub fn start_app(&mut self, program: &Path, args: &[&str], ready: &str) -> io::Result<()> {
+        self.app_id = random_hex(32)?;
+        let command = self.container(&self.app_id.clone(), program, args)?;
         let mut app = Process::spawn(format!("app of pod {}", self.name), command)?;
         app.wait_for(ready, crate::cluster::STARTUP)?;
         self.app = Some(app);
@@ -346,6 +377,7 @@ impl Pod {
         if let Some(mut app) = self.app.take() {
             let _ = app.kill();
         }
+        self.finish_init();
     }
 
     /// The pod's sandbox dies and the kubelet makes a new one: a new network namespace with the
@@ -371,6 +403,13 @@ impl Pod {
                 "image": "lab", "imageID": "", "ready": true, "restartCount": 0,
             }));
         }
+        let mut inits = Vec::new();
+        if !self.init_id.is_empty() {
+            inits.push(json!({
+                "name": "wait-for-hermes", "containerID": format!("containerd://{}", self.init_id),
+                "image": "lab", "imageID": "", "ready": false, "restartCount": 0,
+            }));
+        }
         json!({
             "metadata": {
                 "name": self.name, "namespace": NAMESPACE, "uid": self.uid,
@@ -381,6 +420,7 @@ impl Pod {
                 "phase": "Running", "podIP": self.ip.to_string(),
                 "podIPs": [ { "ip": self.ip.to_string() } ],
                 "containerStatuses": statuses,
+                "initContainerStatuses": inits,
             },
         })
     }

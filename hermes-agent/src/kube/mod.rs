@@ -131,6 +131,8 @@ pub async fn run(args: PodsArgs, shutdown: impl Future<Output = ()>) -> Result<(
     check(&args)?;
     let records =
         Records::open(&args.state_dir).map_err(|e| PodsError::State(args.state_dir.clone(), e))?;
+    // The API client's TLS uses the process's default provider: ring, as the peers do.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = ::kube::Client::try_default().await?;
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
