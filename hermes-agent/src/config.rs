@@ -141,7 +141,7 @@ pub enum CtlAction {
     },
     /// Make a learner a voter.
     Promote { id: u64 },
-    /// Remove a node from the cluster: it receives no more entries.
+    /// Remove a node from the cluster (a voter or a learner): it receives no more entries.
     Remove { id: u64 },
     /// Make exactly these nodes the voters, e.g. `voters 1,2,4`.
     Voters {

@@ -61,7 +61,18 @@ pub fn run(args: &CtlArgs) -> Result<(), CtlError> {
         CtlAction::Remove { id } => {
             let mut voters = voters(args)?;
             if !voters.contains(id) {
-                return Err(CtlError::NotAMember(*id));
+                let status = request(args, "GET", "/status", None)?;
+                let learner = status["members"]
+                    .as_array()
+                    .is_some_and(|all| all.iter().any(|m| m["id"].as_u64() == Some(*id)));
+                if !learner {
+                    return Err(CtlError::NotAMember(*id));
+                }
+                // A learner (e.g. a pod deleted while it joined) is forgotten at once.
+                let body = json!({ "id": id });
+                let status = request(args, "POST", "/cluster/learners/remove", Some(body))?;
+                println!("learner {id} removed; members: {}", status["members"]);
+                return Ok(());
             }
             voters.retain(|v| v != id);
             set_voters(args, &voters)?;

@@ -5,6 +5,7 @@
 //! - `GET /digests?from=N`: digests of the app's responses by request sequence number, to
 //!   compare replicas;
 //! - `POST /cluster/learners` `{"id": 4, "addr": "10.0.0.4:7000"}`: add a node as a learner;
+//! - `POST /cluster/learners/remove` `{"id": 4}`: forget a learner;
 //! - `POST /cluster/membership` `{"voters": [1, 2, 3, 4]}`: make exactly these the voters
 //!   (promotes learners, removes voters left out);
 //! - `POST /divergence/resume`: a replica fenced after a divergence applies again.
@@ -229,6 +230,18 @@ pub(crate) async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]
                 ),
             }
         }
+        ("POST", "/cluster/learners/remove") => {
+            #[derive(Deserialize)]
+            struct Learner {
+                id: u64,
+            }
+            match serde_json::from_slice::<Learner>(body) {
+                Ok(Learner { id }) => {
+                    change(admin, MembershipChange::RemoveLearners([id].into())).await
+                }
+                Err(error) => Answer::text(400, format!("expected {{\"id\": N}}: {error}")),
+            }
+        }
         ("POST", "/divergence/resume") => match &admin.node {
             Some(node) => {
                 node.applied.fence(false);
@@ -260,6 +273,7 @@ pub(crate) async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]
             | "/metrics"
             | "/digests"
             | "/cluster/learners"
+            | "/cluster/learners/remove"
             | "/cluster/membership"
             | "/divergence/resume",
         ) => Answer::text(405, "wrong method"),

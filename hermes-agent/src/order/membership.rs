@@ -85,6 +85,11 @@ pub async fn change_on_leader(
             tracing::info!(?voters, "changing the voters");
             raft.change_membership(voters, false).await
         }
+        MembershipChange::RemoveLearners(learners) => {
+            tracing::info!(?learners, "removing learners");
+            let remove = openraft::ChangeMembers::RemoveNodes(learners);
+            raft.change_membership(remove, false).await
+        }
     };
     changed.map(drop).map_err(|e| e.to_string())
 }

@@ -54,6 +54,8 @@ pub enum MembershipChange {
     /// Make exactly these nodes the voters (learners among them are promoted; voters left out
     /// are removed from the cluster).
     Voters(BTreeSet<NodeId>),
+    /// Forget these learners (a voter must be removed with [`Self::Voters`] first).
+    RemoveLearners(BTreeSet<NodeId>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
