@@ -93,6 +93,9 @@ fn a_group_of_pods_on_three_nodes_forms_one_raft_group_and_follows_its_pods() {
         lab.pod(2, 1, "app-1", "orders", "app-1", Driver::Systemd),
         lab.pod(3, 1, "app-2", "orders", "app-2", Driver::Cgroupfs),
     ];
+    for pod in &mut pods {
+        pod.annotations["hermes.io/group-size"] = "3".into();
+    }
     // A process claiming app-1's cgroup from node 2's own namespace, older than the pod's
     // processes: the discovery must not take its namespace for the pod's.
     let node2 = lab.lab.node(2).netns_path();

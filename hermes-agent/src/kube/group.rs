@@ -4,9 +4,9 @@
 //!
 //! - a member's address is its pod, `<namespace>/<name>:<raft port>`, resolved to the pod's
 //!   current IP when dialled, so a pod rescheduled elsewhere stays the same member;
-//! - the pod with ordinal 0 forms the group, alone, once every other pod of the group answers
-//!   and none is in a cluster yet (a StatefulSet has one such pod at a time; nothing else ever
-//!   forms one, so two clusters cannot start side by side);
+//! - the pod with ordinal 0 forms the group, alone, once the group has `hermes.io/group-size`
+//!   pods, every other one answers, and none is in a cluster yet (a StatefulSet has one such pod
+//!   at a time; nothing else ever forms one, so two clusters cannot start side by side);
 //! - the leader adds every other pod of the group that is in no cluster as a learner, and
 //!   promotes caught-up learners one at a time while the voters are fewer than the group's pods;
 //! - nothing is ever removed but by an operator (`hermes-agent ctl --pod ... remove`): a member
@@ -139,7 +139,12 @@ pub async fn tend(node: Arc<Node>, pod: Protected, directory: Directory) {
 /// Whether this pod (ordinal 0) may form its group: every other pod of the group answers and
 /// none is in a cluster. One that is would have this pod join it instead (the leader adds it).
 async fn may_form(node: &Node, pod: &Protected, directory: &Directory) -> bool {
-    for other in directory.group_of(pod) {
+    let group = directory.group_of(pod);
+    if group.len() < pod.group_size {
+        tracing::debug!(pod = %pod.key, size = pod.group_size, present = group.len(), "waiting for the group's pods before forming it");
+        return false;
+    }
+    for other in group {
         if other.key == pod.key {
             continue;
         }
@@ -254,6 +259,7 @@ mod tests {
             ips: vec![ip.parse().unwrap()],
             terminating,
             ordinal: None,
+            group_size: 1,
         }
     }
 

@@ -360,6 +360,7 @@ pub fn check_environment() -> Result<(), String> {
         ips: Vec::new(),
         terminating: false,
         ordinal: Some(0),
+        group_size: 1,
     };
     let config = member_config(&probe, 1, std::path::Path::new("/nonexistent"))
         .map_err(|e| e.to_string())?;

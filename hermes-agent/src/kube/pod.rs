@@ -20,6 +20,9 @@ pub const RAFT_PORT: &str = "hermes.io/raft-port";
 pub const DATA: &str = "hermes.io/data";
 /// The container whose filesystem [`DATA`] is in (default: the pod's first container).
 pub const CONTAINER: &str = "hermes.io/container";
+/// How many pods the group is formed with (the StatefulSet's first `replicas`; default 1): the
+/// pod with ordinal 0 forms the group only once that many of its pods answer, none in a cluster.
+pub const GROUP_SIZE: &str = "hermes.io/group-size";
 /// The StatefulSet controller's label with the pod's ordinal.
 const POD_INDEX: &str = "apps.kubernetes.io/pod-index";
 
@@ -59,6 +62,8 @@ pub struct Protected {
     pub terminating: bool,
     /// The pod's ordinal in its StatefulSet: only ordinal 0 forms a group.
     pub ordinal: Option<u64>,
+    /// Pods the group is formed with.
+    pub group_size: usize,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -75,6 +80,8 @@ pub enum PodError {
     Uid(String),
     #[error("annotation {CONTAINER}: the pod has no container `{0}`")]
     Container(String),
+    #[error("annotation {GROUP_SIZE}: `{0}` is not a number of pods (1 to 255)")]
+    GroupSize(String),
     #[error("{0} `{1}` has characters an address cannot have")]
     Name(&'static str, String),
 }
@@ -115,6 +122,13 @@ impl Protected {
             return Err(PodError::Uid(uid));
         }
         let raft_port = annotated_port(annotations, RAFT_PORT)?.unwrap_or(DEFAULT_RAFT_PORT);
+        let group_size = match annotations.get(GROUP_SIZE) {
+            None => 1,
+            Some(text) => match text.trim().parse::<usize>() {
+                Ok(size) if (1..=255).contains(&size) => size,
+                _ => return Err(PodError::GroupSize(text.clone())),
+            },
+        };
         let port = annotated_port(annotations, PORT)?
             .ok_or(PodError::Missing("annotation hermes.io/port"))?;
         if raft_port == port {
@@ -185,6 +199,7 @@ impl Protected {
             ips,
             terminating: meta.deletion_timestamp.is_some(),
             ordinal,
+            group_size,
         })
     }
 
