@@ -5,7 +5,8 @@
 //! the app process sees, bind-mounted in its own mount namespace, at a path that is empty on the
 //! host. The Pod object for the fake API server comes from [`Pod::object`].
 //!
-//! Dropping a [`Pod`] kills its processes (by PID), deletes its namespace and its cgroups.
+//! Dropping a [`Pod`] kills its processes (by PID), removes the pins made for its namespace,
+//! deletes the namespace and its cgroups.
 use std::{
     io,
     net::Ipv4Addr,
@@ -453,6 +454,11 @@ impl Drop for Pod {
         }
         if let Some(mut sandbox) = self.sandbox.take() {
             let _ = sandbox.kill();
+        }
+        // The agents' pins for the pod's namespace go with it (they are named by its inode).
+        if let Ok(meta) = std::fs::metadata(self.netns_path()) {
+            use std::os::unix::fs::MetadataExt as _;
+            crate::remove_pins(meta.ino());
         }
         let _ = ip(&["-n", &self.node_netns, "link", "del", &self.link]);
         let _ = ip(&["netns", "del", &self.netns]);
