@@ -3,6 +3,7 @@
 
 pub mod daemonset;
 pub mod podman;
+pub mod resp;
 
 use std::{
     io::{BufRead, BufReader},

@@ -27,7 +27,7 @@ use super::{
     },
 };
 use crate::{
-    deliver::{App, DEDUP_WINDOW, Dedup, Delivery, Outcome, hooks::Hooks},
+    deliver::{App, DEDUP_WINDOW, Dedup, Delivery, Outcome, hooks::Hooks, tcp::Connections},
     http::Response,
 };
 
@@ -144,7 +144,7 @@ impl Applied {
         let answer = match outcome {
             Outcome::Answered(response) => Ok(response),
             Outcome::Unanswered(why) => Err(why),
-            Outcome::Duplicate | Outcome::Earlier => return,
+            Outcome::Duplicate | Outcome::Earlier | Outcome::Event => return,
         };
         if command.origin == self.node_id
             && command.incarnation == self.incarnation
@@ -198,6 +198,7 @@ impl StateMachine {
         app: Arc<App>,
         hooks: Option<Hooks>,
         digest_bodies: bool,
+        tcp: Option<Connections>,
         log: &mut LogStore,
     ) -> Result<(Self, Arc<Applied>), StorageError> {
         let read_error =
@@ -209,8 +210,8 @@ impl StateMachine {
                 dir.display()
             ))));
         }
-        let mut delivery =
-            Delivery::open(&dir.join(PROGRESS), Arc::clone(&app)).map_err(|e| read_error(&e))?;
+        let mut delivery = Delivery::open(&dir.join(PROGRESS), Arc::clone(&app), tcp)
+            .map_err(|e| read_error(&e))?;
         let membership_path = dir.join(MEMBERSHIP);
         let membership = match std::fs::read(&membership_path) {
             Ok(bytes) => decode(&bytes).map_err(|e| read_error(&e))?,

@@ -36,8 +36,15 @@ use plan::Plan;
 use results::Results;
 use workload::Workload;
 
-/// Debian packages of the reference setups and of the plots' font.
-pub const PACKAGES: &[&str] = &["etcd-server", "nginx-light", "fonts-dejavu-core"];
+/// Debian packages of the reference setups (Redis for raw TCP mode, with its load tool), and of
+/// the plots' font. The tests use Redis too.
+pub const PACKAGES: &[&str] = &[
+    "etcd-server",
+    "nginx-light",
+    "redis-server",
+    "redis-tools",
+    "fonts-dejavu-core",
+];
 
 /// Runs the benchmark with the release binaries in `bin` (setup installs [`PACKAGES`]).
 pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {

@@ -407,7 +407,8 @@ mod tests {
                 Arc::default(),
             );
             let (state_machine, _) =
-                StateMachine::open(dir.path(), 1, 1, Arc::new(app), None, true, &mut log).await?;
+                StateMachine::open(dir.path(), 1, 1, Arc::new(app), None, true, None, &mut log)
+                    .await?;
             Ok((dir, log, state_machine))
         }
     }
