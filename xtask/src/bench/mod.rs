@@ -17,6 +17,7 @@ mod plan;
 mod plot;
 mod point;
 mod probe;
+mod redis;
 mod results;
 mod summary;
 mod sweep;
@@ -59,6 +60,7 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
         duration_s: plan.duration.as_secs_f64(),
         warmup_s: plan.warmup.as_secs_f64(),
         points: Vec::new(),
+        redis: Vec::new(),
     };
     println!(
         "bench: {} into {}\nbench: {}",
@@ -86,6 +88,8 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
             results::write(&dir, &results)?;
         }
     }
+    results.redis = redis::run(bin, quick).context("measuring Redis in raw TCP mode")?;
+    results::write(&dir, &results)?;
     for workload in Workload::ALL {
         plot::draw(&dir, workload, &results.points)?;
     }
