@@ -64,6 +64,14 @@ pub struct RedisPoint {
     pub idle_p50_ms: f64,
 }
 
+/// What `redis-benchmark` measured of one command.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Measured {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
 /// How much to measure.
 struct Load {
     clients: usize,
@@ -94,19 +102,19 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<RedisPoint>> {
         };
         let idle = benchmark(&targets[..1], 1, if quick { 100 } else { 2000 })?;
         let loaded = benchmark(&targets, load.clients, load.requests)?;
-        for (test, (rps, p50, p99)) in &loaded {
+        for (test, measured) in &loaded {
             let idle_p50 = idle
                 .iter()
                 .find(|(t, _)| t == test)
-                .map_or(0.0, |(_, m)| m.1);
+                .map_or(0.0, |(_, m)| m.p50_ms);
             let point = RedisPoint {
                 setup: setup.name().to_owned(),
                 test: test.clone(),
                 clients: load.clients,
                 requests: load.requests,
-                rps: *rps,
-                p50_ms: *p50,
-                p99_ms: *p99,
+                rps: measured.rps,
+                p50_ms: measured.p50_ms,
+                p99_ms: measured.p99_ms,
                 idle_p50_ms: idle_p50,
             };
             println!(
@@ -183,7 +191,7 @@ fn benchmark(
     targets: &[SocketAddr],
     clients: usize,
     requests: usize,
-) -> anyhow::Result<Vec<(String, (f64, f64, f64))>> {
+) -> anyhow::Result<Vec<(String, Measured)>> {
     let share = targets.len();
     let children = targets
         .iter()
@@ -208,7 +216,7 @@ fn benchmark(
                 .context("starting redis-benchmark")
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut totals: Vec<(String, (f64, f64, f64))> = Vec::new();
+    let mut totals: Vec<(String, Measured)> = Vec::new();
     for child in children {
         let output = child
             .wait_with_output()
@@ -219,10 +227,14 @@ fn benchmark(
                 String::from_utf8_lossy(&output.stderr).trim()
             );
         }
-        for (test, rps, p50, p99) in parse_csv(&String::from_utf8_lossy(&output.stdout))? {
+        for (test, m) in parse_csv(&String::from_utf8_lossy(&output.stdout))? {
             match totals.iter_mut().find(|(t, _)| *t == test) {
-                Some((_, total)) => *total = (total.0 + rps, total.1.max(p50), total.2.max(p99)),
-                None => totals.push((test, (rps, p50, p99))),
+                Some((_, total)) => {
+                    total.rps += m.rps;
+                    total.p50_ms = total.p50_ms.max(m.p50_ms);
+                    total.p99_ms = total.p99_ms.max(m.p99_ms);
+                }
+                None => totals.push((test, m)),
             }
         }
     }
@@ -237,7 +249,7 @@ fn benchmark(
 }
 
 /// `redis-benchmark --csv`: a header, then `"TEST","rps","avg","min","p50","p95","p99","max"`.
-fn parse_csv(text: &str) -> anyhow::Result<Vec<(String, f64, f64, f64)>> {
+fn parse_csv(text: &str) -> anyhow::Result<Vec<(String, Measured)>> {
     text.lines()
         .skip(1)
         .filter(|line| !line.trim().is_empty())
@@ -249,7 +261,12 @@ fn parse_csv(text: &str) -> anyhow::Result<Vec<(String, f64, f64, f64)>> {
                     .and_then(|c| c.parse().ok())
                     .with_context(|| format!("redis-benchmark line {line:?}"))
             };
-            Ok((cells[0].to_owned(), number(1)?, number(4)?, number(6)?))
+            let measured = Measured {
+                rps: number(1)?,
+                p50_ms: number(4)?,
+                p99_ms: number(6)?,
+            };
+            Ok((cells[0].to_owned(), measured))
         })
         .collect()
 }
@@ -316,7 +333,14 @@ mod tests {
                     \"SET\",\"57142.86\",\"0.089\",\"0.032\",\"0.087\",\"0.127\",\"0.159\",\"2.447\"\n";
         assert_eq!(
             parse_csv(text).unwrap(),
-            [("SET".to_owned(), 57142.86, 0.087, 0.159)]
+            [(
+                "SET".to_owned(),
+                Measured {
+                    rps: 57142.86,
+                    p50_ms: 0.087,
+                    p99_ms: 0.159
+                }
+            )]
         );
         assert!(parse_csv("header\n\"SET\",\"fast\"\n").is_err());
     }
