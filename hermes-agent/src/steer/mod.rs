@@ -7,6 +7,7 @@
 //! can reach the app directly. This also replaces pins left by an older binary, or pins whose
 //! namespace died and whose inode number was reused.
 mod bpffs;
+mod drops;
 pub mod netns;
 pub mod source;
 
@@ -50,6 +51,8 @@ pub enum Error {
     Pin(#[from] aya::pin::PinError),
     #[error("the eBPF object lacks {0}")]
     Missing(&'static str),
+    #[error("the eBPF program's log: {0}")]
+    Log(#[from] aya_log::Error),
 }
 
 /// The agent's sockets that steered connections are handed to.
@@ -150,7 +153,9 @@ pub fn attach(target: &Target<'_>, listeners: &Listeners) -> Result<Steering, Er
     bpffs::ensure_mounted(target.bpffs).map_err(bpffs_error)?;
     std::fs::create_dir_all(&dir).map_err(bpffs_error)?;
 
+    drops::report_earlier(&dir.join(PIN_PROGRAM));
     let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+    let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, drops::ToTracing)?;
     let mut policy: Array<_, Policy> = ebpf
         .take_map(POLICY_MAP)
         .ok_or(Error::Missing(POLICY_MAP))?
@@ -208,6 +213,7 @@ pub fn attach(target: &Target<'_>, listeners: &Listeners) -> Result<Steering, Er
         pins = %dir.display(),
         "steering attached: non-loopback TCP connections to the port go to the agent"
     );
+    drops::follow(logger);
     Ok(Steering { pins: dir, stats })
 }
 
