@@ -226,7 +226,9 @@ impl Connections {
                 "the origin restarted: its earlier connections are closed"
             );
             for conn in ended {
-                self.open.remove(&conn).map(AppConn::close);
+                if let Some(open) = self.open.remove(&conn) {
+                    open.close();
+                }
             }
             return Ok(Applied::Done);
         }
@@ -261,7 +263,9 @@ impl Connections {
                 }
             }
             Event::Close => {
-                self.open.remove(&conn).map(AppConn::close);
+                if let Some(open) = self.open.remove(&conn) {
+                    open.close();
+                }
             }
             Event::Open | Event::Lost => unreachable!("handled above"),
         }

@@ -63,7 +63,7 @@ use peer::{
     tls::{PeerTls, Security},
 };
 use propose::{Outcome, Proposer};
-use state_machine::{Applied, StateMachine};
+use state_machine::{Applied, Replica, StateMachine};
 use typ::{Command, Metrics, NodeId, Raft};
 
 /// What a node needs to know to start.
@@ -262,17 +262,15 @@ impl Node {
                 tcp.client_stall,
             )
         });
-        let (state_machine, applied) = StateMachine::open(
-            dir,
-            settings.node_id,
-            identity.incarnation,
-            Arc::clone(&app),
+        let replica = Replica {
+            node_id: settings.node_id,
+            incarnation: identity.incarnation,
+            app: Arc::clone(&app),
             hooks,
-            settings.digest_bodies,
-            connections,
-            &mut log,
-        )
-        .await?;
+            digest_bodies: settings.digest_bodies,
+            tcp: connections,
+        };
+        let (state_machine, applied) = StateMachine::open(dir, replica, &mut log).await?;
 
         let config = openraft::Config {
             cluster_name: "hermes".into(),
