@@ -117,7 +117,15 @@ fn killed_agent_fails_closed_until_a_new_one_takes_over() {
     assert_refused(node.ip);
     assert_refused(node.ip6);
 
-    let _second = agent(node, PASSTHROUGH);
+    let mut second = agent(node, PASSTHROUGH);
+    // The program reported what it dropped while no agent ran; the new agent read it.
+    let reported = second
+        .wait_for("no agent listens (failing closed)", Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        reported.contains("dropped a connection to port 8080"),
+        "{reported}"
+    );
     let after = assert_steered(&connect(node.ip, PORT).unwrap());
     assert_eq!(
         after,

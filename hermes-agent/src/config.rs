@@ -5,6 +5,16 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
 use crate::order::{divergence::OnDivergence, read::ReadMode};
 
+/// What the protected port speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// HTTP/1.1: requests are parsed, ordered, and answered with the local app's response.
+    Http,
+    /// Any protocol over TCP: connection events (open, the bytes as read, half-close, close)
+    /// are ordered; each replica applies them to a connection of its own to its app.
+    Tcp,
+}
+
 /// What replicas compare of each answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Digest {
@@ -164,6 +174,20 @@ pub struct DetachArgs {
     /// Where bpffs is (or will be) mounted.
     #[arg(long, env = "HERMES_BPFFS", default_value = "/sys/fs/bpf")]
     pub bpffs: PathBuf,
+    /// Pod mode: the uid of the pod (`kubectl get pod NAME -o jsonpath={.metadata.uid}`), whose
+    /// namespace `--netns` is.
+    #[arg(long, value_parser = pod_uid)]
+    pub pod: Option<String>,
+}
+
+/// A pod's uid: it names a directory, so nothing but what Kubernetes puts in one.
+fn pod_uid(uid: &str) -> Result<String, String> {
+    if !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+    {
+        Ok(uid.to_owned())
+    } else {
+        Err("a pod's uid is hexadecimal digits and dashes".into())
+    }
 }
 
 /// Configuration of a running agent.
@@ -190,6 +214,17 @@ pub struct Config {
     /// connections from it through.
     #[arg(long, env = "HERMES_APP_SOURCE", default_value_t = crate::steer::source::DEFAULT)]
     pub app_source: std::net::Ipv4Addr,
+
+    /// What the port speaks: `http` (requests are ordered) or `tcp` (connection events and
+    /// the bytes of each read are ordered, for servers that do not speak HTTP: key-value
+    /// stores, caches, RPC). docs/tcp.md says which servers TCP mode keeps identical.
+    #[arg(long, env = "HERMES_PROTOCOL", value_enum, default_value_t = Protocol::Http)]
+    pub protocol: Protocol,
+
+    /// TCP mode: after a chunk is written to the app, the next event of another connection
+    /// waits until the app's reply has begun, or this long without one.
+    #[arg(long, env = "HERMES_TCP_QUIET", default_value = "10ms", value_parser = parse_duration)]
+    pub tcp_quiet: Duration,
 
     /// When no agent is listening (crashed, stopped), let connections reach the app directly
     /// instead of dropping them. Trades replica equality for availability.
@@ -309,9 +344,10 @@ pub struct Config {
     #[arg(long, env = "HERMES_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration, help_heading = "Limits")]
     pub client_timeout: Duration,
 
-    /// Close kept-alive client connections idle for this long.
-    #[arg(long, env = "HERMES_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration, help_heading = "Limits")]
-    pub idle_timeout: Duration,
+    /// Close client connections idle for this long: HTTP connections kept alive with no
+    /// request (default 60s), TCP connections whose client sent nothing (default 1h).
+    #[arg(long, env = "HERMES_IDLE_TIMEOUT", value_parser = parse_duration, help_heading = "Limits")]
+    pub idle_timeout: Option<Duration>,
 
     /// Longest a client waits for its request to be ordered and answered (then: 504, outcome
     /// unknown; or 503 when no leader could take it).
@@ -462,6 +498,8 @@ pub enum ConfigError {
     Limits(String),
     #[error(transparent)]
     Token(#[from] crate::admin::token::TokenError),
+    #[error("{0} cannot be used with --protocol tcp: {1}")]
+    NotForTcp(&'static str, &'static str),
     #[error(
         "peers must authenticate each other: give --peer-cert, --peer-key and --peer-ca \
          (`cargo xtask certs` makes a lab set), or --insecure-peers on a trusted network"
@@ -476,6 +514,14 @@ impl Config {
             .unwrap_or_else(|| SocketAddr::from((self.app_source, self.port)))
     }
 
+    /// How long a client connection may idle (see --idle-timeout).
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout.unwrap_or(match self.protocol {
+            Protocol::Http => Duration::from_secs(60),
+            Protocol::Tcp => Duration::from_secs(3600),
+        })
+    }
+
     /// Checks what clap cannot: combinations of flags.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.app_source.is_loopback() || self.app_source.is_unspecified() {
@@ -486,6 +532,21 @@ impl Config {
             return Err(ConfigError::AppOnLoopback(app));
         }
         self.check_limits()?;
+        if self.protocol == Protocol::Tcp {
+            if self.snapshot_cmd.is_some() {
+                return Err(ConfigError::NotForTcp(
+                    "--snapshot-cmd",
+                    "a snapshot of the app cannot hold its open connections, nor a command \
+                     whose bytes are split over log entries",
+                ));
+            }
+            if self.reads != ReadMode::Ordered {
+                return Err(ConfigError::NotForTcp(
+                    "--reads",
+                    "a byte stream has no reads to tell apart; everything is ordered",
+                ));
+            }
+        }
         if let Some(path) = &self.admin_token_file {
             crate::admin::token::read(path)?;
         }
@@ -564,6 +625,10 @@ impl Config {
                 },
             ),
             placement: Default::default(),
+            tcp: (self.protocol == Protocol::Tcp).then_some(crate::order::TcpMode {
+                quiet: self.tcp_quiet,
+                client_stall: self.client_timeout,
+            }),
         }))
     }
 }

@@ -4,7 +4,8 @@
 //! - [`steer`]: the eBPF `sk_lookup` program that steers the protected port to the agent, pinned
 //!   so that it fails closed while no agent runs.
 //! - [`intercept`]: accepts steered connections and parses their requests ([`intercept::http`]),
-//!   or only relays bytes ([`intercept::passthrough`]).
+//!   or orders their events in raw TCP mode ([`intercept::tcp`], events in [`tcp`]), or only
+//!   relays bytes ([`intercept::passthrough`]).
 //! - [`order`]: totally orders the requests of all nodes through Raft and delivers them, in log
 //!   order, with [`deliver`] to the local app.
 //! - [`admin`]: status, health, readiness and membership over HTTP; [`ctl`] is its command line.
@@ -22,6 +23,7 @@ pub mod intercept;
 pub mod kube;
 pub mod order;
 pub mod steer;
+pub mod tcp;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;
@@ -70,6 +72,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             fail_open: config.fail_open,
             bpffs: &config.bpffs,
             source: Some(config.app_source),
+            pod: None,
         },
         &listeners,
     )?;
@@ -80,12 +83,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         telemetry,
     };
     tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
+    serve(&config, node.as_ref(), listeners, shutdown)
+        .await
+        .map_err(Error::Listen)
+}
+
+/// Serves the steered clients, until `shutdown`, as `config` says: their requests (or TCP
+/// connection events) ordered by `node`, or relayed to the app unordered if there is none
+/// (`--passthrough`). Then stops `node`, letting the delivery in flight finish.
+pub async fn serve(
+    config: &Config,
+    node: Option<&Arc<order::Node>>,
+    listeners: steer::Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let max_connections = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
-    let served = match &node {
+    // Bytes of client requests (or of TCP chunks) held at once, until ordered.
+    let budget = Arc::new(tokio::sync::Semaphore::new(
+        usize::try_from(config.body_budget)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
+    ));
+    let served = match node {
         None => {
             let handler = intercept::passthrough::Passthrough {
                 app: config.app_addr(),
                 source: config.app_source,
+            };
+            let grace = config.grace_period;
+            intercept::serve(listeners, handler, shutdown, grace, max_connections).await
+        }
+        Some(node) if config.protocol == config::Protocol::Tcp => {
+            let handler = intercept::tcp::Tcp {
+                node: Arc::clone(node),
+                idle_timeout: config.idle_timeout(),
+                budget,
             };
             let grace = config.grace_period;
             intercept::serve(listeners, handler, shutdown, grace, max_connections).await
@@ -97,7 +129,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     ..Default::default()
                 },
                 client_timeout: config.client_timeout,
-                idle_timeout: config.idle_timeout,
+                idle_timeout: config.idle_timeout(),
             };
             let reads = intercept::http::Reads {
                 mode: config.reads,
@@ -107,14 +139,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     .map(|m| m.to_ascii_uppercase())
                     .collect(),
             };
-            let budget = usize::try_from(config.body_budget).unwrap_or(usize::MAX);
             let handler = intercept::http::Http {
                 node: Arc::clone(node),
                 limits,
                 reads,
-                budget: Arc::new(tokio::sync::Semaphore::new(
-                    budget.min(tokio::sync::Semaphore::MAX_PERMITS),
-                )),
+                budget,
             };
             let grace = config.grace_period;
             intercept::serve(listeners, handler, shutdown, grace, max_connections).await
@@ -131,5 +160,5 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::warn!("a delivery was still in flight when the grace period ended");
         }
     }
-    served.map_err(Error::Listen)
+    served
 }

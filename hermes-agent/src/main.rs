@@ -74,6 +74,7 @@ fn detach(args: &hermes_agent::config::DetachArgs) -> anyhow::Result<()> {
         fail_open: false,
         bpffs: &args.bpffs,
         source: None,
+        pod: args.pod.as_deref(),
     };
     if !steer::detach(&target)? {
         tracing::info!(

@@ -36,6 +36,8 @@ pub struct Telemetry {
     replication_lag: Family<Labels, Gauge>,
     steering: Family<Labels, Counter>,
     handshake_failures: Counter,
+    tcp_events: Family<Labels, Counter>,
+    tcp_connections: Gauge,
     /// What the steering program and TLS had counted at the last scrape.
     seen: Mutex<Seen>,
 }
@@ -70,6 +72,8 @@ impl Default for Telemetry {
             replication_lag: Family::default(),
             steering: Family::default(),
             handshake_failures: Counter::default(),
+            tcp_events: Family::default(),
+            tcp_connections: Gauge::default(),
             seen: Mutex::default(),
         };
         {
@@ -145,6 +149,17 @@ impl Default for Telemetry {
                 "TLS handshakes with peers that failed, both ways",
                 this.handshake_failures.clone(),
             );
+            r.register(
+                "tcp_events",
+                "Raw TCP mode: connection events applied to the app, by kind (reopened: a \
+                 connection this replica lost when its agent stopped, opened again)",
+                this.tcp_events.clone(),
+            );
+            r.register(
+                "tcp_app_connections",
+                "Raw TCP mode: connections to the app this replica holds",
+                this.tcp_connections.clone(),
+            );
         }
         this
     }
@@ -196,6 +211,14 @@ impl Telemetry {
         self.app_failures
             .get_or_create(&vec![("kind", kind.to_owned())])
             .inc();
+    }
+
+    /// Raw TCP mode: an event of `kind` was applied; `open` connections to the app are held.
+    pub fn tcp_event(&self, kind: &'static str, open: usize) {
+        self.tcp_events
+            .get_or_create(&vec![("kind", kind.to_owned())])
+            .inc();
+        self.tcp_connections.set(open as i64);
     }
 
     pub fn diverged(&self) {

@@ -241,6 +241,7 @@ pub async fn single_node(
         on_divergence: crate::order::divergence::OnDivergence::Warn,
         snapshots: None,
         placement: Default::default(),
+        tcp: None,
     };
     tune(&mut settings);
     let node = Node::start(settings).await.expect("node starts");
@@ -250,4 +251,113 @@ pub async fn single_node(
         .await
         .expect("it leads");
     node
+}
+
+/// A line-protocol app for raw TCP mode, whose state depends on how the commands of its
+/// connections interleave: one journal shared by every connection. Commands, one per line:
+/// `APPEND <word>` (answers `OK <journal length>`), `ECHO <n>` then `n` bytes (answers them),
+/// `QUIT` (answers `BYE`, then closes). When its client half-closes it answers `EOF <commands
+/// on this connection>` and closes. Like Redis, it answers once it has done every command it
+/// read. It takes its time over each command (up to 2 ms, varying), so commands written to two
+/// connections one right after the other may be taken in either order.
+pub struct LineApp {
+    pub addr: std::net::SocketAddr,
+    journal: Arc<Mutex<Vec<String>>>,
+    open: Arc<AtomicUsize>,
+}
+
+impl LineApp {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let journal = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (shared, count) = (Arc::clone(&journal), Arc::clone(&open));
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (journal, count) = (Arc::clone(&shared), Arc::clone(&count));
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    serve_lines(stream, journal).await;
+                    count.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self {
+            addr,
+            journal,
+            open,
+        }
+    }
+
+    /// Connections open to it now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` connections are open to it.
+    pub async fn wait_open(&self, n: usize) {
+        while self.open() != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The words appended, in the order the app took them.
+    pub fn journal(&self) -> Vec<String> {
+        self.journal.lock().unwrap().clone()
+    }
+}
+
+async fn serve_lines(mut stream: TcpStream, journal: Arc<Mutex<Vec<String>>>) {
+    let mut buf = Vec::new();
+    let mut commands = 0;
+    // What it owes its client: written once every command it has read is done, as Redis does.
+    let mut answers = Vec::new();
+    loop {
+        let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+            if !answers.is_empty()
+                && stream
+                    .write_all(&std::mem::take(&mut answers))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            if !read_more(&mut stream, &mut buf).await {
+                let _ = stream
+                    .write_all(format!("EOF {commands}\n").as_bytes())
+                    .await;
+                return;
+            }
+            continue;
+        };
+        let line = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..=end);
+        commands += 1;
+        let work = line.bytes().map(u64::from).sum::<u64>() % 2000;
+        tokio::time::sleep(Duration::from_micros(work)).await;
+        match line.split_once(' ') {
+            Some(("APPEND", word)) => {
+                let mut journal = journal.lock().unwrap();
+                journal.push(word.to_owned());
+                answers.extend_from_slice(format!("OK {}\n", journal.len()).as_bytes());
+            }
+            Some(("ECHO", n)) => {
+                let n: usize = n.parse().unwrap();
+                while buf.len() < n {
+                    if !read_more(&mut stream, &mut buf).await {
+                        return;
+                    }
+                }
+                answers.extend(buf.drain(..n));
+            }
+            _ if line == "QUIT" => {
+                answers.extend_from_slice(b"BYE\n");
+                let _ = stream.write_all(&answers).await;
+                return;
+            }
+            _ => answers.extend_from_slice(format!("ERR {line}\n").as_bytes()),
+        }
+    }
 }

@@ -2,6 +2,10 @@
 //! port to the Hermes agent's listener, except those to a loopback address and those from the
 //! agent's own delivery address (its connections to the app).
 //!
+//! What it drops because no agent listens (failing closed) it reports through aya-log: the
+//! first drop on a CPU and every power of two after it, so a flood costs a few records. The
+//! steered path logs nothing.
+//!
 //! # Minimum kernel version
 //!
 //! `sk_lookup` programs need Linux 5.9.
@@ -14,6 +18,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, SockMap},
     programs::SkLookupContext,
 };
+use aya_log_ebpf::warn;
 use hermes_common::{
     FAIL_OPEN, LISTENER_V4, LISTENER_V6, Policy, SOCKETS, STAT_BYPASSED, STAT_DROPPED,
     STAT_STEERED, STATS,
@@ -63,7 +68,16 @@ fn try_steer(ctx: &SkLookupContext) -> Result<u32, u32> {
         Ok(SK_PASS)
     } else {
         // No live agent socket: an unordered request would silently break replica equality.
-        count(STAT_DROPPED);
+        let dropped = count(STAT_DROPPED);
+        if dropped.is_power_of_two() {
+            warn!(
+                ctx,
+                "dropped a connection to port {} from port {}: no agent listens (failing closed); {} dropped on this CPU",
+                policy.port,
+                u16::from_be(lookup.remote_port as u16),
+                dropped
+            );
+        }
         Ok(SK_DROP)
     }
 }
@@ -79,10 +93,15 @@ fn is_loopback_v6(ip: &[u32; 4]) -> bool {
     a == 0 && b == 0 && ((c == 0 && d == 1) || (c == 0xffff && is_loopback_v4(ip[3])))
 }
 
-fn count(stat: u32) {
-    if let Some(counter) = HERMES_STATS.get_ptr_mut(stat) {
+/// Counts one more `stat` on this CPU; returns this CPU's count (0 if the map failed).
+fn count(stat: u32) -> u64 {
+    match HERMES_STATS.get_ptr_mut(stat) {
         // SAFETY: per-CPU slot, and the program is not preempted while it runs on this CPU.
-        unsafe { *counter += 1 };
+        Some(counter) => unsafe {
+            *counter += 1;
+            *counter
+        },
+        None => 0,
     }
 }
 

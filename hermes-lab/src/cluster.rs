@@ -31,6 +31,9 @@ pub enum App {
     Register,
     /// `tests/apps/random.py`: `Append` whose every answer carries a per-process random number.
     Random,
+    /// Debian's `redis-server` (raw TCP mode), in memory only, its `DEBUG` commands allowed on
+    /// loopback (for `DEBUG DIGEST`).
+    Redis,
 }
 
 impl App {
@@ -38,7 +41,7 @@ impl App {
     /// that are workspace binaries. The scripts serve one connection at a time.
     pub fn script(self) -> Option<PathBuf> {
         let name = match self {
-            Self::Log | Self::HttpEcho => return None,
+            Self::Log | Self::HttpEcho | Self::Redis => return None,
             Self::Append => "append.py",
             Self::Record => "record.py",
             Self::Register => "register.py",
@@ -200,6 +203,10 @@ impl Cluster {
         let file = self.file_path(id);
         let file = file.to_str().expect("UTF-8 path");
         let script = self.app.script();
+        let dir = self.dir.path().to_str().expect("UTF-8 path").to_owned();
+        let port = PORT.to_string();
+        let dump = format!("dump-{id}.rdb");
+        let mut ready = "listening";
         let (program, mut args) = match self.app {
             App::Log => (
                 self.bin.join("hermes-logapp"),
@@ -212,6 +219,28 @@ impl Cluster {
                 let args = vec![script, "--listen", &listen, "--file", file];
                 (PathBuf::from("python3"), args)
             }
+            App::Redis => {
+                ready = "Ready to accept connections";
+                let args = vec![
+                    "--port",
+                    &port,
+                    "--bind",
+                    "0.0.0.0",
+                    "--protected-mode",
+                    "no",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    &dir,
+                    "--dbfilename",
+                    &dump,
+                    "--enable-debug-command",
+                    "local",
+                ];
+                (PathBuf::from("redis-server"), args)
+            }
         };
         args.extend(self.app_args.iter().map(String::as_str));
         let shown = script.as_deref().unwrap_or(&program);
@@ -219,7 +248,7 @@ impl Cluster {
             "{} on node {id}",
             shown.file_name().unwrap_or_default().display()
         );
-        let app = self.spawn_program(node, &program, name, &args, "listening")?;
+        let app = self.spawn_program(node, &program, name, &args, ready)?;
         self.apps[id - 1] = Some(app);
         Ok(())
     }

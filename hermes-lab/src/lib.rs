@@ -360,7 +360,7 @@ fn kill_all_in(netns: &str) {
 }
 
 /// Removes the agent's pins for a namespace about to be deleted (`hermes-agent` pins under
-/// `/sys/fs/bpf/hermes/netns-<inode>-port-<port>`).
+/// `/sys/fs/bpf/hermes/netns-<inode>-port-<port>`, and `-pod-<uid>` after it in pod mode).
 pub(crate) fn remove_pins(netns_inode: u64) {
     let Ok(entries) = std::fs::read_dir("/sys/fs/bpf/hermes") else {
         return;

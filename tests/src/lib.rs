@@ -4,6 +4,7 @@
 pub mod daemonset;
 pub mod podman;
 pub mod pods;
+pub mod resp;
 
 use std::{
     io::{BufRead, BufReader},

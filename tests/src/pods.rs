@@ -152,7 +152,7 @@ impl PodLab {
     /// member's status.
     pub fn wait_protected(&self, node: usize, pod: &Pod) -> Value {
         let netns = netns_inode(&pod.netns_path());
-        let pins = format!("/netns-{netns}-port-{PORT}");
+        let pins = format!("/netns-{netns}-port-{PORT}-pod-{}", pod.uid);
         wait(
             &format!("pod {} protected in netns {netns}", pod.name),
             || {
@@ -214,7 +214,8 @@ pub fn wait<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 /// The pin directory for a pod's namespace and the protected port.
 pub fn pins(pod: &Pod) -> PathBuf {
     PathBuf::from(format!(
-        "/sys/fs/bpf/hermes/netns-{}-port-{PORT}",
-        netns_inode(&pod.netns_path())
+        "/sys/fs/bpf/hermes/netns-{}-port-{PORT}-pod-{}",
+        netns_inode(&pod.netns_path()),
+        pod.uid
     ))
 }

@@ -131,7 +131,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Certs { nodes, dir, .. } => certs(nodes, &dir),
         Task::Lab { command } => lab(command),
-        Task::Demo => demo::run(&build_cluster_binaries(&[])?),
+        Task::Demo => demo::run(&build_cluster_binaries(demo::PACKAGES)?),
         Task::Chaos {
             seconds,
             every,

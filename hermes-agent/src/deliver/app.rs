@@ -137,6 +137,50 @@ impl App {
         self.reachable.store(reachable, Ordering::Relaxed);
     }
 
+    pub(super) fn set_slow(&self, slow: bool) {
+        self.slow.store(slow, Ordering::Relaxed);
+    }
+
+    pub(super) fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// How long an answer may take before the app counts as slow.
+    pub(super) fn slow_after(&self) -> Duration {
+        self.slow_after
+    }
+
+    /// Opens a new connection to the app, again and again while it cannot be reached.
+    pub(super) async fn connect(&self) -> TcpStream {
+        let mut delay = RETRY_MIN;
+        let mut failures = 0u64;
+        loop {
+            let connect = source::connect_in(self.netns.as_ref(), self.source, self.addr);
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+            match connected {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    if failures > 0 {
+                        tracing::info!(app = %self.addr, failures, "app reachable again");
+                    }
+                    self.set_reachable(true);
+                    return stream;
+                }
+                Err(error) => {
+                    self.set_reachable(false);
+                    failures += 1;
+                    if failures.is_power_of_two() {
+                        tracing::warn!(app = %self.addr, %error, failures, "cannot reach the app; retrying");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
     /// Closes the connection whenever it has been idle for a while, for as long as the app is
     /// in use (see the module's documentation).
     pub fn close_when_idle(self: &Arc<Self>) {
@@ -220,36 +264,9 @@ impl Turn<'_> {
             }
             self.close();
         }
-        let mut delay = RETRY_MIN;
-        let mut failures = 0u64;
-        loop {
-            let connect =
-                source::connect_in(self.app.netns.as_ref(), self.app.source, self.app.addr);
-            let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-                .await
-                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
-            match connected {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    if failures > 0 {
-                        tracing::info!(app = %self.app.addr, failures, "app reachable again");
-                    }
-                    self.app.set_reachable(true);
-                    self.connection.stream = Some(stream);
-                    self.connection.buf.clear();
-                    return;
-                }
-                Err(error) => {
-                    self.app.set_reachable(false);
-                    failures += 1;
-                    if failures.is_power_of_two() {
-                        tracing::warn!(app = %self.app.addr, %error, failures, "cannot reach the app; retrying");
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
-                }
-            }
-        }
+        let stream = self.app.connect().await;
+        self.connection.stream = Some(stream);
+        self.connection.buf.clear();
     }
 
     /// Writes `head` then `body` while reading the answer to a request with `method`, however

@@ -17,16 +17,25 @@
 //! - Requests proposed twice (a retry through a leader change) are recognised by their key and
 //!   delivered once ([`dedup`]).
 //!
+//! In raw TCP mode the log holds connection events instead of requests, and [`tcp`] applies
+//! them, under the same rules: a chunk whose first byte may have gone to the app is never
+//! written again (after a crash in the middle of one it is counted in doubt).
+//!
 //! [`app`] is the connection to the app; [`hooks`] are the snapshot commands; [`progress`] is
 //! what survives a restart.
 pub mod app;
 mod dedup;
 pub mod hooks;
 mod progress;
+pub mod tcp;
+#[cfg(test)]
+mod tcp_tests;
 #[cfg(test)]
 mod tests;
 
 use std::{path::Path, sync::Arc, time::Duration};
+
+use bytes::Bytes;
 
 pub use app::App;
 use app::Sent;
@@ -40,6 +49,7 @@ use crate::{
         response::{ReadError, Response},
     },
     order::typ::{LogId, RequestKey},
+    tcp::Chunk,
 };
 
 /// The header that tells the app a request's position in the total order, the same on every
@@ -60,6 +70,8 @@ pub enum Outcome {
     Duplicate,
     /// Written before this agent restarted; its answer went with the agent.
     Earlier,
+    /// A TCP connection's event, applied (its answer, if any, is a byte stream of its own).
+    Event,
 }
 
 impl Outcome {
@@ -70,7 +82,7 @@ impl Outcome {
             Self::Answered(response) if bodies => Some(digest(response.status, &response.body)),
             Self::Answered(response) => Some(digest(response.status, b"")),
             Self::Unanswered(_) => Some(digest(0, b"no answer")),
-            Self::Duplicate | Self::Earlier => None,
+            Self::Duplicate | Self::Earlier | Self::Event => None,
         }
     }
 }
@@ -82,13 +94,19 @@ pub struct Delivery {
     file: ProgressFile,
     progress: Progress,
     dedup: Dedup,
+    /// Raw TCP mode's app connections; `None` in HTTP mode.
+    tcp: Option<tcp::Connections>,
 }
 
 impl Delivery {
     /// Opens the progress kept at `path`. A request written before the agent stopped whose
     /// answer it never read is counted as unconfirmed: it is not sent again (the app has it),
     /// but if the app stopped too, it may not have run it.
-    pub fn open(path: &Path, app: Arc<App>) -> std::io::Result<Self> {
+    pub fn open(
+        path: &Path,
+        app: Arc<App>,
+        tcp: Option<tcp::Connections>,
+    ) -> std::io::Result<Self> {
         let (mut file, mut progress) = ProgressFile::open(path)?;
         let written = progress.written;
         if written > progress.answered && progress.doubted != written {
@@ -106,6 +124,7 @@ impl Delivery {
             file,
             progress,
             dedup: Dedup::default(),
+            tcp,
         })
     }
 
@@ -133,7 +152,7 @@ impl Delivery {
         &mut self,
         seq: u64,
         key: RequestKey,
-        request: &[u8],
+        request: &Bytes,
     ) -> std::io::Result<Outcome> {
         let progress = &self.progress;
         // Counted in doubt before a restart, and not answered yet: sent once more still.
@@ -153,6 +172,9 @@ impl Delivery {
             return Ok(Outcome::Duplicate);
         }
         self.dedup.insert(seq, key);
+        if self.tcp.is_some() {
+            return self.deliver_event(seq, key, request).await;
+        }
         let Some((head, body)) = split(request) else {
             tracing::error!(seq, "not an HTTP request; nothing sent to the app");
             return self.outcome(seq, Outcome::Unanswered("not an HTTP request"));
@@ -226,6 +248,52 @@ impl Delivery {
             };
             return self.outcome(seq, Outcome::Unanswered(why));
         }
+    }
+
+    /// Applies event `seq` of a TCP connection of `key`'s origin.
+    async fn deliver_event(
+        &mut self,
+        seq: u64,
+        key: RequestKey,
+        payload: &Bytes,
+    ) -> std::io::Result<Outcome> {
+        let Some(chunk) = Chunk::decode(payload) else {
+            tracing::error!(seq, "not a TCP connection event; nothing sent to the app");
+            return self.outcome(seq, Outcome::Unanswered("not a TCP connection event"));
+        };
+        if self.progress.writing == seq {
+            // Begun before the agent stopped: the app may have part of the chunk, on a
+            // connection that went with the agent. It is not written again.
+            tracing::warn!(
+                seq,
+                "the agent stopped while writing this chunk to the app; it is not written again, \
+                 and the app may have had part of it"
+            );
+            self.progress.in_doubt += 1;
+            return self.outcome(seq, Outcome::Event);
+        }
+        let app = Arc::clone(&self.app);
+        // Held until the progress is written: a planned stop waits for it.
+        let _turn = app.turn().await;
+        let Self {
+            file,
+            progress,
+            tcp: Some(connections),
+            ..
+        } = self
+        else {
+            unreachable!("TCP mode")
+        };
+        let writing = || {
+            progress.writing = seq;
+            file.write(progress)
+        };
+        let conn = (key.0, key.1, chunk.conn);
+        let applied = connections.apply(&app, conn, chunk.event, writing).await?;
+        if applied != tcp::Applied::Ignored {
+            self.progress.deliveries += 1;
+        }
+        self.outcome(seq, Outcome::Event)
     }
 
     /// Records that request `seq`'s outcome is known, and returns it.

@@ -3,6 +3,7 @@
 //! outcome must be the one the rules in [`super`] give.
 use std::{sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::{App, Delivery, Outcome, progress::ProgressFile};
@@ -11,17 +12,17 @@ use crate::{
     testing::{Act, FakeApp, OK, Seen},
 };
 
-fn post(body: &str) -> Vec<u8> {
+fn post(body: &str) -> Bytes {
     format!(
         "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
-    .into_bytes()
+    .into()
 }
 
 /// As the canonical form has it: a HEAD closes the app connection after it.
-fn head_request() -> Vec<u8> {
-    b"HEAD /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec()
+fn head_request() -> Bytes {
+    Bytes::from_static(b"HEAD /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
 }
 
 /// A delivery to `app` whose progress lives in `dir`, with answers called slow after `slow`.
@@ -33,7 +34,7 @@ fn delivery(dir: &std::path::Path, app: &FakeApp, slow: Duration) -> (Delivery, 
         Limits::default(),
         Arc::default(),
     ));
-    let delivery = Delivery::open(&dir.join("progress"), Arc::clone(&app)).unwrap();
+    let delivery = Delivery::open(&dir.join("progress"), Arc::clone(&app), None).unwrap();
     (delivery, app)
 }
 

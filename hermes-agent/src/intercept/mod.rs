@@ -4,6 +4,9 @@
 //! ([`Handler::refuse`]) and its connection closed.
 pub mod http;
 pub mod passthrough;
+pub mod tcp;
+#[cfg(test)]
+mod tcp_tests;
 #[cfg(test)]
 mod tests;
 

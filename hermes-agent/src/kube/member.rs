@@ -22,7 +22,6 @@ use super::{
 use crate::{
     admin::Admin,
     config::{Cli, Config, Invocation},
-    http, intercept,
     order::{Node, Placement, identity::Identity},
     steer,
     telemetry::Telemetry,
@@ -51,7 +50,15 @@ pub enum MemberError {
     Steer(#[from] steer::Error),
     #[error("the member's thread could not start: {0}")]
     Thread(std::io::Error),
+    #[error(
+        "the pod's volume holds the state of a member of group {recorded}, not of {labelled}: \
+         empty the data directory to make the pod a new member of {labelled}"
+    )]
+    OtherGroup { recorded: String, labelled: String },
 }
+
+/// The file in a member's data directory naming its group.
+const GROUP: &str = "group";
 
 /// A running member.
 pub struct Member {
@@ -173,48 +180,8 @@ async fn run(
     let shutdown = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
-    let handler = intercept::http::Http {
-        node: Arc::clone(&node),
-        limits: intercept::http::Limits {
-            http: http::request::Limits {
-                max_body: config.max_body,
-                ..Default::default()
-            },
-            client_timeout: config.client_timeout,
-            idle_timeout: config.idle_timeout,
-        },
-        reads: intercept::http::Reads {
-            mode: config.reads,
-            methods: config
-                .read_methods
-                .iter()
-                .map(|m| m.to_ascii_uppercase())
-                .collect(),
-        },
-        budget: Arc::new(tokio::sync::Semaphore::new(
-            usize::try_from(config.body_budget)
-                .unwrap_or(usize::MAX)
-                .min(tokio::sync::Semaphore::MAX_PERMITS),
-        )),
-    };
-    let max_connections = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
-    let served = intercept::serve(
-        listeners,
-        handler,
-        shutdown,
-        config.grace_period,
-        max_connections,
-    )
-    .await;
-    if let Err(error) = served {
+    if let Err(error) = crate::serve(&config, Some(&node), listeners, shutdown).await {
         tracing::error!(pod = %pod.key, %error, "serving the pod's port failed");
-    }
-    let _ = node.raft.shutdown().await;
-    if tokio::time::timeout(config.grace_period, node.finish_delivery())
-        .await
-        .is_err()
-    {
-        tracing::warn!(pod = %pod.key, "a delivery was still in flight when the grace period ended");
     }
     tracing::info!(pod = %pod.key, "member stopped; the pod's port stays closed until it is detached or taken over");
 }
@@ -239,6 +206,7 @@ async fn start(
         .map_err(MemberError::Data)?;
     let data_dir = PathBuf::from(format!("/proc/self/fd/{}", data.as_raw_fd()));
     refuse_links(&data_dir).map_err(MemberError::Data)?;
+    belongs_to_group(&data_dir, pod)?;
     let node_id = match Identity::recorded(&data_dir)? {
         Some(id) => id,
         None => loop {
@@ -267,6 +235,7 @@ async fn start(
         fail_open: config.fail_open,
         bpffs: &config.bpffs,
         source: Some(config.app_source),
+        pod: Some(&pod.uid),
     };
     let record = Record {
         uid: pod.uid.clone(),
@@ -381,6 +350,25 @@ pub fn check_environment() -> Result<(), String> {
     Ok(())
 }
 
+/// Records the pod's group (`<namespace>/<group>`) in its data directory, or checks that the one
+/// recorded is the pod's: a member of one group (its log, its vote) must not become a member of
+/// another when the pod's label changes.
+fn belongs_to_group(data_dir: &std::path::Path, pod: &Protected) -> Result<(), MemberError> {
+    let path = data_dir.join(GROUP);
+    let labelled = format!("{}/{}", pod.key.namespace, pod.group);
+    match std::fs::read(&path) {
+        Ok(recorded) if recorded == labelled.as_bytes() => Ok(()),
+        Ok(recorded) => Err(MemberError::OtherGroup {
+            recorded: String::from_utf8_lossy(&recorded).into_owned(),
+            labelled,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, &labelled).map_err(MemberError::Data)
+        }
+        Err(e) => Err(MemberError::Data(e)),
+    }
+}
+
 /// Refuses a data directory holding symbolic links: the agent (root) opens its files by name
 /// there, and the pod must not point it elsewhere.
 fn refuse_links(dir: &std::path::Path) -> std::io::Result<()> {
@@ -425,5 +413,45 @@ impl std::fmt::Debug for Member {
             .field("netns", &self.netns)
             .field("node_id", &self.node_id)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(namespace: &str, group: &str) -> Protected {
+        Protected {
+            key: super::super::pod::PodKey {
+                namespace: namespace.into(),
+                name: "orders-0".into(),
+            },
+            uid: "0".into(),
+            group: group.into(),
+            node: None,
+            port: 8080,
+            raft_port: 7000,
+            data: "/data/hermes".into(),
+            container: "app".into(),
+            container_ids: Vec::new(),
+            ips: Vec::new(),
+            terminating: false,
+            ordinal: Some(0),
+            group_size: 1,
+        }
+    }
+
+    #[test]
+    fn a_volume_stays_with_the_group_it_first_served() {
+        let dir = tempfile::tempdir().unwrap();
+        belongs_to_group(dir.path(), &pod("shop", "orders")).unwrap();
+        belongs_to_group(dir.path(), &pod("shop", "orders")).unwrap();
+        for other in [pod("shop", "carts"), pod("other", "orders")] {
+            let refused = belongs_to_group(dir.path(), &other).unwrap_err();
+            assert!(
+                matches!(&refused, MemberError::OtherGroup { recorded, .. } if recorded == "shop/orders"),
+                "{refused}"
+            );
+        }
     }
 }

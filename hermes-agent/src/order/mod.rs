@@ -46,8 +46,13 @@ use tokio::{
 };
 
 use crate::{
-    deliver::{App, hooks::Hooks},
+    deliver::{
+        App,
+        hooks::Hooks,
+        tcp::{Clients, Connections},
+    },
     http::{Response, response},
+    tcp::{Chunk, Event},
     telemetry::Telemetry,
 };
 use divergence::{Divergence, OnDivergence};
@@ -58,7 +63,7 @@ use peer::{
     tls::{PeerTls, Security},
 };
 use propose::{Outcome, Proposer};
-use state_machine::{Applied, StateMachine};
+use state_machine::{Applied, Replica, StateMachine};
 use typ::{Command, Metrics, NodeId, Raft};
 
 /// What a node needs to know to start.
@@ -100,6 +105,8 @@ pub struct Settings {
     /// Where the node's sockets live and how it names its peers (pod mode); the default is the
     /// agent's own namespace, with peers by address and certificates by node id.
     pub placement: Placement,
+    /// Raw TCP mode: the log holds connection events; `None`: HTTP requests.
+    pub tcp: Option<TcpMode>,
 }
 
 /// Where a node lives, for pod mode (one agent, a node per pod, each in its pod's network
@@ -112,6 +119,15 @@ pub struct Placement {
     pub resolve: Option<peer::client::Resolve>,
     /// The one name every peer's certificate carries; `None`: `hermes-node-<id>`, per node.
     pub peer_name: Option<String>,
+}
+
+/// How raw TCP mode applies connection events.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpMode {
+    /// After a chunk, how long another connection's event waits at most for the app's reply.
+    pub quiet: Duration,
+    /// How long a client may take to accept the app's bytes before it is given up.
+    pub client_stall: Duration,
 }
 
 /// When and how to snapshot the app's state.
@@ -188,6 +204,8 @@ pub struct Node {
     /// Divergences found between this replica and the others.
     pub divergence: Arc<Divergence>,
     pub telemetry: Arc<Telemetry>,
+    /// In raw TCP mode, the client ends of this node's connections until they are opened.
+    pub clients: Arc<Clients>,
     app: Arc<App>,
     proposer: Proposer,
     peers: Peers,
@@ -259,16 +277,24 @@ impl Node {
             file: dir.join("app-state"),
             timeout: settings.app_timeout,
         });
-        let (state_machine, applied) = StateMachine::open(
-            dir,
-            settings.node_id,
-            identity.incarnation,
-            Arc::clone(&app),
+        let clients = Arc::new(Clients::default());
+        let connections = settings.tcp.map(|tcp| {
+            Connections::new(
+                (settings.node_id, identity.incarnation),
+                Arc::clone(&clients),
+                tcp.quiet,
+                tcp.client_stall,
+            )
+        });
+        let replica = Replica {
+            node_id: settings.node_id,
+            incarnation: identity.incarnation,
+            app: Arc::clone(&app),
             hooks,
-            settings.digest_bodies,
-            &mut log,
-        )
-        .await?;
+            digest_bodies: settings.digest_bodies,
+            tcp: connections,
+        };
+        let (state_machine, applied) = StateMachine::open(dir, replica, &mut log).await?;
 
         let config = openraft::Config {
             cluster_name: "hermes".into(),
@@ -351,7 +377,7 @@ impl Node {
             identity,
             settings.request_timeout,
         );
-        Ok(Arc::new(Self {
+        let node = Arc::new(Self {
             id: settings.node_id,
             identity,
             raft,
@@ -367,7 +393,56 @@ impl Node {
             pending: Semaphore::new(settings.max_pending),
             max_pending: settings.max_pending,
             request_timeout: settings.request_timeout,
-        }))
+            clients,
+        });
+        if settings.tcp.is_some() && identity.boot > 1 {
+            tokio::spawn(Arc::clone(&node).announce_restart());
+        }
+        Ok(node)
+    }
+
+    /// In raw TCP mode, after a restart: orders that the connections of this node's earlier
+    /// life are gone (they went with the process), so that every replica closes its app's.
+    async fn announce_restart(self: Arc<Self>) {
+        let lost = Chunk::new(self.identity.first_id(), Event::Lost).encode();
+        loop {
+            match self.order(lost.clone()).await {
+                Ok(()) => return,
+                // Not a member yet (joining): wait to be one.
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    }
+
+    /// A new id, unique across this node's restarts and incarnations (raw TCP mode's
+    /// connections are named by one).
+    pub fn next_id(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Orders `payload` (raw TCP mode's events): proposes it until it is committed, through
+    /// leader changes, for as long as that takes, and returns then (not once it is applied).
+    /// Fails only on a node that is not (or no longer) a member: nothing can be ordered from
+    /// it then.
+    pub async fn order(&self, payload: Bytes) -> Result<(), SubmitError> {
+        let command = Command {
+            origin: self.id,
+            incarnation: self.identity.incarnation,
+            id: self.next_id(),
+            payload,
+        };
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            if !self.is_member() {
+                return Err(SubmitError::NotMember);
+            }
+            if self.proposer.propose(command.clone()).await == Outcome::Committed {
+                self.telemetry.committed(started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            self.await_leader_news(&mut backoff).await;
+        }
     }
 
     /// Orders `payload` and returns this node's app answer to it.
@@ -379,7 +454,7 @@ impl Node {
         if !self.is_member() {
             return Err(SubmitError::NotMember);
         }
-        let id = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id();
         let command = Command {
             origin: self.id,
             incarnation: self.identity.incarnation,

@@ -27,7 +27,7 @@ use super::{
     },
 };
 use crate::{
-    deliver::{App, DEDUP_WINDOW, Dedup, Delivery, Outcome, hooks::Hooks},
+    deliver::{App, DEDUP_WINDOW, Dedup, Delivery, Outcome, hooks::Hooks, tcp::Connections},
     http::Response,
 };
 
@@ -144,7 +144,7 @@ impl Applied {
         let answer = match outcome {
             Outcome::Answered(response) => Ok(response),
             Outcome::Unanswered(why) => Err(why),
-            Outcome::Duplicate | Outcome::Earlier => return,
+            Outcome::Duplicate | Outcome::Earlier | Outcome::Event => return,
         };
         if command.origin == self.node_id
             && command.incarnation == self.incarnation
@@ -188,18 +188,35 @@ const SNAPSHOT: &str = "snapshot";
 /// The progress file of Hermes before delivery counted "written" and "in doubt".
 const OLD_PROGRESS: &str = "applied";
 
+/// What a replica delivers to, and as whom.
+pub struct Replica {
+    pub node_id: NodeId,
+    /// This node's boot count ([`super::identity`]).
+    pub incarnation: u64,
+    pub app: Arc<App>,
+    pub hooks: Option<Hooks>,
+    /// Whether the divergence digests cover answer bodies (`--digest`).
+    pub digest_bodies: bool,
+    /// The app connections of raw TCP mode; `None` in HTTP mode.
+    pub tcp: Option<Connections>,
+}
+
 impl StateMachine {
     /// Opens the state kept in `dir`, finishes a snapshot install a crash interrupted, and
     /// rebuilds the duplicate window from `log`.
     pub async fn open(
         dir: &Path,
-        node_id: NodeId,
-        incarnation: u64,
-        app: Arc<App>,
-        hooks: Option<Hooks>,
-        digest_bodies: bool,
+        replica: Replica,
         log: &mut LogStore,
     ) -> Result<(Self, Arc<Applied>), StorageError> {
+        let Replica {
+            node_id,
+            incarnation,
+            app,
+            hooks,
+            digest_bodies,
+            tcp,
+        } = replica;
         let read_error =
             |e: &std::io::Error| StorageError::from(StorageIOError::read_state_machine(e));
         if dir.join(OLD_PROGRESS).exists() && !dir.join(PROGRESS).exists() {
@@ -209,8 +226,8 @@ impl StateMachine {
                 dir.display()
             ))));
         }
-        let mut delivery =
-            Delivery::open(&dir.join(PROGRESS), Arc::clone(&app)).map_err(|e| read_error(&e))?;
+        let mut delivery = Delivery::open(&dir.join(PROGRESS), Arc::clone(&app), tcp)
+            .map_err(|e| read_error(&e))?;
         let membership_path = dir.join(MEMBERSHIP);
         let membership = match std::fs::read(&membership_path) {
             Ok(bytes) => decode(&bytes).map_err(|e| read_error(&e))?,

@@ -7,6 +7,7 @@
 //! can reach the app directly. This also replaces pins left by an older binary, or pins whose
 //! namespace died and whose inode number was reused.
 mod bpffs;
+mod drops;
 pub mod netns;
 pub mod source;
 
@@ -50,6 +51,8 @@ pub enum Error {
     Pin(#[from] aya::pin::PinError),
     #[error("the eBPF object lacks {0}")]
     Missing(&'static str),
+    #[error("the eBPF program's log: {0}")]
+    Log(#[from] aya_log::Error),
 }
 
 /// The agent's sockets that steered connections are handed to.
@@ -85,6 +88,10 @@ pub struct Target<'a> {
     pub bpffs: &'a Path,
     /// The agent's delivery address: connections from it are not steered.
     pub source: Option<std::net::Ipv4Addr>,
+    /// Pod mode: the uid of the pod whose namespace this is. It names the pins too, as the
+    /// inode of a namespace that is gone is soon another's: a pod's stale pins, detached late,
+    /// must not be those of the pod that came after it.
+    pub pod: Option<&'a str>,
 }
 
 impl Target<'_> {
@@ -92,17 +99,20 @@ impl Target<'_> {
         self.netns.unwrap_or(Path::new(netns::OWN))
     }
 
-    /// `<bpffs>/hermes/netns-<inode>-port-<port>`: one per protected namespace and port.
+    /// `<bpffs>/hermes/netns-<inode>-port-<port>`: one per protected namespace and port, with
+    /// `-pod-<uid>` after it in pod mode.
     pub fn pin_dir(&self) -> Result<PathBuf, Error> {
         let path = self.netns_path();
         let inode = netns::inode(path).map_err(|source| Error::Netns {
             path: path.into(),
             source,
         })?;
-        Ok(self
-            .bpffs
-            .join("hermes")
-            .join(format!("netns-{inode}-port-{}", self.port)))
+        let mut name = format!("netns-{inode}-port-{}", self.port);
+        if let Some(uid) = self.pod {
+            name.push_str("-pod-");
+            name.push_str(uid);
+        }
+        Ok(self.bpffs.join("hermes").join(name))
     }
 }
 
@@ -150,7 +160,9 @@ pub fn attach(target: &Target<'_>, listeners: &Listeners) -> Result<Steering, Er
     bpffs::ensure_mounted(target.bpffs).map_err(bpffs_error)?;
     std::fs::create_dir_all(&dir).map_err(bpffs_error)?;
 
+    drops::report_earlier(&dir.join(PIN_PROGRAM));
     let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
+    let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, drops::ToTracing)?;
     let mut policy: Array<_, Policy> = ebpf
         .take_map(POLICY_MAP)
         .ok_or(Error::Missing(POLICY_MAP))?
@@ -208,6 +220,7 @@ pub fn attach(target: &Target<'_>, listeners: &Listeners) -> Result<Steering, Er
         pins = %dir.display(),
         "steering attached: non-loopback TCP connections to the port go to the agent"
     );
+    drops::follow(logger);
     Ok(Steering { pins: dir, stats })
 }
 
@@ -264,4 +277,36 @@ pub fn detach_pins(dir: &Path) -> Result<bool, Error> {
     }
     std::fs::remove_dir(&dir).map_err(bpffs_error)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pins_of_a_pod_are_named_by_its_uid_too() {
+        let target = |pod| Target {
+            netns: None,
+            port: 8080,
+            fail_open: false,
+            bpffs: Path::new("/sys/fs/bpf"),
+            source: None,
+            pod,
+        };
+        let host = target(None).pin_dir().unwrap();
+        let name = host.file_name().unwrap().to_str().unwrap();
+        assert!(
+            name.starts_with("netns-") && name.ends_with("-port-8080"),
+            "{name}"
+        );
+        // Two pods whose namespaces had the same inode (one gone, one after it) never share
+        // pins: detaching the first one's late does not open the second one's port.
+        let first = target(Some("0b8a3c1e-5f6d")).pin_dir().unwrap();
+        let second = target(Some("77aa3c1e-0000")).pin_dir().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(
+            first,
+            host.with_file_name(format!("{name}-pod-0b8a3c1e-5f6d"))
+        );
+    }
 }

@@ -5,7 +5,13 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use super::{csv, deploy::Setup, results, workload::Workload};
+use super::{
+    csv,
+    deploy::Setup,
+    redis::{RedisSetup, TESTS},
+    results,
+    workload::Workload,
+};
 
 pub fn output(dir: &Path) -> anyhow::Result<()> {
     let results = results::read(dir)?;
@@ -34,6 +40,21 @@ pub fn output(dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    for setup in RedisSetup::ALL {
+        for test in TESTS {
+            let point = results
+                .redis
+                .iter()
+                .find(|p| p.setup == setup.name() && p.test == test);
+            match point {
+                None => problems.push(format!("{} under {test}: not measured", setup.name())),
+                Some(p) if p.rps <= 0.0 => {
+                    problems.push(format!("{} under {test}: no reply", setup.name()))
+                }
+                Some(_) => {}
+            }
+        }
+    }
     for workload in Workload::ALL {
         let svg = |bytes: &[u8]| bytes.windows(4).any(|w| w == b"<svg");
         let png = |bytes: &[u8]| bytes.starts_with(b"\x89PNG\r\n");
@@ -51,6 +72,11 @@ pub fn output(dir: &Path) -> anyhow::Result<()> {
             for setup in Setup::ALL {
                 if !summary.contains(&format!("| {setup} |")) {
                     problems.push(format!("summary.md has no row for {setup}"));
+                }
+            }
+            for setup in RedisSetup::ALL {
+                if !summary.contains(&format!("| {} | SET |", setup.name())) {
+                    problems.push(format!("summary.md has no row for {}", setup.name()));
                 }
             }
         }

@@ -17,6 +17,7 @@ mod plan;
 mod plot;
 mod point;
 mod probe;
+mod redis;
 mod results;
 mod summary;
 mod sweep;
@@ -36,8 +37,15 @@ use plan::Plan;
 use results::Results;
 use workload::Workload;
 
-/// Debian packages of the reference setups and of the plots' font.
-pub const PACKAGES: &[&str] = &["etcd-server", "nginx-light", "fonts-dejavu-core"];
+/// Debian packages of the reference setups (Redis for raw TCP mode, with its load tool), and of
+/// the plots' font. The tests use Redis too.
+pub const PACKAGES: &[&str] = &[
+    "etcd-server",
+    "nginx-light",
+    "redis-server",
+    "redis-tools",
+    "fonts-dejavu-core",
+];
 
 /// Runs the benchmark with the release binaries in `bin` (setup installs [`PACKAGES`]).
 pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
@@ -52,6 +60,7 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
         duration_s: plan.duration.as_secs_f64(),
         warmup_s: plan.warmup.as_secs_f64(),
         points: Vec::new(),
+        redis: Vec::new(),
     };
     println!(
         "bench: {} into {}\nbench: {}",
@@ -79,6 +88,8 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<()> {
             results::write(&dir, &results)?;
         }
     }
+    results.redis = redis::run(bin, quick).context("measuring Redis in raw TCP mode")?;
+    results::write(&dir, &results)?;
     for workload in Workload::ALL {
         plot::draw(&dir, workload, &results.points)?;
     }

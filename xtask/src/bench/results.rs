@@ -7,7 +7,7 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use super::{csv, environment::Environment, point::Point};
+use super::{csv, environment::Environment, point::Point, redis::RedisPoint};
 
 /// `points.json`: every point, and what they were measured with.
 #[derive(Serialize, Deserialize)]
@@ -19,6 +19,9 @@ pub struct Results {
     pub duration_s: f64,
     pub warmup_s: f64,
     pub points: Vec<Point>,
+    /// Raw TCP mode's benchmark (Redis).
+    #[serde(default)]
+    pub redis: Vec<RedisPoint>,
 }
 
 /// Creates the directory for a run that started at `started`.

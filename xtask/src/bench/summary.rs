@@ -53,6 +53,7 @@ pub fn render(results: &Results, heading: &str, images: &str) -> String {
             errors = MAX_ERROR_SHARE * 100.0
         );
     }
+    out.push_str(&super::redis::render(&results.redis, heading));
     out
 }
 

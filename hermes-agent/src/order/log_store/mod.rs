@@ -390,7 +390,10 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
-    use crate::{deliver::App, order::state_machine::StateMachine};
+    use crate::{
+        deliver::App,
+        order::state_machine::{Replica, StateMachine},
+    };
 
     struct Builder;
 
@@ -406,8 +409,15 @@ mod tests {
                 crate::http::response::Limits::default(),
                 Arc::default(),
             );
-            let (state_machine, _) =
-                StateMachine::open(dir.path(), 1, 1, Arc::new(app), None, true, &mut log).await?;
+            let replica = Replica {
+                node_id: 1,
+                incarnation: 1,
+                app: Arc::new(app),
+                hooks: None,
+                digest_bodies: true,
+                tcp: None,
+            };
+            let (state_machine, _) = StateMachine::open(dir.path(), replica, &mut log).await?;
             Ok((dir, log, state_machine))
         }
     }

@@ -244,11 +244,16 @@ async fn handle(server: &Server, call: Call) -> Reply {
                 .nodes()
                 .map(|(id, member)| (*id, member.incarnation))
                 .collect();
-            Reply::Hello {
-                node_id: server.identity.node_id,
-                incarnation: server.identity.incarnation,
-                initialized: raft.is_initialized().await.unwrap_or(false),
-                members,
+            // A member whose Raft has stopped cannot say whether it is in a cluster: it must not
+            // be taken for one that is not (a cluster would be formed beside its own).
+            match raft.is_initialized().await {
+                Ok(initialized) => Reply::Hello {
+                    node_id: server.identity.node_id,
+                    incarnation: server.identity.incarnation,
+                    initialized,
+                    members,
+                },
+                Err(error) => Reply::Rejected(format!("cannot answer: {error}")),
             }
         }
     }

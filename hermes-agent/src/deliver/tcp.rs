@@ -1,0 +1,372 @@
+//! Raw TCP mode's side of the app: every replica keeps, per client connection, a connection to
+//! its app, and applies the connection's events to it in log order ([`crate::tcp`]): connect,
+//! write, shut down for writing, close.
+//!
+//! What comes back from the app is read as it comes: on the connection's origin it goes on to
+//! the client, with no work per byte; elsewhere it is read and dropped. When the app closes its
+//! side, the client's side is closed too.
+//!
+//! Across connections, what an app does depends on when it reads each: after writing a chunk,
+//! the next event of *another* connection waits until the app's reply to the chunk has begun, or
+//! until [`Connections::quiet`] has passed without one. Request/response servers (Redis,
+//! memcached, most RPC) answer a request once they have processed it, so every replica processes
+//! the requests of all connections in log order. What this cannot make identical is documented
+//! in `docs/tcp.md`.
+//!
+//! A replica whose agent crashed lost its app connections with it (the kernel closed them). An
+//! event for such a connection opens a new one first, the same way every time; what the app
+//! kept per connection (a selected database, a transaction begun) is gone on that replica only.
+//! The first event after the agent starts waits the quiet time: the app may still be busy with
+//! a chunk written just before the agent stopped.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::tcp::{OwnedReadHalf, OwnedWriteHalf},
+    sync::{oneshot, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use super::App;
+use crate::{order::typ::NodeId, tcp::Event};
+
+/// Bytes read from the app at once.
+const BUFFER: usize = 64 * 1024;
+/// How long the app's bytes are still read after a connection is closed (its answer to the
+/// last chunk, until the app closes too), before the reading stops.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// A connection, unique in the cluster: (origin, its incarnation, the origin's connection id).
+pub type ConnKey = (NodeId, u64, u64);
+
+/// The client ends of this node's connections, waiting for their `Open` to be applied here.
+#[derive(Debug, Default)]
+pub struct Clients {
+    waiting: Mutex<HashMap<u64, ClientEnd>>,
+}
+
+/// Where the app's bytes for a client go.
+#[derive(Debug)]
+struct ClientEnd {
+    writer: OwnedWriteHalf,
+    /// Told when the app has closed its side (and the client's was closed after it), or
+    /// dropped when the connection is closed for another reason.
+    ended: oneshot::Sender<()>,
+}
+
+impl Clients {
+    /// Hands over the client's writing side for connection `conn`, before its `Open` is
+    /// proposed. The receiver resolves once the app's side is done.
+    pub fn register(&self, conn: u64, writer: OwnedWriteHalf) -> oneshot::Receiver<()> {
+        let (ended, receiver) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap()
+            .insert(conn, ClientEnd { writer, ended });
+        receiver
+    }
+
+    /// Withdraws connection `conn`'s client, if its `Open` was not applied yet.
+    pub fn forget(&self, conn: u64) {
+        self.waiting.lock().unwrap().remove(&conn);
+    }
+
+    fn take(&self, conn: u64) -> Option<ClientEnd> {
+        self.waiting.lock().unwrap().remove(&conn)
+    }
+}
+
+/// The app connections of one replica, and the events applied to them.
+pub struct Connections {
+    /// This node and its incarnation: connections it is the origin of are relayed.
+    me: (NodeId, u64),
+    clients: Arc<Clients>,
+    /// After a chunk, how long another connection's event waits at most for the reply.
+    quiet: Duration,
+    /// How long a client may take to accept the app's bytes before it is given up.
+    client_stall: Duration,
+    open: HashMap<ConnKey, AppConn>,
+    /// Per origin and incarnation: connections with ids below this went with an earlier life
+    /// of the origin ([`Event::Lost`]).
+    lost_below: HashMap<(NodeId, u64), u64>,
+    /// The last chunk written, for the wait before another connection's event.
+    last: Option<Written>,
+    /// Nothing was applied since the agent started: the app may still be busy with a chunk an
+    /// earlier life of the agent wrote, on a connection that went with it.
+    fresh: bool,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("open", &self.open.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct AppConn {
+    writer: OwnedWriteHalf,
+    /// Bytes the app has sent on it so far.
+    received: watch::Receiver<u64>,
+    relay: JoinHandle<()>,
+}
+
+impl AppConn {
+    /// Closes the app's connection for writing; what the app still sends is read for a while
+    /// yet (its answer to the last chunk may come after the close).
+    fn close(self) {
+        drop(self.writer);
+        let mut relay = self.relay;
+        tokio::spawn(async move {
+            if tokio::time::timeout(LINGER, &mut relay).await.is_err() {
+                relay.abort();
+            }
+        });
+    }
+}
+
+/// A chunk written to the app.
+struct Written {
+    conn: ConnKey,
+    /// Bytes received on its connection: before the chunk was written, and from then on.
+    mark: u64,
+    received: watch::Receiver<u64>,
+    at: Instant,
+}
+
+/// What applying an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// As the event says.
+    Done,
+    /// The app's connection was lost in this replica's restart: a new one was opened for it.
+    Reopened,
+    /// Nothing: the connection is closed, or its origin's earlier life ended.
+    Ignored,
+}
+
+impl Connections {
+    pub fn new(
+        me: (NodeId, u64),
+        clients: Arc<Clients>,
+        quiet: Duration,
+        client_stall: Duration,
+    ) -> Self {
+        Self {
+            me,
+            clients,
+            quiet,
+            client_stall,
+            open: HashMap::new(),
+            lost_below: HashMap::new(),
+            last: None,
+            fresh: true,
+        }
+    }
+
+    /// Applies `event` of connection `conn` to the app. `writing` is called right before the
+    /// first byte of a chunk goes to the app; its error (the progress file's) is returned.
+    pub async fn apply(
+        &mut self,
+        app: &App,
+        conn: ConnKey,
+        event: Event,
+        writing: impl FnOnce() -> std::io::Result<()>,
+    ) -> std::io::Result<Applied> {
+        let kind = match &event {
+            Event::Open => "open",
+            Event::Data(_) => "data",
+            Event::Shutdown => "shutdown",
+            Event::Close => "close",
+            Event::Lost => "lost",
+        };
+        let applied = self.apply_event(app, conn, event, writing).await?;
+        let kind = match applied {
+            Applied::Done => kind,
+            Applied::Reopened => "reopened",
+            Applied::Ignored => "ignored",
+        };
+        app.telemetry().tcp_event(kind, self.open.len());
+        Ok(applied)
+    }
+
+    async fn apply_event(
+        &mut self,
+        app: &App,
+        conn: ConnKey,
+        event: Event,
+        writing: impl FnOnce() -> std::io::Result<()>,
+    ) -> std::io::Result<Applied> {
+        if std::mem::take(&mut self.fresh) {
+            tokio::time::sleep(self.quiet).await;
+        }
+        if let Some(last) = self.last.take_if(|last| last.conn != conn) {
+            self.settle(last).await;
+        }
+        let (origin, incarnation, id) = conn;
+        if event == Event::Lost {
+            // `id` is the first connection id of the origin's new life.
+            let below = self.lost_below.entry((origin, incarnation)).or_default();
+            *below = (*below).max(id);
+            let ended: Vec<ConnKey> = self
+                .open
+                .keys()
+                .filter(|&&(o, i, c)| o == origin && i == incarnation && c < id)
+                .copied()
+                .collect();
+            tracing::info!(
+                origin,
+                closed = ended.len(),
+                "the origin restarted: its earlier connections are closed"
+            );
+            for conn in ended {
+                if let Some(open) = self.open.remove(&conn) {
+                    open.close();
+                }
+            }
+            return Ok(Applied::Done);
+        }
+        let gone = self
+            .lost_below
+            .get(&(origin, incarnation))
+            .is_some_and(|below| id < *below);
+        let mut applied = Applied::Done;
+        if event == Event::Open {
+            if gone || self.open.contains_key(&conn) {
+                return Ok(Applied::Ignored);
+            }
+            self.connect(app, conn).await;
+            return Ok(applied);
+        }
+        if !self.open.contains_key(&conn) {
+            if gone || event == Event::Close {
+                return Ok(Applied::Ignored);
+            }
+            tracing::warn!(
+                ?conn,
+                "this replica lost the app's connection when its agent stopped; opening a new one"
+            );
+            self.connect(app, conn).await;
+            applied = Applied::Reopened;
+        }
+        match event {
+            Event::Data(bytes) => self.write(app, conn, &bytes, writing).await?,
+            Event::Shutdown => {
+                if let Some(open) = self.open.get_mut(&conn) {
+                    let _ = open.writer.shutdown().await;
+                }
+            }
+            Event::Close => {
+                if let Some(open) = self.open.remove(&conn) {
+                    open.close();
+                }
+            }
+            Event::Open | Event::Lost => unreachable!("handled above"),
+        }
+        Ok(applied)
+    }
+
+    /// Waits, after `last` was written, until the app's reply to it has begun, or the quiet
+    /// time is over, or its connection ended.
+    async fn settle(&self, mut last: Written) {
+        let mark = last.mark;
+        let _ =
+            tokio::time::timeout_at(last.at + self.quiet, last.received.wait_for(|n| *n > mark))
+                .await;
+    }
+
+    async fn connect(&mut self, app: &App, conn: ConnKey) {
+        let (reader, writer) = app.connect().await.into_split();
+        let client = (conn.0, conn.1) == self.me;
+        let client = client.then(|| self.clients.take(conn.2)).flatten();
+        let (count, received) = watch::channel(0);
+        let relay = tokio::spawn(relay(reader, client, count, self.client_stall));
+        self.open.insert(
+            conn,
+            AppConn {
+                writer,
+                received,
+                relay,
+            },
+        );
+    }
+
+    /// Writes a chunk, however long the app takes to read it (it is reported slow meanwhile).
+    async fn write(
+        &mut self,
+        app: &App,
+        conn: ConnKey,
+        bytes: &Bytes,
+        writing: impl FnOnce() -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let Some(open) = self.open.get_mut(&conn) else {
+            return Ok(());
+        };
+        let mark = *open.received.borrow();
+        writing()?;
+        let write = open.writer.write_all(bytes);
+        tokio::pin!(write);
+        let started = Instant::now();
+        let written = loop {
+            tokio::select! {
+                written = &mut write => break written,
+                () = tokio::time::sleep(app.slow_after()) => {
+                    app.set_slow(true);
+                    tracing::warn!(?conn, waited = ?started.elapsed(), "the app is not reading; still writing");
+                }
+            }
+        };
+        app.set_slow(false);
+        if let Err(error) = written {
+            // The app closed or reset its connection: what it does with it is up to it, the same
+            // on every replica that has the connection.
+            tracing::debug!(?conn, %error, "the app's connection is closed; chunk dropped");
+        }
+        self.last = Some(Written {
+            conn,
+            mark,
+            received: open.received.clone(),
+            at: Instant::now(),
+        });
+        Ok(())
+    }
+}
+
+/// Reads what the app sends on a connection until it closes it, counting the bytes in `count`,
+/// and passes them on to the client, if this node has it. The client's side is closed after
+/// the app's; a client that does not take the bytes within `stall` is given up (they are read
+/// and dropped from then on, so that the app never waits for it).
+async fn relay(
+    mut app: OwnedReadHalf,
+    mut client: Option<ClientEnd>,
+    count: watch::Sender<u64>,
+    stall: Duration,
+) {
+    let mut buf = vec![0u8; BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = match app.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        total += n as u64;
+        count.send_replace(total);
+        if let Some(end) = &mut client {
+            let passed = tokio::time::timeout(stall, end.writer.write_all(&buf[..n])).await;
+            if !matches!(passed, Ok(Ok(()))) {
+                tracing::debug!("the client does not take the app's bytes; giving it up");
+                client = None;
+            }
+        }
+    }
+    if let Some(mut end) = client {
+        let _ = end.writer.shutdown().await;
+        let _ = end.ended.send(());
+    }
+}

@@ -1,0 +1,129 @@
+//! Raw TCP mode's delivery rules across restarts, against an app whose state depends on how the
+//! commands of its connections interleave: a chunk the app may have is never written again,
+//! connections lost with the agent are opened again for their next event, and the origin's
+//! restart closes its earlier connections everywhere.
+use std::{path::Path, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+
+use super::{
+    App, Delivery, Outcome,
+    progress::ProgressFile,
+    tcp::{Clients, Connections},
+};
+use crate::{
+    http::response::Limits,
+    tcp::{Chunk, Event},
+    testing::LineApp,
+};
+
+/// A replica's delivery in raw TCP mode (node 9), its progress in `dir`.
+fn delivery(dir: &Path, app: &LineApp) -> Delivery {
+    let app = Arc::new(App::new(
+        app.addr,
+        std::net::Ipv4Addr::LOCALHOST,
+        Duration::from_secs(5),
+        Limits::default(),
+        Arc::default(),
+    ));
+    let connections = Connections::new(
+        (9, 1),
+        Arc::new(Clients::default()),
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+    );
+    Delivery::open(&dir.join("progress"), app, Some(connections)).unwrap()
+}
+
+/// Event `event` of connection `conn` of origin 1 (incarnation 1), as command `id`.
+async fn apply(delivery: &mut Delivery, seq: u64, conn: u64, event: Event) -> Outcome {
+    let payload = Chunk::new(conn, event).encode();
+    delivery.deliver(seq, (1, 1, seq), &payload).await.unwrap()
+}
+
+fn data(text: &'static str) -> Event {
+    Event::Data(Bytes::from_static(text.as_bytes()))
+}
+
+async fn journal_of(app: &LineApp, n: usize) -> Vec<String> {
+    while app.journal().len() < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    app.journal()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_restart_nothing_is_written_twice_and_lost_connections_are_opened_again() {
+    let app = LineApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = delivery(dir.path(), &app);
+    apply(&mut replica, 1, 7, Event::Open).await;
+    apply(&mut replica, 2, 7, data("APPEND a\n")).await;
+    apply(&mut replica, 3, 8, Event::Open).await;
+    assert_eq!(journal_of(&app, 1).await, ["a"]);
+    app.wait_open(2).await;
+    // The agent dies: its connections to the app go with it.
+    drop(replica);
+    app.wait_open(0).await;
+    let mut restarted = delivery(dir.path(), &app);
+    // Raft replays what it had not recorded as applied: nothing of it is written again.
+    for (seq, conn, event) in [
+        (1, 7, Event::Open),
+        (2, 7, data("APPEND a\n")),
+        (3, 8, Event::Open),
+    ] {
+        let outcome = apply(&mut restarted, seq, conn, event).await;
+        assert!(matches!(outcome, Outcome::Earlier), "{seq}: {outcome:?}");
+    }
+    assert_eq!(app.open(), 0);
+    // The next chunk of a lost connection goes to a new one.
+    apply(&mut restarted, 4, 7, data("APPEND b\n")).await;
+    apply(&mut restarted, 5, 8, data("APPEND c\n")).await;
+    assert_eq!(journal_of(&app, 3).await, ["a", "b", "c"]);
+    assert_eq!(app.open(), 2);
+    assert_eq!(restarted.progress().in_doubt, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunk_begun_when_the_agent_died_is_in_doubt_and_not_written_again() {
+    let app = LineApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = delivery(dir.path(), &app);
+    apply(&mut replica, 1, 7, Event::Open).await;
+    apply(&mut replica, 2, 7, data("APPEND a\n")).await;
+    let progress = replica.progress().clone();
+    drop(replica);
+    // As if the agent died with the first bytes of chunk 3 gone to the app.
+    let (mut file, _) = ProgressFile::open(&dir.path().join("progress")).unwrap();
+    file.write(&super::Progress {
+        writing: 3,
+        ..progress
+    })
+    .unwrap();
+    let mut restarted = delivery(dir.path(), &app);
+    let outcome = apply(&mut restarted, 3, 7, data("APPEND maybe\n")).await;
+    assert!(matches!(outcome, Outcome::Event), "{outcome:?}");
+    assert_eq!(restarted.progress().in_doubt, 1);
+    apply(&mut restarted, 4, 7, data("APPEND b\n")).await;
+    assert_eq!(journal_of(&app, 2).await, ["a", "b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_origin_restarting_closes_its_earlier_connections_for_good() {
+    let app = LineApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = delivery(dir.path(), &app);
+    let (old, new) = (5, 1 << 40);
+    apply(&mut replica, 1, old, Event::Open).await;
+    apply(&mut replica, 2, old + 1, Event::Open).await;
+    apply(&mut replica, 3, new, Event::Open).await;
+    app.wait_open(3).await;
+    // Origin 1 restarted: its connections below `new` went with it.
+    apply(&mut replica, 4, new, Event::Lost).await;
+    app.wait_open(1).await;
+    // A late event of an earlier connection opens nothing.
+    apply(&mut replica, 5, old, data("APPEND late\n")).await;
+    apply(&mut replica, 6, new, data("APPEND now\n")).await;
+    assert_eq!(journal_of(&app, 1).await, ["now"]);
+    assert_eq!(app.open(), 1);
+}

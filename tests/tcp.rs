@@ -1,0 +1,371 @@
+//! Raw TCP mode (issue 13) with Debian's `redis-server`, which nobody here wrote and which
+//! de-duplicates nothing: clients on every node whose commands' results depend on how they
+//! interleave, binary and large values, half-closes, the server closing first, short and long
+//! connections, agents killed under load. Replicas are compared with Redis' own tools
+//! (`DEBUG DIGEST`, `LRANGE`), not with Hermes' view of them.
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use hermes_lab::cluster::PORT;
+use hermes_tests::{
+    App, Cluster, cluster, lab,
+    resp::{self, Redis, Reply},
+    wait_until,
+};
+
+const TCP: &[&str] = &["--protocol", "tcp"];
+
+/// Each node's `DEBUG DIGEST` (a digest of its whole dataset), in node order.
+fn digests(cluster: &Cluster) -> Vec<String> {
+    (1..=cluster.nodes())
+        .map(|id| resp::cli(cluster.lab.node(id), PORT, &["DEBUG", "DIGEST"]))
+        .collect()
+}
+
+/// The list `key` as node `id`'s Redis has it.
+fn list(cluster: &Cluster, id: usize, key: &str) -> Vec<String> {
+    let text = resp::cli(cluster.lab.node(id), PORT, &["LRANGE", key, "0", "-1"]);
+    text.lines().map(str::to_owned).collect()
+}
+
+fn int(reply: &Reply) -> i64 {
+    match reply {
+        Reply::Int(n) => *n,
+        other => panic!("expected an integer, got {other:?}"),
+    }
+}
+
+/// A client's commands on one connection: appends to one list and one string shared by every
+/// client, increments, sets and deletes, pipelined every third round; now and then a short
+/// connection of its own. Returns the list values Redis acknowledged.
+fn commands(addr: SocketAddr, client: usize, rounds: usize) -> Vec<String> {
+    let mut redis = Redis::connect(addr).unwrap();
+    let mut acked = Vec::new();
+    for round in 0..rounds {
+        let value = format!("c{client}-{round}");
+        let key = format!("k{}", round % 5);
+        if round % 3 == 0 {
+            let replies = redis
+                .pipeline(&[
+                    &[b"RPUSH", b"list", value.as_bytes()],
+                    &[b"APPEND", b"string", format!("{value};").as_bytes()],
+                    &[b"INCR", b"counter"],
+                    &[b"SET", key.as_bytes(), value.as_bytes()],
+                ])
+                .unwrap();
+            assert!(int(&replies[0]) > 0);
+        } else {
+            assert!(int(&redis.call(&[b"RPUSH", b"list", value.as_bytes()]).unwrap()) > 0);
+            int(&redis.call(&[b"INCR", b"counter"]).unwrap());
+        }
+        acked.push(value.clone());
+        if round % 7 == 0 {
+            redis.call(&[b"DEL", key.as_bytes()]).unwrap();
+        }
+        if round % 11 == 0 {
+            let mut short = Redis::connect(addr).unwrap();
+            let short_value = format!("{value}-short");
+            int(&short
+                .call(&[b"RPUSH", b"list", short_value.as_bytes()])
+                .unwrap());
+            acked.push(short_value);
+        }
+    }
+    acked
+}
+
+/// Bytes of every value, `\r\n` and NUL included.
+fn binary(len: usize, seed: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 31 + seed * 7 + i / 256) % 256) as u8)
+        .collect()
+}
+
+#[test]
+fn redis_replicas_stay_identical_whatever_the_interleaving_of_clients_on_every_node() {
+    let cluster = cluster(3, App::Redis, TCP);
+    let addrs = cluster.addrs();
+    let mut clients = Vec::new();
+    for (n, addr) in addrs.iter().cycle().take(9).enumerate() {
+        let addr = *addr;
+        clients.push(thread::spawn(move || commands(addr, n, 40)));
+    }
+    // Meanwhile: binary values, and one large value per node (several MiB, many chunks).
+    for (id, addr) in addrs.iter().enumerate() {
+        let mut redis = Redis::connect(*addr).unwrap();
+        let small = binary(300, id);
+        let key = format!("bin{id}");
+        let set = redis.call(&[b"SET", key.as_bytes(), &small]).unwrap();
+        assert_eq!(set, Reply::Status("OK".into()));
+        let big = binary(3 << 20, id);
+        let key = format!("big{id}");
+        assert_eq!(
+            redis.call(&[b"SET", key.as_bytes(), &big]).unwrap(),
+            Reply::Status("OK".into())
+        );
+        assert_eq!(
+            redis.call(&[b"GET", key.as_bytes()]).unwrap(),
+            Reply::Bulk(Some(big)),
+            "a large value read back through another connection's node"
+        );
+    }
+    let acked: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    cluster.wait_converged().unwrap();
+
+    let digests = digests(&cluster);
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+    let lists: Vec<Vec<String>> = (1..=3).map(|id| list(&cluster, id, "list")).collect();
+    assert!(lists.iter().all(|l| *l == lists[0]), "the lists differ");
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for value in &lists[0] {
+        *counts.entry(value).or_default() += 1;
+    }
+    for value in &acked {
+        assert_eq!(
+            counts.get(value.as_str()),
+            Some(&1),
+            "{value} not exactly once"
+        );
+    }
+    assert_eq!(lists[0].len(), acked.len());
+    let counter = resp::cli(cluster.lab.node(1), PORT, &["GET", "counter"]);
+    assert_eq!(counter, (9 * 40).to_string());
+    // The interleaving really did vary: values of different clients alternate in the list.
+    let switches = lists[0]
+        .windows(2)
+        .filter(|w| w[0].split('-').next() != w[1].split('-').next())
+        .count();
+    assert!(switches > 9, "only {switches} switches between clients");
+    for id in 1..=3 {
+        assert_eq!(cluster.status(id).unwrap()["in_doubt"], 0);
+    }
+}
+
+#[test]
+fn half_close_the_server_closing_first_and_many_short_connections() {
+    let cluster = cluster(3, App::Redis, TCP);
+    let addrs = cluster.addrs();
+
+    // The client half-closes after its commands and still reads every reply, then the end.
+    let mut redis = Redis::connect(addrs[1]).unwrap();
+    redis
+        .send(&resp::encode(&[b"RPUSH", b"half", b"a"]))
+        .unwrap();
+    redis.send(b"PING\r\n").unwrap();
+    redis.shutdown_write().unwrap();
+    assert_eq!(redis.rest().unwrap(), b":1\r\n+PONG\r\n");
+
+    // The server closes first (QUIT): the client reads its answer, then the end.
+    let mut redis = Redis::connect(addrs[2]).unwrap();
+    redis
+        .send(&resp::encode(&[b"RPUSH", b"half", b"b"]))
+        .unwrap();
+    redis.send(&resp::encode(&[b"QUIT"])).unwrap();
+    assert_eq!(redis.rest().unwrap(), b":2\r\n+OK\r\n");
+
+    // Many short connections from every node.
+    let served = Arc::new(AtomicUsize::new(0));
+    let shorts: Vec<_> = (0..6)
+        .map(|n| {
+            let addr = addrs[n % 3];
+            let served = Arc::clone(&served);
+            thread::spawn(move || {
+                for i in 0..25 {
+                    let mut redis = Redis::connect(addr).unwrap();
+                    let value = format!("s{n}-{i}");
+                    int(&redis.call(&[b"SADD", b"shorts", value.as_bytes()]).unwrap());
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for short in shorts {
+        short.join().unwrap();
+    }
+    assert_eq!(served.load(Ordering::Relaxed), 150);
+    cluster.wait_converged().unwrap();
+    for id in 1..=3 {
+        let node = cluster.lab.node(id);
+        assert_eq!(resp::cli(node, PORT, &["SCARD", "shorts"]), "150");
+        assert_eq!(list(&cluster, id, "half"), ["a", "b"]);
+    }
+    let digests = digests(&cluster);
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+    all_connections_closed(&cluster);
+}
+
+/// Waits until every replica has closed all its connections to Redis (only `redis-cli`'s own
+/// is left): every client connection ended in the log, by its close or by its node's restart.
+fn all_connections_closed(cluster: &Cluster) {
+    wait_until("every replica's connections to Redis closed", || {
+        (1..=cluster.nodes())
+            .all(|id| {
+                let clients = resp::cli(cluster.lab.node(id), PORT, &["CLIENT", "LIST"]);
+                clients.lines().count() == 1
+            })
+            .then_some(())
+    })
+    .unwrap();
+}
+
+/// Clients that keep appending to one list through every node until stopped, reconnecting
+/// (to the next node) when their connection fails; what Redis acknowledged.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addrs: &[SocketAddr], clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|client| {
+                let (stop, acked, addrs) = (Arc::clone(&stop), Arc::clone(&acked), addrs.to_vec());
+                thread::spawn(move || {
+                    let mut node = client;
+                    let mut round = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        node += 1;
+                        let Ok(mut redis) = Redis::connect(addrs[node % addrs.len()]) else {
+                            thread::sleep(Duration::from_millis(100));
+                            continue;
+                        };
+                        while !stop.load(Ordering::Relaxed) {
+                            round += 1;
+                            let value = format!("l{client}-{round}");
+                            match redis.call(&[b"RPUSH", b"load", value.as_bytes()]) {
+                                Ok(Reply::Int(_)) => acked.lock().unwrap().push(value),
+                                _ => break,
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            acked,
+            threads,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    fn wait_for_acks(&self, more: usize) {
+        let target = self.acked() + more;
+        wait_until(&format!("{target} acknowledged writes"), || {
+            (self.acked() >= target).then_some(())
+        })
+        .unwrap();
+    }
+
+    fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+#[test]
+fn killing_agents_under_load_loses_no_acknowledged_write_and_replicas_stay_identical() {
+    let mut cluster = cluster(3, App::Redis, TCP);
+    let load = Load::start(&cluster.addrs(), 6);
+    load.wait_for_acks(200);
+
+    let leader = cluster.wait_for_leader().unwrap();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.kill_agent(follower).unwrap();
+    // Without its agent, the node's port fails closed: nothing reaches Redis unordered.
+    let refused = TcpStream::connect_timeout(&cluster.addr(follower), Duration::from_secs(1));
+    assert!(
+        refused.is_err(),
+        "the port let a client through: {refused:?}"
+    );
+    load.wait_for_acks(200);
+    cluster.start_agent(follower).unwrap();
+    load.wait_for_acks(200);
+
+    cluster.kill_agent(leader).unwrap();
+    wait_until("a new leader", || cluster.leader().filter(|l| *l != leader)).unwrap();
+    load.wait_for_acks(200);
+    cluster.start_agent(leader).unwrap();
+    load.wait_for_acks(200);
+
+    let acked = load.stop();
+    cluster.wait_converged().unwrap();
+    // The connections of the killed agents' clients were closed on every replica too.
+    all_connections_closed(&cluster);
+    let in_doubt = cluster.in_doubt();
+    let digests = digests(&cluster);
+    // The rule (docs/tcp.md): a replica whose agent died while writing a chunk counts it in
+    // doubt and may differ by it; every other replica is identical.
+    let sure: Vec<usize> = (0..3).filter(|i| in_doubt[*i] == 0).collect();
+    assert!(sure.len() >= 2, "in doubt: {in_doubt:?}");
+    for i in &sure {
+        assert_eq!(
+            digests[*i], digests[sure[0]],
+            "{digests:?} (in doubt: {in_doubt:?})"
+        );
+    }
+    for id in sure.iter().map(|i| i + 1) {
+        let values = list(&cluster, id, "load");
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for value in &values {
+            *counts.entry(value).or_default() += 1;
+        }
+        assert!(
+            counts.values().all(|n| *n == 1),
+            "a value twice on node {id}"
+        );
+        for value in &acked {
+            assert!(
+                counts.contains_key(value.as_str()),
+                "{value} lost on node {id}"
+            );
+        }
+    }
+}
+
+#[test]
+fn passthrough_in_tcp_mode_relays_without_ordering() {
+    let bin = hermes_lab::binary("hermes-agent").unwrap();
+    let mut cluster = Cluster::new(
+        lab(1),
+        bin.parent().unwrap(),
+        App::Redis,
+        &["--protocol", "tcp", "--passthrough", "--insecure-peers"],
+    )
+    .unwrap();
+    cluster.start_app(1).unwrap();
+    cluster.start_agent(1).unwrap();
+    let mut redis = Redis::connect(cluster.addr(1)).unwrap();
+    assert_eq!(
+        redis.call(&[b"SET", b"k", &binary(70_000, 1)]).unwrap(),
+        Reply::Status("OK".into())
+    );
+    assert_eq!(
+        redis.call(&[b"GET", b"k"]).unwrap(),
+        Reply::Bulk(Some(binary(70_000, 1)))
+    );
+    assert_eq!(
+        resp::cli(cluster.lab.node(1), PORT, &["STRLEN", "k"]),
+        "70000"
+    );
+}
