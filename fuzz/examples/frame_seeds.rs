@@ -1,6 +1,6 @@
-//! Writes the `peer_frame` seed corpus (`fuzz/corpus/peer_frame/`): frames of real calls and
-//! replies, made by `wire::frame` as peers make them, each input prefixed for the target (see
-//! `hermes_fuzz::Input`). Run it again when the wire format changes:
+//! Writes the `peer_frame` seed corpus (`fuzz/corpus/peer_frame/`): frames of real calls (a
+//! call's body is the sender's id and the call) and replies, made by `wire::frame` as peers make
+//! them, each input prefixed for the target (see `hermes_fuzz::Input`). Run it again when the wire format changes:
 //! `cargo run --manifest-path fuzz/Cargo.toml --example frame_seeds`.
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -132,6 +132,7 @@ fn calls() -> Vec<(&'static str, Call)> {
             Call::ChangeMembership(MembershipChange::Voters(BTreeSet::from([1, 2, 3, 4]))),
         ),
         ("read-index", Call::ReadIndex),
+        ("digests", Call::Digests { from: 17 }),
     ]
 }
 
@@ -182,6 +183,13 @@ fn replies() -> Vec<(&'static str, Reply)> {
             Reply::ChangeMembership(Err("not the leader".into())),
         ),
         ("read-index", Reply::ReadIndex(Ok(12))),
+        (
+            "digests",
+            Reply::Digests {
+                oldest: 17,
+                digests: vec![(17, 0x5eed_0001), (18, 0x5eed_0002), (19, 0x5eed_0003)],
+            },
+        ),
         ("rejected", Reply::Rejected("cannot decode the call".into())),
     ]
 }
@@ -202,10 +210,9 @@ fn main() -> std::io::Result<()> {
     let mut stream = Vec::new();
     for (i, (name, call)) in calls().into_iter().enumerate() {
         let id = 100 + i as u64;
-        let (plain, sent_by) = (frame(id, &call), frame(id, &(2 as NodeId, &call)));
-        write(&format!("call-{name}"), &[], &plain)?;
-        write(&format!("call-from-{name}"), &[], &sent_by)?;
-        stream.extend_from_slice(&sent_by);
+        let framed = frame(id, &(2 as NodeId, &call));
+        write(&format!("call-{name}"), &[], &framed)?;
+        stream.extend_from_slice(&framed);
     }
     for (i, (name, reply)) in replies().into_iter().enumerate() {
         write(
