@@ -364,7 +364,9 @@ pub struct Config {
     pub max_response: u64,
 
     /// Request body bytes held at once over all client connections (more: 503 with
-    /// Retry-After). Bounds the memory clients can make the node use.
+    /// Retry-After). Bounds the memory clients can make the node use. In TCP mode: client
+    /// bytes not yet ordered (more: the clients wait), and, a second budget of the same size,
+    /// the app's bytes that slow clients have not taken yet (more: the client is given up).
     #[arg(long, env = "HERMES_BODY_BUDGET", default_value = "256MiB", value_parser = parse_size, help_heading = "Limits")]
     pub body_budget: u64,
 
@@ -565,6 +567,13 @@ impl Config {
                 self.body_budget, self.max_body
             ));
         }
+        let chunk = crate::intercept::tcp::MAX_CHUNK as u64;
+        if self.protocol == Protocol::Tcp && self.body_budget < chunk {
+            return bad(format!(
+                "--body-budget {} is less than a TCP chunk ({chunk} bytes)",
+                self.body_budget
+            ));
+        }
         let min_frame = (self.max_body + (1 << 20)).max(crate::order::peer::wire::MIN_FRAME as u64);
         if self.max_frame < min_frame || self.max_frame > u64::from(u32::MAX) {
             return bad(format!(
@@ -628,6 +637,7 @@ impl Config {
             tcp: (self.protocol == Protocol::Tcp).then_some(crate::order::TcpMode {
                 quiet: self.tcp_quiet,
                 client_stall: self.client_timeout,
+                held_for_clients: self.body_budget,
             }),
         }))
     }
@@ -668,8 +678,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
+    if seconds > MAX_DURATION.as_secs_f64() {
+        return Err(format!("`{text}` is more than a year"));
+    }
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
 }
+
+/// The longest duration a flag takes: a year. Longer ones would overflow the clock.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 #[cfg(test)]
 mod tests {

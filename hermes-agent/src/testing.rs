@@ -314,6 +314,8 @@ async fn serve_lines(mut stream: TcpStream, journal: Arc<Mutex<Vec<String>>>) {
     let mut commands = 0;
     // What it owes its client: written once every command it has read is done, as Redis does.
     let mut answers = Vec::new();
+    // A `BIG` answer is among them: once it is written, the journal says `BIG sent`.
+    let mut big = false;
     loop {
         let Some(end) = buf.iter().position(|b| *b == b'\n') else {
             if !answers.is_empty()
@@ -323,6 +325,9 @@ async fn serve_lines(mut stream: TcpStream, journal: Arc<Mutex<Vec<String>>>) {
                     .is_err()
             {
                 return;
+            }
+            if std::mem::take(&mut big) {
+                journal.lock().unwrap().push("BIG sent".into());
             }
             if !read_more(&mut stream, &mut buf).await {
                 let _ = stream
@@ -342,6 +347,12 @@ async fn serve_lines(mut stream: TcpStream, journal: Arc<Mutex<Vec<String>>>) {
                 let mut journal = journal.lock().unwrap();
                 journal.push(word.to_owned());
                 answers.extend_from_slice(format!("OK {}\n", journal.len()).as_bytes());
+            }
+            Some(("BIG", n)) => {
+                let n: usize = n.parse().unwrap();
+                answers.resize(answers.len() + n, b'x');
+                answers.push(b'\n');
+                big = true;
             }
             Some(("ECHO", n)) => {
                 let n: usize = n.parse().unwrap();

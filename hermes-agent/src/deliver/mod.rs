@@ -141,6 +141,18 @@ impl Delivery {
         self.dedup = dedup;
     }
 
+    /// Raw TCP mode: restores the `Lost` events applied before this start ([`tcp::Connections`]).
+    pub fn restore_lost(&mut self, lost: Vec<tcp::ConnKey>) {
+        if let Some(connections) = &mut self.tcp {
+            connections.restore_lost(lost);
+        }
+    }
+
+    /// Whether this is raw TCP mode.
+    pub fn is_tcp(&self) -> bool {
+        self.tcp.is_some()
+    }
+
     /// The duplicate window, for a snapshot.
     pub fn dedup_window(&self) -> Vec<(u64, RequestKey)> {
         self.dedup.window()

@@ -2,13 +2,19 @@
 //! its app, and applies the connection's events to it in log order ([`crate::tcp`]): connect,
 //! write, shut down for writing, close.
 //!
-//! What comes back from the app is read as it comes: on the connection's origin it goes on to
-//! the client, with no work per byte; elsewhere it is read and dropped. When the app closes its
-//! side, the client's side is closed too.
+//! What comes back from the app is read as it comes, on every replica alike, whatever the
+//! client's pace: on the connection's origin it goes on to the client, with no work per byte,
+//! and what the client has not taken yet is held within a byte budget shared by all
+//! connections; elsewhere it is read and dropped. A client that lets its share grow past the
+//! budget, or takes nothing for a while, is given up: its connection is closed, and the
+//! interception orders its `Close`. (If the origin read the app only as fast as its client
+//! reads, the origin's app would process that connection's next commands later than the other
+//! replicas' apps do.) When the app closes its side, the client's side is closed too.
 //!
 //! Across connections, what an app does depends on when it reads each: after writing a chunk,
-//! the next event of *another* connection waits until the app's reply to the chunk has begun, or
-//! until [`Connections::quiet`] has passed without one. Request/response servers (Redis,
+//! half-closing or closing a connection, the next event of *another* connection waits until the
+//! app has reacted (its reply has begun, or it closed the connection), or until
+//! [`Connections::quiet`] has passed without that. Request/response servers (Redis,
 //! memcached, most RPC) answer a request once they have processed it, so every replica processes
 //! the requests of all connections in log order. What this cannot make identical is documented
 //! in `docs/tcp.md`.
@@ -19,18 +25,18 @@
 //! The first event after the agent starts waits the quiet time: the app may still be busy with
 //! a chunk written just before the agent stopped.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::tcp::{OwnedReadHalf, OwnedWriteHalf},
-    sync::{oneshot, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch},
     task::JoinHandle,
-    time::Instant,
+    time::{Instant, sleep_until},
 };
 
 use super::App;
@@ -55,15 +61,24 @@ pub struct Clients {
 #[derive(Debug)]
 struct ClientEnd {
     writer: OwnedWriteHalf,
-    /// Told when the app has closed its side (and the client's was closed after it), or
-    /// dropped when the connection is closed for another reason.
-    ended: oneshot::Sender<()>,
+    /// Told how the client's side ended, or dropped when the connection is closed for another
+    /// reason.
+    ended: oneshot::Sender<End>,
+}
+
+/// How the app's side of a client's connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The app closed its side, and the client's was closed after the app's last byte.
+    AppClosed,
+    /// The client did not take the app's bytes (see the module's documentation): it is given up.
+    GivenUp,
 }
 
 impl Clients {
     /// Hands over the client's writing side for connection `conn`, before its `Open` is
     /// proposed. The receiver resolves once the app's side is done.
-    pub fn register(&self, conn: u64, writer: OwnedWriteHalf) -> oneshot::Receiver<()> {
+    pub fn register(&self, conn: u64, writer: OwnedWriteHalf) -> oneshot::Receiver<End> {
         let (ended, receiver) = oneshot::channel();
         self.waiting
             .lock()
@@ -91,11 +106,13 @@ pub struct Connections {
     quiet: Duration,
     /// How long a client may take to accept the app's bytes before it is given up.
     client_stall: Duration,
+    /// Bytes of the app held for clients that have not taken them yet, over all connections.
+    held_for_clients: Arc<Semaphore>,
     open: HashMap<ConnKey, AppConn>,
     /// Per origin and incarnation: connections with ids below this went with an earlier life
     /// of the origin ([`Event::Lost`]).
     lost_below: HashMap<(NodeId, u64), u64>,
-    /// The last chunk written, for the wait before another connection's event.
+    /// The last event applied, for the wait before another connection's event.
     last: Option<Written>,
     /// Nothing was applied since the agent started: the app may still be busy with a chunk an
     /// earlier life of the agent wrote, on a connection that went with it.
@@ -131,10 +148,11 @@ impl AppConn {
     }
 }
 
-/// A chunk written to the app.
+/// An event applied to the app's connection (a chunk written, a half-close or a close).
 struct Written {
     conn: ConnKey,
-    /// Bytes received on its connection: before the chunk was written, and from then on.
+    /// Bytes received on its connection: before the event was applied, and from then on (the
+    /// sender is dropped when the app closes the connection).
     mark: u64,
     received: watch::Receiver<u64>,
     at: Instant,
@@ -152,17 +170,16 @@ pub enum Applied {
 }
 
 impl Connections {
-    pub fn new(
-        me: (NodeId, u64),
-        clients: Arc<Clients>,
-        quiet: Duration,
-        client_stall: Duration,
-    ) -> Self {
+    pub fn new(me: (NodeId, u64), clients: Arc<Clients>, mode: crate::order::TcpMode) -> Self {
+        let budget = usize::try_from(mode.held_for_clients)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
         Self {
             me,
             clients,
-            quiet,
-            client_stall,
+            quiet: mode.quiet,
+            client_stall: mode.client_stall,
+            held_for_clients: Arc::new(Semaphore::new(budget)),
             open: HashMap::new(),
             lost_below: HashMap::new(),
             last: None,
@@ -196,6 +213,15 @@ impl Connections {
         Ok(applied)
     }
 
+    /// Restores what the log applied before this start says of connections whose origin
+    /// restarted: their `Lost` events, (origin, incarnation, first id of the new life).
+    pub fn restore_lost(&mut self, lost: impl IntoIterator<Item = ConnKey>) {
+        for (origin, incarnation, id) in lost {
+            let below = self.lost_below.entry((origin, incarnation)).or_default();
+            *below = (*below).max(id);
+        }
+    }
+
     async fn apply_event(
         &mut self,
         app: &App,
@@ -212,8 +238,7 @@ impl Connections {
         let (origin, incarnation, id) = conn;
         if event == Event::Lost {
             // `id` is the first connection id of the origin's new life.
-            let below = self.lost_below.entry((origin, incarnation)).or_default();
-            *below = (*below).max(id);
+            self.restore_lost([conn]);
             let ended: Vec<ConnKey> = self
                 .open
                 .keys()
@@ -259,11 +284,18 @@ impl Connections {
             Event::Data(bytes) => self.write(app, conn, &bytes, writing).await?,
             Event::Shutdown => {
                 if let Some(open) = self.open.get_mut(&conn) {
+                    let mark = *open.received.borrow();
                     let _ = open.writer.shutdown().await;
+                    self.last = Some(Written::after(conn, mark, &open.received));
                 }
             }
             Event::Close => {
                 if let Some(open) = self.open.remove(&conn) {
+                    // What the app does when a connection ends (a lock released, a blocked
+                    // command given up) may matter to other connections: wait for it as for a
+                    // reply.
+                    let mark = *open.received.borrow();
+                    self.last = Some(Written::after(conn, mark, &open.received));
                     open.close();
                 }
             }
@@ -276,9 +308,8 @@ impl Connections {
     /// time is over, or its connection ended.
     async fn settle(&self, mut last: Written) {
         let mark = last.mark;
-        let _ =
-            tokio::time::timeout_at(last.at + self.quiet, last.received.wait_for(|n| *n > mark))
-                .await;
+        let until = last.at.checked_add(self.quiet).unwrap_or(last.at);
+        let _ = tokio::time::timeout_at(until, last.received.wait_for(|n| *n > mark)).await;
     }
 
     async fn connect(&mut self, app: &App, conn: ConnKey) {
@@ -286,7 +317,13 @@ impl Connections {
         let client = (conn.0, conn.1) == self.me;
         let client = client.then(|| self.clients.take(conn.2)).flatten();
         let (count, received) = watch::channel(0);
-        let relay = tokio::spawn(relay(reader, client, count, self.client_stall));
+        let relay = tokio::spawn(relay(
+            reader,
+            client,
+            count,
+            self.client_stall,
+            Arc::clone(&self.held_for_clients),
+        ));
         self.open.insert(
             conn,
             AppConn {
@@ -328,45 +365,137 @@ impl Connections {
             // on every replica that has the connection.
             tracing::debug!(?conn, %error, "the app's connection is closed; chunk dropped");
         }
-        self.last = Some(Written {
-            conn,
-            mark,
-            received: open.received.clone(),
-            at: Instant::now(),
-        });
+        self.last = Some(Written::after(conn, mark, &open.received));
         Ok(())
     }
 }
 
-/// Reads what the app sends on a connection until it closes it, counting the bytes in `count`,
-/// and passes them on to the client, if this node has it. The client's side is closed after
-/// the app's; a client that does not take the bytes within `stall` is given up (they are read
-/// and dropped from then on, so that the app never waits for it).
+impl Written {
+    fn after(conn: ConnKey, mark: u64, received: &watch::Receiver<u64>) -> Self {
+        Self {
+            conn,
+            mark,
+            received: received.clone(),
+            at: Instant::now(),
+        }
+    }
+}
+
+/// Reads what the app sends on a connection until it closes it, as it comes, counting the bytes
+/// in `count`, and passes them on to the client, if this node has it. What the client has not
+/// taken yet is held within `budget`; a client that would hold more, or takes nothing for
+/// `stall`, is given up (the bytes are read and dropped from then on). The client's side is
+/// closed after the app's, once it has everything.
 async fn relay(
-    mut app: OwnedReadHalf,
+    app: OwnedReadHalf,
     mut client: Option<ClientEnd>,
     count: watch::Sender<u64>,
     stall: Duration,
+    budget: Arc<Semaphore>,
 ) {
-    let mut buf = vec![0u8; BUFFER];
+    let mut pending = Pending::default();
+    let mut app_open = true;
     let mut total = 0u64;
+    let mut progress = Instant::now();
+    let give_up = |client: &mut Option<ClientEnd>, pending: &mut Pending, why: &str| {
+        tracing::info!(why, "giving a client up: its connection is closed");
+        if let Some(end) = client.take() {
+            let _ = end.ended.send(End::GivenUp);
+        }
+        *pending = Pending::default();
+    };
     loop {
-        let n = match app.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        total += n as u64;
-        count.send_replace(total);
-        if let Some(end) = &mut client {
-            let passed = tokio::time::timeout(stall, end.writer.write_all(&buf[..n])).await;
-            if !matches!(passed, Ok(Ok(()))) {
-                tracing::debug!("the client does not take the app's bytes; giving it up");
-                client = None;
+        let sending = client.is_some() && !pending.chunks.is_empty();
+        if !app_open && !sending {
+            break;
+        }
+        tokio::select! {
+            ready = app.readable(), if app_open => {
+                if ready.is_err() {
+                    app_open = false;
+                    continue;
+                }
+                // Taken only once the app has something: an idle connection holds no buffer.
+                let mut buf = vec![0u8; BUFFER];
+                match app.try_read(&mut buf) {
+                    Ok(0) => app_open = false,
+                    Ok(n) => {
+                        total += n as u64;
+                        count.send_replace(total);
+                        if client.is_some() {
+                            match Arc::clone(&budget).try_acquire_many_owned(n as u32) {
+                                Ok(permit) => {
+                                    if pending.chunks.is_empty() {
+                                        progress = Instant::now();
+                                    }
+                                    buf.truncate(n);
+                                    pending.push(Bytes::from(buf), permit);
+                                }
+                                Err(_) => give_up(&mut client, &mut pending, "it holds more of the app's bytes than the budget allows"),
+                            }
+                        }
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => app_open = false,
+                }
+            }
+            written = write_some(&mut client, &pending), if sending => match written {
+                Ok(n) => {
+                    pending.advance(n);
+                    progress = Instant::now();
+                }
+                Err(_) => give_up(&mut client, &mut pending, "its connection failed"),
+            },
+            () = sleep_until(progress.checked_add(stall).unwrap_or(progress)), if sending => {
+                give_up(&mut client, &mut pending, "it takes none of the app's bytes");
             }
         }
     }
     if let Some(mut end) = client {
         let _ = end.writer.shutdown().await;
-        let _ = end.ended.send(());
+        let _ = end.ended.send(End::AppClosed);
+    }
+}
+
+/// Writes what it can of the first pending chunk to the client (cancel safe: a write that did
+/// not complete wrote nothing).
+async fn write_some(client: &mut Option<ClientEnd>, pending: &Pending) -> std::io::Result<usize> {
+    match (client, pending.chunks.front()) {
+        (Some(end), Some(chunk)) => match end.writer.write(chunk).await? {
+            0 => Err(std::io::ErrorKind::WriteZero.into()),
+            n => Ok(n),
+        },
+        _ => std::future::pending().await,
+    }
+}
+
+/// The app's bytes a client has not taken yet, and the budget they hold.
+#[derive(Default)]
+struct Pending {
+    chunks: VecDeque<Bytes>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Pending {
+    fn push(&mut self, chunk: Bytes, permit: OwnedSemaphorePermit) {
+        self.chunks.push_back(chunk);
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+    }
+
+    /// `n` bytes of the first chunk were taken: their budget is given back.
+    fn advance(&mut self, n: usize) {
+        let Some(front) = self.chunks.front_mut() else {
+            return;
+        };
+        front.advance(n);
+        if front.is_empty() {
+            self.chunks.pop_front();
+        }
+        if let Some(held) = &mut self.held {
+            drop(held.split(n));
+        }
     }
 }

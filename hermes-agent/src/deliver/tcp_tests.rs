@@ -13,6 +13,12 @@ use super::{
 };
 use crate::{
     http::response::Limits,
+    order::{
+        TcpMode,
+        log_store::LogStore,
+        state_machine::{Replica, StateMachine},
+        typ::{Batch, Command, Entry, EntryPayload, LogId},
+    },
     tcp::{Chunk, Event},
     testing::LineApp,
 };
@@ -26,13 +32,20 @@ fn delivery(dir: &Path, app: &LineApp) -> Delivery {
         Limits::default(),
         Arc::default(),
     ));
-    let connections = Connections::new(
+    Delivery::open(&dir.join("progress"), app, Some(connections())).unwrap()
+}
+
+/// Node 9's app connections.
+fn connections() -> Connections {
+    Connections::new(
         (9, 1),
         Arc::new(Clients::default()),
-        Duration::from_millis(200),
-        Duration::from_secs(5),
-    );
-    Delivery::open(&dir.join("progress"), app, Some(connections)).unwrap()
+        TcpMode {
+            quiet: Duration::from_millis(200),
+            client_stall: Duration::from_secs(5),
+            held_for_clients: 1 << 20,
+        },
+    )
 }
 
 /// Event `event` of connection `conn` of origin 1 (incarnation 1), as command `id`.
@@ -126,4 +139,66 @@ async fn the_origin_restarting_closes_its_earlier_connections_for_good() {
     apply(&mut replica, 6, new, data("APPEND now\n")).await;
     assert_eq!(journal_of(&app, 1).await, ["now"]);
     assert_eq!(app.open(), 1);
+}
+
+/// Node 9's state machine in raw TCP mode, kept in `dir`, in front of `app`.
+async fn state_machine(dir: &Path, app: &LineApp, log: &mut LogStore) -> StateMachine {
+    let replica = Replica {
+        node_id: 9,
+        incarnation: 1,
+        app: Arc::new(App::new(
+            app.addr,
+            std::net::Ipv4Addr::LOCALHOST,
+            Duration::from_secs(5),
+            Limits::default(),
+            Arc::default(),
+        )),
+        hooks: None,
+        digest_bodies: false,
+        tcp: Some(connections()),
+    };
+    StateMachine::open(dir, replica, log).await.unwrap().0
+}
+
+/// Log entry `index`: event `event` of connection `conn` of origin 1 (incarnation 1).
+fn entry(index: u64, conn: u64, event: Event) -> Entry {
+    Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Batch {
+            id: (1, 1, index),
+            commands: vec![Command {
+                origin: 1,
+                incarnation: 1,
+                id: index,
+                payload: Chunk::new(conn, event).encode(),
+            }],
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_restarted_after_an_origin_restarted_still_ignores_its_earlier_connections() {
+    use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
+    let app = LineApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(&dir.path().join("log.redb"), 1 << 20).unwrap();
+    // Origin 1 opened connection 5, then restarted: its connections below 10 are gone.
+    let before = vec![entry(1, 5, Event::Open), entry(2, 10, Event::Lost)];
+    log.blocking_append(before.clone()).await.unwrap();
+    let mut machine = state_machine(dir.path(), &app, &mut log).await;
+    machine.apply(before).await.unwrap();
+    app.wait_open(0).await;
+    // This replica restarts; then a late event of connection 5 (a forward of the origin's
+    // earlier life, committed after its `Lost`) is applied, here as on the replicas that
+    // did not restart: ignored.
+    drop(machine);
+    let late = entry(3, 5, data("APPEND late\n"));
+    log.blocking_append([late.clone()]).await.unwrap();
+    let mut restarted = state_machine(dir.path(), &app, &mut log).await;
+    restarted
+        .apply([late, entry(4, 11, Event::Open)])
+        .await
+        .unwrap();
+    app.wait_open(1).await;
+    assert_eq!(app.journal(), Vec::<String>::new());
 }

@@ -9,13 +9,15 @@
 //!
 //! Once its `Open` is ordered, a connection always ends with an ordered `Close` (or, if this
 //! agent dies first, with the `Lost` its restart orders): the client closed, reset, or idled
-//! past the idle timeout, the app closed its side and the client then closed, or the agent is
-//! stopping.
+//! past the idle timeout, the app closed its side and the client then closed, the client was
+//! given up for not taking the app's bytes ([`crate::deliver::tcp`]), or the agent is stopping.
+//!
+//! The budget is taken only for bytes the client has sent: a connection waiting for its client
+//! holds none.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::BytesMut;
+use bytes::{BufMut as _, BytesMut};
 use tokio::{
-    io::AsyncReadExt,
     net::TcpStream,
     sync::{OwnedSemaphorePermit, Semaphore, watch},
     time::{Instant, sleep_until},
@@ -23,6 +25,7 @@ use tokio::{
 
 use super::Handler;
 use crate::{
+    deliver::tcp::End,
     order::{Node, SubmitError},
     tcp::{Chunk, Event},
 };
@@ -50,8 +53,7 @@ struct State {
     client_failed: bool,
     /// The half-close was ordered.
     shut: bool,
-    /// The app closed its side (and the client's was closed after it), or the client was
-    /// given up for not taking the app's bytes.
+    /// The app closed its side (and the client's was closed after it).
     app_done: bool,
 }
 
@@ -121,7 +123,13 @@ impl Handler for Tcp {
                         state.client_failed = true;
                     }
                 },
-                _ = &mut app_done, if !state.app_done => state.app_done = true,
+                end = &mut app_done, if !state.app_done => {
+                    state.app_done = true;
+                    if end == Ok(End::GivenUp) {
+                        tracing::debug!(%peer, "the client does not take the app's bytes; closing it");
+                        stopping = true;
+                    }
+                }
                 () = sleep_until(idle), if !stopping => {
                     tracing::debug!(%peer, "connection idle; closing it");
                     stopping = true;
@@ -150,8 +158,9 @@ impl Tcp {
     }
 }
 
-/// Reads at most `room` bytes from the client into `buf`, once the budget has room for them;
-/// returns how many, and the budget they hold (what was not read is given back).
+/// Reads at most `room` bytes from the client into `buf`, once the client has sent something
+/// and the budget has room for it; returns how many, and the budget they hold (what was not
+/// read is given back).
 async fn read_within(
     reader: &mut tokio::net::tcp::OwnedReadHalf,
     buf: &mut BytesMut,
@@ -159,16 +168,22 @@ async fn read_within(
     budget: &Arc<Semaphore>,
 ) -> std::io::Result<(usize, OwnedSemaphorePermit)> {
     let want = room.min(READ);
-    let mut permit = Arc::clone(budget)
-        .acquire_many_owned(want as u32)
-        .await
-        .map_err(std::io::Error::other)?;
-    buf.reserve(want);
-    let n = (&mut *reader).take(want as u64).read_buf(buf).await?;
-    if let Some(unused) = permit.split(want - n) {
-        drop(unused);
+    loop {
+        reader.readable().await?;
+        let mut permit = Arc::clone(budget)
+            .acquire_many_owned(want as u32)
+            .await
+            .map_err(std::io::Error::other)?;
+        buf.reserve(want);
+        match reader.try_read_buf(&mut (&mut *buf).limit(want)) {
+            Ok(n) => {
+                drop(permit.split(want - n));
+                return Ok((n, permit));
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(error) => return Err(error),
+        }
     }
-    Ok((n, permit))
 }
 
 /// Withdraws the client end from delivery when the connection is done, if its `Open` was not

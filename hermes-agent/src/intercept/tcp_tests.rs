@@ -19,10 +19,20 @@ use crate::{
 
 /// A one-node cluster in raw TCP mode in front of `app`, and where its clients connect.
 async fn tcp_node(app: &LineApp, dir: &std::path::Path) -> (Arc<Node>, SocketAddr) {
+    tcp_node_holding(app, dir, 64 << 20).await
+}
+
+/// [`tcp_node`], holding at most `held_for_clients` bytes of the app for slow clients.
+async fn tcp_node_holding(
+    app: &LineApp,
+    dir: &std::path::Path,
+    held_for_clients: u64,
+) -> (Arc<Node>, SocketAddr) {
     let node = single_node(app.addr, dir, |settings| {
         settings.tcp = Some(TcpMode {
             quiet: Duration::from_millis(200),
-            client_stall: Duration::from_secs(10),
+            client_stall: Duration::from_secs(30),
+            held_for_clients,
         });
     })
     .await;
@@ -70,7 +80,7 @@ async fn appended(node: &Node) -> Vec<String> {
         })
         .flat_map(|text| {
             text.lines()
-                .map(|line| line.strip_prefix("APPEND ").unwrap().to_owned())
+                .filter_map(|line| line.strip_prefix("APPEND ").map(str::to_owned))
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -235,4 +245,78 @@ async fn binary_data_of_several_mebibytes_arrives_intact_in_bounded_chunks() {
         chunks.iter().sum::<usize>(),
         size + format!("ECHO {size}\n").len()
     );
+}
+
+/// Waits until the app's journal holds `entry`, for a minute at most.
+async fn journal_holds(app: &LineApp, entry: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !app.journal().iter().any(|e| e == entry) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the journal never had {entry:?}: {:?}",
+            app.journal()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_does_not_read_yet_does_not_hold_its_app_back() {
+    let app = LineApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, addr) = tcp_node(&app, dir.path()).await;
+    // 32 MiB: more than the sockets between the app and the client buffer.
+    const SIZE: usize = 32 << 20;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(format!("BIG {SIZE}\n").as_bytes())
+        .await
+        .unwrap();
+    // The app finishes writing its answer while the client reads none of it: the origin reads
+    // the app as fast as the other replicas do, whatever its client's pace.
+    journal_holds(&app, "BIG sent").await;
+    // And the client, still connected, gets all of it.
+    let mut answer = vec![0u8; SIZE + 1];
+    client.read_exact(&mut answer).await.unwrap();
+    assert!(answer[..SIZE].iter().all(|b| *b == b'x') && answer[SIZE] == b'\n');
+    client.write_all(b"APPEND after\n").await.unwrap();
+    assert!(lines(&mut client, 1).await[0].starts_with("OK "));
+    assert_eq!(app.journal(), ["BIG sent", "after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_holding_more_than_the_budget_is_given_up_and_its_connection_closed() {
+    let app = LineApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, addr) = tcp_node_holding(&app, dir.path(), 1 << 20).await;
+    const SIZE: usize = 8 << 20;
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(format!("BIG {SIZE}\n").as_bytes())
+        .await
+        .unwrap();
+    journal_holds(&app, "BIG sent").await;
+    // Given up: the client's connection ends before all of the answer, and its `Close` is
+    // ordered, which closes the app's connection.
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match slow.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < SIZE, "the slow client got all {got} bytes");
+    app.wait_open(0).await;
+    assert!(
+        logged(&node)
+            .await
+            .iter()
+            .any(|chunk| chunk.event == Event::Close),
+        "no Close ordered"
+    );
+    // Others are served as before.
+    let mut other = TcpStream::connect(addr).await.unwrap();
+    other.write_all(b"APPEND next\n").await.unwrap();
+    assert!(lines(&mut other, 1).await[0].starts_with("OK "));
+    assert_eq!(app.journal(), ["BIG sent", "next"]);
 }

@@ -192,12 +192,13 @@ mod tests {
         names(&local, &[]).await;
         api.apply(pod("eeeee", "w1", true));
         names(&local, &["eeeee"]).await;
-        // The history is compacted and the watch breaks: resuming gets 410 Gone, the watcher
-        // lists again, and what changed meanwhile is seen.
+        // The history is compacted and the watch breaks: resuming (from a version from before
+        // the compaction, whatever the watcher had seen) gets 410 Gone, the watcher lists
+        // again, and what changed since is seen.
         api.compact();
+        api.break_watches();
         api.delete("ns", "eeeee");
         api.apply(pod("ffffff", "w1", true));
-        api.break_watches();
         names(&local, &["ffffff"]).await;
         let requests = api.requests();
         let lists = requests

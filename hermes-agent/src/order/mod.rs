@@ -128,6 +128,9 @@ pub struct TcpMode {
     pub quiet: Duration,
     /// How long a client may take to accept the app's bytes before it is given up.
     pub client_stall: Duration,
+    /// Bytes of the app's replies held, over all connections, for clients that have not taken
+    /// them yet; a client that would hold more is given up.
+    pub held_for_clients: u64,
 }
 
 /// When and how to snapshot the app's state.
@@ -282,8 +285,7 @@ impl Node {
             Connections::new(
                 (settings.node_id, identity.incarnation),
                 Arc::clone(&clients),
-                tcp.quiet,
-                tcp.client_stall,
+                tcp,
             )
         });
         let replica = Replica {

@@ -280,6 +280,9 @@ impl StateMachine {
         let progress = delivery.progress().clone();
         let applied = progress.applied.map_or(0, |id| id.index);
         delivery.set_dedup(rebuild_dedup(log, first, applied, progress.requests, older).await?);
+        if delivery.is_tcp() {
+            delivery.restore_lost(lost_connections(log, first, applied).await?);
+        }
         let shared = Arc::new(Applied {
             node_id,
             incarnation,
@@ -543,6 +546,36 @@ async fn rebuild_dedup(
         }
     }
     Ok(dedup)
+}
+
+/// Raw TCP mode: the `Lost` events of entries `first..=applied`, as connection keys (origin,
+/// incarnation, first id of the origin's new life). A replica that applied them before it
+/// restarted must still ignore the events of the connections they ended, as the others do. TCP
+/// mode takes no snapshots, so the log holds them all.
+async fn lost_connections(
+    log: &mut LogStore,
+    first: u64,
+    applied: u64,
+) -> Result<Vec<crate::deliver::tcp::ConnKey>, StorageError> {
+    let mut lost = Vec::new();
+    let mut start = first;
+    while start <= applied {
+        let end = applied.min(start.saturating_add(4095));
+        for entry in log.try_get_log_entries(start..end + 1).await? {
+            if let EntryPayload::Normal(batch) = &entry.payload {
+                for command in &batch.commands {
+                    if let Some(chunk) = crate::tcp::Chunk::decode(&command.payload)
+                        && chunk.event == crate::tcp::Event::Lost
+                    {
+                        let key = command.key();
+                        lost.push((key.0, key.1, chunk.conn));
+                    }
+                }
+            }
+        }
+        start = end + 1;
+    }
+    Ok(lost)
 }
 
 /// Replaces the file at `path` with `bytes`, durably (a crash leaves the old or the new file),
