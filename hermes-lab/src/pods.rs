@@ -256,16 +256,7 @@ impl Pod {
             "eth0",
         ])?;
         self.sandbox_id = random_hex(32)?;
-        let cgroup = self.cgroup(&self.sandbox_id.clone())?;
-        // `sh` puts itself in the cgroup, then becomes `nsenter`, which becomes `sleep`.
-        let mut command = Command::new("sh");
-        command.args([
-            "-c",
-            r#"echo $$ > "$1/cgroup.procs" && shift && exec nsenter "$@""#,
-            "sh",
-        ]);
-        command.arg(&cgroup);
-        command.arg(format!("--net={}", self.netns_path().display()));
+        let mut command = self.in_cgroup(&self.sandbox_id.clone())?;
         command.args(["sleep", "infinity"]);
         self.sandbox = Some(Process::spawn(
             format!("sandbox of pod {}", self.name),
@@ -314,10 +305,9 @@ impl Pod {
         }
     }
 
-    /// A command that runs `program args` as container `id` of the pod: in its cgroup, in the
-    /// pod's network namespace, in a mount namespace of its own where the volume is at
-    /// [`Self::mount`].
-    fn container(&mut self, id: &str, program: &Path, args: &[&str]) -> io::Result<Command> {
+    /// A command that runs what is appended to it in container `id`'s cgroup (made here) and the
+    /// pod's network namespace: `sh` puts itself in the cgroup, then becomes `nsenter`.
+    fn in_cgroup(&mut self, id: &str) -> io::Result<Command> {
         let cgroup = self.cgroup(id)?;
         let mut command = Command::new("sh");
         command.args([
@@ -327,6 +317,14 @@ impl Pod {
         ]);
         command.arg(&cgroup);
         command.arg(format!("--net={}", self.netns_path().display()));
+        Ok(command)
+    }
+
+    /// A command that runs `program args` as container `id` of the pod: in its cgroup, in the
+    /// pod's network namespace, in a mount namespace of its own where the volume is at
+    /// [`Self::mount`].
+    fn container(&mut self, id: &str, program: &Path, args: &[&str]) -> io::Result<Command> {
+        let mut command = self.in_cgroup(id)?;
         command.args(["unshare", "--mount", "--propagation", "private", "sh", "-c"]);
         command.arg(r#"mount --bind "$1" "$2" && shift 2 && exec "$@""#);
         command.arg("sh");
