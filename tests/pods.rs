@@ -154,8 +154,13 @@ fn a_group_of_pods_on_three_nodes_forms_one_raft_group_and_follows_its_pods() {
         Ok(_) => panic!("a terminating pod's port let a connection through"),
     }
     assert!(detached.exists(), "detached before the pod was gone");
-    pods[2].kill_app();
+    // Gone from the API while its app still runs (a forced deletion): the port stays closed
+    // until nothing is left in the pod's namespace.
     lab.api.delete(hermes_lab::pods::NAMESPACE, "app-2");
+    wait("app-2 gone from the agent's view", || {
+        lab.pod_status(3, "app-2").is_none().then_some(())
+    });
+    pods[2].kill_all();
     wait("app-2's steering detached", || {
         (!detached.exists()).then_some(())
     });
@@ -271,7 +276,8 @@ fn an_agent_restart_reconciles_without_an_open_window_and_state_stays_in_the_vol
     let gone_pins = pins(&gone);
     assert!(gone_pins.exists());
     lab.api.delete(hermes_lab::pods::NAMESPACE, "gone-0");
-    drop(gone);
+    // Its processes end; its namespace and pins stay until the agent detaches them.
+    gone.kill_all();
     std::thread::sleep(Duration::from_millis(500));
     lab.start_agent(1);
     for pod in [&echo, &log] {
@@ -289,6 +295,7 @@ fn an_agent_restart_reconciles_without_an_open_window_and_state_stays_in_the_vol
     wait("the deleted pod's steering detached", || {
         (!gone_pins.exists()).then_some(())
     });
+    drop(gone);
 
     // The member is the same (its identity came from the volume), and what it delivered
     // before is not delivered again.

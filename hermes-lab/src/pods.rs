@@ -379,6 +379,15 @@ impl Pod {
         self.finish_init();
     }
 
+    /// kill -9 of the app and the sandbox: nothing is left in the pod's namespace (which stays,
+    /// named, with the agent's pins for it).
+    pub fn kill_all(&mut self) {
+        self.kill_app();
+        if let Some(mut sandbox) = self.sandbox.take() {
+            let _ = sandbox.kill();
+        }
+    }
+
     /// The pod's sandbox dies and the kubelet makes a new one: a new network namespace with the
     /// same address, new containers (the app must be started again).
     pub fn recreate_sandbox(&mut self) -> io::Result<()> {

@@ -84,6 +84,21 @@ pub fn processes(proc: &Path, uid: &str) -> io::Result<Vec<PodProcess>> {
     Ok(found)
 }
 
+/// Whether a process under `proc` is in the network namespace with inode `netns`.
+pub fn netns_in_use(proc: &Path, netns: u64) -> io::Result<bool> {
+    for entry in std::fs::read_dir(proc)? {
+        let entry = entry?;
+        let pid = entry.file_name();
+        if pid.to_str().and_then(|n| n.parse::<u32>().ok()).is_none() {
+            continue;
+        }
+        if std::fs::metadata(entry.path().join("ns/net")).is_ok_and(|meta| meta.ino() == netns) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The one namespace among `processes` that holds the pod's IP, asked of a process in each
 /// with `holds`; returns a process in it.
 pub fn choose(
@@ -284,6 +299,24 @@ mod tests {
             let name = std::fs::read_to_string(proc.join(p.pid.to_string()).join("ns/net"))?;
             Ok(holding.contains(&name))
         }
+    }
+
+    #[test]
+    fn a_namespace_is_in_use_while_a_process_is_in_it() {
+        use std::os::unix::fs::MetadataExt as _;
+        let proc = fake_proc(&[
+            (1, "0::/init.scope\n".into(), "host"),
+            (50, "".into(), "pod"),
+        ]);
+        let inode = |name: &str| {
+            std::fs::metadata(proc.path().join("namespaces").join(name))
+                .unwrap()
+                .ino()
+        };
+        assert!(netns_in_use(proc.path(), inode("pod")).unwrap());
+        std::fs::remove_dir_all(proc.path().join("50")).unwrap();
+        assert!(!netns_in_use(proc.path(), inode("pod")).unwrap());
+        assert!(netns_in_use(proc.path(), inode("host")).unwrap());
     }
 
     #[test]

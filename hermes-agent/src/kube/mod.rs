@@ -309,9 +309,25 @@ impl Reconciler {
             self.client.clone(),
             namespace,
         );
+        let deleted = || match discover::netns_in_use(&self.context.args.proc, record.netns) {
+            // A pod deleted at once (`--force --grace-period=0`) leaves the API before its
+            // containers are gone: its port stays closed while they run.
+            Ok(true) => {
+                tracing::debug!(
+                    pod = record.pod,
+                    "the pod is deleted, but processes are still in its namespace: its port stays closed"
+                );
+                false
+            }
+            Ok(false) => true,
+            Err(error) => {
+                tracing::warn!(pod = record.pod, %error, "cannot read /proc; keeping the pod's port closed");
+                false
+            }
+        };
         match api.get_opt(name).await {
-            Ok(None) => true,
-            Ok(Some(pod)) if pod.metadata.uid.as_deref() != Some(record.uid.as_str()) => true,
+            Ok(None) => deleted(),
+            Ok(Some(pod)) if pod.metadata.uid.as_deref() != Some(record.uid.as_str()) => deleted(),
             Ok(Some(pod)) => {
                 let labelled = Protected::from_pod(&pod, &self.context.args.group_label).is_some();
                 let here = pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
