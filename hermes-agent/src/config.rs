@@ -359,7 +359,9 @@ pub struct Config {
     #[arg(long, env = "HERMES_APP_TIMEOUT", default_value = "60s", value_parser = parse_duration, help_heading = "Limits")]
     pub app_timeout: Duration,
 
-    /// Largest body of an app's answer (larger: the client gets 502).
+    /// Largest body of an app's answer (larger: the client gets 502). In TCP mode: the most of
+    /// the app's bytes held for one client that has not taken them yet (more: the client is
+    /// given up).
     #[arg(long, env = "HERMES_MAX_RESPONSE", default_value = "64MiB", value_parser = parse_size, help_heading = "Limits")]
     pub max_response: u64,
 
@@ -638,6 +640,7 @@ impl Config {
                 quiet: self.tcp_quiet,
                 client_stall: self.client_timeout,
                 held_for_clients: self.body_budget,
+                held_per_client: self.max_response,
             }),
         }))
     }

@@ -173,6 +173,13 @@ impl Delivery {
             // Delivered before a restart, which rebuilt the window only up to the previous
             // entry: remember it, so that a retry of it is recognised.
             self.dedup.insert(seq, key);
+            // So was a `Lost` of that entry, which the rebuild at start did not see either.
+            if let Some(connections) = &mut self.tcp
+                && let Some(chunk) = Chunk::decode(request)
+                && chunk.event == crate::tcp::Event::Lost
+            {
+                connections.restore_lost([(key.0, key.1, chunk.conn)]);
+            }
             return Ok(Outcome::Earlier);
         }
         if self.dedup.contains(&key) {

@@ -3,9 +3,9 @@
 //! write, shut down for writing, close.
 //!
 //! What comes back from the app is read as it comes, on every replica alike, whatever the
-//! client's pace: on the connection's origin it goes on to the client, with no work per byte,
-//! and what the client has not taken yet is held within a byte budget shared by all
-//! connections; elsewhere it is read and dropped. A client that lets its share grow past the
+//! client's pace: on the connection's origin it goes on to the client (copied once, and held
+//! within a byte budget shared by all connections until the client has taken it); elsewhere it
+//! is read and dropped. A client that lets its share grow past the
 //! budget, or takes nothing for a while, is given up: its connection is closed, and the
 //! interception orders its `Close`. (If the origin read the app only as fast as its client
 //! reads, the origin's app would process that connection's next commands later than the other
@@ -106,8 +106,10 @@ pub struct Connections {
     quiet: Duration,
     /// How long a client may take to accept the app's bytes before it is given up.
     client_stall: Duration,
-    /// Bytes of the app held for clients that have not taken them yet, over all connections.
+    /// Bytes of the app held for clients that have not taken them yet, over all connections,
+    /// and for one.
     held_for_clients: Arc<Semaphore>,
+    held_per_client: usize,
     open: HashMap<ConnKey, AppConn>,
     /// Per origin and incarnation: connections with ids below this went with an earlier life
     /// of the origin ([`Event::Lost`]).
@@ -180,6 +182,7 @@ impl Connections {
             quiet: mode.quiet,
             client_stall: mode.client_stall,
             held_for_clients: Arc::new(Semaphore::new(budget)),
+            held_per_client: usize::try_from(mode.held_per_client).unwrap_or(usize::MAX),
             open: HashMap::new(),
             lost_below: HashMap::new(),
             last: None,
@@ -321,8 +324,11 @@ impl Connections {
             reader,
             client,
             count,
-            self.client_stall,
-            Arc::clone(&self.held_for_clients),
+            Hold {
+                stall: self.client_stall,
+                budget: Arc::clone(&self.held_for_clients),
+                per_client: self.held_per_client,
+            },
         ));
         self.open.insert(
             conn,
@@ -381,62 +387,76 @@ impl Written {
     }
 }
 
+/// How much of the app's bytes a slow client may make its node hold, and for how long.
+struct Hold {
+    /// A client that takes nothing for this long is given up.
+    stall: Duration,
+    /// Bytes held over all connections.
+    budget: Arc<Semaphore>,
+    /// Bytes held for one.
+    per_client: usize,
+}
+
+thread_local! {
+    /// Where the app's bytes are read into: only while a read runs (it does not await).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; BUFFER]);
+}
+
 /// Reads what the app sends on a connection until it closes it, as it comes, counting the bytes
-/// in `count`, and passes them on to the client, if this node has it. What the client has not
-/// taken yet is held within `budget`; a client that would hold more, or takes nothing for
-/// `stall`, is given up (the bytes are read and dropped from then on). The client's side is
-/// closed after the app's, once it has everything.
+/// in `count` (dropped once the app has closed), and passes them on to the client, if this
+/// node has it. What the client has not taken yet is held within `hold`; a client that would
+/// hold more, or takes nothing for its stall time, is given up (the bytes are read and dropped
+/// from then on). The client's side is closed after the app's, once it has everything.
 async fn relay(
     app: OwnedReadHalf,
     mut client: Option<ClientEnd>,
     count: watch::Sender<u64>,
-    stall: Duration,
-    budget: Arc<Semaphore>,
+    hold: Hold,
 ) {
+    let mut count = Some(count);
     let mut pending = Pending::default();
-    let mut app_open = true;
     let mut total = 0u64;
     let mut progress = Instant::now();
-    let give_up = |client: &mut Option<ClientEnd>, pending: &mut Pending, why: &str| {
-        tracing::info!(why, "giving a client up: its connection is closed");
-        if let Some(end) = client.take() {
-            let _ = end.ended.send(End::GivenUp);
-        }
-        *pending = Pending::default();
-    };
     loop {
         let sending = client.is_some() && !pending.chunks.is_empty();
-        if !app_open && !sending {
+        if count.is_none() && !sending {
             break;
         }
         tokio::select! {
-            ready = app.readable(), if app_open => {
+            ready = app.readable(), if count.is_some() => {
                 if ready.is_err() {
-                    app_open = false;
+                    count = None;
                     continue;
                 }
-                // Taken only once the app has something: an idle connection holds no buffer.
-                let mut buf = vec![0u8; BUFFER];
-                match app.try_read(&mut buf) {
-                    Ok(0) => app_open = false,
-                    Ok(n) => {
+                let keep = client.is_some();
+                let read = SCRATCH.with_borrow_mut(|buf| {
+                    app.try_read(buf)
+                        .map(|n| (n, keep.then(|| Bytes::copy_from_slice(&buf[..n]))))
+                });
+                match read {
+                    Ok((0, _)) => count = None,
+                    Ok((n, bytes)) => {
                         total += n as u64;
-                        count.send_replace(total);
-                        if client.is_some() {
-                            match Arc::clone(&budget).try_acquire_many_owned(n as u32) {
-                                Ok(permit) => {
-                                    if pending.chunks.is_empty() {
-                                        progress = Instant::now();
-                                    }
-                                    buf.truncate(n);
-                                    pending.push(Bytes::from(buf), permit);
+                        if let Some(count) = &count {
+                            count.send_replace(total);
+                        }
+                        let Some(bytes) = bytes else { continue };
+                        if pending.bytes + n > hold.per_client {
+                            give_up(&mut client, &mut pending, "it holds more of the app's bytes than --max-response");
+                            continue;
+                        }
+                        match Arc::clone(&hold.budget).try_acquire_many_owned(n as u32) {
+                            Ok(permit) => {
+                                if pending.chunks.is_empty() {
+                                    progress = Instant::now();
                                 }
-                                Err(_) => give_up(&mut client, &mut pending, "it holds more of the app's bytes than the budget allows"),
+                                pending.push(bytes, permit);
                             }
+                            Err(_) => give_up(&mut client, &mut pending, "the node holds as much of the apps' bytes for clients as --body-budget allows"),
                         }
                     }
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => app_open = false,
+                    Err(_) => count = None,
                 }
             }
             written = write_some(&mut client, &pending), if sending => match written {
@@ -446,7 +466,7 @@ async fn relay(
                 }
                 Err(_) => give_up(&mut client, &mut pending, "its connection failed"),
             },
-            () = sleep_until(progress.checked_add(stall).unwrap_or(progress)), if sending => {
+            () = sleep_until(progress.checked_add(hold.stall).unwrap_or(progress)), if sending => {
                 give_up(&mut client, &mut pending, "it takes none of the app's bytes");
             }
         }
@@ -455,6 +475,26 @@ async fn relay(
         let _ = end.writer.shutdown().await;
         let _ = end.ended.send(End::AppClosed);
     }
+}
+
+/// Gives the client up: its connection is reset (not closed: what it got is not all there
+/// was), and its interception told to order the `Close`.
+fn give_up(client: &mut Option<ClientEnd>, pending: &mut Pending, why: &str) {
+    tracing::info!(why, "giving a client up: its connection is reset");
+    if let Some(end) = client.take() {
+        let _ = nix::sys::socket::setsockopt(
+            end.writer.as_ref(),
+            nix::sys::socket::sockopt::Linger,
+            &nix::libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
+        );
+        // No FIN now: the reset comes when the interception drops the reading half.
+        end.writer.forget();
+        let _ = end.ended.send(End::GivenUp);
+    }
+    *pending = Pending::default();
 }
 
 /// Writes what it can of the first pending chunk to the client (cancel safe: a write that did
@@ -473,11 +513,13 @@ async fn write_some(client: &mut Option<ClientEnd>, pending: &Pending) -> std::i
 #[derive(Default)]
 struct Pending {
     chunks: VecDeque<Bytes>,
+    bytes: usize,
     held: Option<OwnedSemaphorePermit>,
 }
 
 impl Pending {
     fn push(&mut self, chunk: Bytes, permit: OwnedSemaphorePermit) {
+        self.bytes += chunk.len();
         self.chunks.push_back(chunk);
         match &mut self.held {
             Some(held) => held.merge(permit),
@@ -491,6 +533,7 @@ impl Pending {
             return;
         };
         front.advance(n);
+        self.bytes -= n;
         if front.is_empty() {
             self.chunks.pop_front();
         }

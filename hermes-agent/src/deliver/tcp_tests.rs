@@ -44,6 +44,7 @@ fn connections() -> Connections {
             quiet: Duration::from_millis(200),
             client_stall: Duration::from_secs(5),
             held_for_clients: 1 << 20,
+            held_per_client: 1 << 20,
         },
     )
 }
@@ -201,4 +202,27 @@ async fn a_replica_restarted_after_an_origin_restarted_still_ignores_its_earlier
         .unwrap();
     app.wait_open(1).await;
     assert_eq!(app.journal(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_delivered_just_before_a_crash_still_counts_after_it() {
+    let app = LineApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = delivery(dir.path(), &app);
+    apply(&mut replica, 1, 5, Event::Open).await;
+    app.wait_open(1).await;
+    // Origin 1 restarted; this replica applies its `Lost`, then dies before the entry holding
+    // it is finished: the log scan at start does not see it.
+    apply(&mut replica, 2, 10, Event::Lost).await;
+    drop(replica);
+    app.wait_open(0).await;
+    let mut restarted = delivery(dir.path(), &app);
+    let outcome = apply(&mut restarted, 2, 10, Event::Lost).await;
+    assert!(matches!(outcome, Outcome::Earlier), "{outcome:?}");
+    // A late event of connection 5 is ignored, as on every other replica.
+    apply(&mut restarted, 3, 5, data("APPEND late\n")).await;
+    apply(&mut restarted, 4, 11, Event::Open).await;
+    apply(&mut restarted, 5, 11, data("APPEND now\n")).await;
+    assert_eq!(journal_of(&app, 1).await, ["now"]);
+    assert_eq!(app.open(), 1);
 }

@@ -22,17 +22,18 @@ async fn tcp_node(app: &LineApp, dir: &std::path::Path) -> (Arc<Node>, SocketAdd
     tcp_node_holding(app, dir, 64 << 20).await
 }
 
-/// [`tcp_node`], holding at most `held_for_clients` bytes of the app for slow clients.
+/// [`tcp_node`], holding at most `held_per_client` bytes of the app for one slow client.
 async fn tcp_node_holding(
     app: &LineApp,
     dir: &std::path::Path,
-    held_for_clients: u64,
+    held_per_client: u64,
 ) -> (Arc<Node>, SocketAddr) {
     let node = single_node(app.addr, dir, |settings| {
         settings.tcp = Some(TcpMode {
             quiet: Duration::from_millis(200),
             client_stall: Duration::from_secs(30),
-            held_for_clients,
+            held_for_clients: 64 << 20,
+            held_per_client,
         });
     })
     .await;
@@ -295,16 +296,18 @@ async fn a_client_holding_more_than_the_budget_is_given_up_and_its_connection_cl
         .await
         .unwrap();
     journal_holds(&app, "BIG sent").await;
-    // Given up: the client's connection ends before all of the answer, and its `Close` is
-    // ordered, which closes the app's connection.
+    // Given up: the client's connection is reset (not closed: it must not take what it got
+    // for all of the answer), and its `Close` is ordered, which closes the app's connection.
     let mut got = 0;
     let mut buf = vec![0u8; 1 << 16];
-    loop {
+    let ended = loop {
         match slow.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break Ok(()),
             Ok(n) => got += n,
+            Err(error) => break Err(error.kind()),
         }
-    }
+    };
+    assert_eq!(ended, Err(std::io::ErrorKind::ConnectionReset));
     assert!(got < SIZE, "the slow client got all {got} bytes");
     app.wait_open(0).await;
     assert!(

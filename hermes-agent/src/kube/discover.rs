@@ -84,19 +84,10 @@ pub fn processes(proc: &Path, uid: &str) -> io::Result<Vec<PodProcess>> {
     Ok(found)
 }
 
-/// Whether a process under `proc` is in the network namespace with inode `netns`.
-pub fn netns_in_use(proc: &Path, netns: u64) -> io::Result<bool> {
-    for entry in std::fs::read_dir(proc)? {
-        let entry = entry?;
-        let pid = entry.file_name();
-        if pid.to_str().and_then(|n| n.parse::<u32>().ok()).is_none() {
-            continue;
-        }
-        if std::fs::metadata(entry.path().join("ns/net")).is_ok_and(|meta| meta.ino() == netns) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+/// Whether a process under `proc` of pod `uid` is still in the network namespace with inode
+/// `netns` (the pod's own: once it is gone, its inode may be another namespace's).
+pub fn netns_in_use(proc: &Path, uid: &str, netns: u64) -> io::Result<bool> {
+    Ok(processes(proc, uid)?.iter().any(|p| p.netns == netns))
 }
 
 /// The one namespace among `processes` that holds the pod's IP, asked of a process in each
@@ -302,21 +293,24 @@ mod tests {
     }
 
     #[test]
-    fn a_namespace_is_in_use_while_a_process_is_in_it() {
+    fn a_namespace_is_in_use_while_a_process_of_the_pod_is_in_it() {
         use std::os::unix::fs::MetadataExt as _;
+        let pod = format!("0::/kubepods/besteffort/pod{UID}/app\n");
         let proc = fake_proc(&[
             (1, "0::/init.scope\n".into(), "host"),
-            (50, "".into(), "pod"),
+            (50, pod, "pod"),
+            // Another pod's process, in a namespace that got the same inode.
+            (60, "0::/kubepods/besteffort/podother/x\n".into(), "pod"),
         ]);
         let inode = |name: &str| {
             std::fs::metadata(proc.path().join("namespaces").join(name))
                 .unwrap()
                 .ino()
         };
-        assert!(netns_in_use(proc.path(), inode("pod")).unwrap());
+        assert!(netns_in_use(proc.path(), UID, inode("pod")).unwrap());
+        assert!(!netns_in_use(proc.path(), UID, inode("host")).unwrap());
         std::fs::remove_dir_all(proc.path().join("50")).unwrap();
-        assert!(!netns_in_use(proc.path(), inode("pod")).unwrap());
-        assert!(netns_in_use(proc.path(), inode("host")).unwrap());
+        assert!(!netns_in_use(proc.path(), UID, inode("pod")).unwrap());
     }
 
     #[test]

@@ -309,7 +309,8 @@ impl Reconciler {
             self.client.clone(),
             namespace,
         );
-        let deleted = || match discover::netns_in_use(&self.context.args.proc, record.netns) {
+        let proc = &self.context.args.proc;
+        let deleted = || match discover::netns_in_use(proc, &record.uid, record.netns) {
             // A pod deleted at once (`--force --grace-period=0`) leaves the API before its
             // containers are gone: its port stays closed while they run.
             Ok(true) => {

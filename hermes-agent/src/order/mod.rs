@@ -131,6 +131,8 @@ pub struct TcpMode {
     /// Bytes of the app's replies held, over all connections, for clients that have not taken
     /// them yet; a client that would hold more is given up.
     pub held_for_clients: u64,
+    /// The same, for one client.
+    pub held_per_client: u64,
 }
 
 /// When and how to snapshot the app's state.

@@ -560,7 +560,8 @@ async fn lost_connections(
     let mut lost = Vec::new();
     let mut start = first;
     while start <= applied {
-        let end = applied.min(start.saturating_add(4095));
+        // A few entries at a time: an entry may hold many chunks.
+        let end = applied.min(start.saturating_add(63));
         for entry in log.try_get_log_entries(start..end + 1).await? {
             if let EntryPayload::Normal(batch) = &entry.payload {
                 for command in &batch.commands {
