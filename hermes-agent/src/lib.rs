@@ -51,11 +51,10 @@ pub enum Error {
 
 /// Runs an agent in the current network namespace until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let telemetry = Arc::new(telemetry::Telemetry::default());
-    let mut settings = config.settings()?;
-    if let Some(settings) = &mut settings {
-        settings.telemetry = Arc::clone(&telemetry);
-    }
+    let settings = config.settings()?;
+    let telemetry = settings
+        .as_ref()
+        .map_or_else(Arc::default, |settings| Arc::clone(&settings.telemetry));
     let listeners = steer::Listeners::bind().map_err(Error::Listen)?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin)
         .await
@@ -88,6 +87,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(Error::Listen)
 }
 
+/// A budget of `bytes` bytes, one permit each (at most what a semaphore holds).
+pub fn byte_budget(bytes: u64) -> Arc<tokio::sync::Semaphore> {
+    let permits = usize::try_from(bytes)
+        .unwrap_or(usize::MAX)
+        .min(tokio::sync::Semaphore::MAX_PERMITS);
+    Arc::new(tokio::sync::Semaphore::new(permits))
+}
+
 /// Serves the steered clients, until `shutdown`, as `config` says: their requests (or TCP
 /// connection events) ordered by `node`, or relayed to the app unordered if there is none
 /// (`--passthrough`). Then stops `node`, letting the delivery in flight finish.
@@ -99,11 +106,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let max_connections = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
     // Bytes of client requests (or of TCP chunks) held at once, until ordered.
-    let budget = Arc::new(tokio::sync::Semaphore::new(
-        usize::try_from(config.body_budget)
-            .unwrap_or(usize::MAX)
-            .min(tokio::sync::Semaphore::MAX_PERMITS),
-    ));
+    let budget = byte_budget(config.body_budget);
     let served = match node {
         None => {
             let handler = intercept::passthrough::Passthrough {

@@ -27,6 +27,19 @@ pub enum Event {
     Lost,
 }
 
+impl Event {
+    /// Its name, as the metrics count it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Data(_) => "data",
+            Self::Shutdown => "shutdown",
+            Self::Close => "close",
+            Self::Lost => "lost",
+        }
+    }
+}
+
 /// An event of connection `conn` (for [`Event::Lost`]: the first id of the origin's new life).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunk {

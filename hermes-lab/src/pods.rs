@@ -119,7 +119,6 @@ pub struct Pod {
     /// Labels and annotations of its object (the group label, the port, ...).
     pub labels: Value,
     pub annotations: Value,
-    lab_index: u8,
     node_netns: String,
     link: String,
     sandbox_id: String,
@@ -174,7 +173,6 @@ impl Pod {
             driver,
             labels: json!({}),
             annotations: json!({}),
-            lab_index: lab.index,
             node_netns: lab_node.netns.clone(),
             link: format!("hp{}x{node}x{slot}", lab.index),
             sandbox_id: String::new(),
@@ -256,7 +254,7 @@ impl Pod {
             "eth0",
         ])?;
         self.sandbox_id = random_hex(32)?;
-        let mut command = self.in_cgroup(&self.sandbox_id.clone())?;
+        let mut command = self.in_cgroup(&self.sandbox_id.clone(), &self.netns_path())?;
         command.args(["sleep", "infinity"]);
         self.sandbox = Some(Process::spawn(
             format!("sandbox of pod {}", self.name),
@@ -306,8 +304,8 @@ impl Pod {
     }
 
     /// A command that runs what is appended to it in container `id`'s cgroup (made here) and the
-    /// pod's network namespace: `sh` puts itself in the cgroup, then becomes `nsenter`.
-    fn in_cgroup(&mut self, id: &str) -> io::Result<Command> {
+    /// network namespace `netns` (a file): `sh` puts itself in the cgroup, then becomes `nsenter`.
+    fn in_cgroup(&mut self, id: &str, netns: &Path) -> io::Result<Command> {
         let cgroup = self.cgroup(id)?;
         let mut command = Command::new("sh");
         command.args([
@@ -316,7 +314,7 @@ impl Pod {
             "sh",
         ]);
         command.arg(&cgroup);
-        command.arg(format!("--net={}", self.netns_path().display()));
+        command.arg(format!("--net={}", netns.display()));
         Ok(command)
     }
 
@@ -324,7 +322,7 @@ impl Pod {
     /// pod's network namespace, in a mount namespace of its own where the volume is at
     /// [`Self::mount`].
     fn container(&mut self, id: &str, program: &Path, args: &[&str]) -> io::Result<Command> {
-        let mut command = self.in_cgroup(id)?;
+        let mut command = self.in_cgroup(id, &self.netns_path())?;
         command.args(["unshare", "--mount", "--propagation", "private", "sh", "-c"]);
         command.arg(r#"mount --bind "$1" "$2" && shift 2 && exec "$@""#);
         command.arg("sh");
@@ -351,24 +349,12 @@ impl Pod {
     /// network namespace `netns` (a file), not the pod's. It lives as long as the pod.
     pub fn impostor(&mut self, netns: &Path) -> io::Result<u32> {
         let id = random_hex(32)?;
-        let cgroup = self.cgroup(&id)?;
-        let mut command = Command::new("sh");
-        command.args([
-            "-c",
-            r#"echo $$ > "$1/cgroup.procs" && shift && exec nsenter "$@""#,
-            "sh",
-        ]);
-        command.arg(&cgroup);
-        command.arg(format!("--net={}", netns.display()));
+        let mut command = self.in_cgroup(&id, netns)?;
         command.args(["sleep", "infinity"]);
         let impostor = Process::spawn(format!("impostor of pod {}", self.name), command)?;
         let pid = impostor.pid();
         self.impostors.push(impostor);
         Ok(pid)
-    }
-
-    pub fn app(&self) -> Option<&Process> {
-        self.app.as_ref()
     }
 
     /// kill -9 of the app.
@@ -391,10 +377,7 @@ impl Pod {
     /// The pod's sandbox dies and the kubelet makes a new one: a new network namespace with the
     /// same address, new containers (the app must be started again).
     pub fn recreate_sandbox(&mut self) -> io::Result<()> {
-        self.kill_app();
-        if let Some(mut sandbox) = self.sandbox.take() {
-            let _ = sandbox.kill();
-        }
+        self.kill_all();
         // As the CNI plugin does: the link goes with the sandbox, even while someone (the
         // agent) still holds the old namespace open.
         ip(&["-n", &self.node_netns, "link", "del", &self.link])?;
@@ -446,21 +429,13 @@ impl Pod {
                 .expect("thread inside the pod panicked")
         })
     }
-
-    /// The lab index the pod belongs to.
-    pub fn lab(&self) -> u8 {
-        self.lab_index
-    }
 }
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        self.kill_app();
+        self.kill_all();
         for mut impostor in self.impostors.drain(..) {
             let _ = impostor.kill();
-        }
-        if let Some(mut sandbox) = self.sandbox.take() {
-            let _ = sandbox.kill();
         }
         // The agents' pins for the pod's namespace go with it (they are named by its inode).
         if let Ok(meta) = std::fs::metadata(self.netns_path()) {

@@ -141,16 +141,9 @@ impl Delivery {
         self.dedup = dedup;
     }
 
-    /// Raw TCP mode: restores the `Lost` events applied before this start ([`tcp::Connections`]).
-    pub fn restore_lost(&mut self, lost: Vec<tcp::ConnKey>) {
-        if let Some(connections) = &mut self.tcp {
-            connections.restore_lost(lost);
-        }
-    }
-
-    /// Whether this is raw TCP mode.
-    pub fn is_tcp(&self) -> bool {
-        self.tcp.is_some()
+    /// Raw TCP mode's app connections; `None` in HTTP mode.
+    pub fn tcp_mut(&mut self) -> Option<&mut tcp::Connections> {
+        self.tcp.as_mut()
     }
 
     /// The duplicate window, for a snapshot.
@@ -175,10 +168,9 @@ impl Delivery {
             self.dedup.insert(seq, key);
             // So was a `Lost` of that entry, which the rebuild at start did not see either.
             if let Some(connections) = &mut self.tcp
-                && let Some(chunk) = Chunk::decode(request)
-                && chunk.event == crate::tcp::Event::Lost
+                && let Some(lost) = tcp::lost(key, request)
             {
-                connections.restore_lost([(key.0, key.1, chunk.conn)]);
+                connections.restore_lost([lost]);
             }
             return Ok(Outcome::Earlier);
         }

@@ -51,6 +51,14 @@ const LINGER: Duration = Duration::from_secs(5);
 /// A connection, unique in the cluster: (origin, its incarnation, the origin's connection id).
 pub type ConnKey = (NodeId, u64, u64);
 
+/// The connection key of command `payload`, ordered as `key`, if it is a `Lost` event: its
+/// origin's connections below it went with the origin's earlier life.
+pub fn lost(key: crate::order::typ::RequestKey, payload: &Bytes) -> Option<ConnKey> {
+    crate::tcp::Chunk::decode(payload)
+        .filter(|chunk| chunk.event == Event::Lost)
+        .map(|chunk| (key.0, key.1, chunk.conn))
+}
+
 /// The client ends of this node's connections, waiting for their `Open` to be applied here.
 #[derive(Debug, Default)]
 pub struct Clients {
@@ -104,12 +112,8 @@ pub struct Connections {
     clients: Arc<Clients>,
     /// After a chunk, how long another connection's event waits at most for the reply.
     quiet: Duration,
-    /// How long a client may take to accept the app's bytes before it is given up.
-    client_stall: Duration,
-    /// Bytes of the app held for clients that have not taken them yet, over all connections,
-    /// and for one.
-    held_for_clients: Arc<Semaphore>,
-    held_per_client: usize,
+    /// What slow clients may make this node hold.
+    hold: Hold,
     open: HashMap<ConnKey, AppConn>,
     /// Per origin and incarnation: connections with ids below this went with an earlier life
     /// of the origin ([`Event::Lost`]).
@@ -173,16 +177,15 @@ pub enum Applied {
 
 impl Connections {
     pub fn new(me: (NodeId, u64), clients: Arc<Clients>, mode: crate::order::TcpMode) -> Self {
-        let budget = usize::try_from(mode.held_for_clients)
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
         Self {
             me,
             clients,
             quiet: mode.quiet,
-            client_stall: mode.client_stall,
-            held_for_clients: Arc::new(Semaphore::new(budget)),
-            held_per_client: usize::try_from(mode.held_per_client).unwrap_or(usize::MAX),
+            hold: Hold {
+                stall: mode.client_stall,
+                budget: crate::byte_budget(mode.held_for_clients),
+                per_client: usize::try_from(mode.held_per_client).unwrap_or(usize::MAX),
+            },
             open: HashMap::new(),
             lost_below: HashMap::new(),
             last: None,
@@ -199,13 +202,7 @@ impl Connections {
         event: Event,
         writing: impl FnOnce() -> std::io::Result<()>,
     ) -> std::io::Result<Applied> {
-        let kind = match &event {
-            Event::Open => "open",
-            Event::Data(_) => "data",
-            Event::Shutdown => "shutdown",
-            Event::Close => "close",
-            Event::Lost => "lost",
-        };
+        let kind = event.kind();
         let applied = self.apply_event(app, conn, event, writing).await?;
         let kind = match applied {
             Applied::Done => kind,
@@ -320,16 +317,7 @@ impl Connections {
         let client = (conn.0, conn.1) == self.me;
         let client = client.then(|| self.clients.take(conn.2)).flatten();
         let (count, received) = watch::channel(0);
-        let relay = tokio::spawn(relay(
-            reader,
-            client,
-            count,
-            Hold {
-                stall: self.client_stall,
-                budget: Arc::clone(&self.held_for_clients),
-                per_client: self.held_per_client,
-            },
-        ));
+        let relay = tokio::spawn(relay(reader, client, count, self.hold.clone()));
         self.open.insert(
             conn,
             AppConn {
@@ -388,6 +376,7 @@ impl Written {
 }
 
 /// How much of the app's bytes a slow client may make its node hold, and for how long.
+#[derive(Clone)]
 struct Hold {
     /// A client that takes nothing for this long is given up.
     stall: Duration,

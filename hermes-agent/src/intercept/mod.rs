@@ -10,6 +10,21 @@ mod tcp_tests;
 #[cfg(test)]
 mod tests;
 
+/// Serves `handler` on loopback until the test ends; returns where clients connect.
+#[cfg(test)]
+fn serve_in_test(handler: impl Handler) -> SocketAddr {
+    let listeners = Listeners::bind().unwrap();
+    let addr = listeners.v4.local_addr().unwrap();
+    tokio::spawn(serve(
+        listeners,
+        handler,
+        std::future::pending(),
+        Duration::from_secs(1),
+        1000,
+    ));
+    addr
+}
+
 use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{

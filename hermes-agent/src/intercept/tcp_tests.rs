@@ -12,7 +12,6 @@ use tokio::{
 use super::tcp::{MAX_CHUNK, Tcp};
 use crate::{
     order::{Node, TcpMode, typ::EntryPayload},
-    steer::Listeners,
     tcp::{Chunk, Event},
     testing::{LineApp, single_node},
 };
@@ -37,21 +36,12 @@ async fn tcp_node_holding(
         });
     })
     .await;
-    let listeners = Listeners::bind().unwrap();
-    let addr = listeners.v4.local_addr().unwrap();
     let handler = Tcp {
         node: Arc::clone(&node),
         idle_timeout: Duration::from_secs(60),
         budget: Arc::new(Semaphore::new(4 * MAX_CHUNK)),
     };
-    tokio::spawn(super::serve(
-        listeners,
-        handler,
-        std::future::pending(),
-        Duration::from_secs(1),
-        1000,
-    ));
-    (node, addr)
+    (node, super::serve_in_test(handler))
 }
 
 /// The events in the node's log, in log order, with their origin's connection id.

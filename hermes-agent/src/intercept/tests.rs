@@ -16,15 +16,12 @@ use crate::{
         response::{self, ReadError},
     },
     order::{Node, read::ReadMode},
-    steer::Listeners,
     testing::{Act, FakeApp, OK, single_node},
 };
 
 /// Serves steered-like connections on loopback with an HTTP handler for `node`; where clients
 /// connect, and the node's budget of body bytes.
 fn intercept(node: Arc<Node>, max_body: u64, budget: usize) -> (SocketAddr, Arc<Semaphore>) {
-    let listeners = Listeners::bind().unwrap();
-    let addr = listeners.v4.local_addr().unwrap();
     let budget = Arc::new(Semaphore::new(budget));
     let handler = Http {
         node,
@@ -42,14 +39,7 @@ fn intercept(node: Arc<Node>, max_body: u64, budget: usize) -> (SocketAddr, Arc<
         },
         budget: Arc::clone(&budget),
     };
-    tokio::spawn(super::serve(
-        listeners,
-        handler,
-        std::future::pending(),
-        Duration::from_secs(1),
-        1000,
-    ));
-    (addr, budget)
+    (super::serve_in_test(handler), budget)
 }
 
 fn post(body: &str) -> String {

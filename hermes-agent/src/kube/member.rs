@@ -24,7 +24,6 @@ use crate::{
     config::{Cli, Config, Invocation},
     order::{Node, Placement, identity::Identity},
     steer,
-    telemetry::Telemetry,
 };
 
 /// Ids of members made by pod mode are drawn at random below this (safe in JSON numbers).
@@ -221,8 +220,7 @@ async fn start(
         .settings()
         .map_err(|e| MemberError::Settings(e.to_string()))?
         .ok_or_else(|| MemberError::Settings("pod mode replicates: not --passthrough".into()))?;
-    let telemetry = Arc::new(Telemetry::default());
-    settings.telemetry = Arc::clone(&telemetry);
+    let telemetry = Arc::clone(&settings.telemetry);
     settings.placement = Placement {
         netns: Some(netns.clone()),
         resolve: Some(context.directory.resolver()),

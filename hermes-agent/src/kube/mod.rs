@@ -208,7 +208,6 @@ struct Reconciler {
 
 impl Reconciler {
     async fn reconcile(&mut self, pods: &Pods) {
-        let mut states: BTreeMap<String, String> = BTreeMap::new();
         // Members whose pod is gone, being deleted, changed, or moved to a new namespace stop.
         let uids: Vec<String> = self.members.keys().cloned().collect();
         for uid in uids {
@@ -241,7 +240,7 @@ impl Reconciler {
             }
         }
         // What the admin API shows lets go of the stopped members.
-        self.show(pods, states.clone());
+        self.show(pods, BTreeMap::new());
         // The steering of pods that are gone, and of namespaces no member serves any more, goes.
         match self.context.records.all() {
             Ok(records) => {
@@ -261,7 +260,8 @@ impl Reconciler {
             }
             Err(error) => tracing::error!(%error, "cannot read the pod records"),
         }
-        // Pods without a member get one once they are found.
+        // Pods without a member get one once they are found; why the others wait.
+        let mut states: BTreeMap<String, String> = BTreeMap::new();
         for (uid, pod) in pods {
             let pod = match pod {
                 Err((key, error)) => {

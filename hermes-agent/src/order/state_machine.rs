@@ -124,7 +124,9 @@ impl Applied {
 
     /// Waits while this replica is fenced.
     async fn unfenced(&self) {
-        let _ = self.fenced.subscribe().wait_for(|fenced| !*fenced).await;
+        if *self.fenced.borrow() {
+            let _ = self.fenced.subscribe().wait_for(|fenced| !*fenced).await;
+        }
     }
 
     /// Takes note of what became of request `seq`.
@@ -280,8 +282,8 @@ impl StateMachine {
         let progress = delivery.progress().clone();
         let applied = progress.applied.map_or(0, |id| id.index);
         delivery.set_dedup(rebuild_dedup(log, first, applied, progress.requests, older).await?);
-        if delivery.is_tcp() {
-            delivery.restore_lost(lost_connections(log, first, applied).await?);
+        if let Some(connections) = delivery.tcp_mut() {
+            connections.restore_lost(lost_connections(log, first, applied).await?);
         }
         let shared = Arc::new(Applied {
             node_id,
@@ -564,14 +566,9 @@ async fn lost_connections(
         let end = applied.min(start.saturating_add(63));
         for entry in log.try_get_log_entries(start..end + 1).await? {
             if let EntryPayload::Normal(batch) = &entry.payload {
-                for command in &batch.commands {
-                    if let Some(chunk) = crate::tcp::Chunk::decode(&command.payload)
-                        && chunk.event == crate::tcp::Event::Lost
-                    {
-                        let key = command.key();
-                        lost.push((key.0, key.1, chunk.conn));
-                    }
-                }
+                lost.extend(batch.commands.iter().filter_map(|command| {
+                    crate::deliver::tcp::lost(command.key(), &command.payload)
+                }));
             }
         }
         start = end + 1;
