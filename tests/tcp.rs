@@ -125,6 +125,9 @@ fn redis_replicas_stay_identical_whatever_the_interleaving_of_clients_on_every_n
 
     let digests = digests(&cluster);
     assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+    // Hermes' own comparison agrees: every replica digested what Redis sent on each of the 12
+    // connections alike, and compared it with the others without an alarm.
+    no_divergence(&cluster, 12);
     let lists: Vec<Vec<String>> = (1..=3).map(|id| list(&cluster, id, "list")).collect();
     assert!(lists.iter().all(|l| *l == lists[0]), "the lists differ");
     let mut counts: HashMap<&str, usize> = HashMap::new();
@@ -203,6 +206,37 @@ fn half_close_the_server_closing_first_and_many_short_connections() {
     let digests = digests(&cluster);
     assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
     all_connections_closed(&cluster);
+}
+
+/// Waits until every node has digests of what its server sent on at least `connections`
+/// connections, and has compared them with the other nodes': they are the same everywhere, and
+/// no node reports a divergence.
+fn no_divergence(cluster: &Cluster, connections: usize) {
+    let kept: Vec<Vec<(u64, u64)>> = wait_until("every node to digest the connections", || {
+        let kept: Vec<Vec<(u64, u64)>> = (1..=cluster.nodes())
+            .map(|id| serde_json::from_slice(&cluster.admin(id, "/digests?from=1")?.body).ok())
+            .collect::<Option<_>>()?;
+        kept.iter().all(|k| k.len() >= connections).then_some(kept)
+    })
+    .unwrap();
+    assert!(kept.iter().all(|k| *k == kept[0]), "{kept:?}");
+    compared_without_alarm(cluster);
+}
+
+/// Waits until every node has compared all the digests it has with the other nodes', and
+/// checks that none found a divergence.
+fn compared_without_alarm(cluster: &Cluster) {
+    for id in 1..=cluster.nodes() {
+        let kept: Vec<(u64, u64)> =
+            serde_json::from_slice(&cluster.admin(id, "/digests?from=1").unwrap().body).unwrap();
+        let last = kept.last().map_or(0, |(seq, _)| *seq);
+        let status = wait_until(&format!("node {id} to compare its digests"), || {
+            let status = cluster.status(id)?;
+            (status["compared_up_to"].as_u64()? >= last).then_some(status)
+        })
+        .unwrap();
+        assert!(status["divergence"].is_null(), "node {id}: {status}");
+    }
 }
 
 /// Waits until every replica has closed all its connections to Redis (only `redis-cli`'s own
@@ -324,6 +358,11 @@ fn killing_agents_under_load_loses_no_acknowledged_write_and_replicas_stay_ident
             "{digests:?} (in doubt: {in_doubt:?})"
         );
     }
+    if sure.len() == 3 {
+        // Nothing in doubt: Hermes' comparison of what Redis sent finds no divergence either
+        // (a connection a replica lost with its agent is not compared).
+        compared_without_alarm(&cluster);
+    }
     for id in sure.iter().map(|i| i + 1) {
         let values = list(&cluster, id, "load");
         let mut counts: HashMap<&str, usize> = HashMap::new();
@@ -340,6 +379,39 @@ fn killing_agents_under_load_loses_no_acknowledged_write_and_replicas_stay_ident
                 "{value} lost on node {id}"
             );
         }
+    }
+}
+
+/// A command whose reply differs on every replica (`TIME`): each replica's digest of the
+/// connection differs, every node finds it, and with `--on-divergence fence` stops applying.
+#[test]
+fn replicas_whose_servers_reply_differently_are_flagged_and_fenced() {
+    let cluster = cluster(
+        3,
+        App::Redis,
+        &["--protocol", "tcp", "--on-divergence", "fence"],
+    );
+    let mut redis = Redis::connect(cluster.addr(2)).unwrap();
+    let time = redis.call(&[b"TIME"]).unwrap();
+    assert!(matches!(time, Reply::Array(_)), "{time:?}");
+    drop(redis);
+    for id in 1..=3 {
+        let status = wait_until(&format!("node {id} to find the divergence"), || {
+            let status = cluster.status(id)?;
+            (!status["divergence"].is_null() && status["fenced"] == true).then_some(status)
+        })
+        .unwrap();
+        // Found at the connection's `Close`, after its `Open` and its one chunk.
+        assert!(
+            status["divergence"]["seq"].as_u64().unwrap() >= 3,
+            "{status}"
+        );
+        let digests = status["divergence"]["digests"].as_object().unwrap();
+        assert_eq!(digests.len(), 3, "{status}");
+        let distinct: std::collections::HashSet<_> = digests.values().collect();
+        assert_eq!(distinct.len(), 3, "{status}");
+        let ready = cluster.admin(id, "/readyz").unwrap();
+        assert_eq!(ready.status, 503, "{}", ready.text());
     }
 }
 

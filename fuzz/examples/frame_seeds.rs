@@ -187,6 +187,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
             "digests",
             Reply::Digests {
                 oldest: 17,
+                settled: 19,
                 digests: vec![(17, 0x5eed_0001), (18, 0x5eed_0002), (19, 0x5eed_0003)],
             },
         ),

@@ -3,7 +3,10 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
-use crate::order::{divergence::OnDivergence, read::ReadMode};
+use crate::order::{
+    divergence::{Digest, OnDivergence},
+    read::ReadMode,
+};
 
 /// What the protected port speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -13,13 +16,6 @@ pub enum Protocol {
     /// Any protocol over TCP: connection events (open, the bytes as read, half-close, close)
     /// are ordered; each replica applies them to a connection of its own to its app.
     Tcp,
-}
-
-/// What replicas compare of each answer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Digest {
-    StatusAndBody,
-    Status,
 }
 
 /// Exit code for bad configuration (`EX_USAGE` from sysexits.h).
@@ -394,7 +390,8 @@ pub struct Config {
 
     /// What replicas compare to find divergence: the status and the body of every answer, or
     /// only the status (for apps whose bodies legitimately differ, such as those with a time
-    /// in them).
+    /// in them), or nothing (`off`). In raw TCP mode: every byte the app sends on a connection,
+    /// compared once it has closed it, or nothing.
     #[arg(long, env = "HERMES_DIGEST", value_enum, default_value_t = Digest::StatusAndBody, help_heading = "Divergence")]
     pub digest: Digest,
 
@@ -544,6 +541,13 @@ impl Config {
                      whose bytes are split over log entries",
                 ));
             }
+            if self.digest == Digest::Status {
+                return Err(ConfigError::NotForTcp(
+                    "--digest status",
+                    "a byte stream has no status; replicas compare every byte the app sends \
+                     (the default), or nothing (--digest off)",
+                ));
+            }
             if self.reads != ReadMode::Ordered {
                 return Err(ConfigError::NotForTcp(
                     "--reads",
@@ -625,7 +629,7 @@ impl Config {
             max_frame: self.max_frame as usize,
             peer_tls: self.peer_tls()?,
             telemetry: std::sync::Arc::default(),
-            digest_bodies: self.digest == Digest::StatusAndBody,
+            digest: self.digest,
             on_divergence: self.on_divergence,
             snapshots: self.snapshot_cmd.clone().zip(self.restore_cmd.clone()).map(
                 |(snapshot_cmd, restore_cmd)| crate::order::Snapshots {
@@ -774,6 +778,20 @@ mod tests {
         ));
         assert!(parse(&["--port", "80", "--peers", "1=nowhere"]).is_err());
         assert!(parse(&["--port", "80", "--peers", "1=a:1,1=b:2"]).is_err());
+    }
+
+    #[test]
+    fn tcp_mode_compares_bytes_or_nothing_never_a_status() {
+        let tcp = ["--port", "6379", "--protocol", "tcp", "--passthrough"];
+        let config = agent(&[&tcp[..], &["--digest", "status"]].concat());
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::NotForTcp("--digest status", _))
+        ));
+        agent(&tcp).validate().unwrap();
+        agent(&[&tcp[..], &["--digest", "off"]].concat())
+            .validate()
+            .unwrap();
     }
 
     #[test]

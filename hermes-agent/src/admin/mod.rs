@@ -2,8 +2,8 @@
 //!
 //! - `GET /status` (JSON), `GET /healthz`, `GET /readyz`;
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text);
-//! - `GET /digests?from=N`: digests of the app's responses by request sequence number, to
-//!   compare replicas;
+//! - `GET /digests?from=N`: digests of the app's responses by request sequence number (in raw
+//!   TCP mode: of what the app sent on a connection, by its `Close`), to compare replicas;
 //! - `POST /cluster/learners` `{"id": 4, "addr": "10.0.0.4:7000"}`: add a node as a learner;
 //! - `POST /cluster/learners/remove` `{"id": 4}`: forget a learner;
 //! - `POST /cluster/membership` `{"voters": [1, 2, 3, 4]}`: make exactly these the voters
@@ -210,7 +210,7 @@ pub(crate) async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]
             let digests = admin
                 .node
                 .as_ref()
-                .map(|n| n.applied.digests(from, usize::MAX).1)
+                .map(|n| n.applied.digests().report(from, usize::MAX).digests)
                 .unwrap_or_default();
             Answer::json(200, json!(digests))
         }

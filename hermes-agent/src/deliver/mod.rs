@@ -48,7 +48,10 @@ use crate::{
         request::CLOSE,
         response::{ReadError, Response},
     },
-    order::typ::{LogId, RequestKey},
+    order::{
+        divergence::Digest,
+        typ::{LogId, RequestKey},
+    },
     tcp::Chunk,
 };
 
@@ -75,14 +78,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A digest of what the app answered (its status, and its body if `bodies`), to compare
-    /// replicas: `None` when this replica has no answer of its own to compare.
-    pub fn digest(&self, bodies: bool) -> Option<u64> {
-        match self {
-            Self::Answered(response) if bodies => Some(digest(response.status, &response.body)),
-            Self::Answered(response) => Some(digest(response.status, b"")),
-            Self::Unanswered(_) => Some(digest(0, b"no answer")),
-            Self::Duplicate | Self::Earlier | Self::Event => None,
+    /// A digest of what the app answered (its status, and its body unless only the status is
+    /// compared), to compare replicas: `None` when this replica has no answer of its own to
+    /// compare, or nothing is compared.
+    pub fn digest(&self, what: Digest) -> Option<u64> {
+        match (self, what) {
+            (_, Digest::Off) => None,
+            (Self::Answered(response), Digest::StatusAndBody) => {
+                Some(digest(response.status, &response.body))
+            }
+            (Self::Answered(response), Digest::Status) => Some(digest(response.status, b"")),
+            (Self::Unanswered(_), _) => Some(digest(0, b"no answer")),
+            (Self::Duplicate | Self::Earlier | Self::Event, _) => None,
         }
     }
 }
@@ -300,7 +307,9 @@ impl Delivery {
             file.write(progress)
         };
         let conn = (key.0, key.1, chunk.conn);
-        let applied = connections.apply(&app, conn, chunk.event, writing).await?;
+        let applied = connections
+            .apply(&app, seq, conn, chunk.event, writing)
+            .await?;
         if applied != tcp::Applied::Ignored {
             self.progress.deliveries += 1;
         }
@@ -373,10 +382,32 @@ fn split(request: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// FNV-1a over the status and the body: equal on replicas whose apps answered alike.
 pub fn digest(status: u16, body: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in status.to_be_bytes().iter().chain(body) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    let mut fnv = Fnv::default();
+    fnv.write(&status.to_be_bytes());
+    fnv.write(body);
+    fnv.finish()
+}
+
+/// FNV-1a, fed as the bytes come: the same digest however they were split. (Defined, unlike
+/// std's hashers, so that replicas of different builds agree.)
+#[derive(Clone, Copy, Debug)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
     }
-    hash
+}
+
+impl Fnv {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(self) -> u64 {
+        self.0
+    }
 }

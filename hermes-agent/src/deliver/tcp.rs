@@ -11,6 +11,12 @@
 //! reads, the origin's app would process that connection's next commands later than the other
 //! replicas' apps do.) When the app closes its side, the client's side is closed too.
 //!
+//! Every replica digests what its app sends on a connection, from its open until the app closes
+//! it; once the connection's `Close` is applied too, the digest is kept under that event's
+//! sequence number, for comparison with the other replicas ([`crate::order::divergence`]). A
+//! connection this replica reopened after a restart, closed by its origin's `Lost`, or whose app
+//! did not close it within [`LINGER`] of its `Close` has no digest here: it is not compared.
+//!
 //! Across connections, what an app does depends on when it reads each: after writing a chunk,
 //! half-closing or closing a connection, the next event of *another* connection waits until the
 //! app has reacted (its reply has begun, or it closed the connection), or until
@@ -39,8 +45,14 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
-use super::App;
-use crate::{order::typ::NodeId, tcp::Event};
+use super::{App, Fnv};
+use crate::{
+    order::{
+        divergence::{Digest, Digests},
+        typ::NodeId,
+    },
+    tcp::Event,
+};
 
 /// Bytes read from the app at once.
 const BUFFER: usize = 64 * 1024;
@@ -114,6 +126,8 @@ pub struct Connections {
     quiet: Duration,
     /// What slow clients may make this node hold.
     hold: Hold,
+    /// Where the digests of what the app sent on each connection go; `None`: not digested.
+    digests: Option<Arc<Digests>>,
     open: HashMap<ConnKey, AppConn>,
     /// Per origin and incarnation: connections with ids below this went with an earlier life
     /// of the origin ([`Event::Lost`]).
@@ -138,16 +152,30 @@ struct AppConn {
     /// Bytes the app has sent on it so far.
     received: watch::Receiver<u64>,
     relay: JoinHandle<()>,
+    /// The digest of all the app sent on it, once it has closed it; `None`: not digested.
+    digest: Option<oneshot::Receiver<u64>>,
 }
 
 impl AppConn {
     /// Closes the app's connection for writing; what the app still sends is read for a while
-    /// yet (its answer to the last chunk may come after the close).
-    fn close(self) {
+    /// yet (its answer to the last chunk may come after the close). The digest of all it sent
+    /// is kept as `keep` says, under the sequence number of the event that closed it.
+    fn close(self, keep: Option<(u64, &Arc<Digests>)>) {
         drop(self.writer);
         let mut relay = self.relay;
+        let keep = keep.zip(self.digest).map(|((seq, digests), digest)| {
+            digests.expect(seq);
+            (seq, Arc::clone(digests), digest)
+        });
         tokio::spawn(async move {
-            if tokio::time::timeout(LINGER, &mut relay).await.is_err() {
+            let until = Instant::now() + LINGER;
+            if let Some((seq, digests, digest)) = keep {
+                match tokio::time::timeout_at(until, digest).await {
+                    Ok(Ok(digest)) => digests.record(seq, digest),
+                    _ => digests.forgo(seq),
+                }
+            }
+            if tokio::time::timeout_at(until, &mut relay).await.is_err() {
                 relay.abort();
             }
         });
@@ -176,7 +204,12 @@ pub enum Applied {
 }
 
 impl Connections {
-    pub fn new(me: (NodeId, u64), clients: Arc<Clients>, mode: crate::order::TcpMode) -> Self {
+    pub fn new(
+        me: (NodeId, u64),
+        clients: Arc<Clients>,
+        mode: crate::order::TcpMode,
+        digests: Arc<Digests>,
+    ) -> Self {
         Self {
             me,
             clients,
@@ -186,6 +219,7 @@ impl Connections {
                 budget: crate::byte_budget(mode.held_for_clients),
                 per_client: usize::try_from(mode.held_per_client).unwrap_or(usize::MAX),
             },
+            digests: (digests.what() != Digest::Off).then_some(digests),
             open: HashMap::new(),
             lost_below: HashMap::new(),
             last: None,
@@ -193,17 +227,19 @@ impl Connections {
         }
     }
 
-    /// Applies `event` of connection `conn` to the app. `writing` is called right before the
-    /// first byte of a chunk goes to the app; its error (the progress file's) is returned.
+    /// Applies `event` (sequence number `seq`) of connection `conn` to the app. `writing` is
+    /// called right before the first byte of a chunk goes to the app; its error (the progress
+    /// file's) is returned.
     pub async fn apply(
         &mut self,
         app: &App,
+        seq: u64,
         conn: ConnKey,
         event: Event,
         writing: impl FnOnce() -> std::io::Result<()>,
     ) -> std::io::Result<Applied> {
         let kind = event.kind();
-        let applied = self.apply_event(app, conn, event, writing).await?;
+        let applied = self.apply_event(app, seq, conn, event, writing).await?;
         let kind = match applied {
             Applied::Done => kind,
             Applied::Reopened => "reopened",
@@ -225,6 +261,7 @@ impl Connections {
     async fn apply_event(
         &mut self,
         app: &App,
+        seq: u64,
         conn: ConnKey,
         event: Event,
         writing: impl FnOnce() -> std::io::Result<()>,
@@ -252,7 +289,8 @@ impl Connections {
             );
             for conn in ended {
                 if let Some(open) = self.open.remove(&conn) {
-                    open.close();
+                    // Not digested: one event closes them all.
+                    open.close(None);
                 }
             }
             return Ok(Applied::Done);
@@ -266,7 +304,7 @@ impl Connections {
             if gone || self.open.contains_key(&conn) {
                 return Ok(Applied::Ignored);
             }
-            self.connect(app, conn).await;
+            self.connect(app, conn, true).await;
             return Ok(applied);
         }
         if !self.open.contains_key(&conn) {
@@ -277,7 +315,8 @@ impl Connections {
                 ?conn,
                 "this replica lost the app's connection when its agent stopped; opening a new one"
             );
-            self.connect(app, conn).await;
+            // What the app sends on it now is not what it sends elsewhere: not digested.
+            self.connect(app, conn, false).await;
             applied = Applied::Reopened;
         }
         match event {
@@ -296,7 +335,7 @@ impl Connections {
                     // reply.
                     let mark = *open.received.borrow();
                     self.last = Some(Written::after(conn, mark, &open.received));
-                    open.close();
+                    open.close(self.digests.as_ref().map(|digests| (seq, digests)));
                 }
             }
             Event::Open | Event::Lost => unreachable!("handled above"),
@@ -312,18 +351,26 @@ impl Connections {
         let _ = tokio::time::timeout_at(until, last.received.wait_for(|n| *n > mark)).await;
     }
 
-    async fn connect(&mut self, app: &App, conn: ConnKey) {
+    /// Opens the app's connection for `conn`, digesting what the app sends on it if `digest`.
+    async fn connect(&mut self, app: &App, conn: ConnKey, digest: bool) {
         let (reader, writer) = app.connect().await.into_split();
         let client = (conn.0, conn.1) == self.me;
         let client = client.then(|| self.clients.take(conn.2)).flatten();
         let (count, received) = watch::channel(0);
-        let relay = tokio::spawn(relay(reader, client, count, self.hold.clone()));
+        let (done, digest) = if digest && self.digests.is_some() {
+            let (done, digest) = oneshot::channel();
+            (Some(done), Some(digest))
+        } else {
+            (None, None)
+        };
+        let relay = tokio::spawn(relay(reader, client, count, self.hold.clone(), done));
         self.open.insert(
             conn,
             AppConn {
                 writer,
                 received,
                 relay,
+                digest,
             },
         );
     }
@@ -395,14 +442,18 @@ thread_local! {
 /// in `count` (dropped once the app has closed), and passes them on to the client, if this
 /// node has it. What the client has not taken yet is held within `hold`; a client that would
 /// hold more, or takes nothing for its stall time, is given up (the bytes are read and dropped
-/// from then on). The client's side is closed after the app's, once it has everything.
+/// from then on). The client's side is closed after the app's, once it has everything. If
+/// `done` is given, the digest of all the app sent goes to it once the app has closed the
+/// connection (not if the connection failed: then what was read may not be all it sent).
 async fn relay(
     app: OwnedReadHalf,
     mut client: Option<ClientEnd>,
     count: watch::Sender<u64>,
     hold: Hold,
+    done: Option<oneshot::Sender<u64>>,
 ) {
     let mut count = Some(count);
+    let mut digest = done.map(|done| (Fnv::default(), done));
     let mut pending = Pending::default();
     let mut total = 0u64;
     let mut progress = Instant::now();
@@ -414,16 +465,26 @@ async fn relay(
         tokio::select! {
             ready = app.readable(), if count.is_some() => {
                 if ready.is_err() {
-                    count = None;
+                    (count, digest) = (None, None);
                     continue;
                 }
                 let keep = client.is_some();
                 let read = SCRATCH.with_borrow_mut(|buf| {
-                    app.try_read(buf)
-                        .map(|n| (n, keep.then(|| Bytes::copy_from_slice(&buf[..n]))))
+                    app.try_read(buf).map(|n| {
+                        if let Some((fnv, _)) = &mut digest {
+                            fnv.write(&buf[..n]);
+                        }
+                        (n, keep.then(|| Bytes::copy_from_slice(&buf[..n])))
+                    })
                 });
                 match read {
-                    Ok((0, _)) => count = None,
+                    Ok((0, _)) => {
+                        // Told before `count` goes: whoever waits on it finds the digest ready.
+                        if let Some((fnv, done)) = digest.take() {
+                            let _ = done.send(fnv.finish());
+                        }
+                        count = None;
+                    }
                     Ok((n, bytes)) => {
                         total += n as u64;
                         if let Some(count) = &count {
@@ -445,7 +506,7 @@ async fn relay(
                         }
                     }
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => count = None,
+                    Err(_) => (count, digest) = (None, None),
                 }
             }
             written = write_some(&mut client, &pending), if sending => match written {

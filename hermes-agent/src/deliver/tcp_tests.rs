@@ -1,13 +1,14 @@
 //! Raw TCP mode's delivery rules across restarts, against an app whose state depends on how the
 //! commands of its connections interleave: a chunk the app may have is never written again,
-//! connections lost with the agent are opened again for their next event, and the origin's
-//! restart closes its earlier connections everywhere.
+//! connections lost with the agent are opened again for their next event, the origin's
+//! restart closes its earlier connections everywhere, and what the app sent on a connection is
+//! digested for comparison between replicas.
 use std::{path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 
 use super::{
-    App, Delivery, Outcome,
+    App, Delivery, Fnv, Outcome,
     progress::ProgressFile,
     tcp::{Clients, Connections},
 };
@@ -15,6 +16,7 @@ use crate::{
     http::response::Limits,
     order::{
         TcpMode,
+        divergence::Digests,
         log_store::LogStore,
         state_machine::{Replica, StateMachine},
         typ::{Batch, Command, Entry, EntryPayload, LogId},
@@ -25,6 +27,12 @@ use crate::{
 
 /// A replica's delivery in raw TCP mode (node 9), its progress in `dir`.
 fn delivery(dir: &Path, app: &LineApp) -> Delivery {
+    digesting(dir, app, Arc::default())
+}
+
+/// A replica's delivery in raw TCP mode (node 9), its progress in `dir`, its digests kept in
+/// `digests`.
+fn digesting(dir: &Path, app: &LineApp, digests: Arc<Digests>) -> Delivery {
     let app = Arc::new(App::new(
         app.addr,
         std::net::Ipv4Addr::LOCALHOST,
@@ -32,11 +40,11 @@ fn delivery(dir: &Path, app: &LineApp) -> Delivery {
         Limits::default(),
         Arc::default(),
     ));
-    Delivery::open(&dir.join("progress"), app, Some(connections())).unwrap()
+    Delivery::open(&dir.join("progress"), app, Some(connections(digests))).unwrap()
 }
 
 /// Node 9's app connections.
-fn connections() -> Connections {
+fn connections(digests: Arc<Digests>) -> Connections {
     Connections::new(
         (9, 1),
         Arc::new(Clients::default()),
@@ -46,6 +54,7 @@ fn connections() -> Connections {
             held_for_clients: 1 << 20,
             held_per_client: 1 << 20,
         },
+        digests,
     )
 }
 
@@ -155,8 +164,8 @@ async fn state_machine(dir: &Path, app: &LineApp, log: &mut LogStore) -> StateMa
             Arc::default(),
         )),
         hooks: None,
-        digest_bodies: false,
-        tcp: Some(connections()),
+        digests: Arc::default(),
+        tcp: Some(connections(Arc::default())),
     };
     StateMachine::open(dir, replica, log).await.unwrap().0
 }
@@ -225,4 +234,97 @@ async fn a_lost_delivered_just_before_a_crash_still_counts_after_it() {
     apply(&mut restarted, 5, 11, data("APPEND now\n")).await;
     assert_eq!(journal_of(&app, 1).await, ["now"]);
     assert_eq!(app.open(), 1);
+}
+
+/// The digests kept once `seqs` all have one.
+async fn digests_at(digests: &Digests, seqs: &[u64]) -> Vec<(u64, u64)> {
+    loop {
+        let kept = digests.report(0, usize::MAX).digests;
+        if seqs.iter().all(|seq| kept.iter().any(|(s, _)| s == seq)) {
+            return kept;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut fnv = Fnv::default();
+    fnv.write(bytes);
+    fnv.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_digest_what_their_apps_sent_on_each_connection_and_one_that_answered_otherwise_differs()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let mut replicas = Vec::new();
+    for n in 0..3 {
+        let app = LineApp::start().await;
+        if n == 2 {
+            // This replica's app had a word the others did not: its answers count one more.
+            let mut stray = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stray, b"APPEND stray\n")
+                .await
+                .unwrap();
+            journal_of(&app, 1).await;
+        }
+        let digests = Arc::new(Digests::default());
+        let dir = dir.path().join(n.to_string());
+        std::fs::create_dir(&dir).unwrap();
+        let delivery = digesting(&dir, &app, Arc::clone(&digests));
+        replicas.push((app, delivery, digests));
+    }
+    for (_, delivery, _) in &mut replicas {
+        apply(delivery, 1, 7, Event::Open).await;
+        apply(delivery, 2, 7, data("APPEND a\n")).await;
+        apply(delivery, 3, 8, Event::Open).await;
+        // The app's answer to it comes after the close: it is part of the digest.
+        apply(delivery, 4, 7, Event::Close).await;
+        // The app closes first; the connection's digest waits for its `Close`.
+        apply(delivery, 5, 8, data("APPEND b\nQUIT\n")).await;
+        apply(delivery, 6, 8, Event::Close).await;
+    }
+    let mut kept = Vec::new();
+    for (_, _, digests) in &replicas {
+        kept.push(digests_at(digests, &[4, 6]).await);
+    }
+    assert_eq!(
+        kept[0],
+        [(4, fnv(b"OK 1\nEOF 1\n")), (6, fnv(b"OK 2\nBYE\n"))]
+    );
+    assert_eq!(kept[1], kept[0]);
+    assert_eq!(
+        kept[2],
+        [(4, fnv(b"OK 2\nEOF 1\n")), (6, fnv(b"OK 3\nBYE\n"))]
+    );
+    // However the bytes were split, the digest is the same.
+    let mut split = Fnv::default();
+    split.write(b"OK 1\nE");
+    split.write(b"OF 1\n");
+    assert_eq!(split.finish(), fnv(b"OK 1\nEOF 1\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_reopened_after_a_restart_is_not_digested() {
+    let app = LineApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = digesting(dir.path(), &app, Arc::default());
+    apply(&mut replica, 1, 7, Event::Open).await;
+    apply(&mut replica, 2, 7, data("APPEND a\n")).await;
+    journal_of(&app, 1).await;
+    drop(replica);
+    app.wait_open(0).await;
+    let digests = Arc::new(Digests::default());
+    let mut restarted = digesting(dir.path(), &app, Arc::clone(&digests));
+    // Connection 7 is opened anew: its app sends "OK 2" and "EOF 1" here, "OK 1", "OK 2" and
+    // "EOF 2" on replicas that kept it. Not compared.
+    apply(&mut restarted, 3, 7, data("APPEND b\n")).await;
+    apply(&mut restarted, 4, 7, Event::Close).await;
+    apply(&mut restarted, 5, 8, Event::Open).await;
+    apply(&mut restarted, 6, 8, Event::Close).await;
+    assert_eq!(
+        digests_at(&digests, &[6]).await,
+        [(6, fnv(b"EOF 0\n"))],
+        "connection 7 has no digest"
+    );
 }

@@ -96,8 +96,8 @@ pub struct Settings {
     pub peer_tls: Option<peer::tls::Files>,
     /// Where the node counts what happens.
     pub telemetry: Arc<Telemetry>,
-    /// Whether answers' digests cover their bodies (or only their status).
-    pub digest_bodies: bool,
+    /// What replicas compare to find divergence.
+    pub digest: divergence::Digest,
     /// What a divergence found on this node does.
     pub on_divergence: OnDivergence,
     /// Snapshots of the app's state, which allow compacting the log; `None`: keep the whole log.
@@ -283,11 +283,13 @@ impl Node {
             timeout: settings.app_timeout,
         });
         let clients = Arc::new(Clients::default());
+        let digests = Arc::new(divergence::Digests::new(settings.digest));
         let connections = settings.tcp.map(|tcp| {
             Connections::new(
                 (settings.node_id, identity.incarnation),
                 Arc::clone(&clients),
                 tcp,
+                Arc::clone(&digests),
             )
         });
         let replica = Replica {
@@ -295,7 +297,7 @@ impl Node {
             incarnation: identity.incarnation,
             app: Arc::clone(&app),
             hooks,
-            digest_bodies: settings.digest_bodies,
+            digests,
             tcp: connections,
         };
         let (state_machine, applied) = StateMachine::open(dir, replica, &mut log).await?;

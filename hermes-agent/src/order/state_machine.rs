@@ -6,7 +6,7 @@
 //! Each request has a sequence number, its position in the total order (the same on every
 //! replica), which the app receives as `Hermes-Log-Index`.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     io::Cursor,
     path::{Path, PathBuf},
     sync::{
@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use super::{
+    divergence::Digests,
     log_store::{LogStore, decode, encode},
     typ::{
         Command, Entry, EntryPayload, LogId, NodeId, RequestKey, Snapshot, SnapshotMeta,
@@ -30,9 +31,6 @@ use crate::{
     deliver::{App, DEDUP_WINDOW, Dedup, Delivery, Outcome, hooks::Hooks, tcp::Connections},
     http::Response,
 };
-
-/// Recent response digests kept for comparison between replicas.
-const DIGESTS: usize = 4096;
 
 /// What a waiting client learns: the app's answer, or why there is none.
 pub type Answer = Result<Response, &'static str>;
@@ -48,9 +46,7 @@ pub struct Applied {
     requests: AtomicU64,
     deliveries: AtomicU64,
     in_doubt: AtomicU64,
-    digests: Mutex<VecDeque<(u64, u64)>>,
-    /// Whether digests cover the answer's body (or only its status).
-    digest_bodies: bool,
+    digests: Arc<Digests>,
     /// Set when this replica diverged and is fenced: it applies nothing until resumed.
     fenced: watch::Sender<bool>,
     app: Arc<App>,
@@ -103,13 +99,9 @@ impl Applied {
         &self.app
     }
 
-    /// The first request whose digest is still kept (or the next one, if none is), and
-    /// `(sequence number, digest of the answer)` of at most `limit` requests from `from` on.
-    pub fn digests(&self, from: u64, limit: usize) -> (u64, Vec<(u64, u64)>) {
-        let digests = self.digests.lock().unwrap();
-        let oldest = digests.front().map_or(self.requests() + 1, |(seq, _)| *seq);
-        let from = digests.partition_point(|(seq, _)| *seq < from);
-        (oldest, digests.range(from..).take(limit).copied().collect())
+    /// The digests of the app's answers, for comparison with other replicas.
+    pub fn digests(&self) -> &Digests {
+        &self.digests
     }
 
     /// Whether this replica is fenced (see [`super::divergence`]).
@@ -136,13 +128,7 @@ impl Applied {
         self.deliveries
             .store(progress.deliveries, Ordering::Relaxed);
         self.in_doubt.store(progress.in_doubt, Ordering::Relaxed);
-        if let Some(digest) = outcome.digest(self.digest_bodies) {
-            let mut digests = self.digests.lock().unwrap();
-            if digests.len() == DIGESTS {
-                digests.pop_front();
-            }
-            digests.push_back((seq, digest));
-        }
+        self.digests.answer(seq, &outcome);
         let answer = match outcome {
             Outcome::Answered(response) => Ok(response),
             Outcome::Unanswered(why) => Err(why),
@@ -197,8 +183,9 @@ pub struct Replica {
     pub incarnation: u64,
     pub app: Arc<App>,
     pub hooks: Option<Hooks>,
-    /// Whether the divergence digests cover answer bodies (`--digest`).
-    pub digest_bodies: bool,
+    /// The divergence digests: what they cover (`--digest`), and where they are kept (shared
+    /// with raw TCP mode's connections, which add theirs as the app closes them).
+    pub digests: Arc<Digests>,
     /// The app connections of raw TCP mode; `None` in HTTP mode.
     pub tcp: Option<Connections>,
 }
@@ -216,7 +203,7 @@ impl StateMachine {
             incarnation,
             app,
             hooks,
-            digest_bodies,
+            digests,
             tcp,
         } = replica;
         let read_error =
@@ -285,6 +272,7 @@ impl StateMachine {
         if let Some(connections) = delivery.tcp_mut() {
             connections.restore_lost(lost_connections(log, first, applied).await?);
         }
+        digests.handled(progress.requests);
         let shared = Arc::new(Applied {
             node_id,
             incarnation,
@@ -293,8 +281,7 @@ impl StateMachine {
             requests: AtomicU64::new(progress.requests),
             deliveries: AtomicU64::new(progress.deliveries),
             in_doubt: AtomicU64::new(progress.in_doubt),
-            digests: Mutex::default(),
-            digest_bodies,
+            digests,
             fenced: watch::Sender::new(false),
             app,
         });
@@ -448,6 +435,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied
             .requests
             .store(state.requests, Ordering::Relaxed);
+        self.applied.digests.handled(state.requests);
         self.applied
             .deliveries
             .store(state.deliveries, Ordering::Relaxed);

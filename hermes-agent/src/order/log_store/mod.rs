@@ -414,7 +414,7 @@ mod tests {
                 incarnation: 1,
                 app: Arc::new(app),
                 hooks: None,
-                digest_bodies: true,
+                digests: Default::default(),
                 tcp: None,
             };
             let (state_machine, _) = StateMachine::open(dir.path(), replica, &mut log).await?;

@@ -230,8 +230,12 @@ async fn handle(server: &Server, call: Call) -> Reply {
                 .await,
         ),
         Call::Digests { from } => {
-            let (oldest, digests) = server.applied.digests(from, divergence::BATCH);
-            Reply::Digests { oldest, digests }
+            let report = server.applied.digests().report(from, divergence::BATCH);
+            Reply::Digests {
+                oldest: report.oldest,
+                settled: report.settled,
+                digests: report.digests,
+            }
         }
         Call::ReadIndex => {
             Reply::ReadIndex(read::read_index_on_leader(raft, server.identity.node_id).await)

@@ -78,6 +78,8 @@ pub enum Reply {
     Digests {
         /// The first request whose digest is still kept.
         oldest: u64,
+        /// Every digest up to this request is here, or will never be.
+        settled: u64,
         digests: Vec<(u64, u64)>,
     },
     /// The call was refused (could not be decoded, or was not for this node): why.
