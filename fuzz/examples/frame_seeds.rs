@@ -133,6 +133,7 @@ fn calls() -> Vec<(&'static str, Call)> {
         ),
         ("read-index", Call::ReadIndex),
         ("digests", Call::Digests { from: 17 }),
+        ("compare", Call::Compare { from: 17 }),
     ]
 }
 
@@ -187,11 +188,17 @@ fn replies() -> Vec<(&'static str, Reply)> {
             "digests",
             Reply::Digests {
                 oldest: 17,
-                settled: 19,
                 digests: vec![(17, 0x5eed_0001), (18, 0x5eed_0002), (19, 0x5eed_0003)],
             },
         ),
         ("rejected", Reply::Rejected("cannot decode the call".into())),
+        (
+            "compare",
+            Reply::Compare {
+                settled: 19,
+                digests: vec![(17, 0x5eed_0001), (19, 0x5eed_0003)],
+            },
+        ),
     ]
 }
 

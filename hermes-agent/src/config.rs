@@ -3,10 +3,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
-use crate::order::{
-    divergence::{Digest, OnDivergence},
-    read::ReadMode,
-};
+use crate::order::{digests::Digest, divergence::OnDivergence, read::ReadMode};
 
 /// What the protected port speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -388,12 +385,13 @@ pub struct Config {
     #[arg(long, env = "HERMES_READS", value_enum, default_value_t = ReadMode::Ordered)]
     pub reads: ReadMode,
 
-    /// What replicas compare to find divergence: the status and the body of every answer, or
-    /// only the status (for apps whose bodies legitimately differ, such as those with a time
-    /// in them), or nothing (`off`). In raw TCP mode: every byte the app sends on a connection,
-    /// compared once it has closed it, or nothing.
-    #[arg(long, env = "HERMES_DIGEST", value_enum, default_value_t = Digest::StatusAndBody, help_heading = "Divergence")]
-    pub digest: Digest,
+    /// What replicas compare to find divergence. HTTP: the status and the body of every answer
+    /// (the default), or only the status (for apps whose bodies legitimately differ, such as
+    /// those with a time in them), or nothing (`off`). Raw TCP: nothing (the default), or
+    /// every byte the app sent on a connection (`bytes`), compared once it has closed it: only
+    /// for servers whose every reply is the same on every replica (docs/tcp.md).
+    #[arg(long, env = "HERMES_DIGEST", value_enum, help_heading = "Divergence")]
+    pub digest: Option<Digest>,
 
     /// What a replica whose answers diverged from the majority's does: `warn` (report it in
     /// /status, /metrics and the log, carry on) or `fence` (also stop applying and report not
@@ -501,6 +499,8 @@ pub enum ConfigError {
     Token(#[from] crate::admin::token::TokenError),
     #[error("{0} cannot be used with --protocol tcp: {1}")]
     NotForTcp(&'static str, &'static str),
+    #[error("{0} is for --protocol tcp: {1}")]
+    OnlyForTcp(&'static str, &'static str),
     #[error(
         "peers must authenticate each other: give --peer-cert, --peer-key and --peer-ca \
          (`cargo xtask certs` makes a lab set), or --insecure-peers on a trusted network"
@@ -513,6 +513,14 @@ impl Config {
     pub fn app_addr(&self) -> SocketAddr {
         self.app
             .unwrap_or_else(|| SocketAddr::from((self.app_source, self.port)))
+    }
+
+    /// What replicas compare (see --digest).
+    pub fn digest(&self) -> Digest {
+        self.digest.unwrap_or(match self.protocol {
+            Protocol::Http => Digest::StatusAndBody,
+            Protocol::Tcp => Digest::Off,
+        })
     }
 
     /// How long a client connection may idle (see --idle-timeout).
@@ -541,11 +549,11 @@ impl Config {
                      whose bytes are split over log entries",
                 ));
             }
-            if self.digest == Digest::Status {
+            if matches!(self.digest, Some(Digest::Status | Digest::StatusAndBody)) {
                 return Err(ConfigError::NotForTcp(
-                    "--digest status",
-                    "a byte stream has no status; replicas compare every byte the app sends \
-                     (the default), or nothing (--digest off)",
+                    "--digest status and status-and-body",
+                    "a byte stream has no answers to tell apart; replicas compare nothing \
+                     (the default), or every byte the app sends (--digest bytes)",
                 ));
             }
             if self.reads != ReadMode::Ordered {
@@ -554,6 +562,12 @@ impl Config {
                     "a byte stream has no reads to tell apart; everything is ordered",
                 ));
             }
+        }
+        if self.protocol == Protocol::Http && self.digest == Some(Digest::Bytes) {
+            return Err(ConfigError::OnlyForTcp(
+                "--digest bytes",
+                "HTTP answers are compared by status and body, or by status",
+            ));
         }
         if let Some(path) = &self.admin_token_file {
             crate::admin::token::read(path)?;
@@ -629,7 +643,7 @@ impl Config {
             max_frame: self.max_frame as usize,
             peer_tls: self.peer_tls()?,
             telemetry: std::sync::Arc::default(),
-            digest: self.digest,
+            digest: self.digest(),
             on_divergence: self.on_divergence,
             snapshots: self.snapshot_cmd.clone().zip(self.restore_cmd.clone()).map(
                 |(snapshot_cmd, restore_cmd)| crate::order::Snapshots {
@@ -781,17 +795,23 @@ mod tests {
     }
 
     #[test]
-    fn tcp_mode_compares_bytes_or_nothing_never_a_status() {
+    fn tcp_mode_compares_bytes_or_nothing_and_http_mode_answers() {
         let tcp = ["--port", "6379", "--protocol", "tcp", "--passthrough"];
-        let config = agent(&[&tcp[..], &["--digest", "status"]].concat());
+        for http_only in ["status", "status-and-body"] {
+            let config = agent(&[&tcp[..], &["--digest", http_only]].concat());
+            assert!(matches!(config.validate(), Err(ConfigError::NotForTcp(..))));
+        }
+        assert_eq!(agent(&tcp).digest(), Digest::Off);
+        let bytes = agent(&[&tcp[..], &["--digest", "bytes"]].concat());
+        bytes.validate().unwrap();
+        assert_eq!(bytes.digest(), Digest::Bytes);
+        let http = ["--port", "80", "--passthrough"];
+        assert_eq!(agent(&http).digest(), Digest::StatusAndBody);
+        let config = agent(&[&http[..], &["--digest", "bytes"]].concat());
         assert!(matches!(
             config.validate(),
-            Err(ConfigError::NotForTcp("--digest status", _))
+            Err(ConfigError::OnlyForTcp(..))
         ));
-        agent(&tcp).validate().unwrap();
-        agent(&[&tcp[..], &["--digest", "off"]].concat())
-            .validate()
-            .unwrap();
     }
 
     #[test]

@@ -237,7 +237,7 @@ pub async fn single_node(
         max_frame: 32 << 20,
         peer_tls: None,
         telemetry: Arc::default(),
-        digest: crate::order::divergence::Digest::StatusAndBody,
+        digest: crate::order::digests::Digest::StatusAndBody,
         on_divergence: crate::order::divergence::OnDivergence::Warn,
         snapshots: None,
         placement: Default::default(),

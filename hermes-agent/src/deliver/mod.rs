@@ -49,7 +49,7 @@ use crate::{
         response::{ReadError, Response},
     },
     order::{
-        divergence::Digest,
+        digests::{Digest, answer_digest},
         typ::{LogId, RequestKey},
     },
     tcp::Chunk,
@@ -84,11 +84,11 @@ impl Outcome {
     pub fn digest(&self, what: Digest) -> Option<u64> {
         match (self, what) {
             (_, Digest::Off) => None,
-            (Self::Answered(response), Digest::StatusAndBody) => {
-                Some(digest(response.status, &response.body))
+            (Self::Answered(response), Digest::StatusAndBody | Digest::Bytes) => {
+                Some(answer_digest(response.status, &response.body))
             }
-            (Self::Answered(response), Digest::Status) => Some(digest(response.status, b"")),
-            (Self::Unanswered(_), _) => Some(digest(0, b"no answer")),
+            (Self::Answered(response), Digest::Status) => Some(answer_digest(response.status, b"")),
+            (Self::Unanswered(_), _) => Some(answer_digest(0, b"no answer")),
             (Self::Duplicate | Self::Earlier | Self::Event, _) => None,
         }
     }
@@ -378,36 +378,4 @@ impl Delivery {
 fn split(request: &[u8]) -> Option<(&[u8], &[u8])> {
     let end = request.windows(4).position(|w| w == b"\r\n\r\n")?;
     Some((&request[..end + 2], &request[end + 4..]))
-}
-
-/// FNV-1a over the status and the body: equal on replicas whose apps answered alike.
-pub fn digest(status: u16, body: &[u8]) -> u64 {
-    let mut fnv = Fnv::default();
-    fnv.write(&status.to_be_bytes());
-    fnv.write(body);
-    fnv.finish()
-}
-
-/// FNV-1a, fed as the bytes come: the same digest however they were split. (Defined, unlike
-/// std's hashers, so that replicas of different builds agree.)
-#[derive(Clone, Copy, Debug)]
-pub struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    pub fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 ^= u64::from(byte);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    pub fn finish(self) -> u64 {
-        self.0
-    }
 }

@@ -11,11 +11,12 @@
 //! reads, the origin's app would process that connection's next commands later than the other
 //! replicas' apps do.) When the app closes its side, the client's side is closed too.
 //!
-//! Every replica digests what its app sends on a connection, from its open until the app closes
-//! it; once the connection's `Close` is applied too, the digest is kept under that event's
-//! sequence number, for comparison with the other replicas ([`crate::order::divergence`]). A
-//! connection this replica reopened after a restart, closed by its origin's `Lost`, or whose app
-//! did not close it within [`LINGER`] of its `Close` has no digest here: it is not compared.
+//! With `--digest bytes`, every replica digests what its app sends on a connection, from its
+//! open until the app closes it; once the connection's `Close` is applied too, the digest is
+//! kept under that event's sequence number, for comparison with the other replicas
+//! ([`crate::order::digests`]). A connection this replica reopened after a restart, closed by
+//! its origin's `Lost`, reset by the app, or that the app did not close within [`LINGER`] of its
+//! `Close` has no digest here: it is not compared.
 //!
 //! Across connections, what an app does depends on when it reads each: after writing a chunk,
 //! half-closing or closing a connection, the next event of *another* connection waits until the
@@ -45,10 +46,10 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
-use super::{App, Fnv};
+use super::App;
 use crate::{
     order::{
-        divergence::{Digest, Digests},
+        digests::{Digest, Digests, StreamDigest},
         typ::NodeId,
     },
     tcp::Event,
@@ -152,20 +153,21 @@ struct AppConn {
     /// Bytes the app has sent on it so far.
     received: watch::Receiver<u64>,
     relay: JoinHandle<()>,
-    /// The digest of all the app sent on it, once it has closed it; `None`: not digested.
-    digest: Option<oneshot::Receiver<u64>>,
+    /// Where the digest of all the app sent on it goes, and the digest, once the app has
+    /// closed it; `None`: not digested.
+    digest: Option<(Arc<Digests>, oneshot::Receiver<u64>)>,
 }
 
 impl AppConn {
     /// Closes the app's connection for writing; what the app still sends is read for a while
     /// yet (its answer to the last chunk may come after the close). The digest of all it sent
-    /// is kept as `keep` says, under the sequence number of the event that closed it.
-    fn close(self, keep: Option<(u64, &Arc<Digests>)>) {
+    /// is kept under `seq`, the event that closed it (`None`: not kept).
+    fn close(self, seq: Option<u64>) {
         drop(self.writer);
         let mut relay = self.relay;
-        let keep = keep.zip(self.digest).map(|((seq, digests), digest)| {
+        let keep = seq.zip(self.digest).map(|(seq, (digests, digest))| {
             digests.expect(seq);
-            (seq, Arc::clone(digests), digest)
+            (seq, digests, digest)
         });
         tokio::spawn(async move {
             let until = Instant::now() + LINGER;
@@ -204,12 +206,7 @@ pub enum Applied {
 }
 
 impl Connections {
-    pub fn new(
-        me: (NodeId, u64),
-        clients: Arc<Clients>,
-        mode: crate::order::TcpMode,
-        digests: Arc<Digests>,
-    ) -> Self {
+    pub fn new(me: (NodeId, u64), clients: Arc<Clients>, mode: crate::order::TcpMode) -> Self {
         Self {
             me,
             clients,
@@ -219,7 +216,7 @@ impl Connections {
                 budget: crate::byte_budget(mode.held_for_clients),
                 per_client: usize::try_from(mode.held_per_client).unwrap_or(usize::MAX),
             },
-            digests: (digests.what() != Digest::Off).then_some(digests),
+            digests: None,
             open: HashMap::new(),
             lost_below: HashMap::new(),
             last: None,
@@ -247,6 +244,12 @@ impl Connections {
         };
         app.telemetry().tcp_event(kind, self.open.len());
         Ok(applied)
+    }
+
+    /// Keeps the digests of what the app sends on each connection in `digests`, if they cover
+    /// bytes (`--digest bytes`).
+    pub fn digest_into(&mut self, digests: Arc<Digests>) {
+        self.digests = (digests.what() == Digest::Bytes).then_some(digests);
     }
 
     /// Restores what the log applied before this start says of connections whose origin
@@ -335,7 +338,7 @@ impl Connections {
                     // reply.
                     let mark = *open.received.borrow();
                     self.last = Some(Written::after(conn, mark, &open.received));
-                    open.close(self.digests.as_ref().map(|digests| (seq, digests)));
+                    open.close(Some(seq));
                 }
             }
             Event::Open | Event::Lost => unreachable!("handled above"),
@@ -351,17 +354,19 @@ impl Connections {
         let _ = tokio::time::timeout_at(until, last.received.wait_for(|n| *n > mark)).await;
     }
 
-    /// Opens the app's connection for `conn`, digesting what the app sends on it if `digest`.
-    async fn connect(&mut self, app: &App, conn: ConnKey, digest: bool) {
+    /// Opens the app's connection for `conn`; what the app sends on it is digested if digests
+    /// are kept and `digested`.
+    async fn connect(&mut self, app: &App, conn: ConnKey, digested: bool) {
         let (reader, writer) = app.connect().await.into_split();
         let client = (conn.0, conn.1) == self.me;
         let client = client.then(|| self.clients.take(conn.2)).flatten();
         let (count, received) = watch::channel(0);
-        let (done, digest) = if digest && self.digests.is_some() {
-            let (done, digest) = oneshot::channel();
-            (Some(done), Some(digest))
-        } else {
-            (None, None)
+        let (done, digest) = match self.digests.as_ref().filter(|_| digested) {
+            Some(digests) => {
+                let (done, digest) = oneshot::channel();
+                (Some(done), Some((Arc::clone(digests), digest)))
+            }
+            None => (None, None),
         };
         let relay = tokio::spawn(relay(reader, client, count, self.hold.clone(), done));
         self.open.insert(
@@ -453,7 +458,7 @@ async fn relay(
     done: Option<oneshot::Sender<u64>>,
 ) {
     let mut count = Some(count);
-    let mut digest = done.map(|done| (Fnv::default(), done));
+    let mut digest = done.map(|done| (StreamDigest::default(), done));
     let mut pending = Pending::default();
     let mut total = 0u64;
     let mut progress = Instant::now();
@@ -471,17 +476,16 @@ async fn relay(
                 let keep = client.is_some();
                 let read = SCRATCH.with_borrow_mut(|buf| {
                     app.try_read(buf).map(|n| {
-                        if let Some((fnv, _)) = &mut digest {
-                            fnv.write(&buf[..n]);
+                        if let Some((digest, _)) = &mut digest {
+                            digest.update(&buf[..n]);
                         }
                         (n, keep.then(|| Bytes::copy_from_slice(&buf[..n])))
                     })
                 });
                 match read {
                     Ok((0, _)) => {
-                        // Told before `count` goes: whoever waits on it finds the digest ready.
-                        if let Some((fnv, done)) = digest.take() {
-                            let _ = done.send(fnv.finish());
+                        if let Some((digest, done)) = digest.take() {
+                            let _ = done.send(digest.finish());
                         }
                         count = None;
                     }

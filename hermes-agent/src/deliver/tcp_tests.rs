@@ -8,7 +8,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use bytes::Bytes;
 
 use super::{
-    App, Delivery, Fnv, Outcome,
+    App, Delivery, Outcome,
     progress::ProgressFile,
     tcp::{Clients, Connections},
 };
@@ -16,7 +16,7 @@ use crate::{
     http::response::Limits,
     order::{
         TcpMode,
-        divergence::Digests,
+        digests::{Digest, Digests, StreamDigest},
         log_store::LogStore,
         state_machine::{Replica, StateMachine},
         typ::{Batch, Command, Entry, EntryPayload, LogId},
@@ -27,12 +27,6 @@ use crate::{
 
 /// A replica's delivery in raw TCP mode (node 9), its progress in `dir`.
 fn delivery(dir: &Path, app: &LineApp) -> Delivery {
-    digesting(dir, app, Arc::default())
-}
-
-/// A replica's delivery in raw TCP mode (node 9), its progress in `dir`, its digests kept in
-/// `digests`.
-fn digesting(dir: &Path, app: &LineApp, digests: Arc<Digests>) -> Delivery {
     let app = Arc::new(App::new(
         app.addr,
         std::net::Ipv4Addr::LOCALHOST,
@@ -40,11 +34,23 @@ fn digesting(dir: &Path, app: &LineApp, digests: Arc<Digests>) -> Delivery {
         Limits::default(),
         Arc::default(),
     ));
-    Delivery::open(&dir.join("progress"), app, Some(connections(digests))).unwrap()
+    Delivery::open(&dir.join("progress"), app, Some(connections())).unwrap()
+}
+
+/// A replica's delivery in raw TCP mode (node 9), its progress in `dir`, with `--digest bytes`:
+/// its digests are kept in what it returns.
+fn digesting(dir: &Path, app: &LineApp) -> (Delivery, Arc<Digests>) {
+    let mut delivery = delivery(dir, app);
+    let digests = Arc::new(Digests::new(Digest::Bytes));
+    delivery
+        .tcp_mut()
+        .unwrap()
+        .digest_into(Arc::clone(&digests));
+    (delivery, digests)
 }
 
 /// Node 9's app connections.
-fn connections(digests: Arc<Digests>) -> Connections {
+fn connections() -> Connections {
     Connections::new(
         (9, 1),
         Arc::new(Clients::default()),
@@ -54,7 +60,6 @@ fn connections(digests: Arc<Digests>) -> Connections {
             held_for_clients: 1 << 20,
             held_per_client: 1 << 20,
         },
-        digests,
     )
 }
 
@@ -165,7 +170,7 @@ async fn state_machine(dir: &Path, app: &LineApp, log: &mut LogStore) -> StateMa
         )),
         hooks: None,
         digests: Arc::default(),
-        tcp: Some(connections(Arc::default())),
+        tcp: Some(connections()),
     };
     StateMachine::open(dir, replica, log).await.unwrap().0
 }
@@ -236,21 +241,28 @@ async fn a_lost_delivered_just_before_a_crash_still_counts_after_it() {
     assert_eq!(app.open(), 1);
 }
 
-/// The digests kept once `seqs` all have one.
-async fn digests_at(digests: &Digests, seqs: &[u64]) -> Vec<(u64, u64)> {
-    loop {
-        let kept = digests.report(0, usize::MAX).digests;
-        if seqs.iter().all(|seq| kept.iter().any(|(s, _)| s == seq)) {
-            return kept;
+/// The digests kept once every one up to `seq` has come (or will not): events up to `seq`
+/// were applied.
+async fn settled(digests: &Digests, seq: u64) -> Vec<(u64, u64)> {
+    digests.handled(seq);
+    let settled = async {
+        loop {
+            let report = digests.report(0, usize::MAX);
+            if report.settled >= seq {
+                return report.digests;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(30), settled)
+        .await
+        .expect("the digests of closed connections come, or are given up")
 }
 
-fn fnv(bytes: &[u8]) -> u64 {
-    let mut fnv = Fnv::default();
-    fnv.write(bytes);
-    fnv.finish()
+fn stream(bytes: &[u8]) -> u64 {
+    let mut digest = StreamDigest::default();
+    digest.update(bytes);
+    digest.finish()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -268,13 +280,13 @@ async fn replicas_digest_what_their_apps_sent_on_each_connection_and_one_that_an
                 .unwrap();
             journal_of(&app, 1).await;
         }
-        let digests = Arc::new(Digests::default());
         let dir = dir.path().join(n.to_string());
         std::fs::create_dir(&dir).unwrap();
-        let delivery = digesting(&dir, &app, Arc::clone(&digests));
+        let (delivery, digests) = digesting(&dir, &app);
         replicas.push((app, delivery, digests));
     }
-    for (_, delivery, _) in &mut replicas {
+    let mut kept = Vec::new();
+    for (_, delivery, digests) in &mut replicas {
         apply(delivery, 1, 7, Event::Open).await;
         apply(delivery, 2, 7, data("APPEND a\n")).await;
         apply(delivery, 3, 8, Event::Open).await;
@@ -283,48 +295,45 @@ async fn replicas_digest_what_their_apps_sent_on_each_connection_and_one_that_an
         // The app closes first; the connection's digest waits for its `Close`.
         apply(delivery, 5, 8, data("APPEND b\nQUIT\n")).await;
         apply(delivery, 6, 8, Event::Close).await;
-    }
-    let mut kept = Vec::new();
-    for (_, _, digests) in &replicas {
-        kept.push(digests_at(digests, &[4, 6]).await);
+        kept.push(settled(digests, 6).await);
     }
     assert_eq!(
         kept[0],
-        [(4, fnv(b"OK 1\nEOF 1\n")), (6, fnv(b"OK 2\nBYE\n"))]
+        [(4, stream(b"OK 1\nEOF 1\n")), (6, stream(b"OK 2\nBYE\n"))]
     );
     assert_eq!(kept[1], kept[0]);
     assert_eq!(
         kept[2],
-        [(4, fnv(b"OK 2\nEOF 1\n")), (6, fnv(b"OK 3\nBYE\n"))]
+        [(4, stream(b"OK 2\nEOF 1\n")), (6, stream(b"OK 3\nBYE\n"))]
     );
-    // However the bytes were split, the digest is the same.
-    let mut split = Fnv::default();
-    split.write(b"OK 1\nE");
-    split.write(b"OF 1\n");
-    assert_eq!(split.finish(), fnv(b"OK 1\nEOF 1\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_connection_reopened_after_a_restart_is_not_digested() {
+async fn connections_reopened_after_a_restart_or_closed_by_a_lost_are_not_digested() {
     let app = LineApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut replica = digesting(dir.path(), &app, Arc::default());
+    let (mut replica, _) = digesting(dir.path(), &app);
     apply(&mut replica, 1, 7, Event::Open).await;
     apply(&mut replica, 2, 7, data("APPEND a\n")).await;
     journal_of(&app, 1).await;
     drop(replica);
     app.wait_open(0).await;
-    let digests = Arc::new(Digests::default());
-    let mut restarted = digesting(dir.path(), &app, Arc::clone(&digests));
+    let (mut restarted, digests) = digesting(dir.path(), &app);
     // Connection 7 is opened anew: its app sends "OK 2" and "EOF 1" here, "OK 1", "OK 2" and
     // "EOF 2" on replicas that kept it. Not compared.
     apply(&mut restarted, 3, 7, data("APPEND b\n")).await;
     apply(&mut restarted, 4, 7, Event::Close).await;
     apply(&mut restarted, 5, 8, Event::Open).await;
     apply(&mut restarted, 6, 8, Event::Close).await;
+    // Connection 20 goes with its origin's earlier life: one `Lost` closes it, and maybe
+    // others. Not compared.
+    apply(&mut restarted, 7, 20, Event::Open).await;
+    apply(&mut restarted, 8, 20, data("APPEND c\n")).await;
+    apply(&mut restarted, 9, 30, Event::Lost).await;
+    apply(&mut restarted, 10, 30, Event::Open).await;
+    apply(&mut restarted, 11, 30, Event::Close).await;
     assert_eq!(
-        digests_at(&digests, &[6]).await,
-        [(6, fnv(b"EOF 0\n"))],
-        "connection 7 has no digest"
+        settled(&digests, 11).await,
+        [(6, stream(b"EOF 0\n")), (11, stream(b"EOF 0\n"))]
     );
 }

@@ -16,6 +16,7 @@
     reason = "openraft's storage traits return its StorageError; boxing it here would only move the copy"
 )]
 pub mod bootstrap;
+pub mod digests;
 pub mod divergence;
 pub mod identity;
 pub mod log_store;
@@ -97,7 +98,7 @@ pub struct Settings {
     /// Where the node counts what happens.
     pub telemetry: Arc<Telemetry>,
     /// What replicas compare to find divergence.
-    pub digest: divergence::Digest,
+    pub digest: digests::Digest,
     /// What a divergence found on this node does.
     pub on_divergence: OnDivergence,
     /// Snapshots of the app's state, which allow compacting the log; `None`: keep the whole log.
@@ -283,13 +284,12 @@ impl Node {
             timeout: settings.app_timeout,
         });
         let clients = Arc::new(Clients::default());
-        let digests = Arc::new(divergence::Digests::new(settings.digest));
+        let digests = Arc::new(digests::Digests::new(settings.digest));
         let connections = settings.tcp.map(|tcp| {
             Connections::new(
                 (settings.node_id, identity.incarnation),
                 Arc::clone(&clients),
                 tcp,
-                Arc::clone(&digests),
             )
         });
         let replica = Replica {

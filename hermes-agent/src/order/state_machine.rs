@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    divergence::Digests,
+    digests::Digests,
     log_store::{LogStore, decode, encode},
     typ::{
         Command, Entry, EntryPayload, LogId, NodeId, RequestKey, Snapshot, SnapshotMeta,
@@ -128,7 +128,8 @@ impl Applied {
         self.deliveries
             .store(progress.deliveries, Ordering::Relaxed);
         self.in_doubt.store(progress.in_doubt, Ordering::Relaxed);
-        self.digests.answer(seq, &outcome);
+        self.digests
+            .answer(seq, outcome.digest(self.digests.what()));
         let answer = match outcome {
             Outcome::Answered(response) => Ok(response),
             Outcome::Unanswered(why) => Err(why),
@@ -271,6 +272,7 @@ impl StateMachine {
         delivery.set_dedup(rebuild_dedup(log, first, applied, progress.requests, older).await?);
         if let Some(connections) = delivery.tcp_mut() {
             connections.restore_lost(lost_connections(log, first, applied).await?);
+            connections.digest_into(Arc::clone(&digests));
         }
         digests.handled(progress.requests);
         let shared = Arc::new(Applied {

@@ -144,9 +144,11 @@ fn authorize(server: &Server, from: NodeId, call: &Call) -> Result<(), String> {
             }
             Some(batch.id.0)
         }
-        Call::Hello | Call::ChangeMembership(_) | Call::ReadIndex | Call::Digests { .. } => {
-            Some(from)
-        }
+        Call::Hello
+        | Call::ChangeMembership(_)
+        | Call::ReadIndex
+        | Call::Digests { .. }
+        | Call::Compare { .. } => Some(from),
     };
     if claimed != Some(from) {
         return Err(format!("node {from} speaks for node {claimed:?}"));
@@ -233,6 +235,12 @@ async fn handle(server: &Server, call: Call) -> Reply {
             let report = server.applied.digests().report(from, divergence::BATCH);
             Reply::Digests {
                 oldest: report.oldest,
+                digests: report.digests,
+            }
+        }
+        Call::Compare { from } => {
+            let report = server.applied.digests().report(from, divergence::BATCH);
+            Reply::Compare {
                 settled: report.settled,
                 digests: report.digests,
             }

@@ -33,8 +33,14 @@ pub enum Call {
     /// For a linearizable read: confirm your leadership, and name the log index the reader's
     /// replica must have applied.
     ReadIndex,
-    /// The digests of your answers from request `from` on (divergence detection).
+    /// The digests of your answers from request `from` on, as peers of the previous version
+    /// ask ([`Self::Compare`] replaces it).
     Digests {
+        from: u64,
+    },
+    /// The digests of your answers from request `from` on, and how far they are settled
+    /// (divergence detection). New variants go last: peers of another version decode the rest.
+    Compare {
         from: u64,
     },
 }
@@ -78,12 +84,15 @@ pub enum Reply {
     Digests {
         /// The first request whose digest is still kept.
         oldest: u64,
-        /// Every digest up to this request is here, or will never be.
-        settled: u64,
         digests: Vec<(u64, u64)>,
     },
     /// The call was refused (could not be decoded, or was not for this node): why.
     Rejected(String),
+    Compare {
+        /// Every digest up to this request is here, or will never be.
+        settled: u64,
+        digests: Vec<(u64, u64)>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]

@@ -1,0 +1,256 @@
+//! What a replica remembers of its app's answers, to compare with the other replicas'
+//! ([`super::divergence`]): a digest per sequence number, for the most recent ones.
+//!
+//! In HTTP mode a request's digest covers its answer (`--digest status-and-body`, the default)
+//! or only its status (`--digest status`). In raw TCP mode, with `--digest bytes`, a
+//! connection's digest covers every byte the app sent on it, from the connect until the app
+//! closed it, and is kept under the sequence number of the `Close` event: it comes once both
+//! have happened, possibly after digests of later events ([`Digests::expect`]).
+use std::{
+    collections::{BTreeSet, VecDeque},
+    sync::Mutex,
+};
+
+/// Recent digests kept for comparison between replicas.
+const KEPT: usize = 4096;
+
+/// What replicas compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Digest {
+    /// HTTP: the status and the body of every answer.
+    StatusAndBody,
+    /// HTTP: the status only (for apps whose bodies legitimately differ, such as those with a
+    /// time in them).
+    Status,
+    /// Raw TCP: every byte the app sent on a connection, once it has closed it.
+    Bytes,
+    /// Nothing: no divergence is looked for.
+    Off,
+}
+
+/// The digests of this replica's answers, kept for comparison, by sequence number.
+#[derive(Debug)]
+pub struct Digests {
+    what: Digest,
+    kept: Mutex<Kept>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    digests: VecDeque<(u64, u64)>,
+    /// Every request up to this one was handled.
+    handled: u64,
+    /// Digests that will come (raw TCP mode: connections closed here whose app has not closed
+    /// them yet).
+    coming: BTreeSet<u64>,
+}
+
+/// What a replica has of its digests from some sequence number on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The first sequence number whose digest is still kept (older ones were forgotten).
+    pub oldest: u64,
+    /// Every digest up to this sequence number is here, or will never be: a missing one is not
+    /// coming.
+    pub settled: u64,
+    /// `(sequence number, digest)`, in order.
+    pub digests: Vec<(u64, u64)>,
+}
+
+impl Default for Digests {
+    fn default() -> Self {
+        Self::new(Digest::StatusAndBody)
+    }
+}
+
+impl Digests {
+    pub fn new(what: Digest) -> Self {
+        Self {
+            what,
+            kept: Mutex::default(),
+        }
+    }
+
+    /// What the digests cover.
+    pub fn what(&self) -> Digest {
+        self.what
+    }
+
+    /// Request `seq` was handled, with `digest` (if it has one to compare).
+    pub fn answer(&self, seq: u64, digest: Option<u64>) {
+        let mut kept = self.kept.lock().unwrap();
+        if let Some(digest) = digest {
+            kept.keep(seq, digest);
+        }
+        kept.handled = kept.handled.max(seq);
+    }
+
+    /// Every request up to `seq` was handled (or stands for the app's state: a snapshot's).
+    pub fn handled(&self, seq: u64) {
+        let mut kept = self.kept.lock().unwrap();
+        kept.handled = kept.handled.max(seq);
+    }
+
+    /// The digest of `seq` will come later, by [`Self::record`] or [`Self::forgo`].
+    pub fn expect(&self, seq: u64) {
+        self.kept.lock().unwrap().coming.insert(seq);
+    }
+
+    /// The digest of `seq` that was expected will not come.
+    pub fn forgo(&self, seq: u64) {
+        self.kept.lock().unwrap().coming.remove(&seq);
+    }
+
+    /// The digest of `seq` that was expected.
+    pub fn record(&self, seq: u64, digest: u64) {
+        let mut kept = self.kept.lock().unwrap();
+        kept.coming.remove(&seq);
+        kept.keep(seq, digest);
+    }
+
+    /// At most `limit` digests from `from` on.
+    pub fn report(&self, from: u64, limit: usize) -> Report {
+        let kept = self.kept.lock().unwrap();
+        let oldest = kept
+            .digests
+            .front()
+            .map_or(kept.handled + 1, |(seq, _)| *seq);
+        let settled = match kept.coming.first() {
+            Some(coming) => kept.handled.min(coming - 1),
+            None => kept.handled,
+        };
+        let from = kept.digests.partition_point(|(seq, _)| *seq < from);
+        Report {
+            oldest,
+            settled,
+            digests: kept.digests.range(from..).take(limit).copied().collect(),
+        }
+    }
+}
+
+impl Kept {
+    /// Keeps `digest` under `seq`, in order (it may come after later ones), the first one only,
+    /// forgetting the oldest beyond [`KEPT`].
+    fn keep(&mut self, seq: u64, digest: u64) {
+        let at = self.digests.partition_point(|(kept, _)| *kept < seq);
+        if self.digests.get(at).is_some_and(|(kept, _)| *kept == seq) {
+            return;
+        }
+        if self.digests.len() == KEPT {
+            if at == 0 {
+                return;
+            }
+            self.digests.pop_front();
+            self.digests.insert(at - 1, (seq, digest));
+        } else {
+            self.digests.insert(at, (seq, digest));
+        }
+    }
+}
+
+/// FNV-1a over an HTTP answer's status and body: equal on replicas whose apps answered alike.
+/// (Defined, unlike std's hashers, so that replicas of different builds agree.)
+pub fn answer_digest(status: u16, body: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in status.to_be_bytes().iter().chain(body) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The digest of a byte stream, fed as the bytes come: the same however they were split. Its
+/// length and its CRC-32 (hardware-assisted: every replica reads every byte its app sends).
+#[derive(Debug, Default)]
+pub struct StreamDigest {
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl StreamDigest {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.crc.update(bytes);
+        self.len += bytes.len() as u64;
+    }
+
+    pub fn finish(self) -> u64 {
+        (self.len << 32) | u64::from(self.crc.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Digests, KEPT, Report, StreamDigest};
+
+    #[test]
+    fn digests_are_kept_in_order_of_sequence_number_whenever_they_come_and_the_oldest_go() {
+        let digests = Digests::default();
+        for seq in [5, 2, 9, 7] {
+            digests.record(seq, seq * 10);
+        }
+        digests.record(5, 0);
+        digests.handled(9);
+        assert_eq!(
+            digests.report(3, 2),
+            Report {
+                oldest: 2,
+                settled: 9,
+                digests: vec![(5, 50), (7, 70)]
+            }
+        );
+        for seq in 10..10 + KEPT as u64 {
+            digests.answer(seq, Some(0));
+        }
+        digests.answer(10 + KEPT as u64, None);
+        let report = digests.report(0, usize::MAX);
+        assert_eq!(
+            (report.oldest, report.settled, report.digests.len()),
+            (10, 10 + KEPT as u64, KEPT)
+        );
+        // One older than all kept comes too late: it is not kept. One among them is.
+        digests.record(9, 90);
+        assert_eq!(digests.report(0, 1).digests, [(10, 0)]);
+        digests.record(11 + KEPT as u64, 1);
+        let report = digests.report(0, usize::MAX);
+        assert_eq!(report.digests.first(), Some(&(11, 0)));
+        assert_eq!(report.digests.last(), Some(&(11 + KEPT as u64, 1)));
+    }
+
+    #[test]
+    fn what_is_settled_stops_below_a_digest_still_to_come() {
+        let digests = Digests::default();
+        assert_eq!(digests.report(1, 10).oldest, 1);
+        digests.handled(3);
+        digests.expect(4);
+        digests.answer(4, None);
+        digests.expect(6);
+        digests.answer(8, None);
+        assert_eq!(digests.report(1, 10).settled, 3);
+        digests.record(4, 44);
+        assert_eq!(digests.report(1, 10).settled, 5);
+        digests.forgo(6);
+        assert_eq!(
+            digests.report(1, 10),
+            Report {
+                oldest: 4,
+                settled: 8,
+                digests: vec![(4, 44)]
+            }
+        );
+    }
+
+    #[test]
+    fn a_streams_digest_does_not_depend_on_how_it_was_split() {
+        let digest = |parts: &[&[u8]]| {
+            let mut digest = StreamDigest::default();
+            for part in parts {
+                digest.update(part);
+            }
+            digest.finish()
+        };
+        let whole = digest(&[b"OK 1\nEOF 1\n"]);
+        assert_eq!(digest(&[b"OK 1\nE", b"", b"OF 1\n"]), whole);
+        assert_ne!(digest(&[b"OK 2\nEOF 1\n"]), whole);
+        assert_ne!(digest(&[b"OK 1\nEOF 1\n\0"]), whole);
+    }
+}
