@@ -212,35 +212,51 @@ fn half_close_the_server_closing_first_and_many_short_connections() {
     all_connections_closed(&cluster);
 }
 
+/// Each node's digests (`/digests`), in node order.
+fn kept(cluster: &Cluster) -> Option<Vec<Vec<(u64, u64)>>> {
+    (1..=cluster.nodes())
+        .map(|id| serde_json::from_slice(&cluster.admin(id, "/digests?from=1")?.body).ok())
+        .collect()
+}
+
 /// Waits until every node has digests of what its server sent on exactly `connections`
 /// connections, the same everywhere, and has compared them with the other nodes' without
 /// finding a divergence.
 fn no_divergence(cluster: &Cluster, connections: usize) {
-    let digests = |id| -> Option<Vec<(u64, u64)>> {
-        serde_json::from_slice(&cluster.admin(id, "/digests?from=1")?.body).ok()
-    };
-    let kept = wait_until("every node to digest the connections alike", || {
-        let kept: Vec<Vec<(u64, u64)>> =
-            (1..=cluster.nodes()).map(digests).collect::<Option<_>>()?;
+    wait_until("every node to digest the connections alike", || {
+        let kept = kept(cluster)?;
         kept.iter()
             .all(|k| k.len() == connections && *k == kept[0])
-            .then_some(kept)
-    });
-    let kept = kept.unwrap_or_else(|e| {
-        let now: Vec<_> = (1..=cluster.nodes()).map(digests).collect();
-        panic!("{e}: {now:?}")
-    });
-    assert_eq!(kept[0].len(), connections);
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", kept(cluster)));
     compared_without_alarm(cluster, connections);
 }
 
-/// Waits until every node has compared all the digests it has (at least `at_least`) with the
-/// other nodes', and checks that none found a divergence.
+/// Waits until every node has at least `at_least` digests, checks that the digests of one
+/// connection are equal wherever there are several (and that there are several of one at
+/// least), then waits until every node has compared all its digests with the other nodes',
+/// and checks that none found a divergence.
 fn compared_without_alarm(cluster: &Cluster, at_least: usize) {
-    for id in 1..=cluster.nodes() {
-        let kept: Vec<(u64, u64)> =
-            serde_json::from_slice(&cluster.admin(id, "/digests?from=1").unwrap().body).unwrap();
-        assert!(kept.len() >= at_least, "node {id}: {kept:?}");
+    let kept = wait_until("every node to have digests", || {
+        kept(cluster).filter(|kept| kept.iter().all(|k| k.len() >= at_least))
+    })
+    .unwrap();
+    let mut by_seq: HashMap<u64, Vec<u64>> = HashMap::new();
+    for (seq, digest) in kept.iter().flatten() {
+        by_seq.entry(*seq).or_default().push(*digest);
+    }
+    assert!(
+        by_seq.values().any(|digests| digests.len() >= 2),
+        "no connection digested on two nodes: {kept:?}"
+    );
+    for (seq, digests) in &by_seq {
+        assert!(
+            digests.iter().all(|d| *d == digests[0]),
+            "connection closed at {seq}: {digests:?}"
+        );
+    }
+    for (id, kept) in (1..).zip(&kept) {
         let last = kept.last().map_or(0, |(seq, _)| *seq);
         let status = wait_until(&format!("node {id} to compare its digests"), || {
             let status = cluster.status(id)?;
@@ -446,7 +462,25 @@ fn the_replica_whose_server_replies_otherwise_is_found_and_fenced_alone() {
         (resp::cli(cluster.lab.node(1), PORT, &["GET", "after"]) == "1").then_some(())
     })
     .unwrap();
+    // And goes on comparing (the fenced node's digests are passed over): the write's
+    // connection is compared on nodes 1 and 2.
+    let found = cluster.status(1).unwrap()["divergence"]["seq"]
+        .as_u64()
+        .unwrap();
+    let after = wait_until("the write's connection to be digested", || {
+        let kept = kept(&cluster)?;
+        kept[0]
+            .last()
+            .map(|(seq, _)| *seq)
+            .filter(|seq| *seq > found)
+    })
+    .unwrap();
     for id in [1, 2] {
+        wait_until(
+            &format!("node {id} to compare the write's connection"),
+            || (cluster.status(id)?["compared_up_to"].as_u64()? >= after).then_some(()),
+        )
+        .unwrap();
         assert_eq!(cluster.status(id).unwrap()["fenced"], false);
     }
 }

@@ -566,7 +566,8 @@ impl Config {
         if self.protocol == Protocol::Http && self.digest == Some(Digest::Bytes) {
             return Err(ConfigError::OnlyForTcp(
                 "--digest bytes",
-                "HTTP answers are compared by status and body, or by status",
+                "HTTP answers are compared by status and body (the default), by status, or not \
+                 at all (off)",
             ));
         }
         if let Some(path) = &self.admin_token_file {

@@ -83,8 +83,9 @@ impl Outcome {
     /// compare, or nothing is compared.
     pub fn digest(&self, what: Digest) -> Option<u64> {
         match (self, what) {
-            (_, Digest::Off) => None,
-            (Self::Answered(response), Digest::StatusAndBody | Digest::Bytes) => {
+            // Raw TCP mode's digests are of connections, not of events (`tcp`).
+            (_, Digest::Off | Digest::Bytes) => None,
+            (Self::Answered(response), Digest::StatusAndBody) => {
                 Some(answer_digest(response.status, &response.body))
             }
             (Self::Answered(response), Digest::Status) => Some(answer_digest(response.status, b"")),

@@ -11,11 +11,13 @@ use std::{
     sync::Mutex,
 };
 
+use serde::{Deserialize, Serialize};
+
 /// Recent digests kept for comparison between replicas.
 const KEPT: usize = 4096;
 
 /// What replicas compare.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 pub enum Digest {
     /// HTTP: the status and the body of every answer.
     StatusAndBody,
@@ -57,6 +59,7 @@ pub struct Report {
     pub digests: Vec<(u64, u64)>,
 }
 
+#[cfg(test)]
 impl Default for Digests {
     fn default() -> Self {
         Self::new(Digest::StatusAndBody)
@@ -160,7 +163,8 @@ pub fn answer_digest(status: u16, body: &[u8]) -> u64 {
 }
 
 /// The digest of a byte stream, fed as the bytes come: the same however they were split. Its
-/// length and its CRC-32 (hardware-assisted: every replica reads every byte its app sends).
+/// length (modulo 2^32) and its CRC-32 (hardware-assisted: every replica reads every byte its
+/// app sends).
 #[derive(Debug, Default)]
 pub struct StreamDigest {
     crc: crc32fast::Hasher,
@@ -214,6 +218,18 @@ mod tests {
         let report = digests.report(0, usize::MAX);
         assert_eq!(report.digests.first(), Some(&(11, 0)));
         assert_eq!(report.digests.last(), Some(&(11 + KEPT as u64, 1)));
+    }
+
+    #[test]
+    fn a_digest_that_comes_late_goes_in_its_place_among_a_full_window() {
+        let digests = Digests::default();
+        for n in 0..KEPT as u64 {
+            digests.answer(10 + 2 * n, Some(n));
+        }
+        digests.record(13, 99);
+        let kept = digests.report(0, usize::MAX).digests;
+        assert_eq!(kept.len(), KEPT);
+        assert_eq!(kept[..3], [(12, 1), (13, 99), (14, 2)]);
     }
 
     #[test]

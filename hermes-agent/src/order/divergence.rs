@@ -19,6 +19,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
+    digests::Digest,
     peer::{
         Peers,
         wire::{Call, Reply},
@@ -75,23 +76,72 @@ impl Divergence {
 
 /// What one peer said it has.
 struct Report {
+    /// What its digests cover (`None`: a peer of the previous version did not say).
+    what: Option<Digest>,
+    /// It is fenced: it applies nothing, so its digests will not come.
+    fenced: bool,
     /// Every digest up to this request is there, or will never be.
     settled: u64,
     digests: BTreeMap<u64, u64>,
+}
+
+/// What peer `id` has of its digests from `from` on; `None` if it did not say.
+async fn ask(peers: &Peers, id: NodeId, addr: &str, from: u64) -> Option<Report> {
+    let peer = peers.get(id, addr);
+    let report = match peer.call(&Call::Compare { from }, EVERY).await.ok()? {
+        Reply::Compare {
+            what,
+            fenced,
+            settled,
+            digests,
+        } => Report {
+            what: Some(what),
+            fenced,
+            settled,
+            digests: digests.into_iter().take(BATCH).collect(),
+        },
+        // A peer of the previous version: its digests are settled up to its last one.
+        Reply::Rejected(_) => match peer.call(&Call::Digests { from }, EVERY).await.ok()? {
+            Reply::Digests { oldest, digests } => {
+                let digests: BTreeMap<u64, u64> = digests.into_iter().take(BATCH).collect();
+                let settled = digests
+                    .last_key_value()
+                    .map_or(oldest.saturating_sub(1), |(seq, _)| *seq);
+                Report {
+                    what: None,
+                    fenced: false,
+                    settled,
+                    digests,
+                }
+            }
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(report)
 }
 
 /// The digests of request `seq` of the peers that can say what they answered, or `None` if one
 /// of them may still get one (it has not settled `seq` yet, or its report stopped short of
 /// it). A peer without one is passed over: it forgot it (digests of recent requests only are
 /// kept), or has none (a duplicate, the request in flight when its agent stopped, a TCP
-/// connection it lost).
-fn theirs(seq: u64, reports: &BTreeMap<NodeId, Report>) -> Option<BTreeMap<NodeId, u64>> {
+/// connection it lost). A fenced peer is not waited for (its digests do not come while it is
+/// fenced); one whose digests are of another kind than `mine` is passed over.
+fn theirs(
+    seq: u64,
+    reports: &BTreeMap<NodeId, Report>,
+    mine: Digest,
+) -> Option<BTreeMap<NodeId, u64>> {
     let mut others = BTreeMap::new();
     for (id, report) in reports {
+        if report.what.is_some_and(|what| what != mine) {
+            continue;
+        }
         match report.digests.get(&seq) {
             Some(theirs) => {
                 others.insert(*id, *theirs);
             }
+            None if report.fenced => {}
             None if seq > report.settled
                 || (report.digests.len() >= BATCH
                     && report
@@ -148,24 +198,21 @@ pub async fn watch(
         }
         let mut reports = BTreeMap::new();
         for (id, addr) in &voters {
-            let call = Call::Compare { from: first };
-            if let Ok(Reply::Compare { settled, digests }) =
-                peers.get(*id, addr).call(&call, EVERY).await
-            {
-                let digests = digests.into_iter().take(BATCH).collect();
-                reports.insert(*id, Report { settled, digests });
+            if let Some(report) = ask(&peers, *id, addr, first).await {
+                reports.insert(*id, report);
             }
         }
-        if reports.is_empty() {
-            // No peer answered: wait for one.
-            continue;
-        }
         let all = voters.len() + 1;
+        let what = applied.digests().what();
         for (seq, digest) in mine {
-            let Some(others) = theirs(seq, &reports) else {
+            let Some(others) = theirs(seq, &reports, what) else {
                 // Wait for the peers to get there.
                 break;
             };
+            if others.is_empty() && reports.len() < voters.len() {
+                // A peer that did not answer may have it: wait for it.
+                break;
+            }
             checked = seq;
             divergence.checked.store(checked, Ordering::Relaxed);
             if others.values().all(|theirs| *theirs == digest) {
@@ -211,10 +258,12 @@ pub async fn watch(
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::{BATCH, Report, theirs};
+    use super::{BATCH, Digest, Report, theirs};
 
     fn report(settled: u64, digests: &[(u64, u64)]) -> Report {
         Report {
+            what: Some(Digest::Bytes),
+            fenced: false,
             settled,
             digests: digests.iter().copied().collect(),
         }
@@ -222,18 +271,48 @@ mod tests {
 
     #[test]
     fn a_peer_without_a_digest_is_waited_for_only_until_it_settled_that_far() {
+        let bytes = Digest::Bytes;
         let reports = BTreeMap::from([(2, report(7, &[(5, 50)])), (3, report(9, &[(5, 51)]))]);
         assert_eq!(
-            theirs(5, &reports),
+            theirs(5, &reports, bytes),
             Some(BTreeMap::from([(2, 50), (3, 51)]))
         );
         // Neither has 6, and both settled past it: nothing to compare it with.
-        assert_eq!(theirs(6, &reports), Some(BTreeMap::new()));
+        assert_eq!(theirs(6, &reports, bytes), Some(BTreeMap::new()));
         // Node 2 may still get a digest of 8.
-        assert_eq!(theirs(8, &reports), None);
+        assert_eq!(theirs(8, &reports, bytes), None);
         // A full batch ends before 9: node 3 may have more to say.
         let full: Vec<(u64, u64)> = (1..=BATCH as u64).map(|seq| (seq, 0)).collect();
         let reports = BTreeMap::from([(3, report(2 * BATCH as u64, &full))]);
-        assert_eq!(theirs(BATCH as u64 + 1, &reports), None);
+        assert_eq!(theirs(BATCH as u64 + 1, &reports, bytes), None);
+    }
+
+    #[test]
+    fn a_fenced_peer_is_not_waited_for_and_one_with_other_digests_is_passed_over() {
+        let fenced = Report {
+            fenced: true,
+            ..report(1, &[(1, 10)])
+        };
+        let other = Report {
+            what: Some(Digest::Status),
+            ..report(1, &[(2, 20)])
+        };
+        let old = Report {
+            what: None,
+            ..report(9, &[(2, 21)])
+        };
+        let reports = BTreeMap::from([(2, fenced), (3, other), (4, old)]);
+        assert_eq!(
+            theirs(1, &reports, Digest::Bytes),
+            Some(BTreeMap::from([(2, 10)]))
+        );
+        assert_eq!(
+            theirs(2, &reports, Digest::Bytes),
+            Some(BTreeMap::from([(4, 21)]))
+        );
+        assert_eq!(
+            theirs(2, &reports, Digest::Status),
+            Some(BTreeMap::from([(3, 20), (4, 21)]))
+        );
     }
 }

@@ -241,6 +241,8 @@ async fn handle(server: &Server, call: Call) -> Reply {
         Call::Compare { from } => {
             let report = server.applied.digests().report(from, divergence::BATCH);
             Reply::Compare {
+                what: server.applied.digests().what(),
+                fenced: server.applied.fenced(),
                 settled: report.settled,
                 digests: report.digests,
             }

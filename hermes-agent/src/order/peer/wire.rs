@@ -11,7 +11,10 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::order::typ::{Batch, NodeId, rpc};
+use crate::order::{
+    digests::Digest,
+    typ::{Batch, NodeId, rpc},
+};
 
 /// The smallest cap on frames a node may be given: room for Raft's messages and a batch of
 /// small requests.
@@ -33,8 +36,8 @@ pub enum Call {
     /// For a linearizable read: confirm your leadership, and name the log index the reader's
     /// replica must have applied.
     ReadIndex,
-    /// The digests of your answers from request `from` on, as peers of the previous version
-    /// ask ([`Self::Compare`] replaces it).
+    /// The digests of your answers from request `from` on: what peers of the previous version
+    /// ask, and what is asked of them ([`Self::Compare`] replaces it).
     Digests {
         from: u64,
     },
@@ -81,6 +84,7 @@ pub enum Reply {
     },
     ChangeMembership(Result<(), String>),
     ReadIndex(Result<u64, ForwardError>),
+    /// The answer to [`Call::Digests`], for peers of the previous version.
     Digests {
         /// The first request whose digest is still kept.
         oldest: u64,
@@ -88,7 +92,12 @@ pub enum Reply {
     },
     /// The call was refused (could not be decoded, or was not for this node): why.
     Rejected(String),
+    /// The answer to [`Call::Compare`]. New variants go last, as in [`Call`].
     Compare {
+        /// What the digests cover (`--digest`): digests of another kind are not compared.
+        what: Digest,
+        /// This node is fenced: it applies nothing, so its digests will not come.
+        fenced: bool,
         /// Every digest up to this request is here, or will never be.
         settled: u64,
         digests: Vec<(u64, u64)>,
@@ -209,6 +218,26 @@ mod tests {
             read_frame(&mut reader, &mut buf, MIN_FRAME).await.unwrap(),
             None
         );
+    }
+
+    /// Peers of different versions decode each other's calls and replies by the index of their
+    /// variant (postcard): variants are only ever added last.
+    #[test]
+    fn variants_keep_their_index() {
+        let index = |bytes: Vec<u8>| bytes[0];
+        let call = |call: Call| index(postcard::to_allocvec(&call).unwrap());
+        let reply = |reply: Reply| index(postcard::to_allocvec(&reply).unwrap());
+        assert_eq!(call(Call::Hello), 4);
+        assert_eq!(call(Call::Digests { from: 1 }), 7);
+        assert_eq!(call(Call::Compare { from: 1 }), 8);
+        assert_eq!(reply(Reply::Rejected(String::new())), 8);
+        let compare = Reply::Compare {
+            what: Digest::Bytes,
+            fenced: false,
+            settled: 0,
+            digests: Vec::new(),
+        };
+        assert_eq!(reply(compare), 9);
     }
 
     #[tokio::test]
