@@ -462,19 +462,24 @@ fn the_replica_whose_server_replies_otherwise_is_found_and_fenced_alone() {
         (resp::cli(cluster.lab.node(1), PORT, &["GET", "after"]) == "1").then_some(())
     })
     .unwrap();
-    // And goes on comparing (the fenced node's digests are passed over): the write's
-    // connection is compared on nodes 1 and 2.
+    // And goes on comparing (without waiting for the fenced node): the write's connection is
+    // digested alike on nodes 1 and 2, and compared.
     let found = cluster.status(1).unwrap()["divergence"]["seq"]
         .as_u64()
         .unwrap();
-    let after = wait_until("the write's connection to be digested", || {
+    let (after, digest) = wait_until("the write's connection to be digested", || {
         let kept = kept(&cluster)?;
-        kept[0]
-            .last()
-            .map(|(seq, _)| *seq)
-            .filter(|seq| *seq > found)
+        kept[0].last().copied().filter(|(seq, _)| *seq > found)
     })
     .unwrap();
+    let on_node_2 = wait_until("node 2 to digest the write's connection", || {
+        kept(&cluster)?[1]
+            .iter()
+            .find(|(seq, _)| *seq == after)
+            .map(|(_, digest)| *digest)
+    })
+    .unwrap();
+    assert_eq!(on_node_2, digest);
     for id in [1, 2] {
         wait_until(
             &format!("node {id} to compare the write's connection"),

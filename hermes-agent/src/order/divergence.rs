@@ -100,22 +100,25 @@ async fn ask(peers: &Peers, id: NodeId, addr: &str, from: u64) -> Option<Report>
             settled,
             digests: digests.into_iter().take(BATCH).collect(),
         },
-        // A peer of the previous version: its digests are settled up to its last one.
-        Reply::Rejected(_) => match peer.call(&Call::Digests { from }, EVERY).await.ok()? {
-            Reply::Digests { oldest, digests } => {
-                let digests: BTreeMap<u64, u64> = digests.into_iter().take(BATCH).collect();
-                let settled = digests
-                    .last_key_value()
-                    .map_or(oldest.saturating_sub(1), |(seq, _)| *seq);
-                Report {
-                    what: None,
-                    fenced: false,
-                    settled,
-                    digests,
+        // A peer of the previous version, which cannot decode `Compare`: its digests are
+        // settled up to its last one.
+        Reply::Rejected(why) if why.starts_with("cannot decode the call") => {
+            match peer.call(&Call::Digests { from }, EVERY).await.ok()? {
+                Reply::Digests { oldest, digests } => {
+                    let digests: BTreeMap<u64, u64> = digests.into_iter().take(BATCH).collect();
+                    let settled = digests
+                        .last_key_value()
+                        .map_or(oldest.saturating_sub(1), |(seq, _)| *seq);
+                    Report {
+                        what: None,
+                        fenced: false,
+                        settled,
+                        digests,
+                    }
                 }
+                _ => return None,
             }
-            _ => return None,
-        },
+        }
         _ => return None,
     };
     Some(report)
@@ -126,7 +129,9 @@ async fn ask(peers: &Peers, id: NodeId, addr: &str, from: u64) -> Option<Report>
 /// it). A peer without one is passed over: it forgot it (digests of recent requests only are
 /// kept), or has none (a duplicate, the request in flight when its agent stopped, a TCP
 /// connection it lost). A fenced peer is not waited for (its digests do not come while it is
-/// fenced); one whose digests are of another kind than `mine` is passed over.
+/// fenced); one whose digests are of another kind than `mine` is passed over (one of the
+/// previous version, which does not say, is taken to have its default kind,
+/// `status-and-body`).
 fn theirs(
     seq: u64,
     reports: &BTreeMap<NodeId, Report>,
@@ -134,7 +139,7 @@ fn theirs(
 ) -> Option<BTreeMap<NodeId, u64>> {
     let mut others = BTreeMap::new();
     for (id, report) in reports {
-        if report.what.is_some_and(|what| what != mine) {
+        if report.what.unwrap_or(Digest::StatusAndBody) != mine {
             continue;
         }
         match report.digests.get(&seq) {
@@ -169,6 +174,10 @@ pub async fn watch(
 ) {
     // Requests up to this one are compared.
     let mut checked = 0;
+    // Said once each: peers whose digests are of another kind; the request a comparison waits
+    // on for a peer that does not answer.
+    let mut other_kinds = BTreeMap::new();
+    let mut waiting_on = None;
     loop {
         tokio::time::sleep(EVERY).await;
         let report = applied.digests().report(checked + 1, BATCH);
@@ -204,6 +213,17 @@ pub async fn watch(
         }
         let all = voters.len() + 1;
         let what = applied.digests().what();
+        for (id, report) in &reports {
+            let theirs = report.what.unwrap_or(Digest::StatusAndBody);
+            if theirs != what && other_kinds.insert(*id, theirs) != Some(theirs) {
+                tracing::warn!(
+                    peer = id,
+                    ?theirs,
+                    mine = ?what,
+                    "this peer's --digest differs: its digests are not compared"
+                );
+            }
+        }
         for (seq, digest) in mine {
             let Some(others) = theirs(seq, &reports, what) else {
                 // Wait for the peers to get there.
@@ -211,6 +231,13 @@ pub async fn watch(
             };
             if others.is_empty() && reports.len() < voters.len() {
                 // A peer that did not answer may have it: wait for it.
+                if waiting_on.replace(seq) != Some(seq) {
+                    tracing::warn!(
+                        seq,
+                        "comparing digests waits for a peer that does not answer: the peers \
+                         that did have no digest of this request"
+                    );
+                }
                 break;
             }
             checked = seq;
@@ -306,13 +333,15 @@ mod tests {
             theirs(1, &reports, Digest::Bytes),
             Some(BTreeMap::from([(2, 10)]))
         );
-        assert_eq!(
-            theirs(2, &reports, Digest::Bytes),
-            Some(BTreeMap::from([(4, 21)]))
-        );
+        assert_eq!(theirs(2, &reports, Digest::Bytes), Some(BTreeMap::new()));
         assert_eq!(
             theirs(2, &reports, Digest::Status),
-            Some(BTreeMap::from([(3, 20), (4, 21)]))
+            Some(BTreeMap::from([(3, 20)]))
+        );
+        // A peer of the previous version is taken to have the default kind.
+        assert_eq!(
+            theirs(2, &reports, Digest::StatusAndBody),
+            Some(BTreeMap::from([(4, 21)]))
         );
     }
 }

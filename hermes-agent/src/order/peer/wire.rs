@@ -238,6 +238,16 @@ mod tests {
             digests: Vec::new(),
         };
         assert_eq!(reply(compare), 9);
+        // `Compare` carries the kind of digests, by index too.
+        let kinds = [
+            Digest::StatusAndBody,
+            Digest::Status,
+            Digest::Bytes,
+            Digest::Off,
+        ];
+        for (index, kind) in kinds.into_iter().enumerate() {
+            assert_eq!(postcard::to_allocvec(&kind).unwrap(), [index as u8]);
+        }
     }
 
     #[tokio::test]
