@@ -9,6 +9,7 @@ use std::{fs::File, os::unix::fs::FileExt, path::Path};
 use serde::{Deserialize, Serialize};
 
 use crate::order::{
+    digests::fnv1a,
     log_store::{decode, encode},
     typ::LogId,
 };
@@ -76,7 +77,7 @@ impl ProgressFile {
                 let len = u16::from_le_bytes([buf[0], buf[1]]) as usize;
                 let body = buf.get(2..2 + len)?;
                 let sum = buf.get(2 + len..10 + len)?;
-                (checksum(body).to_le_bytes() == sum).then_some(())?;
+                (fnv1a(&[body]).to_le_bytes() == sum).then_some(())?;
                 decode::<(u64, Progress)>(body).ok()
             })
             .max_by_key(|(seq, _)| *seq)
@@ -91,18 +92,9 @@ impl ProgressFile {
         let mut buf = [0u8; SLOT];
         buf[..2].copy_from_slice(&(body.len() as u16).to_le_bytes());
         buf[2..2 + body.len()].copy_from_slice(&body);
-        buf[2 + body.len()..10 + body.len()].copy_from_slice(&checksum(&body).to_le_bytes());
+        buf[2 + body.len()..10 + body.len()].copy_from_slice(&fnv1a(&[&body]).to_le_bytes());
         self.file.write_all_at(&buf, (self.seq % 2) * SLOT as u64)
     }
-}
-
-/// FNV-1a.
-fn checksum(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |hash: u64, &byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        })
 }
 
 #[cfg(test)]
