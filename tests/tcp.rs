@@ -516,3 +516,154 @@ fn passthrough_in_tcp_mode_relays_without_ordering() {
         "70000"
     );
 }
+
+/// A `SET big <value>` whose value holds a Redis command after a line break, in two parts: a
+/// server that took the second part for the start of a connection would run the command.
+fn poisoned_set() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut value = vec![b'x'; 6000];
+    value.extend_from_slice(b"\r\nFLUSHALL\r\n");
+    value.extend_from_slice(&[b'y'; 6000]);
+    let command = resp::encode(&[b"SET", b"big", &value]);
+    let half = command.len() / 2;
+    assert!(
+        command[half..].windows(8).any(|w| w == b"FLUSHALL"),
+        "the command is in the second part"
+    );
+    (command[..half].to_vec(), command[half..].to_vec(), value)
+}
+
+/// Connects to node `id` and sends the first part of [`poisoned_set`]; returns once every
+/// running replica's Redis holds it (the rest of the command is awaited there).
+fn half_sent(cluster: &Cluster, id: usize, first: &[u8]) -> TcpStream {
+    use std::io::Write as _;
+    let mut client = TcpStream::connect(cluster.addr(id)).unwrap();
+    client.write_all(first).unwrap();
+    wait_until("every replica's Redis to hold the half command", || {
+        (1..=cluster.nodes())
+            .filter(|id| cluster.is_running(*id))
+            .all(|id| {
+                let clients = resp::cli(cluster.lab.node(id), PORT, &["CLIENT", "LIST"]);
+                clients.lines().any(|line| {
+                    line.split(' ')
+                        .find_map(|field| field.strip_prefix("qbuf="))
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .is_some_and(|n| n > 1000)
+                })
+            })
+            .then_some(())
+    })
+    .unwrap();
+    client
+}
+
+/// Sends the rest of a command on a connection that was abandoned: the client finds its
+/// connection reset or closed, never an answer.
+fn abandoned(mut client: TcpStream, rest: &[u8]) {
+    use std::io::{Read as _, Write as _};
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = client.write_all(rest);
+    let mut reply = Vec::new();
+    let read = client.read_to_end(&mut reply);
+    assert!(
+        read.is_err() || reply.is_empty(),
+        "the abandoned connection was answered: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+}
+
+/// Whether node `id`'s Redis has `key`.
+fn has(cluster: &Cluster, id: usize, key: &str) -> bool {
+    resp::cli(cluster.lab.node(id), PORT, &["EXISTS", key]).trim() == "1"
+}
+
+fn wait_ready(cluster: &Cluster, id: usize) {
+    wait_until(&format!("node {id} to be ready"), || {
+        (cluster.admin(id, "/readyz")?.status == 200).then_some(())
+    })
+    .unwrap();
+}
+
+/// Issue 17, hole 3: a replica never resumes a connection in the middle of a command. A client
+/// sends half of a `SET` whose value holds `\r\nFLUSHALL\r\n`; then a replica's agent stops
+/// (SIGTERM, on a follower and on the client's own node, as in a rolling restart; or kill -9)
+/// and comes back. Whatever the order, no replica's Redis runs the `FLUSHALL`: the connection is
+/// abandoned at one point of the log on every replica (its client reset) and the replicas stay
+/// identical, or, when the rest of the command was ordered while the replica was down, that
+/// replica cannot apply it and fences itself, saying why.
+#[test]
+fn a_restarted_replica_never_resumes_a_connection_in_the_middle_of_a_command() {
+    let mut cluster = cluster(3, App::Redis, TCP);
+    let addrs = cluster.addrs();
+    let mut redis = Redis::connect(addrs[0]).unwrap();
+    assert_eq!(
+        redis.call(&[b"SET", b"keep", b"1"]).unwrap(),
+        Reply::Status("OK".into())
+    );
+    let (first, rest, value) = poisoned_set();
+    let untouched = |cluster: &Cluster| {
+        cluster.wait_converged().unwrap();
+        for id in 1..=3 {
+            assert!(has(cluster, id, "keep"), "node {id} ran the FLUSHALL");
+            assert!(!has(cluster, id, "big"), "node {id} ran the half SET");
+            let status = cluster.status(id).unwrap();
+            assert_eq!(status["fenced"], false, "node {id}: {status}");
+        }
+        let digests = digests(cluster);
+        assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+    };
+
+    // A rolling restart, SIGTERM: a follower, then the client's own node.
+    for id in [2, 1] {
+        let client = half_sent(&cluster, 1, &first);
+        let status = cluster.stop_agent(id, Duration::from_secs(60)).unwrap();
+        assert!(status.success(), "node {id}'s agent: {status}");
+        cluster.start_agent(id).unwrap();
+        wait_ready(&cluster, id);
+        abandoned(client, &rest);
+        untouched(&cluster);
+    }
+
+    // kill -9 of a follower, back before the rest comes: its restart abandons the connection.
+    let client = half_sent(&cluster, 1, &first);
+    cluster.kill_agent(2).unwrap();
+    cluster.start_agent(2).unwrap();
+    wait_ready(&cluster, 2);
+    abandoned(client, &rest);
+    untouched(&cluster);
+
+    // kill -9 of a follower, and the rest of the command ordered while it is down: the others
+    // run the whole SET; the restarted one cannot, and fences itself.
+    let mut client = half_sent(&cluster, 1, &first);
+    cluster.kill_agent(2).unwrap();
+    {
+        use std::io::Write as _;
+        client.write_all(&rest).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut reader = std::io::BufReader::new(&client);
+        assert_eq!(resp::read(&mut reader).unwrap(), Reply::Status("OK".into()));
+    }
+    cluster.start_agent(2).unwrap();
+    let status = wait_until("node 2 to fence itself", || {
+        cluster.status(2).filter(|s| s["fenced"] == true)
+    })
+    .unwrap();
+    let why = status["fenced_because"].as_str().unwrap_or_default();
+    assert!(why.contains("lost the app's connection"), "{status}");
+    let ready = cluster.admin(2, "/readyz").unwrap();
+    assert_eq!(ready.status, 503);
+    assert!(String::from_utf8_lossy(&ready.body).contains("fenced"));
+    for id in [1, 3] {
+        assert!(has(&cluster, id, "keep"));
+        let big = resp::cli(cluster.lab.node(id), PORT, &["STRLEN", "big"]);
+        assert_eq!(big.trim(), value.len().to_string(), "node {id}");
+    }
+    assert!(has(&cluster, 2, "keep"), "node 2 ran the FLUSHALL");
+    assert!(!has(&cluster, 2, "big"));
+    let digests = digests(&cluster);
+    assert_eq!(digests[0], digests[2]);
+    assert_ne!(digests[1], digests[0]);
+}

@@ -5,9 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use hermes_agent::order::{
-    peer::wire::{self, Call, ForwardError, MembershipChange, Reply, Target},
-    typ::{Batch, Command, Entry, EntryPayload, LogId, Member, NodeId, SnapshotMeta, Vote, rpc},
+use hermes_agent::{
+    http::ordered::Ordered,
+    order::{
+        peer::wire::{self, Call, ForwardError, MembershipChange, Reply, Target},
+        typ::{Batch, Command, Entry, EntryPayload, LogId, Member, NodeId, SnapshotMeta, Vote, rpc},
+    },
 };
 use openraft::{CommittedLeaderId, Membership, StoredMembership};
 use serde::Serialize;
@@ -32,14 +35,19 @@ fn members() -> Membership<NodeId, Member> {
 fn batch(requests: &[&[u8]]) -> Batch {
     Batch {
         id: (2, 0x1002, 7),
+        floor: 1 << 40,
         commands: requests
             .iter()
             .enumerate()
-            .map(|(i, payload)| Command {
+            .map(|(i, request)| Command {
                 origin: 2,
                 incarnation: 0x1002,
                 id: (1 << 40) | i as u64,
-                payload: Bytes::copy_from_slice(payload),
+                payload: Ordered {
+                    conn: (1 << 40) | 3,
+                    request: Bytes::copy_from_slice(request),
+                }
+                .to_payload(),
             })
             .collect(),
     }

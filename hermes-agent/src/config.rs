@@ -286,6 +286,14 @@ pub struct Config {
     #[arg(long, env = "HERMES_DATA_DIR", help_heading = "Replication")]
     pub data_dir: Option<PathBuf>,
 
+    /// Do not sync the delivery progress before requests go to the app (by default one
+    /// fdatasync for the requests of the entries applied together). Then, after a machine
+    /// crash (a power loss), requests delivered just before it may be delivered again without
+    /// being counted in doubt: only for apps whose own state does not survive a machine crash
+    /// either (kept in memory).
+    #[arg(long, env = "HERMES_NO_PROGRESS_SYNC", help_heading = "Replication")]
+    pub no_progress_sync: bool,
+
     /// Shell command that writes the app's state to the file named by `$HERMES_SNAPSHOT`.
     /// With --restore-cmd, lets Hermes take snapshots and compact its log; a new or lagging
     /// replica then starts from a snapshot. Without them the log is kept whole.
@@ -346,6 +354,17 @@ pub struct Config {
     /// unknown; or 503 when no leader could take it).
     #[arg(long, env = "HERMES_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration, help_heading = "Limits")]
     pub request_timeout: Duration,
+
+    /// App connections open at once at most (HTTP). Each client connection's requests reach the
+    /// app over a connection of their own, opened at its first request and kept for its next
+    /// ones; beyond this many, the one unused the longest is closed. An app that serves fewer
+    /// connections at once (a single-threaded server that keeps reading an idle connection
+    /// until it closes) is recognised by itself: when a request gets no answer for 100 ms while
+    /// other app connections are open, those are closed, and if the answer then comes at once,
+    /// no more than the app took are kept open from then on. 1: one at a time, switched
+    /// between clients.
+    #[arg(long, env = "HERMES_APP_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000), help_heading = "Limits")]
+    pub app_connections: u64,
 
     /// An app answer taking longer than this makes the node report the app slow (not ready).
     /// The answer is still waited for: a request the app has is never sent twice.
@@ -638,6 +657,8 @@ impl Config {
                 max_body: self.max_response,
                 ..Default::default()
             },
+            app_connections: usize::try_from(self.app_connections).unwrap_or(usize::MAX),
+            sync_progress: !self.no_progress_sync,
             request_timeout: self.request_timeout,
             max_pending: self.max_pending,
             log_cache: usize::try_from(self.log_cache).unwrap_or(usize::MAX),

@@ -6,9 +6,12 @@
 //! connection is named by its origin node and incarnation (those of the command) and an id the
 //! origin draws like a request id, unique across its restarts.
 //!
-//! Encoded by hand, one tag byte and the connection id, then the bytes of `Data`: a decoded
-//! event borrows its bytes from the command's payload, nothing is copied.
-use bytes::{BufMut, Bytes, BytesMut};
+//! Encoded by hand, one tag byte and the connection id, then the bytes of `Data` (or the
+//! connections of `Abandon`): a decoded event borrows its bytes from the command's payload,
+//! nothing is copied.
+use bytes::{Buf as _, BufMut, Bytes, BytesMut};
+
+use crate::order::typ::ConnKey;
 
 /// What happened to a client connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +28,11 @@ pub enum Event {
     /// The origin restarted: every connection it had before, those with an id below this one,
     /// went with it and is closed.
     Lost,
+    /// These connections (of any origin; none listed: every connection open) are closed on
+    /// every replica, and their clients reset: a replica lost them in its restart, or is about
+    /// to stop and must not leave any open behind it (it could never apply the rest of their
+    /// streams).
+    Abandon(Vec<ConnKey>),
 }
 
 impl Event {
@@ -36,6 +44,7 @@ impl Event {
             Self::Shutdown => "shutdown",
             Self::Close => "close",
             Self::Lost => "lost",
+            Self::Abandon(_) => "abandon",
         }
     }
 }
@@ -52,8 +61,13 @@ const DATA: u8 = 2;
 const SHUTDOWN: u8 = 3;
 const CLOSE: u8 = 4;
 const LOST: u8 = 5;
+const ABANDON: u8 = 6;
 /// Tag and connection id.
 const HEAD: usize = 9;
+/// Bytes of a connection key in `Abandon`.
+const KEY: usize = 24;
+/// Connections one `Abandon` names at most (so that it fits in a chunk).
+pub const MAX_ABANDONED: usize = 4096;
 
 impl Chunk {
     pub fn new(conn: u64, event: Event) -> Self {
@@ -62,12 +76,21 @@ impl Chunk {
 
     /// The command payload that carries this event.
     pub fn encode(&self) -> Bytes {
+        let keys;
         let (tag, data) = match &self.event {
             Event::Open => (OPEN, &[][..]),
             Event::Data(bytes) => (DATA, &bytes[..]),
             Event::Shutdown => (SHUTDOWN, &[][..]),
             Event::Close => (CLOSE, &[][..]),
             Event::Lost => (LOST, &[][..]),
+            Event::Abandon(conns) => {
+                keys = conns
+                    .iter()
+                    .flat_map(|&(origin, incarnation, id)| [origin, incarnation, id])
+                    .flat_map(u64::to_le_bytes)
+                    .collect::<Vec<u8>>();
+                (ABANDON, &keys[..])
+            }
         };
         let mut out = BytesMut::with_capacity(HEAD + data.len());
         out.put_u8(tag);
@@ -88,6 +111,17 @@ impl Chunk {
             SHUTDOWN if bare => Event::Shutdown,
             CLOSE if bare => Event::Close,
             LOST if bare => Event::Lost,
+            ABANDON
+                if (payload.len() - HEAD).is_multiple_of(KEY)
+                    && (payload.len() - HEAD) / KEY <= MAX_ABANDONED =>
+            {
+                let mut keys = payload.slice(HEAD..);
+                let mut conns = Vec::with_capacity(keys.len() / KEY);
+                while keys.has_remaining() {
+                    conns.push((keys.get_u64_le(), keys.get_u64_le(), keys.get_u64_le()));
+                }
+                Event::Abandon(conns)
+            }
             _ => return None,
         };
         Some(Self { conn, event })
@@ -106,6 +140,8 @@ mod tests {
             Event::Shutdown,
             Event::Close,
             Event::Lost,
+            Event::Abandon(Vec::new()),
+            Event::Abandon(vec![(1, u64::MAX, 7), (u64::MAX, 2, 0)]),
         ] {
             let chunk = Chunk::new(u64::MAX - 1, event);
             assert_eq!(Chunk::decode(&chunk.encode()), Some(chunk));
@@ -116,7 +152,8 @@ mod tests {
             b"\x01\0\0\0\0\0\0\0",
             b"\x02\0\0\0\0\0\0\0\0",
             b"\x01\0\0\0\0\0\0\0\0x",
-            b"\x06\0\0\0\0\0\0\0\0",
+            b"\x07\0\0\0\0\0\0\0\0",
+            b"\x06\0\0\0\0\0\0\0\0\x01",
             b"GET / HTTP/1.1\r\n\r\n",
         ] {
             assert_eq!(Chunk::decode(&Bytes::from_static(bad)), None, "{bad:?}");

@@ -28,6 +28,7 @@ pub struct Telemetry {
     app_seconds: Histogram,
     app_failures: Family<Labels, Counter>,
     in_doubt: Gauge,
+    fenced: Gauge,
     divergences: Counter,
     term: Gauge,
     leader: Gauge,
@@ -64,6 +65,7 @@ impl Default for Telemetry {
             app_seconds: seconds(),
             app_failures: Family::default(),
             in_doubt: Gauge::default(),
+            fenced: Gauge::default(),
             divergences: Counter::default(),
             term: Gauge::default(),
             leader: Gauge::default(),
@@ -114,6 +116,11 @@ impl Default for Telemetry {
                 this.in_doubt.clone(),
             );
             r.register(
+                "fenced",
+                "1 while this replica is fenced (it applies nothing; /status says why)",
+                this.fenced.clone(),
+            );
+            r.register(
                 "divergences",
                 "Requests whose answer here differed from the other replicas'",
                 this.divergences.clone(),
@@ -151,8 +158,9 @@ impl Default for Telemetry {
             );
             r.register(
                 "tcp_events",
-                "Raw TCP mode: connection events applied to the app, by kind (reopened: a \
-                 connection this replica lost when its agent stopped, opened again)",
+                "Raw TCP mode: connection events applied to the app, by kind (ignored: of a \
+                 connection closed; broken: of one this replica lost when its agent stopped, \
+                 not applied)",
                 this.tcp_events.clone(),
             );
             r.register(
@@ -229,6 +237,7 @@ impl Telemetry {
     pub fn state(&self, state: &State) {
         self.in_flight.set(state.in_flight as i64);
         self.in_doubt.set(state.in_doubt as i64);
+        self.fenced.set(i64::from(state.fenced));
         self.term.set(state.term as i64);
         self.leader.set(state.leader as i64);
         self.commit_index.set(state.commit_index as i64);
@@ -273,6 +282,8 @@ impl Telemetry {
 pub struct State {
     pub in_flight: usize,
     pub in_doubt: u64,
+    /// The replica is fenced.
+    pub fenced: bool,
     pub term: u64,
     pub leader: u64,
     pub commit_index: u64,

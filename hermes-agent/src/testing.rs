@@ -19,7 +19,7 @@ use crate::order::{Node, Settings};
 /// A plain answer.
 pub const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
-/// What the fake app does with a request. Acts that end in a state a test must see first
+/// What the fake app does with a request (the `n`th whose head it read). Acts that end in a state a test must see first
 /// (a close, stray bytes) tell `done` once they are there, so that no test waits on a timer.
 #[derive(Clone)]
 pub enum Act {
@@ -42,6 +42,9 @@ pub enum Act {
     ReplyAndClose(&'static [u8]),
     /// Reads the whole request and closes without a word (the app died).
     Die,
+    /// Reads only the head and closes without a word, the body unread (the app died while the
+    /// request came): it cannot have run it.
+    DieAfterHead,
     /// Reads the whole request, waits to be told, then replies.
     ReplyWhenTold(Arc<Notify>, &'static [u8]),
     /// Reads the whole request and never answers.
@@ -63,19 +66,42 @@ pub struct FakeApp {
 }
 
 impl FakeApp {
-    /// Starts an app that does `script(n)` with its `n`th request (0-based).
+    /// Starts an app that does `script(n)` with its `n`th request (0-based), on as many
+    /// connections at once as it is given.
     pub async fn start(script: impl Fn(usize) -> Act + Send + Sync + 'static) -> Self {
+        Self::serving(false, script).await
+    }
+
+    /// Starts an app like [`Self::start`] that serves one connection at a time, as Python's
+    /// stock `http.server` does: it reads a connection until it closes before it takes the next.
+    pub async fn one_at_a_time(script: impl Fn(usize) -> Act + Send + Sync + 'static) -> Self {
+        Self::serving(true, script).await
+    }
+
+    async fn serving(serial: bool, script: impl Fn(usize) -> Act + Send + Sync + 'static) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let script = Arc::new(script);
         let (record, count) = (Arc::clone(&seen), Arc::clone(&connections));
+        // Heads read so far: the script's `n`.
+        let heads = Arc::new(AtomicUsize::new(0));
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, Arc::clone(&record), Arc::clone(&script)));
+                let served = serve(
+                    stream,
+                    Arc::clone(&record),
+                    Arc::clone(&heads),
+                    Arc::clone(&script),
+                );
+                if serial {
+                    served.await;
+                } else {
+                    tokio::spawn(served);
+                }
             }
         });
         Self {
@@ -104,6 +130,7 @@ impl FakeApp {
 async fn serve(
     mut stream: TcpStream,
     seen: Arc<Mutex<Vec<Seen>>>,
+    heads: Arc<AtomicUsize>,
     script: Arc<impl Fn(usize) -> Act + Send + Sync>,
 ) {
     let mut buf = Vec::new();
@@ -136,8 +163,10 @@ async fn serve(
                 return;
             }
         };
-        let n = seen.lock().unwrap().len();
-        let act = script(n);
+        let act = script(heads.fetch_add(1, Ordering::SeqCst));
+        if matches!(act, Act::DieAfterHead) {
+            return;
+        }
         let record = |body: Vec<u8>| {
             seen.lock().unwrap().push(Seen {
                 index,
@@ -195,7 +224,7 @@ async fn serve(
                 let _ = stream.write_all(answer).await;
             }
             Act::Hang => std::future::pending::<()>().await,
-            Act::ReplyBeforeBody(_) | Act::ReplyBeforeBodyAndClose(_) => {
+            Act::ReplyBeforeBody(_) | Act::ReplyBeforeBodyAndClose(_) | Act::DieAfterHead => {
                 unreachable!("handled above")
             }
         }
@@ -231,6 +260,8 @@ pub async fn single_node(
         app_source: std::net::Ipv4Addr::LOCALHOST,
         app_timeout: Duration::from_secs(5),
         response_limits: crate::http::response::Limits::default(),
+        app_connections: 64,
+        sync_progress: true,
         request_timeout: Duration::from_secs(10),
         max_pending: 64,
         log_cache: 1 << 20,

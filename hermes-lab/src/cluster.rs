@@ -4,6 +4,7 @@ use std::{
     io,
     net::SocketAddr,
     path::{Path, PathBuf},
+    process::ExitStatus,
     time::{Duration, Instant},
 };
 
@@ -31,6 +32,8 @@ pub enum App {
     Register,
     /// `tests/apps/random.py`: `Append` whose every answer carries a per-process random number.
     Random,
+    /// `tests/apps/sloppy.py`: `Append`, whose `POST /ping` answers without reading the body.
+    Sloppy,
     /// Debian's `redis-server` (raw TCP mode), in memory only, its `DEBUG` commands allowed on
     /// loopback (for `DEBUG DIGEST`).
     Redis,
@@ -46,6 +49,7 @@ impl App {
             Self::Record => "record.py",
             Self::Register => "register.py",
             Self::Random => "random.py",
+            Self::Sloppy => "sloppy.py",
         };
         let lab = Path::new(env!("CARGO_MANIFEST_DIR"));
         let workspace = lab.parent().expect("hermes-lab lies in the workspace");
@@ -213,7 +217,7 @@ impl Cluster {
                 vec!["--listen", &listen, "--file", file],
             ),
             App::HttpEcho => (self.bin.join("hermes-http-echo"), vec![listen.as_str()]),
-            App::Append | App::Record | App::Register | App::Random => {
+            App::Append | App::Record | App::Register | App::Random | App::Sloppy => {
                 let script = script.as_deref().expect("the app's script");
                 let script = script.to_str().expect("UTF-8 path");
                 let args = vec![script, "--listen", &listen, "--file", file];
@@ -323,6 +327,18 @@ impl Cluster {
             launcher.kill(id)?;
         }
         kill(&mut self.agents[id - 1])
+    }
+
+    /// SIGTERM to node `id`'s agent (a planned stop), then waits for it to exit, at most
+    /// `timeout`; the slot is left empty.
+    pub fn stop_agent(&mut self, id: usize, timeout: Duration) -> io::Result<ExitStatus> {
+        let agent = self.agents[id - 1]
+            .as_mut()
+            .ok_or_else(|| io::Error::other(format!("node {id}'s agent is not running")))?;
+        agent.signal(nix::sys::signal::Signal::SIGTERM)?;
+        let status = agent.wait(timeout)?;
+        self.agents[id - 1] = None;
+        Ok(status)
     }
 
     pub fn agent(&mut self, id: usize) -> Option<&mut Process> {

@@ -8,7 +8,8 @@ Hermes: no de-duplication, nothing read from Hermes' headers.
 What this module adds to the stock server, and only that:
 
 - `--listen HOST:PORT --file PATH`; a line containing `listening` on stdout once the socket
-  accepts connections;
+  accepts connections; `--threading`: a thread per connection instead (as
+  `ThreadingHTTPServer`);
 - SIGTERM exits (after the response in flight, if a request is being processed);
 - no per-request log lines on stderr;
 - bodies framed by Content-Length only: a request with Transfer-Encoding gets 501 and the
@@ -141,6 +142,10 @@ class Server(http.server.HTTPServer):
         self.server_name, self.server_port = self.server_address[:2]
 
 
+class ThreadingServer(socketserver.ThreadingMixIn, Server):
+    daemon_threads = True
+
+
 def _host_port(text):
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
@@ -153,12 +158,16 @@ def main(name, handler, description):
     parser = argparse.ArgumentParser(prog=name, description=description)
     parser.add_argument("--listen", type=_host_port, required=True, metavar="HOST:PORT")
     parser.add_argument("--file", required=True, metavar="PATH", help="the app's state")
+    parser.add_argument(
+        "--threading", action="store_true", help="a thread per connection, not one at a time"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _on_sigterm)
     handler.open(args.file)
+    server_class = ThreadingServer if args.threading else Server
     if ":" in args.listen[0]:
-        Server.address_family = socket.AF_INET6
-    server = Server(args.listen, handler)
+        server_class.address_family = socket.AF_INET6
+    server = server_class(args.listen, handler)
     host, port = server.server_address[:2]
     print(f"{name} listening on {host}:{port}, state in {args.file}", flush=True)
     try:

@@ -244,7 +244,7 @@ pub(crate) async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]
         }
         ("POST", "/divergence/resume") => match &admin.node {
             Some(node) => {
-                node.applied.fence(false);
+                node.applied.resume();
                 tracing::warn!("resumed by an operator after a divergence");
                 Answer::json(200, status(admin))
             }
@@ -311,11 +311,11 @@ pub(crate) fn not_ready(admin: &Admin) -> Option<String> {
     if !node.is_member() {
         return Some("not a member of the cluster".into());
     }
-    if node.applied.fenced() {
-        let seq = node.divergence.first().map_or(0, |found| found.seq);
-        return Some(format!(
-            "fenced: this replica's answers diverged (first at request {seq}); see /status"
-        ));
+    if !node.announced() {
+        return Some("abandoning the connections this replica lost when its agent stopped".into());
+    }
+    if let Some(why) = node.applied.fenced_because() {
+        return Some(format!("fenced: {why}"));
     }
     if !node.app().healthy() {
         return Some("the app does not answer, or is slow to".into());
@@ -343,6 +343,7 @@ fn metrics(admin: &Admin) -> String {
         admin.telemetry.state(&State {
             in_flight: node.pending(),
             in_doubt: node.applied.in_doubt(),
+            fenced: node.applied.fenced(),
             term: metrics.current_term,
             leader: metrics.current_leader.unwrap_or(0),
             commit_index: node.log.committed().map_or(0, |id| id.index),
@@ -403,6 +404,7 @@ pub(crate) fn status(admin: &Admin) -> serde_json::Value {
         "divergence": node.divergence.first(),
         "compared_up_to": node.divergence.checked(),
         "fenced": node.applied.fenced(),
+        "fenced_because": node.applied.fenced_because(),
         "peer_tls": match node.peer_security() {
             Security::Tls(tls) => json!({
                 "generation": tls.generation(),

@@ -1,19 +1,36 @@
-//! The connection to the local app. There is one: ordered requests, reads off the log and
-//! snapshot hooks take their turn on it ([`App::turn`], a fair lock), so an app that serves one
-//! connection at a time (Python's `http.server`, say) is never asked for a second.
+//! The connections to the local app. Each client connection's requests reach the app over an
+//! app connection of their own, named by the client connection ([`ConnKey`]): it is opened at
+//! its first request and closed where the log says so on every replica alike (a request or an
+//! answer that closes it, or another client's first request once `--app-connections` are
+//! open: the one unused the longest goes). So what an app does wrong on one connection (a body
+//! left unread, a stray byte) touches only that client, as without Hermes, and a client's
+//! keep-alive requests reuse their connection. Ordered requests, reads off the log and
+//! snapshot hooks take their turn on the app ([`App::turn`], a fair lock): one exchange at a
+//! time.
+//!
+//! An app that serves fewer connections at once than are open (a single-threaded server keeps
+//! reading an idle keep-alive connection until it closes, and takes no other) would wait on one
+//! while Hermes waits on another, whose request comes later in the log: a deadlock direct
+//! access does not have. So when a request gets no answer for [`SWITCH_AFTER`] while other app
+//! connections are open (idle: one exchange runs at a time), they are closed; if the answer
+//! then comes at once, the app is taken to serve at most as many connections as were open
+//! besides, and no more are kept open from then on (1: connections are switched between
+//! clients, not shared).
 //!
 //! An exchange writes the request and reads the answer at once: an app may answer before it has
 //! read the whole request (refusing it, or streaming its answer), and then it has the request.
 //!
 //! A kept-alive connection is checked before it is written on: bytes nobody asked for, or the
 //! app's close, make it be replaced by a new one first. It is also closed once it has been idle
-//! for a while (before apps that close idle connections, many after 5 s, would; and so that an
-//! app serving one connection at a time can serve other local clients meanwhile), after an
-//! exchange that was cut off, and after any answer that may leave bytes on it: an answer that
-//! came before the request was written whole, an error answer to a request with a body (apps
-//! often refuse without reading the body, which they would then take for the next request), and
-//! a bodiless answer (to HEAD, or a 204 or 304) that announced a body the app may send anyway.
+//! for a while (before apps that close idle connections, many after 5 s, would, so that a
+//! request never meets the app's close; and so that an app serving one connection at a time can
+//! serve other local clients meanwhile), after an exchange that was cut off, and after any
+//! answer that may leave bytes on it: an answer that came before the request was written whole,
+//! an error answer to a request with a body (apps often refuse without reading the body, which
+//! they would then take for the next request), and a bodiless answer (to HEAD, or a 204 or 304)
+//! that announced a body the app may send anyway.
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     os::fd::AsRawFd,
     sync::Arc,
@@ -35,6 +52,7 @@ use tokio::{
 
 use crate::{
     http::response::{self, ReadError, Response},
+    order::typ::ConnKey,
     steer::source,
     telemetry::Telemetry,
 };
@@ -46,6 +64,9 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 const MAX_IDLE: Duration = Duration::from_secs(2);
 /// Requests up to this size go out in one write.
 const ONE_WRITE: usize = 16 * 1024;
+/// A request unanswered this long while other app connections are open makes them close: the
+/// app may be one that serves fewer connections at once.
+pub const SWITCH_AFTER: Duration = Duration::from_millis(100);
 
 /// The local application.
 #[derive(Debug)]
@@ -58,7 +79,10 @@ pub struct App {
     limits: response::Limits,
     /// An answer taking longer than this makes the app count as slow (it is waited for still).
     slow_after: Duration,
-    connection: Mutex<Connection>,
+    /// App connections open at once at most: `--app-connections`, lowered once the app was seen
+    /// to serve fewer.
+    limit: AtomicUsize,
+    connections: Mutex<Connections>,
     /// Whether the last attempt to reach the app succeeded.
     reachable: AtomicBool,
     /// Whether the app is taking longer than `slow_after` to answer.
@@ -66,13 +90,21 @@ pub struct App {
     telemetry: Arc<Telemetry>,
 }
 
+/// The app connections open, by client connection.
+#[derive(Debug, Default)]
+struct Connections {
+    open: HashMap<ConnKey, Connection>,
+    /// Counts exchanges: which connection was used the longest ago.
+    clock: u64,
+}
+
 #[derive(Debug)]
 struct Connection {
-    stream: Option<TcpStream>,
+    stream: TcpStream,
     buf: BytesMut,
     idle_since: Instant,
-    /// An exchange is under way on it: if its caller stops waiting, the connection goes.
-    busy: bool,
+    /// The `clock` of its last exchange.
+    used: u64,
 }
 
 /// How far a request got.
@@ -82,7 +114,8 @@ pub enum Sent {
     Whole,
     /// The app answered before every byte was written: it has the request.
     Early,
-    /// Its head went out whole, not all its body, and no answer came.
+    /// Its head went out whole, not all its body, and no answer came: the app cannot have all of
+    /// it.
     Head,
     /// Not even its head went out whole, and no answer came: the app cannot have it.
     Nothing,
@@ -97,11 +130,14 @@ pub struct Exchanged {
 }
 
 impl App {
+    /// The app at `addr`, reached from `source`, with at most `connections` app connections
+    /// open at once.
     pub fn new(
         addr: SocketAddr,
         source: std::net::Ipv4Addr,
         slow_after: Duration,
         limits: response::Limits,
+        connections: usize,
         telemetry: Arc<Telemetry>,
     ) -> Self {
         Self {
@@ -111,12 +147,8 @@ impl App {
             telemetry,
             limits,
             slow_after,
-            connection: Mutex::new(Connection {
-                stream: None,
-                buf: BytesMut::new(),
-                idle_since: Instant::now(),
-                busy: false,
-            }),
+            limit: AtomicUsize::new(connections.max(1)),
+            connections: Mutex::default(),
             reachable: AtomicBool::new(true),
             slow: AtomicBool::new(false),
         }
@@ -131,6 +163,11 @@ impl App {
     /// Whether the app answers: reachable, and not stuck on a request.
     pub fn healthy(&self) -> bool {
         self.reachable.load(Ordering::Relaxed) && !self.slow.load(Ordering::Relaxed)
+    }
+
+    /// App connections kept open at most, now.
+    pub fn connection_limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
     }
 
     pub(super) fn set_reachable(&self, reachable: bool) {
@@ -181,7 +218,7 @@ impl App {
         }
     }
 
-    /// Closes the connection whenever it has been idle for a while, for as long as the app is
+    /// Closes connections whenever they have been idle for a while, for as long as the app is
     /// in use (see the module's documentation).
     pub fn close_when_idle(self: &Arc<Self>) {
         let app = Arc::downgrade(self);
@@ -189,35 +226,38 @@ impl App {
             loop {
                 tokio::time::sleep(MAX_IDLE / 2).await;
                 let Some(app) = app.upgrade() else { return };
-                if let Ok(mut connection) = app.connection.try_lock()
-                    && connection.stream.is_some()
-                    && !connection.busy
-                    && connection.idle_since.elapsed() >= MAX_IDLE
-                {
-                    connection.stream = None;
-                    connection.buf.clear();
+                if let Ok(mut connections) = app.connections.try_lock() {
+                    connections
+                        .open
+                        .retain(|_, connection| connection.idle_since.elapsed() < MAX_IDLE);
                 }
             }
         });
     }
 
-    /// Waits for this caller's turn on the connection (callers are served in order).
+    /// Waits for this caller's turn on the app (callers are served in order).
     pub async fn turn(&self) -> Turn<'_> {
         Turn {
             app: self,
-            connection: self.connection.lock().await,
+            connections: self.connections.lock().await,
         }
     }
 
-    /// Sends a request that changes nothing (a read off the log) and returns the answer; once
-    /// more on a new connection if the app closed the one used without answering.
-    pub async fn read(&self, request: &[u8], method: &str) -> Result<Response, ReadError> {
+    /// Sends a request that changes nothing (a read off the log) on client connection `conn`'s
+    /// app connection and returns the answer; once more on a new connection if the app closed
+    /// the one used without answering.
+    pub async fn read(
+        &self,
+        conn: ConnKey,
+        request: &[u8],
+        method: &str,
+    ) -> Result<Response, ReadError> {
         let mut turn = self.turn().await;
         let mut answer = Err(ReadError::Closed);
         for _ in 0..2 {
-            turn.ready().await;
+            turn.ready(conn).await;
             let exchanged = turn
-                .exchange(request, &[], method, false, || Ok(()))
+                .exchange(conn, request, &[], method, false, || Ok(()))
                 .await
                 .map_err(|_| ReadError::Closed)?;
             answer = exchanged.answer;
@@ -229,53 +269,60 @@ impl App {
     }
 }
 
-/// The connection, held by one caller.
+/// The app, held by one caller.
 pub struct Turn<'a> {
     app: &'a App,
-    connection: MutexGuard<'a, Connection>,
-}
-
-impl Drop for Turn<'_> {
-    /// An exchange cut off in the middle (its caller gave up) leaves a request or an answer on
-    /// the connection: nobody may read that as theirs.
-    fn drop(&mut self) {
-        if self.connection.busy {
-            self.close();
-        }
-    }
+    connections: MutexGuard<'a, Connections>,
 }
 
 impl Turn<'_> {
-    /// Makes sure a clean connection is open: connects (again and again while the app cannot
-    /// be reached) unless the kept-alive one is fit for use.
-    pub async fn ready(&mut self) {
-        if let Some(stream) = &self.connection.stream {
-            let idle = self.connection.idle_since.elapsed();
-            match clean(stream) {
-                Ok(()) if idle < MAX_IDLE && self.connection.buf.is_empty() => return,
+    /// Makes sure a clean connection is open for client connection `conn`: connects (again and
+    /// again while the app cannot be reached) unless the kept-alive one is fit for use. A new
+    /// one first closes the connection unused the longest if as many as the app takes are open.
+    pub async fn ready(&mut self, conn: ConnKey) {
+        let app = self.app;
+        if let Some(connection) = self.connections.open.get(&conn) {
+            let idle = connection.idle_since.elapsed();
+            match clean(&connection.stream) {
+                Ok(()) if idle < MAX_IDLE && connection.buf.is_empty() => return,
                 Ok(()) => {}
                 Err(Stray) => tracing::warn!(
-                    app = %self.app.addr,
+                    app = %app.addr,
                     "the app sent bytes nobody asked for; not reusing its connection"
                 ),
                 Err(Ended) => {
-                    tracing::debug!(app = %self.app.addr, "the app closed its idle connection")
+                    tracing::debug!(app = %app.addr, "the app closed its idle connection")
                 }
             }
-            self.close();
+            self.connections.open.remove(&conn);
         }
-        let stream = self.app.connect().await;
-        self.connection.stream = Some(stream);
-        self.connection.buf.clear();
+        let limit = app.connection_limit();
+        while self.connections.open.len() >= limit {
+            let oldest = self.connections.open.iter().min_by_key(|(_, c)| c.used);
+            let Some((&oldest, _)) = oldest else { break };
+            self.connections.open.remove(&oldest);
+        }
+        let stream = app.connect().await;
+        self.connections.open.insert(
+            conn,
+            Connection {
+                stream,
+                buf: BytesMut::new(),
+                idle_since: Instant::now(),
+                used: 0,
+            },
+        );
     }
 
-    /// Writes `head` then `body` while reading the answer to a request with `method`, however
-    /// long it takes (the app is reported slow meanwhile). `delivered` is called as soon as the
-    /// app certainly has the request: its last byte is written, or its answer came. `close`
-    /// says the request asked the app to close the connection. The connection is kept only
-    /// after an exchange that leaves nothing on it. An error is `delivered`'s.
+    /// Writes `head` then `body` on client connection `conn`'s app connection (made ready
+    /// first) while reading the answer to a request with `method`, however long it takes (the
+    /// app is reported slow meanwhile). `delivered` is called as soon as the app certainly has
+    /// the request: its last byte is written, or its answer came. `close` says the request asked
+    /// the app to close the connection. The connection is kept only after an exchange that
+    /// leaves nothing on it. An error is `delivered`'s.
     pub async fn exchange(
         &mut self,
+        conn: ConnKey,
         head: &[u8],
         body: &[u8],
         method: &str,
@@ -283,24 +330,30 @@ impl Turn<'_> {
         mut delivered: impl FnMut() -> std::io::Result<()>,
     ) -> std::io::Result<Exchanged> {
         let app = self.app;
-        let connection = &mut *self.connection;
-        let Some(stream) = connection.stream.as_mut() else {
+        // Out of the map while in use: if the caller stops waiting, the connection, with a
+        // request or an answer half on it, is dropped, and nobody reads that as theirs.
+        let Some(mut connection) = self.connections.open.remove(&conn) else {
             return Ok(Exchanged {
                 sent: Sent::Nothing,
                 answer: Err(ReadError::Closed),
             });
         };
-        connection.busy = true;
         let written = AtomicUsize::new(0);
         let mut told = false;
         let started = Instant::now();
+        // When the other connections were closed for this request's sake, and how many.
+        let mut switched: Option<(Instant, usize)> = None;
         let answer = {
+            let Connection { stream, buf, .. } = &mut connection;
             let (mut reader, mut writer) = stream.split();
             let write = write_parts(&mut writer, head, body, &written);
-            let read = response::read(&mut reader, &mut connection.buf, method, &app.limits);
+            let read = response::read(&mut reader, buf, method, &app.limits);
             tokio::pin!(write, read);
             let mut writing = true;
+            let slow = tokio::time::sleep(app.slow_after);
+            tokio::pin!(slow);
             loop {
+                let others = self.connections.open.len();
                 tokio::select! {
                     biased;
                     result = &mut write, if writing => {
@@ -313,7 +366,18 @@ impl Turn<'_> {
                         // and closed); the read decides.
                     }
                     answer = &mut read => break answer,
-                    () = tokio::time::sleep(app.slow_after) => {
+                    () = tokio::time::sleep_until(started + SWITCH_AFTER), if others > 0 && switched.is_none() => {
+                        tracing::info!(
+                            app = %app.addr,
+                            others,
+                            "no answer yet while other app connections are open: closing them, \
+                             in case the app serves one connection at a time"
+                        );
+                        self.connections.open.clear();
+                        switched = Some((Instant::now(), others));
+                    }
+                    () = &mut slow => {
+                        slow.as_mut().reset(Instant::now() + app.slow_after);
                         app.slow.store(true, Ordering::Relaxed);
                         tracing::warn!(
                             app = %app.addr,
@@ -333,6 +397,20 @@ impl Turn<'_> {
             Err(ReadError::Cut) => app.telemetry.app_failed("answer_cut_short"),
             Err(ReadError::Closed) => app.telemetry.app_failed("no_answer"),
         }
+        if let Some((at, others)) = switched
+            && answer.is_ok()
+            && at.elapsed() < SWITCH_AFTER
+        {
+            // It answered as soon as the others were gone: it serves no more than them at once.
+            let limit = others.max(1);
+            if limit < app.limit.fetch_min(limit, Ordering::Relaxed) {
+                tracing::info!(
+                    app = %app.addr,
+                    limit,
+                    "the app serves at most this many connections at once: no more are kept open"
+                );
+            }
+        }
         let written = written.into_inner();
         let whole = written == head.len() + body.len();
         let sent = match (&answer, whole) {
@@ -351,21 +429,19 @@ impl Turn<'_> {
                 if !response.close
                     && !response.may_linger()
                     && (body.is_empty() || response.status < 400));
-        connection.busy = false;
         if reuse {
+            self.connections.clock += 1;
+            connection.used = self.connections.clock;
             connection.idle_since = Instant::now();
-        } else {
-            connection.stream = None;
-            connection.buf.clear();
+            self.connections.open.insert(conn, connection);
         }
         Ok(Exchanged { sent, answer })
     }
 
-    /// Closes the connection (the next [`Turn::ready`] opens a new one).
+    /// Closes every app connection (a snapshot hook runs next; the next [`Turn::ready`] opens
+    /// a new one).
     pub fn close(&mut self) {
-        self.connection.stream = None;
-        self.connection.buf.clear();
-        self.connection.busy = false;
+        self.connections.open.clear();
     }
 }
 

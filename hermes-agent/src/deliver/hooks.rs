@@ -151,6 +151,7 @@ mod tests {
             std::net::Ipv4Addr::LOCALHOST,
             Duration::from_secs(1),
             crate::http::response::Limits::default(),
+            64,
             std::sync::Arc::default(),
         );
         assert_eq!(ok.capture(&nowhere).await, b"state v1");

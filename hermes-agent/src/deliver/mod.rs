@@ -15,42 +15,57 @@
 //!   N". The request is then sent once more, after the app is back, with `Hermes-Log-Index: N`,
 //!   and counted as in doubt. Apps that want exactly-once even then deduplicate on that header.
 //! - Requests proposed twice (a retry through a leader change) are recognised by their key and
-//!   delivered once ([`dedup`]).
+//!   delivered once, however late the second copy lands ([`sessions`]).
+//! - A machine crash loses what was only in the page cache: before the first byte of a request
+//!   goes to the app, "requests up to D may have begun" is durable (one sync for the requests
+//!   of the entries being applied, up to [`MAX_UNSYNCED`]); after the machine restarted, the
+//!   requests after the last one known written, up to D, are in doubt (sent once more, counted).
+//! - Each client connection's requests go to the app over an app connection of their own
+//!   ([`app`]): what an app does wrong on one connection touches no other client.
 //!
 //! In raw TCP mode the log holds connection events instead of requests, and [`tcp`] applies
-//! them, under the same rules: a chunk whose first byte may have gone to the app is never
-//! written again (after a crash in the middle of one it is counted in doubt).
+//! them, under the same rules, and one more: a replica never writes a suffix of a connection's
+//! stream. The connections it had open when its agent stopped are gone with the agent; an event
+//! of one of them that carries bytes is not applied, and the replica fences itself (its app may
+//! now differ from the others').
 //!
 //! [`app`] is the connection to the app; [`hooks`] are the snapshot commands; [`progress`] is
 //! what survives a restart.
 pub mod app;
-mod dedup;
+#[cfg(test)]
+mod crash_tests;
 pub mod hooks;
 mod progress;
+pub mod sessions;
 pub mod tcp;
 #[cfg(test)]
 mod tcp_tests;
 #[cfg(test)]
 mod tests;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bytes::Bytes;
 
 pub use app::App;
 use app::Sent;
-pub use dedup::{Dedup, WINDOW as DEDUP_WINDOW};
-pub use progress::Progress;
 use progress::ProgressFile;
+pub use progress::{Progress, Storage, boot_id};
+pub use sessions::Sessions;
 
 use crate::{
     http::{
+        ordered::Ordered,
         request::CLOSE,
         response::{ReadError, Response},
     },
     order::{
         digests::{Digest, answer_digest},
-        typ::{LogId, RequestKey},
+        typ::{LogId, NodeId, RequestKey},
     },
     tcp::Chunk,
 };
@@ -58,6 +73,10 @@ use crate::{
 /// The header that tells the app a request's position in the total order, the same on every
 /// replica.
 pub const LOG_INDEX_HEADER: &str = "Hermes-Log-Index";
+
+/// Requests that may begin going to the app after one sync of the progress, at most: what a
+/// machine crash can leave in doubt.
+pub const MAX_UNSYNCED: u64 = 1024;
 
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
@@ -75,6 +94,9 @@ pub enum Outcome {
     Earlier,
     /// A TCP connection's event, applied (its answer, if any, is a byte stream of its own).
     Event,
+    /// A TCP connection's event this replica cannot apply as the others do: why. The replica
+    /// fences itself.
+    Diverged(String),
 }
 
 impl Outcome {
@@ -90,7 +112,7 @@ impl Outcome {
             }
             (Self::Answered(response), Digest::Status) => Some(answer_digest(response.status, b"")),
             (Self::Unanswered(_), _) => Some(answer_digest(0, b"no answer")),
-            (Self::Duplicate | Self::Earlier | Self::Event, _) => None,
+            (Self::Duplicate | Self::Earlier | Self::Event | Self::Diverged(_), _) => None,
         }
     }
 }
@@ -99,25 +121,47 @@ impl Outcome {
 #[derive(Debug)]
 pub struct Delivery {
     app: Arc<App>,
-    file: ProgressFile,
+    /// Shared with the planned stop, which writes the last record.
+    file: Arc<Mutex<ProgressFile>>,
     progress: Progress,
-    dedup: Dedup,
+    sessions: Sessions,
+    /// The last request of the entries being applied: what one sync of the progress covers.
+    planned: u64,
     /// Raw TCP mode's app connections; `None` in HTTP mode.
     tcp: Option<tcp::Connections>,
 }
 
+/// Records a planned stop in the progress (see [`ProgressFile::stop`]).
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    file: Arc<Mutex<ProgressFile>>,
+}
+
 impl Delivery {
-    /// Opens the progress kept at `path`. A request written before the agent stopped whose
-    /// answer it never read is counted as unconfirmed: it is not sent again (the app has it),
-    /// but if the app stopped too, it may not have run it.
+    /// Opens the progress kept at `path`; `boot` is the kernel's boot id.
     pub fn open(
         path: &Path,
+        boot: u128,
         app: Arc<App>,
         tcp: Option<tcp::Connections>,
     ) -> std::io::Result<Self> {
-        let (mut file, mut progress) = ProgressFile::open(path)?;
+        Self::on(ProgressFile::open(path)?, boot, app, tcp)
+    }
+
+    /// Takes up the progress `kept` in its file. A request written before the agent stopped
+    /// whose answer it never read is counted as unconfirmed: it is not sent again (the app has
+    /// it), but if the app stopped too, it may not have run it. After the machine restarted
+    /// (`boot` is not the record's), the requests that may have begun after the last one known
+    /// written are in doubt.
+    pub fn on(
+        kept: (ProgressFile, Progress),
+        boot: u128,
+        app: Arc<App>,
+        tcp: Option<tcp::Connections>,
+    ) -> std::io::Result<Self> {
+        let (mut file, mut progress) = kept;
         let written = progress.written;
-        if written > progress.answered && progress.doubted != written {
+        if written > progress.answered && progress.doubted < written {
             tracing::warn!(
                 seq = written,
                 "the agent stopped before the app answered this request; it is not sent again, \
@@ -125,13 +169,27 @@ impl Delivery {
             );
             progress.unconfirmed += 1;
             progress.answered = written;
-            file.write(&progress)?;
         }
+        if progress.boot != boot && !progress.stopped && progress.durable_through > written {
+            tracing::warn!(
+                from = written + 1,
+                to = progress.durable_through,
+                "the machine restarted while these requests may have been going to the app, and \
+                 what was recorded of them since may be lost: each is sent once more, with \
+                 {LOG_INDEX_HEADER}, and counted in doubt"
+            );
+            progress.in_doubt += progress.durable_through - written;
+            progress.doubted = progress.durable_through;
+        }
+        progress.boot = boot;
+        progress.stopped = false;
+        file.write(&progress)?;
         Ok(Self {
             app,
-            file,
+            file: Arc::new(Mutex::new(file)),
             progress,
-            dedup: Dedup::default(),
+            sessions: Sessions::default(),
+            planned: 0,
             tcp,
         })
     }
@@ -144,9 +202,14 @@ impl Delivery {
         &self.app
     }
 
-    /// Sets the duplicate window (rebuilt from the log on start).
-    pub fn set_dedup(&mut self, dedup: Dedup) {
-        self.dedup = dedup;
+    /// Sets the sessions (rebuilt from the log on start).
+    pub fn set_sessions(&mut self, sessions: Sessions) {
+        self.sessions = sessions;
+    }
+
+    /// The sessions, for a snapshot.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// Raw TCP mode's app connections; `None` in HTTP mode.
@@ -154,9 +217,27 @@ impl Delivery {
         self.tcp.as_mut()
     }
 
-    /// The duplicate window, for a snapshot.
-    pub fn dedup_window(&self) -> Vec<(u64, RequestKey)> {
-        self.dedup.window()
+    /// Syncs nothing of the progress (`--no-progress-sync`; see [`ProgressFile::without_syncs`]).
+    pub fn without_syncs(&mut self) {
+        self.file.lock().unwrap().without_syncs();
+    }
+
+    /// What records a planned stop.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            file: Arc::clone(&self.file),
+        }
+    }
+
+    /// The entries about to be applied end with request `last`: one sync of the progress
+    /// covers them (up to [`MAX_UNSYNCED`]).
+    pub fn plan(&mut self, last: u64) {
+        self.planned = last;
+    }
+
+    /// A batch of `origin` (node, incarnation) made with `floor` is applied next.
+    pub fn advance(&mut self, origin: (NodeId, u64), floor: u64) {
+        self.sessions.advance(origin, floor);
     }
 
     /// Delivers request `seq` (its position in the total order) with `key`, unless it was
@@ -168,42 +249,45 @@ impl Delivery {
         request: &Bytes,
     ) -> std::io::Result<Outcome> {
         let progress = &self.progress;
-        // Counted in doubt before a restart, and not answered yet: sent once more still.
-        let resending = progress.doubted == seq && progress.answered < seq;
+        // Counted in doubt, and not answered yet: sent once more still.
+        let resending = seq > progress.answered && seq <= progress.doubted;
         if seq <= progress.answered || (seq <= progress.written && !resending) {
-            // Delivered before a restart, which rebuilt the window only up to the previous
-            // entry: remember it, so that a retry of it is recognised.
-            self.dedup.insert(seq, key);
-            // So was a `Lost` of that entry, which the rebuild at start did not see either.
+            // Delivered before a restart, which rebuilt the sessions only up to an earlier
+            // request: remember it, so that a retry of it is recognised.
+            self.sessions.remember(key);
+            // So are the TCP connections it opened or closed.
             if let Some(connections) = &mut self.tcp
-                && let Some(lost) = tcp::lost(key, request)
+                && let Some(chunk) = Chunk::decode(request)
             {
-                connections.restore_lost([lost]);
+                connections.replayed((key.0, key.1, chunk.conn), &chunk.event);
             }
             return Ok(Outcome::Earlier);
         }
-        if self.dedup.contains(&key) {
+        if !self.sessions.first(key) {
             tracing::debug!(seq, ?key, "duplicate proposal; not delivered again");
-            self.progress.writing = seq;
+            self.progress.writing = self.progress.writing.max(seq);
             self.progress.written = seq;
             self.progress.answered = seq;
-            self.file.write(&self.progress)?;
+            self.write()?;
             return Ok(Outcome::Duplicate);
         }
-        self.dedup.insert(seq, key);
         if self.tcp.is_some() {
             return self.deliver_event(seq, key, request).await;
         }
-        let Some((head, body)) = split(request) else {
+        let Some((conn, head, body)) = Ordered::decode(request).and_then(|ordered| {
+            let (head, body) = split(&ordered.request)?;
+            Some((ordered.conn, head.to_vec(), ordered.request.slice_ref(body)))
+        }) else {
             tracing::error!(seq, "not an HTTP request; nothing sent to the app");
             return self.outcome(seq, Outcome::Unanswered("not an HTTP request"));
         };
+        let conn = (key.0, key.1, conn);
         let method = head.split(|b| *b == b' ').next().unwrap_or_default();
-        let method = std::str::from_utf8(method).unwrap_or_default();
+        let method = std::str::from_utf8(method).unwrap_or_default().to_owned();
         let close = head
             .windows(CLOSE.len() + 2)
             .any(|w| w[2..] == *CLOSE && w[..2] == *b"\r\n");
-        let mut head = head.to_vec();
+        let mut head = head;
         head.extend_from_slice(format!("{LOG_INDEX_HEADER}: {seq}\r\n\r\n").as_bytes());
 
         let app = Arc::clone(&self.app);
@@ -216,25 +300,24 @@ impl Delivery {
         }
         let mut delay = RETRY_MIN;
         loop {
-            turn.ready().await;
-            if self.progress.writing != seq {
-                // Right before the first byte goes out.
-                self.progress.writing = seq;
-                self.file.write(&self.progress)?;
-            }
-            let (progress, file) = (&mut self.progress, &mut self.file);
+            turn.ready(conn).await;
+            self.begin(seq)?;
+            let (progress, file) = (&mut self.progress, &self.file);
             let delivered = || {
                 if progress.written < seq {
                     progress.written = seq;
                     progress.deliveries += 1;
                 }
-                file.write(progress)
+                file.lock().unwrap().write(progress)
             };
-            let exchanged = turn.exchange(&head, body, method, close, delivered).await?;
+            let exchanged = turn
+                .exchange(conn, &head, &body, &method, close, delivered)
+                .await?;
             let why = match (exchanged.sent, exchanged.answer) {
                 (_, Ok(response)) => return self.outcome(seq, Outcome::Answered(response)),
-                (Sent::Nothing, _) => {
-                    // The app cannot have it (not even its head went out): send it again.
+                (Sent::Nothing | Sent::Head, _) => {
+                    // The app cannot have it whole (its body, at least, did not all go out, and
+                    // no answer came): send it again.
                     tracing::debug!(seq, "writing to the app failed; sending again");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(RETRY_MAX);
@@ -280,41 +363,50 @@ impl Delivery {
             tracing::error!(seq, "not a TCP connection event; nothing sent to the app");
             return self.outcome(seq, Outcome::Unanswered("not a TCP connection event"));
         };
-        if self.progress.writing == seq {
-            // Begun before the agent stopped: the app may have part of the chunk, on a
-            // connection that went with the agent. It is not written again.
-            tracing::warn!(
-                seq,
-                "the agent stopped while writing this chunk to the app; it is not written again, \
-                 and the app may have had part of it"
-            );
-            self.progress.in_doubt += 1;
-            return self.outcome(seq, Outcome::Event);
-        }
         let app = Arc::clone(&self.app);
         // Held until the progress is written: a planned stop waits for it.
         let _turn = app.turn().await;
+        let conn = (key.0, key.1, chunk.conn);
         let Self {
             file,
             progress,
+            planned,
             tcp: Some(connections),
             ..
         } = self
         else {
             unreachable!("TCP mode")
         };
-        let writing = || {
-            progress.writing = seq;
-            file.write(progress)
-        };
-        let conn = (key.0, key.1, chunk.conn);
+        let writing = || begin(progress, file, *planned, seq);
         let applied = connections
             .apply(&app, seq, conn, chunk.event, writing)
             .await?;
-        if applied != tcp::Applied::Ignored {
-            self.progress.deliveries += 1;
+        match applied {
+            tcp::Applied::Done => {
+                self.progress.deliveries += 1;
+                self.outcome(seq, Outcome::Event)
+            }
+            tcp::Applied::Ignored => self.outcome(seq, Outcome::Event),
+            tcp::Applied::Broken(event) => {
+                let why = format!(
+                    "this replica lost the app's connection {conn:?} when its agent stopped, and \
+                     the event {seq} of it ({event}) cannot be applied here: the app would get \
+                     the rest of a stream without its beginning. The other replicas applied it"
+                );
+                tracing::error!(seq, ?conn, "{why}");
+                self.outcome(seq, Outcome::Diverged(why))
+            }
         }
-        self.outcome(seq, Outcome::Event)
+    }
+
+    /// Right before the first byte of request `seq` goes to the app: see [`begin`].
+    fn begin(&mut self, seq: u64) -> std::io::Result<()> {
+        begin(&mut self.progress, &self.file, self.planned, seq)
+    }
+
+    /// Writes the progress as it is now.
+    fn write(&mut self) -> std::io::Result<()> {
+        self.file.lock().unwrap().write(&self.progress)
     }
 
     /// Records that request `seq`'s outcome is known, and returns it.
@@ -322,7 +414,7 @@ impl Delivery {
         self.progress.writing = self.progress.writing.max(seq);
         self.progress.written = self.progress.written.max(seq);
         self.progress.answered = seq;
-        self.file.write(&self.progress)?;
+        self.write()?;
         Ok(outcome)
     }
 
@@ -334,31 +426,31 @@ impl Delivery {
             "in doubt whether the app has the request: sending it once more, with {LOG_INDEX_HEADER}: {seq}"
         );
         self.progress.in_doubt += 1;
-        self.progress.doubted = seq;
-        self.file.write(&self.progress)
+        self.progress.doubted = self.progress.doubted.max(seq);
+        self.write()
     }
 
     /// Records that every request of entry `log_id` was handled.
     pub fn finish_entry(&mut self, log_id: LogId) -> std::io::Result<()> {
         self.progress.applied = Some(log_id);
         self.progress.requests = self.progress.written;
-        self.file.write(&self.progress)
+        self.write()
     }
 
     /// Marks the app's state as being replaced by a snapshot's.
     pub fn begin_install(&mut self) -> std::io::Result<()> {
         self.progress.installing = true;
-        self.file.write(&self.progress)
+        self.write()
     }
 
     /// Records that the app's state is the snapshot's: up to request `requests` of entry
-    /// `applied`, with `deliveries` and the snapshot's duplicate window.
+    /// `applied`, with `deliveries` and the snapshot's sessions.
     pub fn finish_install(
         &mut self,
         applied: Option<LogId>,
         requests: u64,
         deliveries: u64,
-        window: Vec<(u64, RequestKey)>,
+        sessions: Sessions,
     ) -> std::io::Result<()> {
         self.progress = Progress {
             applied,
@@ -368,11 +460,42 @@ impl Delivery {
             answered: requests,
             deliveries,
             installing: false,
+            durable_through: requests,
             ..self.progress
         };
-        self.dedup = Dedup::from_window(window);
-        self.file.write(&self.progress)
+        self.sessions = sessions;
+        self.file.lock().unwrap().write_synced(&self.progress)
     }
+}
+
+impl Stopper {
+    /// Records that the agent stops on purpose, once no delivery is in flight and none will
+    /// start: the progress, as last written, is exact, durably.
+    pub fn stop(&self) -> std::io::Result<()> {
+        self.file.lock().unwrap().stop()
+    }
+}
+
+/// Records in `progress` and its `file`, right before the first byte of request `seq` goes to
+/// the app, that it may have begun: durably first if no earlier sync covers it, and then for the
+/// requests up to `planned` (the last of the entries being applied) too, up to
+/// [`MAX_UNSYNCED`].
+fn begin(
+    progress: &mut Progress,
+    file: &Mutex<ProgressFile>,
+    planned: u64,
+    seq: u64,
+) -> std::io::Result<()> {
+    if progress.writing == seq && seq <= progress.durable_through {
+        return Ok(());
+    }
+    progress.writing = seq;
+    let mut file = file.lock().unwrap();
+    if seq <= progress.durable_through {
+        return file.write(progress);
+    }
+    progress.durable_through = planned.clamp(seq, seq.saturating_add(MAX_UNSYNCED - 1));
+    file.write_synced(progress)
 }
 
 /// A canonical request split after its last field line's CRLF, before the empty line.

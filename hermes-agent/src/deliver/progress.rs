@@ -1,9 +1,16 @@
 //! What delivery persists besides the Raft log: how far requests have gone to the app.
 //!
-//! Kept in two alternating slots with a sequence number and a checksum, so that a torn write
-//! leaves the previous record readable. Written with `pwrite` and no fsync: a page-cache write
-//! survives the agent's own crash (kill -9), the case that matters; a machine crash takes the
-//! app's unsynced state with it too.
+//! Kept in three slots, each record with a sequence number and a checksum: records written
+//! without a sync alternate between the two slots that do not hold the last synced record, so
+//! that neither a torn write nor a write-back of part of them can destroy it; the newest whole
+//! record is the one read. Most records are written with `pwrite` alone: a
+//! page-cache write survives the agent's own crash (kill -9). A machine crash (a power loss)
+//! loses what was only in the page cache, so before the first byte of a request goes to the app,
+//! a record promising "requests up to D may have begun" is synced (`fdatasync`), for a run of
+//! requests at once (the entries being applied: one sync per batch of entries, not per
+//! request). After a restart of the machine (the kernel's boot id changed), what was written
+//! after that sync may be gone: the requests after the last one known written, up to D, are in
+//! doubt. A planned stop syncs a last record that says exactly how far delivery got.
 use std::{fs::File, os::unix::fs::FileExt, path::Path};
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +23,8 @@ use crate::order::{
 
 /// Bytes of one slot.
 const SLOT: usize = 256;
+/// Slots in the file.
+const SLOTS: usize = 3;
 
 /// How far delivery has come. Requests are numbered in log order (the same on every replica):
 /// `seq` below is such a number.
@@ -37,23 +46,69 @@ pub struct Progress {
     pub deliveries: u64,
     /// Requests sent once more because Hermes could not tell whether the app had them.
     pub in_doubt: u64,
-    /// The last request counted in doubt: it is sent once more, until it is answered.
+    /// The requests after `answered` up to this one are in doubt: each is sent once more.
     pub doubted: u64,
     /// Requests written before the agent stopped whose answer it never read: if the app stopped
     /// with it, it may not have run them.
     pub unconfirmed: u64,
     /// A snapshot is being installed: the app's state may be half restored.
     pub installing: bool,
+    /// No request after this one has begun going to the app: synced before one does.
+    pub durable_through: u64,
+    /// The kernel's boot id when this record was written.
+    pub boot: u128,
+    /// Written, and synced, by a planned stop: nothing after `writing` began.
+    pub stopped: bool,
+}
+
+/// Where the record lives: a file, or, in tests, one that can lose what was not synced.
+pub trait Storage: Send {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()>;
+    /// Makes what was written durable.
+    fn sync(&self) -> std::io::Result<()>;
+}
+
+impl Storage for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        self.sync_data()
+    }
 }
 
 /// The file that holds [`Progress`].
-#[derive(Debug)]
 pub struct ProgressFile {
-    file: File,
+    storage: Box<dyn Storage>,
     seq: u64,
+    /// The slot of the last record synced: not written again until another one is.
+    synced: usize,
+    /// The slot written last.
+    written: usize,
+    /// The last record written.
+    last: Progress,
+    /// A planned stop recorded it: every later record says so too.
+    stopped: bool,
+    /// Whether records meant to survive a machine crash are synced (`--no-progress-sync`).
+    sync: bool,
+}
+
+impl std::fmt::Debug for ProgressFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgressFile")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProgressFile {
+    /// Opens the progress kept in the file at `path`, made if missing.
     pub fn open(path: &Path) -> std::io::Result<(Self, Progress)> {
         let file = File::options()
             .read(true)
@@ -61,31 +116,66 @@ impl ProgressFile {
             .create(true)
             .truncate(false)
             .open(path)?;
-        let mut this = Self { file, seq: 0 };
-        let (seq, progress) = this.best().unwrap_or_default();
-        this.seq = seq;
+        let empty = file.metadata()?.len() == 0;
+        Self::on(Box::new(file), empty)
+    }
+
+    /// Opens the progress kept in `storage`; `empty`: it was just made, and holds nothing.
+    pub fn on(storage: Box<dyn Storage>, empty: bool) -> std::io::Result<(Self, Progress)> {
+        let mut this = Self {
+            storage,
+            seq: 0,
+            synced: 0,
+            written: 0,
+            last: Progress::default(),
+            stopped: false,
+            sync: true,
+        };
+        if empty {
+            // A first record, synced: from now on the file always holds one that can be read.
+            let progress = Progress::default();
+            this.write_synced(&progress)?;
+            return Ok((this, progress));
+        }
+        let (slot, seq, progress) = this.best().ok_or_else(|| {
+            std::io::Error::other(
+                "the delivery progress cannot be read (none of its records is whole): \
+                 delivering from it could send requests twice",
+            )
+        })?;
+        // What is read is made durable: from now on it is the last synced record.
+        this.storage.sync()?;
+        (this.seq, this.synced, this.written) = (seq, slot, slot);
+        this.last = progress.clone();
         Ok((this, progress))
     }
 
-    fn best(&self) -> Option<(u64, Progress)> {
-        (0..2)
+    /// The newest whole record: its slot, sequence number and progress.
+    fn best(&self) -> Option<(usize, u64, Progress)> {
+        (0..SLOTS)
             .filter_map(|slot| {
                 let mut buf = [0u8; SLOT];
-                self.file
+                self.storage
                     .read_exact_at(&mut buf, (slot * SLOT) as u64)
                     .ok()?;
                 let len = u16::from_le_bytes([buf[0], buf[1]]) as usize;
                 let body = buf.get(2..2 + len)?;
                 let sum = buf.get(2 + len..10 + len)?;
                 (fnv1a(&[body]).to_le_bytes() == sum).then_some(())?;
-                decode::<(u64, Progress)>(body).ok()
+                let (seq, progress) = decode::<(u64, Progress)>(body).ok()?;
+                Some((slot, seq, progress))
             })
-            .max_by_key(|(seq, _)| *seq)
+            .max_by_key(|(_, seq, _)| *seq)
     }
 
+    /// Writes `progress`; it survives the agent's crash, not the machine's.
     pub fn write(&mut self, progress: &Progress) -> std::io::Result<()> {
         self.seq += 1;
-        let body = encode(&(self.seq, progress))?;
+        self.last = Progress {
+            stopped: self.stopped,
+            ..progress.clone()
+        };
+        let body = encode(&(self.seq, &self.last))?;
         if body.len() + 10 > SLOT {
             return Err(std::io::Error::other("progress record too large"));
         }
@@ -93,8 +183,47 @@ impl ProgressFile {
         buf[..2].copy_from_slice(&(body.len() as u16).to_le_bytes());
         buf[2..2 + body.len()].copy_from_slice(&body);
         buf[2 + body.len()..10 + body.len()].copy_from_slice(&fnv1a(&[&body]).to_le_bytes());
-        self.file.write_all_at(&buf, (self.seq % 2) * SLOT as u64)
+        // Neither the last synced record's slot, nor the one written last (which holds the
+        // newest record, should this write be torn).
+        let slot = (0..SLOTS)
+            .find(|slot| *slot != self.synced && *slot != self.written)
+            .expect("three slots");
+        self.storage.write_all_at(&buf, (slot * SLOT) as u64)?;
+        self.written = slot;
+        Ok(())
     }
+
+    /// Writes `progress` and makes it durable: it survives a machine crash.
+    pub fn write_synced(&mut self, progress: &Progress) -> std::io::Result<()> {
+        self.write(progress)?;
+        if self.sync {
+            self.storage.sync()?;
+            self.synced = self.written;
+        }
+        Ok(())
+    }
+
+    /// Syncs nothing from now on: after a machine crash, requests may be delivered again
+    /// without being counted in doubt (`--no-progress-sync`).
+    pub fn without_syncs(&mut self) {
+        self.sync = false;
+    }
+
+    /// Records a planned stop: nothing after the last record's `writing` has begun, nor will,
+    /// and after a restart of the machine that record is exact.
+    pub fn stop(&mut self) -> std::io::Result<()> {
+        self.stopped = true;
+        let last = self.last.clone();
+        self.write_synced(&last)
+    }
+}
+
+/// The kernel's boot id: it changes when the machine restarts.
+pub fn boot_id() -> std::io::Result<u128> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
+    u128::from_str_radix(&hex, 16)
+        .map_err(|_| std::io::Error::other(format!("cannot read the boot id `{}`", text.trim())))
 }
 
 #[cfg(test)]
@@ -121,18 +250,46 @@ mod tests {
             doubted: u64::MAX,
             unconfirmed: u64::MAX,
             installing: true,
+            durable_through: u64::MAX,
+            boot: u128::MAX,
+            stopped: false,
         };
         let second = Progress {
             deliveries: 2,
             ..Progress::default()
         };
-        file.write(&largest).unwrap();
+        file.write_synced(&largest).unwrap();
+        let (synced, largest_at) = (file.synced, file.written);
         file.write(&second).unwrap();
+        file.write(&Progress::default()).unwrap();
+        file.write(&second).unwrap();
+        assert_eq!(
+            file.synced, synced,
+            "records since the sync left its slot alone"
+        );
+        assert_ne!(file.written, synced);
         assert_eq!(ProgressFile::open(&path).unwrap().1, second);
         // Tear the newest slot: the previous record is what remains.
-        file.file
-            .write_all_at(&[0xff; 8], (file.seq % 2) * SLOT as u64 + 4)
-            .unwrap();
+        let tear = |slot: usize| {
+            Storage::write_all_at(&*file.storage, &[0x5a; 8], (slot * SLOT) as u64 + 4).unwrap()
+        };
+        tear(file.written);
+        assert_eq!(ProgressFile::open(&path).unwrap().1, Progress::default());
+        // And the other unsynced one: the synced record remains.
+        tear(
+            (0..SLOTS)
+                .find(|s| *s != file.written && *s != synced)
+                .unwrap(),
+        );
+        assert_eq!(largest_at, synced);
         assert_eq!(ProgressFile::open(&path).unwrap().1, largest);
+        // All torn: refused, never taken for no progress at all.
+        tear(synced);
+        assert!(ProgressFile::open(&path).is_err());
+    }
+
+    #[test]
+    fn the_boot_id_is_read() {
+        assert_eq!(boot_id().unwrap(), boot_id().unwrap());
     }
 }

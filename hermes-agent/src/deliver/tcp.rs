@@ -26,13 +26,24 @@
 //! the requests of all connections in log order. What this cannot make identical is documented
 //! in `docs/tcp.md`.
 //!
-//! A replica whose agent crashed lost its app connections with it (the kernel closed them). An
-//! event for such a connection opens a new one first, the same way every time; what the app
-//! kept per connection (a selected database, a transaction begun) is gone on that replica only.
-//! The first event after the agent starts waits the quiet time: the app may still be busy with
-//! a chunk written just before the agent stopped.
+//! A replica whose agent stopped lost its app connections with it (the kernel closed them); the
+//! other replicas still have theirs. A replica never writes a suffix of a connection's stream
+//! (a fresh connection that starts inside a message would have the app parse the rest of it
+//! as messages of their own: a value holding a command runs it). So at start, the connections
+//! the log had open when the agent stopped are *broken* here: the agent orders an
+//! [`Event::Abandon`] of them, which closes them on every replica at one point of the log (their
+//! clients are reset). An event of a broken connection that comes before that point is not
+//! applied here: a close or half-close changes nothing, but bytes the others' apps received
+//! and this one's did not may make them differ, so this replica fences itself
+//! ([`Applied::Broken`]). A planned stop orders an `Abandon` of every open connection and
+//! applies it before the agent exits, so that nothing is broken when it is back. The first
+//! event after the agent starts waits the quiet time: the app may still be busy with a chunk
+//! written just before the agent stopped.
+//!
+//! When a membership change removes a node, every replica closes that node's connections at
+//! that point of the log: it can order no more events of them.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -50,7 +61,7 @@ use super::App;
 use crate::{
     order::{
         digests::{Digest, Digests, StreamDigest},
-        typ::NodeId,
+        typ::{ConnKey, NodeId},
     },
     tcp::Event,
 };
@@ -60,17 +71,6 @@ const BUFFER: usize = 64 * 1024;
 /// How long the app's bytes are still read after a connection is closed (its answer to the
 /// last chunk, until the app closes too), before the reading stops.
 const LINGER: Duration = Duration::from_secs(5);
-
-/// A connection, unique in the cluster: (origin, its incarnation, the origin's connection id).
-pub type ConnKey = (NodeId, u64, u64);
-
-/// The connection key of command `payload`, ordered as `key`, if it is a `Lost` event: its
-/// origin's connections below it went with the origin's earlier life.
-pub fn lost(key: crate::order::typ::RequestKey, payload: &Bytes) -> Option<ConnKey> {
-    crate::tcp::Chunk::decode(payload)
-        .filter(|chunk| chunk.event == Event::Lost)
-        .map(|chunk| (key.0, key.1, chunk.conn))
-}
 
 /// The client ends of this node's connections, waiting for their `Open` to be applied here.
 #[derive(Debug, Default)]
@@ -92,7 +92,8 @@ struct ClientEnd {
 pub enum End {
     /// The app closed its side, and the client's was closed after the app's last byte.
     AppClosed,
-    /// The client did not take the app's bytes (see the module's documentation): it is given up.
+    /// The client did not take the app's bytes (see the module's documentation), or its
+    /// connection was abandoned: it is given up (reset).
     GivenUp,
 }
 
@@ -130,6 +131,9 @@ pub struct Connections {
     /// Where the digests of what the app sent on each connection go; `None`: not digested.
     digests: Option<Arc<Digests>>,
     open: HashMap<ConnKey, AppConn>,
+    /// Connections open in the log whose app connection this replica lost when its agent
+    /// stopped (see the module's documentation).
+    broken: HashSet<ConnKey>,
     /// Per origin and incarnation: connections with ids below this went with an earlier life
     /// of the origin ([`Event::Lost`]).
     lost_below: HashMap<(NodeId, u64), u64>,
@@ -144,6 +148,7 @@ impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connections")
             .field("open", &self.open.len())
+            .field("broken", &self.broken.len())
             .finish_non_exhaustive()
     }
 }
@@ -153,6 +158,8 @@ struct AppConn {
     /// Bytes the app has sent on it so far.
     received: watch::Receiver<u64>,
     relay: JoinHandle<()>,
+    /// Tells the relay to give its client up (reset it).
+    abandon: Option<oneshot::Sender<()>>,
     /// Where the digest of all the app sent on it goes, and the digest, once the app has
     /// closed it; `None`: not digested.
     digest: Option<(Arc<Digests>, oneshot::Receiver<u64>)>,
@@ -194,15 +201,28 @@ struct Written {
     at: Instant,
 }
 
+impl AppConn {
+    /// Closes it and resets its client (if this node has it): what the client got is not all
+    /// there would have been.
+    fn abandon(mut self) {
+        // The relay may have ended already (the app closed): then there is no client to reset.
+        if let Some(abandon) = self.abandon.take() {
+            let _ = abandon.send(());
+        }
+        self.close(None);
+    }
+}
+
 /// What applying an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// As the event says.
     Done,
-    /// The app's connection was lost in this replica's restart: a new one was opened for it.
-    Reopened,
     /// Nothing: the connection is closed, or its origin's earlier life ended.
     Ignored,
+    /// Not applied: the connection is broken here (its app connection was lost when the agent
+    /// stopped), and the event, of this kind, carries bytes the other replicas' apps got.
+    Broken(&'static str),
 }
 
 impl Connections {
@@ -218,6 +238,7 @@ impl Connections {
             },
             digests: None,
             open: HashMap::new(),
+            broken: HashSet::new(),
             lost_below: HashMap::new(),
             last: None,
             fresh: true,
@@ -239,8 +260,8 @@ impl Connections {
         let applied = self.apply_event(app, seq, conn, event, writing).await?;
         let kind = match applied {
             Applied::Done => kind,
-            Applied::Reopened => "reopened",
             Applied::Ignored => "ignored",
+            Applied::Broken(_) => "broken",
         };
         app.telemetry().tcp_event(kind, self.open.len());
         Ok(applied)
@@ -252,13 +273,80 @@ impl Connections {
         self.digests = (digests.what() == Digest::Bytes).then_some(digests);
     }
 
-    /// Restores what the log applied before this start says of connections whose origin
-    /// restarted: their `Lost` events, (origin, incarnation, first id of the new life).
-    pub fn restore_lost(&mut self, lost: impl IntoIterator<Item = ConnKey>) {
-        for (origin, incarnation, id) in lost {
-            let below = self.lost_below.entry((origin, incarnation)).or_default();
-            *below = (*below).max(id);
+    /// Takes note of `event` of connection `conn`, applied before this start (the log up to
+    /// where delivery had come, read at start, then the events re-applied since): what it opened
+    /// is broken here now, what it closed is gone.
+    pub fn replayed(&mut self, conn: ConnKey, event: &Event) {
+        match event {
+            Event::Open => {
+                if !self.gone(conn) {
+                    self.broken.insert(conn);
+                }
+            }
+            Event::Close => {
+                self.broken.remove(&conn);
+            }
+            Event::Lost => self.lose(conn),
+            Event::Abandon(conns) if conns.is_empty() => self.broken.clear(),
+            Event::Abandon(conns) => {
+                for conn in conns {
+                    self.broken.remove(conn);
+                }
+            }
+            Event::Data(_) | Event::Shutdown => {}
         }
+    }
+
+    /// The connections broken here, of other origins than this node (its own are closed by the
+    /// `Lost` its restart orders): what this replica's restart must have abandoned.
+    pub fn broken(&self) -> Vec<ConnKey> {
+        let mut broken: Vec<ConnKey> = self
+            .broken
+            .iter()
+            .filter(|&&(origin, incarnation, _)| (origin, incarnation) != self.me)
+            .copied()
+            .collect();
+        broken.sort_unstable();
+        broken
+    }
+
+    /// Closes, on a membership change, the connections of origins `member` says are no longer
+    /// in the cluster (node and incarnation): they can order no more events.
+    pub fn keep_members(&mut self, member: impl Fn(NodeId, u64) -> bool) {
+        let gone: Vec<ConnKey> = self
+            .open
+            .keys()
+            .chain(&self.broken)
+            .filter(|&&(origin, incarnation, _)| !member(origin, incarnation))
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            tracing::info!(
+                closed = gone.len(),
+                "connections of nodes removed from the cluster are closed"
+            );
+        }
+        for conn in gone {
+            self.broken.remove(&conn);
+            if let Some(open) = self.open.remove(&conn) {
+                open.abandon();
+            }
+        }
+    }
+
+    /// Whether connection `conn` went with an earlier life of its origin.
+    fn gone(&self, (origin, incarnation, id): ConnKey) -> bool {
+        self.lost_below
+            .get(&(origin, incarnation))
+            .is_some_and(|below| id < *below)
+    }
+
+    /// Takes note of an origin's restart (`Lost`): its connections below `id` are gone.
+    fn lose(&mut self, (origin, incarnation, id): ConnKey) {
+        let below = self.lost_below.entry((origin, incarnation)).or_default();
+        *below = (*below).max(id);
+        self.broken
+            .retain(|&(o, i, c)| !(o == origin && i == incarnation && c < id));
     }
 
     async fn apply_event(
@@ -276,51 +364,67 @@ impl Connections {
             self.settle(last).await;
         }
         let (origin, incarnation, id) = conn;
-        if event == Event::Lost {
-            // `id` is the first connection id of the origin's new life.
-            self.restore_lost([conn]);
-            let ended: Vec<ConnKey> = self
-                .open
-                .keys()
-                .filter(|&&(o, i, c)| o == origin && i == incarnation && c < id)
-                .copied()
-                .collect();
-            tracing::info!(
-                origin,
-                closed = ended.len(),
-                "the origin restarted: its earlier connections are closed"
-            );
-            for conn in ended {
-                if let Some(open) = self.open.remove(&conn) {
-                    // Not digested: one event closes them all.
-                    open.close(None);
+        match &event {
+            Event::Lost => {
+                // `id` is the first connection id of the origin's new life.
+                self.lose(conn);
+                let ended: Vec<ConnKey> = self
+                    .open
+                    .keys()
+                    .filter(|&&(o, i, c)| o == origin && i == incarnation && c < id)
+                    .copied()
+                    .collect();
+                tracing::info!(
+                    origin,
+                    closed = ended.len(),
+                    "the origin restarted: its earlier connections are closed"
+                );
+                for conn in ended {
+                    if let Some(open) = self.open.remove(&conn) {
+                        // Not digested: one event closes them all.
+                        open.close(None);
+                    }
                 }
+                return Ok(Applied::Done);
             }
-            return Ok(Applied::Done);
+            Event::Abandon(conns) => {
+                let conns: Vec<ConnKey> = if conns.is_empty() {
+                    self.open.keys().chain(&self.broken).copied().collect()
+                } else {
+                    conns.clone()
+                };
+                tracing::info!(
+                    from = origin,
+                    closed = conns.len(),
+                    "connections abandoned (a replica restarted or stops): closed, their \
+                     clients reset"
+                );
+                for conn in conns {
+                    self.broken.remove(&conn);
+                    if let Some(open) = self.open.remove(&conn) {
+                        open.abandon();
+                    }
+                }
+                return Ok(Applied::Done);
+            }
+            Event::Open => {
+                if self.gone(conn) || self.open.contains_key(&conn) || self.broken.contains(&conn) {
+                    return Ok(Applied::Ignored);
+                }
+                self.connect(app, conn).await;
+                return Ok(Applied::Done);
+            }
+            Event::Data(_) | Event::Shutdown | Event::Close => {}
         }
-        let gone = self
-            .lost_below
-            .get(&(origin, incarnation))
-            .is_some_and(|below| id < *below);
-        let mut applied = Applied::Done;
-        if event == Event::Open {
-            if gone || self.open.contains_key(&conn) {
+        if self.broken.contains(&conn) {
+            if event == Event::Close {
+                self.broken.remove(&conn);
                 return Ok(Applied::Ignored);
             }
-            self.connect(app, conn, true).await;
-            return Ok(applied);
+            return Ok(Applied::Broken(event.kind()));
         }
         if !self.open.contains_key(&conn) {
-            if gone || event == Event::Close {
-                return Ok(Applied::Ignored);
-            }
-            tracing::warn!(
-                ?conn,
-                "this replica lost the app's connection when its agent stopped; opening a new one"
-            );
-            // What the app sends on it now is not what it sends elsewhere: not digested.
-            self.connect(app, conn, false).await;
-            applied = Applied::Reopened;
+            return Ok(Applied::Ignored);
         }
         match event {
             Event::Data(bytes) => self.write(app, conn, &bytes, writing).await?,
@@ -341,9 +445,9 @@ impl Connections {
                     open.close(Some(seq));
                 }
             }
-            Event::Open | Event::Lost => unreachable!("handled above"),
+            Event::Open | Event::Lost | Event::Abandon(_) => unreachable!("handled above"),
         }
-        Ok(applied)
+        Ok(Applied::Done)
     }
 
     /// Waits, after `last` was written, until the app's reply to it has begun, or the quiet
@@ -355,26 +459,35 @@ impl Connections {
     }
 
     /// Opens the app's connection for `conn`; what the app sends on it is digested if digests
-    /// are kept and `digested`.
-    async fn connect(&mut self, app: &App, conn: ConnKey, digested: bool) {
+    /// are kept.
+    async fn connect(&mut self, app: &App, conn: ConnKey) {
         let (reader, writer) = app.connect().await.into_split();
         let client = (conn.0, conn.1) == self.me;
         let client = client.then(|| self.clients.take(conn.2)).flatten();
         let (count, received) = watch::channel(0);
-        let (done, digest) = match self.digests.as_ref().filter(|_| digested) {
+        let (done, digest) = match &self.digests {
             Some(digests) => {
                 let (done, digest) = oneshot::channel();
                 (Some(done), Some((Arc::clone(digests), digest)))
             }
             None => (None, None),
         };
-        let relay = tokio::spawn(relay(reader, client, count, self.hold.clone(), done));
+        let (abandon, abandoned) = oneshot::channel();
+        let relay = tokio::spawn(relay(
+            reader,
+            client,
+            count,
+            self.hold.clone(),
+            done,
+            abandoned,
+        ));
         self.open.insert(
             conn,
             AppConn {
                 writer,
                 received,
                 relay,
+                abandon: Some(abandon),
                 digest,
             },
         );
@@ -449,13 +562,15 @@ thread_local! {
 /// hold more, or takes nothing for its stall time, is given up (the bytes are read and dropped
 /// from then on). The client's side is closed after the app's, once it has everything. If
 /// `done` is given, the digest of all the app sent goes to it once the app has closed the
-/// connection (not if the connection failed: then what was read may not be all it sent).
+/// connection (not if the connection failed: then what was read may not be all it sent). When
+/// `abandoned` resolves, the client is given up.
 async fn relay(
     app: OwnedReadHalf,
     mut client: Option<ClientEnd>,
     count: watch::Sender<u64>,
     hold: Hold,
     done: Option<oneshot::Sender<u64>>,
+    mut abandoned: oneshot::Receiver<()>,
 ) {
     let mut count = Some(count);
     let mut digest = done.map(|done| (StreamDigest::default(), done));
@@ -522,6 +637,9 @@ async fn relay(
             },
             () = sleep_until(progress.checked_add(hold.stall).unwrap_or(progress)), if sending => {
                 give_up(&mut client, &mut pending, "it takes none of the app's bytes");
+            }
+            Ok(()) = &mut abandoned, if client.is_some() => {
+                give_up(&mut client, &mut pending, "its connection was abandoned");
             }
         }
     }

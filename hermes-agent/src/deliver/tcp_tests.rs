@@ -1,8 +1,9 @@
 //! Raw TCP mode's delivery rules across restarts, against an app whose state depends on how the
-//! commands of its connections interleave: a chunk the app may have is never written again,
-//! connections lost with the agent are opened again for their next event, the origin's
-//! restart closes its earlier connections everywhere, and what the app sent on a connection is
-//! digested for comparison between replicas.
+//! commands of its connections interleave: a chunk the app may have is never written again, a
+//! connection lost with the agent is never resumed in the middle (the replica says it diverged
+//! instead) and is closed everywhere once abandoned, the origin's restart closes its earlier
+//! connections everywhere, and what the app sent on a connection is digested for comparison
+//! between replicas.
 use std::{path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -32,9 +33,10 @@ fn delivery(dir: &Path, app: &LineApp) -> Delivery {
         std::net::Ipv4Addr::LOCALHOST,
         Duration::from_secs(5),
         Limits::default(),
+        64,
         Arc::default(),
     ));
-    Delivery::open(&dir.join("progress"), app, Some(connections())).unwrap()
+    Delivery::open(&dir.join("progress"), 1, app, Some(connections())).unwrap()
 }
 
 /// A replica's delivery in raw TCP mode (node 9), its progress in `dir`, with `--digest bytes`:
@@ -51,9 +53,14 @@ fn digesting(dir: &Path, app: &LineApp) -> (Delivery, Arc<Digests>) {
 
 /// Node 9's app connections.
 fn connections() -> Connections {
+    connections_for(Arc::new(Clients::default()))
+}
+
+/// Node 9's app connections, relaying to its `clients`.
+fn connections_for(clients: Arc<Clients>) -> Connections {
     Connections::new(
         (9, 1),
-        Arc::new(Clients::default()),
+        clients,
         TcpMode {
             quiet: Duration::from_millis(200),
             client_stall: Duration::from_secs(5),
@@ -81,59 +88,142 @@ async fn journal_of(app: &LineApp, n: usize) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn after_a_restart_nothing_is_written_twice_and_lost_connections_are_opened_again() {
-    let app = LineApp::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut replica = delivery(dir.path(), &app);
-    apply(&mut replica, 1, 7, Event::Open).await;
-    apply(&mut replica, 2, 7, data("APPEND a\n")).await;
-    apply(&mut replica, 3, 8, Event::Open).await;
-    assert_eq!(journal_of(&app, 1).await, ["a"]);
-    app.wait_open(2).await;
-    // The agent dies: its connections to the app go with it.
-    drop(replica);
-    app.wait_open(0).await;
-    let mut restarted = delivery(dir.path(), &app);
-    // Raft replays what it had not recorded as applied: nothing of it is written again.
-    for (seq, conn, event) in [
-        (1, 7, Event::Open),
-        (2, 7, data("APPEND a\n")),
-        (3, 8, Event::Open),
-    ] {
-        let outcome = apply(&mut restarted, seq, conn, event).await;
-        assert!(matches!(outcome, Outcome::Earlier), "{seq}: {outcome:?}");
+async fn after_a_restart_nothing_is_written_twice_and_a_lost_connection_is_never_resumed() {
+    for begun in [false, true] {
+        let app = LineApp::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut replica = delivery(dir.path(), &app);
+        apply(&mut replica, 1, 7, Event::Open).await;
+        apply(&mut replica, 2, 7, data("APPEND a\n")).await;
+        apply(&mut replica, 3, 8, Event::Open).await;
+        assert_eq!(journal_of(&app, 1).await, ["a"]);
+        app.wait_open(2).await;
+        let progress = replica.progress().clone();
+        // The agent dies: its connections to the app go with it.
+        drop(replica);
+        app.wait_open(0).await;
+        if begun {
+            // As if it died with the first bytes of chunk 4 gone to the app.
+            let (mut file, _) = ProgressFile::open(&dir.path().join("progress")).unwrap();
+            file.write(&super::Progress {
+                writing: 4,
+                ..progress
+            })
+            .unwrap();
+        }
+        let mut restarted = delivery(dir.path(), &app);
+        // Raft replays what it had not recorded as applied: nothing of it is written again.
+        for (seq, conn, event) in [
+            (1, 7, Event::Open),
+            (2, 7, data("APPEND a\n")),
+            (3, 8, Event::Open),
+        ] {
+            let outcome = apply(&mut restarted, seq, conn, event).await;
+            assert!(matches!(outcome, Outcome::Earlier), "{seq}: {outcome:?}");
+        }
+        assert_eq!(app.open(), 0);
+        // The next chunk of a lost connection would start the app's side in the middle of its
+        // stream (the rest of a command, taken for commands): not written; the replica says
+        // it cannot apply it as the others do.
+        let outcome = apply(&mut restarted, 4, 7, data("\nAPPEND b\n")).await;
+        assert!(
+            matches!(&outcome, Outcome::Diverged(why) if why.contains("lost")),
+            "{outcome:?}"
+        );
+        // Closing one changes nothing here.
+        let outcome = apply(&mut restarted, 5, 8, Event::Close).await;
+        assert!(matches!(outcome, Outcome::Event), "{outcome:?}");
+        // Once connection 7 is abandoned (the restart ordered it), its events are ignored here
+        // as everywhere.
+        apply(&mut restarted, 6, 0, Event::Abandon(vec![(1, 1, 7)])).await;
+        let outcome = apply(&mut restarted, 7, 7, data("APPEND late\n")).await;
+        assert!(matches!(outcome, Outcome::Event), "{outcome:?}");
+        // New connections are whole: applied.
+        apply(&mut restarted, 8, 9, Event::Open).await;
+        apply(&mut restarted, 9, 9, data("APPEND c\n")).await;
+        assert_eq!(journal_of(&app, 2).await, ["a", "c"]);
+        assert_eq!(app.open(), 1);
+        assert_eq!(restarted.progress().in_doubt, 0);
     }
-    assert_eq!(app.open(), 0);
-    // The next chunk of a lost connection goes to a new one.
-    apply(&mut restarted, 4, 7, data("APPEND b\n")).await;
-    apply(&mut restarted, 5, 8, data("APPEND c\n")).await;
-    assert_eq!(journal_of(&app, 3).await, ["a", "b", "c"]);
-    assert_eq!(app.open(), 2);
-    assert_eq!(restarted.progress().in_doubt, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_chunk_begun_when_the_agent_died_is_in_doubt_and_not_written_again() {
+async fn an_abandoned_connection_is_closed_and_its_client_reset() {
+    use tokio::io::AsyncReadExt as _;
+    let app = LineApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Node 9's own client, on its connection 3.
+    let clients = Arc::new(Clients::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    let (reader, writer) = accepted.into_split();
+    let ended = clients.register(3, writer);
+    let connections = connections_for(Arc::clone(&clients));
+    let app_handle = Arc::new(App::new(
+        app.addr,
+        std::net::Ipv4Addr::LOCALHOST,
+        Duration::from_secs(5),
+        Limits::default(),
+        64,
+        Arc::default(),
+    ));
+    let mut replica = Delivery::open(
+        &dir.path().join("progress"),
+        1,
+        app_handle,
+        Some(connections),
+    )
+    .unwrap();
+    let own = Chunk::new(3, Event::Open).encode();
+    replica.deliver(1, (9, 1, 1), &own).await.unwrap();
+    apply(&mut replica, 2, 7, Event::Open).await;
+    let half = Chunk::new(3, data("APPEND half")).encode();
+    replica.deliver(3, (9, 1, 2), &half).await.unwrap();
+    app.wait_open(2).await;
+    // Every connection open is abandoned (a replica stops): both close, nothing of the half
+    // command runs, and node 9's client is reset rather than closed.
+    apply(&mut replica, 4, 0, Event::Abandon(Vec::new())).await;
+    app.wait_open(0).await;
+    assert_eq!(ended.await, Ok(super::tcp::End::GivenUp));
+    // The interception drops its side then.
+    drop(reader);
+    let mut buf = [0u8; 16];
+    assert!(
+        client.read(&mut buf).await.is_err(),
+        "reset, not a clean end"
+    );
+    let rest = Chunk::new(3, data(" rest\nAPPEND x\n")).encode();
+    let outcome = replica.deliver(5, (9, 1, 3), &rest).await.unwrap();
+    assert!(matches!(outcome, Outcome::Event), "{outcome:?}");
+    apply(&mut replica, 6, 7, data("APPEND y\n")).await;
+    apply(&mut replica, 7, 8, Event::Open).await;
+    apply(&mut replica, 8, 8, data("APPEND z\n")).await;
+    assert_eq!(journal_of(&app, 1).await, ["z"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_removed_from_the_cluster_has_its_connections_closed() {
     let app = LineApp::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut replica = delivery(dir.path(), &app);
     apply(&mut replica, 1, 7, Event::Open).await;
-    apply(&mut replica, 2, 7, data("APPEND a\n")).await;
-    let progress = replica.progress().clone();
-    drop(replica);
-    // As if the agent died with the first bytes of chunk 3 gone to the app.
-    let (mut file, _) = ProgressFile::open(&dir.path().join("progress")).unwrap();
-    file.write(&super::Progress {
-        writing: 3,
-        ..progress
-    })
-    .unwrap();
-    let mut restarted = delivery(dir.path(), &app);
-    let outcome = apply(&mut restarted, 3, 7, data("APPEND maybe\n")).await;
+    let other = Chunk::new(4, Event::Open).encode();
+    replica.deliver(2, (2, 5, 2), &other).await.unwrap();
+    app.wait_open(2).await;
+    // Node 1 (incarnation 1) is no longer a member; node 2 is.
+    replica
+        .tcp_mut()
+        .unwrap()
+        .keep_members(|node, incarnation| (node, incarnation) == (2, 5));
+    app.wait_open(1).await;
+    let outcome = apply(&mut replica, 3, 7, data("APPEND late\n")).await;
     assert!(matches!(outcome, Outcome::Event), "{outcome:?}");
-    assert_eq!(restarted.progress().in_doubt, 1);
-    apply(&mut restarted, 4, 7, data("APPEND b\n")).await;
-    assert_eq!(journal_of(&app, 2).await, ["a", "b"]);
+    let chunk = Chunk::new(4, data("APPEND kept\n")).encode();
+    replica.deliver(4, (2, 5, 3), &chunk).await.unwrap();
+    assert_eq!(journal_of(&app, 1).await, ["kept"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -158,6 +248,15 @@ async fn the_origin_restarting_closes_its_earlier_connections_for_good() {
 
 /// Node 9's state machine in raw TCP mode, kept in `dir`, in front of `app`.
 async fn state_machine(dir: &Path, app: &LineApp, log: &mut LogStore) -> StateMachine {
+    open_state_machine(dir, app, log).await.0
+}
+
+/// [`state_machine`], with what the rest of the node sees of it.
+async fn open_state_machine(
+    dir: &Path,
+    app: &LineApp,
+    log: &mut LogStore,
+) -> (StateMachine, Arc<crate::order::state_machine::Applied>) {
     let replica = Replica {
         node_id: 9,
         incarnation: 1,
@@ -166,13 +265,15 @@ async fn state_machine(dir: &Path, app: &LineApp, log: &mut LogStore) -> StateMa
             std::net::Ipv4Addr::LOCALHOST,
             Duration::from_secs(5),
             Limits::default(),
+            64,
             Arc::default(),
         )),
         hooks: None,
         digests: Arc::default(),
         tcp: Some(connections()),
+        sync_progress: true,
     };
-    StateMachine::open(dir, replica, log).await.unwrap().0
+    StateMachine::open(dir, replica, log).await.unwrap()
 }
 
 /// Log entry `index`: event `event` of connection `conn` of origin 1 (incarnation 1).
@@ -181,6 +282,7 @@ fn entry(index: u64, conn: u64, event: Event) -> Entry {
         log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(Batch {
             id: (1, 1, index),
+            floor: 0,
             commands: vec![Command {
                 origin: 1,
                 incarnation: 1,
@@ -309,7 +411,7 @@ async fn replicas_digest_what_their_apps_sent_on_each_connection_and_one_that_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn connections_reopened_after_a_restart_or_closed_by_a_lost_are_not_digested() {
+async fn connections_lost_in_a_restart_or_closed_by_a_lost_are_not_digested() {
     let app = LineApp::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (mut replica, _) = digesting(dir.path(), &app);
@@ -319,8 +421,9 @@ async fn connections_reopened_after_a_restart_or_closed_by_a_lost_are_not_digest
     drop(replica);
     app.wait_open(0).await;
     let (mut restarted, digests) = digesting(dir.path(), &app);
-    // Connection 7 is opened anew: its app sends "OK 2" and "EOF 1" here, "OK 1", "OK 2" and
-    // "EOF 2" on replicas that kept it. Not compared.
+    apply(&mut restarted, 1, 7, Event::Open).await;
+    apply(&mut restarted, 2, 7, data("APPEND a\n")).await;
+    // Connection 7 went with the agent: not applied here, and not compared.
     apply(&mut restarted, 3, 7, data("APPEND b\n")).await;
     apply(&mut restarted, 4, 7, Event::Close).await;
     apply(&mut restarted, 5, 8, Event::Open).await;
@@ -336,4 +439,40 @@ async fn connections_reopened_after_a_restart_or_closed_by_a_lost_are_not_digest
         settled(&digests, 11).await,
         [(6, stream(b"EOF 0\n")), (11, stream(b"EOF 0\n"))]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_cannot_apply_the_rest_of_a_lost_connection_fences_itself() {
+    use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
+    let app = LineApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(&dir.path().join("log.redb"), 1 << 20).unwrap();
+    let before = vec![
+        entry(1, 5, Event::Open),
+        entry(2, 5, data("APPEND a\n")),
+        entry(3, 6, Event::Open),
+        entry(4, 6, Event::Close),
+    ];
+    log.blocking_append(before.clone()).await.unwrap();
+    let mut machine = state_machine(dir.path(), &app, &mut log).await;
+    machine.apply(before).await.unwrap();
+    assert_eq!(journal_of(&app, 1).await, ["a"]);
+    // The agent stops; meanwhile the other replicas apply more of connection 5.
+    drop(machine);
+    app.wait_open(0).await;
+    let later = vec![entry(5, 5, data("APPEND b\n")), entry(6, 7, Event::Open)];
+    log.blocking_append(later.clone()).await.unwrap();
+    let (mut restarted, applied) = open_state_machine(dir.path(), &app, &mut log).await;
+    // What its restart must have abandoned: connection 5 of origin 1, open when it stopped.
+    assert_eq!(restarted.broken_connections(), [(1, 1, 5)]);
+    let applying = tokio::spawn(async move {
+        let _ = restarted.apply(later).await;
+    });
+    let mut fenced = applied.fenced_subscribe();
+    fenced.wait_for(|fenced| *fenced).await.unwrap();
+    let why = applied.fenced_because().unwrap();
+    assert!(why.contains("lost the app's connection"), "{why}");
+    assert_eq!(app.journal(), ["a"], "nothing of connection 5 resumed");
+    assert_eq!(app.open(), 0, "and nothing applied after it while fenced");
+    applying.abort();
 }

@@ -8,33 +8,47 @@ use tokio::sync::Notify;
 
 use super::{App, Delivery, Outcome, progress::ProgressFile};
 use crate::{
-    http::{Response, Version, response::Limits},
+    http::{Response, Version, ordered::Ordered, response::Limits},
+    order::{
+        log_store::LogStore,
+        typ::{Batch, Command, Entry, EntryPayload, LogId},
+    },
     testing::{Act, FakeApp, OK, Seen},
 };
 
+/// The client connection the tests' requests come on (with origin 1, incarnation 1).
+const CONN: u64 = 7;
+/// The boot id the tests' agents run under: a restart in these tests is the agent's, not the
+/// machine's.
+const BOOT: u128 = 1;
+
+/// `request` as the log carries it, from client connection [`CONN`].
+fn ordered(request: impl Into<Bytes>) -> Bytes {
+    Ordered {
+        conn: CONN,
+        request: request.into(),
+    }
+    .to_payload()
+}
+
 fn post(body: &str) -> Bytes {
-    format!(
+    ordered(format!(
         "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )
-    .into()
+    ))
 }
 
 /// As the canonical form has it: a HEAD closes the app connection after it.
 fn head_request() -> Bytes {
-    Bytes::from_static(b"HEAD /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    ordered(Bytes::from_static(
+        b"HEAD /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    ))
 }
 
 /// A delivery to `app` whose progress lives in `dir`, with answers called slow after `slow`.
 fn delivery(dir: &std::path::Path, app: &FakeApp, slow: Duration) -> (Delivery, Arc<App>) {
-    let app = Arc::new(App::new(
-        app.addr,
-        std::net::Ipv4Addr::LOCALHOST,
-        slow,
-        Limits::default(),
-        Arc::default(),
-    ));
-    let delivery = Delivery::open(&dir.join("progress"), Arc::clone(&app), None).unwrap();
+    let app = handle(app, slow);
+    let delivery = Delivery::open(&dir.join("progress"), BOOT, Arc::clone(&app), None).unwrap();
     (delivery, app)
 }
 
@@ -483,7 +497,11 @@ async fn a_read_cut_off_leaves_nothing_on_the_connection_for_the_next_request() 
         let handle = Arc::clone(&handle);
         async move {
             handle
-                .read(b"GET /report HTTP/1.1\r\nHost: a\r\n\r\n", "GET")
+                .read(
+                    (1, 1, CONN),
+                    b"GET /report HTTP/1.1\r\nHost: a\r\n\r\n",
+                    "GET",
+                )
                 .await
         }
     });
@@ -521,7 +539,7 @@ async fn reads_take_their_turn_on_the_one_connection() {
             .await
             .unwrap();
         let read = handle
-            .read(b"GET /r HTTP/1.1\r\nHost: a\r\n\r\n", "GET")
+            .read((1, 1, CONN), b"GET /r HTTP/1.1\r\nHost: a\r\n\r\n", "GET")
             .await
             .unwrap();
         assert_eq!(&read.body[..], b"ok");
@@ -534,7 +552,243 @@ async fn reads_take_their_turn_on_the_one_connection() {
     assert_eq!(app.seen().len(), 10);
 }
 
+/// The fake app, as delivery reaches it, with answers called slow after `slow`.
+fn handle(app: &FakeApp, slow: Duration) -> Arc<App> {
+    Arc::new(App::new(
+        app.addr,
+        std::net::Ipv4Addr::LOCALHOST,
+        slow,
+        Limits::default(),
+        64,
+        Arc::default(),
+    ))
+}
+
 /// The delivery of a restarted agent.
 fn delivery_again(dir: &std::path::Path, app: &FakeApp) -> (Delivery, Arc<App>) {
     delivery(dir, app, SECOND)
+}
+
+/// Node 9's state machine in HTTP mode, kept in `dir`, in front of `app`.
+async fn state_machine(
+    dir: &std::path::Path,
+    app: &FakeApp,
+    log: &mut LogStore,
+) -> crate::order::state_machine::StateMachine {
+    let replica = crate::order::state_machine::Replica {
+        node_id: 9,
+        incarnation: 1,
+        app: handle(app, SECOND),
+        hooks: None,
+        digests: Arc::default(),
+        tcp: None,
+        sync_progress: true,
+    };
+    crate::order::state_machine::StateMachine::open(dir, replica, log)
+        .await
+        .unwrap()
+        .0
+}
+
+/// Log entry `index`: a batch of origin `origin` (incarnation 1) made with `floor`, holding
+/// requests `ids`.
+fn entry(index: u64, origin: u64, floor: u64, ids: impl IntoIterator<Item = u64>) -> Entry {
+    Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Batch {
+            id: (origin, 1, index),
+            floor,
+            commands: ids
+                .into_iter()
+                .map(|id| Command {
+                    origin,
+                    incarnation: 1,
+                    id,
+                    payload: post("x"),
+                })
+                .collect(),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_landing_after_far_more_requests_than_any_window_is_not_delivered_again() {
+    use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(&dir.path().join("log.redb"), 1 << 20).unwrap();
+    let mut machine = state_machine(dir.path(), &app, &mut log).await;
+    // Origin 2's request 7 is committed and delivered; its origin never hears of it (cut off)
+    // and keeps it in flight. Origin 2 goes on with other requests meanwhile, and so do the
+    // others; the batches of origin 2 carry 7 as their floor.
+    let first = vec![entry(1, 2, 7, [7])];
+    log.blocking_append(first.clone()).await.unwrap();
+    machine.apply(first).await.unwrap();
+    let mut entries = Vec::new();
+    for index in 2..=4 {
+        entries.push(entry(index, 2, 7, [index * 10, index * 10 + 1]));
+    }
+    log.blocking_append(entries.clone()).await.unwrap();
+    machine.apply(entries).await.unwrap();
+    assert_eq!(app.seen().len(), 7);
+    // Then far more requests than the 2^18 a window used to hold are ordered and delivered
+    // (here: recorded as delivered before this replica restarted; its start rebuilds what it
+    // knows of them from the log, as it would have learnt it applying them).
+    drop(machine);
+    const MANY: u64 = 300_000;
+    let mut next_index = 5;
+    let mut ids = 1_000..1_000 + MANY;
+    while ids.start < ids.end {
+        let batch: Vec<u64> = ids.by_ref().take(1000).collect();
+        let origin = 3 + next_index % 2;
+        log.blocking_append([entry(next_index, origin, batch[0], batch)])
+            .await
+            .unwrap();
+        next_index += 1;
+    }
+    let (mut file, mut progress) = ProgressFile::open(&dir.path().join("progress")).unwrap();
+    let delivered = 7 + MANY;
+    progress.applied = Some(LogId::new(
+        openraft::CommittedLeaderId::new(1, 1),
+        next_index - 1,
+    ));
+    (
+        progress.requests,
+        progress.writing,
+        progress.written,
+        progress.answered,
+    ) = (delivered, delivered, delivered, delivered);
+    file.write(&progress).unwrap();
+    let mut machine = state_machine(dir.path(), &app, &mut log).await;
+    // Origin 2's retry of request 7 lands now, with a request it has not sent before.
+    let late = vec![entry(next_index, 2, 7, [7, 50])];
+    log.blocking_append(late.clone()).await.unwrap();
+    machine.apply(late).await.unwrap();
+    let seen = app.seen();
+    assert_eq!(seen.len(), 8, "request 7 once, and request 50");
+    assert_eq!(seen[7].index, delivered + 2);
+    // What recognises it is bounded by what was in flight, not by how much was ordered.
+    // (Origin 2's runs of ids between 7 and what it still has in flight, one per other origin.)
+    assert!(machine.sessions_size() <= 8, "{}", machine.sessions_size());
+}
+
+/// Request `body` of client connection `conn` (origin 1, incarnation 1).
+fn post_on(conn: u64, body: &str) -> Bytes {
+    Ordered {
+        conn,
+        request: format!(
+            "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into(),
+    }
+    .to_payload()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_the_app_leaves_unread_touches_no_other_client() {
+    // The app answers the first request before reading its body, and keeps the connection:
+    // the body stays there, and the app would take it for the start of the next request.
+    let app = FakeApp::start(|n| match n {
+        0 => Act::ReplyBeforeBody(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfast"),
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, _) = delivery(dir.path(), &app, SECOND);
+    let sloppy = delivery
+        .deliver(1, (1, 1, 1), &post_on(1, "left unread"))
+        .await;
+    assert_eq!(&answered(&sloppy.unwrap()).body[..], b"fast");
+    // Other clients' requests go on connections of their own, whole.
+    for (seq, conn) in [(2, 2), (3, 3), (4, 2)] {
+        let outcome = delivery
+            .deliver(seq, (1, 1, seq), &post_on(conn, "mine"))
+            .await
+            .unwrap();
+        assert_eq!(&answered(&outcome).body[..], b"ok", "request {seq}");
+    }
+    assert_eq!(
+        app.connections(),
+        3,
+        "one per client connection, kept alive"
+    );
+    let seen = app.seen();
+    assert_eq!(
+        seen[1..],
+        [seen_at(2, "mine"), seen_at(3, "mine"), seen_at(4, "mine")]
+    );
+}
+
+fn seen_at(index: u64, body: &str) -> Seen {
+    seen(index, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_app_serving_one_connection_at_a_time_gets_them_one_at_a_time() {
+    let app = FakeApp::one_at_a_time(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, handle) = delivery(dir.path(), &app, SECOND);
+    assert_eq!(handle.connection_limit(), 64);
+    // Client connection 1's request leaves its app connection open (kept alive): the app
+    // keeps reading it, and would never take client connection 2's. Hermes sees the app take
+    // nothing, closes the idle connection, and from then on keeps one open at a time.
+    for (seq, conn) in [(1, 1), (2, 2), (3, 3), (4, 1), (5, 3)] {
+        let outcome = delivery
+            .deliver(seq, (1, 1, seq), &post_on(conn, "x"))
+            .await
+            .unwrap();
+        assert_eq!(&answered(&outcome).body[..], b"ok", "request {seq}");
+    }
+    assert_eq!(handle.connection_limit(), 1);
+    assert_eq!(app.seen().len(), 5);
+    assert_eq!(app.connections(), 5, "switched at every other client");
+    // A read off the log takes its turn the same way.
+    let read = handle
+        .read((1, 1, 4), b"GET /r HTTP/1.1\r\nHost: a\r\n\r\n", "GET")
+        .await
+        .unwrap();
+    assert_eq!(&read.body[..], b"ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn beyond_the_limit_the_connection_unused_the_longest_is_closed() {
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let handle = Arc::new(App::new(
+        app.addr,
+        std::net::Ipv4Addr::LOCALHOST,
+        SECOND,
+        Limits::default(),
+        2,
+        Arc::default(),
+    ));
+    let mut delivery = Delivery::open(&dir.path().join("progress"), BOOT, handle, None).unwrap();
+    for (seq, conn) in [(1, 1), (2, 2), (3, 1), (4, 3), (5, 1), (6, 2)] {
+        delivery
+            .deliver(seq, (1, 1, seq), &post_on(conn, "x"))
+            .await
+            .unwrap();
+    }
+    // 1 and 2 open; 3 closes 2 (unused the longest); 1 is kept; 2 comes back on a new one.
+    assert_eq!(app.connections(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_whose_body_did_not_all_go_out_is_sent_again_not_counted_in_doubt() {
+    // The app dies after the head of a body far larger than the socket buffers: it cannot have
+    // the request, so it is sent again, and nothing is in doubt.
+    let app = FakeApp::start(|n| match n {
+        0 => Act::DieAfterHead,
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, _) = delivery(dir.path(), &app, SECOND);
+    let big = "x".repeat(16 << 20);
+    let outcome = delivery.deliver(1, (1, 1, 1), &post(&big)).await.unwrap();
+    assert_eq!(&answered(&outcome).body[..], b"ok");
+    assert_eq!(app.seen().len(), 1);
+    assert_eq!(app.seen()[0].body.len(), big.len());
+    assert_eq!(delivery.progress().in_doubt, 0);
 }

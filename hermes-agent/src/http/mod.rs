@@ -5,6 +5,7 @@
 //!   ordered and what every app receives; the reader that takes them off a client connection.
 //! - [`response`]: app responses framed totally, whatever the app sends; the agent's own
 //!   responses; both re-serialized for the client.
+//! - [`ordered`]: a request as the log carries it, with the client connection it came on.
 //! - [`chunked`]: the chunked transfer coding, decoded as it arrives (public for the fuzz
 //!   targets); `fields`: field grammar and the fields whose meaning the agent acts on.
 //!
@@ -14,6 +15,7 @@ pub mod chunked;
 #[cfg(test)]
 mod corpus;
 mod fields;
+pub mod ordered;
 pub mod request;
 pub mod response;
 

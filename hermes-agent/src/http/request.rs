@@ -305,9 +305,22 @@ impl RequestHead {
 
     /// The canonical request, for a client at `client` and the decoded `body`.
     pub fn canonical(self, client: IpAddr, body: &[u8]) -> Bytes {
+        self.canonical_after(&[], client, body)
+    }
+
+    /// `prefix`, then the canonical request (one copy of the body, whatever carries it).
+    pub fn canonical_after(self, prefix: &[u8], client: IpAddr, body: &[u8]) -> Bytes {
         let client = client.to_canonical();
-        let mut out = BytesMut::from(&self.canonical[..]);
-        out.reserve(self.forwarded_for.len() + self.forwarded.len() + body.len() + 160);
+        let mut out = BytesMut::with_capacity(
+            prefix.len()
+                + self.canonical.len()
+                + self.forwarded_for.len()
+                + self.forwarded.len()
+                + body.len()
+                + 160,
+        );
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(&self.canonical);
         let list_with = |out: &mut BytesMut, name: &[u8], list: &[u8], item: &str| {
             out.extend_from_slice(name);
             out.extend_from_slice(list);

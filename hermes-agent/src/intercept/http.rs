@@ -27,6 +27,7 @@ use super::Handler;
 use crate::{
     http::{
         Framing, Invalid, RequestHead, Response, Version,
+        ordered::Ordered,
         request::{self, ReadError, Reader},
     },
     order::{Node, SubmitError, read::ReadMode},
@@ -79,6 +80,8 @@ const LINGER: Duration = Duration::from_secs(2);
 impl Handler for Http {
     async fn serve(self, client: TcpStream, peer: SocketAddr, mut stop: watch::Receiver<bool>) {
         let _ = client.set_nodelay(true);
+        // Its requests reach every replica's app on an app connection of their own.
+        let conn = self.node.next_connection();
         let (reader, mut writer) = client.into_split();
         let mut requests = Reader::new(reader, self.limits.http);
         loop {
@@ -97,7 +100,7 @@ impl Handler for Http {
             let (answer, version, close) = match read.await {
                 Ok(Ok((head, body, budget))) => {
                     let (version, close) = (head.version, head.close);
-                    let answer = self.answer(head, body, peer).await;
+                    let answer = self.answer(conn, head, body, peer).await;
                     drop(budget);
                     let close = close || answer.as_ref().is_ok_and(|r| r.close);
                     let telemetry = &self.node.telemetry;
@@ -193,15 +196,17 @@ impl Http {
         Ok((head, body, budget))
     }
 
-    /// Orders the request (or reads off the log) and returns the app's answer.
+    /// Orders the request of client connection `conn` (or reads off the log) and returns the
+    /// app's answer.
     async fn answer(
         &self,
+        conn: u64,
         head: RequestHead,
         body: Bytes,
         peer: SocketAddr,
     ) -> Result<Response, SubmitError> {
         let read = self.reads.mode_for(&head.method);
-        let payload = head.canonical(peer.ip(), &body);
+        let payload = Ordered::encode(conn, head, peer.ip(), &body);
         drop(body);
         match read {
             Some(mode) => self.node.read(payload, mode).await,

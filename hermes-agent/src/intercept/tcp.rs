@@ -61,7 +61,7 @@ impl Handler for Tcp {
     async fn serve(self, client: TcpStream, peer: SocketAddr, mut stop: watch::Receiver<bool>) {
         let _ = client.set_nodelay(true);
         let node = &self.node;
-        let conn = node.next_id();
+        let conn = node.next_connection();
         let (mut reader, writer) = client.into_split();
         let mut app_done = node.clients.register(conn, writer);
         let _forget = Forget(node, conn);

@@ -270,12 +270,10 @@ pub async fn watch(
                 });
             }
             if minority && policy == OnDivergence::Fence && !applied.fenced() {
-                tracing::error!(
-                    seq,
-                    "fenced: this replica stops applying and reports not ready until an \
-                     operator resumes it (`hermes-agent ctl resume`) or rebuilds it"
-                );
-                applied.fence(true);
+                applied.fence(format!(
+                    "this replica's answers diverged from the majority's (first at request \
+                     {seq}); see /status"
+                ));
             }
         }
     }

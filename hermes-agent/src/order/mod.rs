@@ -5,7 +5,8 @@
 //!   [`state_machine`]: the app as Raft's state machine (delivery itself is [`crate::deliver`]);
 //! - [`identity`]: who this node is across restarts; [`bootstrap`]: forming the cluster;
 //! - [`divergence`]: comparing the replicas' answers;
-//! - [`propose`]: getting requests into the log; [`read`]: reads off the log;
+//! - [`propose`]: getting requests into the log, [`in_flight`]: which of them may still be
+//!   retried; [`read`]: reads off the log;
 //!   [`membership`]: changing the members; [`peer`]: the peer transport.
 //!
 //! [`Node::submit`] is what interception calls: it proposes a request (directly on the leader,
@@ -19,6 +20,7 @@ pub mod bootstrap;
 pub mod digests;
 pub mod divergence;
 pub mod identity;
+pub mod in_flight;
 pub mod log_store;
 pub mod membership;
 pub mod peer;
@@ -58,6 +60,7 @@ use crate::{
 };
 use divergence::{Divergence, OnDivergence};
 use identity::{Identity, IdentityError};
+use in_flight::{Flying, InFlight};
 use log_store::LogStore;
 use peer::{
     Network, Peers, server,
@@ -65,7 +68,7 @@ use peer::{
 };
 use propose::{Outcome, Proposer};
 use state_machine::{Applied, Replica, StateMachine};
-use typ::{Command, Metrics, NodeId, Raft};
+use typ::{Command, ConnKey, Metrics, NodeId, Raft};
 
 /// What a node needs to know to start.
 #[derive(Clone, Debug)]
@@ -85,6 +88,11 @@ pub struct Settings {
     pub app_timeout: Duration,
     /// What an app's answer may be.
     pub response_limits: response::Limits,
+    /// App connections open at once at most (HTTP mode; `--app-connections`).
+    pub app_connections: usize,
+    /// Whether the delivery progress is synced before requests go to the app, so that a machine
+    /// crash repeats no request silently (`--no-progress-sync` turns it off).
+    pub sync_progress: bool,
     /// Longest a client waits for its request to be ordered and answered.
     pub request_timeout: Duration,
     /// Requests of this node's clients in flight at most.
@@ -215,7 +223,14 @@ pub struct Node {
     app: Arc<App>,
     proposer: Proposer,
     peers: Peers,
-    sequence: AtomicU64,
+    /// This node's request ids.
+    in_flight: Arc<InFlight>,
+    /// This node's connection ids (raw TCP mode, and the app connections of HTTP clients).
+    connections: AtomicU64,
+    /// Raw TCP mode.
+    tcp: bool,
+    /// What the start had to order first is applied here ([`Self::announced`]).
+    announced: AtomicBool,
     pending: Semaphore,
     max_pending: usize,
     request_timeout: Duration,
@@ -272,6 +287,7 @@ impl Node {
                 settings.app_source,
                 settings.app_timeout,
                 settings.response_limits,
+                settings.app_connections,
                 Arc::clone(&settings.telemetry),
             )
             .in_netns(settings.placement.netns.clone()),
@@ -299,8 +315,10 @@ impl Node {
             hooks,
             digests,
             tcp: connections,
+            sync_progress: settings.sync_progress,
         };
-        let (state_machine, applied) = StateMachine::open(dir, replica, &mut log).await?;
+        let (mut state_machine, applied) = StateMachine::open(dir, replica, &mut log).await?;
+        let broken = state_machine.broken_connections();
 
         let config = openraft::Config {
             cluster_name: "hermes".into(),
@@ -376,11 +394,13 @@ impl Node {
             committed = startup_commit,
             "raft node started"
         );
+        let in_flight = InFlight::new(identity.first_id());
         let proposer = Proposer::start(
             raft.clone(),
             log.clone(),
             peers.clone(),
             identity,
+            Arc::clone(&in_flight),
             settings.request_timeout,
         );
         let node = Arc::new(Self {
@@ -395,35 +415,94 @@ impl Node {
             app,
             proposer,
             peers,
-            sequence: AtomicU64::new(identity.first_id()),
+            in_flight,
+            connections: AtomicU64::new(identity.first_id()),
+            tcp: settings.tcp.is_some(),
+            announced: AtomicBool::new(false),
             pending: Semaphore::new(settings.max_pending),
             max_pending: settings.max_pending,
             request_timeout: settings.request_timeout,
             clients,
         });
         if settings.tcp.is_some() && identity.boot > 1 {
-            tokio::spawn(Arc::clone(&node).announce_restart());
+            tokio::spawn(Arc::clone(&node).announce_restart(broken));
+        } else {
+            node.announced.store(true, Ordering::Relaxed);
         }
         Ok(node)
     }
 
-    /// In raw TCP mode, after a restart: orders that the connections of this node's earlier
-    /// life are gone (they went with the process), so that every replica closes its app's.
-    async fn announce_restart(self: Arc<Self>) {
-        let lost = Chunk::new(self.identity.first_id(), Event::Lost).encode();
-        loop {
-            match self.order(lost.clone()).await {
-                Ok(()) => return,
-                // Not a member yet (joining): wait to be one.
-                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+    /// In raw TCP mode, after a restart: orders that the connections of other nodes this
+    /// replica had open are abandoned (`broken`: it cannot apply the rest of their streams) and
+    /// that those of this node's earlier life are gone (they went with the process), so that
+    /// every replica closes them at the same point; then waits until that is applied here.
+    async fn announce_restart(self: Arc<Self>, broken: Vec<ConnKey>) {
+        if !broken.is_empty() {
+            tracing::warn!(
+                connections = broken.len(),
+                "connections open here when the agent stopped are abandoned on every replica \
+                 (their clients are reset): this replica could not apply the rest of them"
+            );
+        }
+        let abandon = broken
+            .chunks(crate::tcp::MAX_ABANDONED)
+            .map(|conns| Event::Abandon(conns.to_vec()));
+        let events: Vec<Event> = abandon.chain([Event::Lost]).collect();
+        for event in events {
+            let conn = if event == Event::Lost {
+                self.identity.first_id()
+            } else {
+                0
+            };
+            let payload = Chunk::new(conn, event).encode();
+            // Not a member yet (joining): wait to be one.
+            while self.order(payload.clone()).await.is_err() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
+        }
+        let committed = self.log.committed().map_or(0, |id| id.index);
+        self.applied.applied_at_least(committed).await;
+        self.announced.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether what this node's start had to order first is applied here: in raw TCP mode,
+    /// after a restart, that the connections it lost are abandoned.
+    pub fn announced(&self) -> bool {
+        self.announced.load(Ordering::Relaxed)
+    }
+
+    /// In raw TCP mode, before a planned stop: orders that every connection still open is
+    /// abandoned (closed on every replica, clients reset), and stops delivering right after it,
+    /// so that this replica leaves no connection open behind it: it could not apply the rest
+    /// of one after its restart. Returns once that is applied here (never, if it cannot be
+    /// ordered: bound it with a timeout).
+    pub async fn abandon_connections(&self) {
+        if !self.tcp {
+            return;
+        }
+        let (command, flying) = self.command(Chunk::new(0, Event::Abandon(Vec::new())).encode());
+        self.applied.halt_after(command.key());
+        if self.order_command(command, flying).await.is_ok() {
+            self.applied.halted().await;
         }
     }
 
-    /// A new id, unique across this node's restarts and incarnations (raw TCP mode's
-    /// connections are named by one).
-    pub fn next_id(&self) -> u64 {
-        self.sequence.fetch_add(1, Ordering::Relaxed)
+    /// A new connection id, unique across this node's restarts and incarnations: a client
+    /// connection, and its app connection on every replica, is named by one.
+    pub fn next_connection(&self) -> u64 {
+        self.connections.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A new command of this node carrying `payload`, in flight until the [`Flying`] is dropped.
+    fn command(&self, payload: Bytes) -> (Command, Flying) {
+        let flying = self.in_flight.start();
+        let command = Command {
+            origin: self.id,
+            incarnation: self.identity.incarnation,
+            id: flying.id,
+            payload,
+        };
+        (command, flying)
     }
 
     /// Orders `payload` (raw TCP mode's events): proposes it until it is committed, through
@@ -431,12 +510,12 @@ impl Node {
     /// Fails only on a node that is not (or no longer) a member: nothing can be ordered from
     /// it then.
     pub async fn order(&self, payload: Bytes) -> Result<(), SubmitError> {
-        let command = Command {
-            origin: self.id,
-            incarnation: self.identity.incarnation,
-            id: self.next_id(),
-            payload,
-        };
+        let (command, flying) = self.command(payload);
+        self.order_command(command, flying).await
+    }
+
+    /// [`Self::order`], for a command made with [`Self::command`].
+    async fn order_command(&self, command: Command, _flying: Flying) -> Result<(), SubmitError> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -460,13 +539,8 @@ impl Node {
         if !self.is_member() {
             return Err(SubmitError::NotMember);
         }
-        let id = self.next_id();
-        let command = Command {
-            origin: self.id,
-            incarnation: self.identity.incarnation,
-            id,
-            payload,
-        };
+        let (command, flying) = self.command(payload);
+        let id = command.id;
         let answered = self.applied.register(id);
         let _forget = Forget(&self.applied, id);
         let started = Instant::now();
@@ -487,7 +561,7 @@ impl Node {
                     Err(_) => Err(SubmitError::Timeout),
                 }
             },
-            given_up = self.propose(command, &maybe_proposed, started, &committed) => Err(given_up),
+            given_up = self.propose(command, flying, &maybe_proposed, started, &committed) => Err(given_up),
             () = sleep_until(deadline) => Err(if maybe_proposed.load(Ordering::Relaxed) {
                 SubmitError::Timeout
             } else {
@@ -496,13 +570,14 @@ impl Node {
         }
     }
 
-    /// Proposes `command` until the leader has committed it, then waits (the local apply
-    /// answers). Follows leader changes; the state machine drops duplicates of retried proposals.
-    /// Gives up early, with [`SubmitError::NoLeader`], when no leader took it for
-    /// [`LEADERLESS`] and no leader may have received it.
+    /// Proposes `command` until the leader has committed it (then it is settled: `flying` is
+    /// dropped), then waits (the local apply answers). Follows leader changes; the state machine
+    /// drops duplicates of retried proposals. Gives up early, with [`SubmitError::NoLeader`],
+    /// when no leader took it for [`LEADERLESS`] and no leader may have received it.
     async fn propose(
         &self,
         command: Command,
+        flying: Flying,
         maybe_proposed: &AtomicBool,
         started: Instant,
         committed: &AtomicU64,
@@ -511,6 +586,7 @@ impl Node {
         loop {
             match self.proposer.propose(command.clone()).await {
                 Outcome::Committed => {
+                    drop(flying);
                     maybe_proposed.store(true, Ordering::Relaxed);
                     let elapsed = started.elapsed();
                     committed.store(elapsed.as_micros() as u64, Ordering::Relaxed);
@@ -575,10 +651,14 @@ impl Node {
     }
 
     /// Waits until the delivery in flight, if any, is done, and keeps any other from starting
-    /// for as long as the process lives: a planned stop never cuts a delivery in half.
+    /// for as long as the process lives: a planned stop never cuts a delivery in half. Then
+    /// records the stop in the progress, durably.
     pub async fn finish_delivery(&self) {
         // The turn is never given back: the process is about to exit.
         std::mem::forget(self.app.turn().await);
+        if let Err(error) = self.applied.record_stop() {
+            tracing::warn!(%error, "cannot record the stop in the delivery progress");
+        }
     }
 }
 

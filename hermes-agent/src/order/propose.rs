@@ -14,6 +14,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
     identity::Identity,
+    in_flight::InFlight,
     leader_changed,
     log_store::LogStore,
     peer::{
@@ -63,12 +64,14 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// `identity` makes batch ids unique across restarts and incarnations.
+    /// `identity` makes batch ids unique across restarts and incarnations; `in_flight` gives
+    /// each batch its floor.
     pub fn start(
         raft: Raft,
         log: LogStore,
         peers: Peers,
         identity: Identity,
+        in_flight: Arc<InFlight>,
         timeout: Duration,
     ) -> Self {
         let (queue, pending) = mpsc::unbounded_channel();
@@ -77,6 +80,7 @@ impl Proposer {
             log,
             peers,
             identity,
+            in_flight,
             sequence: AtomicU64::new(identity.first_id()),
             timeout,
         });
@@ -142,6 +146,7 @@ struct Route {
     log: LogStore,
     peers: Peers,
     identity: Identity,
+    in_flight: Arc<InFlight>,
     sequence: AtomicU64,
     timeout: Duration,
 }
@@ -153,7 +158,13 @@ impl Route {
             self.identity.incarnation,
             self.sequence.fetch_add(1, Ordering::Relaxed),
         );
-        let batch = Batch { id, commands };
+        // Taken after the commands were: every one of them is in flight, so at or above it.
+        let floor = self.in_flight.floor();
+        let batch = Batch {
+            id,
+            floor,
+            commands,
+        };
         let (leader, addr) = super::leader(&self.raft);
         match (leader, addr) {
             (Some(leader), _) if leader == self.identity.node_id => {

@@ -18,7 +18,7 @@ use super::{
     peer::wire::{Call, ForwardError, Reply},
     typ::{NodeId, Raft},
 };
-use crate::http::Response;
+use crate::http::{Response, ordered::Ordered};
 
 /// How reads are served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -46,10 +46,16 @@ impl Node {
                 let index = self.read_index().await?;
                 self.applied.applied_at_least(index).await;
             }
-            let method = payload.split(|b| *b == b' ').next().unwrap_or_default();
+            let Some(ordered) = Ordered::decode(&payload) else {
+                return Err(SubmitError::App("not an HTTP request".into()));
+            };
+            let request = ordered.request;
+            let method = request.split(|b| *b == b' ').next().unwrap_or_default();
             let method = std::str::from_utf8(method).unwrap_or_default();
+            // On the client's own app connection, as its ordered requests.
+            let conn = (self.id, self.identity.incarnation, ordered.conn);
             self.app
-                .read(&payload, method)
+                .read(conn, &request, method)
                 .await
                 .map_err(|e| SubmitError::App(e.to_string()))
         };

@@ -17,19 +17,20 @@ use std::{
 
 use openraft::{RaftLogReader, RaftSnapshotBuilder, storage::RaftStateMachine};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use super::{
     digests::Digests,
     log_store::{LogStore, decode, encode},
     typ::{
-        Command, Entry, EntryPayload, LogId, NodeId, RequestKey, Snapshot, SnapshotMeta,
+        Command, ConnKey, Entry, EntryPayload, LogId, NodeId, RequestKey, Snapshot, SnapshotMeta,
         StorageError, StorageIOError, StoredMembership, TypeConfig,
     },
 };
 use crate::{
-    deliver::{App, DEDUP_WINDOW, Dedup, Delivery, Outcome, hooks::Hooks, tcp::Connections},
+    deliver::{App, Delivery, Outcome, Sessions, Stopper, hooks::Hooks, tcp::Connections},
     http::Response,
+    tcp::Chunk,
 };
 
 /// What a waiting client learns: the app's answer, or why there is none.
@@ -49,6 +50,13 @@ pub struct Applied {
     digests: Arc<Digests>,
     /// Set when this replica diverged and is fenced: it applies nothing until resumed.
     fenced: watch::Sender<bool>,
+    /// Why it was fenced, last.
+    fenced_because: Mutex<Option<String>>,
+    /// The command after which delivery stops for good (a planned stop in raw TCP mode).
+    halt_after: Mutex<Option<RequestKey>>,
+    halted: Notify,
+    /// Records a planned stop in the progress.
+    stopper: Stopper,
     app: Arc<App>,
 }
 
@@ -109,9 +117,48 @@ impl Applied {
         *self.fenced.borrow()
     }
 
-    /// Fences this replica, or resumes it.
-    pub fn fence(&self, fenced: bool) {
-        self.fenced.send_replace(fenced);
+    /// Why this replica is fenced; `None` if it is not.
+    pub fn fenced_because(&self) -> Option<String> {
+        self.fenced()
+            .then(|| self.fenced_because.lock().unwrap().clone())
+            .flatten()
+    }
+
+    /// Fences this replica: it applies nothing more until resumed, and reports not ready,
+    /// saying `why`.
+    pub fn fence(&self, why: String) {
+        tracing::error!(
+            why,
+            "fenced: this replica stops applying and reports not ready until an operator \
+             resumes it (`hermes-agent ctl resume`) or rebuilds it"
+        );
+        *self.fenced_because.lock().unwrap() = Some(why);
+        self.fenced.send_replace(true);
+    }
+
+    /// Follows whether this replica is fenced.
+    pub fn fenced_subscribe(&self) -> watch::Receiver<bool> {
+        self.fenced.subscribe()
+    }
+
+    /// Lets a fenced replica apply again.
+    pub fn resume(&self) {
+        self.fenced.send_replace(false);
+    }
+
+    /// Makes delivery stop for good right after the command with `key` (once it is applied).
+    pub fn halt_after(&self, key: RequestKey) {
+        *self.halt_after.lock().unwrap() = Some(key);
+    }
+
+    /// Resolves once delivery stopped after the command given to [`Self::halt_after`].
+    pub async fn halted(&self) {
+        self.halted.notified().await;
+    }
+
+    /// Records a planned stop in the progress: call once no delivery is in flight, nor will be.
+    pub fn record_stop(&self) -> std::io::Result<()> {
+        self.stopper.stop()
     }
 
     /// Waits while this replica is fenced.
@@ -133,6 +180,7 @@ impl Applied {
         let answer = match outcome {
             Outcome::Answered(response) => Ok(response),
             Outcome::Unanswered(why) => Err(why),
+            Outcome::Diverged(why) => return self.fence(why),
             Outcome::Duplicate | Outcome::Earlier | Outcome::Event => return,
         };
         if command.origin == self.node_id
@@ -154,7 +202,7 @@ type CurrentSnapshot = Arc<tokio::sync::Mutex<Option<(SnapshotMeta, Vec<u8>)>>>;
 struct SnapshotState {
     requests: u64,
     deliveries: u64,
-    dedup: Vec<(u64, RequestKey)>,
+    sessions: Sessions,
     /// The app's state, captured by the snapshot hook; `None` without hooks.
     app: Option<Vec<u8>>,
 }
@@ -189,11 +237,15 @@ pub struct Replica {
     pub digests: Arc<Digests>,
     /// The app connections of raw TCP mode; `None` in HTTP mode.
     pub tcp: Option<Connections>,
+    /// Whether the progress is synced before requests go to the app (`--no-progress-sync`).
+    pub sync_progress: bool,
 }
 
 impl StateMachine {
     /// Opens the state kept in `dir`, finishes a snapshot install a crash interrupted, and
-    /// rebuilds the duplicate window from `log`.
+    /// rebuilds from `log` what delivery keeps besides the app: the sessions that recognise
+    /// duplicates, and in raw TCP mode which connections are open (broken here now) and which
+    /// origins restarted.
     pub async fn open(
         dir: &Path,
         replica: Replica,
@@ -206,6 +258,7 @@ impl StateMachine {
             hooks,
             digests,
             tcp,
+            sync_progress,
         } = replica;
         let read_error =
             |e: &std::io::Error| StorageError::from(StorageIOError::read_state_machine(e));
@@ -216,8 +269,12 @@ impl StateMachine {
                 dir.display()
             ))));
         }
-        let mut delivery = Delivery::open(&dir.join(PROGRESS), Arc::clone(&app), tcp)
+        let boot = crate::deliver::boot_id().map_err(|e| read_error(&e))?;
+        let mut delivery = Delivery::open(&dir.join(PROGRESS), boot, Arc::clone(&app), tcp)
             .map_err(|e| read_error(&e))?;
+        if !sync_progress {
+            delivery.without_syncs();
+        }
         let membership_path = dir.join(MEMBERSHIP);
         let membership = match std::fs::read(&membership_path) {
             Ok(bytes) => decode(&bytes).map_err(|e| read_error(&e))?,
@@ -258,22 +315,25 @@ impl StateMachine {
                     meta.last_log_id,
                     state.requests,
                     state.deliveries,
-                    state.dedup.clone(),
+                    state.sessions.clone(),
                 )
                 .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         }
-        // The duplicate window: the snapshot's own, then the log since the snapshot.
-        let (first, older) = match snapshot_state {
-            Some((meta, state)) => (meta.last_log_id.map_or(1, |id| id.index + 1), state.dedup),
-            None => (1, Vec::new()),
+        // What delivery keeps: the snapshot's, then the log's since the snapshot.
+        let (first, sessions) = match snapshot_state {
+            Some((meta, state)) => (
+                meta.last_log_id.map_or(1, |id| id.index + 1),
+                state.sessions,
+            ),
+            None => (1, Sessions::default()),
         };
         let progress = delivery.progress().clone();
-        let applied = progress.applied.map_or(0, |id| id.index);
-        delivery.set_dedup(rebuild_dedup(log, first, applied, progress.requests, older).await?);
+        let sessions = replay(log, first, &progress, sessions, delivery.tcp_mut()).await?;
+        delivery.set_sessions(sessions);
         if let Some(connections) = delivery.tcp_mut() {
-            connections.restore_lost(lost_connections(log, first, applied).await?);
             connections.digest_into(Arc::clone(&digests));
         }
+        let applied = progress.applied.map_or(0, |id| id.index);
         digests.handled(progress.requests);
         let shared = Arc::new(Applied {
             node_id,
@@ -285,6 +345,10 @@ impl StateMachine {
             in_doubt: AtomicU64::new(progress.in_doubt),
             digests,
             fenced: watch::Sender::new(false),
+            fenced_because: Mutex::default(),
+            halt_after: Mutex::default(),
+            halted: Notify::new(),
+            stopper: delivery.stopper(),
             app,
         });
         let machine = Self {
@@ -297,6 +361,30 @@ impl StateMachine {
             current: Arc::new(tokio::sync::Mutex::new(current)),
         };
         Ok((machine, shared))
+    }
+
+    /// Ranges of request ids the sessions hold (see [`Sessions::size`]).
+    pub fn sessions_size(&self) -> usize {
+        self.delivery.sessions().size()
+    }
+
+    /// In raw TCP mode, the connections of other origins that were open here when the agent
+    /// stopped: gone with it, so the agent's restart must have them abandoned.
+    pub fn broken_connections(&mut self) -> Vec<ConnKey> {
+        self.delivery
+            .tcp_mut()
+            .map(|connections| connections.broken())
+            .unwrap_or_default()
+    }
+
+    /// Stops delivering for good if `command` is the one a planned stop asked to stop after.
+    async fn halt_if_asked(&self, command: &Command) {
+        if *self.applied.halt_after.lock().unwrap() != Some(command.key()) {
+            return;
+        }
+        tracing::info!("delivery stops here: the agent is stopping");
+        self.applied.halted.notify_one();
+        std::future::pending::<()>().await;
     }
 
     async fn save_membership(&self) -> Result<(), StorageError> {
@@ -320,16 +408,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // One sync of the progress covers the requests of all these entries.
+        let requests: usize = entries
+            .iter()
+            .map(|entry| match &entry.payload {
+                EntryPayload::Normal(batch) => batch.commands.len(),
+                _ => 0,
+            })
+            .sum();
+        let planned = self.delivery.progress().requests + requests as u64;
+        self.delivery.plan(planned);
         let mut replies = Vec::new();
         for entry in entries {
             let failed = |e: std::io::Error| StorageIOError::apply(entry.log_id, &e);
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Membership(membership) => {
+                    if let Some(connections) = self.delivery.tcp_mut() {
+                        connections.keep_members(|node, incarnation| {
+                            membership
+                                .get_node(&node)
+                                .is_some_and(|member| member.incarnation == incarnation)
+                        });
+                    }
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
                     self.save_membership().await?;
                 }
                 EntryPayload::Normal(batch) => {
+                    let (origin, incarnation, _) = batch.id;
+                    self.delivery.advance((origin, incarnation), batch.floor);
                     let first = self.delivery.progress().requests + 1;
                     for (seq, command) in (first..).zip(batch.commands) {
                         self.applied.unfenced().await;
@@ -339,6 +447,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             .await
                             .map_err(failed)?;
                         self.applied.record(seq, &command, outcome, &self.delivery);
+                        self.halt_if_asked(&command).await;
                     }
                 }
             }
@@ -371,7 +480,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state: SnapshotState {
                 requests: progress.requests,
                 deliveries: progress.deliveries,
-                dedup: self.delivery.dedup_window(),
+                sessions: self.delivery.sessions().clone(),
                 app,
             },
             current: Arc::clone(&self.current),
@@ -431,7 +540,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 meta.last_log_id,
                 state.requests,
                 state.deliveries,
-                state.dedup,
+                state.sessions,
             )
             .map_err(failed)?;
         self.applied
@@ -507,63 +616,49 @@ async fn keep_snapshot(
     Ok(())
 }
 
-/// The duplicate window as it was after request `requests`, the last of entry `applied`:
-/// `older` (the snapshot's window, if the log was compacted), then the log's entries since
-/// `first`.
-async fn rebuild_dedup(
+/// Replays what the log holds from entry `first` up to where delivery had come (`progress`:
+/// the entries up to `applied`, and the requests of the next one up to `answered`) into
+/// `sessions`, which held what came before `first`, and into the TCP connections if there are:
+/// what was applied before this start. TCP mode takes no snapshots, so its log is whole.
+async fn replay(
     log: &mut LogStore,
     first: u64,
-    applied: u64,
-    requests: u64,
-    older: Vec<(u64, RequestKey)>,
-) -> Result<Dedup, StorageError> {
-    let mut keys = Vec::new();
-    let mut end = applied + 1;
-    while end > first && (keys.len() as u64) < DEDUP_WINDOW {
-        let start = end.saturating_sub(4096).max(first);
-        let entries = log.try_get_log_entries(start..end).await?;
-        for entry in entries.iter().rev() {
-            if let EntryPayload::Normal(batch) = &entry.payload {
-                keys.extend(batch.commands.iter().rev().map(Command::key));
-            }
-        }
-        end = start;
-    }
-    keys.truncate(DEDUP_WINDOW as usize);
-    let mut dedup = Dedup::from_window(older);
-    // Oldest first; the newest key is request `requests`.
-    for (age, key) in keys.into_iter().enumerate().rev() {
-        if let Some(seq) = requests.checked_sub(age as u64).filter(|seq| *seq > 0) {
-            dedup.insert(seq, key);
-        }
-    }
-    Ok(dedup)
-}
-
-/// Raw TCP mode: the `Lost` events of entries `first..=applied`, as connection keys (origin,
-/// incarnation, first id of the origin's new life). A replica that applied them before it
-/// restarted must still ignore the events of the connections they ended, as the others do. TCP
-/// mode takes no snapshots, so the log holds them all.
-async fn lost_connections(
-    log: &mut LogStore,
-    first: u64,
-    applied: u64,
-) -> Result<Vec<crate::deliver::tcp::ConnKey>, StorageError> {
-    let mut lost = Vec::new();
+    progress: &crate::deliver::Progress,
+    mut sessions: Sessions,
+    mut tcp: Option<&mut Connections>,
+) -> Result<Sessions, StorageError> {
+    let applied = progress.applied.map_or(0, |id| id.index);
+    // Of the entry being applied when the agent stopped, the requests handled.
+    let partly =
+        usize::try_from(progress.answered.saturating_sub(progress.requests)).unwrap_or(usize::MAX);
     let mut start = first;
-    while start <= applied {
-        // A few entries at a time: an entry may hold many chunks.
-        let end = applied.min(start.saturating_add(63));
+    // A few entries at a time: an entry may hold many requests.
+    while start <= applied + 1 {
+        let end = (applied + 1).min(start.saturating_add(63));
         for entry in log.try_get_log_entries(start..end + 1).await? {
-            if let EntryPayload::Normal(batch) = &entry.payload {
-                lost.extend(batch.commands.iter().filter_map(|command| {
-                    crate::deliver::tcp::lost(command.key(), &command.payload)
-                }));
+            let EntryPayload::Normal(batch) = entry.payload else {
+                continue;
+            };
+            let handled = if entry.log_id.index > applied {
+                partly
+            } else {
+                usize::MAX
+            };
+            let (origin, incarnation, _) = batch.id;
+            sessions.advance((origin, incarnation), batch.floor);
+            for command in batch.commands.iter().take(handled) {
+                sessions.remember(command.key());
+                if let Some(connections) = tcp.as_deref_mut()
+                    && let Some(chunk) = Chunk::decode(&command.payload)
+                {
+                    let conn = (command.origin, command.incarnation, chunk.conn);
+                    connections.replayed(conn, &chunk.event);
+                }
             }
         }
         start = end + 1;
     }
-    Ok(lost)
+    Ok(sessions)
 }
 
 /// Replaces the file at `path` with `bytes`, durably (a crash leaves the old or the new file),

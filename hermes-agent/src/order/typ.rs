@@ -31,12 +31,23 @@ impl Command {
 /// (origin, incarnation, id): unique for every request ever proposed.
 pub type RequestKey = (NodeId, u64, u64);
 
+/// A client connection, unique in the cluster: (origin, its incarnation, the id the origin drew
+/// for it). Every replica delivers its requests (or, in raw TCP mode, applies its events) on an
+/// app connection of its own.
+pub type ConnKey = (NodeId, u64, u64);
+
 /// The commands of one log entry: a node proposes the requests its clients sent while its
 /// previous proposal was in flight together, so that one append (one fsync) orders them all.
+/// Every command of a batch is the proposing node's own.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     /// Unique per proposing node, across restarts: lets the proposer learn when it is committed.
     pub id: BatchId,
+    /// The lowest request id the proposing node (this incarnation) still had in flight when it
+    /// made the batch: a request with a lower id is settled (committed, or given up by its
+    /// client), so a copy of it that lands later is never delivered
+    /// ([`crate::deliver::sessions`]).
+    pub floor: u64,
     pub commands: Vec<Command>,
 }
 

@@ -33,7 +33,7 @@ use super::typ::{
     TypeConfig, Vote,
 };
 use cache::Cache;
-use tables::{COMMITTED, LOG, META, PURGED, VOTE, read_meta, read_range};
+use tables::{COMMITTED, FORMAT, FORMAT_VERSION, LOG, META, PURGED, VOTE, read_meta, read_range};
 use writer::{Done, Write, write_loop};
 
 #[derive(Clone)]
@@ -87,14 +87,7 @@ impl LogStore {
     /// entries in memory.
     pub fn open(path: &Path, cache_budget: usize) -> Result<Self, StorageError> {
         let db = Database::create(path).map_err(|e| StorageIOError::write_logs(&e))?;
-        let txn = db
-            .begin_write()
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        txn.open_table(LOG)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        txn.open_table(META)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        txn.commit().map_err(|e| StorageIOError::write_logs(&e))?;
+        check_format(&db).map_err(|e| StorageIOError::write_logs(&e))?;
         let db = Arc::new(db);
 
         let mut state = State {
@@ -181,6 +174,46 @@ impl LogStore {
             Err(_) => Err(error(&std::io::Error::other("log writer stopped")).into()),
         }
     }
+}
+
+/// Makes the tables of a new log, and refuses a log whose entries this version cannot read.
+fn check_format(db: &Database) -> Result<(), std::io::Error> {
+    use redb::{ReadableTable as _, ReadableTableMetadata as _};
+    let failed = |e: &dyn std::error::Error| std::io::Error::other(e.to_string());
+    let txn = db.begin_write().map_err(|e| failed(&e))?;
+    {
+        let log = txn.open_table(LOG).map_err(|e| failed(&e))?;
+        let mut meta = txn.open_table(META).map_err(|e| failed(&e))?;
+        let format = meta
+            .get(FORMAT)
+            .map_err(|e| failed(&e))?
+            .map(|v| v.value().to_vec());
+        match format {
+            Some(format) if format == FORMAT_VERSION.to_le_bytes() => {}
+            Some(format) => {
+                return Err(std::io::Error::other(format!(
+                    "the Raft log is of format {format:?}, which this Hermes (format \
+                     {FORMAT_VERSION}) cannot read"
+                )));
+            }
+            None if !log.is_empty().map_err(|e| failed(&e))?
+                || meta.get(VOTE).map_err(|e| failed(&e))?.is_some() =>
+            {
+                return Err(std::io::Error::other(
+                    "the Raft log was written by an older Hermes, whose entries this one cannot \
+                     read (its requests carry no in-flight floor, nor their client connection): \
+                     stop every node, let each finish delivering, then start this version with \
+                     empty data directories (the apps keep their state, identical on every \
+                     replica)",
+                ));
+            }
+            None => {
+                meta.insert(FORMAT, &FORMAT_VERSION.to_le_bytes()[..])
+                    .map_err(|e| failed(&e))?;
+            }
+        }
+    }
+    txn.commit().map_err(|e| failed(&e))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -407,6 +440,7 @@ mod tests {
                 std::net::Ipv4Addr::LOCALHOST,
                 Duration::from_secs(1),
                 crate::http::response::Limits::default(),
+                64,
                 Arc::default(),
             );
             let replica = Replica {
@@ -416,6 +450,7 @@ mod tests {
                 hooks: None,
                 digests: Default::default(),
                 tcp: None,
+                sync_progress: true,
             };
             let (state_machine, _) = StateMachine::open(dir.path(), replica, &mut log).await?;
             Ok((dir, log, state_machine))
@@ -439,6 +474,7 @@ mod tests {
                     log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
                     payload: EntryPayload::Normal(crate::order::typ::Batch {
                         id: (1, 1, i),
+                        floor: 0,
                         commands: vec![crate::order::typ::Command {
                             origin: 1,
                             incarnation: 1,

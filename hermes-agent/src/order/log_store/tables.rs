@@ -12,6 +12,10 @@ pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const VOTE: &str = "vote";
 pub const COMMITTED: &str = "committed";
 pub const PURGED: &str = "purged";
+/// What the entries are made of: [`FORMAT_VERSION`], little-endian.
+pub const FORMAT: &str = "format";
+/// 2: batches carry their floor, HTTP requests their client connection.
+pub const FORMAT_VERSION: u32 = 2;
 
 pub fn read_range(
     db: &Database,

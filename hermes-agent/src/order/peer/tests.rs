@@ -60,6 +60,7 @@ fn addr(node: &Node) -> String {
 fn forward(from: u64) -> Call {
     Call::Forward(Batch {
         id: (from, 1, 1),
+        floor: 0,
         commands: vec![Command {
             origin: from,
             incarnation: 1,

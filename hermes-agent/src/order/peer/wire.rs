@@ -198,6 +198,7 @@ mod tests {
         };
         let batch = Batch {
             id: (2, 5, 1),
+            floor: 0,
             commands: vec![command],
         };
         let mut stream = frame(7, &(2u64, Call::Forward(batch.clone())), MIN_FRAME).unwrap();

@@ -21,6 +21,9 @@ pub enum Setup {
     Hermes3,
     /// As `hermes-3`, with reads off the log (`--reads linearizable`).
     Hermes3Reads,
+    /// As `hermes-3`, without syncing the delivery progress (`--no-progress-sync`): what
+    /// surviving a power loss costs (writes only).
+    Hermes3Unsynced,
     /// etcd, three members, clients spread over all three (writes only).
     Etcd3,
     /// The log app behind nginx as a reverse proxy: a conventional proxy's cost, to compare
@@ -29,12 +32,13 @@ pub enum Setup {
 }
 
 impl Setup {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Direct,
         Self::Passthrough,
         Self::Hermes1,
         Self::Hermes3,
         Self::Hermes3Reads,
+        Self::Hermes3Unsynced,
         Self::Etcd3,
         Self::NginxProxy,
     ];
@@ -46,16 +50,18 @@ impl Setup {
             Self::Hermes1 => "hermes-1",
             Self::Hermes3 => "hermes-3",
             Self::Hermes3Reads => "hermes-3-reads",
+            Self::Hermes3Unsynced => "hermes-3-unsynced",
             Self::Etcd3 => "etcd-3",
             Self::NginxProxy => "nginx-proxy",
         }
     }
 
     /// What this setup is measured under: etcd is a key-value store, not the log app, so only
-    /// its writes compare; linearizable reads change nothing for writes.
+    /// its writes compare; linearizable reads change nothing for writes; the progress sync is
+    /// measured where it is paid most, on writes alone.
     pub fn workloads(self) -> &'static [Workload] {
         match self {
-            Self::Etcd3 => &[Workload::Post],
+            Self::Etcd3 | Self::Hermes3Unsynced => &[Workload::Post],
             Self::Hermes3Reads => &[Workload::Mixed, Workload::Get],
             _ => &Workload::ALL,
         }
@@ -69,6 +75,7 @@ impl Setup {
             Self::Hermes1 => hermes::replicated(1, bin, &[])?,
             Self::Hermes3 => hermes::replicated(3, bin, &[])?,
             Self::Hermes3Reads => hermes::replicated(3, bin, &["--reads", "linearizable"])?,
+            Self::Hermes3Unsynced => hermes::replicated(3, bin, &["--no-progress-sync"])?,
             Self::Etcd3 => etcd::deploy()?,
             Self::NginxProxy => nginx::deploy(bin)?,
         })
