@@ -14,7 +14,7 @@ use tokio::{
 use super::{
     Peers, server,
     tls::{Files, PeerTls, Security},
-    wire::{self, Call, Reply, Target},
+    wire::{self, Call, ForwardError, Reply, Target},
 };
 use crate::{
     order::{
@@ -78,20 +78,24 @@ const WAIT: Duration = Duration::from_secs(5);
 /// An upper bound for what must happen, never a window for what must not.
 const LONG: Duration = Duration::from_secs(60);
 
-/// Serves `node`'s peer calls on a listener of its own, with these bounds; where it listens.
-async fn serve_with(node: &Node, handshake_timeout: Duration, max_connections: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = server::Server {
+/// A peer server for `node`, as the node's own is.
+fn server_for(node: &Node) -> server::Server {
+    server::Server {
         raft: node.raft.clone(),
         applied: Arc::clone(&node.applied),
         log: node.log.clone(),
         peers: node.peers().clone(),
         identity: node.identity,
         forward_timeout: WAIT,
-        handshake_timeout,
-        max_connections,
-    };
+        handshake_timeout: server::HANDSHAKE_TIMEOUT,
+        max_connections: server::MAX_CONNECTIONS,
+    }
+}
+
+/// Serves `server` on a listener of its own; where it listens.
+async fn serve(server: server::Server) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(server::serve(listener, Arc::new(server)));
     addr
 }
@@ -237,7 +241,11 @@ async fn connections_that_never_complete_a_handshake_are_closed() {
     let app = FakeApp::start(|_| Act::Reply(OK)).await;
     let dir = tempfile::tempdir().unwrap();
     let (node, _ca, two) = secured(dir.path(), &app).await;
-    let at = serve_with(&node, Duration::from_millis(200), 100).await;
+    let at = serve(server::Server {
+        handshake_timeout: Duration::from_millis(200),
+        ..server_for(&node)
+    })
+    .await;
     // Connections that send nothing, and one that stops in the middle of its hello.
     let mut silent = Vec::new();
     for _ in 0..3 {
@@ -267,7 +275,12 @@ async fn connections_beyond_the_cap_are_closed_at_once_and_the_others_held() {
     let dir = tempfile::tempdir().unwrap();
     let (node, _ca, two) = secured(dir.path(), &app).await;
     // No handshake timeout to speak of: only the cap closes connections here.
-    let at = serve_with(&node, Duration::from_secs(3600), 2).await;
+    let at = serve(server::Server {
+        handshake_timeout: Duration::from_secs(3600),
+        max_connections: 2,
+        ..server_for(&node)
+    })
+    .await;
     let mut held = Vec::new();
     for _ in 0..2 {
         held.push(TcpStream::connect(at).await.unwrap());
@@ -299,4 +312,48 @@ async fn connections_beyond_the_cap_are_closed_at_once_and_the_others_held() {
         matches!(served, Reply::Hello { node_id: 1, .. }),
         "{served:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forward_that_times_out_leaves_no_watch_behind() {
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _ca, _) = secured(dir.path(), &app).await;
+    let at = serve(server::Server {
+        forward_timeout: Duration::from_millis(200),
+        ..server_for(&node)
+    })
+    .await;
+    // Node 1 itself forwards (a member may), with its own certificate.
+    let certs = dir.path().join("certs");
+    let one = Files {
+        cert: certs.join("node-1.pem"),
+        key: certs.join("node-1-key.pem"),
+        ca: certs.join("ca.pem"),
+    };
+    let forwarder = Peers::new(1, 1 << 20, Security::Tls(PeerTls::load(one).unwrap()));
+
+    // The leader's Raft is held busy: nothing it is asked to propose can be committed until it
+    // is let go.
+    let (frozen, is_frozen) = tokio::sync::oneshot::channel();
+    let (thaw, thawed) = std::sync::mpsc::channel::<()>();
+    node.raft.external_request(move |_| {
+        let _ = frozen.send(());
+        let _ = thawed.recv();
+    });
+    is_frozen.await.unwrap();
+    let reply = forwarder
+        .get(1, &at.to_string())
+        .call(&forward(1), WAIT)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&reply, Reply::Forward(Err(ForwardError::Failed(why))) if why.contains("not committed")),
+        "{reply:?}"
+    );
+    assert_eq!(node.log.watching(), 0, "the watch went with the forward");
+    thaw.send(()).unwrap();
+    // Let go, the leader commits it after all (the forwarder was told the outcome is unknown).
+    tokio::time::timeout(LONG, app.wait_seen(1)).await.unwrap();
+    assert_eq!(node.log.watching(), 0);
 }
