@@ -229,7 +229,8 @@ pub struct Config {
     #[arg(long, env = "HERMES_PASSTHROUGH")]
     pub passthrough: bool,
 
-    /// On SIGTERM/SIGINT, how long to let in-flight requests finish before exiting.
+    /// On SIGTERM/SIGINT, how long to let in-flight requests finish before exiting. A second
+    /// signal exits at once, with status 128 + its number (143, 130): the stop was not clean.
     #[arg(long, env = "HERMES_GRACE_PERIOD", default_value = "20s", value_parser = parse_duration)]
     pub grace_period: Duration,
 
@@ -753,6 +754,29 @@ mod tests {
         agent(&["--port", "80", "--app", "10.0.0.1:80", "--passthrough"])
             .validate()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_agent_started_with_an_invalid_config_does_not_start() {
+        // Invalid (the delivery address is loopback), and harmless if it were not refused: its
+        // admin address cannot be bound, so it would fail before steering anything.
+        let config = agent(&[
+            "--port",
+            "80",
+            "--passthrough",
+            "--app-source",
+            "127.0.0.2",
+            "--admin",
+            "192.0.2.1:9",
+        ]);
+        let stopped = crate::run(config, std::future::pending()).await;
+        assert!(
+            matches!(
+                stopped,
+                Err(crate::Error::Config(ConfigError::BadSource(_)))
+            ),
+            "{stopped:?}"
+        );
     }
 
     #[test]

@@ -49,8 +49,10 @@ pub enum Error {
     Source(std::io::Error),
 }
 
-/// Runs an agent in the current network namespace until `shutdown` resolves.
+/// Runs an agent in the current network namespace until `shutdown` resolves, once `config`
+/// is found valid.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    config.validate()?;
     let settings = config.settings()?;
     let telemetry = settings
         .as_ref()
