@@ -7,6 +7,10 @@
 //! closes the connection is ever processed (RFC 9112 section 9.6). Pipelined requests are read
 //! ahead but wait their turn.
 //!
+//! The app's answer closes the client's connection when the app closes its own after it, unless
+//! the agent asked for that close (the canonical form's `Connection: close`, for a HEAD say):
+//! then the client, which did not ask, keeps its connection.
+//!
 //! A request that breaks a rule gets its status (400, 408, 413, 417, 431, 501, or 503 when the
 //! node's budget of body bytes is spent), closes the connection, and is never ordered. After an
 //! answer whose outcome is unknown (504) the connection closes too: a later request of it could
@@ -97,9 +101,12 @@ impl Handler for Http {
             let (answer, version, close) = match read.await {
                 Ok(Ok((head, body, budget))) => {
                     let (version, close) = (head.version, head.close);
+                    // The app closing its connection after a request the agent asked it to
+                    // close (a HEAD, say) is no reason to close the client's.
+                    let agents_close = head.closes_app_connection(&body);
                     let answer = self.answer(head, body, peer).await;
                     drop(budget);
-                    let close = close || answer.as_ref().is_ok_and(|r| r.close);
+                    let close = close || answer.as_ref().is_ok_and(|r| r.close && !agents_close);
                     let telemetry = &self.node.telemetry;
                     match answer {
                         Ok(response) => {

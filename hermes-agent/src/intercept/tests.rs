@@ -174,6 +174,49 @@ async fn nothing_behind_a_closing_request_or_answer_is_processed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_apps_close_after_a_close_the_agent_asked_for_keeps_the_clients_connection() {
+    // The app closes its connection after each request, as asked by the canonical form of a
+    // HEAD and of a GET with a body, and says so.
+    const HEAD_CLOSING: &[u8] =
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 6\r\n\r\n";
+    const CLOSING: &[u8] =
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 6\r\n\r\nclosed";
+    let app = FakeApp::start(|n| match n {
+        0 => Act::ReplyAndClose(HEAD_CLOSING),
+        2 => Act::ReplyAndClose(CLOSING),
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = single_node(app.addr, dir.path(), |_| {}).await;
+    let (addr, _) = intercept(Arc::clone(&node), 1 << 20, 1 << 20);
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut buf = BytesMut::new();
+    for (request, method) in [
+        ("HEAD /h HTTP/1.1\r\nHost: h\r\n\r\n", "HEAD"),
+        ("GET /g HTTP/1.1\r\nHost: h\r\n\r\n", "GET"),
+        (
+            "GET /g HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+            "GET",
+        ),
+        ("GET /g HTTP/1.1\r\nHost: h\r\n\r\n", "GET"),
+    ] {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let got = answer(&mut stream, &mut buf, method)
+            .await
+            .unwrap_or_else(|| panic!("no answer to {request:?}: the connection closed"));
+        assert_eq!(got.status, 200);
+        assert!(
+            !got.close,
+            "{request:?}: the client did not ask for a close"
+        );
+    }
+    let methods: Vec<String> = app.seen().into_iter().map(|s| s.method).collect();
+    assert_eq!(methods, ["HEAD", "GET", "GET", "GET"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refusals_order_nothing_and_continue_is_only_for_http_1_1() {
     let app = FakeApp::start(|_| Act::Reply(OK)).await;
     let dir = tempfile::tempdir().unwrap();
