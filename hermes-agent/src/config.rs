@@ -360,9 +360,10 @@ pub struct Config {
     pub max_response: u64,
 
     /// Request body bytes held at once over all client connections (more: 503 with
-    /// Retry-After). Bounds the memory clients can make the node use. In TCP mode: client
-    /// bytes not yet ordered (more: the clients wait), and, a second budget of the same size,
-    /// the app's bytes that slow clients have not taken yet (more: the client is given up).
+    /// Retry-After); in TCP mode, client bytes not yet ordered (more: the clients wait). And a
+    /// second budget of the same size: the app's answers (in TCP mode, its bytes) held for slow
+    /// clients that have not taken them yet (more: the client is reset, never sent part of an
+    /// answer). Bounds the memory clients can make the node use.
     #[arg(long, env = "HERMES_BODY_BUDGET", default_value = "256MiB", value_parser = parse_size, help_heading = "Limits")]
     pub body_budget: u64,
 

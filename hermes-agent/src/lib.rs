@@ -149,6 +149,8 @@ pub async fn serve(
                 limits,
                 reads,
                 budget,
+                // The app's answers held for slow clients: a second budget of the same size.
+                answers: byte_budget(config.body_budget),
             };
             let grace = config.grace_period;
             intercept::serve(listeners, handler, shutdown, grace, max_connections).await

@@ -178,6 +178,9 @@ pub enum Outcome {
     Unknown,
     /// Delivered, but the app gave no answer to pass on.
     AppFailed,
+    /// Answered, but the client was reset: its answer did not fit in the node's budget for
+    /// answers held for clients (slow clients held it).
+    Reset,
 }
 
 impl Telemetry {
@@ -188,6 +191,7 @@ impl Telemetry {
             Outcome::Unavailable => "unavailable",
             Outcome::Unknown => "unknown",
             Outcome::AppFailed => "app_failed",
+            Outcome::Reset => "reset",
         };
         let class = format!("{}xx", status / 100);
         self.requests
