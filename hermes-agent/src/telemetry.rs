@@ -28,6 +28,7 @@ pub struct Telemetry {
     app_seconds: Histogram,
     app_failures: Family<Labels, Counter>,
     in_doubt: Gauge,
+    unconfirmed: Gauge,
     divergences: Counter,
     term: Gauge,
     leader: Gauge,
@@ -64,6 +65,7 @@ impl Default for Telemetry {
             app_seconds: seconds(),
             app_failures: Family::default(),
             in_doubt: Gauge::default(),
+            unconfirmed: Gauge::default(),
             divergences: Counter::default(),
             term: Gauge::default(),
             leader: Gauge::default(),
@@ -112,6 +114,12 @@ impl Default for Telemetry {
                 "in_doubt",
                 "Requests sent to the app once more because Hermes could not tell whether it had them",
                 this.in_doubt.clone(),
+            );
+            r.register(
+                "unconfirmed",
+                "Requests written to the app before the agent stopped whose answer it never read: \
+                 not sent again, but if the app stopped too it may not have run them",
+                this.unconfirmed.clone(),
             );
             r.register(
                 "divergences",
@@ -233,6 +241,7 @@ impl Telemetry {
     pub fn state(&self, state: &State) {
         self.in_flight.set(state.in_flight as i64);
         self.in_doubt.set(state.in_doubt as i64);
+        self.unconfirmed.set(state.unconfirmed as i64);
         self.term.set(state.term as i64);
         self.leader.set(state.leader as i64);
         self.commit_index.set(state.commit_index as i64);
@@ -277,6 +286,7 @@ impl Telemetry {
 pub struct State {
     pub in_flight: usize,
     pub in_doubt: u64,
+    pub unconfirmed: u64,
     pub term: u64,
     pub leader: u64,
     pub commit_index: u64,

@@ -26,7 +26,7 @@
 pub mod app;
 mod dedup;
 pub mod hooks;
-mod progress;
+pub(crate) mod progress;
 pub mod tcp;
 #[cfg(test)]
 mod tcp_tests;
