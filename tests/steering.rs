@@ -1,6 +1,7 @@
 //! Steering (issue 2): inbound connections to the protected port are served through the agent,
 //! the agent's own loopback connections and other ports are not steered, the port fails closed
-//! (or open) without an agent, and `detach` restores direct access.
+//! (or open) without an agent, and `detach` restores direct access; a second signal stops an
+//! agent at once, with a failure status.
 use std::{
     io::{BufRead, BufReader, ErrorKind, Read, Write},
     net::{IpAddr, Shutdown, SocketAddr, TcpStream},
@@ -191,6 +192,28 @@ fn sigterm_drains_and_keeps_steering_until_detach() {
     assert!(status.success(), "detach exited with {status}");
     assert_direct(&connect(node.ip, PORT).unwrap());
     assert_direct(&connect(node.ip6, PORT).unwrap());
+}
+
+#[test]
+fn a_second_signal_stops_at_once_with_a_failure_status() {
+    let lab = lab(1);
+    let node = lab.node(1);
+    let _app = echo(node, "a", &["[::]:8080"]);
+    let mut agent = agent(
+        node,
+        &["--port", "8080", "--passthrough", "--grace-period", "10m"],
+    );
+    // A client connection held open: draining would wait for it the whole grace period.
+    let stream = connect(node.ip, PORT).unwrap();
+    assert_steered(&stream);
+
+    agent.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    agent.wait_for("draining", Duration::from_secs(10)).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = agent.wait(Duration::from_secs(15)).unwrap();
+    // 128 + SIGINT: the stop was not clean, and says so.
+    assert_eq!(status.code(), Some(130), "agent exited with {status}");
+    drop(stream);
 }
 
 #[test]

@@ -229,7 +229,8 @@ pub struct Config {
     #[arg(long, env = "HERMES_PASSTHROUGH")]
     pub passthrough: bool,
 
-    /// On SIGTERM/SIGINT, how long to let in-flight requests finish before exiting.
+    /// On SIGTERM/SIGINT, how long to let in-flight requests finish before exiting. A second
+    /// signal exits at once, with status 128 + its number (143, 130): the stop was not clean.
     #[arg(long, env = "HERMES_GRACE_PERIOD", default_value = "20s", value_parser = parse_duration)]
     pub grace_period: Duration,
 
@@ -378,9 +379,10 @@ pub struct Config {
     pub max_response: u64,
 
     /// Request body bytes held at once over all client connections (more: 503 with
-    /// Retry-After). Bounds the memory clients can make the node use. In TCP mode: client
-    /// bytes not yet ordered (more: the clients wait), and, a second budget of the same size,
-    /// the app's bytes that slow clients have not taken yet (more: the client is given up).
+    /// Retry-After); in TCP mode, client bytes not yet ordered (more: the clients wait). And a
+    /// second budget of the same size: the app's answers (in TCP mode, its bytes) held for slow
+    /// clients that have not taken them yet (more: the client is reset, never sent part of an
+    /// answer). Bounds the memory clients can make the node use.
     #[arg(long, env = "HERMES_BODY_BUDGET", default_value = "256MiB", value_parser = parse_size, help_heading = "Limits")]
     pub body_budget: u64,
 
@@ -774,6 +776,29 @@ mod tests {
         agent(&["--port", "80", "--app", "10.0.0.1:80", "--passthrough"])
             .validate()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_agent_started_with_an_invalid_config_does_not_start() {
+        // Invalid (the delivery address is loopback), and harmless if it were not refused: its
+        // admin address cannot be bound, so it would fail before steering anything.
+        let config = agent(&[
+            "--port",
+            "80",
+            "--passthrough",
+            "--app-source",
+            "127.0.0.2",
+            "--admin",
+            "192.0.2.1:9",
+        ]);
+        let stopped = crate::run(config, std::future::pending()).await;
+        assert!(
+            matches!(
+                stopped,
+                Err(crate::Error::Config(ConfigError::BadSource(_)))
+            ),
+            "{stopped:?}"
+        );
     }
 
     #[test]

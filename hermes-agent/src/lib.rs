@@ -49,8 +49,10 @@ pub enum Error {
     Source(std::io::Error),
 }
 
-/// Runs an agent in the current network namespace until `shutdown` resolves.
+/// Runs an agent in the current network namespace until `shutdown` resolves, once `config`
+/// is found valid.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    config.validate()?;
     let settings = config.settings()?;
     let telemetry = settings
         .as_ref()
@@ -151,6 +153,8 @@ pub async fn serve(
                 limits,
                 reads,
                 budget,
+                // The app's answers held for slow clients: a second budget of the same size.
+                answers: byte_budget(config.body_budget),
             };
             let grace = config.grace_period;
             intercept::serve(listeners, handler, shutdown, grace, max_connections).await

@@ -137,8 +137,10 @@ fn raise_open_files_limit() {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT; a second one ends the process at once.
+/// Resolves on the first SIGTERM or SIGINT; a second one ends the process at once, with the
+/// status of a process killed by it (128 + its number): the stop was not clean.
 async fn shutdown_signal() {
+    use nix::libc::{SIGINT, SIGTERM};
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -148,11 +150,14 @@ async fn shutdown_signal() {
     }
     tracing::info!("signal received; draining (send another to stop at once)");
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: stopping now");
-        std::process::exit(0);
+        let (name, number) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", SIGTERM),
+            _ = int.recv() => ("SIGINT", SIGINT),
+        };
+        tracing::warn!(
+            signal = name,
+            "second signal: stopping now, without draining"
+        );
+        std::process::exit(128 + number);
     });
 }

@@ -29,6 +29,7 @@ pub struct Telemetry {
     app_failures: Family<Labels, Counter>,
     in_doubt: Gauge,
     fenced: Gauge,
+    unconfirmed: Gauge,
     divergences: Counter,
     term: Gauge,
     leader: Gauge,
@@ -66,6 +67,7 @@ impl Default for Telemetry {
             app_failures: Family::default(),
             in_doubt: Gauge::default(),
             fenced: Gauge::default(),
+            unconfirmed: Gauge::default(),
             divergences: Counter::default(),
             term: Gauge::default(),
             leader: Gauge::default(),
@@ -119,6 +121,10 @@ impl Default for Telemetry {
                 "fenced",
                 "1 while this replica is fenced (it applies nothing; /status says why)",
                 this.fenced.clone(),
+                "unconfirmed",
+                "Requests written to the app before the agent stopped whose answer it never read: \
+                 not sent again, but if the app stopped too it may not have run them",
+                this.unconfirmed.clone(),
             );
             r.register(
                 "divergences",
@@ -186,6 +192,9 @@ pub enum Outcome {
     Unknown,
     /// Delivered, but the app gave no answer to pass on.
     AppFailed,
+    /// Answered, but the client was reset: its answer did not fit in the node's budget for
+    /// answers held for clients (slow clients held it).
+    Reset,
 }
 
 impl Telemetry {
@@ -196,6 +205,7 @@ impl Telemetry {
             Outcome::Unavailable => "unavailable",
             Outcome::Unknown => "unknown",
             Outcome::AppFailed => "app_failed",
+            Outcome::Reset => "reset",
         };
         let class = format!("{}xx", status / 100);
         self.requests
@@ -238,6 +248,7 @@ impl Telemetry {
         self.in_flight.set(state.in_flight as i64);
         self.in_doubt.set(state.in_doubt as i64);
         self.fenced.set(i64::from(state.fenced));
+        self.unconfirmed.set(state.unconfirmed as i64);
         self.term.set(state.term as i64);
         self.leader.set(state.leader as i64);
         self.commit_index.set(state.commit_index as i64);
@@ -284,6 +295,7 @@ pub struct State {
     pub in_doubt: u64,
     /// The replica is fenced.
     pub fenced: bool,
+    pub unconfirmed: u64,
     pub term: u64,
     pub leader: u64,
     pub commit_index: u64,

@@ -16,6 +16,8 @@
 //! elsewhere (an admin address that is not loopback) they need the token too.
 //!
 //! `hermes-agent ctl` is the command-line front of it.
+#[cfg(test)]
+mod tests;
 pub mod token;
 
 use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -328,34 +330,40 @@ fn metrics(admin: &Admin) -> String {
     let stats = admin.steering.stats();
     let mut handshake_failures = 0;
     if let Some(node) = &admin.node {
-        let metrics = node.metrics();
         if let Security::Tls(tls) = node.peer_security() {
             handshake_failures = tls.handshake_failures();
         }
-        let last = metrics.last_log_index.unwrap_or(0);
-        let lags = metrics
-            .replication
-            .iter()
-            .flatten()
-            .filter(|(id, _)| **id != node.id)
-            .map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |m| m.index))))
-            .collect();
-        admin.telemetry.state(&State {
-            in_flight: node.pending(),
-            in_doubt: node.applied.in_doubt(),
-            fenced: node.applied.fenced(),
-            term: metrics.current_term,
-            leader: metrics.current_leader.unwrap_or(0),
-            commit_index: node.log.committed().map_or(0, |id| id.index),
-            applied_index: node.applied.applied_index(),
-            lags,
-        });
+        admin.telemetry.state(&state(node));
     }
     admin.telemetry.totals(
         [stats.steered, stats.dropped, stats.bypassed],
         handshake_failures,
     );
     admin.telemetry.encode()
+}
+
+/// The replica's state of the moment, for the metrics.
+fn state(node: &Node) -> State {
+    let metrics = node.metrics();
+    let last = metrics.last_log_index.unwrap_or(0);
+    let lags = metrics
+        .replication
+        .iter()
+        .flatten()
+        .filter(|(id, _)| **id != node.id)
+        .map(|(id, matched)| (*id, last.saturating_sub(matched.map_or(0, |m| m.index))))
+        .collect();
+    State {
+        in_flight: node.pending(),
+        in_doubt: node.applied.in_doubt(),
+        unconfirmed: node.applied.unconfirmed(),
+        fenced: node.applied.fenced(),
+        term: metrics.current_term,
+        leader: metrics.current_leader.unwrap_or(0),
+        commit_index: node.log.committed().map_or(0, |id| id.index),
+        applied_index: node.applied.applied_index(),
+        lags,
+    }
 }
 
 pub(crate) fn status(admin: &Admin) -> serde_json::Value {
@@ -369,6 +377,14 @@ pub(crate) fn status(admin: &Admin) -> serde_json::Value {
     let Some(node) = &admin.node else {
         return json!({ "mode": "passthrough", "ready": true, "steering": steering });
     };
+    let mut status = replica_status(node);
+    status["ready"] = json!(not_ready(admin).is_none());
+    status["steering"] = steering;
+    status
+}
+
+/// What `/status` says of the replica itself.
+fn replica_status(node: &Node) -> serde_json::Value {
     let metrics = node.metrics();
     let membership = metrics.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
@@ -401,6 +417,7 @@ pub(crate) fn status(admin: &Admin) -> serde_json::Value {
         "replication": replication,
         "pending": node.pending(),
         "in_doubt": node.applied.in_doubt(),
+        "unconfirmed": node.applied.unconfirmed(),
         "divergence": node.divergence.first(),
         "compared_up_to": node.divergence.checked(),
         "fenced": node.applied.fenced(),
@@ -414,7 +431,5 @@ pub(crate) fn status(admin: &Admin) -> serde_json::Value {
         },
         "log_cache_bytes": node.log.cached_bytes(),
         "app_healthy": node.app().healthy(),
-        "ready": not_ready(admin).is_none(),
-        "steering": steering,
     })
 }

@@ -35,7 +35,7 @@ pub mod app;
 #[cfg(test)]
 mod crash_tests;
 pub mod hooks;
-mod progress;
+pub(crate) mod progress;
 pub mod sessions;
 pub mod tcp;
 #[cfg(test)]

@@ -303,6 +303,12 @@ impl RequestHead {
             })
     }
 
+    /// Whether the canonical form of this request with `body` carries [`CLOSE`]: the agent's
+    /// own doing, which the client did not ask for.
+    pub fn closes_app_connection(&self, body: &[u8]) -> bool {
+        closes_app_connection(&self.method, body)
+    }
+
     /// The canonical request, for a client at `client` and the decoded `body`.
     pub fn canonical(self, client: IpAddr, body: &[u8]) -> Bytes {
         self.canonical_after(&[], client, body)

@@ -7,6 +7,14 @@
 //! closes the connection is ever processed (RFC 9112 section 9.6). Pipelined requests are read
 //! ahead but wait their turn.
 //!
+//! The app's answer closes the client's connection when the app closes its own after it, unless
+//! the agent asked for that close (the canonical form's `Connection: close`, for a HEAD say):
+//! then the client, which did not ask, keeps its connection.
+//!
+//! The app's answer waits for its client within the node's budget for answers (`--body-budget`,
+//! a second budget of that size): a client whose answer does not fit, because slow clients hold
+//! the budget, is reset, never sent part of its answer.
+//!
 //! A request that breaks a rule gets its status (400, 408, 413, 417, 431, 501, or 503 when the
 //! node's budget of body bytes is spent), closes the connection, and is never ordered. After an
 //! answer whose outcome is unknown (504) the connection closes too: a later request of it could
@@ -50,6 +58,9 @@ pub struct Http {
     pub reads: Reads,
     /// Request body bytes this node holds at most, over all its client connections.
     pub budget: Arc<Semaphore>,
+    /// Bytes of the answers this node holds at most for clients that have not taken them yet,
+    /// over all its client connections: a client whose answer does not fit is reset.
+    pub answers: Arc<Semaphore>,
 }
 
 /// Which requests skip the log, and how they are answered.
@@ -97,29 +108,26 @@ impl Handler for Http {
                 self.limits.client_timeout,
                 self.read(&mut requests, &mut writer),
             );
-            let (answer, version, close) = match read.await {
+            let (answer, version, close, outcome) = match read.await {
                 Ok(Ok((head, body, budget))) => {
                     let (version, close) = (head.version, head.close);
+                    // The app closing its connection after a request the agent asked it to
+                    // close (a HEAD, say) is no reason to close the client's.
+                    let agents_close = head.closes_app_connection(&body);
                     let answer = self.answer(conn, head, body, peer).await;
                     drop(budget);
-                    let close = close || answer.as_ref().is_ok_and(|r| r.close);
-                    let telemetry = &self.node.telemetry;
+                    let close = close || answer.as_ref().is_ok_and(|r| r.close && !agents_close);
                     match answer {
-                        Ok(response) => {
-                            telemetry.request(Outcome::Answered, response.status);
-                            (response, version, close)
-                        }
+                        Ok(response) => (response, version, close, Outcome::Answered),
                         Err(error) => {
                             tracing::debug!(%peer, %error, "request not answered");
                             let unknown = error == SubmitError::Timeout;
-                            let refusal = refusal(&error);
                             let outcome = match error {
                                 SubmitError::Timeout => Outcome::Unknown,
                                 SubmitError::App(_) => Outcome::AppFailed,
                                 _ => Outcome::Unavailable,
                             };
-                            telemetry.request(outcome, refusal.status);
-                            (refusal, version, close || unknown)
+                            (refusal(&error), version, close || unknown, outcome)
                         }
                     }
                 }
@@ -146,8 +154,24 @@ impl Handler for Http {
                 }
             };
             let (head, body) = answer.to_client(version, close);
+            let Some(mut held) = self.hold(head.len() + body.len()) else {
+                tracing::debug!(
+                    %peer,
+                    bytes = head.len() + body.len(),
+                    "the node holds as many answers for clients as --body-budget allows: \
+                     resetting a client rather than sending part of its answer"
+                );
+                self.node.telemetry.request(Outcome::Reset, answer.status);
+                reset(requests, writer);
+                return;
+            };
+            self.node.telemetry.request(outcome, answer.status);
             let stall = self.limits.client_timeout;
-            if write(&mut writer, &head, &body, stall).await.is_err() || close {
+            if write(&mut writer, &head, &body, stall, Some(&mut held))
+                .await
+                .is_err()
+                || close
+            {
                 break;
             }
         }
@@ -160,6 +184,13 @@ impl Handler for Http {
 }
 
 impl Http {
+    /// Takes `bytes` of an answer from the node's budget for answers held for clients (given
+    /// back as they are written); `None` when they do not fit.
+    fn hold(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let bytes = u32::try_from(bytes).ok()?;
+        Arc::clone(&self.answers).try_acquire_many_owned(bytes).ok()
+    }
+
     /// Reads a request's head and body, with `100 Continue` when the client waits for it, and
     /// the body's bytes taken from the node's budget (given back when the permit drops).
     async fn read(
@@ -231,12 +262,14 @@ fn refusal(error: &SubmitError) -> Response {
 }
 
 /// Writes an answer; a client that takes nothing of it for `stall` is dropped, so that it
-/// cannot hold its connection and the answer's memory for ever.
+/// cannot hold its connection and the answer's memory for ever. The budget `held` for the
+/// answer is given back as it is written.
 async fn write(
     writer: &mut OwnedWriteHalf,
     head: &[u8],
     body: &[u8],
     stall: Duration,
+    mut held: Option<&mut OwnedSemaphorePermit>,
 ) -> std::io::Result<()> {
     let joined;
     let parts: [&[u8]; 2] = if body.len() <= 16 * 1024 {
@@ -255,16 +288,38 @@ async fn write(
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
             at += n;
+            if let Some(held) = held.as_deref_mut() {
+                drop(held.split(n));
+            }
         }
     }
     Ok(())
+}
+
+/// Resets the client's connection rather than closing it: the client sees an error, not an
+/// orderly end it could take for a whole answer or for an idle connection's close.
+fn reset(requests: Reader<OwnedReadHalf>, writer: OwnedWriteHalf) {
+    let _ = nix::sys::socket::setsockopt(
+        writer.as_ref(),
+        nix::sys::socket::sockopt::Linger,
+        &nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
+    // No FIN first: the reset comes when the last half is dropped.
+    writer.forget();
+    drop(requests);
 }
 
 /// Answers a refused request and closes, draining what the client still sends for a moment so
 /// that it reads the answer rather than a reset.
 async fn refuse(requests: Reader<OwnedReadHalf>, mut writer: OwnedWriteHalf, own: Response) {
     let (head, body) = own.to_client(Version::Http11, true);
-    if write(&mut writer, &head, &body, LINGER).await.is_err() {
+    if write(&mut writer, &head, &body, LINGER, None)
+        .await
+        .is_err()
+    {
         return;
     }
     let _ = writer.shutdown().await;

@@ -1,5 +1,6 @@
 //! Interception in process, on a multi-thread runtime, in front of a one-node cluster and a
-//! scripted app: per-connection order, what is never processed, refusals, the body budget.
+//! scripted app: per-connection order, what is never processed, refusals, the budgets of
+//! bodies and answers.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
@@ -22,6 +23,12 @@ use crate::{
 /// Serves steered-like connections on loopback with an HTTP handler for `node`; where clients
 /// connect, and the node's budget of body bytes.
 fn intercept(node: Arc<Node>, max_body: u64, budget: usize) -> (SocketAddr, Arc<Semaphore>) {
+    let (handler, budget) = handler(node, max_body, budget);
+    (super::serve_in_test(handler), budget)
+}
+
+/// An HTTP handler for `node` with this budget of body bytes, and room for any answer.
+fn handler(node: Arc<Node>, max_body: u64, budget: usize) -> (Http, Arc<Semaphore>) {
     let budget = Arc::new(Semaphore::new(budget));
     let handler = Http {
         node,
@@ -38,8 +45,9 @@ fn intercept(node: Arc<Node>, max_body: u64, budget: usize) -> (SocketAddr, Arc<
             methods: Arc::from(Vec::new()),
         },
         budget: Arc::clone(&budget),
+        answers: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
     };
-    (super::serve_in_test(handler), budget)
+    (handler, budget)
 }
 
 fn post(body: &str) -> String {
@@ -57,6 +65,9 @@ async fn answer(stream: &mut TcpStream, buf: &mut BytesMut, method: &str) -> Opt
         Err(error) => panic!("bad answer from the agent: {error}"),
     }
 }
+
+/// An upper bound for what must happen, never a window for what must not.
+const LONG: Duration = Duration::from_secs(60);
 
 async fn closed(stream: &mut TcpStream, buf: &BytesMut) -> bool {
     let mut rest = Vec::new();
@@ -171,6 +182,49 @@ async fn nothing_behind_a_closing_request_or_answer_is_processed() {
         3,
         "nothing behind them was ordered"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_apps_close_after_a_close_the_agent_asked_for_keeps_the_clients_connection() {
+    // The app closes its connection after each request, as asked by the canonical form of a
+    // HEAD and of a GET with a body, and says so.
+    const HEAD_CLOSING: &[u8] =
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 6\r\n\r\n";
+    const CLOSING: &[u8] =
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 6\r\n\r\nclosed";
+    let app = FakeApp::start(|n| match n {
+        0 => Act::ReplyAndClose(HEAD_CLOSING),
+        2 => Act::ReplyAndClose(CLOSING),
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = single_node(app.addr, dir.path(), |_| {}).await;
+    let (addr, _) = intercept(Arc::clone(&node), 1 << 20, 1 << 20);
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut buf = BytesMut::new();
+    for (request, method) in [
+        ("HEAD /h HTTP/1.1\r\nHost: h\r\n\r\n", "HEAD"),
+        ("GET /g HTTP/1.1\r\nHost: h\r\n\r\n", "GET"),
+        (
+            "GET /g HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+            "GET",
+        ),
+        ("GET /g HTTP/1.1\r\nHost: h\r\n\r\n", "GET"),
+    ] {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let got = answer(&mut stream, &mut buf, method)
+            .await
+            .unwrap_or_else(|| panic!("no answer to {request:?}: the connection closed"));
+        assert_eq!(got.status, 200);
+        assert!(
+            !got.close,
+            "{request:?}: the client did not ask for a close"
+        );
+    }
+    let methods: Vec<String> = app.seen().into_iter().map(|s| s.method).collect();
+    assert_eq!(methods, ["HEAD", "GET", "GET", "GET"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -343,4 +397,90 @@ async fn too_many_waiting_clients_get_503_while_the_app_is_held() {
         release.notify_one();
     }
     assert!(app.seen().iter().all(|s| s.body != b"one-too-many"));
+}
+
+/// Waits until `done`, as long as it takes (at most [`LONG`]).
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(LONG, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("not so: {what}"));
+}
+
+/// A client that reads nothing: its receive window is as small as the kernel allows.
+async fn not_reading(addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_whose_answer_does_not_fit_the_budget_is_reset_never_cut() {
+    // Answers far larger than what the kernel takes for a client that reads nothing (at most a
+    // few MiB of socket buffers): most of an answer stays in the budget until its client reads.
+    const BIG: usize = 16 << 20;
+    let big: &'static [u8] = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n{}",
+            "a".repeat(BIG)
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    );
+    let app = FakeApp::start(move |_| Act::Reply(big)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = single_node(app.addr, dir.path(), |_| {}).await;
+    // Room for one answer and a half.
+    let total = BIG + BIG / 2;
+    let answers = Arc::new(Semaphore::new(total));
+    let (handler, _) = handler(Arc::clone(&node), 1000, 1 << 20);
+    let addr = super::serve_in_test(Http {
+        answers: Arc::clone(&answers),
+        ..handler
+    });
+    let request = b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n";
+    let in_use = |answers: &Semaphore| total - answers.available_permits();
+
+    // A slow client: its answer waits for it, in the budget.
+    let mut slow = not_reading(addr).await;
+    slow.write_all(request).await.unwrap();
+    until("the slow client's answer is held", || in_use(&answers) != 0).await;
+
+    // The next answer does not fit beside it: its client is reset, with nothing of it.
+    let mut over = TcpStream::connect(addr).await.unwrap();
+    over.write_all(request).await.unwrap();
+    let mut buf = BytesMut::new();
+    assert!(
+        answer(&mut over, &mut buf, "GET").await.is_none(),
+        "reset, not sent part of an answer"
+    );
+    assert!(
+        node.telemetry
+            .encode()
+            .contains(r#"hermes_requests_total{outcome="reset",class="2xx"} 1"#),
+        "{}",
+        node.telemetry.encode()
+    );
+
+    // The slow client, once it reads, gets its whole answer; and so does the next client.
+    let mut buf = BytesMut::new();
+    let whole = answer(&mut slow, &mut buf, "GET").await.unwrap();
+    assert_eq!(whole.body.len(), BIG);
+    let mut next = TcpStream::connect(addr).await.unwrap();
+    next.write_all(request).await.unwrap();
+    let mut buf = BytesMut::new();
+    assert_eq!(
+        answer(&mut next, &mut buf, "GET").await.unwrap().body.len(),
+        BIG
+    );
+
+    // A slow client that goes away gives its share back.
+    until("the whole answers are given back", || in_use(&answers) == 0).await;
+    let mut gone = not_reading(addr).await;
+    gone.write_all(request).await.unwrap();
+    until("the answer is held", || in_use(&answers) != 0).await;
+    drop(gone);
+    until("the budget is given back", || in_use(&answers) == 0).await;
 }

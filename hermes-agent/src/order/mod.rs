@@ -363,6 +363,8 @@ impl Node {
                 peers: peers.clone(),
                 identity,
                 forward_timeout: settings.request_timeout,
+                handshake_timeout: server::HANDSHAKE_TIMEOUT,
+                max_connections: server::MAX_CONNECTIONS,
             }),
         ));
         let divergence = Arc::new(Divergence::default());

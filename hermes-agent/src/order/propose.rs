@@ -210,12 +210,12 @@ pub async fn commit(raft: &Raft, log: &LogStore, batch: Batch) -> Outcome {
     if cut_off(&raft.metrics().borrow()) {
         return Outcome::NotLeader(None);
     }
-    let id = batch.id;
-    let committed = log.watch(id);
-    let outcome = match raft.client_write_ff(batch).await {
+    // Withdrawn when dropped: also when the caller stops waiting (a forward's timeout).
+    let mut committed = log.watch(batch.id);
+    match raft.client_write_ff(batch).await {
         Err(_) => Outcome::Failed { maybe_sent: false },
         Ok(applied) => tokio::select! {
-            Ok(()) = committed => Outcome::Committed,
+            Ok(()) = &mut committed => Outcome::Committed,
             result = applied => match result {
                 Ok(Ok(_)) => Outcome::Committed,
                 Ok(Err(error)) => {
@@ -225,7 +225,5 @@ pub async fn commit(raft: &Raft, log: &LogStore, batch: Batch) -> Outcome {
                 Err(_) => Outcome::Failed { maybe_sent: true },
             },
         },
-    };
-    log.unwatch(id);
-    outcome
+    }
 }

@@ -47,6 +47,7 @@ pub struct Applied {
     requests: AtomicU64,
     deliveries: AtomicU64,
     in_doubt: AtomicU64,
+    unconfirmed: AtomicU64,
     digests: Arc<Digests>,
     /// Set when this replica diverged and is fenced: it applies nothing until resumed.
     fenced: watch::Sender<bool>,
@@ -101,6 +102,12 @@ impl Applied {
     /// them.
     pub fn in_doubt(&self) -> u64 {
         self.in_doubt.load(Ordering::Relaxed)
+    }
+
+    /// Requests written before the agent stopped whose answer it never read: not sent again,
+    /// but if the app stopped too, it may not have run them.
+    pub fn unconfirmed(&self) -> u64 {
+        self.unconfirmed.load(Ordering::Relaxed)
     }
 
     pub fn app(&self) -> &App {
@@ -175,6 +182,8 @@ impl Applied {
         self.deliveries
             .store(progress.deliveries, Ordering::Relaxed);
         self.in_doubt.store(progress.in_doubt, Ordering::Relaxed);
+        self.unconfirmed
+            .store(progress.unconfirmed, Ordering::Relaxed);
         self.digests
             .answer(seq, outcome.digest(self.digests.what()));
         let answer = match outcome {
@@ -343,6 +352,7 @@ impl StateMachine {
             requests: AtomicU64::new(progress.requests),
             deliveries: AtomicU64::new(progress.deliveries),
             in_doubt: AtomicU64::new(progress.in_doubt),
+            unconfirmed: AtomicU64::new(progress.unconfirmed),
             digests,
             fenced: watch::Sender::new(false),
             fenced_because: Mutex::default(),

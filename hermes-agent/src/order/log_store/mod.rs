@@ -16,7 +16,9 @@ use std::{
     fmt::Debug,
     ops::{Bound, RangeBounds},
     path::Path,
+    pin::Pin,
     sync::{Arc, Mutex, mpsc},
+    task::{Context, Poll},
 };
 
 mod cache;
@@ -129,15 +131,21 @@ impl LogStore {
     }
 
     /// Resolves once batch `id`, appended to this log after this call, is committed; fails if
-    /// the entry is truncated away (a leader change) or the watch is withdrawn.
-    pub fn watch(&self, id: BatchId) -> oneshot::Receiver<()> {
+    /// the entry is truncated away (a leader change). Dropping the watch withdraws it, however
+    /// the wait ends: a proposer's timeout drops it half way.
+    pub fn watch(&self, id: BatchId) -> Watch {
         let (tx, rx) = oneshot::channel();
         self.inner.watches.lock().unwrap().waiting.insert(id, tx);
-        rx
+        Watch {
+            log: self.clone(),
+            id,
+            committed: rx,
+        }
     }
 
-    pub fn unwatch(&self, id: BatchId) {
-        self.inner.watches.lock().unwrap().waiting.remove(&id);
+    /// Watches held now: each belongs to a proposal still waiting.
+    pub fn watching(&self) -> usize {
+        self.inner.watches.lock().unwrap().waiting.len()
     }
 
     /// Bytes of entries held in memory.
@@ -214,6 +222,33 @@ fn check_format(db: &Database) -> Result<(), std::io::Error> {
         }
     }
     txn.commit().map_err(|e| failed(&e))
+}
+
+/// A proposer's wait for its batch to be committed ([`LogStore::watch`]).
+pub struct Watch {
+    log: LogStore,
+    id: BatchId,
+    committed: oneshot::Receiver<()>,
+}
+
+impl Future for Watch {
+    type Output = Result<(), oneshot::error::RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.committed).poll(cx)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.log
+            .inner
+            .watches
+            .lock()
+            .unwrap()
+            .waiting
+            .remove(&self.id);
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {

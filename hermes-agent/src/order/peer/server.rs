@@ -1,6 +1,9 @@
 //! The server side of the peer transport: serves Raft's calls and forwarded proposals, each call
 //! on its own task so that a slow one does not hold up the others on the connection, and at most
 //! [`CALLS_PER_CONNECTION`] at once (then the connection is read no further until one is done).
+//! Whoever can reach the peer port can open connections: at most [`MAX_CONNECTIONS`] are served
+//! at once (more are closed at once), and one that has not completed its TLS handshake within
+//! [`HANDSHAKE_TIMEOUT`] is closed.
 //!
 //! Who may call what: every call names the node it comes from, and with TLS the peer's
 //! certificate must name that node. Only members may vote, append, install snapshots, forward
@@ -37,6 +40,11 @@ use crate::order::{
 
 /// Calls of one connection served at once.
 const CALLS_PER_CONNECTION: usize = 64;
+/// Peer connections served at once: each peer keeps one (two for a moment when it reconnects),
+/// so this leaves room for large clusters while bounding what strangers can hold.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a connection may take to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Server {
     pub raft: Raft,
@@ -46,17 +54,32 @@ pub struct Server {
     pub identity: Identity,
     /// How long a forwarded proposal may wait to be committed here.
     pub forward_timeout: Duration,
+    /// How long a connection may take to complete its TLS handshake ([`HANDSHAKE_TIMEOUT`]).
+    pub handshake_timeout: Duration,
+    /// Connections served at once ([`MAX_CONNECTIONS`]); more are closed at once.
+    pub max_connections: usize,
 }
 
 pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+    let slots = Arc::new(Semaphore::new(server.max_connections));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::debug!(
+                        %peer,
+                        max = server.max_connections,
+                        "too many peer connections; closing one"
+                    );
+                    drop(stream);
+                    continue;
+                };
                 let server = Arc::clone(&server);
                 tokio::spawn(async move {
                     if let Err(error) = connection(stream, server).await {
                         tracing::debug!(%peer, %error, "peer connection ended");
                     }
+                    drop(slot);
                 });
             }
             Err(error) => {
@@ -73,7 +96,7 @@ async fn connection(stream: TcpStream, server: Arc<Server>) -> std::io::Result<(
     let (stream, presented, generation): (Box<dyn Io>, _, _) = match &security {
         Security::Tls(tls) => {
             let generation = tls.generation();
-            let (stream, presented) = tls.accept(stream).await?;
+            let (stream, presented) = tls.accept(stream, server.handshake_timeout).await?;
             (stream, Some(presented), generation)
         }
         Security::Insecure => (Box::new(stream), None, 0),

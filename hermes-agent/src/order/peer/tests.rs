@@ -1,19 +1,24 @@
 //! Peer authentication in process, against a one-node cluster with TLS: peers without a
 //! certificate of the CA, or whose certificate names another node than the one their calls
 //! claim, or that are not members, are refused, and nothing they send is ordered; certificates
-//! and CA rotate without a restart.
-use std::{sync::Arc, time::Duration};
+//! and CA rotate without a restart; connections that do not complete their handshake, or that
+//! come beyond the cap, are closed.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hermes_lab::certs::{Authority, NodeFiles};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
 
 use super::{
-    Peers,
+    Peers, server,
     tls::{Files, PeerTls, Security},
-    wire::{Call, Reply, Target},
+    wire::{self, Call, ForwardError, Reply, Target},
 };
 use crate::{
     order::{
-        Node,
+        Node, log_store,
         typ::{Batch, Command},
     },
     testing::{Act, FakeApp, OK, single_node},
@@ -71,6 +76,52 @@ fn forward(from: u64) -> Call {
 }
 
 const WAIT: Duration = Duration::from_secs(5);
+/// An upper bound for what must happen, never a window for what must not.
+const LONG: Duration = Duration::from_secs(60);
+
+/// A peer server for `node`, as the node's own is.
+fn server_for(node: &Node) -> server::Server {
+    server::Server {
+        raft: node.raft.clone(),
+        applied: Arc::clone(&node.applied),
+        log: node.log.clone(),
+        peers: node.peers().clone(),
+        identity: node.identity,
+        forward_timeout: WAIT,
+        handshake_timeout: server::HANDSHAKE_TIMEOUT,
+        max_connections: server::MAX_CONNECTIONS,
+    }
+}
+
+/// Serves `server` on a listener of its own; where it listens.
+async fn serve(server: server::Server) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server::serve(listener, Arc::new(server)));
+    addr
+}
+
+/// Whether the server closed `stream` (without a byte), waiting as long as it takes.
+async fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(LONG, stream.read(&mut byte)).await;
+    matches!(read, Ok(Ok(0) | Err(_)))
+}
+
+/// Says hello as node 2 over TLS on `stream`, a connection to node 1's peer port.
+async fn hello_on(stream: TcpStream, two: &NodeFiles) -> std::io::Result<Reply> {
+    let tls = PeerTls::load(files(two)).unwrap();
+    let stream = tls.connect(stream, 1).await?;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let frame = wire::frame(1, &(2u64, Call::Hello), 1 << 20)?;
+    writer.write_all(&frame).await?;
+    writer.flush().await?;
+    let mut buf = Vec::new();
+    wire::read_frame(&mut reader, &mut buf, 1 << 20)
+        .await?
+        .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+    log_store::decode(&buf)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_authenticated_members_speaking_for_themselves_are_heard() {
@@ -184,4 +235,126 @@ async fn certificates_and_the_ca_rotate_without_a_restart() {
         Ok(Reply::Hello { node_id: 1, .. })
     ));
     drop(old_ca);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_that_never_complete_a_handshake_are_closed() {
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _ca, two) = secured(dir.path(), &app).await;
+    let at = serve(server::Server {
+        handshake_timeout: Duration::from_millis(200),
+        ..server_for(&node)
+    })
+    .await;
+    // Connections that send nothing, and one that stops in the middle of its hello.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(at).await.unwrap());
+    }
+    let mut halfway = TcpStream::connect(at).await.unwrap();
+    halfway
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+    silent.push(halfway);
+    for stream in &mut silent {
+        assert!(closed_by_server(stream).await, "closed after the timeout");
+    }
+    // A peer that completes its handshake is served as before.
+    let stream = TcpStream::connect(at).await.unwrap();
+    let hello = hello_on(stream, &two).await.unwrap();
+    assert!(
+        matches!(hello, Reply::Hello { node_id: 1, .. }),
+        "{hello:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_beyond_the_cap_are_closed_at_once_and_the_others_held() {
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _ca, two) = secured(dir.path(), &app).await;
+    // No handshake timeout to speak of: only the cap closes connections here.
+    let at = serve(server::Server {
+        handshake_timeout: Duration::from_secs(3600),
+        max_connections: 2,
+        ..server_for(&node)
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(TcpStream::connect(at).await.unwrap());
+    }
+    // Accepted in the order they connected: the third is beyond the cap.
+    let mut beyond = TcpStream::connect(at).await.unwrap();
+    assert!(closed_by_server(&mut beyond).await, "closed at once");
+    // The two before it are still served: each completes its handshake and is heard.
+    for stream in held {
+        let hello = hello_on(stream, &two).await.unwrap();
+        assert!(
+            matches!(hello, Reply::Hello { node_id: 1, .. }),
+            "{hello:?}"
+        );
+    }
+    // Once they are gone, a new connection takes a slot.
+    let served = tokio::time::timeout(LONG, async {
+        loop {
+            let stream = TcpStream::connect(at).await.unwrap();
+            if let Ok(hello) = hello_on(stream, &two).await {
+                break hello;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a slot is given back");
+    assert!(
+        matches!(served, Reply::Hello { node_id: 1, .. }),
+        "{served:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forward_that_times_out_leaves_no_watch_behind() {
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _ca, _) = secured(dir.path(), &app).await;
+    let at = serve(server::Server {
+        forward_timeout: Duration::from_millis(200),
+        ..server_for(&node)
+    })
+    .await;
+    // Node 1 itself forwards (a member may), with its own certificate.
+    let certs = dir.path().join("certs");
+    let one = Files {
+        cert: certs.join("node-1.pem"),
+        key: certs.join("node-1-key.pem"),
+        ca: certs.join("ca.pem"),
+    };
+    let forwarder = Peers::new(1, 1 << 20, Security::Tls(PeerTls::load(one).unwrap()));
+
+    // The leader's Raft is held busy: nothing it is asked to propose can be committed until it
+    // is let go.
+    let (frozen, is_frozen) = tokio::sync::oneshot::channel();
+    let (thaw, thawed) = std::sync::mpsc::channel::<()>();
+    node.raft.external_request(move |_| {
+        let _ = frozen.send(());
+        let _ = thawed.recv();
+    });
+    is_frozen.await.unwrap();
+    let reply = forwarder
+        .get(1, &at.to_string())
+        .call(&forward(1), WAIT)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&reply, Reply::Forward(Err(ForwardError::Failed(why))) if why.contains("not committed")),
+        "{reply:?}"
+    );
+    assert_eq!(node.log.watching(), 0, "the watch went with the forward");
+    thaw.send(()).unwrap();
+    // Let go, the leader commits it after all (the forwarder was told the outcome is unknown).
+    tokio::time::timeout(LONG, app.wait_seen(1)).await.unwrap();
+    assert_eq!(node.log.watching(), 0);
 }

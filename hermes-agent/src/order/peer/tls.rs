@@ -177,10 +177,23 @@ impl PeerTls {
         }
     }
 
-    /// Accepts TLS on `stream`; the client's chain (verified against the CA) comes along.
-    pub async fn accept(&self, stream: TcpStream) -> std::io::Result<(Box<dyn Io>, Presented)> {
+    /// Accepts TLS on `stream`, the handshake done `within` that time; the client's chain
+    /// (verified against the CA) comes along.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+        within: Duration,
+    ) -> std::io::Result<(Box<dyn Io>, Presented)> {
         let acceptor = TlsAcceptor::from(Arc::clone(&self.configs().server));
-        let stream = match acceptor.accept(stream).await {
+        let accepted = tokio::time::timeout(within, acceptor.accept(stream))
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no TLS handshake within {within:?}"),
+                ))
+            });
+        let stream = match accepted {
             Ok(stream) => stream,
             Err(error) => {
                 self.handshake_failures.fetch_add(1, Ordering::Relaxed);
