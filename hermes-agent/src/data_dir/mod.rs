@@ -19,6 +19,8 @@
 //!
 //! `openat2(2)`: Linux 5.6.
 #[cfg(test)]
+mod node_tests;
+#[cfg(test)]
 mod tests;
 
 use std::{
