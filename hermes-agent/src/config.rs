@@ -283,7 +283,8 @@ pub struct Config {
     pub insecure_peers: bool,
 
     /// Where the Raft log, vote and delivery progress are kept. Keep it across restarts: a node
-    /// restarted with it rejoins with its log and delivers nothing twice.
+    /// restarted with it rejoins with its log and delivers nothing twice. Its files are never
+    /// reached through a symbolic link: a node whose data directory holds one refuses to start.
     #[arg(long, env = "HERMES_DATA_DIR", help_heading = "Replication")]
     pub data_dir: Option<PathBuf>,
 

@@ -12,11 +12,13 @@
 //! - [`http`]: HTTP/1.1 framing shared by interception, delivery and the admin API.
 //! - [`telemetry`]: what the agent counts, for Prometheus.
 //! - [`kube`]: pod mode, for Kubernetes: a member per labelled pod of the node.
+//! - [`data_dir`]: a node's data directory, whose files are reached only through it.
 //!
 //! [`run`] is the whole daemon, so tests and `main` start it the same way.
 pub mod admin;
 pub mod config;
 pub mod ctl;
+pub mod data_dir;
 pub mod deliver;
 pub mod http;
 pub mod intercept;

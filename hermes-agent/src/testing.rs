@@ -249,8 +249,21 @@ pub async fn single_node(
     dir: &std::path::Path,
     tune: impl FnOnce(&mut Settings),
 ) -> Arc<Node> {
+    let mut settings = single_node_settings(app, dir);
+    tune(&mut settings);
+    let node = Node::start(settings).await.expect("node starts");
+    let mut metrics = node.raft.metrics();
+    metrics
+        .wait_for(|m| m.current_leader == Some(1))
+        .await
+        .expect("it leads");
+    node
+}
+
+/// The settings of [`single_node`].
+pub fn single_node_settings(app: std::net::SocketAddr, dir: &std::path::Path) -> Settings {
     let local: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
-    let mut settings = Settings {
+    Settings {
         node_id: 1,
         join: false,
         raft_addr: local,
@@ -273,15 +286,7 @@ pub async fn single_node(
         snapshots: None,
         placement: Default::default(),
         tcp: None,
-    };
-    tune(&mut settings);
-    let node = Node::start(settings).await.expect("node starts");
-    let mut metrics = node.raft.metrics();
-    metrics
-        .wait_for(|m| m.current_leader == Some(1))
-        .await
-        .expect("it leads");
-    node
+    }
 }
 
 /// A line-protocol app for raw TCP mode, whose state depends on how the commands of its

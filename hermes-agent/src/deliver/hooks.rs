@@ -7,23 +7,32 @@
 //! connection at a time gets through, and no request reaches the app meanwhile. A hook that
 //! fails is retried, like a delivery to an app that is down: nothing is skipped, the replica
 //! waits.
-use std::{path::PathBuf, time::Duration};
+//!
+//! The file is `app-state` in the data directory. The commands reach it by its path (they are
+//! shell commands); the agent itself only through the [`DataDir`], which refuses a link there.
+//! A path is only safe to give them where nobody else can change the directory: pod mode, whose
+//! directory is in the pod's volume, has no hooks.
+use std::time::Duration;
 
 use tokio::process::Command;
 
 use super::App;
+use crate::data_dir::DataDir;
+
+/// The hooks' file in the data directory.
+pub const FILE: &str = "app-state";
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// The commands, and where their file lives.
+/// The commands, and the directory of their file.
 #[derive(Clone, Debug)]
 pub struct Hooks {
     /// Writes the app's state to `$HERMES_SNAPSHOT`.
     pub snapshot: String,
     /// Replaces the app's state with `$HERMES_SNAPSHOT`.
     pub restore: String,
-    pub file: PathBuf,
+    pub dir: DataDir,
     pub timeout: Duration,
 }
 
@@ -35,12 +44,12 @@ impl Hooks {
         let mut retry = Retry::default();
         loop {
             let attempt = async {
-                match tokio::fs::remove_file(&self.file).await {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
-                }
+                self.dir.blocking(|dir| dir.remove(FILE)).await?;
                 self.run(&self.snapshot).await?;
-                tokio::fs::read(&self.file).await
+                self.dir
+                    .blocking(|dir| dir.read(FILE))
+                    .await?
+                    .ok_or_else(|| std::io::Error::other("the snapshot command wrote no file"))
             };
             match attempt.await {
                 Ok(state) => return retry.succeeded(app, "snapshot", state),
@@ -56,7 +65,10 @@ impl Hooks {
         let mut retry = Retry::default();
         loop {
             let attempt = async {
-                tokio::fs::write(&self.file, state).await?;
+                let state = state.to_vec();
+                self.dir
+                    .blocking(move |dir| dir.replace(FILE, &state))
+                    .await?;
                 self.run(&self.restore).await
             };
             match attempt.await {
@@ -70,7 +82,7 @@ impl Hooks {
         let child = Command::new("sh")
             .arg("-c")
             .arg(command)
-            .env("HERMES_SNAPSHOT", &self.file)
+            .env("HERMES_SNAPSHOT", self.dir.path().join(FILE))
             .kill_on_drop(true)
             .output();
         let output = tokio::time::timeout(self.timeout, child)
@@ -129,9 +141,21 @@ mod tests {
         Hooks {
             snapshot: snapshot.into(),
             restore: restore.into(),
-            file: dir.join("app-state"),
+            dir: DataDir::create(dir).unwrap(),
             timeout: Duration::from_secs(10),
         }
+    }
+
+    /// An app nobody listens for: the hooks need none, and its connection is never opened.
+    fn nowhere() -> App {
+        App::new(
+            ([127, 0, 0, 1], 9).into(),
+            std::net::Ipv4Addr::LOCALHOST,
+            Duration::from_secs(1),
+            crate::http::response::Limits::default(),
+            64,
+            std::sync::Arc::default(),
+        )
     }
 
     #[tokio::test]
@@ -145,15 +169,7 @@ mod tests {
             &format!("cp {} \"$HERMES_SNAPSHOT\"", app.display()),
             &restore,
         );
-        // No app listens: the hooks need none, and its connection is never opened.
-        let nowhere = App::new(
-            ([127, 0, 0, 1], 9).into(),
-            std::net::Ipv4Addr::LOCALHOST,
-            Duration::from_secs(1),
-            crate::http::response::Limits::default(),
-            64,
-            std::sync::Arc::default(),
-        );
+        let nowhere = nowhere();
         assert_eq!(ok.capture(&nowhere).await, b"state v1");
         ok.restore(b"state v2", &nowhere).await;
         assert_eq!(std::fs::read(&app).unwrap(), b"state v2");
@@ -166,5 +182,59 @@ mod tests {
         let flaky = hooks(dir.path(), &flaky, "true");
         assert_eq!(flaky.capture(&nowhere).await, b"ok\n");
         assert!(nowhere.healthy());
+    }
+
+    /// Resolves once a hook of `app` has failed.
+    async fn failed(app: &App) {
+        while app.healthy() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A link at the hooks' file (one the snapshot command left, or one planted before a
+    /// restore) is neither read nor written through: the hook fails, and is retried until the
+    /// link is gone.
+    #[tokio::test]
+    async fn a_link_at_the_file_is_refused_until_it_goes() {
+        let root = tempfile::tempdir().unwrap();
+        let (data, outside) = (root.path().join("data"), root.path().join("outside"));
+        std::fs::write(&outside, b"outside").unwrap();
+        let link = data.join(FILE);
+        let marker = root.path().join("marker");
+        let snapshot = format!(
+            "if [ ! -e {0} ]; then touch {0}; ln -s {1} \"$HERMES_SNAPSHOT\"; else printf captured > \"$HERMES_SNAPSHOT\"; fi",
+            marker.display(),
+            outside.display()
+        );
+        let hooks = hooks(&data, &snapshot, "true");
+        let app = nowhere();
+
+        let capture = hooks.capture(&app);
+        tokio::pin!(capture);
+        tokio::select! {
+            captured = &mut capture => {
+                panic!("captured {:?} through a link", String::from_utf8_lossy(&captured))
+            }
+            () = failed(&app) => {}
+        }
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        std::fs::remove_file(&link).unwrap();
+        assert_eq!(capture.await, b"captured");
+        assert!(app.healthy());
+        assert_eq!(std::fs::read(&outside).unwrap(), b"outside");
+
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let restore = hooks.restore(b"restored", &app);
+        tokio::pin!(restore);
+        tokio::select! {
+            () = &mut restore => panic!("restored through a link"),
+            () = failed(&app) => {}
+        }
+        assert_eq!(std::fs::read(&outside).unwrap(), b"outside");
+        std::fs::remove_file(&link).unwrap();
+        restore.await;
+        assert_eq!(std::fs::read(&link).unwrap(), b"restored");
+        assert_eq!(std::fs::read(&outside).unwrap(), b"outside");
     }
 }

@@ -44,7 +44,7 @@ mod tcp_tests;
 mod tests;
 
 use std::{
-    path::Path,
+    fs::File,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -138,14 +138,15 @@ pub struct Stopper {
 }
 
 impl Delivery {
-    /// Opens the progress kept at `path`; `boot` is the kernel's boot id.
+    /// Opens the progress kept in `file` (opened by the data directory: never by a path);
+    /// `boot` is the kernel's boot id.
     pub fn open(
-        path: &Path,
+        file: File,
         boot: u128,
         app: Arc<App>,
         tcp: Option<tcp::Connections>,
     ) -> std::io::Result<Self> {
-        Self::on(ProgressFile::open(path)?, boot, app, tcp)
+        Self::on(ProgressFile::open(file)?, boot, app, tcp)
     }
 
     /// Takes up the progress `kept` in its file. A request written before the agent stopped

@@ -11,7 +11,7 @@
 //! request). After a restart of the machine (the kernel's boot id changed), what was written
 //! after that sync may be gone: the requests after the last one known written, up to D, are in
 //! doubt. A planned stop syncs a last record that says exactly how far delivery got.
-use std::{fs::File, os::unix::fs::FileExt, path::Path};
+use std::{fs::File, os::unix::fs::FileExt};
 
 use serde::{Deserialize, Serialize};
 
@@ -108,14 +108,9 @@ impl std::fmt::Debug for ProgressFile {
 }
 
 impl ProgressFile {
-    /// Opens the progress kept in the file at `path`, made if missing.
-    pub fn open(path: &Path) -> std::io::Result<(Self, Progress)> {
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+    /// Opens the progress kept in `file`, opened to read and write (by
+    /// [`crate::data_dir::DataDir::open_file`]: never by a path); an empty file holds none yet.
+    pub fn open(file: File) -> std::io::Result<(Self, Progress)> {
         let empty = file.metadata()?.len() == 0;
         Self::on(Box::new(file), empty)
     }
@@ -226,6 +221,13 @@ pub fn boot_id() -> std::io::Result<u128> {
         .map_err(|_| std::io::Error::other(format!("cannot read the boot id `{}`", text.trim())))
 }
 
+/// The progress file in directory `dir`, for tests.
+#[cfg(test)]
+pub(super) fn file_in(dir: &std::path::Path) -> File {
+    let dir = crate::data_dir::DataDir::create(dir).unwrap();
+    dir.open_file("progress").unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,8 +235,8 @@ mod tests {
     #[test]
     fn survives_reopen_and_a_torn_slot() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("progress");
-        let (mut file, progress) = ProgressFile::open(&path).unwrap();
+        let open = || ProgressFile::open(file_in(dir.path()));
+        let (mut file, progress) = open().unwrap();
         assert_eq!(progress, Progress::default());
         let largest = Progress {
             applied: Some(LogId::new(
@@ -268,13 +270,13 @@ mod tests {
             "records since the sync left its slot alone"
         );
         assert_ne!(file.written, synced);
-        assert_eq!(ProgressFile::open(&path).unwrap().1, second);
+        assert_eq!(open().unwrap().1, second);
         // Tear the newest slot: the previous record is what remains.
         let tear = |slot: usize| {
             Storage::write_all_at(&*file.storage, &[0x5a; 8], (slot * SLOT) as u64 + 4).unwrap()
         };
         tear(file.written);
-        assert_eq!(ProgressFile::open(&path).unwrap().1, Progress::default());
+        assert_eq!(open().unwrap().1, Progress::default());
         // And the other unsynced one: the synced record remains.
         tear(
             (0..SLOTS)
@@ -282,10 +284,10 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(largest_at, synced);
-        assert_eq!(ProgressFile::open(&path).unwrap().1, largest);
+        assert_eq!(open().unwrap().1, largest);
         // All torn: refused, never taken for no progress at all.
         tear(synced);
-        assert!(ProgressFile::open(&path).is_err());
+        assert!(open().is_err());
     }
 
     #[test]

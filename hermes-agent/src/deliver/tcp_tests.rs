@@ -10,10 +10,11 @@ use bytes::Bytes;
 
 use super::{
     App, Delivery, Outcome,
-    progress::ProgressFile,
+    progress::{self, ProgressFile},
     tcp::{Clients, Connections},
 };
 use crate::{
+    data_dir::DataDir,
     http::response::Limits,
     order::{
         TcpMode,
@@ -36,7 +37,7 @@ fn delivery(dir: &Path, app: &LineApp) -> Delivery {
         64,
         Arc::default(),
     ));
-    Delivery::open(&dir.join("progress"), 1, app, Some(connections())).unwrap()
+    Delivery::open(progress::file_in(dir), 1, app, Some(connections())).unwrap()
 }
 
 /// A replica's delivery in raw TCP mode (node 9), its progress in `dir`, with `--digest bytes`:
@@ -104,7 +105,7 @@ async fn after_a_restart_nothing_is_written_twice_and_a_lost_connection_is_never
         app.wait_open(0).await;
         if begun {
             // As if it died with the first bytes of chunk 4 gone to the app.
-            let (mut file, _) = ProgressFile::open(&dir.path().join("progress")).unwrap();
+            let (mut file, _) = ProgressFile::open(progress::file_in(dir.path())).unwrap();
             file.write(&super::Progress {
                 writing: 4,
                 ..progress
@@ -171,7 +172,7 @@ async fn an_abandoned_connection_is_closed_and_its_client_reset() {
         Arc::default(),
     ));
     let mut replica = Delivery::open(
-        &dir.path().join("progress"),
+        progress::file_in(dir.path()),
         1,
         app_handle,
         Some(connections),
@@ -273,7 +274,8 @@ async fn open_state_machine(
         tcp: Some(connections()),
         sync_progress: true,
     };
-    StateMachine::open(dir, replica, log).await.unwrap()
+    let dir = DataDir::create(dir).unwrap();
+    StateMachine::open(&dir, replica, log).await.unwrap()
 }
 
 /// Log entry `index`: event `event` of connection `conn` of origin 1 (incarnation 1).
@@ -298,7 +300,7 @@ async fn a_replica_restarted_after_an_origin_restarted_still_ignores_its_earlier
     use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
     let app = LineApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::open(&dir.path().join("log.redb"), 1 << 20).unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
     // Origin 1 opened connection 5, then restarted: its connections below 10 are gone.
     let before = vec![entry(1, 5, Event::Open), entry(2, 10, Event::Lost)];
     log.blocking_append(before.clone()).await.unwrap();
@@ -446,7 +448,7 @@ async fn a_replica_that_cannot_apply_the_rest_of_a_lost_connection_fences_itself
     use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
     let app = LineApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::open(&dir.path().join("log.redb"), 1 << 20).unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
     let before = vec![
         entry(1, 5, Event::Open),
         entry(2, 5, data("APPEND a\n")),

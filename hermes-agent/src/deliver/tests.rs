@@ -6,8 +6,12 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::{App, Delivery, Outcome, progress::ProgressFile};
+use super::{
+    App, Delivery, Outcome,
+    progress::{self, ProgressFile},
+};
 use crate::{
+    data_dir::DataDir,
     http::{Response, Version, ordered::Ordered, response::Limits},
     order::{
         log_store::LogStore,
@@ -48,7 +52,7 @@ fn head_request() -> Bytes {
 /// A delivery to `app` whose progress lives in `dir`, with answers called slow after `slow`.
 fn delivery(dir: &std::path::Path, app: &FakeApp, slow: Duration) -> (Delivery, Arc<App>) {
     let app = handle(app, slow);
-    let delivery = Delivery::open(&dir.join("progress"), BOOT, Arc::clone(&app), None).unwrap();
+    let delivery = Delivery::open(progress::file_in(dir), BOOT, Arc::clone(&app), None).unwrap();
     (delivery, app)
 }
 
@@ -416,7 +420,7 @@ async fn a_crash_between_writing_and_written_makes_the_request_in_doubt() {
     let app = FakeApp::start(|_| Act::Reply(OK)).await;
     let dir = tempfile::tempdir().unwrap();
     // What the progress says after a crash in the middle of writing request 2.
-    let (mut file, mut progress) = ProgressFile::open(&dir.path().join("progress")).unwrap();
+    let (mut file, mut progress) = ProgressFile::open(progress::file_in(dir.path())).unwrap();
     progress.written = 1;
     progress.answered = 1;
     progress.writing = 2;
@@ -439,7 +443,7 @@ async fn a_request_in_doubt_is_still_sent_once_more_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     // The agent stopped after the app's connection ended without an answer to request 1 (so
     // it counted it in doubt), before sending it again.
-    let (mut file, mut progress) = ProgressFile::open(&dir.path().join("progress")).unwrap();
+    let (mut file, mut progress) = ProgressFile::open(progress::file_in(dir.path())).unwrap();
     progress.writing = 1;
     progress.written = 1;
     progress.doubted = 1;
@@ -461,7 +465,7 @@ async fn a_request_in_doubt_is_still_sent_once_more_after_a_restart() {
 async fn a_written_request_whose_answer_the_agent_never_read_is_unconfirmed() {
     let app = FakeApp::start(|_| Act::Reply(OK)).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut file, mut progress) = ProgressFile::open(&dir.path().join("progress")).unwrap();
+    let (mut file, mut progress) = ProgressFile::open(progress::file_in(dir.path())).unwrap();
     progress.writing = 1;
     progress.written = 1;
     progress.deliveries = 1;
@@ -584,7 +588,8 @@ async fn state_machine(
         tcp: None,
         sync_progress: true,
     };
-    crate::order::state_machine::StateMachine::open(dir, replica, log)
+    let dir = DataDir::create(dir).unwrap();
+    crate::order::state_machine::StateMachine::open(&dir, replica, log)
         .await
         .unwrap()
         .0
@@ -616,7 +621,7 @@ async fn a_retry_landing_after_far_more_requests_than_any_window_is_not_delivere
     use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
     let app = FakeApp::start(|_| Act::Reply(OK)).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::open(&dir.path().join("log.redb"), 1 << 20).unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
     let mut machine = state_machine(dir.path(), &app, &mut log).await;
     // Origin 2's request 7 is committed and delivered; its origin never hears of it (cut off)
     // and keeps it in flight. Origin 2 goes on with other requests meanwhile, and so do the
@@ -646,7 +651,7 @@ async fn a_retry_landing_after_far_more_requests_than_any_window_is_not_delivere
             .unwrap();
         next_index += 1;
     }
-    let (mut file, mut progress) = ProgressFile::open(&dir.path().join("progress")).unwrap();
+    let (mut file, mut progress) = ProgressFile::open(progress::file_in(dir.path())).unwrap();
     let delivered = 7 + MANY;
     progress.applied = Some(LogId::new(
         openraft::CommittedLeaderId::new(1, 1),
@@ -763,7 +768,7 @@ async fn beyond_the_limit_the_connection_unused_the_longest_is_closed() {
         2,
         Arc::default(),
     ));
-    let mut delivery = Delivery::open(&dir.path().join("progress"), BOOT, handle, None).unwrap();
+    let mut delivery = Delivery::open(progress::file_in(dir.path()), BOOT, handle, None).unwrap();
     for (seq, conn) in [(1, 1), (2, 2), (3, 1), (4, 3), (5, 1), (6, 2)] {
         delivery
             .deliver(seq, (1, 1, seq), &post_on(conn, "x"))

@@ -3,12 +3,7 @@
 //! delivery address), its state in the pod's volume, its steering pinned for that namespace.
 //! Stopping it drains it (no new connections, requests in flight finish, the delivery in flight
 //! completes) and leaves the steering pinned: the port fails closed until it is detached.
-use std::{
-    os::fd::{AsRawFd as _, OwnedFd},
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::sync::{oneshot, watch};
 
@@ -22,6 +17,7 @@ use super::{
 use crate::{
     admin::Admin,
     config::{Cli, Config, Invocation},
+    data_dir::DataDir,
     order::{Node, Placement, identity::Identity},
     steer,
 };
@@ -156,7 +152,7 @@ async fn run(
     started: oneshot::Sender<Result<Started, MemberError>>,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let (config, node, listeners, admin, _data) = match start(&context, &pod, &found).await {
+    let (config, node, listeners, admin) = match start(&context, &pod, &found).await {
         Ok(parts) => parts,
         Err(error) => {
             let _ = started.send(Err(error));
@@ -191,7 +187,7 @@ async fn start(
     context: &Context,
     pod: &Protected,
     found: &Found,
-) -> Result<(Config, Arc<Node>, steer::Listeners, Arc<Admin>, OwnedFd), MemberError> {
+) -> Result<(Config, Arc<Node>, steer::Listeners, Arc<Admin>), MemberError> {
     let netns = found.netns.clone();
     let on_volume = discover::on_volume(&context.args.proc, found.container_pid, &pod.data)
         .map_err(MemberError::Data)?;
@@ -201,12 +197,13 @@ async fn start(
             pod.data.display()
         ))));
     }
+    // Every file in it is reached through this descriptor, never by a path, for as long as the
+    // member lives: the pod can change its volume at any time.
     let data = discover::open_data_dir(&context.args.proc, found.container_pid, &pod.data)
+        .and_then(|fd| DataDir::from_fd(fd, pod.data.clone()))
         .map_err(MemberError::Data)?;
-    let data_dir = PathBuf::from(format!("/proc/self/fd/{}", data.as_raw_fd()));
-    refuse_links(&data_dir).map_err(MemberError::Data)?;
-    belongs_to_group(&data_dir, pod)?;
-    let node_id = match Identity::recorded(&data_dir)? {
+    belongs_to_group(&data, pod)?;
+    let node_id = match Identity::recorded(&data)? {
         Some(id) => id,
         None => loop {
             let id = crate::order::identity::random().map_err(MemberError::Data)? % MAX_ID;
@@ -215,7 +212,7 @@ async fn start(
             }
         },
     };
-    let config = member_config(pod, node_id, &data_dir)?;
+    let config = member_config(pod, node_id, data.path())?;
     let mut settings = config
         .settings()
         .map_err(|e| MemberError::Settings(e.to_string()))?
@@ -225,6 +222,7 @@ async fn start(
         netns: Some(netns.clone()),
         resolve: Some(context.directory.resolver()),
         peer_name: Some(context.args.peer_name.clone()),
+        data_dir: Some(data),
     };
     let target_path = netns.path();
     let target = steer::Target {
@@ -268,10 +266,11 @@ async fn start(
         node: Some(Arc::clone(&node)),
         token_file: context.args.admin_token_file.clone(),
     });
-    Ok((config, node, listeners, admin, data))
+    Ok((config, node, listeners, admin))
 }
 
 /// The member's configuration: the agent's `HERMES_*` environment, and the pod's own.
+/// `data_dir` only names the directory: the member reaches it through the [`DataDir`] it opened.
 fn member_config(
     pod: &Protected,
     node_id: u64,
@@ -351,35 +350,18 @@ pub fn check_environment() -> Result<(), String> {
 /// Records the pod's group (`<namespace>/<group>`) in its data directory, or checks that the one
 /// recorded is the pod's: a member of one group (its log, its vote) must not become a member of
 /// another when the pod's label changes.
-fn belongs_to_group(data_dir: &std::path::Path, pod: &Protected) -> Result<(), MemberError> {
-    let path = data_dir.join(GROUP);
+fn belongs_to_group(data_dir: &DataDir, pod: &Protected) -> Result<(), MemberError> {
     let labelled = format!("{}/{}", pod.key.namespace, pod.group);
-    match std::fs::read(&path) {
-        Ok(recorded) if recorded == labelled.as_bytes() => Ok(()),
-        Ok(recorded) => Err(MemberError::OtherGroup {
+    match data_dir.read(GROUP).map_err(MemberError::Data)? {
+        Some(recorded) if recorded == labelled.as_bytes() => Ok(()),
+        Some(recorded) => Err(MemberError::OtherGroup {
             recorded: String::from_utf8_lossy(&recorded).into_owned(),
             labelled,
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&path, &labelled).map_err(MemberError::Data)
-        }
-        Err(e) => Err(MemberError::Data(e)),
+        None => data_dir
+            .replace(GROUP, labelled.as_bytes())
+            .map_err(MemberError::Data),
     }
-}
-
-/// Refuses a data directory holding symbolic links: the agent (root) opens its files by name
-/// there, and the pod must not point it elsewhere.
-fn refuse_links(dir: &std::path::Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_symlink() {
-            return Err(std::io::Error::other(format!(
-                "{} is a symbolic link: the agent does not follow links in a pod's volume",
-                entry.file_name().to_string_lossy()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Detaches the steering recorded in `record` and forgets it.
@@ -441,15 +423,41 @@ mod tests {
 
     #[test]
     fn a_volume_stays_with_the_group_it_first_served() {
-        let dir = tempfile::tempdir().unwrap();
-        belongs_to_group(dir.path(), &pod("shop", "orders")).unwrap();
-        belongs_to_group(dir.path(), &pod("shop", "orders")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        belongs_to_group(&dir, &pod("shop", "orders")).unwrap();
+        belongs_to_group(&dir, &pod("shop", "orders")).unwrap();
         for other in [pod("shop", "carts"), pod("other", "orders")] {
-            let refused = belongs_to_group(dir.path(), &other).unwrap_err();
+            let refused = belongs_to_group(&dir, &other).unwrap_err();
             assert!(
                 matches!(&refused, MemberError::OtherGroup { recorded, .. } if recorded == "shop/orders"),
                 "{refused}"
             );
         }
+    }
+
+    /// The group file is read and written through the directory: a link the pod plants there
+    /// (or at the file replacing it) is refused, and what it points to is left alone.
+    #[test]
+    fn a_link_at_the_group_file_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let (data, outside) = (root.path().join("data"), root.path().join("outside"));
+        let dir = DataDir::create(&data).unwrap();
+        std::fs::write(&outside, b"outside").unwrap();
+        for name in [GROUP, "group.tmp"] {
+            std::os::unix::fs::symlink(&outside, data.join(name)).unwrap();
+            let refused = belongs_to_group(&dir, &pod("shop", "orders")).unwrap_err();
+            let message = refused.to_string();
+            assert!(
+                message.contains(&format!(
+                    "`{name}` is a symbolic link; refusing to follow it"
+                )),
+                "{message}"
+            );
+            assert_eq!(std::fs::read(&outside).unwrap(), b"outside");
+            std::fs::remove_file(data.join(name)).unwrap();
+        }
+        belongs_to_group(&dir, &pod("shop", "orders")).unwrap();
+        assert_eq!(std::fs::read(data.join(GROUP)).unwrap(), b"shop/orders");
     }
 }

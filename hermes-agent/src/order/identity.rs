@@ -4,12 +4,10 @@
 //! The incarnation is random, drawn when the data directory is made. Request ids carry it, so a
 //! node whose data was wiped never reuses one; the membership records it, so such a node can
 //! never act as the member it was (it has no vote, no log): it must join as a new member.
-use std::{
-    io::{self, Read as _},
-    path::Path,
-};
+use std::io::{self, Read as _};
 
-use super::{state_machine::write_atomically_now, typ::NodeId};
+use super::{log_store, typ::NodeId};
+use crate::data_dir::DataDir;
 
 const FILE: &str = "identity";
 const BOOT: &str = "boot";
@@ -45,10 +43,9 @@ pub enum IdentityError {
 
 impl Identity {
     /// Loads the identity kept in `dir`, or makes one if `dir` is new, and counts this start.
-    pub fn load(dir: &Path, node_id: NodeId) -> Result<Self, IdentityError> {
-        let path = dir.join(FILE);
-        let (incarnation, fresh) = match std::fs::read_to_string(&path) {
-            Ok(text) => {
+    pub fn load(dir: &DataDir, node_id: NodeId) -> Result<Self, IdentityError> {
+        let (incarnation, fresh) = match read_text(dir, FILE)? {
+            Some(text) => {
                 let (found, incarnation) =
                     parse(&text).ok_or_else(|| IdentityError::Damaged(text.clone()))?;
                 if found != node_id {
@@ -59,32 +56,29 @@ impl Identity {
                 }
                 (incarnation, false)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if dir.join("log.redb").exists() {
+            None => {
+                if dir.contains(log_store::FILE)? {
                     return Err(IdentityError::Older);
                 }
                 let incarnation = random()?;
                 let text = format!("node {node_id}\nincarnation {incarnation:016x}\n");
-                write_atomically_now(&path, text.as_bytes())?;
+                dir.replace(FILE, text.as_bytes())?;
                 (incarnation, true)
             }
-            Err(e) => return Err(e.into()),
         };
-        let boot_path = dir.join(BOOT);
-        let boot = match std::fs::read_to_string(&boot_path) {
-            Ok(text) => {
+        let boot = match read_text(dir, BOOT)? {
+            Some(text) => {
                 text.trim()
                     .parse::<u64>()
                     .map_err(|_| IdentityError::Damaged(format!("boot count `{text}`")))?
                     + 1
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 1,
-            Err(e) => return Err(e.into()),
+            None => 1,
         };
         if boot >= MAX_BOOTS {
             return Err(IdentityError::TooManyBoots);
         }
-        write_atomically_now(&boot_path, boot.to_string().as_bytes())?;
+        dir.replace(BOOT, boot.to_string().as_bytes())?;
         Ok(Self {
             node_id,
             incarnation,
@@ -95,19 +89,28 @@ impl Identity {
 
     /// The node id recorded in `dir`, if it holds an identity (pod mode draws a new one for an
     /// empty data directory).
-    pub fn recorded(dir: &Path) -> Result<Option<NodeId>, IdentityError> {
-        match std::fs::read_to_string(dir.join(FILE)) {
-            Ok(text) => parse(&text)
+    pub fn recorded(dir: &DataDir) -> Result<Option<NodeId>, IdentityError> {
+        match read_text(dir, FILE)? {
+            Some(text) => parse(&text)
                 .map(|(id, _)| Some(id))
                 .ok_or(IdentityError::Damaged(text)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+            None => Ok(None),
         }
     }
 
     /// The first id of this start's requests (and batches): ids never repeat across restarts.
     pub fn first_id(&self) -> u64 {
         self.boot << 40
+    }
+}
+
+/// File `name` of `dir` as text; `None` if there is none.
+fn read_text(dir: &DataDir, name: &str) -> Result<Option<String>, IdentityError> {
+    match dir.read(name)? {
+        Some(bytes) => String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|e| IdentityError::Damaged(String::from_utf8_lossy(e.as_bytes()).into())),
+        None => Ok(None),
     }
 }
 
@@ -136,24 +139,26 @@ mod tests {
 
     #[test]
     fn kept_across_restarts_new_when_wiped() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = Identity::load(dir.path(), 3).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        let first = Identity::load(&dir, 3).unwrap();
         assert!(first.fresh);
         assert_eq!(first.boot, 1);
-        let again = Identity::load(dir.path(), 3).unwrap();
+        let again = Identity::load(&dir, 3).unwrap();
         assert!(!again.fresh);
         assert_eq!((again.incarnation, again.boot), (first.incarnation, 2));
         assert!(again.first_id() > first.first_id());
         assert!(matches!(
-            Identity::load(dir.path(), 4),
+            Identity::load(&dir, 4),
             Err(IdentityError::OtherNode { found: 3, given: 4 })
         ));
-        let wiped = tempfile::tempdir().unwrap();
-        let other = Identity::load(wiped.path(), 3).unwrap();
+        let wiped_tmp = tempfile::tempdir().unwrap();
+        let wiped = DataDir::create(wiped_tmp.path()).unwrap();
+        let other = Identity::load(&wiped, 3).unwrap();
         assert_ne!(other.incarnation, first.incarnation);
-        std::fs::write(wiped.path().join("identity"), "garbage").unwrap();
+        std::fs::write(wiped_tmp.path().join("identity"), "garbage").unwrap();
         assert!(matches!(
-            Identity::load(wiped.path(), 3),
+            Identity::load(&wiped, 3),
             Err(IdentityError::Damaged(_))
         ));
     }

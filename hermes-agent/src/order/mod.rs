@@ -49,6 +49,7 @@ use tokio::{
 };
 
 use crate::{
+    data_dir::DataDir,
     deliver::{
         App,
         hooks::Hooks,
@@ -128,6 +129,9 @@ pub struct Placement {
     pub resolve: Option<peer::client::Resolve>,
     /// The one name every peer's certificate carries; `None`: `hermes-node-<id>`, per node.
     pub peer_name: Option<String>,
+    /// The data directory, opened already (pod mode: in the pod's volume); `None`:
+    /// [`Settings::data_dir`], opened (and made if missing) at start.
+    pub data_dir: Option<DataDir>,
 }
 
 /// How raw TCP mode applies connection events.
@@ -159,8 +163,9 @@ pub struct Snapshots {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("data directory {0}: {1}")]
-    DataDir(PathBuf, std::io::Error),
+    /// The data directory's errors say which directory, and which file in it.
+    #[error("{0}")]
+    DataDir(std::io::Error),
     #[error("data directory {0}: {1}")]
     Identity(PathBuf, IdentityError),
     #[error(
@@ -253,10 +258,15 @@ impl Node {
             settings.raft_addr = bound;
             settings.members.insert(settings.node_id, bound.to_string());
         }
-        let dir = &settings.data_dir;
-        std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir(dir.clone(), e))?;
-        let identity = Identity::load(dir, settings.node_id)
-            .map_err(|e| StartError::Identity(dir.clone(), e))?;
+        let dir = match &settings.placement.data_dir {
+            Some(dir) => dir.clone(),
+            None => DataDir::create(&settings.data_dir).map_err(StartError::DataDir)?,
+        };
+        let identity = Identity::load(&dir, settings.node_id).map_err(|e| match e {
+            // The directory's own errors name it and the file.
+            IdentityError::Io(e) => StartError::DataDir(e),
+            e => StartError::Identity(dir.path().to_owned(), e),
+        })?;
         let security = match &settings.peer_tls {
             Some(files) => Security::Tls(PeerTls::load_as(
                 files.clone(),
@@ -279,7 +289,7 @@ impl Node {
         if identity.fresh && !settings.join {
             bootstrap::refuse_if_wiped(&peers, &identity, &settings.members).await?;
         }
-        let mut log = LogStore::open(&dir.join("log.redb"), settings.log_cache)?;
+        let mut log = LogStore::open(&dir, settings.log_cache)?;
         let startup_commit = log.committed().map_or(0, |id| id.index);
         let app = Arc::new(
             App::new(
@@ -296,7 +306,7 @@ impl Node {
         let hooks = settings.snapshots.as_ref().map(|s| Hooks {
             snapshot: s.snapshot_cmd.clone(),
             restore: s.restore_cmd.clone(),
-            file: dir.join("app-state"),
+            dir: dir.clone(),
             timeout: settings.app_timeout,
         });
         let clients = Arc::new(Clients::default());
@@ -317,7 +327,7 @@ impl Node {
             tcp: connections,
             sync_progress: settings.sync_progress,
         };
-        let (mut state_machine, applied) = StateMachine::open(dir, replica, &mut log).await?;
+        let (mut state_machine, applied) = StateMachine::open(&dir, replica, &mut log).await?;
         let broken = state_machine.broken_connections();
 
         let config = openraft::Config {
@@ -390,7 +400,7 @@ impl Node {
             node_id = settings.node_id,
             incarnation = format!("{:016x}", identity.incarnation),
             raft = %settings.raft_addr,
-            data = %dir.display(),
+            data = %dir.path().display(),
             boot = identity.boot,
             applied = applied.applied_index(),
             committed = startup_commit,

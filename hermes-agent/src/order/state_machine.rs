@@ -8,7 +8,6 @@
 use std::{
     collections::HashMap,
     io::Cursor,
-    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -28,6 +27,7 @@ use super::{
     },
 };
 use crate::{
+    data_dir::DataDir,
     deliver::{App, Delivery, Outcome, Sessions, Stopper, hooks::Hooks, tcp::Connections},
     http::Response,
     tcp::Chunk,
@@ -220,10 +220,10 @@ pub struct StateMachine {
     applied: Arc<Applied>,
     delivery: Delivery,
     hooks: Option<Hooks>,
-    /// Where the latest snapshot is kept, so a restarted node still has it after compaction.
-    snapshot_path: PathBuf,
+    /// Where the membership and the latest snapshot are kept (so that a restarted node still
+    /// has the snapshot after compaction).
+    dir: DataDir,
     membership: StoredMembership,
-    membership_path: PathBuf,
     current: CurrentSnapshot,
 }
 
@@ -256,7 +256,7 @@ impl StateMachine {
     /// duplicates, and in raw TCP mode which connections are open (broken here now) and which
     /// origins restarted.
     pub async fn open(
-        dir: &Path,
+        dir: &DataDir,
         replica: Replica,
         log: &mut LogStore,
     ) -> Result<(Self, Arc<Applied>), StorageError> {
@@ -271,30 +271,33 @@ impl StateMachine {
         } = replica;
         let read_error =
             |e: &std::io::Error| StorageError::from(StorageIOError::read_state_machine(e));
-        if dir.join(OLD_PROGRESS).exists() && !dir.join(PROGRESS).exists() {
+        let older = dir.contains(OLD_PROGRESS).map_err(|e| read_error(&e))?;
+        if older && !dir.contains(PROGRESS).map_err(|e| read_error(&e))? {
             return Err(read_error(&std::io::Error::other(format!(
                 "{} holds the delivery progress of an older Hermes, which this one cannot \
                  read; start this node with a new, empty data directory and --join",
-                dir.display()
+                dir.path().display()
             ))));
         }
         let boot = crate::deliver::boot_id().map_err(|e| read_error(&e))?;
-        let mut delivery = Delivery::open(&dir.join(PROGRESS), boot, Arc::clone(&app), tcp)
-            .map_err(|e| read_error(&e))?;
+        let progress = dir.open_file(PROGRESS).map_err(|e| read_error(&e))?;
+        let mut delivery =
+            Delivery::open(progress, boot, Arc::clone(&app), tcp).map_err(|e| read_error(&e))?;
         if !sync_progress {
             delivery.without_syncs();
         }
-        let membership_path = dir.join(MEMBERSHIP);
-        let membership = match std::fs::read(&membership_path) {
-            Ok(bytes) => decode(&bytes).map_err(|e| read_error(&e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoredMembership::default(),
-            Err(e) => return Err(read_error(&e)),
+        let membership = match dir.read(MEMBERSHIP).map_err(|e| read_error(&e))? {
+            Some(bytes) => decode(&bytes).map_err(|e| read_error(&e))?,
+            None => StoredMembership::default(),
         };
-        let snapshot_path = dir.join(SNAPSHOT);
-        let current: Option<(SnapshotMeta, Vec<u8>)> = match std::fs::read(&snapshot_path) {
-            Ok(bytes) => Some(decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
+        let current: Option<(SnapshotMeta, Vec<u8>)> = match dir
+            .read(SNAPSHOT)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        {
+            Some(bytes) => {
+                Some(decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?)
+            }
+            None => None,
         };
         let snapshot_state = match &current {
             Some((meta, bytes)) => Some((
@@ -365,9 +368,8 @@ impl StateMachine {
             applied: Arc::clone(&shared),
             delivery,
             hooks,
-            snapshot_path,
+            dir: dir.clone(),
             membership,
-            membership_path,
             current: Arc::new(tokio::sync::Mutex::new(current)),
         };
         Ok((machine, shared))
@@ -400,7 +402,7 @@ impl StateMachine {
     async fn save_membership(&self) -> Result<(), StorageError> {
         let bytes =
             encode(&self.membership).map_err(|e| StorageIOError::write_state_machine(&e))?;
-        write_atomically(self.membership_path.clone(), bytes)
+        write_atomically(&self.dir, MEMBERSHIP, bytes)
             .await
             .map_err(|e| StorageIOError::write_state_machine(&e).into())
     }
@@ -494,7 +496,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 app,
             },
             current: Arc::clone(&self.current),
-            path: self.snapshot_path.clone(),
+            dir: self.dir.clone(),
         }
     }
 
@@ -535,7 +537,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             _ => {}
         }
-        keep_snapshot(self.snapshot_path.clone(), &self.current, meta, bytes)
+        keep_snapshot(&self.dir, &self.current, meta, bytes)
             .await
             .map_err(failed)?;
         self.delivery.begin_install().map_err(failed)?;
@@ -584,7 +586,7 @@ pub struct SnapshotBuilder {
     meta: SnapshotMeta,
     state: SnapshotState,
     current: CurrentSnapshot,
-    path: PathBuf,
+    dir: DataDir,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -592,7 +594,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let failed =
             |e: std::io::Error| StorageIOError::write_snapshot(Some(self.meta.signature()), &e);
         let bytes = encode(&self.state).map_err(failed)?;
-        keep_snapshot(self.path.clone(), &self.current, &self.meta, bytes.clone())
+        keep_snapshot(&self.dir, &self.current, &self.meta, bytes.clone())
             .await
             .map_err(failed)?;
         tracing::info!(snapshot = %self.meta.snapshot_id, bytes = bytes.len(), "snapshot built");
@@ -607,7 +609,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// stands for, and so that a restarted node still has it. A snapshot no newer than the current
 /// one (one built while a newer one was installed) is left aside.
 async fn keep_snapshot(
-    path: PathBuf,
+    dir: &DataDir,
     current: &CurrentSnapshot,
     meta: &SnapshotMeta,
     bytes: Vec<u8>,
@@ -621,7 +623,7 @@ async fn keep_snapshot(
         return Ok(());
     }
     let file = encode(&(meta, &bytes))?;
-    write_atomically(path, file).await?;
+    write_atomically(dir, SNAPSHOT, file).await?;
     *current = Some((meta.clone(), bytes));
     Ok(())
 }
@@ -671,21 +673,12 @@ async fn replay(
     Ok(sessions)
 }
 
-/// Replaces the file at `path` with `bytes`, durably (a crash leaves the old or the new file),
-/// on a blocking thread: fsyncs do not hold up the runtime.
-pub(super) async fn write_atomically(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || write_atomically_now(&path, &bytes))
-        .await
-        .map_err(std::io::Error::other)?
-}
-
-/// [`write_atomically`], on the calling thread.
-pub(super) fn write_atomically_now(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+/// Replaces file `name` of `dir` with `bytes`, durably (a crash leaves the old or the new
+/// file), on a blocking thread: fsyncs do not hold up the runtime.
+async fn write_atomically(
+    dir: &DataDir,
+    name: &'static str,
+    bytes: Vec<u8>,
+) -> std::io::Result<()> {
+    dir.blocking(move |dir| dir.replace(name, &bytes)).await
 }

@@ -15,7 +15,6 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt::Debug,
     ops::{Bound, RangeBounds},
-    path::Path,
     pin::Pin,
     sync::{Arc, Mutex, mpsc},
     task::{Context, Poll},
@@ -26,7 +25,7 @@ mod tables;
 mod writer;
 
 use openraft::{RaftLogReader, storage::RaftLogStorage};
-use redb::Database;
+use redb::{Database, backends::FileBackend};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
 
@@ -34,9 +33,13 @@ use super::typ::{
     BatchId, Entry, EntryPayload, LogFlushed, LogId, LogState, StorageError, StorageIOError,
     TypeConfig, Vote,
 };
+use crate::data_dir::DataDir;
 use cache::Cache;
 use tables::{COMMITTED, FORMAT, FORMAT_VERSION, LOG, META, PURGED, VOTE, read_meta, read_range};
 use writer::{Done, Write, write_loop};
+
+/// The log's file in the data directory.
+pub const FILE: &str = "log.redb";
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -85,10 +88,16 @@ struct Watches {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log in `path`, keeping up to `cache_budget` bytes of durable
-    /// entries in memory.
-    pub fn open(path: &Path, cache_budget: usize) -> Result<Self, StorageError> {
-        let db = Database::create(path).map_err(|e| StorageIOError::write_logs(&e))?;
+    /// Opens (or creates) the log in `dir`, keeping up to `cache_budget` bytes of durable
+    /// entries in memory. redb is handed the file the directory opened, never its path.
+    pub fn open(dir: &DataDir, cache_budget: usize) -> Result<Self, StorageError> {
+        let file = dir
+            .open_file(FILE)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let backend = FileBackend::new(file).map_err(|e| StorageIOError::write_logs(&e))?;
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         check_format(&db).map_err(|e| StorageIOError::write_logs(&e))?;
         let db = Arc::new(db);
 
@@ -467,8 +476,9 @@ mod tests {
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
-            let dir = tempfile::tempdir().expect("temporary directory");
-            let mut log = LogStore::open(&dir.path().join("log.redb"), 1 << 20)?;
+            let tmp = tempfile::tempdir().expect("temporary directory");
+            let dir = DataDir::create(tmp.path()).expect("data directory");
+            let mut log = LogStore::open(&dir, 1 << 20)?;
             // The suite applies no app requests: the app is never contacted.
             let app = App::new(
                 ([127, 0, 0, 1], 9).into(),
@@ -487,8 +497,8 @@ mod tests {
                 tcp: None,
                 sync_progress: true,
             };
-            let (state_machine, _) = StateMachine::open(dir.path(), replica, &mut log).await?;
-            Ok((dir, log, state_machine))
+            let (state_machine, _) = StateMachine::open(&dir, replica, &mut log).await?;
+            Ok((tmp, log, state_machine))
         }
     }
 
@@ -499,11 +509,11 @@ mod tests {
 
     #[tokio::test]
     async fn entries_and_vote_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log.redb");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
         let vote = Vote::new(3, 2);
         {
-            let mut log = LogStore::open(&path, 1 << 20).unwrap();
+            let mut log = LogStore::open(&dir, 1 << 20).unwrap();
             let entries: Vec<Entry> = (1..=3)
                 .map(|i| Entry {
                     log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
@@ -522,7 +532,7 @@ mod tests {
             log.blocking_append(entries).await.unwrap();
             log.save_vote(&vote).await.unwrap();
         }
-        let mut log = LogStore::open(&path, 1 << 20).unwrap();
+        let mut log = LogStore::open(&dir, 1 << 20).unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(vote));
         let entries = log.try_get_log_entries(1..).await.unwrap();
         assert_eq!(entries.len(), 3);
