@@ -386,7 +386,10 @@ fn killing_agents_under_load_loses_no_acknowledged_write_and_replicas_stay_ident
     for id in &fenced {
         let status = cluster.status(*id).unwrap();
         let why = status["fenced_because"].as_str().unwrap_or_default();
-        assert!(why.contains("lost the app's connection"), "node {id}: {status}");
+        assert!(
+            why.contains("lost the app's connection"),
+            "node {id}: {status}"
+        );
     }
     // The connections of the killed agents' clients were closed on every healthy replica too.
     all_connections_closed(&cluster, &healthy);

@@ -121,6 +121,8 @@ impl Default for Telemetry {
                 "fenced",
                 "1 while this replica is fenced (it applies nothing; /status says why)",
                 this.fenced.clone(),
+            );
+            r.register(
                 "unconfirmed",
                 "Requests written to the app before the agent stopped whose answer it never read: \
                  not sent again, but if the app stopped too it may not have run them",

@@ -161,7 +161,8 @@ fn tcp(bin: &Path) -> anyhow::Result<()> {
     let fenced = wait_until("node to catch up, or fence itself", || {
         let status = cluster.status(follower)?;
         if status["fenced"] == true {
-            return Some(status["fenced_because"].as_str().map(str::to_owned));
+            let why = status["fenced_because"].as_str().unwrap_or_default();
+            return Some(Some(why.to_owned()));
         }
         let done = status["applied_index"].as_u64()? >= status["commit_index"].as_u64()?;
         done.then_some(None)
@@ -169,7 +170,10 @@ fn tcp(bin: &Path) -> anyhow::Result<()> {
     redis_table(&cluster)?;
     let digests = redis_digests(&cluster)?;
     let (a, b) = (survivors[0] - 1, survivors[1] - 1);
-    anyhow::ensure!(digests[a] == digests[b], "the replicas that kept going differ");
+    anyhow::ensure!(
+        digests[a] == digests[b],
+        "the replicas that kept going differ"
+    );
     match fenced {
         None => {
             anyhow::ensure!(
@@ -186,7 +190,7 @@ fn tcp(bin: &Path) -> anyhow::Result<()> {
              ready, applying nothing): {}\n   A replica never resumes a connection in the \
              middle of its stream; a killed agent under load usually costs its replica, which is \
              rebuilt by rejoining as a new node (docs/tcp.md). Use SIGTERM for restarts.",
-            why.unwrap_or_default()
+            why
         ),
     }
     step("12. Tearing the lab down");

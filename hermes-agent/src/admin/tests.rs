@@ -1,7 +1,7 @@
 //! What the admin API shows of a replica, in process, against a one-node cluster.
 use super::{replica_status, state};
 use crate::{
-    deliver::progress::ProgressFile,
+    deliver::progress::{ProgressFile, file_in},
     testing::{Act, FakeApp, OK, single_node},
 };
 
@@ -11,7 +11,7 @@ async fn a_request_written_before_a_restart_and_never_answered_shows_as_unconfir
     let dir = tempfile::tempdir().unwrap();
     // What an agent that stopped after writing request 1 to the app, before reading its
     // answer, left behind.
-    let (mut file, mut progress) = ProgressFile::open(&dir.path().join("progress")).unwrap();
+    let (mut file, mut progress) = ProgressFile::open(file_in(dir.path())).unwrap();
     progress.writing = 1;
     progress.written = 1;
     progress.deliveries = 1;

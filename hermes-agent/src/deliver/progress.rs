@@ -223,7 +223,7 @@ pub fn boot_id() -> std::io::Result<u128> {
 
 /// The progress file in directory `dir`, for tests.
 #[cfg(test)]
-pub(super) fn file_in(dir: &std::path::Path) -> File {
+pub(crate) fn file_in(dir: &std::path::Path) -> File {
     let dir = crate::data_dir::DataDir::create(dir).unwrap();
     dir.open_file("progress").unwrap()
 }

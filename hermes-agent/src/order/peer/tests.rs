@@ -70,7 +70,11 @@ fn forward(from: u64) -> Call {
             origin: from,
             incarnation: 1,
             id: 1,
-            payload: bytes::Bytes::from_static(b"POST / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            payload: crate::http::ordered::Ordered {
+                conn: 1,
+                request: bytes::Bytes::from_static(b"POST / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            }
+            .to_payload(),
         }],
     })
 }
