@@ -41,7 +41,8 @@
 //! written just before the agent stopped.
 //!
 //! When a membership change removes a node, every replica closes that node's connections at
-//! that point of the log: it can order no more events of them.
+//! that point of the log, and ignores its events from there on: it can order none of them
+//! (their closes included).
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
@@ -137,6 +138,9 @@ pub struct Connections {
     /// Per origin and incarnation: connections with ids below this went with an earlier life
     /// of the origin ([`Event::Lost`]).
     lost_below: HashMap<(NodeId, u64), u64>,
+    /// The nodes in the cluster (node, incarnation), as the last membership applied says;
+    /// `None` before one is known. The events of other nodes are ignored.
+    members: Option<HashSet<(NodeId, u64)>>,
     /// The last event applied, for the wait before another connection's event.
     last: Option<Written>,
     /// Nothing was applied since the agent started: the app may still be busy with a chunk an
@@ -240,6 +244,7 @@ impl Connections {
             open: HashMap::new(),
             broken: HashSet::new(),
             lost_below: HashMap::new(),
+            members: None,
             last: None,
             fresh: true,
         }
@@ -310,16 +315,18 @@ impl Connections {
         broken
     }
 
-    /// Closes, on a membership change, the connections of origins `member` says are no longer
-    /// in the cluster (node and incarnation): they can order no more events.
-    pub fn keep_members(&mut self, member: impl Fn(NodeId, u64) -> bool) {
+    /// Takes note of the nodes in the cluster (node, incarnation), on a membership change:
+    /// the connections of others are closed (they can order no more events of them), and their
+    /// events ignored from now on (one in flight may still be committed).
+    pub fn keep_members(&mut self, members: HashSet<(NodeId, u64)>) {
         let gone: Vec<ConnKey> = self
             .open
             .keys()
             .chain(&self.broken)
-            .filter(|&&(origin, incarnation, _)| !member(origin, incarnation))
+            .filter(|&&(origin, incarnation, _)| !members.contains(&(origin, incarnation)))
             .copied()
             .collect();
+        self.members = Some(members);
         if !gone.is_empty() {
             tracing::info!(
                 closed = gone.len(),
@@ -364,6 +371,13 @@ impl Connections {
             self.settle(last).await;
         }
         let (origin, incarnation, id) = conn;
+        if self
+            .members
+            .as_ref()
+            .is_some_and(|members| !members.contains(&(origin, incarnation)))
+        {
+            return Ok(Applied::Ignored);
+        }
         match &event {
             Event::Lost => {
                 // `id` is the first connection id of the origin's new life.

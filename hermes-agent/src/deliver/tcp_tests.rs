@@ -215,10 +215,7 @@ async fn a_node_removed_from_the_cluster_has_its_connections_closed() {
     replica.deliver(2, (2, 5, 2), &other).await.unwrap();
     app.wait_open(2).await;
     // Node 1 (incarnation 1) is no longer a member; node 2 is.
-    replica
-        .tcp_mut()
-        .unwrap()
-        .keep_members(|node, incarnation| (node, incarnation) == (2, 5));
+    replica.tcp_mut().unwrap().keep_members([(2, 5)].into());
     app.wait_open(1).await;
     let outcome = apply(&mut replica, 3, 7, data("APPEND late\n")).await;
     assert!(matches!(outcome, Outcome::Event), "{outcome:?}");
@@ -477,4 +474,61 @@ async fn a_replica_that_cannot_apply_the_rest_of_a_lost_connection_fences_itself
     assert_eq!(app.journal(), ["a"], "nothing of connection 5 resumed");
     assert_eq!(app.open(), 0, "and nothing applied after it while fenced");
     applying.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_membership_change_that_removes_a_node_closes_its_connections_everywhere() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
+
+    use crate::order::typ::Member;
+    let app = LineApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut machine = state_machine(dir.path(), &app, &mut log).await;
+    let opened = vec![entry(1, 5, Event::Open), entry(2, 5, data("APPEND a\n"))];
+    log.blocking_append(opened.clone()).await.unwrap();
+    machine.apply(opened).await.unwrap();
+    assert_eq!(journal_of(&app, 1).await, ["a"]);
+    // Node 1 (the connection's origin) is removed: it cannot order the connection's close any
+    // more, so every replica closes it where the change is in the log.
+    let member = |incarnation| Member {
+        addr: "127.0.0.1:1".into(),
+        incarnation,
+    };
+    let without_1 = openraft::Membership::new(
+        vec![BTreeSet::from([2, 9])],
+        BTreeMap::from([(2, member(5)), (9, member(1))]),
+    );
+    let change = Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 3),
+        payload: EntryPayload::Membership(without_1),
+    };
+    let late = entry(4, 5, data("APPEND late\n"));
+    log.blocking_append([change.clone(), late.clone()])
+        .await
+        .unwrap();
+    machine.apply([change, late]).await.unwrap();
+    app.wait_open(0).await;
+    // Nor does it open any (an event of it in flight, committed after the change); node 2 does.
+    let of_node_2 = Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 6),
+        payload: EntryPayload::Normal(Batch {
+            id: (2, 5, 6),
+            floor: 0,
+            commands: vec![Command {
+                origin: 2,
+                incarnation: 5,
+                id: 6,
+                payload: Chunk::new(7, Event::Open).encode(),
+            }],
+        }),
+    };
+    machine
+        .apply([entry(5, 6, Event::Open), of_node_2])
+        .await
+        .unwrap();
+    app.wait_open(1).await;
+    assert_eq!(app.journal(), ["a"]);
 }

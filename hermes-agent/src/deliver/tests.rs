@@ -674,7 +674,8 @@ async fn a_retry_landing_after_far_more_requests_than_any_window_is_not_delivere
     assert_eq!(seen[7].index, delivered + 2);
     // What recognises it is bounded by what was in flight, not by how much was ordered.
     // (Origin 2's runs of ids between 7 and what it still has in flight, one per other origin.)
-    assert!(machine.sessions_size() <= 8, "{}", machine.sessions_size());
+    let size = machine.sessions().size();
+    assert!(size <= 8, "{size}");
 }
 
 /// Request `body` of client connection `conn` (origin 1, incarnation 1).
@@ -796,4 +797,32 @@ async fn a_request_whose_body_did_not_all_go_out_is_sent_again_not_counted_in_do
     assert_eq!(app.seen().len(), 1);
     assert_eq!(app.seen()[0].body.len(), big.len());
     assert_eq!(delivery.progress().in_doubt, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sessions_rebuilt_at_start_are_those_applying_built() {
+    use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut machine = state_machine(dir.path(), &app, &mut log).await;
+    // Copies of requests (7 twice in one entry, 9 in a later one, 8 below the floor by then),
+    // floors that advance and one that comes late, requests of two nodes.
+    let entries = vec![
+        entry(1, 2, 7, [7, 8, 7]),
+        entry(2, 3, 100, [100, 101]),
+        entry(3, 2, 7, [9, 10]),
+        entry(4, 2, 9, [9, 11, 8]),
+        entry(5, 2, 8, [12]),
+        entry(6, 3, 101, [101, 102]),
+    ];
+    log.blocking_append(entries.clone()).await.unwrap();
+    machine.apply(entries).await.unwrap();
+    let delivered: Vec<u64> = app.seen().iter().map(|s| s.index).collect();
+    // Delivered once each: 7, 8, 100, 101, 9, 10, 11, 12, 102.
+    assert_eq!(delivered, [1, 2, 4, 5, 6, 7, 9, 11, 13]);
+    let live = machine.sessions().clone();
+    drop(machine);
+    let restarted = state_machine(dir.path(), &app, &mut log).await;
+    assert_eq!(*restarted.sessions(), live);
 }

@@ -6,7 +6,7 @@
 //! Each request has a sequence number, its position in the total order (the same on every
 //! replica), which the app receives as `Hermes-Log-Index`.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::Cursor,
     sync::{
         Arc, Mutex,
@@ -344,6 +344,9 @@ impl StateMachine {
         delivery.set_sessions(sessions);
         if let Some(connections) = delivery.tcp_mut() {
             connections.digest_into(Arc::clone(&digests));
+            if membership.log_id().is_some() {
+                connections.keep_members(members(membership.membership()));
+            }
         }
         let applied = progress.applied.map_or(0, |id| id.index);
         digests.handled(progress.requests);
@@ -375,9 +378,9 @@ impl StateMachine {
         Ok((machine, shared))
     }
 
-    /// Ranges of request ids the sessions hold (see [`Sessions::size`]).
-    pub fn sessions_size(&self) -> usize {
-        self.delivery.sessions().size()
+    /// What recognises requests proposed twice.
+    pub fn sessions(&self) -> &Sessions {
+        self.delivery.sessions()
     }
 
     /// In raw TCP mode, the connections of other origins that were open here when the agent
@@ -438,11 +441,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => {}
                 EntryPayload::Membership(membership) => {
                     if let Some(connections) = self.delivery.tcp_mut() {
-                        connections.keep_members(|node, incarnation| {
-                            membership
-                                .get_node(&node)
-                                .is_some_and(|member| member.incarnation == incarnation)
-                        });
+                        connections.keep_members(members(&membership));
                     }
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
                     self.save_membership().await?;
@@ -626,6 +625,16 @@ async fn keep_snapshot(
     write_atomically(dir, SNAPSHOT, file).await?;
     *current = Some((meta.clone(), bytes));
     Ok(())
+}
+
+/// The nodes (node, incarnation) of `membership`, voters and learners.
+fn members(
+    membership: &openraft::Membership<NodeId, crate::order::typ::Member>,
+) -> HashSet<(NodeId, u64)> {
+    membership
+        .nodes()
+        .map(|(id, member)| (*id, member.incarnation))
+        .collect()
 }
 
 /// Replays what the log holds from entry `first` up to where delivery had come (`progress`:
