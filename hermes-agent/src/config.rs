@@ -604,6 +604,13 @@ impl Config {
         if self.max_body > u64::from(u32::MAX) {
             return bad(format!("--max-body {} is over 4 GiB", self.max_body));
         }
+        if self.body_budget < self.max_response {
+            return bad(format!(
+                "--body-budget {} is less than --max-response {}: no answer that large could be \
+                 held for its client",
+                self.body_budget, self.max_response
+            ));
+        }
         if self.body_budget < self.max_body {
             return bad(format!(
                 "--body-budget {} is less than --max-body {}: no request that large could be taken",

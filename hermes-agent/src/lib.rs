@@ -91,8 +91,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(Error::Listen)
 }
 
-/// How long a planned stop waits, at most, for the connections still open to be abandoned
-/// (raw TCP mode; see [`order::Node::abandon_connections`]).
+/// How long a planned stop waits, at most, for the order that abandons the connections still
+/// open to be committed (raw TCP mode; see [`order::Node::abandon_connections`]).
 const ABANDON_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A budget of `bytes` bytes, one permit each (at most what a semaphore holds).
@@ -163,19 +163,11 @@ pub async fn serve(
         }
     };
     if let Some(node) = node {
-        // Raw TCP mode: no connection is left open behind this replica. One commit, and this
-        // replica's apply up to it: if that takes long, there is no leader, or the replica lags.
-        let abandon = config.grace_period.min(ABANDON_WITHIN);
-        if tokio::time::timeout(abandon, node.abandon_connections())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "the connections still open could not be abandoned within {abandon:?}: after \
-                 its restart this replica abandons them, and fences itself if it missed bytes of \
-                 one"
-            );
-        }
+        // Raw TCP mode: no connection is left open behind this replica. One commit (if it
+        // takes long, there is no leader), then this replica's apply up to it.
+        let to_order = config.grace_period.min(ABANDON_WITHIN);
+        node.abandon_connections(to_order, config.grace_period)
+            .await;
         let _ = node.raft.shutdown().await;
         // A delivery in flight finishes: the app gets no request cut in half, and the progress
         // says exactly what it has.

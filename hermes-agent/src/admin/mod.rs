@@ -245,11 +245,13 @@ pub(crate) async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]
             }
         }
         ("POST", "/divergence/resume") => match &admin.node {
-            Some(node) => {
-                node.applied.resume();
-                tracing::warn!("resumed by an operator after a divergence");
-                Answer::json(200, status(admin))
-            }
+            Some(node) => match node.applied.resume() {
+                Ok(()) => {
+                    tracing::warn!("resumed by an operator after a divergence");
+                    Answer::json(200, status(admin))
+                }
+                Err(error) => Answer::text(500, format!("the fence cannot be lifted: {error}")),
+            },
             None => Answer::text(409, "passthrough mode has no replicas"),
         },
         ("POST", "/cluster/membership") => {
@@ -296,6 +298,10 @@ async fn change(admin: &Admin, change: MembershipChange) -> Answer {
 /// Why this node should not get traffic yet, if it should not.
 pub(crate) fn not_ready(admin: &Admin) -> Option<String> {
     let node = admin.node.as_ref()?;
+    // First: it does not pass while fenced, whatever else holds it up.
+    if let Some(why) = node.applied.fenced_because() {
+        return Some(format!("fenced: {why}"));
+    }
     let metrics = node.metrics();
     if metrics.current_leader.is_none() {
         return Some("no leader".into());
@@ -315,9 +321,6 @@ pub(crate) fn not_ready(admin: &Admin) -> Option<String> {
     }
     if !node.announced() {
         return Some("abandoning the connections this replica lost when its agent stopped".into());
-    }
-    if let Some(why) = node.applied.fenced_because() {
-        return Some(format!("fenced: {why}"));
     }
     if !node.app().healthy() {
         return Some("the app does not answer, or is slow to".into());

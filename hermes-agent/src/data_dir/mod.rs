@@ -107,20 +107,45 @@ impl DataDir {
         &self.0.path
     }
 
-    /// Opens file `name` to read and write, made (mode 0600) if missing.
+    /// Opens file `name` to read and write, made (mode 0600) if missing; a file made is in the
+    /// directory durably (the directory is synced).
     pub fn open_file(&self, name: &str) -> io::Result<File> {
-        self.open(name, OFlag::O_RDWR | OFlag::O_CREAT)?
-            .ok_or_else(|| self.failed(name, Errno::ENOENT.into()))
+        let made = !self.contains(name)?;
+        let file = self
+            .open(name, OFlag::O_RDWR | OFlag::O_CREAT)?
+            .ok_or_else(|| self.failed(name, Errno::ENOENT.into()))?;
+        if made {
+            fsync(self.fd()).map_err(|e| self.failed(".", e.into()))?;
+        }
+        Ok(file)
     }
 
-    /// The bytes of file `name`; `None` if there is none.
-    pub fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
-        let Some(mut file) = self.open(name, OFlag::O_RDONLY)? else {
+    /// The bytes of file `name`, at most `limit` of them (a larger file is refused, before
+    /// anything is read: whoever can write the directory chooses its size); `None` if there is
+    /// none.
+    pub fn read(&self, name: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        let Some(file) = self.open(name, OFlag::O_RDONLY)? else {
             return Ok(None);
         };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
+        let size = file.metadata().map_err(|e| self.failed(name, e))?.len();
+        let too_large = || {
+            self.failed(
+                name,
+                io::Error::other(format!(
+                    "larger than the {limit} bytes the node reads of it"
+                )),
+            )
+        };
+        if size > limit {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        file.take(limit.saturating_add(1))
+            .read_to_end(&mut bytes)
             .map_err(|e| self.failed(name, e))?;
+        if bytes.len() as u64 > limit {
+            return Err(too_large());
+        }
         Ok(Some(bytes))
     }
 

@@ -65,7 +65,7 @@ fn refusal<T: std::fmt::Debug>(result: std::io::Result<T>) -> (String, Why, Stri
 fn all_refused(dir: &DataDir, name: &str, why: Why) {
     let results = [
         ("open_file", refusal(dir.open_file(name))),
-        ("read", refusal(dir.read(name))),
+        ("read", refusal(dir.read(name, 1 << 20))),
         (
             "replace",
             refusal(dir.replace(name, b"written by the node")),
@@ -87,7 +87,7 @@ fn all_refused(dir: &DataDir, name: &str, why: Why) {
 fn files_are_made_read_replaced_and_removed() {
     let setup = Setup::new();
     let dir = DataDir::create(&setup.data).unwrap();
-    assert_eq!(dir.read("progress").unwrap(), None);
+    assert_eq!(dir.read("progress", 1 << 20).unwrap(), None);
     assert!(!dir.contains("progress").unwrap());
     let mut file = dir.open_file("progress").unwrap();
     std::io::Write::write_all(&mut file, b"slots").unwrap();
@@ -96,17 +96,17 @@ fn files_are_made_read_replaced_and_removed() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
-    assert_eq!(dir.read("progress").unwrap().unwrap(), b"slots");
+    assert_eq!(dir.read("progress", 1 << 20).unwrap().unwrap(), b"slots");
 
     // A `.tmp` a crash left behind is no obstacle.
     std::fs::write(setup.data.join("membership.tmp"), b"half").unwrap();
     dir.replace("membership", b"one").unwrap();
     dir.replace("membership", b"two").unwrap();
-    assert_eq!(dir.read("membership").unwrap().unwrap(), b"two");
+    assert_eq!(dir.read("membership", 1 << 20).unwrap().unwrap(), b"two");
     assert!(!dir.contains("membership.tmp").unwrap());
     dir.remove("membership").unwrap();
     dir.remove("membership").unwrap();
-    assert_eq!(dir.read("membership").unwrap(), None);
+    assert_eq!(dir.read("membership", 1 << 20).unwrap(), None);
 }
 
 #[test]
@@ -135,6 +135,19 @@ fn links_to_files_and_directories_outside_are_refused() {
         message.ends_with("is a symbolic link; refusing to follow it"),
         "{message}"
     );
+}
+
+#[test]
+fn a_file_larger_than_what_is_read_of_it_is_refused_before_it_is_read() {
+    let setup = Setup::new();
+    let dir = DataDir::create(&setup.data).unwrap();
+    // Sparse: it costs the disk nothing, and would cost memory all its size.
+    let file = std::fs::File::create(setup.data.join("identity")).unwrap();
+    file.set_len(1 << 40).unwrap();
+    let error = dir.read("identity", 4096).unwrap_err();
+    assert!(error.to_string().contains("larger than"), "{error}");
+    std::fs::write(setup.data.join("identity"), b"node 1\n").unwrap();
+    assert_eq!(dir.read("identity", 4096).unwrap().unwrap(), b"node 1\n");
 }
 
 #[test]
@@ -181,7 +194,7 @@ fn a_tmp_link_planted_before_a_replace_is_refused() {
     let (name, why, _) = refusal(dir.replace("membership", b"new"));
     assert_eq!((name.as_str(), why), ("membership.tmp", Why::Link));
     assert_eq!(setup.outside(), before);
-    assert_eq!(dir.read("membership").unwrap().unwrap(), b"kept");
+    assert_eq!(dir.read("membership", 1 << 20).unwrap().unwrap(), b"kept");
 }
 
 #[test]
@@ -212,7 +225,7 @@ fn fifos_directories_and_sockets_are_refused_without_blocking() {
     let _socket = std::os::unix::net::UnixListener::bind(setup.data.join("boot")).unwrap();
     for (operation, (name, why, message)) in [
         ("open_file", refusal(dir.open_file("boot"))),
-        ("read", refusal(dir.read("boot"))),
+        ("read", refusal(dir.read("boot", 1 << 20))),
         ("contains", refusal(dir.contains("boot"))),
     ] {
         assert_eq!(name, "boot", "{operation}");

@@ -11,11 +11,12 @@
 //! An app that serves fewer connections at once than are open (a single-threaded server keeps
 //! reading an idle keep-alive connection until it closes, and takes no other) would wait on one
 //! while Hermes waits on another, whose request comes later in the log: a deadlock direct
-//! access does not have. So when a request gets no answer for [`SWITCH_AFTER`] while other app
-//! connections are open (idle: one exchange runs at a time), they are closed; if the answer
-//! then comes at once, the app is taken to serve at most as many connections as were open
-//! besides, and no more are kept open from then on (1: connections are switched between
-//! clients, not shared).
+//! access does not have. So when a request on a connection the app has not answered on yet gets
+//! no answer for [`SWITCH_AFTER`] while other app connections are open (idle: one exchange runs
+//! at a time), they are closed; if the answer then comes at once, the app is taken to serve at
+//! most as many connections as were open besides, and no more are kept open from then on (1:
+//! connections are switched between clients, not shared). A slow answer on a connection the app
+//! answered on before is only slow.
 //!
 //! An exchange writes the request and reads the answer at once: an app may answer before it has
 //! read the whole request (refusing it, or streaming its answer), and then it has the request.
@@ -82,6 +83,8 @@ pub struct App {
     /// App connections open at once at most: `--app-connections`, lowered once the app was seen
     /// to serve fewer.
     limit: AtomicUsize,
+    /// [`SWITCH_AFTER`] (a test may wait longer).
+    switch_after: Duration,
     connections: Mutex<Connections>,
     /// Whether the last attempt to reach the app succeeded.
     reachable: AtomicBool,
@@ -105,6 +108,8 @@ struct Connection {
     idle_since: Instant,
     /// The `clock` of its last exchange.
     used: u64,
+    /// The app answered on it: it took the connection.
+    answered: bool,
 }
 
 /// How far a request got.
@@ -148,10 +153,18 @@ impl App {
             limits,
             slow_after,
             limit: AtomicUsize::new(connections.max(1)),
+            switch_after: SWITCH_AFTER,
             connections: Mutex::default(),
             reachable: AtomicBool::new(true),
             slow: AtomicBool::new(false),
         }
+    }
+
+    /// Closes the other connections when a request on a new one gets no answer for
+    /// `switch_after` (instead of [`SWITCH_AFTER`]).
+    pub fn switching_after(mut self, switch_after: Duration) -> Self {
+        self.switch_after = switch_after;
+        self
     }
 
     /// The app lives in `netns` (pod mode): its connections are made there.
@@ -310,6 +323,7 @@ impl Turn<'_> {
                 buf: BytesMut::new(),
                 idle_since: Instant::now(),
                 used: 0,
+                answered: false,
             },
         );
     }
@@ -341,8 +355,10 @@ impl Turn<'_> {
         let written = AtomicUsize::new(0);
         let mut told = false;
         let started = Instant::now();
-        // When the other connections were closed for this request's sake, and how many.
+        // When the other connections were closed for this request's sake, and how many. Only on
+        // a connection the app has not taken yet can it be waiting for them.
         let mut switched: Option<(Instant, usize)> = None;
+        let may_switch = !connection.answered;
         let answer = {
             let Connection { stream, buf, .. } = &mut connection;
             let (mut reader, mut writer) = stream.split();
@@ -366,7 +382,7 @@ impl Turn<'_> {
                         // and closed); the read decides.
                     }
                     answer = &mut read => break answer,
-                    () = tokio::time::sleep_until(started + SWITCH_AFTER), if others > 0 && switched.is_none() => {
+                    () = tokio::time::sleep_until(started + app.switch_after), if may_switch && others > 0 && switched.is_none() => {
                         tracing::info!(
                             app = %app.addr,
                             others,
@@ -399,7 +415,7 @@ impl Turn<'_> {
         }
         if let Some((at, others)) = switched
             && answer.is_ok()
-            && at.elapsed() < SWITCH_AFTER
+            && at.elapsed() < app.switch_after
         {
             // It answered as soon as the others were gone: it serves no more than them at once.
             let limit = others.max(1);
@@ -433,6 +449,7 @@ impl Turn<'_> {
             self.connections.clock += 1;
             connection.used = self.connections.clock;
             connection.idle_since = Instant::now();
+            connection.answered = true;
             self.connections.open.insert(conn, connection);
         }
         Ok(Exchanged { sent, answer })

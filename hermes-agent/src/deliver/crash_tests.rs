@@ -150,7 +150,6 @@ impl Disk {
 const PER_ENTRY: u64 = 3;
 const ENTRIES: u64 = 2;
 const BOOT: u128 = 7;
-const REBOOTED: u128 = 8;
 
 fn request(seq: u64) -> Bytes {
     Ordered {
@@ -160,14 +159,17 @@ fn request(seq: u64) -> Bytes {
     .to_payload()
 }
 
-/// Applies the entries after the progress's last applied one, as openraft does after a start;
-/// stops at the first error (the agent died).
-async fn apply(delivery: &mut Delivery) -> std::io::Result<()> {
+/// Applies the entries after the progress's last applied one, as openraft does after a start,
+/// up to request `until`; stops at the first error (the agent died).
+async fn apply(delivery: &mut Delivery, until: u64) -> std::io::Result<()> {
     let first_entry = delivery.progress().applied.map_or(1, |id| id.index + 1);
     delivery.plan(ENTRIES * PER_ENTRY);
     for entry in first_entry..=ENTRIES {
         let first = delivery.progress().requests + 1;
         for seq in first..first + PER_ENTRY {
+            if seq > until {
+                return Ok(());
+            }
             delivery.deliver(seq, (1, 1, seq), &request(seq)).await?;
         }
         let id = LogId::new(openraft::CommittedLeaderId::new(1, 1), entry);
@@ -177,89 +179,184 @@ async fn apply(delivery: &mut Delivery) -> std::io::Result<()> {
 }
 
 fn app_of(fake: &FakeApp) -> Arc<App> {
-    Arc::new(App::new(
-        fake.addr,
-        std::net::Ipv4Addr::LOCALHOST,
-        Duration::from_secs(5),
-        Limits::default(),
-        64,
-        Arc::default(),
-    ))
+    Arc::new(
+        App::new(
+            fake.addr,
+            std::net::Ipv4Addr::LOCALHOST,
+            Duration::from_secs(5),
+            Limits::default(),
+            64,
+            Arc::default(),
+        )
+        .switching_after(Duration::from_secs(3600)),
+    )
 }
 
-/// The agent dies at operation `dies_at` of the progress file, and comes back after `crash`;
-/// returns, per request, how many times the app received it, and the requests counted in doubt.
-async fn run(dies_at: Option<usize>, crash: Crash) -> (BTreeMap<u64, usize>, u64) {
-    let fake = FakeApp::start(|_| Act::Reply(OK)).await;
-    let disk = Disk::default();
-    let kept = ProgressFile::on(Box::new(disk.clone()), true).unwrap();
-    if let Some(op) = dies_at {
-        disk.dies_at(disk.ops() + op);
+/// How one life of the agent ends.
+#[derive(Clone, Copy, Debug)]
+enum End {
+    /// It delivers everything.
+    Finishes,
+    /// It dies at write or sync `op` of the progress file, then `Crash` happens.
+    Dies(usize, Crash),
+    /// It stops on purpose after request `n`.
+    Stops(u64),
+}
+
+/// Agents' lives on one disk, in front of one app, one after the other.
+struct Lives {
+    fake: FakeApp,
+    disk: Disk,
+    boot: u128,
+    /// The requests a start said may go to the app once more (in doubt).
+    again: std::collections::BTreeSet<u64>,
+    in_doubt: u64,
+}
+
+impl Lives {
+    async fn new() -> Self {
+        let disk = Disk::default();
+        put(
+            &mut disk.0.lock().unwrap().cached,
+            0,
+            &super::initial_progress().unwrap(),
+        );
+        Self {
+            fake: FakeApp::start(|_| Act::Reply(OK)).await,
+            disk: disk.after(Crash::Agent),
+            boot: BOOT,
+            again: Default::default(),
+            in_doubt: 0,
+        }
     }
-    // The agent may die as it opens the progress, too.
-    let died = match Delivery::on(kept, BOOT, app_of(&fake), None) {
-        Ok(mut delivery) => apply(&mut delivery).await.is_err(),
-        Err(_) => true,
-    };
-    assert_eq!(died, dies_at.is_some(), "died at {dies_at:?}");
-    let mut in_doubt = 0;
-    if died {
-        let disk = disk.after(crash);
-        let boot = match crash {
-            Crash::Agent => BOOT,
-            Crash::PowerLost | Crash::PowerLostTorn(_) => REBOOTED,
+
+    /// One life, ending with `end`; whether it delivered everything.
+    async fn live(&mut self, end: End) -> bool {
+        if let End::Dies(op, _) = end {
+            self.disk.dies_at(self.disk.ops() + op);
+        }
+        let until = match end {
+            End::Stops(n) => n,
+            _ => u64::MAX,
         };
-        let kept = ProgressFile::on(Box::new(disk), false).expect("the progress can be read");
-        let mut restarted = Delivery::on(kept, boot, app_of(&fake), None).unwrap();
-        apply(&mut restarted).await.unwrap();
-        in_doubt = restarted.progress().in_doubt;
-        assert_eq!(restarted.progress().requests, ENTRIES * PER_ENTRY);
+        // The agent may die as it opens the progress, too (it syncs what it read).
+        let opened = ProgressFile::on(Box::new(self.disk.clone()), false)
+            .and_then(|kept| Delivery::on(kept, self.boot, app_of(&self.fake), None));
+        let lived = match opened {
+            Ok(mut delivery) => {
+                let progress = delivery.progress();
+                self.again.extend(progress.answered + 1..=progress.doubted);
+                if progress.writing > progress.answered {
+                    self.again.insert(progress.writing);
+                }
+                let applied = apply(&mut delivery, until).await;
+                if let End::Stops(_) = end {
+                    delivery.stopper().stop().unwrap();
+                }
+                self.in_doubt = delivery.progress().in_doubt;
+                applied.map(|()| delivery.progress().requests == ENTRIES * PER_ENTRY)
+            }
+            Err(error) => Err(error),
+        };
+        match end {
+            // Fewer steps were left than that: it did not die.
+            End::Dies(_, _) if lived.is_ok() => {
+                self.disk.0.lock().unwrap().dies_at = None;
+                lived.unwrap()
+            }
+            End::Dies(_, crash) => {
+                self.disk = self.disk.after(crash);
+                if !matches!(crash, Crash::Agent) {
+                    self.boot += 1;
+                }
+                false
+            }
+            End::Stops(_) => {
+                self.disk = self.disk.after(Crash::Agent);
+                lived.unwrap()
+            }
+            End::Finishes => lived.unwrap(),
+        }
     }
-    let mut received = BTreeMap::new();
-    for seen in fake.seen() {
-        *received.entry(seen.index).or_default() += 1;
+
+    /// Checks what the app received: every request, and more than once only what a start said
+    /// was in doubt, each time counted.
+    fn check(&self, what: &str) -> usize {
+        let mut received = BTreeMap::<u64, usize>::new();
+        for seen in self.fake.seen() {
+            *received.entry(seen.index).or_default() += 1;
+        }
+        let what = format!("{what}: received {received:?}, in doubt {:?}", self.again);
+        for seq in 1..=ENTRIES * PER_ENTRY {
+            assert!(received.contains_key(&seq), "request {seq} skipped; {what}");
+        }
+        let mut repeats = 0;
+        for (seq, n) in &received {
+            if *n > 1 {
+                assert!(self.again.contains(seq), "request {seq} repeated; {what}");
+                repeats += n - 1;
+            }
+        }
+        assert!(
+            repeats as u64 <= self.in_doubt,
+            "{repeats} repeats counted {}; {what}",
+            self.in_doubt
+        );
+        repeats
     }
-    (received, in_doubt)
+}
+
+/// Writes and syncs of the progress in a life that delivers everything.
+async fn steps() -> usize {
+    let mut lives = Lives::new().await;
+    let before = lives.disk.ops();
+    assert!(lives.live(End::Finishes).await);
+    lives.check("without a crash");
+    lives.disk.ops() - before
+}
+
+fn crashes(step: usize) -> impl Iterator<Item = Crash> {
+    let torn = (0..16).map(move |seed| Crash::PowerLostTorn(seed * 1000 + step as u64));
+    [Crash::Agent, Crash::PowerLost].into_iter().chain(torn)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crash_at_any_step_skips_nothing_and_repeats_only_what_is_counted_in_doubt() {
-    let (received, _) = run(None, Crash::Agent).await;
-    let all: BTreeMap<u64, usize> = (1..=ENTRIES * PER_ENTRY).map(|seq| (seq, 1)).collect();
-    assert_eq!(received, all, "without a crash");
-    // Writes and syncs of the progress when nothing fails.
-    let steps = {
-        let fake = FakeApp::start(|_| Act::Reply(OK)).await;
-        let disk = Disk::default();
-        let kept = ProgressFile::on(Box::new(disk.clone()), true).unwrap();
-        let before = disk.ops();
-        let mut delivery = Delivery::on(kept, BOOT, app_of(&fake), None).unwrap();
-        apply(&mut delivery).await.unwrap();
-        disk.ops() - before
-    };
+    let steps = steps().await;
     assert!(steps > 10, "{steps} steps");
     let mut repeated_somewhere = false;
     for step in 1..=steps {
-        let torn = (0..16).map(|seed| Crash::PowerLostTorn(seed * 1000 + step as u64));
-        for crash in [Crash::Agent, Crash::PowerLost].into_iter().chain(torn) {
-            let (received, in_doubt) = run(Some(step), crash).await;
-            let what = format!("died at step {step}, {crash:?}: received {received:?}");
-            for seq in 1..=ENTRIES * PER_ENTRY {
-                assert!(received.contains_key(&seq), "request {seq} skipped; {what}");
-            }
-            assert!(received.values().all(|n| *n <= 2), "{what}");
-            let twice = received.values().filter(|n| **n == 2).count() as u64;
-            assert!(
-                twice <= in_doubt,
-                "{twice} sent twice, {in_doubt} counted in doubt; {what}"
-            );
-            repeated_somewhere |= twice > 0;
+        for crash in crashes(step) {
+            let mut lives = Lives::new().await;
+            assert!(!lives.live(End::Dies(step, crash)).await);
+            assert!(lives.live(End::Finishes).await);
+            let repeats = lives.check(&format!("died at step {step}, {crash:?}"));
+            repeated_somewhere |= repeats > 0;
             if let Crash::Agent = crash {
                 // The agent's own crash loses no write: at most the request being written is in
                 // doubt.
-                assert!(in_doubt <= 1, "{what}");
+                assert!(lives.in_doubt <= 1, "{}", lives.in_doubt);
             }
         }
     }
     assert!(repeated_somewhere, "some crash left a request in doubt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_planned_stop_a_crash_at_any_step_repeats_only_what_is_counted() {
+    let steps = steps().await;
+    for stopped_after in 0..ENTRIES * PER_ENTRY {
+        for step in 1..=steps {
+            for crash in crashes(step).take(4) {
+                let mut lives = Lives::new().await;
+                assert!(!lives.live(End::Stops(stopped_after)).await);
+                if !lives.live(End::Dies(step, crash)).await {
+                    assert!(lives.live(End::Finishes).await);
+                }
+                lives.check(&format!(
+                    "stopped after {stopped_after}, died at step {step}, {crash:?}"
+                ));
+            }
+        }
+    }
 }

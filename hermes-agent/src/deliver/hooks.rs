@@ -47,7 +47,8 @@ impl Hooks {
                 self.dir.blocking(|dir| dir.remove(FILE)).await?;
                 self.run(&self.snapshot).await?;
                 self.dir
-                    .blocking(|dir| dir.read(FILE))
+                    // Written by the operator's command: as large as the app's state is.
+                    .blocking(|dir| dir.read(FILE, u64::MAX))
                     .await?
                     .ok_or_else(|| std::io::Error::other("the snapshot command wrote no file"))
             };

@@ -54,7 +54,7 @@ use bytes::Bytes;
 pub use app::App;
 use app::Sent;
 use progress::ProgressFile;
-pub use progress::{Progress, Storage, boot_id};
+pub use progress::{Progress, Storage, boot_id, initial as initial_progress};
 pub use sessions::Sessions;
 
 use crate::{
@@ -177,14 +177,17 @@ impl Delivery {
                 to = progress.durable_through,
                 "the machine restarted while these requests may have been going to the app, and \
                  what was recorded of them since may be lost: each is sent once more, with \
-                 {LOG_INDEX_HEADER}, and counted in doubt"
+                 {LOG_INDEX_HEADER}, and counted in doubt as it is"
             );
-            progress.in_doubt += progress.durable_through - written;
-            progress.doubted = progress.durable_through;
+            progress.doubted = progress.doubted.max(progress.durable_through);
         }
+        // Nothing after what was begun has begun in this life: the first request that does
+        // makes a new promise durable.
+        progress.durable_through = progress.writing.max(written);
         progress.boot = boot;
         progress.stopped = false;
-        file.write(&progress)?;
+        // Durable at once: what is in doubt stays so through another crash.
+        file.write_synced(&progress)?;
         Ok(Self {
             app,
             file: Arc::new(Mutex::new(file)),
@@ -253,11 +256,11 @@ impl Delivery {
         // Counted in doubt, and not answered yet: sent once more still.
         let resending = seq > progress.answered && seq <= progress.doubted;
         if seq <= progress.answered || (seq <= progress.written && !resending) {
-            // Delivered before a restart, which rebuilt the sessions only up to an earlier
-            // request: remember it, so that a retry of it is recognised.
-            self.sessions.remember(key);
-            // So are the TCP connections it opened or closed.
-            if let Some(connections) = &mut self.tcp
+            // Handled before a restart, whose rebuild may not have seen it: remember it, so that
+            // a retry of it is recognised, and the TCP connection it opened or closed (a copy was
+            // not applied, and is not now).
+            if self.sessions.first(key)
+                && let Some(connections) = &mut self.tcp
                 && let Some(chunk) = Chunk::decode(request)
             {
                 connections.replayed((key.0, key.1, chunk.conn), &chunk.event);
@@ -273,7 +276,7 @@ impl Delivery {
             return Ok(Outcome::Duplicate);
         }
         if self.tcp.is_some() {
-            return self.deliver_event(seq, key, request).await;
+            return self.deliver_event(seq, key, request, resending).await;
         }
         let Some((conn, head, body)) = Ordered::decode(request).and_then(|ordered| {
             let (head, body) = split(&ordered.request)?;
@@ -293,16 +296,22 @@ impl Delivery {
 
         let app = Arc::clone(&self.app);
         let mut turn = app.turn().await;
+        // Going to the app once more: counted as it goes (the count durable before it goes).
         let mut again = resending;
         if !again && self.progress.writing == seq {
             // Begun before the agent stopped: whether the app got it is unknown.
             again = true;
-            self.doubt(seq, "the agent stopped while writing it")?;
+            self.doubt(seq, "the agent stopped while writing it");
         }
+        let mut uncounted = again;
         let mut delay = RETRY_MIN;
         loop {
             turn.ready(conn).await;
-            self.begin(seq)?;
+            let counting = std::mem::take(&mut uncounted);
+            if counting {
+                self.progress.in_doubt += 1;
+            }
+            self.begin(seq, counting)?;
             let (progress, file) = (&mut self.progress, &self.file);
             let delivered = || {
                 if progress.written < seq {
@@ -341,7 +350,8 @@ impl Delivery {
                 }
                 (_, Err(ReadError::Closed)) if !again => {
                     again = true;
-                    self.doubt(seq, "the app's connection ended before its answer")?;
+                    self.doubt(seq, "the app's connection ended before its answer");
+                    uncounted = true;
                     continue;
                 }
                 (_, Err(ReadError::Closed)) => {
@@ -353,12 +363,14 @@ impl Delivery {
         }
     }
 
-    /// Applies event `seq` of a TCP connection of `key`'s origin.
+    /// Applies event `seq` of a TCP connection of `key`'s origin; `resending`: it may have
+    /// been applied before the machine restarted.
     async fn deliver_event(
         &mut self,
         seq: u64,
         key: RequestKey,
         payload: &Bytes,
+        resending: bool,
     ) -> std::io::Result<Outcome> {
         let Some(chunk) = Chunk::decode(payload) else {
             tracing::error!(seq, "not a TCP connection event; nothing sent to the app");
@@ -378,7 +390,11 @@ impl Delivery {
         else {
             unreachable!("TCP mode")
         };
-        let writing = || begin(progress, file, *planned, seq);
+        // Applied once more after the machine restarted: counted as it goes.
+        let writing = || {
+            progress.in_doubt += u64::from(resending);
+            begin(progress, file, *planned, seq, resending)
+        };
         let applied = connections
             .apply(&app, seq, conn, chunk.event, writing)
             .await?;
@@ -395,14 +411,15 @@ impl Delivery {
                      the rest of a stream without its beginning. The other replicas applied it"
                 );
                 tracing::error!(seq, ?conn, "{why}");
-                self.outcome(seq, Outcome::Diverged(why))
+                // Not recorded as handled yet: the caller fences first (see `pass_over`).
+                Ok(Outcome::Diverged(why))
             }
         }
     }
 
     /// Right before the first byte of request `seq` goes to the app: see [`begin`].
-    fn begin(&mut self, seq: u64) -> std::io::Result<()> {
-        begin(&mut self.progress, &self.file, self.planned, seq)
+    fn begin(&mut self, seq: u64, sync: bool) -> std::io::Result<()> {
+        begin(&mut self.progress, &self.file, self.planned, seq, sync)
     }
 
     /// Writes the progress as it is now.
@@ -419,16 +436,21 @@ impl Delivery {
         Ok(outcome)
     }
 
-    /// Counts request `seq` as in doubt: it goes to the app once more (also after a restart).
-    fn doubt(&mut self, seq: u64, why: &str) -> std::io::Result<()> {
+    /// Marks request `seq` as in doubt: it goes to the app once more (also after a restart),
+    /// and is counted as it goes (see [`begin`]).
+    fn doubt(&mut self, seq: u64, why: &str) {
         tracing::warn!(
             seq,
             why,
             "in doubt whether the app has the request: sending it once more, with {LOG_INDEX_HEADER}: {seq}"
         );
-        self.progress.in_doubt += 1;
         self.progress.doubted = self.progress.doubted.max(seq);
-        self.write()
+    }
+
+    /// Records that request `seq`, which this replica could not apply as the others did
+    /// ([`Outcome::Diverged`]), is passed over.
+    pub fn pass_over(&mut self, seq: u64) -> std::io::Result<()> {
+        self.outcome(seq, Outcome::Event).map(drop)
     }
 
     /// Records that every request of entry `log_id` was handled.
@@ -478,24 +500,26 @@ impl Stopper {
 }
 
 /// Records in `progress` and its `file`, right before the first byte of request `seq` goes to
-/// the app, that it may have begun: durably first if no earlier sync covers it, and then for the
-/// requests up to `planned` (the last of the entries being applied) too, up to
-/// [`MAX_UNSYNCED`].
+/// the app, that it may have begun: durably first if no earlier sync covers it (or if `sync`:
+/// it is counted in doubt, and the count must survive), and then for the requests up to
+/// `planned` (the last of the entries being applied) too, up to [`MAX_UNSYNCED`].
 fn begin(
     progress: &mut Progress,
     file: &Mutex<ProgressFile>,
     planned: u64,
     seq: u64,
+    sync: bool,
 ) -> std::io::Result<()> {
-    if progress.writing == seq && seq <= progress.durable_through {
+    if !sync && progress.writing == seq && seq <= progress.durable_through {
         return Ok(());
     }
     progress.writing = seq;
     let mut file = file.lock().unwrap();
-    if seq <= progress.durable_through {
+    if !sync && seq <= progress.durable_through {
         return file.write(progress);
     }
-    progress.durable_through = planned.clamp(seq, seq.saturating_add(MAX_UNSYNCED - 1));
+    let promise = planned.clamp(seq, seq.saturating_add(MAX_UNSYNCED - 1));
+    progress.durable_through = progress.durable_through.max(promise);
     file.write_synced(progress)
 }
 

@@ -170,14 +170,7 @@ impl ProgressFile {
             stopped: self.stopped,
             ..progress.clone()
         };
-        let body = encode(&(self.seq, &self.last))?;
-        if body.len() + 10 > SLOT {
-            return Err(std::io::Error::other("progress record too large"));
-        }
-        let mut buf = [0u8; SLOT];
-        buf[..2].copy_from_slice(&(body.len() as u16).to_le_bytes());
-        buf[2..2 + body.len()].copy_from_slice(&body);
-        buf[2 + body.len()..10 + body.len()].copy_from_slice(&fnv1a(&[&body]).to_le_bytes());
+        let buf = slot(self.seq, &self.last)?;
         // Neither the last synced record's slot, nor the one written last (which holds the
         // newest record, should this write be torn).
         let slot = (0..SLOTS)
@@ -208,9 +201,33 @@ impl ProgressFile {
     /// and after a restart of the machine that record is exact.
     pub fn stop(&mut self) -> std::io::Result<()> {
         self.stopped = true;
-        let last = self.last.clone();
+        let last = Progress {
+            durable_through: self.last.writing.max(self.last.written),
+            ..self.last.clone()
+        };
         self.write_synced(&last)
     }
+}
+
+/// The content of a new progress file: no progress. Made whole before it is in the directory
+/// (renamed there): a file that holds no whole record is never taken for one that holds none.
+pub fn initial() -> std::io::Result<Vec<u8>> {
+    let mut file = vec![0; SLOTS * SLOT];
+    file[..SLOT].copy_from_slice(&slot(1, &Progress::default())?);
+    Ok(file)
+}
+
+/// Record number `seq`, `progress`, as a slot holds it: its length, its bytes, their checksum.
+fn slot(seq: u64, progress: &Progress) -> std::io::Result<[u8; SLOT]> {
+    let body = encode(&(seq, progress))?;
+    if body.len() + 10 > SLOT {
+        return Err(std::io::Error::other("progress record too large"));
+    }
+    let mut buf = [0u8; SLOT];
+    buf[..2].copy_from_slice(&(body.len() as u16).to_le_bytes());
+    buf[2..2 + body.len()].copy_from_slice(&body);
+    buf[2 + body.len()..10 + body.len()].copy_from_slice(&fnv1a(&[&body]).to_le_bytes());
+    Ok(buf)
 }
 
 /// The kernel's boot id: it changes when the machine restarts.

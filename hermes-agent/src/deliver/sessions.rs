@@ -61,12 +61,6 @@ impl Sessions {
         id >= session.floor && session.insert(id)
     }
 
-    /// Remembers `key` as delivered (before a restart, which rebuilt the sessions only up to an
-    /// earlier entry).
-    pub fn remember(&mut self, key: RequestKey) {
-        self.first(key);
-    }
-
     /// Ranges of delivered ids held, over all origins: what the sessions cost in memory.
     pub fn size(&self) -> usize {
         self.sessions.values().map(|s| s.delivered.len()).sum()

@@ -431,11 +431,16 @@ impl Connections {
             Event::Data(_) | Event::Shutdown | Event::Close => {}
         }
         if self.broken.contains(&conn) {
-            if event == Event::Close {
-                self.broken.remove(&conn);
-                return Ok(Applied::Ignored);
-            }
-            return Ok(Applied::Broken(event.kind()));
+            // The app's side of it ended when the agent stopped: a close or a half-close adds
+            // nothing to that; bytes do.
+            return Ok(match event {
+                Event::Close => {
+                    self.broken.remove(&conn);
+                    Applied::Ignored
+                }
+                Event::Shutdown => Applied::Ignored,
+                _ => Applied::Broken(event.kind()),
+            });
         }
         if !self.open.contains_key(&conn) {
             return Ok(Applied::Ignored);

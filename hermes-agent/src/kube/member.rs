@@ -352,7 +352,7 @@ pub fn check_environment() -> Result<(), String> {
 /// another when the pod's label changes.
 fn belongs_to_group(data_dir: &DataDir, pod: &Protected) -> Result<(), MemberError> {
     let labelled = format!("{}/{}", pod.key.namespace, pod.group);
-    match data_dir.read(GROUP).map_err(MemberError::Data)? {
+    match data_dir.read(GROUP, 4096).map_err(MemberError::Data)? {
         Some(recorded) if recorded == labelled.as_bytes() => Ok(()),
         Some(recorded) => Err(MemberError::OtherGroup {
             recorded: String::from_utf8_lossy(&recorded).into_owned(),

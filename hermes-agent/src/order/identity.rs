@@ -106,7 +106,8 @@ impl Identity {
 
 /// File `name` of `dir` as text; `None` if there is none.
 fn read_text(dir: &DataDir, name: &str) -> Result<Option<String>, IdentityError> {
-    match dir.read(name)? {
+    // A few lines; more is not a file of ours.
+    match dir.read(name, 4096)? {
         Some(bytes) => String::from_utf8(bytes)
             .map(Some)
             .map_err(|e| IdentityError::Damaged(String::from_utf8_lossy(e.as_bytes()).into())),

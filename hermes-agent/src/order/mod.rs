@@ -374,6 +374,7 @@ impl Node {
                 identity,
                 forward_timeout: settings.request_timeout,
                 handshake_timeout: server::HANDSHAKE_TIMEOUT,
+                max_handshakes: server::MAX_HANDSHAKES,
                 max_connections: server::MAX_CONNECTIONS,
             }),
         ));
@@ -460,6 +461,7 @@ impl Node {
             .chunks(crate::tcp::MAX_ABANDONED)
             .map(|conns| Event::Abandon(conns.to_vec()));
         let events: Vec<Event> = abandon.chain([Event::Lost]).collect();
+        let mut last = None;
         for event in events {
             let conn = if event == Event::Lost {
                 self.identity.first_id()
@@ -467,13 +469,23 @@ impl Node {
                 0
             };
             let payload = Chunk::new(conn, event).encode();
-            // Not a member yet (joining): wait to be one.
-            while self.order(payload.clone()).await.is_err() {
+            loop {
+                let (command, flying) = self.command(payload.clone());
+                let id = command.id;
+                let applied = self.applied.register(id);
+                if self.order_command(command, flying).await.is_ok() {
+                    last = Some(applied);
+                    break;
+                }
+                // Not a member yet (joining): wait to be one.
+                self.applied.forget(id);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        let committed = self.log.committed().map_or(0, |id| id.index);
-        self.applied.applied_at_least(committed).await;
+        // Applied here: the last, so the others before it.
+        if let Some(applied) = last {
+            let _ = applied.await;
+        }
         self.announced.store(true, Ordering::Relaxed);
     }
 
@@ -486,17 +498,35 @@ impl Node {
     /// In raw TCP mode, before a planned stop: orders that every connection still open is
     /// abandoned (closed on every replica, clients reset), and stops delivering right after it,
     /// so that this replica leaves no connection open behind it: it could not apply the rest
-    /// of one after its restart. Returns once that is applied here (never, if it cannot be
-    /// ordered: bound it with a timeout).
-    pub async fn abandon_connections(&self) {
+    /// of one after its restart. Waits `to_order` at most for the order to be committed, then
+    /// `to_apply` for this replica to apply it; says whether it stopped right after it.
+    pub async fn abandon_connections(&self, to_order: Duration, to_apply: Duration) -> bool {
         if !self.tcp {
-            return;
+            return true;
         }
         let (command, flying) = self.command(Chunk::new(0, Event::Abandon(Vec::new())).encode());
         self.applied.halt_after(command.key());
-        if self.order_command(command, flying).await.is_ok() {
-            self.applied.halted().await;
+        let ordered = tokio::time::timeout(to_order, self.order_command(command, flying)).await;
+        if !matches!(ordered, Ok(Ok(()))) {
+            tracing::warn!(
+                "the connections still open could not be abandoned (not ordered within \
+                 {to_order:?}): after its restart this replica abandons them, and fences itself \
+                 if it missed bytes of one"
+            );
+            return false;
         }
+        if tokio::time::timeout(to_apply, self.applied.halted())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the connections still open were abandoned, but this replica did not apply that \
+                 within {to_apply:?}: after its restart it fences itself if it missed bytes of \
+                 one"
+            );
+            return false;
+        }
+        true
     }
 
     /// A new connection id, unique across this node's restarts and incarnations: a client

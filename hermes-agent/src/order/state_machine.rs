@@ -53,6 +53,8 @@ pub struct Applied {
     fenced: watch::Sender<bool>,
     /// Why it was fenced, last.
     fenced_because: Mutex<Option<String>>,
+    /// Where a fence is kept across restarts (the file [`FENCED`]).
+    dir: DataDir,
     /// The command after which delivery stops for good (a planned stop in raw TCP mode).
     halt_after: Mutex<Option<RequestKey>>,
     halted: Notify,
@@ -132,13 +134,16 @@ impl Applied {
     }
 
     /// Fences this replica: it applies nothing more until resumed, and reports not ready,
-    /// saying `why`.
+    /// saying `why`. The fence is kept in the data directory: a restart does not lift it.
     pub fn fence(&self, why: String) {
         tracing::error!(
             why,
             "fenced: this replica stops applying and reports not ready until an operator \
              resumes it (`hermes-agent ctl resume`) or rebuilds it"
         );
+        if let Err(error) = self.dir.replace(FENCED, why.as_bytes()) {
+            tracing::error!(%error, "cannot keep the fence in the data directory");
+        }
         *self.fenced_because.lock().unwrap() = Some(why);
         self.fenced.send_replace(true);
     }
@@ -149,8 +154,10 @@ impl Applied {
     }
 
     /// Lets a fenced replica apply again.
-    pub fn resume(&self) {
+    pub fn resume(&self) -> std::io::Result<()> {
+        self.dir.remove(FENCED)?;
         self.fenced.send_replace(false);
+        Ok(())
     }
 
     /// Makes delivery stop for good right after the command with `key` (once it is applied).
@@ -189,8 +196,11 @@ impl Applied {
         let answer = match outcome {
             Outcome::Answered(response) => Ok(response),
             Outcome::Unanswered(why) => Err(why),
-            Outcome::Diverged(why) => return self.fence(why),
-            Outcome::Duplicate | Outcome::Earlier | Outcome::Event => return,
+            // Not applied here (fenced already, before the event counted as handled): whoever
+            // waits for it waits for a resumption.
+            Outcome::Diverged(_) => return,
+            // Applied, with no answer of its own (a connection event), or applied before.
+            Outcome::Duplicate | Outcome::Earlier | Outcome::Event => Err("no answer of its own"),
         };
         if command.origin == self.node_id
             && command.incarnation == self.incarnation
@@ -227,8 +237,13 @@ pub struct StateMachine {
     current: CurrentSnapshot,
 }
 
+/// The most read of a file the state machine keeps that holds no app state.
+const SMALL_FILE: u64 = 64 << 20;
+
 /// Files of the state machine in the data directory.
 const PROGRESS: &str = "progress";
+/// Why the replica is fenced, while it is.
+const FENCED: &str = "fenced";
 const MEMBERSHIP: &str = "membership";
 const SNAPSHOT: &str = "snapshot";
 /// The progress file of Hermes before delivery counted "written" and "in doubt".
@@ -280,18 +295,28 @@ impl StateMachine {
             ))));
         }
         let boot = crate::deliver::boot_id().map_err(|e| read_error(&e))?;
+        if !dir.contains(PROGRESS).map_err(|e| read_error(&e))? {
+            let initial = crate::deliver::initial_progress().map_err(|e| read_error(&e))?;
+            dir.replace(PROGRESS, &initial)
+                .map_err(|e| read_error(&e))?;
+        }
         let progress = dir.open_file(PROGRESS).map_err(|e| read_error(&e))?;
         let mut delivery =
             Delivery::open(progress, boot, Arc::clone(&app), tcp).map_err(|e| read_error(&e))?;
         if !sync_progress {
             delivery.without_syncs();
         }
-        let membership = match dir.read(MEMBERSHIP).map_err(|e| read_error(&e))? {
+        let membership = match dir
+            .read(MEMBERSHIP, SMALL_FILE)
+            .map_err(|e| read_error(&e))?
+        {
             Some(bytes) => decode(&bytes).map_err(|e| read_error(&e))?,
             None => StoredMembership::default(),
         };
         let current: Option<(SnapshotMeta, Vec<u8>)> = match dir
-            .read(SNAPSHOT)
+            // With hooks, the app's state is in it (and the operator's directory holds it);
+            // without, what delivery keeps besides the app, which is small.
+            .read(SNAPSHOT, if hooks.is_some() { u64::MAX } else { SMALL_FILE })
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?
         {
             Some(bytes) => {
@@ -350,6 +375,16 @@ impl StateMachine {
         }
         let applied = progress.applied.map_or(0, |id| id.index);
         digests.handled(progress.requests);
+        let fenced_because = dir
+            .read(FENCED, SMALL_FILE)
+            .map_err(|e| read_error(&e))?
+            .map(|why| String::from_utf8_lossy(&why).into_owned());
+        if let Some(why) = &fenced_because {
+            tracing::error!(
+                why,
+                "this replica was fenced before it stopped, and still is"
+            );
+        }
         let shared = Arc::new(Applied {
             node_id,
             incarnation,
@@ -360,8 +395,9 @@ impl StateMachine {
             in_doubt: AtomicU64::new(progress.in_doubt),
             unconfirmed: AtomicU64::new(progress.unconfirmed),
             digests,
-            fenced: watch::Sender::new(false),
-            fenced_because: Mutex::default(),
+            fenced: watch::Sender::new(fenced_because.is_some()),
+            fenced_because: Mutex::new(fenced_because),
+            dir: dir.clone(),
             halt_after: Mutex::default(),
             halted: Notify::new(),
             stopper: delivery.stopper(),
@@ -457,6 +493,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             .deliver(seq, command.key(), &command.payload)
                             .await
                             .map_err(failed)?;
+                        if let Outcome::Diverged(why) = &outcome {
+                            // Fenced for good first, then the event is passed over: a crash
+                            // in between finds the fence, never the event merely gone.
+                            self.applied.fence(why.clone());
+                            self.delivery.pass_over(seq).map_err(failed)?;
+                        }
                         self.applied.record(seq, &command, outcome, &self.delivery);
                         self.halt_if_asked(&command).await;
                     }
@@ -668,7 +710,11 @@ async fn replay(
             let (origin, incarnation, _) = batch.id;
             sessions.advance((origin, incarnation), batch.floor);
             for command in batch.commands.iter().take(handled) {
-                sessions.remember(command.key());
+                // A copy, or a request below its node's floor, was not applied: neither is it
+                // here.
+                if !sessions.first(command.key()) {
+                    continue;
+                }
                 if let Some(connections) = tcp.as_deref_mut()
                     && let Some(chunk) = Chunk::decode(&command.payload)
                 {

@@ -12,19 +12,19 @@
 //! learner being added, a member of a cluster being formed). What a call says of its sender
 //! (the leader or candidate of a vote, the origin of forwarded requests) must be its sender.
 use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, mpsc},
+    sync::{Semaphore, mpsc, oneshot},
 };
 
 use super::{
     Peers,
-    tls::{Io, Security},
+    tls::{Io, Presented, Security},
     wire::{self, Call, ForwardError, Reply, Target},
 };
 use crate::order::{
@@ -40,11 +40,18 @@ use crate::order::{
 
 /// Calls of one connection served at once.
 const CALLS_PER_CONNECTION: usize = 64;
-/// Peer connections served at once: each peer keeps one (two for a moment when it reconnects),
-/// so this leaves room for large clusters while bounding what strangers can hold.
+/// Authenticated peer connections served at once: each peer keeps one (two for a moment when it
+/// reconnects), so this leaves room for large clusters.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Connections still in their TLS handshake at once. Beyond, the one that has been at it the
+/// longest is closed: strangers that connect and send nothing cannot keep a peer out, as a
+/// peer's handshake takes milliseconds.
+pub const MAX_HANDSHAKES: usize = 64;
 /// How long a connection may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An established peer connection that carries nothing (its peer lost power, say) is found out
+/// by TCP keepalive after this long, then a few probes.
+const KEEPALIVE: Duration = Duration::from_secs(30);
 
 pub struct Server {
     pub raft: Raft,
@@ -56,27 +63,63 @@ pub struct Server {
     pub forward_timeout: Duration,
     /// How long a connection may take to complete its TLS handshake ([`HANDSHAKE_TIMEOUT`]).
     pub handshake_timeout: Duration,
-    /// Connections served at once ([`MAX_CONNECTIONS`]); more are closed at once.
+    /// Connections in their handshake at once ([`MAX_HANDSHAKES`]); beyond, the oldest goes.
+    pub max_handshakes: usize,
+    /// Authenticated connections served at once ([`MAX_CONNECTIONS`]); more are closed.
     pub max_connections: usize,
 }
 
+/// The connections in their handshake, oldest first, each with what closes it.
+#[derive(Default)]
+struct Handshakes {
+    next: u64,
+    waiting: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
 pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+    let handshakes = Arc::new(Mutex::new(Handshakes::default()));
     let slots = Arc::new(Semaphore::new(server.max_connections));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                    tracing::debug!(
-                        %peer,
-                        max = server.max_connections,
-                        "too many peer connections; closing one"
-                    );
-                    drop(stream);
-                    continue;
+                let (id, evicted) = {
+                    let mut handshakes = handshakes.lock().unwrap();
+                    if handshakes.waiting.len() >= server.max_handshakes.max(1)
+                        && let Some((_, oldest)) = handshakes.waiting.pop_front()
+                    {
+                        tracing::debug!(%peer, "too many peer handshakes; closing the oldest");
+                        let _ = oldest.send(());
+                    }
+                    let (evict, evicted) = oneshot::channel();
+                    let id = handshakes.next;
+                    handshakes.next += 1;
+                    handshakes.waiting.push_back((id, evict));
+                    (id, evicted)
                 };
-                let server = Arc::clone(&server);
+                let (server, handshakes, slots) = (
+                    Arc::clone(&server),
+                    Arc::clone(&handshakes),
+                    Arc::clone(&slots),
+                );
                 tokio::spawn(async move {
-                    if let Err(error) = connection(stream, server).await {
+                    let shaken = tokio::select! {
+                        shaken = handshake(stream, &server) => shaken,
+                        _ = evicted => Err(std::io::Error::other("evicted by newer handshakes")),
+                    };
+                    handshakes
+                        .lock()
+                        .unwrap()
+                        .waiting
+                        .retain(|(waiting, _)| *waiting != id);
+                    let Ok(slot) = slots.try_acquire_owned() else {
+                        tracing::debug!(%peer, "too many peer connections; closing one");
+                        return;
+                    };
+                    let served = match shaken {
+                        Ok(shaken) => calls(shaken, server).await,
+                        Err(error) => Err(error),
+                    };
+                    if let Err(error) = served {
                         tracing::debug!(%peer, %error, "peer connection ended");
                     }
                     drop(slot);
@@ -90,17 +133,34 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
     }
 }
 
-async fn connection(stream: TcpStream, server: Arc<Server>) -> std::io::Result<()> {
+/// A connection past its handshake: the stream, the certificate the peer presented (`None`
+/// without TLS) and the certificates' generation then.
+type Shaken = (Box<dyn Io>, Option<Presented>, u64);
+
+/// Completes a connection's TLS handshake (within the server's time limit).
+async fn handshake(stream: TcpStream, server: &Server) -> std::io::Result<Shaken> {
     stream.set_nodelay(true)?;
-    let security = server.peers.security().clone();
-    let (stream, presented, generation): (Box<dyn Io>, _, _) = match &security {
+    let keepalive = nix::sys::socket::sockopt::KeepAlive;
+    let _ = nix::sys::socket::setsockopt(&stream, keepalive, &true);
+    let _ = nix::sys::socket::setsockopt(
+        &stream,
+        nix::sys::socket::sockopt::TcpKeepIdle,
+        &(KEEPALIVE.as_secs() as u32),
+    );
+    match server.peers.security() {
         Security::Tls(tls) => {
             let generation = tls.generation();
             let (stream, presented) = tls.accept(stream, server.handshake_timeout).await?;
-            (stream, Some(presented), generation)
+            Ok((stream, Some(presented), generation))
         }
-        Security::Insecure => (Box::new(stream), None, 0),
-    };
+        Security::Insecure => Ok((Box::new(stream), None, 0)),
+    }
+}
+
+/// Serves the calls of an authenticated connection until it ends.
+async fn calls(shaken: Shaken, server: Arc<Server>) -> std::io::Result<()> {
+    let (stream, presented, generation) = shaken;
+    let security = server.peers.security().clone();
     let (mut reader, writer) = tokio::io::split(stream);
     let (frames, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move { wire::write_frames(writer, &mut queue).await });
@@ -162,10 +222,29 @@ fn authorize(server: &Server, from: NodeId, call: &Call) -> Result<(), String> {
         Call::InstallSnapshot(_, rpc) => rpc.vote.leader_id().voted_for(),
         Call::Vote(_, rpc) => rpc.vote.leader_id().voted_for(),
         Call::Forward(batch) => {
-            if batch.commands.iter().any(|command| command.origin != from) {
+            let (origin, incarnation, _) = batch.id;
+            if batch
+                .commands
+                .iter()
+                .any(|command| (command.origin, command.incarnation) != (origin, incarnation))
+            {
                 return Err(format!("node {from} forwards requests of another node"));
             }
-            Some(batch.id.0)
+            // A node speaks for its own incarnation only: the floor of its batches settles its
+            // requests.
+            let metrics = server.raft.metrics();
+            let member = metrics
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&origin)
+                .cloned();
+            if member.is_some_and(|member| member.incarnation != incarnation) {
+                return Err(format!(
+                    "node {from} forwards requests of another incarnation of itself"
+                ));
+            }
+            Some(origin)
         }
         Call::Hello
         | Call::ChangeMembership(_)

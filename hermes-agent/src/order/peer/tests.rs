@@ -63,12 +63,17 @@ fn addr(node: &Node) -> String {
 }
 
 fn forward(from: u64) -> Call {
+    forward_as(from, 1)
+}
+
+/// A batch node `from` forwards, of its incarnation `incarnation`.
+fn forward_as(from: u64, incarnation: u64) -> Call {
     Call::Forward(Batch {
-        id: (from, 1, 1),
+        id: (from, incarnation, 1),
         floor: 0,
         commands: vec![Command {
             origin: from,
-            incarnation: 1,
+            incarnation,
             id: 1,
             payload: crate::http::ordered::Ordered {
                 conn: 1,
@@ -93,6 +98,7 @@ fn server_for(node: &Node) -> server::Server {
         identity: node.identity,
         forward_timeout: WAIT,
         handshake_timeout: server::HANDSHAKE_TIMEOUT,
+        max_handshakes: server::MAX_HANDSHAKES,
         max_connections: server::MAX_CONNECTIONS,
     }
 }
@@ -114,6 +120,14 @@ async fn closed_by_server(stream: &mut TcpStream) -> bool {
 
 /// Says hello as node 2 over TLS on `stream`, a connection to node 1's peer port.
 async fn hello_on(stream: TcpStream, two: &NodeFiles) -> std::io::Result<Reply> {
+    hello_held(stream, two).await.map(|(_, reply)| reply)
+}
+
+/// [`hello_on`], and the connection, kept open until what is returned with the answer drops.
+async fn hello_held(
+    stream: TcpStream,
+    two: &NodeFiles,
+) -> std::io::Result<(Box<dyn std::any::Any + Send>, Reply)> {
     let tls = PeerTls::load(files(two)).unwrap();
     let stream = tls.connect(stream, 1).await?;
     let (mut reader, mut writer) = tokio::io::split(stream);
@@ -124,7 +138,7 @@ async fn hello_on(stream: TcpStream, two: &NodeFiles) -> std::io::Result<Reply> 
     wire::read_frame(&mut reader, &mut buf, 1 << 20)
         .await?
         .ok_or(std::io::ErrorKind::UnexpectedEof)?;
-    log_store::decode(&buf)
+    Ok((Box::new((reader, writer)), log_store::decode(&buf)?))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -171,6 +185,25 @@ async fn only_authenticated_members_speaking_for_themselves_are_heard() {
     let refused = spoofing.get(1, &at).call(&forward(1), WAIT).await.unwrap();
     assert!(
         matches!(&refused, Reply::Rejected(why) if why.contains("does not name node 1")),
+        "{refused:?}"
+    );
+
+    // Node 1 itself, for an incarnation it is not (one before its data was lost): refused.
+    let one = PeerTls::load(Files {
+        cert: dir.path().join("certs").join("node-1.pem"),
+        key: dir.path().join("certs").join("node-1-key.pem"),
+        ca: dir.path().join("certs").join("ca.pem"),
+    })
+    .unwrap();
+    let itself = Peers::new(1, 1 << 20, Security::Tls(one));
+    let other_life = node.identity.incarnation.wrapping_add(1);
+    let refused = itself
+        .get(1, &at)
+        .call(&forward_as(1, other_life), WAIT)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, Reply::Rejected(why) if why.contains("another incarnation")),
         "{refused:?}"
     );
 
@@ -275,33 +308,42 @@ async fn connections_that_never_complete_a_handshake_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn connections_beyond_the_cap_are_closed_at_once_and_the_others_held() {
+async fn strangers_in_their_handshake_cannot_keep_a_peer_out_and_peers_are_capped() {
     let app = FakeApp::start(|_| Act::Reply(OK)).await;
     let dir = tempfile::tempdir().unwrap();
     let (node, _ca, two) = secured(dir.path(), &app).await;
-    // No handshake timeout to speak of: only the cap closes connections here.
+    // No handshake timeout to speak of: only the caps close connections here.
     let at = serve(server::Server {
         handshake_timeout: Duration::from_secs(3600),
-        max_connections: 2,
+        max_handshakes: 2,
+        max_connections: 1,
         ..server_for(&node)
     })
     .await;
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        held.push(TcpStream::connect(at).await.unwrap());
-    }
-    // Accepted in the order they connected: the third is beyond the cap.
-    let mut beyond = TcpStream::connect(at).await.unwrap();
-    assert!(closed_by_server(&mut beyond).await, "closed at once");
-    // The two before it are still served: each completes its handshake and is heard.
-    for stream in held {
-        let hello = hello_on(stream, &two).await.unwrap();
-        assert!(
-            matches!(hello, Reply::Hello { node_id: 1, .. }),
-            "{hello:?}"
-        );
-    }
-    // Once they are gone, a new connection takes a slot.
+    // Strangers that connect and send nothing: beyond two, the oldest is closed.
+    let mut first = TcpStream::connect(at).await.unwrap();
+    let _second = TcpStream::connect(at).await.unwrap();
+    let _third = TcpStream::connect(at).await.unwrap();
+    assert!(
+        closed_by_server(&mut first).await,
+        "the oldest handshake closed"
+    );
+    // A peer still gets in (its handshake pushes the next oldest stranger out), and is served.
+    let peer = TcpStream::connect(at).await.unwrap();
+    let (held, hello) = hello_held(peer, &two).await.unwrap();
+    assert!(
+        matches!(hello, Reply::Hello { node_id: 1, .. }),
+        "{hello:?}"
+    );
+    // One authenticated connection at most: a second is closed once it is through.
+    assert!(
+        hello_on(TcpStream::connect(at).await.unwrap(), &two)
+            .await
+            .is_err(),
+        "beyond the cap"
+    );
+    drop(held);
+    // Once it is gone, a new connection takes its slot.
     let served = tokio::time::timeout(LONG, async {
         loop {
             let stream = TcpStream::connect(at).await.unwrap();
@@ -349,7 +391,7 @@ async fn a_forward_that_times_out_leaves_no_watch_behind() {
     is_frozen.await.unwrap();
     let reply = forwarder
         .get(1, &at.to_string())
-        .call(&forward(1), WAIT)
+        .call(&forward_as(1, node.identity.incarnation), WAIT)
         .await
         .unwrap();
     assert!(
