@@ -217,6 +217,13 @@ impl AppConn {
     }
 }
 
+/// What a checkpoint keeps of the connections ([`Connections::kept`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Kept {
+    open: Vec<ConnKey>,
+    lost_below: Vec<((NodeId, u64), u64)>,
+}
+
 /// What applying an event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -300,6 +307,24 @@ impl Connections {
             }
             Event::Data(_) | Event::Shutdown => {}
         }
+    }
+
+    /// What a checkpoint keeps of the connections: those open in the log (open or broken
+    /// here), and the origins' restarts.
+    pub fn kept(&self) -> Kept {
+        let mut open: Vec<ConnKey> = self.open.keys().chain(&self.broken).copied().collect();
+        open.sort_unstable();
+        let mut lost_below: Vec<((NodeId, u64), u64)> =
+            self.lost_below.iter().map(|(k, v)| (*k, *v)).collect();
+        lost_below.sort_unstable();
+        Kept { open, lost_below }
+    }
+
+    /// Starts from what a checkpoint kept: the connections open then are broken here now (the
+    /// agent stopped since).
+    pub fn restore(&mut self, kept: Kept) {
+        self.broken = kept.open.into_iter().collect();
+        self.lost_below = kept.lost_below.into_iter().collect();
     }
 
     /// The connections broken here, of other origins than this node (its own are closed by the

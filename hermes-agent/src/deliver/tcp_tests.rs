@@ -532,3 +532,46 @@ async fn a_membership_change_that_removes_a_node_closes_its_connections_everywhe
     app.wait_open(1).await;
     assert_eq!(app.journal(), ["a"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_connections_open_at_a_checkpoint_are_broken_after_a_restart_from_it() {
+    use openraft::storage::{RaftLogStorage as _, RaftLogStorageExt as _, RaftStateMachine as _};
+    let app = LineApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut machine = state_machine(dir.path(), &app, &mut log).await;
+    // Connection 5 opens; origin 1 restarts (its connections below 7 go), and opens 8.
+    let mut entries = vec![
+        entry(1, 5, Event::Open),
+        entry(2, 7, Event::Lost),
+        entry(3, 8, Event::Open),
+    ];
+    entries.extend((4..=4096).map(|index| Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Blank,
+    }));
+    log.blocking_append(entries.clone()).await.unwrap();
+    machine.apply(entries).await.unwrap();
+    drop(machine);
+    // The log before the checkpoint is not read again: here it is gone.
+    log.purge(LogId::new(openraft::CommittedLeaderId::new(1, 1), 4096))
+        .await
+        .unwrap();
+    let (mut restarted, applied) = open_state_machine(dir.path(), &app, &mut log).await;
+    assert_eq!(restarted.broken_connections(), [(1, 1, 8)]);
+    // A late event of connection 5 (gone with its origin's earlier life) is ignored; one of 8
+    // is not resumed: the replica fences itself there.
+    let later = vec![
+        entry(4097, 5, Event::Open),
+        entry(4098, 8, data("APPEND x\n")),
+    ];
+    log.blocking_append(later.clone()).await.unwrap();
+    let applying = tokio::spawn(async move {
+        let _ = restarted.apply(later).await;
+    });
+    let mut fenced = applied.fenced_subscribe();
+    fenced.wait_for(|fenced| *fenced).await.unwrap();
+    assert_eq!(app.open(), 0, "connection 5 not opened again");
+    assert!(app.journal().is_empty(), "connection 8 not resumed");
+    applying.abort();
+}

@@ -848,3 +848,69 @@ async fn the_sessions_rebuilt_at_start_are_those_applying_built() {
     let restarted = state_machine(dir.path(), &app, &mut log).await;
     assert_eq!(*restarted.sessions(), live);
 }
+
+/// Blank log entries `indexes` (as a leader's first entry is).
+fn blanks(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+    indexes
+        .map(|index| Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_replays_the_log_from_its_last_checkpoint() {
+    use openraft::storage::{RaftLogStorage as _, RaftLogStorageExt as _, RaftStateMachine as _};
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut machine = state_machine(dir.path(), &app, &mut log).await;
+    // Request 7 of node 2 (still in flight there), then entries up to a checkpoint.
+    let mut entries = vec![entry(1, 2, 7, [7])];
+    entries.extend(blanks(2..=4096));
+    log.blocking_append(entries.clone()).await.unwrap();
+    machine.apply(entries).await.unwrap();
+    drop(machine);
+    // The log before the checkpoint is not read again: here it is gone.
+    log.purge(LogId::new(openraft::CommittedLeaderId::new(1, 1), 4096))
+        .await
+        .unwrap();
+    let mut restarted = state_machine(dir.path(), &app, &mut log).await;
+    let late = vec![entry(4097, 2, 7, [7, 8])];
+    log.blocking_append(late.clone()).await.unwrap();
+    restarted.apply(late).await.unwrap();
+    let seen: Vec<u64> = app.seen().iter().map(|s| s.index).collect();
+    assert_eq!(seen, [1, 3], "the copy of 7 recognised, 8 delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_past_what_the_progress_says_was_applied_is_not_used() {
+    use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut machine = state_machine(dir.path(), &app, &mut log).await;
+    let mut entries = vec![entry(1, 2, 7, [7]), entry(2, 2, 9, [9])];
+    entries.extend(blanks(3..=4096));
+    log.blocking_append(entries.clone()).await.unwrap();
+    machine.apply(entries).await.unwrap();
+    drop(machine);
+    // The machine lost power: the progress is back at entry 1 (as its last synced record had
+    // it), the checkpoint at 4096 is not.
+    let (mut file, mut progress) = ProgressFile::open(progress::file_in(dir.path())).unwrap();
+    progress.applied = Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), 1));
+    (
+        progress.requests,
+        progress.writing,
+        progress.written,
+        progress.answered,
+    ) = (1, 1, 1, 1);
+    progress.durable_through = 1;
+    file.write(&progress).unwrap();
+    let mut restarted = state_machine(dir.path(), &app, &mut log).await;
+    // Entry 2 is applied again: request 9 is not taken for one delivered.
+    restarted.apply(vec![entry(2, 2, 9, [9])]).await.unwrap();
+    let seen: Vec<u64> = app.seen().iter().map(|s| s.index).collect();
+    assert_eq!(seen, [1, 2, 2]);
+}

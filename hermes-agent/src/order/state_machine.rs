@@ -244,6 +244,30 @@ const SMALL_FILE: u64 = 64 << 20;
 const PROGRESS: &str = "progress";
 /// Why the replica is fenced, while it is.
 const FENCED: &str = "fenced";
+/// What delivery keeps besides the app, as of an entry ([`Checkpoint`]).
+const CHECKPOINT: &str = "checkpoint";
+/// Entries between checkpoints.
+const CHECKPOINT_EVERY: u64 = 4096;
+
+/// What delivery keeps besides the app (the sessions, and in raw TCP mode the connections), as
+/// it was once entry `applied` was applied: a start replays the log from there on rather than
+/// from the snapshot, or from its first entry (without snapshot hooks the log is whole).
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    applied: LogId,
+    sessions: Sessions,
+    tcp: Option<crate::deliver::tcp::Kept>,
+}
+
+impl Checkpoint {
+    /// Makes it what delivery starts from; the entry to replay the log from.
+    fn restore(self, tcp: Option<&mut Connections>) -> (u64, Sessions) {
+        if let (Some(connections), Some(kept)) = (tcp, self.tcp) {
+            connections.restore(kept);
+        }
+        (self.applied.index + 1, self.sessions)
+    }
+}
 const MEMBERSHIP: &str = "membership";
 const SNAPSHOT: &str = "snapshot";
 /// The progress file of Hermes before delivery counted "written" and "in doubt".
@@ -356,15 +380,25 @@ impl StateMachine {
                 )
                 .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         }
-        // What delivery keeps: the snapshot's, then the log's since the snapshot.
-        let (first, sessions) = match snapshot_state {
-            Some((meta, state)) => (
-                meta.last_log_id.map_or(1, |id| id.index + 1),
-                state.sessions,
-            ),
-            None => (1, Sessions::default()),
-        };
+        // What delivery keeps: the newest of the snapshot's and the checkpoint's (not past what
+        // was applied: a machine crash may have taken the progress back), then the log's since.
         let progress = delivery.progress().clone();
+        let checkpoint = dir
+            .read(CHECKPOINT, SMALL_FILE)
+            .map_err(|e| read_error(&e))?
+            .map(|bytes| decode::<Checkpoint>(&bytes))
+            .transpose()
+            .map_err(|e| read_error(&e))?
+            .filter(|checkpoint| Some(checkpoint.applied) <= progress.applied);
+        let snapshot = snapshot_state.map(|(meta, state)| (meta.last_log_id, state.sessions));
+        let (first, sessions) = match (snapshot, checkpoint) {
+            (Some((at, _)), Some(checkpoint)) if Some(checkpoint.applied) > at => {
+                checkpoint.restore(delivery.tcp_mut())
+            }
+            (None, Some(checkpoint)) => checkpoint.restore(delivery.tcp_mut()),
+            (Some((at, sessions)), _) => (at.map_or(1, |id| id.index + 1), sessions),
+            (None, None) => (1, Sessions::default()),
+        };
         let sessions = replay(log, first, &progress, sessions, delivery.tcp_mut()).await?;
         delivery.set_sessions(sessions);
         if let Some(connections) = delivery.tcp_mut() {
@@ -426,6 +460,22 @@ impl StateMachine {
             .tcp_mut()
             .map(|connections| connections.broken())
             .unwrap_or_default()
+    }
+
+    /// Keeps what delivery keeps besides the app as of entry `applied`, just applied.
+    async fn checkpoint(&mut self, applied: LogId) -> Result<(), StorageError> {
+        let checkpoint = Checkpoint {
+            applied,
+            sessions: self.delivery.sessions().clone(),
+            tcp: self
+                .delivery
+                .tcp_mut()
+                .map(|connections| connections.kept()),
+        };
+        let bytes = encode(&checkpoint).map_err(|e| StorageIOError::write_state_machine(&e))?;
+        write_atomically(&self.dir, CHECKPOINT, bytes)
+            .await
+            .map_err(|e| StorageIOError::write_state_machine(&e).into())
     }
 
     /// Stops delivering for good if `command` is the one a planned stop asked to stop after.
@@ -506,6 +556,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             self.delivery.finish_entry(entry.log_id).map_err(failed)?;
             self.applied.applied.send_replace(entry.log_id.index);
+            if entry.log_id.index.is_multiple_of(CHECKPOINT_EVERY) {
+                self.checkpoint(entry.log_id).await?;
+            }
             replies.push(());
         }
         Ok(replies)
