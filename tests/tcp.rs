@@ -377,7 +377,7 @@ fn killing_agents_under_load_loses_no_acknowledged_write_and_replicas_stay_ident
     load.wait_for_acks(200);
 
     let acked = load.stop();
-    let fenced = wait_settled(&cluster);
+    let fenced = cluster.wait_settled().unwrap();
     let healthy: Vec<usize> = (1..=3).filter(|id| !fenced.contains(id)).collect();
     assert!(
         healthy.contains(&(1..=3).find(|id| ![leader, follower].contains(id)).unwrap()),
@@ -422,32 +422,6 @@ fn killing_agents_under_load_loses_no_acknowledged_write_and_replicas_stay_ident
             }
         }
     }
-}
-
-/// Waits until every running agent that is not fenced has applied all it has committed, and
-/// they agree; returns the fenced ones.
-fn wait_settled(cluster: &Cluster) -> Vec<usize> {
-    wait_until("the healthy agents to apply the same, complete log", || {
-        let mut applied = Vec::new();
-        let mut fenced = Vec::new();
-        for id in 1..=cluster.nodes() {
-            let status = cluster.status(id)?;
-            if status["fenced"] == true {
-                fenced.push(id);
-                continue;
-            }
-            let (commit, done) = (
-                status["commit_index"].as_u64()?,
-                status["applied_index"].as_u64()?,
-            );
-            if done < commit {
-                return None;
-            }
-            applied.push(done);
-        }
-        applied.windows(2).all(|w| w[0] == w[1]).then_some(fenced)
-    })
-    .unwrap()
 }
 
 /// One replica's server was changed behind Hermes' back: a connection through Hermes that

@@ -418,20 +418,41 @@ impl Cluster {
     /// returns that index.
     pub fn wait_converged(&self) -> io::Result<u64> {
         wait_until("running agents applied the same, complete log", || {
-            let mut applied = Vec::new();
-            for id in (1..=self.nodes()).filter(|id| self.is_running(*id)) {
-                let status = self.status(id)?;
-                let (commit, done) = (
-                    status["commit_index"].as_u64()?,
-                    status["applied_index"].as_u64()?,
-                );
-                if done < commit {
-                    return None;
-                }
-                applied.push(done);
-            }
-            applied.windows(2).all(|w| w[0] == w[1]).then(|| applied[0])
+            self.converged(false).map(|(applied, _)| applied)
         })
+    }
+
+    /// Waits until every running agent that is not fenced has applied all it has committed,
+    /// and they agree; returns the fenced ones (which apply nothing).
+    pub fn wait_settled(&self) -> io::Result<Vec<usize>> {
+        wait_until(
+            "the running agents not fenced to apply the same, complete log",
+            || self.converged(true).map(|(_, fenced)| fenced),
+        )
+    }
+
+    /// The index the running agents (but the fenced ones, if `but_fenced`) all applied, having
+    /// applied all they committed, and the fenced ones; `None` while that is not so.
+    fn converged(&self, but_fenced: bool) -> Option<(u64, Vec<usize>)> {
+        let mut applied = Vec::new();
+        let mut fenced = Vec::new();
+        for id in (1..=self.nodes()).filter(|id| self.is_running(*id)) {
+            let status = self.status(id)?;
+            if but_fenced && status["fenced"] == true {
+                fenced.push(id);
+                continue;
+            }
+            let (commit, done) = (
+                status["commit_index"].as_u64()?,
+                status["applied_index"].as_u64()?,
+            );
+            if done < commit {
+                return None;
+            }
+            applied.push(done);
+        }
+        let agreed = applied.windows(2).all(|w| w[0] == w[1]);
+        agreed.then(|| (applied.first().copied().unwrap_or(0), fenced))
     }
 }
 

@@ -158,15 +158,13 @@ fn tcp(bin: &Path) -> anyhow::Result<()> {
     cluster.kill_agent(follower)?;
     cluster.start_agent(follower)?;
     // The restarted replica has applied everything, or fenced itself.
-    let fenced = wait_until("node to catch up, or fence itself", || {
-        let status = cluster.status(follower)?;
-        if status["fenced"] == true {
-            let why = status["fenced_because"].as_str().unwrap_or_default();
-            return Some(Some(why.to_owned()));
-        }
-        let done = status["applied_index"].as_u64()? >= status["commit_index"].as_u64()?;
-        done.then_some(None)
-    })?;
+    let fenced = cluster.wait_settled()?.contains(&follower).then(|| {
+        let status = cluster.status(follower).unwrap_or_default();
+        status["fenced_because"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    });
     redis_table(&cluster)?;
     let digests = redis_digests(&cluster)?;
     let (a, b) = (survivors[0] - 1, survivors[1] - 1);
