@@ -361,11 +361,11 @@ pub struct Config {
     /// app over a connection of their own, opened at its first request and kept for its next
     /// ones; beyond this many, the one unused the longest is closed. An app that serves fewer
     /// connections at once (a single-threaded server that keeps reading an idle connection
-    /// until it closes) is recognised by itself: when a request gets no answer for 100 ms while
-    /// other app connections are open, those are closed, and if the answer then comes at once,
-    /// no more than the app took are kept open from then on. 1: one at a time, switched
-    /// between clients.
-    #[arg(long, env = "HERMES_APP_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000), help_heading = "Limits")]
+    /// until it closes) is recognised by itself: when a request on a new connection gets no
+    /// answer for 100 ms while other app connections are open, those are closed, and if the
+    /// answer then comes at once (twice in a row), no more than the app took are kept open from
+    /// then on. 1: one at a time, switched between clients.
+    #[arg(long, env = "HERMES_APP_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=100_000), help_heading = "Limits")]
     pub app_connections: u64,
 
     /// An app answer taking longer than this makes the node report the app slow (not ready).

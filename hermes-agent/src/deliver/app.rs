@@ -13,9 +13,9 @@
 //! while Hermes waits on another, whose request comes later in the log: a deadlock direct
 //! access does not have. So when a request on a connection the app has not answered on yet gets
 //! no answer for [`SWITCH_AFTER`] while other app connections are open (idle: one exchange runs
-//! at a time), they are closed; if the answer then comes at once, the app is taken to serve at
-//! most as many connections as were open besides, and no more are kept open from then on (1:
-//! connections are switched between clients, not shared). A slow answer on a connection the app
+//! at a time), they are closed; if the answer then comes at once (twice in a row), the app is
+//! taken to serve at most as many connections as were open besides, and no more are kept open
+//! from then on (1: connections are switched between clients, not shared). A slow answer on a connection the app
 //! answered on before is only slow.
 //!
 //! An exchange writes the request and reads the answer at once: an app may answer before it has
@@ -68,6 +68,8 @@ const ONE_WRITE: usize = 16 * 1024;
 /// A request unanswered this long while other app connections are open makes them close: the
 /// app may be one that serves fewer connections at once.
 pub const SWITCH_AFTER: Duration = Duration::from_millis(100);
+/// An answer this soon after the others were closed says that the app was waiting for that.
+const PROMPT: Duration = Duration::from_millis(10);
 
 /// The local application.
 #[derive(Debug)]
@@ -85,6 +87,8 @@ pub struct App {
     limit: AtomicUsize,
     /// [`SWITCH_AFTER`] (a test may wait longer).
     switch_after: Duration,
+    /// The limit the last switch suggested, if its answer came at once (0: none).
+    suspected: AtomicUsize,
     connections: Mutex<Connections>,
     /// Whether the last attempt to reach the app succeeded.
     reachable: AtomicBool,
@@ -154,6 +158,7 @@ impl App {
             slow_after,
             limit: AtomicUsize::new(connections.max(1)),
             switch_after: SWITCH_AFTER,
+            suspected: AtomicUsize::new(0),
             connections: Mutex::default(),
             reachable: AtomicBool::new(true),
             slow: AtomicBool::new(false),
@@ -415,16 +420,26 @@ impl Turn<'_> {
         }
         if let Some((at, others)) = switched
             && answer.is_ok()
-            && at.elapsed() < app.switch_after
         {
-            // It answered as soon as the others were gone: it serves no more than them at once.
-            let limit = others.max(1);
-            if limit < app.limit.fetch_min(limit, Ordering::Relaxed) {
-                tracing::info!(
-                    app = %app.addr,
-                    limit,
-                    "the app serves at most this many connections at once: no more are kept open"
-                );
+            if at.elapsed() <= PROMPT {
+                // It answered as soon as the others were gone: it serves no more than them at
+                // once. Believed the second time in a row: an app merely slow to answer may,
+                // once, answer right then.
+                let limit = others.max(1);
+                let before = app.suspected.swap(limit, Ordering::Relaxed);
+                if before != 0 {
+                    let limit = limit.min(before);
+                    if limit < app.limit.fetch_min(limit, Ordering::Relaxed) {
+                        tracing::info!(
+                            app = %app.addr,
+                            limit,
+                            "the app serves at most this many connections at once: no more are \
+                             kept open"
+                        );
+                    }
+                }
+            } else {
+                app.suspected.store(0, Ordering::Relaxed);
             }
         }
         let written = written.into_inner();

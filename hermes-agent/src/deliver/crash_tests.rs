@@ -163,7 +163,6 @@ fn request(seq: u64) -> Bytes {
 /// up to request `until`; stops at the first error (the agent died).
 async fn apply(delivery: &mut Delivery, until: u64) -> std::io::Result<()> {
     let first_entry = delivery.progress().applied.map_or(1, |id| id.index + 1);
-    delivery.plan(ENTRIES * PER_ENTRY);
     for entry in first_entry..=ENTRIES {
         let first = delivery.progress().requests + 1;
         for seq in first..first + PER_ENTRY {

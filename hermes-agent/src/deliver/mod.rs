@@ -17,9 +17,9 @@
 //! - Requests proposed twice (a retry through a leader change) are recognised by their key and
 //!   delivered once, however late the second copy lands ([`sessions`]).
 //! - A machine crash loses what was only in the page cache: before the first byte of a request
-//!   goes to the app, "requests up to D may have begun" is durable (one sync for the requests
-//!   of the entries being applied, up to [`MAX_UNSYNCED`]); after the machine restarted, the
-//!   requests after the last one known written, up to D, are in doubt (sent once more, counted).
+//!   goes to the app, "requests up to D may have begun" is durable (one sync for the next
+//!   [`PROMISED`] requests); after the machine restarted, the requests after the last one known
+//!   written, up to D, are in doubt (sent once more, counted).
 //! - Each client connection's requests go to the app over an app connection of their own
 //!   ([`app`]): what an app does wrong on one connection touches no other client.
 //!
@@ -74,9 +74,10 @@ use crate::{
 /// replica.
 pub const LOG_INDEX_HEADER: &str = "Hermes-Log-Index";
 
-/// Requests that may begin going to the app after one sync of the progress, at most: what a
-/// machine crash can leave in doubt.
-pub const MAX_UNSYNCED: u64 = 1024;
+/// Requests that may begin going to the app after one sync of the progress: what a machine crash
+/// can leave in doubt. One sync per request (or per entry) would cost the apply loop a disk
+/// flush each, and so most of its throughput (docs/decisions.md).
+pub const PROMISED: u64 = 256;
 
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
@@ -125,8 +126,6 @@ pub struct Delivery {
     file: Arc<Mutex<ProgressFile>>,
     progress: Progress,
     sessions: Sessions,
-    /// The last request of the entries being applied: what one sync of the progress covers.
-    planned: u64,
     /// Raw TCP mode's app connections; `None` in HTTP mode.
     tcp: Option<tcp::Connections>,
 }
@@ -193,7 +192,6 @@ impl Delivery {
             file: Arc::new(Mutex::new(file)),
             progress,
             sessions: Sessions::default(),
-            planned: 0,
             tcp,
         })
     }
@@ -231,12 +229,6 @@ impl Delivery {
         Stopper {
             file: Arc::clone(&self.file),
         }
-    }
-
-    /// The entries about to be applied end with request `last`: one sync of the progress
-    /// covers them (up to [`MAX_UNSYNCED`]).
-    pub fn plan(&mut self, last: u64) {
-        self.planned = last;
     }
 
     /// A batch of `origin` (node, incarnation) made with `floor` is applied next.
@@ -383,7 +375,6 @@ impl Delivery {
         let Self {
             file,
             progress,
-            planned,
             tcp: Some(connections),
             ..
         } = self
@@ -393,7 +384,7 @@ impl Delivery {
         // Applied once more after the machine restarted: counted as it goes.
         let writing = || {
             progress.in_doubt += u64::from(resending);
-            begin(progress, file, *planned, seq, resending)
+            begin(progress, file, seq, resending)
         };
         let applied = connections
             .apply(&app, seq, conn, chunk.event, writing)
@@ -419,7 +410,7 @@ impl Delivery {
 
     /// Right before the first byte of request `seq` goes to the app: see [`begin`].
     fn begin(&mut self, seq: u64, sync: bool) -> std::io::Result<()> {
-        begin(&mut self.progress, &self.file, self.planned, seq, sync)
+        begin(&mut self.progress, &self.file, seq, sync)
     }
 
     /// Writes the progress as it is now.
@@ -501,12 +492,11 @@ impl Stopper {
 
 /// Records in `progress` and its `file`, right before the first byte of request `seq` goes to
 /// the app, that it may have begun: durably first if no earlier sync covers it (or if `sync`:
-/// it is counted in doubt, and the count must survive), and then for the requests up to
-/// `planned` (the last of the entries being applied) too, up to [`MAX_UNSYNCED`].
+/// it is counted in doubt, and the count must survive), and then for the [`PROMISED`]
+/// requests from it on.
 fn begin(
     progress: &mut Progress,
     file: &Mutex<ProgressFile>,
-    planned: u64,
     seq: u64,
     sync: bool,
 ) -> std::io::Result<()> {
@@ -518,7 +508,7 @@ fn begin(
     if !sync && seq <= progress.durable_through {
         return file.write(progress);
     }
-    let promise = planned.clamp(seq, seq.saturating_add(MAX_UNSYNCED - 1));
+    let promise = seq.saturating_add(PROMISED - 1);
     progress.durable_through = progress.durable_through.max(promise);
     file.write_synced(progress)
 }

@@ -509,17 +509,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        // One sync of the progress covers the requests of all these entries.
-        let requests: usize = entries
-            .iter()
-            .map(|entry| match &entry.payload {
-                EntryPayload::Normal(batch) => batch.commands.len(),
-                _ => 0,
-            })
-            .sum();
-        let planned = self.delivery.progress().requests + requests as u64;
-        self.delivery.plan(planned);
         let mut replies = Vec::new();
         for entry in entries {
             let failed = |e: std::io::Error| StorageIOError::apply(entry.log_id, &e);
