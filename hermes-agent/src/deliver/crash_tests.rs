@@ -150,6 +150,8 @@ impl Disk {
 const PER_ENTRY: u64 = 3;
 const ENTRIES: u64 = 2;
 const BOOT: u128 = 7;
+/// Requests one sync of the progress lets begin, here.
+const PROMISE: u64 = 2;
 
 fn request(seq: u64) -> Bytes {
     Ordered {
@@ -239,10 +241,12 @@ impl Lives {
             _ => u64::MAX,
         };
         // The agent may die as it opens the progress, too (it syncs what it read).
-        let opened = ProgressFile::on(Box::new(self.disk.clone()), false)
+        let opened = ProgressFile::on(Arc::new(self.disk.clone()), false)
             .and_then(|kept| Delivery::on(kept, self.boot, app_of(&self.fake), None));
         let lived = match opened {
             Ok(mut delivery) => {
+                // Short promises: some are made ahead, some at once, over these few requests.
+                delivery.promising(PROMISE);
                 let progress = delivery.progress();
                 self.again.extend(progress.answered + 1..=progress.doubted);
                 if progress.writing > progress.answered {

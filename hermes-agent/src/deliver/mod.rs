@@ -125,6 +125,8 @@ pub struct Delivery {
     /// Shared with the planned stop, which writes the last record.
     file: Arc<Mutex<ProgressFile>>,
     progress: Progress,
+    /// Requests one sync of the progress lets begin ([`PROMISED`]; tests make it small).
+    promised: u64,
     sessions: Sessions,
     /// Raw TCP mode's app connections; `None` in HTTP mode.
     tcp: Option<tcp::Connections>,
@@ -191,6 +193,7 @@ impl Delivery {
             app,
             file: Arc::new(Mutex::new(file)),
             progress,
+            promised: PROMISED,
             sessions: Sessions::default(),
             tcp,
         })
@@ -217,6 +220,12 @@ impl Delivery {
     /// Raw TCP mode's app connections; `None` in HTTP mode.
     pub fn tcp_mut(&mut self) -> Option<&mut tcp::Connections> {
         self.tcp.as_mut()
+    }
+
+    /// Lets one sync of the progress cover `n` requests instead of [`PROMISED`].
+    #[cfg(test)]
+    pub fn promising(&mut self, n: u64) {
+        self.promised = n.max(1);
     }
 
     /// Syncs nothing of the progress (`--no-progress-sync`; see [`ProgressFile::without_syncs`]).
@@ -375,6 +384,7 @@ impl Delivery {
         let Self {
             file,
             progress,
+            promised,
             tcp: Some(connections),
             ..
         } = self
@@ -384,7 +394,7 @@ impl Delivery {
         // Applied once more after the machine restarted: counted as it goes.
         let writing = || {
             progress.in_doubt += u64::from(resending);
-            begin(progress, file, seq, resending)
+            begin(progress, file, seq, *promised, resending)
         };
         let applied = connections
             .apply(&app, seq, conn, chunk.event, writing)
@@ -410,7 +420,7 @@ impl Delivery {
 
     /// Right before the first byte of request `seq` goes to the app: see [`begin`].
     fn begin(&mut self, seq: u64, sync: bool) -> std::io::Result<()> {
-        begin(&mut self.progress, &self.file, seq, sync)
+        begin(&mut self.progress, &self.file, seq, self.promised, sync)
     }
 
     /// Writes the progress as it is now.
@@ -491,26 +501,19 @@ impl Stopper {
 }
 
 /// Records in `progress` and its `file`, right before the first byte of request `seq` goes to
-/// the app, that it may have begun: durably first if no earlier sync covers it (or if `sync`:
-/// it is counted in doubt, and the count must survive), and then for the [`PROMISED`]
-/// requests from it on.
+/// the app, that it may have begun, behind a durable promise of `promised` requests (see
+/// [`ProgressFile::begin`]); `sync`: it is counted in doubt, and the count must survive.
 fn begin(
     progress: &mut Progress,
     file: &Mutex<ProgressFile>,
     seq: u64,
+    promised: u64,
     sync: bool,
 ) -> std::io::Result<()> {
-    if !sync && progress.writing == seq && seq <= progress.durable_through {
+    if !sync && progress.writing == seq {
         return Ok(());
     }
-    progress.writing = seq;
-    let mut file = file.lock().unwrap();
-    if !sync && seq <= progress.durable_through {
-        return file.write(progress);
-    }
-    let promise = seq.saturating_add(PROMISED - 1);
-    progress.durable_through = progress.durable_through.max(promise);
-    file.write_synced(progress)
+    file.lock().unwrap().begin(progress, seq, promised, sync)
 }
 
 /// A canonical request split after its last field line's CRLF, before the empty line.

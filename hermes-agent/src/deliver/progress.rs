@@ -1,17 +1,27 @@
 //! What delivery persists besides the Raft log: how far requests have gone to the app.
 //!
 //! Kept in three slots, each record with a sequence number and a checksum: records written
-//! without a sync alternate between the two slots that do not hold the last synced record, so
-//! that neither a torn write nor a write-back of part of them can destroy it; the newest whole
-//! record is the one read. Most records are written with `pwrite` alone: a
-//! page-cache write survives the agent's own crash (kill -9). A machine crash (a power loss)
-//! loses what was only in the page cache, so before the first byte of a request goes to the app,
-//! a record promising "requests up to D may have begun" is synced (`fdatasync`), for a run of
-//! requests at once (the entries being applied: one sync per batch of entries, not per
-//! request). After a restart of the machine (the kernel's boot id changed), what was written
-//! after that sync may be gone: the requests after the last one known written, up to D, are in
-//! doubt. A planned stop syncs a last record that says exactly how far delivery got.
-use std::{fs::File, os::unix::fs::FileExt};
+//! without a sync alternate between the two slots that do not hold the last synced record (and
+//! spare the one whose sync is under way), so that neither a torn write nor a write-back of part
+//! of them can destroy it; the newest whole record is the one read. Most records are written
+//! with `pwrite` alone: a page-cache write survives the agent's own crash (kill -9). A machine
+//! crash (a power loss) loses what was only in the page cache, so before the first byte of a
+//! request goes to the app, a durable record must promise "requests up to D may have begun",
+//! for a run of requests ahead ([`super::PROMISED`]); the next promise is synced by a thread of
+//! its own while the current one still covers what is delivered, so that delivery does not
+//! wait for the disk. After a restart of the machine (the kernel's boot id changed), what was
+//! written after the last sync may be gone: the requests after the last one known written, up
+//! to D, are in doubt. A planned stop syncs a last record that says exactly how far delivery
+//! got.
+use std::{
+    fs::File,
+    os::unix::fs::FileExt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -62,7 +72,7 @@ pub struct Progress {
 }
 
 /// Where the record lives: a file, or, in tests, one that can lose what was not synced.
-pub trait Storage: Send {
+pub trait Storage: Send + Sync {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
     fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()>;
     /// Makes what was written durable.
@@ -85,18 +95,66 @@ impl Storage for File {
 
 /// The file that holds [`Progress`].
 pub struct ProgressFile {
-    storage: Box<dyn Storage>,
+    storage: Arc<dyn Storage>,
     seq: u64,
     /// The slot of the last record synced: not written again until another one is.
     synced: usize,
     /// The slot written last.
     written: usize,
+    /// Requests up to this one may begin: a durable record promises no more.
+    durable: u64,
+    /// The sync of a record promising more, asked for and not known done yet.
+    syncing: Option<Syncing>,
+    /// Where syncs run away from the caller; `None`: on the caller's thread, when asked.
+    background: Option<Background>,
     /// The last record written.
     last: Progress,
     /// A planned stop recorded it: every later record says so too.
     stopped: bool,
     /// Whether records meant to survive a machine crash are synced (`--no-progress-sync`).
     sync: bool,
+}
+
+/// A record's sync under way.
+#[derive(Debug, Clone, Copy)]
+struct Syncing {
+    generation: u64,
+    /// Where the record is: not written again until it is synced.
+    slot: usize,
+    /// What it promises.
+    promise: u64,
+}
+
+/// A thread that syncs the storage when asked, so that a promise is durable before the
+/// requests it covers come, without their delivery waiting for the disk.
+struct Background {
+    ask: mpsc::Sender<u64>,
+    /// The last sync asked for that is done, and whether one failed.
+    done: Arc<(AtomicU64, AtomicBool)>,
+    asked: u64,
+}
+
+impl Background {
+    fn start(storage: Arc<dyn Storage>) -> std::io::Result<Self> {
+        let (ask, asks) = mpsc::channel::<u64>();
+        let done = Arc::new((AtomicU64::new(0), AtomicBool::new(false)));
+        let report = Arc::clone(&done);
+        std::thread::Builder::new()
+            .name("hermes-progress-sync".into())
+            .spawn(move || {
+                while let Ok(generation) = asks.recv() {
+                    if storage.sync().is_err() {
+                        report.1.store(true, Ordering::Release);
+                    }
+                    report.0.store(generation, Ordering::Release);
+                }
+            })?;
+        Ok(Self {
+            ask,
+            done,
+            asked: 0,
+        })
+    }
 }
 
 impl std::fmt::Debug for ProgressFile {
@@ -112,16 +170,24 @@ impl ProgressFile {
     /// [`crate::data_dir::DataDir::open_file`]: never by a path); an empty file holds none yet.
     pub fn open(file: File) -> std::io::Result<(Self, Progress)> {
         let empty = file.metadata()?.len() == 0;
-        Self::on(Box::new(file), empty)
+        let storage: Arc<dyn Storage> = Arc::new(file);
+        let background = Background::start(Arc::clone(&storage))?;
+        let (mut this, progress) = Self::on(storage, empty)?;
+        this.background = Some(background);
+        Ok((this, progress))
     }
 
     /// Opens the progress kept in `storage`; `empty`: it was just made, and holds nothing.
-    pub fn on(storage: Box<dyn Storage>, empty: bool) -> std::io::Result<(Self, Progress)> {
+    /// Syncs run on the caller's thread (as tests need them to).
+    pub fn on(storage: Arc<dyn Storage>, empty: bool) -> std::io::Result<(Self, Progress)> {
         let mut this = Self {
             storage,
             seq: 0,
             synced: 0,
             written: 0,
+            durable: 0,
+            syncing: None,
+            background: None,
             last: Progress::default(),
             stopped: false,
             sync: true,
@@ -171,10 +237,12 @@ impl ProgressFile {
             ..progress.clone()
         };
         let buf = slot(self.seq, &self.last)?;
-        // Neither the last synced record's slot, nor the one written last (which holds the
-        // newest record, should this write be torn).
+        // Not the last synced record's slot; and not the one written last (which holds the
+        // newest record, should this write be torn), or, while a record's sync is under way,
+        // not that one's.
+        let spared = self.syncing.map_or(self.written, |syncing| syncing.slot);
         let slot = (0..SLOTS)
-            .find(|slot| *slot != self.synced && *slot != self.written)
+            .find(|slot| *slot != self.synced && *slot != spared)
             .expect("three slots");
         self.storage.write_all_at(&buf, (slot * SLOT) as u64)?;
         self.written = slot;
@@ -187,7 +255,82 @@ impl ProgressFile {
         if self.sync {
             self.storage.sync()?;
             self.synced = self.written;
+            self.durable = self.durable.max(progress.durable_through);
+            // It covers whatever was under way.
+            self.syncing = None;
         }
+        Ok(())
+    }
+
+    /// Records in `progress`, right before the first byte of request `seq` goes to the app,
+    /// that it may have begun. A record promising that no request after `durable_through` has
+    /// begun must be durable first: if none covers `seq` yet (or if `sync`: what is recorded
+    /// must survive a machine crash), this one is written and synced at once, promising the
+    /// next `promise` requests; otherwise it is written, and the next promise is made durable
+    /// in the background before it is needed.
+    pub fn begin(
+        &mut self,
+        progress: &mut Progress,
+        seq: u64,
+        promise: u64,
+        sync: bool,
+    ) -> std::io::Result<()> {
+        progress.writing = seq;
+        if !self.sync {
+            return self.write(progress);
+        }
+        self.poll()?;
+        if sync || seq > self.durable {
+            let promised = seq.saturating_add(promise - 1);
+            progress.durable_through = progress.durable_through.max(promised);
+            return self.write_synced(progress);
+        }
+        if self.syncing.is_some() || seq.saturating_add(promise / 2) <= self.durable {
+            return self.write(progress);
+        }
+        progress.durable_through = progress
+            .durable_through
+            .max(self.durable.saturating_add(promise));
+        self.write(progress)?;
+        let (slot, promised) = (self.written, progress.durable_through);
+        match &mut self.background {
+            Some(background) => {
+                background.asked += 1;
+                let generation = background.asked;
+                if background.ask.send(generation).is_err() {
+                    return Err(std::io::Error::other("the progress's sync thread stopped"));
+                }
+                self.syncing = Some(Syncing {
+                    generation,
+                    slot,
+                    promise: promised,
+                });
+            }
+            None => {
+                self.storage.sync()?;
+                self.synced = slot;
+                self.durable = promised;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes note of a sync done in the background.
+    fn poll(&mut self) -> std::io::Result<()> {
+        let (Some(syncing), Some(background)) = (self.syncing, &self.background) else {
+            return Ok(());
+        };
+        if background.done.0.load(Ordering::Acquire) < syncing.generation {
+            return Ok(());
+        }
+        if background.done.1.load(Ordering::Acquire) {
+            return Err(std::io::Error::other(
+                "syncing the delivery progress failed",
+            ));
+        }
+        self.synced = syncing.slot;
+        self.durable = self.durable.max(syncing.promise);
+        self.syncing = None;
         Ok(())
     }
 
@@ -310,5 +453,81 @@ mod tests {
     #[test]
     fn the_boot_id_is_read() {
         assert_eq!(boot_id().unwrap(), boot_id().unwrap());
+    }
+
+    /// Storage whose syncs wait until the test lets them go, and which records where each
+    /// write went.
+    #[derive(Default)]
+    struct Held {
+        bytes: std::sync::Mutex<Vec<u8>>,
+        slots: std::sync::Mutex<Vec<usize>>,
+        gate: std::sync::Mutex<Option<mpsc::Receiver<()>>>,
+    }
+
+    impl Storage for Held {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            let bytes = self.bytes.lock().unwrap();
+            let at = offset as usize;
+            buf.copy_from_slice(
+                bytes
+                    .get(at..at + buf.len())
+                    .ok_or(std::io::ErrorKind::UnexpectedEof)?,
+            );
+            Ok(())
+        }
+
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            let mut bytes = self.bytes.lock().unwrap();
+            let at = offset as usize;
+            let len = bytes.len().max(at + buf.len());
+            bytes.resize(len, 0);
+            bytes[at..at + buf.len()].copy_from_slice(buf);
+            self.slots.lock().unwrap().push(at / SLOT);
+            Ok(())
+        }
+
+        fn sync(&self) -> std::io::Result<()> {
+            if let Some(gate) = &*self.gate.lock().unwrap() {
+                let _ = gate.recv();
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn while_a_promise_is_synced_in_the_background_neither_it_nor_the_last_synced_is_written() {
+        let held = Arc::new(Held::default());
+        let (mut file, mut progress) = ProgressFile::on(held.clone(), true).unwrap();
+        let (release, gate) = mpsc::channel();
+        *held.gate.lock().unwrap() = Some(gate);
+        file.background = Some(Background::start(held.clone()).unwrap());
+        // Request 1: no promise covers it, one is made at once (the gate is open for it).
+        release.send(()).unwrap();
+        file.begin(&mut progress, 1, 4, false).unwrap();
+        assert_eq!(file.durable, 4);
+        let synced = file.synced;
+        // Request 3: past half the promise, the next is written and synced in the background,
+        // held at the gate.
+        file.begin(&mut progress, 3, 4, false).unwrap();
+        let in_flight = file.syncing.expect("a sync under way").slot;
+        assert_ne!(in_flight, synced);
+        held.slots.lock().unwrap().clear();
+        for _ in 0..5 {
+            file.write(&progress).unwrap();
+        }
+        let slots = held.slots.lock().unwrap().clone();
+        assert!(
+            slots
+                .iter()
+                .all(|slot| *slot != synced && *slot != in_flight),
+            "{slots:?}, synced {synced}, in flight {in_flight}"
+        );
+        // Let go: once it is known done, its record is the last synced one.
+        release.send(()).unwrap();
+        while file.syncing.is_some() {
+            file.poll().unwrap();
+            std::thread::yield_now();
+        }
+        assert_eq!((file.synced, file.durable), (in_flight, 8));
     }
 }
