@@ -1,7 +1,8 @@
 //! Delivery through crashes at every step: the agent's (the page cache keeps every write) and
 //! the machine's (a power loss: writes not yet synced are lost, in part, and the last one may
 //! be torn at any byte). Whatever the crash, no request is skipped, and none reaches the app
-//! twice unless it was counted in doubt.
+//! twice unless it was counted in doubt: with the progress's promises synced at once or late
+//! (as the background thread does), and with a snapshot installed between the entries.
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -10,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 
-use super::{App, Delivery, Storage, progress::ProgressFile};
+use super::{App, Delivery, Sessions, Storage, progress::ProgressFile};
 use crate::{
     http::{ordered::Ordered, response::Limits},
     order::typ::LogId,
@@ -148,10 +149,39 @@ impl Disk {
 
 /// Requests per entry, and entries, applied in one go as openraft does.
 const PER_ENTRY: u64 = 3;
-const ENTRIES: u64 = 2;
+const ENTRIES: u64 = 3;
 const BOOT: u128 = 7;
-/// Requests one sync of the progress lets begin, here.
-const PROMISE: u64 = 2;
+
+/// How the progress is kept, and what is applied.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    /// Requests one sync of the progress lets begin.
+    promise: u64,
+    /// Syncs asked for in the background end this many polls later; `None`: at once.
+    late: Option<u32>,
+    /// The entry not applied but installed from a snapshot made elsewhere (this replica was
+    /// behind).
+    install: Option<u64>,
+}
+
+/// Promises short enough to be made ahead, at once and late over these few requests.
+const PLANS: [Plan; 3] = [
+    Plan {
+        promise: 2,
+        late: None,
+        install: None,
+    },
+    Plan {
+        promise: 2,
+        late: Some(0),
+        install: None,
+    },
+    Plan {
+        promise: 4,
+        late: Some(2),
+        install: None,
+    },
+];
 
 fn request(seq: u64) -> Bytes {
     Ordered {
@@ -161,20 +191,49 @@ fn request(seq: u64) -> Bytes {
     .to_payload()
 }
 
-/// Applies the entries after the progress's last applied one, as openraft does after a start,
-/// up to request `until`; stops at the first error (the agent died).
-async fn apply(delivery: &mut Delivery, until: u64) -> std::io::Result<()> {
+fn entry_id(entry: u64) -> LogId {
+    LogId::new(openraft::CommittedLeaderId::new(1, 1), entry)
+}
+
+/// Installs the snapshot of everything up to `entry`, as the state machine does.
+fn install(delivery: &mut Delivery, entry: u64) -> std::io::Result<()> {
+    delivery.begin_install()?;
+    let deliveries = delivery.progress().deliveries;
+    delivery.finish_install(
+        Some(entry_id(entry)),
+        entry * PER_ENTRY,
+        deliveries,
+        Sessions::default(),
+    )
+}
+
+/// Applies the entries after the progress's last applied one, as openraft does after a start
+/// (first the snapshot whose install a crash interrupted), up to request `until`; stops at the
+/// first error (the agent died).
+async fn apply(delivery: &mut Delivery, plan: Plan, until: u64) -> std::io::Result<()> {
+    if delivery.progress().installing {
+        install(
+            delivery,
+            plan.install.expect("a snapshot was being installed"),
+        )?;
+    }
     let first_entry = delivery.progress().applied.map_or(1, |id| id.index + 1);
     for entry in first_entry..=ENTRIES {
         let first = delivery.progress().requests + 1;
+        if plan.install == Some(entry) {
+            if first > until {
+                return Ok(());
+            }
+            install(delivery, entry)?;
+            continue;
+        }
         for seq in first..first + PER_ENTRY {
             if seq > until {
                 return Ok(());
             }
             delivery.deliver(seq, (1, 1, seq), &request(seq)).await?;
         }
-        let id = LogId::new(openraft::CommittedLeaderId::new(1, 1), entry);
-        delivery.finish_entry(id)?;
+        delivery.finish_entry(entry_id(entry))?;
     }
     Ok(())
 }
@@ -206,6 +265,7 @@ enum End {
 
 /// Agents' lives on one disk, in front of one app, one after the other.
 struct Lives {
+    plan: Plan,
     fake: FakeApp,
     disk: Disk,
     boot: u128,
@@ -215,7 +275,7 @@ struct Lives {
 }
 
 impl Lives {
-    async fn new() -> Self {
+    async fn new(plan: Plan) -> Self {
         let disk = Disk::default();
         put(
             &mut disk.0.lock().unwrap().cached,
@@ -223,6 +283,7 @@ impl Lives {
             &super::initial_progress().unwrap(),
         );
         Self {
+            plan,
             fake: FakeApp::start(|_| Act::Reply(OK)).await,
             disk: disk.after(Crash::Agent),
             boot: BOOT,
@@ -241,18 +302,22 @@ impl Lives {
             _ => u64::MAX,
         };
         // The agent may die as it opens the progress, too (it syncs what it read).
-        let opened = ProgressFile::on(Arc::new(self.disk.clone()), false)
-            .and_then(|kept| Delivery::on(kept, self.boot, app_of(&self.fake), None));
+        let plan = self.plan;
+        let opened = ProgressFile::on(Arc::new(self.disk.clone()), false).and_then(|mut kept| {
+            if let Some(after) = plan.late {
+                kept.0.syncing_late(after);
+            }
+            Delivery::on(kept, self.boot, app_of(&self.fake), None)
+        });
         let lived = match opened {
             Ok(mut delivery) => {
-                // Short promises: some are made ahead, some at once, over these few requests.
-                delivery.promising(PROMISE);
+                delivery.promising(plan.promise);
                 let progress = delivery.progress();
                 self.again.extend(progress.answered + 1..=progress.doubted);
                 if progress.writing > progress.answered {
                     self.again.insert(progress.writing);
                 }
-                let applied = apply(&mut delivery, until).await;
+                let applied = apply(&mut delivery, plan, until).await;
                 if let End::Stops(_) = end {
                     delivery.stopper().stop().unwrap();
                 }
@@ -282,16 +347,29 @@ impl Lives {
         }
     }
 
-    /// Checks what the app received: every request, and more than once only what a start said
-    /// was in doubt, each time counted.
+    /// Checks what the app received: every request but those of the snapshot installed (none
+    /// of those), and more than once only what a start said was in doubt, each time counted.
     fn check(&self, what: &str) -> usize {
         let mut received = BTreeMap::<u64, usize>::new();
         for seen in self.fake.seen() {
             *received.entry(seen.index).or_default() += 1;
         }
-        let what = format!("{what}: received {received:?}, in doubt {:?}", self.again);
+        let what = format!(
+            "{what}, {:?}: received {received:?}, in doubt {:?}",
+            self.plan, self.again
+        );
+        let installed = self.plan.install.map_or(0..=0, |entry| {
+            (entry - 1) * PER_ENTRY + 1..=entry * PER_ENTRY
+        });
         for seq in 1..=ENTRIES * PER_ENTRY {
-            assert!(received.contains_key(&seq), "request {seq} skipped; {what}");
+            if installed.contains(&seq) {
+                assert!(
+                    !received.contains_key(&seq),
+                    "request {seq} delivered; {what}"
+                );
+            } else {
+                assert!(received.contains_key(&seq), "request {seq} skipped; {what}");
+            }
         }
         let mut repeats = 0;
         for (seq, n) in &received {
@@ -310,8 +388,8 @@ impl Lives {
 }
 
 /// Writes and syncs of the progress in a life that delivers everything.
-async fn steps() -> usize {
-    let mut lives = Lives::new().await;
+async fn steps(plan: Plan) -> usize {
+    let mut lives = Lives::new(plan).await;
     let before = lives.disk.ops();
     assert!(lives.live(End::Finishes).await);
     lives.check("without a crash");
@@ -325,12 +403,32 @@ fn crashes(step: usize) -> impl Iterator<Item = Crash> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crash_at_any_step_skips_nothing_and_repeats_only_what_is_counted_in_doubt() {
-    let steps = steps().await;
+    for plan in PLANS {
+        crash_at_every_step(plan).await;
+    }
+}
+
+/// A snapshot installed while the last promise reaches past it: the install's record promises
+/// only what it installed, and the next request must not begin behind the promise before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_around_a_snapshot_install_skips_nothing_and_repeats_only_what_is_counted() {
+    for late in [None, Some(0), Some(1)] {
+        crash_at_every_step(Plan {
+            promise: 8,
+            late,
+            install: Some(2),
+        })
+        .await;
+    }
+}
+
+async fn crash_at_every_step(plan: Plan) {
+    let steps = steps(plan).await;
     assert!(steps > 10, "{steps} steps");
     let mut repeated_somewhere = false;
     for step in 1..=steps {
         for crash in crashes(step) {
-            let mut lives = Lives::new().await;
+            let mut lives = Lives::new(plan).await;
             assert!(!lives.live(End::Dies(step, crash)).await);
             assert!(lives.live(End::Finishes).await);
             let repeats = lives.check(&format!("died at step {step}, {crash:?}"));
@@ -342,16 +440,20 @@ async fn a_crash_at_any_step_skips_nothing_and_repeats_only_what_is_counted_in_d
             }
         }
     }
-    assert!(repeated_somewhere, "some crash left a request in doubt");
+    assert!(
+        repeated_somewhere,
+        "some crash left a request in doubt ({plan:?})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_planned_stop_a_crash_at_any_step_repeats_only_what_is_counted() {
-    let steps = steps().await;
+    let plan = PLANS[2];
+    let steps = steps(plan).await;
     for stopped_after in 0..ENTRIES * PER_ENTRY {
         for step in 1..=steps {
             for crash in crashes(step).take(4) {
-                let mut lives = Lives::new().await;
+                let mut lives = Lives::new(plan).await;
                 assert!(!lives.live(End::Stops(stopped_after)).await);
                 if !lives.live(End::Dies(step, crash)).await {
                     assert!(lives.live(End::Finishes).await);

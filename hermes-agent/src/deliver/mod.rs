@@ -19,7 +19,7 @@
 //! - A machine crash loses what was only in the page cache: before the first byte of a request
 //!   goes to the app, "requests up to D may have begun" is durable (one sync for the next
 //!   [`PROMISED`] requests); after the machine restarted, the requests after the last one known
-//!   written, up to D, are in doubt (sent once more, counted).
+//!   written, up to D (at most 1.5 times [`PROMISED`]), are in doubt (sent once more, counted).
 //! - Each client connection's requests go to the app over an app connection of their own
 //!   ([`app`]): what an app does wrong on one connection touches no other client.
 //!
@@ -74,9 +74,10 @@ use crate::{
 /// replica.
 pub const LOG_INDEX_HEADER: &str = "Hermes-Log-Index";
 
-/// Requests that may begin going to the app after one sync of the progress: what a machine crash
-/// can leave in doubt. One sync per request (or per entry) would cost the apply loop a disk
-/// flush each, and so most of its throughput (docs/decisions.md).
+/// Requests that may begin going to the app after one sync of the progress. The next promise is
+/// synced when half of this one is left, so a machine crash can leave up to 1.5 times as many in
+/// doubt. One sync per request (or per entry) would cost the apply loop a disk flush each, and
+/// so most of its throughput (docs/decisions.md).
 pub const PROMISED: u64 = 256;
 
 const RETRY_MIN: Duration = Duration::from_millis(50);

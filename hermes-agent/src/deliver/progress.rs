@@ -1,9 +1,10 @@
 //! What delivery persists besides the Raft log: how far requests have gone to the app.
 //!
-//! Kept in three slots, each record with a sequence number and a checksum: records written
-//! without a sync alternate between the two slots that do not hold the last synced record (and
-//! spare the one whose sync is under way), so that neither a torn write nor a write-back of part
-//! of them can destroy it; the newest whole record is the one read. Most records are written
+//! Kept in three slots, each record with a sequence number and a checksum. A record written
+//! without a sync goes to the slot that holds neither the last synced record nor the one written
+//! last; while a sync is under way, to the one that holds neither the last synced record nor the
+//! one being synced. So neither a torn write nor a write-back of part of them can destroy the
+//! record a crash falls back to; the newest whole record is the one read. Most records are written
 //! with `pwrite` alone: a page-cache write survives the agent's own crash (kill -9). A machine
 //! crash (a power loss) loses what was only in the page cache, so before the first byte of a
 //! request goes to the app, a durable record must promise "requests up to D may have begun",
@@ -125,16 +126,30 @@ struct Syncing {
     promise: u64,
 }
 
-/// A thread that syncs the storage when asked, so that a promise is durable before the
-/// requests it covers come, without their delivery waiting for the disk.
-struct Background {
+/// Where the syncs asked for run, so that a promise is durable before the requests it covers
+/// come, without their delivery waiting for the disk.
+enum Background {
+    /// A thread of its own.
+    Thread(SyncThread),
+    /// The caller's thread, `after` polls past the ask: a sync that ends late, at a point tests
+    /// choose.
+    #[cfg(test)]
+    Late {
+        storage: Arc<dyn Storage>,
+        after: u32,
+        left: Option<u32>,
+    },
+}
+
+/// A thread that syncs the storage when asked.
+struct SyncThread {
     ask: mpsc::Sender<u64>,
     /// The last sync asked for that is done, and whether one failed.
     done: Arc<(AtomicU64, AtomicBool)>,
     asked: u64,
 }
 
-impl Background {
+impl SyncThread {
     fn start(storage: Arc<dyn Storage>) -> std::io::Result<Self> {
         let (ask, asks) = mpsc::channel::<u64>();
         let done = Arc::new((AtomicU64::new(0), AtomicBool::new(false)));
@@ -157,6 +172,54 @@ impl Background {
     }
 }
 
+impl Background {
+    /// Asks for a sync; returns its generation.
+    fn ask(&mut self) -> std::io::Result<u64> {
+        match self {
+            Self::Thread(thread) => {
+                thread.asked += 1;
+                thread
+                    .ask
+                    .send(thread.asked)
+                    .map_err(|_| std::io::Error::other("the progress's sync thread stopped"))?;
+                Ok(thread.asked)
+            }
+            #[cfg(test)]
+            Self::Late { after, left, .. } => {
+                *left = Some(*after);
+                Ok(0)
+            }
+        }
+    }
+
+    /// Whether sync `generation` is done; an error if a sync failed (then nothing it was
+    /// to make durable is).
+    fn done(&mut self, generation: u64) -> std::io::Result<bool> {
+        match self {
+            Self::Thread(thread) => {
+                if thread.done.1.load(Ordering::Acquire) {
+                    return Err(std::io::Error::other(
+                        "syncing the delivery progress failed",
+                    ));
+                }
+                Ok(thread.done.0.load(Ordering::Acquire) >= generation)
+            }
+            #[cfg(test)]
+            Self::Late { storage, left, .. } => match left {
+                Some(0) => {
+                    *left = None;
+                    storage.sync().map(|()| true)
+                }
+                Some(n) => {
+                    *n -= 1;
+                    Ok(false)
+                }
+                None => Ok(false),
+            },
+        }
+    }
+}
+
 impl std::fmt::Debug for ProgressFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProgressFile")
@@ -171,7 +234,7 @@ impl ProgressFile {
     pub fn open(file: File) -> std::io::Result<(Self, Progress)> {
         let empty = file.metadata()?.len() == 0;
         let storage: Arc<dyn Storage> = Arc::new(file);
-        let background = Background::start(Arc::clone(&storage))?;
+        let background = Background::Thread(SyncThread::start(Arc::clone(&storage))?);
         let (mut this, progress) = Self::on(storage, empty)?;
         this.background = Some(background);
         Ok((this, progress))
@@ -255,8 +318,10 @@ impl ProgressFile {
         if self.sync {
             self.storage.sync()?;
             self.synced = self.written;
-            self.durable = self.durable.max(progress.durable_through);
-            // It covers whatever was under way.
+            // What it promises, and no more: a record may promise less than the one before
+            // (a snapshot installed, a planned stop), and it is now the one read after a crash.
+            self.durable = progress.durable_through;
+            // It supersedes whatever was under way.
             self.syncing = None;
         }
         Ok(())
@@ -275,11 +340,32 @@ impl ProgressFile {
         promise: u64,
         sync: bool,
     ) -> std::io::Result<()> {
+        if self.stopped {
+            return Err(std::io::Error::other(
+                "a planned stop was recorded: no request may begin after it",
+            ));
+        }
         progress.writing = seq;
         if !self.sync {
             return self.write(progress);
         }
         self.poll()?;
+        self.promise(progress, seq, promise, sync)?;
+        debug_assert!(
+            seq <= self.durable,
+            "request {seq} began past the durable promise"
+        );
+        Ok(())
+    }
+
+    /// Writes `progress` behind a durable promise that covers `seq` (see [`Self::begin`]).
+    fn promise(
+        &mut self,
+        progress: &mut Progress,
+        seq: u64,
+        promise: u64,
+        sync: bool,
+    ) -> std::io::Result<()> {
         if sync || seq > self.durable {
             let promised = seq.saturating_add(promise - 1);
             progress.durable_through = progress.durable_through.max(promised);
@@ -295,11 +381,7 @@ impl ProgressFile {
         let (slot, promised) = (self.written, progress.durable_through);
         match &mut self.background {
             Some(background) => {
-                background.asked += 1;
-                let generation = background.asked;
-                if background.ask.send(generation).is_err() {
-                    return Err(std::io::Error::other("the progress's sync thread stopped"));
-                }
+                let generation = background.ask()?;
                 self.syncing = Some(Syncing {
                     generation,
                     slot,
@@ -317,21 +399,29 @@ impl ProgressFile {
 
     /// Takes note of a sync done in the background.
     fn poll(&mut self) -> std::io::Result<()> {
-        let (Some(syncing), Some(background)) = (self.syncing, &self.background) else {
+        let Some(background) = &mut self.background else {
             return Ok(());
         };
-        if background.done.0.load(Ordering::Acquire) < syncing.generation {
+        // A failed sync is reported whether or not its promise is still awaited.
+        let done = background.done(self.syncing.map_or(0, |syncing| syncing.generation))?;
+        let Some(syncing) = self.syncing.filter(|_| done) else {
             return Ok(());
-        }
-        if background.done.1.load(Ordering::Acquire) {
-            return Err(std::io::Error::other(
-                "syncing the delivery progress failed",
-            ));
-        }
+        };
         self.synced = syncing.slot;
         self.durable = self.durable.max(syncing.promise);
         self.syncing = None;
         Ok(())
+    }
+
+    /// Syncs what is asked in the background `after` polls past the ask, on the caller's thread:
+    /// a sync that ends late, deterministically.
+    #[cfg(test)]
+    pub(crate) fn syncing_late(&mut self, after: u32) {
+        self.background = Some(Background::Late {
+            storage: Arc::clone(&self.storage),
+            after,
+            left: None,
+        });
     }
 
     /// Syncs nothing from now on: after a machine crash, requests may be delivered again
@@ -500,7 +590,7 @@ mod tests {
         let (mut file, mut progress) = ProgressFile::on(held.clone(), true).unwrap();
         let (release, gate) = mpsc::channel();
         *held.gate.lock().unwrap() = Some(gate);
-        file.background = Some(Background::start(held.clone()).unwrap());
+        file.background = Some(Background::Thread(SyncThread::start(held.clone()).unwrap()));
         // Request 1: no promise covers it, one is made at once (the gate is open for it).
         release.send(()).unwrap();
         file.begin(&mut progress, 1, 4, false).unwrap();
@@ -529,5 +619,83 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!((file.synced, file.durable), (in_flight, 8));
+    }
+
+    #[test]
+    fn a_synced_record_that_promises_less_lowers_the_promise() {
+        let (mut file, mut progress) = ProgressFile::on(Arc::new(Held::default()), true).unwrap();
+        file.begin(&mut progress, 1, 100, false).unwrap();
+        assert_eq!(file.durable, 100);
+        // A snapshot installed up to request 10: its synced record promises no more.
+        progress = Progress {
+            writing: 10,
+            written: 10,
+            answered: 10,
+            durable_through: 10,
+            ..progress
+        };
+        file.write_synced(&progress).unwrap();
+        assert_eq!(file.durable, 10);
+        // Request 11 needs a promise of its own, synced before it begins.
+        file.begin(&mut progress, 11, 100, false).unwrap();
+        assert_eq!((file.durable, progress.durable_through), (110, 110));
+        assert_eq!(file.best().unwrap().2.durable_through, 110);
+    }
+
+    #[test]
+    fn after_a_planned_stop_no_request_begins() {
+        let (mut file, mut progress) = ProgressFile::on(Arc::new(Held::default()), true).unwrap();
+        file.begin(&mut progress, 1, 4, false).unwrap();
+        file.stop().unwrap();
+        assert!(file.begin(&mut progress, 2, 4, false).is_err());
+        let (_, _, last) = file.best().unwrap();
+        assert!(last.stopped);
+        assert_eq!(last.durable_through, 1);
+    }
+
+    /// Storage whose syncs fail.
+    struct Failing;
+
+    impl Storage for Failing {
+        fn read_exact_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::UnexpectedEof.into())
+        }
+
+        fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+
+        fn sync(&self) -> std::io::Result<()> {
+            Err(std::io::Error::other("the disk is gone"))
+        }
+    }
+
+    #[test]
+    fn a_failed_background_sync_stops_delivery_even_once_overtaken() {
+        let failing = Arc::new(Failing);
+        let mut file = ProgressFile {
+            storage: failing.clone(),
+            seq: 0,
+            synced: 0,
+            written: 0,
+            durable: 8,
+            syncing: None,
+            background: Some(Background::Thread(SyncThread::start(failing).unwrap())),
+            last: Progress::default(),
+            stopped: false,
+            sync: true,
+        };
+        let mut progress = Progress::default();
+        // Past half the promise: a sync is asked for in the background, and fails.
+        file.begin(&mut progress, 5, 8, false).unwrap();
+        let Background::Thread(thread) = file.background.as_ref().unwrap() else {
+            unreachable!()
+        };
+        while thread.done.0.load(Ordering::Acquire) < 1 {
+            std::thread::yield_now();
+        }
+        // Whatever was awaited, the failure is reported.
+        file.syncing = None;
+        assert!(file.begin(&mut progress, 6, 8, false).is_err());
     }
 }
