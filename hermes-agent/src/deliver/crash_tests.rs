@@ -165,7 +165,7 @@ struct Plan {
 }
 
 /// Promises short enough to be made ahead, at once and late over these few requests.
-const PLANS: [Plan; 3] = [
+const PLANS: [Plan; 4] = [
     Plan {
         promise: 2,
         late: None,
@@ -179,6 +179,11 @@ const PLANS: [Plan; 3] = [
     Plan {
         promise: 4,
         late: Some(2),
+        install: None,
+    },
+    Plan {
+        promise: 6,
+        late: Some(1),
         install: None,
     },
 ];
@@ -313,6 +318,13 @@ impl Lives {
             Ok(mut delivery) => {
                 delivery.promising(plan.promise);
                 let progress = delivery.progress();
+                // At most one promise and a half: the next is asked for when half of the
+                // current one is left.
+                let doubted = progress.doubted.saturating_sub(progress.answered);
+                assert!(
+                    doubted <= plan.promise + plan.promise / 2,
+                    "{doubted} in doubt, {plan:?}"
+                );
                 self.again.extend(progress.answered + 1..=progress.doubted);
                 if progress.writing > progress.answered {
                     self.again.insert(progress.writing);

@@ -32,8 +32,12 @@ use crate::order::{
     typ::LogId,
 };
 
-/// Bytes of one slot.
-const SLOT: usize = 256;
+/// Bytes of one record at most.
+const RECORD: usize = 256;
+/// Bytes from one slot to the next: a page, and a file system block, of its own each, so that
+/// a write torn by a power loss garbles no other slot (a device writes back a block whole or
+/// not at all, not a part of it with a part of its neighbour's).
+const SLOT: usize = 4096;
 /// Slots in the file.
 const SLOTS: usize = 3;
 
@@ -197,12 +201,15 @@ impl Background {
     fn done(&mut self, generation: u64) -> std::io::Result<bool> {
         match self {
             Self::Thread(thread) => {
+                // The thread stores a failure before the generation it failed: read in the
+                // other order, a sync seen done is seen failed if it failed.
+                let done = thread.done.0.load(Ordering::Acquire) >= generation;
                 if thread.done.1.load(Ordering::Acquire) {
                     return Err(std::io::Error::other(
                         "syncing the delivery progress failed",
                     ));
                 }
-                Ok(thread.done.0.load(Ordering::Acquire) >= generation)
+                Ok(done)
             }
             #[cfg(test)]
             Self::Late { storage, left, .. } => match left {
@@ -278,7 +285,7 @@ impl ProgressFile {
     fn best(&self) -> Option<(usize, u64, Progress)> {
         (0..SLOTS)
             .filter_map(|slot| {
-                let mut buf = [0u8; SLOT];
+                let mut buf = [0u8; RECORD];
                 self.storage
                     .read_exact_at(&mut buf, (slot * SLOT) as u64)
                     .ok()?;
@@ -345,8 +352,14 @@ impl ProgressFile {
                 "a planned stop was recorded: no request may begin after it",
             ));
         }
+        let promise = promise.max(1);
         progress.writing = seq;
         if !self.sync {
+            // Promised all the same, unsynced: should the record survive a power loss, what
+            // it promises is counted in doubt.
+            progress.durable_through = progress
+                .durable_through
+                .max(seq.saturating_add(promise - 1));
             return self.write(progress);
         }
         self.poll()?;
@@ -446,17 +459,17 @@ impl ProgressFile {
 /// (renamed there): a file that holds no whole record is never taken for one that holds none.
 pub fn initial() -> std::io::Result<Vec<u8>> {
     let mut file = vec![0; SLOTS * SLOT];
-    file[..SLOT].copy_from_slice(&slot(1, &Progress::default())?);
+    file[..RECORD].copy_from_slice(&slot(1, &Progress::default())?);
     Ok(file)
 }
 
 /// Record number `seq`, `progress`, as a slot holds it: its length, its bytes, their checksum.
-fn slot(seq: u64, progress: &Progress) -> std::io::Result<[u8; SLOT]> {
+fn slot(seq: u64, progress: &Progress) -> std::io::Result<[u8; RECORD]> {
     let body = encode(&(seq, progress))?;
-    if body.len() + 10 > SLOT {
+    if body.len() + 10 > RECORD {
         return Err(std::io::Error::other("progress record too large"));
     }
-    let mut buf = [0u8; SLOT];
+    let mut buf = [0u8; RECORD];
     buf[..2].copy_from_slice(&(body.len() as u16).to_le_bytes());
     buf[2..2 + body.len()].copy_from_slice(&body);
     buf[2 + body.len()..10 + body.len()].copy_from_slice(&fnv1a(&[&body]).to_le_bytes());
@@ -640,6 +653,16 @@ mod tests {
         file.begin(&mut progress, 11, 100, false).unwrap();
         assert_eq!((file.durable, progress.durable_through), (110, 110));
         assert_eq!(file.best().unwrap().2.durable_through, 110);
+    }
+
+    #[test]
+    fn without_syncs_records_still_promise_what_may_have_begun() {
+        let (mut file, mut progress) = ProgressFile::on(Arc::new(Held::default()), true).unwrap();
+        file.without_syncs();
+        file.begin(&mut progress, 1, 4, false).unwrap();
+        file.begin(&mut progress, 5, 4, false).unwrap();
+        // Should such a record survive a power loss, requests up to 8 are counted in doubt.
+        assert_eq!(file.best().unwrap().2.durable_through, 8);
     }
 
     #[test]
