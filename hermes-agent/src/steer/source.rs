@@ -15,7 +15,7 @@ use nix::{
     net::if_::if_nametoindex,
     sys::socket::{
         AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
-        socket,
+        setsockopt, socket, sockopt,
     },
 };
 use tokio::net::{TcpSocket, TcpStream};
@@ -51,6 +51,20 @@ pub async fn connect_in(
         (None, SocketAddr::V6(_)) => TcpSocket::new_v6()?,
     };
     if app.is_ipv4() {
+        // An app connection per client connection, closed by the agent, leaves a TIME_WAIT
+        // behind on `source` each time: tens of thousands a minute under a client that opens a
+        // connection per request. A port taken at bind time must be held by none of them, and
+        // finding one grows slow as they pile up; taken at connect time, on `lo` (where the
+        // app is reached at `source`), the kernel reuses a TIME_WAIT's port once it is a second
+        // old (`net.ipv4.tcp_tw_reuse`, on for loopback by default).
+        setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)?;
+        if app.ip() == std::net::IpAddr::V4(source) {
+            setsockopt(
+                &socket,
+                sockopt::BindToDevice,
+                &std::ffi::OsString::from("lo"),
+            )?;
+        }
         socket.bind(SocketAddr::from((source, 0)))?;
     }
     socket.connect(app).await
