@@ -546,10 +546,7 @@ async fn the_connections_open_at_a_checkpoint_are_broken_after_a_restart_from_it
         entry(2, 7, Event::Lost),
         entry(3, 8, Event::Open),
     ];
-    entries.extend((4..=4096).map(|index| Entry {
-        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Blank,
-    }));
+    entries.extend(super::tests::blanks(4..=4096));
     log.blocking_append(entries.clone()).await.unwrap();
     machine.apply(entries).await.unwrap();
     drop(machine);

@@ -850,7 +850,7 @@ async fn the_sessions_rebuilt_at_start_are_those_applying_built() {
 }
 
 /// Blank log entries `indexes` (as a leader's first entry is).
-fn blanks(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+pub(super) fn blanks(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
     indexes
         .map(|index| Entry {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
