@@ -390,23 +390,18 @@ impl ProgressFile {
         progress.durable_through = progress
             .durable_through
             .max(self.durable.saturating_add(promise));
-        self.write(progress)?;
-        let (slot, promised) = (self.written, progress.durable_through);
-        match &mut self.background {
-            Some(background) => {
-                let generation = background.ask()?;
-                self.syncing = Some(Syncing {
-                    generation,
-                    slot,
-                    promise: promised,
-                });
-            }
-            None => {
-                self.storage.sync()?;
-                self.synced = slot;
-                self.durable = promised;
-            }
+        if self.background.is_none() {
+            return self.write_synced(progress);
         }
+        // Written first, then its sync asked for: a sync that began before the write would not
+        // make it durable.
+        self.write(progress)?;
+        let generation = self.background.as_mut().expect("checked").ask()?;
+        self.syncing = Some(Syncing {
+            generation,
+            slot: self.written,
+            promise: progress.durable_through,
+        });
         Ok(())
     }
 
@@ -441,6 +436,8 @@ impl ProgressFile {
     /// without being counted in doubt (`--no-progress-sync`).
     pub fn without_syncs(&mut self) {
         self.sync = false;
+        // Its thread ends with it.
+        self.background = None;
     }
 
     /// Records a planned stop: nothing after the last record's `writing` has begun, nor will,
@@ -695,20 +692,11 @@ mod tests {
 
     #[test]
     fn a_failed_background_sync_stops_delivery_even_once_overtaken() {
+        let (mut file, mut progress) = ProgressFile::on(Arc::new(Held::default()), true).unwrap();
         let failing = Arc::new(Failing);
-        let mut file = ProgressFile {
-            storage: failing.clone(),
-            seq: 0,
-            synced: 0,
-            written: 0,
-            durable: 8,
-            syncing: None,
-            background: Some(Background::Thread(SyncThread::start(failing).unwrap())),
-            last: Progress::default(),
-            stopped: false,
-            sync: true,
-        };
-        let mut progress = Progress::default();
+        file.storage = failing.clone();
+        file.durable = 8;
+        file.background = Some(Background::Thread(SyncThread::start(failing).unwrap()));
         // Past half the promise: a sync is asked for in the background, and fails.
         file.begin(&mut progress, 5, 8, false).unwrap();
         let Background::Thread(thread) = file.background.as_ref().unwrap() else {
