@@ -239,7 +239,18 @@ impl ProgressFile {
     /// Opens the progress kept in `file`, opened to read and write (by
     /// [`crate::data_dir::DataDir::open_file`]: never by a path); an empty file holds none yet.
     pub fn open(file: File) -> std::io::Result<(Self, Progress)> {
-        let empty = file.metadata()?.len() == 0;
+        let len = file.metadata()?.len();
+        // In this layout a file ends where a slot or a record in one does; one that does not is
+        // of another layout (an earlier version's slots were 256 bytes apart), whose records
+        // are not where these are read.
+        let tail = len % SLOT as u64;
+        if len > (SLOTS * SLOT) as u64 || (tail != 0 && tail != RECORD as u64) {
+            return Err(std::io::Error::other(format!(
+                "the delivery progress file holds {len} bytes, which is not this version's \
+                 layout (slots {SLOT} bytes apart): reading it could send requests twice"
+            )));
+        }
+        let empty = len == 0;
         let storage: Arc<dyn Storage> = Arc::new(file);
         let background = Background::Thread(SyncThread::start(Arc::clone(&storage))?);
         let (mut this, progress) = Self::on(storage, empty)?;
@@ -548,6 +559,16 @@ mod tests {
         // All torn: refused, never taken for no progress at all.
         tear(synced);
         assert!(open().is_err());
+    }
+
+    #[test]
+    fn a_file_of_another_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = file_in(dir.path());
+        // An earlier version's three slots, 256 bytes apart, the newest record in the last.
+        FileExt::write_all_at(&file, &[0u8; 3 * 256], 0).unwrap();
+        let error = ProgressFile::open(file).unwrap_err();
+        assert!(error.to_string().contains("layout"), "{error}");
     }
 
     #[test]

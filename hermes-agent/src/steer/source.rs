@@ -58,12 +58,13 @@ pub async fn connect_in(
         // app is reached at `source`), the kernel reuses a TIME_WAIT's port once it is a second
         // old (`net.ipv4.tcp_tw_reuse`, on for loopback by default).
         setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)?;
+        // Refused without CAP_NET_RAW before Linux 5.7: then ports are reused less, that is all.
         if app.ip() == std::net::IpAddr::V4(source) {
-            setsockopt(
+            let _ = setsockopt(
                 &socket,
                 sockopt::BindToDevice,
                 &std::ffi::OsString::from("lo"),
-            )?;
+            );
         }
         socket.bind(SocketAddr::from((source, 0)))?;
     }
