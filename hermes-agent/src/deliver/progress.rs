@@ -565,8 +565,14 @@ mod tests {
     fn a_file_of_another_layout_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = file_in(dir.path());
-        // An earlier version's three slots, 256 bytes apart, the newest record in the last.
-        FileExt::write_all_at(&file, &[0u8; 3 * 256], 0).unwrap();
+        // An earlier version's three slots, 256 bytes apart, the newest record in the last:
+        // read at this layout's offsets, only the oldest would be found.
+        FileExt::write_all_at(&file, &slot(1, &Progress::default()).unwrap(), 0).unwrap();
+        let newest = Progress {
+            written: 9,
+            ..Progress::default()
+        };
+        FileExt::write_all_at(&file, &slot(3, &newest).unwrap(), 512).unwrap();
         let error = ProgressFile::open(file).unwrap_err();
         assert!(error.to_string().contains("layout"), "{error}");
     }
