@@ -453,3 +453,52 @@ fn a_body_left_unread_by_an_app_serving_one_connection_at_a_time_harms_no_other_
 fn a_body_left_unread_by_an_app_with_a_thread_per_connection_harms_no_other_client() {
     others_are_untouched_by_a_sloppy_client(true);
 }
+
+/// The node's count of delayed acknowledgements sent (`TcpExt: DelayedACKs`, counted per network
+/// namespace): each one an ACK the kernel held back for up to 40 ms.
+fn delayed_acks(cluster: &Cluster, id: usize) -> u64 {
+    let output = cluster
+        .lab
+        .node(id)
+        .command("cat")
+        .unwrap()
+        .arg("/proc/net/netstat")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut rows = text.lines().filter(|line| line.starts_with("TcpExt:"));
+    let (names, values) = (rows.next().unwrap(), rows.next().unwrap());
+    let at = names
+        .split_whitespace()
+        .position(|name| name == "DelayedACKs")
+        .expect("DelayedACKs in /proc/net/netstat");
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+// Python's stock `http.server` (HTTP/1.1, Nagle on) writes an answer's head, then its body: the
+// body waits until the head is acknowledged. Its own kept-alive clients acknowledge at once
+// when they are sending the next request anyway; an app connection that just wrote a request
+// would delay the acknowledgement (40 ms per request) unless the agent asks for it at once.
+// Counted, not timed: every held-back acknowledgement the node's kernel sent.
+#[test]
+fn an_app_writing_head_and_body_apart_costs_no_delayed_acknowledgement_per_request() {
+    let cluster = cluster(1, App::Stock, &[]);
+    let mut stream = client::connect(cluster.addr(1)).unwrap();
+    let mut pending = Vec::new();
+    let before = delayed_acks(&cluster, 1);
+    const REQUESTS: u64 = 40;
+    for _ in 0..REQUESTS {
+        stream
+            .write_all(b"GET /hello.txt HTTP/1.1\r\nHost: hermes\r\n\r\n")
+            .unwrap();
+        let answer = read_response(&mut stream, &mut pending, "GET").unwrap();
+        assert_eq!((answer.status, answer.text().as_str()), (200, "hello\n"));
+    }
+    let delayed = delayed_acks(&cluster, 1) - before;
+    // Without the immediate acknowledgement, nearly every request costs one (the kernel
+    // acknowledges the first few segments of a connection at once anyway).
+    assert!(
+        delayed < REQUESTS / 4,
+        "{delayed} delayed acknowledgements for {REQUESTS} requests"
+    );
+}

@@ -34,6 +34,10 @@ pub enum App {
     Random,
     /// `tests/apps/sloppy.py`: `Append`, whose `POST /ping` answers without reading the body.
     Sloppy,
+    /// Python's own `python3 -m http.server --protocol HTTP/1.1`, serving the files of a folder
+    /// (`hello.txt` holds `hello`). It writes an answer's head and its body in two writes, with
+    /// Nagle's algorithm on.
+    Stock,
     /// Debian's `redis-server` (raw TCP mode), in memory only, its `DEBUG` commands allowed on
     /// loopback (for `DEBUG DIGEST`).
     Redis,
@@ -44,7 +48,7 @@ impl App {
     /// that are workspace binaries. The scripts serve one connection at a time.
     pub fn script(self) -> Option<PathBuf> {
         let name = match self {
-            Self::Log | Self::HttpEcho | Self::Redis => return None,
+            Self::Log | Self::HttpEcho | Self::Stock | Self::Redis => return None,
             Self::Append => "append.py",
             Self::Record => "record.py",
             Self::Register => "register.py",
@@ -210,6 +214,8 @@ impl Cluster {
         let dir = self.dir.path().to_str().expect("UTF-8 path").to_owned();
         let port = PORT.to_string();
         let dump = format!("dump-{id}.rdb");
+        let www = self.dir.path().join(format!("www-{id}"));
+        let www = www.to_str().expect("UTF-8 path").to_owned();
         let mut ready = "listening";
         let (program, mut args) = match self.app {
             App::Log => (
@@ -221,6 +227,24 @@ impl Cluster {
                 let script = script.as_deref().expect("the app's script");
                 let script = script.to_str().expect("UTF-8 path");
                 let args = vec![script, "--listen", &listen, "--file", file];
+                (PathBuf::from("python3"), args)
+            }
+            App::Stock => {
+                std::fs::create_dir_all(&www)?;
+                std::fs::write(Path::new(&www).join("hello.txt"), b"hello\n")?;
+                ready = "Serving HTTP";
+                let args = vec![
+                    "-u",
+                    "-m",
+                    "http.server",
+                    "--protocol",
+                    "HTTP/1.1",
+                    "--bind",
+                    "0.0.0.0",
+                    "--directory",
+                    &www,
+                    &port,
+                ];
                 (PathBuf::from("python3"), args)
             }
             App::Redis => {
