@@ -9,7 +9,10 @@ use hermes_agent::{
     http::ordered::Ordered,
     order::{
         peer::wire::{self, Call, ForwardError, MembershipChange, Reply, Target},
-        typ::{Batch, Command, Entry, EntryPayload, LogId, Member, NodeId, SnapshotMeta, Vote, rpc},
+        typ::{
+            Batch, Command, Entry, EntryPayload, LogId, Member, NodeId, Proposal, SnapshotMeta, Vote,
+            rpc,
+        },
     },
 };
 use openraft::{CommittedLeaderId, Membership, StoredMembership};
@@ -67,7 +70,9 @@ fn calls() -> Vec<(&'static str, Call)> {
         },
         Entry {
             log_id: log_id(3, 11),
-            payload: EntryPayload::Normal(batch(&[get, post])),
+            payload: EntryPayload::Normal(Proposal {
+                batches: vec![batch(&[get]), batch(&[post])],
+            }),
         },
         Entry {
             log_id: log_id(3, 12),

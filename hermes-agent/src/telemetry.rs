@@ -38,16 +38,35 @@ pub struct Telemetry {
     replication_lag: Family<Labels, Gauge>,
     steering: Family<Labels, Counter>,
     handshake_failures: Counter,
+    log_entries: Counter,
+    log_entry_requests: Counter,
+    log_syncs: Counter,
+    peer_calls: Family<Labels, Counter>,
     tcp_events: Family<Labels, Counter>,
     tcp_connections: Gauge,
     /// What the steering program and TLS had counted at the last scrape.
     seen: Mutex<Seen>,
 }
 
+/// What was counted elsewhere (the steering program, TLS, the log, the peer transport), as
+/// read at a scrape: totals since the start.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    /// The steering program's verdicts: steered, dropped, bypassed.
+    pub steering: [u64; 3],
+    pub handshake_failures: u64,
+    /// Entries appended to this node's log, the requests in them, and the log's syncs.
+    pub log_entries: u64,
+    pub log_entry_requests: u64,
+    pub log_syncs: u64,
+    /// AppendEntries sent and received, and forwarded batches sent and received.
+    pub append_entries: [u64; 2],
+    pub forwards: [u64; 2],
+}
+
 #[derive(Debug, Default)]
 struct Seen {
-    steering: [u64; 3],
-    handshake_failures: u64,
+    totals: Totals,
 }
 
 /// Latencies from 100 µs to about 26 s.
@@ -76,6 +95,10 @@ impl Default for Telemetry {
             replication_lag: Family::default(),
             steering: Family::default(),
             handshake_failures: Counter::default(),
+            log_entries: Counter::default(),
+            log_entry_requests: Counter::default(),
+            log_syncs: Counter::default(),
+            peer_calls: Family::default(),
             tcp_events: Family::default(),
             tcp_connections: Gauge::default(),
             seen: Mutex::default(),
@@ -163,6 +186,29 @@ impl Default for Telemetry {
                 "peer_tls_handshake_failures",
                 "TLS handshakes with peers that failed, both ways",
                 this.handshake_failures.clone(),
+            );
+            r.register(
+                "log_entries",
+                "Entries appended to this node's log (requests per entry: \
+                 hermes_log_entry_requests_total / hermes_log_entries_total)",
+                this.log_entries.clone(),
+            );
+            r.register(
+                "log_entry_requests",
+                "Requests (raw TCP mode: connection events) in the entries appended to this \
+                 node's log",
+                this.log_entry_requests.clone(),
+            );
+            r.register(
+                "log_syncs",
+                "Writes of this node's log made durable (each one fsync, of any number of entries)",
+                this.log_syncs.clone(),
+            );
+            r.register(
+                "peer_calls",
+                "Calls between peers, by kind (append_entries: Raft replication; forward: a \
+                 follower's batch of requests for the leader) and direction (sent, received)",
+                this.peer_calls.clone(),
             );
             r.register(
                 "tcp_events",
@@ -263,23 +309,41 @@ impl Telemetry {
         }
     }
 
-    /// The steering program's counters and TLS failures so far, at a scrape: counted as they
-    /// grew since the last one.
-    pub fn totals(&self, steering: [u64; 3], handshake_failures: u64) {
+    /// What was counted elsewhere, at a scrape: counted as it grew since the last one.
+    pub fn totals(&self, now: Totals) {
         let mut seen = self.seen.lock().unwrap();
-        for ((verdict, now), before) in ["steered", "dropped", "bypassed"]
+        let before = std::mem::replace(&mut seen.totals, now);
+        let grown = |now: u64, before: u64| now.saturating_sub(before);
+        for (verdict, (now, before)) in ["steered", "dropped", "bypassed"]
             .into_iter()
-            .zip(steering)
-            .zip(&mut seen.steering)
+            .zip(now.steering.into_iter().zip(before.steering))
         {
             self.steering
                 .get_or_create(&vec![("verdict", verdict.to_owned())])
-                .inc_by(now.saturating_sub(*before));
-            *before = now;
+                .inc_by(grown(now, before));
         }
         self.handshake_failures
-            .inc_by(handshake_failures.saturating_sub(seen.handshake_failures));
-        seen.handshake_failures = handshake_failures;
+            .inc_by(grown(now.handshake_failures, before.handshake_failures));
+        self.log_entries
+            .inc_by(grown(now.log_entries, before.log_entries));
+        self.log_entry_requests
+            .inc_by(grown(now.log_entry_requests, before.log_entry_requests));
+        self.log_syncs
+            .inc_by(grown(now.log_syncs, before.log_syncs));
+        let calls = [
+            ("append_entries", now.append_entries, before.append_entries),
+            ("forward", now.forwards, before.forwards),
+        ];
+        for (kind, now, before) in calls {
+            for (direction, i) in [("sent", 0), ("received", 1)] {
+                self.peer_calls
+                    .get_or_create(&vec![
+                        ("kind", kind.to_owned()),
+                        ("direction", direction.to_owned()),
+                    ])
+                    .inc_by(grown(now[i], before[i]));
+            }
+        }
     }
 
     /// The metrics, in the text exposition format.

@@ -40,7 +40,7 @@ use crate::{
         propose,
     },
     steer::Steering,
-    telemetry::{State, Telemetry},
+    telemetry::{State, Telemetry, Totals},
 };
 
 /// What the admin API reads of a request (public for the fuzz targets).
@@ -331,17 +331,18 @@ pub(crate) fn not_ready(admin: &Admin) -> Option<String> {
 /// The metrics, with the state of the moment.
 fn metrics(admin: &Admin) -> String {
     let stats = admin.steering.stats();
-    let mut handshake_failures = 0;
+    let mut totals = Totals {
+        steering: [stats.steered, stats.dropped, stats.bypassed],
+        ..Totals::default()
+    };
     if let Some(node) = &admin.node {
         if let Security::Tls(tls) = node.peer_security() {
-            handshake_failures = tls.handshake_failures();
+            totals.handshake_failures = tls.handshake_failures();
         }
+        node.count(&mut totals);
         admin.telemetry.state(&state(node));
     }
-    admin.telemetry.totals(
-        [stats.steered, stats.dropped, stats.bypassed],
-        handshake_failures,
-    );
+    admin.telemetry.totals(totals);
     admin.telemetry.encode()
 }
 

@@ -21,7 +21,7 @@ use crate::{
         digests::{Digest, Digests, StreamDigest},
         log_store::LogStore,
         state_machine::{Replica, StateMachine},
-        typ::{Batch, Command, Entry, EntryPayload, LogId},
+        typ::{Batch, Command, Entry, EntryPayload, LogId, Proposal},
     },
     tcp::{Chunk, Event},
     testing::LineApp,
@@ -279,7 +279,7 @@ async fn open_state_machine(
 fn entry(index: u64, conn: u64, event: Event) -> Entry {
     Entry {
         log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Batch {
+        payload: EntryPayload::Normal(Proposal::from(Batch {
             id: (1, 1, index),
             floor: 0,
             commands: vec![Command {
@@ -288,7 +288,7 @@ fn entry(index: u64, conn: u64, event: Event) -> Entry {
                 id: index,
                 payload: Chunk::new(conn, event).encode(),
             }],
-        }),
+        })),
     }
 }
 
@@ -514,7 +514,7 @@ async fn a_membership_change_that_removes_a_node_closes_its_connections_everywhe
     // Nor does it open any (an event of it in flight, committed after the change); node 2 does.
     let of_node_2 = Entry {
         log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 6),
-        payload: EntryPayload::Normal(Batch {
+        payload: EntryPayload::Normal(Proposal::from(Batch {
             id: (2, 5, 6),
             floor: 0,
             commands: vec![Command {
@@ -523,7 +523,7 @@ async fn a_membership_change_that_removes_a_node_closes_its_connections_everywhe
                 id: 6,
                 payload: Chunk::new(7, Event::Open).encode(),
             }],
-        }),
+        })),
     };
     machine
         .apply([entry(5, 6, Event::Open), of_node_2])

@@ -15,7 +15,7 @@ use crate::{
     http::{Response, Version, ordered::Ordered, response::Limits},
     order::{
         log_store::LogStore,
-        typ::{Batch, Command, Entry, EntryPayload, LogId},
+        typ::{Batch, Command, Entry, EntryPayload, LogId, Proposal},
     },
     testing::{Act, FakeApp, OK, Seen},
 };
@@ -605,7 +605,7 @@ async fn state_machine(
 fn entry(index: u64, origin: u64, floor: u64, ids: impl IntoIterator<Item = u64>) -> Entry {
     Entry {
         log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Batch {
+        payload: EntryPayload::Normal(Proposal::from(Batch {
             id: (origin, 1, index),
             floor,
             commands: ids
@@ -617,7 +617,7 @@ fn entry(index: u64, origin: u64, floor: u64, ids: impl IntoIterator<Item = u64>
                     payload: post("x"),
                 })
                 .collect(),
-        }),
+        })),
     }
 }
 

@@ -52,10 +52,11 @@ async fn logged(node: &Node) -> Vec<Chunk> {
     entries
         .into_iter()
         .filter_map(|entry| match entry.payload {
-            EntryPayload::Normal(batch) => Some(batch.commands),
+            EntryPayload::Normal(proposal) => Some(proposal.batches),
             _ => None,
         })
         .flatten()
+        .flat_map(|batch| batch.commands)
         .map(|command| Chunk::decode(&command.payload).expect("an event"))
         .collect()
 }

@@ -64,10 +64,12 @@ use identity::{Identity, IdentityError};
 use in_flight::{Flying, InFlight};
 use log_store::LogStore;
 use peer::{
-    Network, Peers, server,
+    Network, Peers,
+    client::Calls,
+    server,
     tls::{PeerTls, Security},
 };
-use propose::{Outcome, Proposer};
+use propose::{Merger, Outcome, Proposer};
 use state_machine::{Applied, Replica, StateMachine};
 use typ::{Command, ConnKey, Metrics, NodeId, Raft};
 
@@ -364,12 +366,13 @@ impl Node {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
+        let merger = Merger::start(raft.clone(), log.clone());
         tokio::spawn(server::serve(
             listener,
             Arc::new(server::Server {
                 raft: raft.clone(),
                 applied: Arc::clone(&applied),
-                log: log.clone(),
+                merger: merger.clone(),
                 peers: peers.clone(),
                 identity,
                 forward_timeout: settings.request_timeout,
@@ -410,7 +413,7 @@ impl Node {
         let in_flight = InFlight::new(identity.first_id());
         let proposer = Proposer::start(
             raft.clone(),
-            log.clone(),
+            merger,
             peers.clone(),
             identity,
             Arc::clone(&in_flight),
@@ -685,6 +688,18 @@ impl Node {
     /// Its connections to peers (pod mode asks the pods of a group who they are).
     pub fn peers(&self) -> &Peers {
         &self.peers
+    }
+
+    /// Adds what the log and the peer transport counted to `totals`.
+    pub fn count(&self, totals: &mut crate::telemetry::Totals) {
+        (
+            totals.log_entries,
+            totals.log_entry_requests,
+            totals.log_syncs,
+        ) = self.log.counts();
+        let calls = self.peers.calls();
+        totals.append_entries = Calls::read(&calls.append_entries);
+        totals.forwards = Calls::read(&calls.forwards);
     }
 
     /// The app, as delivery and reads reach it.

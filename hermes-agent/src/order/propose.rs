@@ -1,7 +1,10 @@
 //! Proposing: gets this node's client requests into the log. Requests that arrive while earlier
-//! proposals are in flight are batched into one entry, so that under load one append (one fsync,
-//! one round of replication) orders many of them; at low load a batch is a single request and
-//! waits for nothing. The leader proposes its batches itself; a follower forwards them to it.
+//! batches are in flight are batched together; a follower forwards its batches to the leader.
+//! The leader merges the batches that arrive while its earlier entries are in flight, its own and
+//! those forwarded, into one entry ([`Merger`]), so that under load one append (one fsync, one
+//! round of replication) orders the requests of every node; at low load an entry is a single
+//! request and waits for nothing.
+use std::future::Future;
 use std::{
     sync::{
         Arc,
@@ -19,16 +22,18 @@ use super::{
     log_store::LogStore,
     peer::{
         Peers,
+        client::{Calls, Direction},
         wire::{Call, ForwardError, Reply},
     },
-    typ::{Batch, Command, Metrics, NodeId, Raft},
+    typ::{Batch, Command, Metrics, NodeId, Proposal, Raft},
 };
 
-/// Batches in flight at once from one node.
+/// Batches in flight at once from one node; entries in flight at once from the leader.
 const IN_FLIGHT: usize = 4;
 /// Requests in one batch at most.
 const MAX_BATCH: usize = 256;
-/// Payload bytes in one batch at most (a single larger request still goes alone).
+/// Payload bytes in one batch, and in one entry, at most (a single larger request, or batch,
+/// still goes alone).
 const MAX_BATCH_BYTES: usize = 1 << 20;
 /// A leader that has heard from no quorum for this long is probably cut off: it takes no more
 /// proposals, which could not commit.
@@ -65,10 +70,10 @@ pub struct Proposer {
 
 impl Proposer {
     /// `identity` makes batch ids unique across restarts and incarnations; `in_flight` gives
-    /// each batch its floor.
+    /// each batch its floor; `merger` proposes them while this node leads.
     pub fn start(
         raft: Raft,
-        log: LogStore,
+        merger: Merger,
         peers: Peers,
         identity: Identity,
         in_flight: Arc<InFlight>,
@@ -77,7 +82,7 @@ impl Proposer {
         let (queue, pending) = mpsc::unbounded_channel();
         let route = Arc::new(Route {
             raft,
-            log,
+            merger,
             peers,
             identity,
             in_flight,
@@ -143,7 +148,7 @@ async fn batch(mut queue: mpsc::UnboundedReceiver<Pending>, route: Arc<Route>) {
 
 struct Route {
     raft: Raft,
-    log: LogStore,
+    merger: Merger,
     peers: Peers,
     identity: Identity,
     in_flight: Arc<InFlight>,
@@ -167,12 +172,11 @@ impl Route {
         };
         let (leader, addr) = super::leader(&self.raft);
         match (leader, addr) {
-            (Some(leader), _) if leader == self.identity.node_id => {
-                commit(&self.raft, &self.log, batch).await
-            }
+            (Some(leader), _) if leader == self.identity.node_id => self.merger.commit(batch).await,
             (Some(leader), Some(addr)) => {
                 let peer = self.peers.get(leader, &addr);
                 let call = Call::Forward(batch);
+                Calls::count(&self.peers.calls().forwards, Direction::Sent);
                 let forwarded = tokio::select! {
                     forwarded = peer.call(&call, self.timeout) => forwarded,
                     // A leader that lost its place (cut off, say) may never answer: the batch
@@ -203,16 +207,120 @@ impl Route {
     }
 }
 
-/// Proposes `batch` on this node, the leader, and waits until it is committed (not until it is
-/// applied here: that waits for the app, and the proposer's own node answers its clients).
-/// Once openraft has taken the batch, any failure may still see it committed.
-pub async fn commit(raft: &Raft, log: &LogStore, batch: Batch) -> Outcome {
+/// A batch waiting for the leader's next entry.
+struct Waiting {
+    batch: Batch,
+    outcome: oneshot::Sender<Outcome>,
+}
+
+impl Waiting {
+    fn bytes(&self) -> usize {
+        self.batch.commands.iter().map(|c| c.payload.len()).sum()
+    }
+}
+
+/// Proposes batches on the leader, its own and those its followers forwarded: the batches that
+/// arrive while [`IN_FLIGHT`] entries are in flight go into the next entry together.
+#[derive(Clone)]
+pub struct Merger {
+    queue: mpsc::UnboundedSender<Waiting>,
+}
+
+impl Merger {
+    pub fn start(raft: Raft, log: LogStore) -> Self {
+        Self::with(IN_FLIGHT, move |proposal| {
+            let (raft, log) = (raft.clone(), log.clone());
+            async move { commit(&raft, &log, proposal).await }
+        })
+    }
+
+    /// A merger whose entries are committed by `commit`, `in_flight` at once at most.
+    fn with<F, C>(in_flight: usize, commit: C) -> Self
+    where
+        C: Fn(Proposal) -> F + Send + Sync + 'static,
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        let (queue, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(merge(waiting, in_flight, commit));
+        Self { queue }
+    }
+
+    /// Proposes `batch` (in an entry with others) and says what became of it.
+    pub async fn commit(&self, batch: Batch) -> Outcome {
+        let (outcome, receive) = oneshot::channel();
+        if self.queue.send(Waiting { batch, outcome }).is_err() {
+            return Outcome::Failed { maybe_sent: false };
+        }
+        receive
+            .await
+            .unwrap_or(Outcome::Failed { maybe_sent: false })
+    }
+}
+
+async fn merge<F, C>(mut queue: mpsc::UnboundedReceiver<Waiting>, in_flight: usize, commit: C)
+where
+    C: Fn(Proposal) -> F + Send + Sync + 'static,
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    let in_flight = Arc::new(Semaphore::new(in_flight));
+    // A batch that did not fit in the previous entry: it opens the next.
+    let mut carried: Option<Waiting> = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match queue.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        // Batches whose proposer stopped waiting (a forward that timed out) are not proposed:
+        // their node proposes them again, or gave them up.
+        let mut bytes = first.bytes();
+        let mut waiting = vec![first];
+        while let Ok(next) = queue.try_recv() {
+            if next.outcome.is_closed() {
+                continue;
+            }
+            if bytes + next.bytes() > MAX_BATCH_BYTES {
+                carried = Some(next);
+                break;
+            }
+            bytes += next.bytes();
+            waiting.push(next);
+        }
+        waiting.retain(|w| !w.outcome.is_closed());
+        if waiting.is_empty() {
+            continue;
+        }
+        let (batches, waiters): (Vec<_>, Vec<_>) =
+            waiting.into_iter().map(|w| (w.batch, w.outcome)).unzip();
+        let committed = commit(Proposal { batches });
+        tokio::spawn(async move {
+            let outcome = committed.await;
+            drop(permit);
+            for waiter in waiters {
+                let _ = waiter.send(outcome);
+            }
+        });
+    }
+}
+
+/// Proposes `proposal` on this node, the leader, and waits until it is committed (not until it
+/// is applied here: that waits for the app, and the proposer's own node answers its clients).
+/// Once openraft has taken the proposal, any failure may still see it committed.
+async fn commit(raft: &Raft, log: &LogStore, proposal: Proposal) -> Outcome {
     if cut_off(&raft.metrics().borrow()) {
         return Outcome::NotLeader(None);
     }
-    // Withdrawn when dropped: also when the caller stops waiting (a forward's timeout).
-    let mut committed = log.watch(batch.id);
-    match raft.client_write_ff(batch).await {
+    let Some(id) = proposal.id() else {
+        return Outcome::Committed;
+    };
+    // Withdrawn when dropped.
+    let mut committed = log.watch(id);
+    match raft.client_write_ff(proposal).await {
         Err(_) => Outcome::Failed { maybe_sent: false },
         Ok(applied) => tokio::select! {
             Ok(()) = &mut committed => Outcome::Committed,
@@ -225,5 +333,90 @@ pub async fn commit(raft: &Raft, log: &LogStore, batch: Batch) -> Outcome {
                 Err(_) => Outcome::Failed { maybe_sent: true },
             },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// A batch of node `origin` holding one request of `bytes` bytes.
+    fn batch(origin: NodeId, sequence: u64, bytes: usize) -> Batch {
+        Batch {
+            id: (origin, 1, sequence),
+            floor: sequence,
+            commands: vec![Command {
+                origin,
+                incarnation: 1,
+                id: sequence,
+                payload: Bytes::from(vec![b'x'; bytes]),
+            }],
+        }
+    }
+
+    /// Queues `batch` as a proposer would, without waiting.
+    fn queue(merger: &Merger, batch: Batch) -> oneshot::Receiver<Outcome> {
+        let (outcome, receive) = oneshot::channel();
+        merger.queue.send(Waiting { batch, outcome }).unwrap();
+        receive
+    }
+
+    /// The origins and sequences of each proposal's batches.
+    fn shapes(proposals: &Mutex<Vec<Proposal>>) -> Vec<Vec<(NodeId, u64)>> {
+        let proposals = proposals.lock().unwrap();
+        let shape = |p: &Proposal| p.batches.iter().map(|b| (b.id.0, b.id.2)).collect();
+        proposals.iter().map(shape).collect()
+    }
+
+    #[tokio::test]
+    async fn batches_arriving_while_an_entry_is_in_flight_share_the_next_entry() {
+        let proposals = Arc::new(Mutex::new(Vec::new()));
+        // Each proposal is committed once the test lets one go.
+        let commits = Arc::new(Semaphore::new(0));
+        let merger = {
+            let (proposals, commits) = (Arc::clone(&proposals), Arc::clone(&commits));
+            Merger::with(1, move |proposal| {
+                proposals.lock().unwrap().push(proposal);
+                let commits = Arc::clone(&commits);
+                async move {
+                    commits.acquire().await.unwrap().forget();
+                    Outcome::Committed
+                }
+            })
+        };
+        // The leader's (node 1) first batch goes alone: nothing is in flight.
+        let first = queue(&merger, batch(1, 1, 10));
+        while proposals.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // While it is in flight: two followers' forwarded batches, the leader's next one, a
+        // forward whose sender stopped waiting, and a batch too large to share the entry.
+        let forwarded = [
+            queue(&merger, batch(2, 1, 10)),
+            queue(&merger, batch(3, 1, 10)),
+        ];
+        let own = queue(&merger, batch(1, 2, 10));
+        drop(queue(&merger, batch(2, 2, 10)));
+        let large = queue(&merger, batch(3, 2, MAX_BATCH_BYTES));
+        commits.add_permits(1);
+        assert_eq!(first.await.unwrap(), Outcome::Committed);
+        while proposals.lock().unwrap().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        commits.add_permits(2);
+        for outcome in forwarded.into_iter().chain([own, large]) {
+            assert_eq!(outcome.await.unwrap(), Outcome::Committed);
+        }
+        assert_eq!(
+            shapes(&proposals),
+            [vec![(1, 1)], vec![(2, 1), (3, 1), (1, 2)], vec![(3, 2)]],
+            "forwarded batches share an entry with the leader's own; one nobody waits for is \
+             not proposed; an entry stays within {MAX_BATCH_BYTES} bytes but for a lone batch"
+        );
     }
 }

@@ -521,25 +521,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
                     self.save_membership().await?;
                 }
-                EntryPayload::Normal(batch) => {
-                    let (origin, incarnation, _) = batch.id;
-                    self.delivery.advance((origin, incarnation), batch.floor);
-                    let first = self.delivery.progress().requests + 1;
-                    for (seq, command) in (first..).zip(batch.commands) {
-                        self.applied.unfenced().await;
-                        let outcome = self
-                            .delivery
-                            .deliver(seq, command.key(), &command.payload)
-                            .await
-                            .map_err(failed)?;
-                        if let Outcome::Diverged(why) = &outcome {
-                            // Fenced for good first, then the event is passed over: a crash
-                            // in between finds the fence, never the event merely gone.
-                            self.applied.fence(why.clone());
-                            self.delivery.pass_over(seq).map_err(failed)?;
+                EntryPayload::Normal(proposal) => {
+                    let mut seq = self.delivery.progress().requests;
+                    for batch in proposal.batches {
+                        let (origin, incarnation, _) = batch.id;
+                        self.delivery.advance((origin, incarnation), batch.floor);
+                        for command in batch.commands {
+                            seq += 1;
+                            self.applied.unfenced().await;
+                            let outcome = self
+                                .delivery
+                                .deliver(seq, command.key(), &command.payload)
+                                .await
+                                .map_err(failed)?;
+                            if let Outcome::Diverged(why) = &outcome {
+                                // Fenced for good first, then the event is passed over: a crash
+                                // in between finds the fence, never the event merely gone.
+                                self.applied.fence(why.clone());
+                                self.delivery.pass_over(seq).map_err(failed)?;
+                            }
+                            self.applied.record(seq, &command, outcome, &self.delivery);
+                            self.halt_if_asked(&command).await;
                         }
-                        self.applied.record(seq, &command, outcome, &self.delivery);
-                        self.halt_if_asked(&command).await;
                     }
                 }
             }
@@ -741,27 +744,38 @@ async fn replay(
     while start <= applied + 1 {
         let end = (applied + 1).min(start.saturating_add(63));
         for entry in log.try_get_log_entries(start..end + 1).await? {
-            let EntryPayload::Normal(batch) = entry.payload else {
+            let EntryPayload::Normal(proposal) = entry.payload else {
                 continue;
             };
-            let handled = if entry.log_id.index > applied {
+            let mut handled = if entry.log_id.index > applied {
                 partly
             } else {
                 usize::MAX
             };
-            let (origin, incarnation, _) = batch.id;
-            sessions.advance((origin, incarnation), batch.floor);
-            for command in batch.commands.iter().take(handled) {
-                // A copy, or a request below its node's floor, was not applied: neither is it
-                // here.
-                if !sessions.first(command.key()) {
-                    continue;
+            // As far as the apply got: a batch's floor counts only once the requests before it
+            // were handled (a later batch of the same node may have a floor above them).
+            for batch in &proposal.batches {
+                if handled == 0 {
+                    break;
                 }
-                if let Some(connections) = tcp.as_deref_mut()
-                    && let Some(chunk) = Chunk::decode(&command.payload)
-                {
-                    let conn = (command.origin, command.incarnation, chunk.conn);
-                    connections.replayed(conn, &chunk.event);
+                let (origin, incarnation, _) = batch.id;
+                sessions.advance((origin, incarnation), batch.floor);
+                for command in &batch.commands {
+                    if handled == 0 {
+                        break;
+                    }
+                    handled -= 1;
+                    // A copy, or a request below its node's floor, was not applied: neither is it
+                    // here.
+                    if !sessions.first(command.key()) {
+                        continue;
+                    }
+                    if let Some(connections) = tcp.as_deref_mut()
+                        && let Some(chunk) = Chunk::decode(&command.payload)
+                    {
+                        let conn = (command.origin, command.incarnation, chunk.conn);
+                        connections.replayed(conn, &chunk.event);
+                    }
                 }
             }
         }

@@ -36,8 +36,8 @@ pub type RequestKey = (NodeId, u64, u64);
 /// app connection of its own.
 pub type ConnKey = (NodeId, u64, u64);
 
-/// The commands of one log entry: a node proposes the requests its clients sent while its
-/// previous proposal was in flight together, so that one append (one fsync) orders them all.
+/// The requests of one node that travel together: a node batches the requests its clients sent
+/// while its previous batches were in flight, so that one append (one fsync) orders them all.
 /// Every command of a batch is the proposing node's own.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
@@ -53,6 +53,33 @@ pub struct Batch {
 
 /// (proposing node, its incarnation, `(boot << 40) | sequence`).
 pub type BatchId = (NodeId, u64, u64);
+
+/// What one log entry holds: the batches the leader proposed together, its own and those its
+/// followers forwarded while its earlier entries were in flight, applied in this order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub batches: Vec<Batch>,
+}
+
+impl From<Batch> for Proposal {
+    fn from(batch: Batch) -> Self {
+        Self {
+            batches: vec![batch],
+        }
+    }
+}
+
+impl Proposal {
+    /// The id the proposal is watched by: its first batch's.
+    pub fn id(&self) -> Option<BatchId> {
+        self.batches.first().map(|batch| batch.id)
+    }
+
+    /// The requests it holds.
+    pub fn requests(&self) -> usize {
+        self.batches.iter().map(|batch| batch.commands.len()).sum()
+    }
+}
 
 /// A member of the cluster, as the membership records it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +100,7 @@ impl std::fmt::Display for Member {
 openraft::declare_raft_types!(
     /// Hermes' Raft types.
     pub TypeConfig:
-        D = Batch,
+        D = Proposal,
         R = (),
         NodeId = NodeId,
         Node = Member,

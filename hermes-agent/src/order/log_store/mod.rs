@@ -16,7 +16,11 @@ use std::{
     fmt::Debug,
     ops::{Bound, RangeBounds},
     pin::Pin,
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     task::{Context, Poll},
 };
 
@@ -55,6 +59,17 @@ struct Inner {
     /// `None` only while dropping.
     writer: Option<mpsc::Sender<Write>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    counts: Counts,
+}
+
+/// What the log counts, for the metrics.
+#[derive(Default)]
+struct Counts {
+    entries: AtomicU64,
+    /// Commands in the entries appended.
+    requests: AtomicU64,
+    /// Transactions the writer made durable.
+    syncs: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -128,6 +143,7 @@ impl LogStore {
                 watches: Mutex::default(),
                 writer: Some(writer),
                 writer_thread: thread.ok(),
+                counts: Counts::default(),
             }
         });
         if shared.writer_thread.is_none() {
@@ -155,6 +171,16 @@ impl LogStore {
     /// Watches held now: each belongs to a proposal still waiting.
     pub fn watching(&self) -> usize {
         self.inner.watches.lock().unwrap().waiting.len()
+    }
+
+    /// Entries appended, the commands in them, and the writes made durable, since the start.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let counts = &self.inner.counts;
+        (
+            counts.entries.load(Ordering::Relaxed),
+            counts.requests.load(Ordering::Relaxed),
+            counts.syncs.load(Ordering::Relaxed),
+        )
     }
 
     /// Bytes of entries held in memory.
@@ -373,11 +399,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut state = self.inner.state.lock().unwrap();
             let mut watches = self.inner.watches.lock().unwrap();
+            let counts = &self.inner.counts;
+            counts
+                .entries
+                .fetch_add(entries.len() as u64, Ordering::Relaxed);
             for (entry, (_, bytes)) in entries.into_iter().zip(&encoded) {
-                if let EntryPayload::Normal(batch) = &entry.payload
-                    && watches.waiting.contains_key(&batch.id)
-                {
-                    watches.placed.insert(entry.log_id.index, batch.id);
+                if let EntryPayload::Normal(proposal) = &entry.payload {
+                    counts
+                        .requests
+                        .fetch_add(proposal.requests() as u64, Ordering::Relaxed);
+                    if let Some(id) = proposal.id()
+                        && watches.waiting.contains_key(&id)
+                    {
+                        watches.placed.insert(entry.log_id.index, id);
+                    }
                 }
                 state.last_log_id = Some(entry.log_id);
                 state.cache.insert(entry, bytes.len());
@@ -517,16 +552,18 @@ mod tests {
             let entries: Vec<Entry> = (1..=3)
                 .map(|i| Entry {
                     log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
-                    payload: EntryPayload::Normal(crate::order::typ::Batch {
-                        id: (1, 1, i),
-                        floor: 0,
-                        commands: vec![crate::order::typ::Command {
-                            origin: 1,
-                            incarnation: 1,
-                            id: i,
-                            payload: bytes::Bytes::from(vec![i as u8; 3]),
-                        }],
-                    }),
+                    payload: EntryPayload::Normal(crate::order::typ::Proposal::from(
+                        crate::order::typ::Batch {
+                            id: (1, 1, i),
+                            floor: 0,
+                            commands: vec![crate::order::typ::Command {
+                                origin: 1,
+                                incarnation: 1,
+                                id: i,
+                                payload: bytes::Bytes::from(vec![i as u8; 3]),
+                            }],
+                        },
+                    )),
                 })
                 .collect();
             log.blocking_append(entries).await.unwrap();

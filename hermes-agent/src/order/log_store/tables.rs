@@ -14,8 +14,9 @@ pub const COMMITTED: &str = "committed";
 pub const PURGED: &str = "purged";
 /// What the entries are made of: [`FORMAT_VERSION`], little-endian.
 pub const FORMAT: &str = "format";
-/// 2: batches carry their floor, HTTP requests their client connection.
-pub const FORMAT_VERSION: u32 = 2;
+/// 2: batches carry their floor, HTTP requests their client connection; 3: an entry holds the
+/// batches of several nodes.
+pub const FORMAT_VERSION: u32 = 3;
 
 pub fn read_range(
     db: &Database,

@@ -63,6 +63,12 @@ pub fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &Weak<In
             }
         });
         let result = write_batch(db, &batch, committed).map_err(|e| e.to_string());
+        if let Some(shared) = shared.upgrade() {
+            shared
+                .counts
+                .syncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut last_appended = None;
         for write in batch {
             match write {

@@ -74,6 +74,33 @@ pub struct Peers {
     max_frame: usize,
     security: Security,
     resolve: Option<Resolve>,
+    calls: Arc<Calls>,
+}
+
+/// Calls of this node's peer transport, for the metrics.
+#[derive(Debug, Default)]
+pub struct Calls {
+    /// AppendEntries sent, received.
+    pub append_entries: [AtomicU64; 2],
+    /// Forwarded batches sent, received.
+    pub forwards: [AtomicU64; 2],
+}
+
+/// Where a call went, for [`Calls`].
+#[derive(Clone, Copy, Debug)]
+pub enum Direction {
+    Sent = 0,
+    Received = 1,
+}
+
+impl Calls {
+    pub fn count(counter: &[AtomicU64; 2], direction: Direction) {
+        counter[direction as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn read(counter: &[AtomicU64; 2]) -> [u64; 2] {
+        counter.each_ref().map(|n| n.load(Ordering::Relaxed))
+    }
 }
 
 impl Peers {
@@ -84,6 +111,7 @@ impl Peers {
             max_frame,
             security,
             resolve: None,
+            calls: Arc::default(),
         }
     }
 
@@ -112,6 +140,11 @@ impl Peers {
 
     pub fn max_frame(&self) -> usize {
         self.max_frame
+    }
+
+    /// What this node's peer transport counted.
+    pub fn calls(&self) -> &Arc<Calls> {
+        &self.calls
     }
 
     pub fn security(&self) -> &Security {

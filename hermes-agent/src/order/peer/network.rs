@@ -9,7 +9,7 @@ use openraft::{
 };
 
 use super::{
-    client::{CallError, Peer, Peers},
+    client::{CallError, Calls, Direction, Peer, Peers},
     wire::{Call, Reply, Target},
 };
 use crate::order::typ::{Member, NodeId, TypeConfig, rpc};
@@ -34,6 +34,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 incarnation: node.incarnation,
             },
             peer: self.peers.get(target, &node.addr),
+            calls: Arc::clone(self.peers.calls()),
         }
     }
 }
@@ -41,6 +42,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerNetwork {
     target: Target,
     peer: Arc<Peer>,
+    calls: Arc<Calls>,
 }
 
 impl PeerNetwork {
@@ -83,6 +85,7 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<rpc::AppendEntriesResponse, rpc::RpcError> {
         let entries = rpc.entries.len() as u64;
+        Calls::count(&self.calls.append_entries, Direction::Sent);
         match self
             .call(Call::AppendEntries(self.target, rpc), &option)
             .await

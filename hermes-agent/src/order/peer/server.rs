@@ -24,15 +24,15 @@ use tokio::{
 
 use super::{
     Peers,
+    client::{Calls, Direction},
     tls::{Io, Presented, Security},
     wire::{self, Call, ForwardError, Reply, Target},
 };
 use crate::order::{
     divergence,
     identity::Identity,
-    log_store::{self, LogStore},
-    membership,
-    propose::{self, Outcome},
+    log_store, membership,
+    propose::{Merger, Outcome},
     read,
     state_machine::Applied,
     typ::{NodeId, Raft},
@@ -56,7 +56,8 @@ const KEEPALIVE: Duration = Duration::from_secs(30);
 pub struct Server {
     pub raft: Raft,
     pub applied: Arc<Applied>,
-    pub log: LogStore,
+    /// Proposes forwarded batches while this node leads.
+    pub merger: Merger,
     pub peers: Peers,
     pub identity: Identity,
     /// How long a forwarded proposal may wait to be committed here.
@@ -297,6 +298,12 @@ fn for_me(server: &Server, target: Target) -> Result<(), Reply> {
 
 async fn handle(server: &Server, call: Call) -> Reply {
     let raft = &server.raft;
+    let calls = server.peers.calls();
+    match &call {
+        Call::AppendEntries(..) => Calls::count(&calls.append_entries, Direction::Received),
+        Call::Forward(_) => Calls::count(&calls.forwards, Direction::Received),
+        _ => {}
+    }
     match call {
         Call::AppendEntries(target, rpc) => match for_me(server, target) {
             Ok(()) => Reply::AppendEntries(raft.append_entries(rpc).await),
@@ -315,7 +322,7 @@ async fn handle(server: &Server, call: Call) -> Reply {
             if leader != Some(server.identity.node_id) {
                 return Reply::Forward(Err(ForwardError::NotLeader(leader)));
             }
-            let commit = propose::commit(raft, &server.log, batch);
+            let commit = server.merger.commit(batch);
             Reply::Forward(
                 match tokio::time::timeout(server.forward_timeout, commit).await {
                     Ok(Outcome::Committed) => Ok(()),
