@@ -208,7 +208,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
         (
             "compare",
             Reply::Compare {
-                what: hermes_agent::order::digests::Digest::Bytes,
+                what: hermes_agent::order::peer::wire::Digest::Bytes,
                 fenced: false,
                 settled: 19,
                 digests: vec![(17, 0x5eed_0001), (19, 0x5eed_0003)],

@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
-use crate::order::{digests::Digest, divergence::OnDivergence, read::ReadMode};
+use crate::{deliver::divergence::OnDivergence, node::read::ReadMode, order::peer::wire::Digest};
 
 /// What the protected port speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -635,7 +635,7 @@ impl Config {
     }
 
     /// What the Raft node needs; `None` in passthrough mode.
-    pub fn settings(&self) -> Result<Option<crate::order::Settings>, ConfigError> {
+    pub fn settings(&self) -> Result<Option<crate::node::Settings>, ConfigError> {
         if self.passthrough {
             return Ok(None);
         }
@@ -654,7 +654,7 @@ impl Config {
                 .parse()
                 .map_err(|_| ConfigError::NoListenAddr(node_id, own.clone()))?,
         };
-        Ok(Some(crate::order::Settings {
+        Ok(Some(crate::node::Settings {
             node_id,
             join: self.join,
             raft_addr,
@@ -678,7 +678,7 @@ impl Config {
             digest: self.digest(),
             on_divergence: self.on_divergence,
             snapshots: self.snapshot_cmd.clone().zip(self.restore_cmd.clone()).map(
-                |(snapshot_cmd, restore_cmd)| crate::order::Snapshots {
+                |(snapshot_cmd, restore_cmd)| crate::node::Snapshots {
                     snapshot_cmd,
                     restore_cmd,
                     every: self.snapshot_every,
@@ -686,7 +686,7 @@ impl Config {
                 },
             ),
             placement: Default::default(),
-            tcp: (self.protocol == Protocol::Tcp).then_some(crate::order::TcpMode {
+            tcp: (self.protocol == Protocol::Tcp).then_some(crate::deliver::tcp::TcpMode {
                 quiet: self.tcp_quiet,
                 client_stall: self.client_timeout,
                 held_for_clients: self.body_budget,

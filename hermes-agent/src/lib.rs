@@ -6,13 +6,20 @@
 //! - [`intercept`]: accepts steered connections and parses their requests ([`intercept::http`]),
 //!   or orders their events in raw TCP mode ([`intercept::tcp`], events in [`tcp`]), or only
 //!   relays bytes ([`intercept::passthrough`]).
-//! - [`order`]: totally orders the requests of all nodes through Raft and delivers them, in log
-//!   order, with [`deliver`] to the local app.
+//! - [`node`]: a running node, which interception calls: it wires [`order`] and [`deliver`]
+//!   together.
+//! - [`order`]: totally orders the requests of all nodes through Raft (the log, the peers).
+//! - [`deliver`]: Raft's state machine: delivers the committed requests, in log order, to the
+//!   local app, and compares the replicas' answers.
 //! - [`admin`]: status, health, readiness and membership over HTTP; [`ctl`] is its command line.
 //! - [`http`]: HTTP/1.1 framing shared by interception, delivery and the admin API.
 //! - [`telemetry`]: what the agent counts, for Prometheus.
 //! - [`kube`]: pod mode, for Kubernetes: a member per labelled pod of the node.
 //! - [`data_dir`]: a node's data directory, whose files are reached only through it.
+//!
+//! A request goes down one pipeline, intercept → order → deliver, and the imports run one way:
+//! [`intercept`] calls [`node`], which uses [`deliver`] and [`order`]; [`deliver`] builds on
+//! [`order`]'s log and types; [`order`] imports neither.
 //!
 //! [`run`] is the whole daemon, so tests and `main` start it the same way.
 pub mod admin;
@@ -23,6 +30,7 @@ pub mod deliver;
 pub mod http;
 pub mod intercept;
 pub mod kube;
+pub mod node;
 pub mod order;
 pub mod steer;
 pub mod tcp;
@@ -64,7 +72,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
         .map_err(|e| Error::Admin(config.admin, e))?;
     let node = match settings {
-        Some(settings) => Some(order::Node::start(settings).await?),
+        Some(settings) => Some(node::Node::start(settings).await?),
         None => None,
     };
     steer::source::ensure(config.app_source).map_err(Error::Source)?;
@@ -92,7 +100,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// How long a planned stop waits, at most, for the order that abandons the connections still
-/// open to be committed (raw TCP mode; see [`order::Node::abandon_connections`]).
+/// open to be committed (raw TCP mode; see [`node::Node::abandon_connections`]).
 const ABANDON_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A budget of `bytes` bytes, one permit each (at most what a semaphore holds).
@@ -108,7 +116,7 @@ pub fn byte_budget(bytes: u64) -> Arc<tokio::sync::Semaphore> {
 /// (`--passthrough`). Then stops `node`, letting the delivery in flight finish.
 pub async fn serve(
     config: &Config,
-    node: Option<&Arc<order::Node>>,
+    node: Option<&Arc<node::Node>>,
     listeners: steer::Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {

@@ -1,5 +1,5 @@
-//! What the in-process tests share: a scripted fake app that misbehaves on purpose, and a
-//! one-node cluster in front of it.
+//! What the in-process tests share: a scripted fake app that misbehaves on purpose (a one-node
+//! cluster in front of it is `node::testing`'s).
 use std::{
     sync::{
         Arc, Mutex,
@@ -13,8 +13,6 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::Notify,
 };
-
-use crate::order::{Node, Settings};
 
 /// A plain answer.
 pub const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
@@ -239,53 +237,6 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
             buf.extend_from_slice(&chunk[..n]);
             true
         }
-    }
-}
-
-/// A one-node cluster in front of the app at `app`, its data in `dir`, once it leads; `tune`
-/// changes its settings first.
-pub async fn single_node(
-    app: std::net::SocketAddr,
-    dir: &std::path::Path,
-    tune: impl FnOnce(&mut Settings),
-) -> Arc<Node> {
-    let mut settings = single_node_settings(app, dir);
-    tune(&mut settings);
-    let node = Node::start(settings).await.expect("node starts");
-    let mut metrics = node.raft.metrics();
-    metrics
-        .wait_for(|m| m.current_leader == Some(1))
-        .await
-        .expect("it leads");
-    node
-}
-
-/// The settings of [`single_node`].
-pub fn single_node_settings(app: std::net::SocketAddr, dir: &std::path::Path) -> Settings {
-    let local: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
-    Settings {
-        node_id: 1,
-        join: false,
-        raft_addr: local,
-        members: [(1, local.to_string())].into(),
-        data_dir: dir.to_owned(),
-        app,
-        app_source: std::net::Ipv4Addr::LOCALHOST,
-        app_timeout: Duration::from_secs(5),
-        response_limits: crate::http::response::Limits::default(),
-        app_connections: 64,
-        sync_progress: true,
-        request_timeout: Duration::from_secs(10),
-        max_pending: 64,
-        log_cache: 1 << 20,
-        max_frame: 32 << 20,
-        peer_tls: None,
-        telemetry: Arc::default(),
-        digest: crate::order::digests::Digest::StatusAndBody,
-        on_divergence: crate::order::divergence::OnDivergence::Warn,
-        snapshots: None,
-        placement: Default::default(),
-        tcp: None,
     }
 }
 

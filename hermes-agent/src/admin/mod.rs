@@ -34,8 +34,8 @@ use crate::{
         RequestHead, Response, Version,
         request::{self, ReadError, Reader},
     },
+    node::Node,
     order::{
-        Node,
         peer::{tls::Security, wire::MembershipChange},
         propose,
     },

@@ -2,7 +2,8 @@
 use super::{replica_status, state};
 use crate::{
     deliver::progress::{ProgressFile, file_in},
-    testing::{Act, FakeApp, OK, single_node},
+    node::testing::single_node,
+    testing::{Act, FakeApp, OK},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

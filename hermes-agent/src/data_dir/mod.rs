@@ -19,8 +19,6 @@
 //!
 //! `openat2(2)`: Linux 5.6.
 #[cfg(test)]
-mod node_tests;
-#[cfg(test)]
 mod tests;
 
 use std::{

@@ -29,14 +29,19 @@
 //! of one of them that carries bytes is not applied, and the replica fences itself (its app may
 //! now differ from the others').
 //!
-//! [`app`] is the connection to the app; [`hooks`] are the snapshot commands; [`progress`] is
-//! what survives a restart.
+//! [`state_machine`] is the app as Raft's state machine: it takes the committed entries of
+//! ordering's log and hands their requests to [`Delivery`]. [`app`] is the connection to the
+//! app; [`hooks`] are the snapshot commands; [`progress`] is what survives a restart;
+//! [`digests`] and [`divergence`] compare the replicas' answers.
 pub mod app;
 #[cfg(test)]
 mod crash_tests;
+pub mod digests;
+pub mod divergence;
 pub mod hooks;
 pub(crate) mod progress;
 pub mod sessions;
+pub mod state_machine;
 pub mod tcp;
 #[cfg(test)]
 mod tcp_tests;
@@ -53,6 +58,7 @@ use bytes::Bytes;
 
 pub use app::App;
 use app::Sent;
+use digests::answer_digest;
 use progress::ProgressFile;
 pub use progress::{Progress, Storage, boot_id, initial as initial_progress};
 pub use sessions::Sessions;
@@ -64,7 +70,7 @@ use crate::{
         response::{ReadError, Response},
     },
     order::{
-        digests::{Digest, answer_digest},
+        peer::wire::Digest,
         typ::{LogId, NodeId, RequestKey},
     },
     tcp::Chunk,

@@ -26,8 +26,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::digests::fnv1a;
 use crate::order::{
-    digests::fnv1a,
     log_store::{decode, encode},
     typ::LogId,
 };

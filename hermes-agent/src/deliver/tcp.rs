@@ -14,7 +14,7 @@
 //! With `--digest bytes`, every replica digests what its app sends on a connection, from its
 //! open until the app closes it; once the connection's `Close` is applied too, the digest is
 //! kept under that event's sequence number, for comparison with the other replicas
-//! ([`crate::order::digests`]). A connection this replica reopened after a restart, closed by
+//! ([`super::digests`]). A connection this replica reopened after a restart, closed by
 //! its origin's `Lost`, reset by the app, or that the app did not close within [`LINGER`] of its
 //! `Close` has no digest here: it is not compared.
 //!
@@ -58,10 +58,13 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
-use super::App;
+use super::{
+    App,
+    digests::{Digests, StreamDigest},
+};
 use crate::{
     order::{
-        digests::{Digest, Digests, StreamDigest},
+        peer::wire::Digest,
         typ::{ConnKey, NodeId},
     },
     tcp::Event,
@@ -72,6 +75,20 @@ const BUFFER: usize = 64 * 1024;
 /// How long the app's bytes are still read after a connection is closed (its answer to the
 /// last chunk, until the app closes too), before the reading stops.
 const LINGER: Duration = Duration::from_secs(5);
+
+/// How raw TCP mode applies connection events.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpMode {
+    /// After a chunk, how long another connection's event waits at most for the app's reply.
+    pub quiet: Duration,
+    /// How long a client may take to accept the app's bytes before it is given up.
+    pub client_stall: Duration,
+    /// Bytes of the app's replies held, over all connections, for clients that have not taken
+    /// them yet; a client that would hold more is given up.
+    pub held_for_clients: u64,
+    /// The same, for one client.
+    pub held_per_client: u64,
+}
 
 /// The client ends of this node's connections, waiting for their `Open` to be applied here.
 #[derive(Debug, Default)]
@@ -237,7 +254,7 @@ pub enum Applied {
 }
 
 impl Connections {
-    pub fn new(me: (NodeId, u64), clients: Arc<Clients>, mode: crate::order::TcpMode) -> Self {
+    pub fn new(me: (NodeId, u64), clients: Arc<Clients>, mode: TcpMode) -> Self {
         Self {
             me,
             clients,

@@ -15,12 +15,15 @@ use super::{
 };
 use crate::{
     data_dir::DataDir,
+    deliver::{
+        digests::{Digests, StreamDigest},
+        state_machine::{Replica, StateMachine},
+        tcp::TcpMode,
+    },
     http::response::Limits,
     order::{
-        TcpMode,
-        digests::{Digest, Digests, StreamDigest},
         log_store::LogStore,
-        state_machine::{Replica, StateMachine},
+        peer::wire::Digest,
         typ::{Batch, Command, Entry, EntryPayload, LogId, Proposal},
     },
     tcp::{Chunk, Event},
@@ -254,7 +257,7 @@ async fn open_state_machine(
     dir: &Path,
     app: &LineApp,
     log: &mut LogStore,
-) -> (StateMachine, Arc<crate::order::state_machine::Applied>) {
+) -> (StateMachine, Arc<crate::deliver::state_machine::Applied>) {
     let replica = Replica {
         node_id: 9,
         incarnation: 1,

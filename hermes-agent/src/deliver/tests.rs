@@ -583,8 +583,8 @@ async fn state_machine(
     dir: &std::path::Path,
     app: &FakeApp,
     log: &mut LogStore,
-) -> crate::order::state_machine::StateMachine {
-    let replica = crate::order::state_machine::Replica {
+) -> super::state_machine::StateMachine {
+    let replica = super::state_machine::Replica {
         node_id: 9,
         incarnation: 1,
         app: handle(app, SECOND),
@@ -594,7 +594,7 @@ async fn state_machine(
         sync_progress: true,
     };
     let dir = DataDir::create(dir).unwrap();
-    crate::order::state_machine::StateMachine::open(&dir, replica, log)
+    super::state_machine::StateMachine::open(&dir, replica, log)
         .await
         .unwrap()
         .0

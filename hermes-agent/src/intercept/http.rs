@@ -38,7 +38,7 @@ use crate::{
         ordered::Ordered,
         request::{self, ReadError, Reader},
     },
-    order::{Node, SubmitError, read::ReadMode},
+    node::{Node, SubmitError, read::ReadMode},
     telemetry::Outcome,
 };
 

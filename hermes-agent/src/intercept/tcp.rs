@@ -26,7 +26,7 @@ use tokio::{
 use super::Handler;
 use crate::{
     deliver::tcp::End,
-    order::{Node, SubmitError},
+    node::{Node, SubmitError},
     tcp::{Chunk, Event},
 };
 

@@ -11,9 +11,11 @@ use tokio::{
 
 use super::tcp::{MAX_CHUNK, Tcp};
 use crate::{
-    order::{Node, TcpMode, typ::EntryPayload},
+    deliver::tcp::TcpMode,
+    node::{Node, testing::single_node},
+    order::typ::EntryPayload,
     tcp::{Chunk, Event},
-    testing::{LineApp, single_node},
+    testing::LineApp,
 };
 
 /// A one-node cluster in raw TCP mode in front of `app`, and where its clients connect.

@@ -16,8 +16,8 @@ use crate::{
         Response, request,
         response::{self, ReadError},
     },
-    order::{Node, read::ReadMode},
-    testing::{Act, FakeApp, OK, single_node},
+    node::{Node, read::ReadMode, testing::single_node},
+    testing::{Act, FakeApp, OK},
 };
 
 /// Serves steered-like connections on loopback with an HTTP handler for `node`; where clients

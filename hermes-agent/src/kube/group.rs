@@ -18,13 +18,15 @@ use std::{
 };
 
 use super::pod::{PodKey, Protected};
-use crate::order::{
-    Node,
-    peer::{
-        client::Resolve,
-        wire::{Call, MembershipChange, Reply},
+use crate::{
+    node::Node,
+    order::{
+        peer::{
+            client::Resolve,
+            wire::{Call, MembershipChange, Reply},
+        },
+        typ::Member,
     },
-    typ::Member,
 };
 
 /// How often a member looks at its group.

@@ -18,7 +18,8 @@ use crate::{
     admin::Admin,
     config::{Cli, Config, Invocation},
     data_dir::DataDir,
-    order::{Node, Placement, identity::Identity},
+    node::{Node, Placement},
+    order::identity::Identity,
     steer,
 };
 

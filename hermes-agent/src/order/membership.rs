@@ -1,9 +1,9 @@
 //! Membership changes: adding a node (as a learner, then a voter) and removing one. Any node
-//! takes them; a follower passes them to the leader, which makes them through Raft.
+//! takes them; a follower passes them to the leader, which makes them through Raft
+//! ([`change_on_leader`]).
 use std::time::Duration;
 
 use super::{
-    Node,
     peer::{
         Peers,
         wire::{Call, MembershipChange, Reply},
@@ -12,29 +12,7 @@ use super::{
 };
 
 /// Longest a membership change may take (a joint configuration commits in two rounds).
-const TIMEOUT: Duration = Duration::from_secs(30);
-
-impl Node {
-    /// Makes `change`, on this node if it leads, through the leader otherwise.
-    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), String> {
-        let (leader, addr) = super::leader(&self.raft);
-        let leader = leader.ok_or("no leader; retry once one is elected")?;
-        if leader == self.id {
-            return change_on_leader(&self.raft, &self.peers, self.id, change).await;
-        }
-        let addr = addr.ok_or("the leader's address is unknown")?;
-        match self
-            .peers
-            .get(leader, &addr)
-            .call(&Call::ChangeMembership(change), TIMEOUT)
-            .await
-        {
-            Ok(Reply::ChangeMembership(result)) => result,
-            Ok(other) => Err(format!("unexpected answer from the leader: {other:?}")),
-            Err(error) => Err(format!("cannot reach the leader, node {leader}: {error}")),
-        }
-    }
-}
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Makes `change` on this node, which must be the leader. A learner is asked who it is first:
 /// its id must be the one given, and a node the cluster knows as another incarnation (one that

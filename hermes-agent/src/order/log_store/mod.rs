@@ -493,54 +493,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, std::io::Error> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use openraft::{
-        storage::RaftLogStorageExt as _,
-        testing::{StoreBuilder, Suite},
-    };
-    use tempfile::TempDir;
+    use openraft::storage::RaftLogStorageExt as _;
 
     use super::*;
-    use crate::{
-        deliver::App,
-        order::state_machine::{Replica, StateMachine},
-    };
-
-    struct Builder;
-
-    impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
-        async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
-            let tmp = tempfile::tempdir().expect("temporary directory");
-            let dir = DataDir::create(tmp.path()).expect("data directory");
-            let mut log = LogStore::open(&dir, 1 << 20)?;
-            // The suite applies no app requests: the app is never contacted.
-            let app = App::new(
-                ([127, 0, 0, 1], 9).into(),
-                std::net::Ipv4Addr::LOCALHOST,
-                Duration::from_secs(1),
-                crate::http::response::Limits::default(),
-                64,
-                Arc::default(),
-            );
-            let replica = Replica {
-                node_id: 1,
-                incarnation: 1,
-                app: Arc::new(app),
-                hooks: None,
-                digests: Default::default(),
-                tcp: None,
-                sync_progress: true,
-            };
-            let (state_machine, _) = StateMachine::open(&dir, replica, &mut log).await?;
-            Ok((tmp, log, state_machine))
-        }
-    }
-
-    #[test]
-    fn passes_openraft_storage_suite() {
-        Suite::test_all(Builder).unwrap();
-    }
 
     #[tokio::test]
     async fn entries_and_vote_survive_reopen() {

@@ -8,8 +8,6 @@
 pub mod client;
 pub mod network;
 pub mod server;
-#[cfg(test)]
-mod tests;
 pub mod tls;
 pub mod wire;
 

@@ -29,12 +29,10 @@ use super::{
     wire::{self, Call, ForwardError, Reply, Target},
 };
 use crate::order::{
-    divergence,
     identity::Identity,
     log_store, membership,
     propose::{Merger, Outcome},
-    read,
-    state_machine::Applied,
+    read_index,
     typ::{NodeId, Raft},
 };
 
@@ -53,9 +51,18 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// by TCP keepalive after this long, then a few probes.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
+/// What this replica tells peers that compare their answers with its own ([`Call::Digests`],
+/// [`Call::Compare`]): the digests its delivery keeps. Ordering only carries the calls.
+pub trait Answers: Send + Sync {
+    /// The reply to [`Call::Digests`] from request `from` on.
+    fn digests(&self, from: u64) -> Reply;
+    /// The reply to [`Call::Compare`] from request `from` on.
+    fn compare(&self, from: u64) -> Reply;
+}
+
 pub struct Server {
     pub raft: Raft,
-    pub applied: Arc<Applied>,
+    pub answers: Arc<dyn Answers>,
     /// Proposes forwarded batches while this node leads.
     pub merger: Merger,
     pub peers: Peers,
@@ -340,24 +347,10 @@ async fn handle(server: &Server, call: Call) -> Reply {
             membership::change_on_leader(raft, &server.peers, server.identity.node_id, change)
                 .await,
         ),
-        Call::Digests { from } => {
-            let report = server.applied.digests().report(from, divergence::BATCH);
-            Reply::Digests {
-                oldest: report.oldest,
-                digests: report.digests,
-            }
-        }
-        Call::Compare { from } => {
-            let report = server.applied.digests().report(from, divergence::BATCH);
-            Reply::Compare {
-                what: server.applied.digests().what(),
-                fenced: server.applied.fenced(),
-                settled: report.settled,
-                digests: report.digests,
-            }
-        }
+        Call::Digests { from } => server.answers.digests(from),
+        Call::Compare { from } => server.answers.compare(from),
         Call::ReadIndex => {
-            Reply::ReadIndex(read::read_index_on_leader(raft, server.identity.node_id).await)
+            Reply::ReadIndex(read_index::read_index_on_leader(raft, server.identity.node_id).await)
         }
         Call::Hello => {
             let metrics = raft.metrics().borrow().clone();

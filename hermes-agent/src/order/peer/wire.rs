@@ -11,10 +11,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::order::{
-    digests::Digest,
-    typ::{Batch, NodeId, rpc},
-};
+use crate::order::typ::{Batch, NodeId, rpc};
 
 /// The smallest cap on frames a node may be given: room for Raft's messages and a batch of
 /// small requests.
@@ -102,6 +99,20 @@ pub enum Reply {
         settled: u64,
         digests: Vec<(u64, u64)>,
     },
+}
+
+/// What replicas compare (`--digest`), as [`Reply::Compare`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+pub enum Digest {
+    /// HTTP: the status and the body of every answer.
+    StatusAndBody,
+    /// HTTP: the status only (for apps whose bodies legitimately differ, such as those with a
+    /// time in them).
+    Status,
+    /// Raw TCP: every byte the app sent on a connection, once it has closed it.
+    Bytes,
+    /// Nothing: no divergence is looked for.
+    Off,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]

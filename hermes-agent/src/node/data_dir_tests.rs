@@ -9,10 +9,14 @@ use std::{
 
 use bytes::Bytes;
 
+use super::{
+    Node, Settings, Snapshots,
+    testing::{single_node, single_node_settings},
+};
 use crate::{
     http::ordered::Ordered,
-    order::{Node, Settings, Snapshots, typ::Member},
-    testing::{Act, FakeApp, OK, single_node, single_node_settings},
+    order::typ::Member,
+    testing::{Act, FakeApp, OK},
 };
 
 /// Every name a node reads or writes in its data directory (pod mode's `group` is

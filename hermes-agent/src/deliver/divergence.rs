@@ -18,16 +18,18 @@ use std::{
 
 use serde::Serialize;
 
-use super::{
-    digests::Digest,
-    peer::{
-        Peers,
-        wire::{Call, Reply},
+use super::state_machine::Applied;
+use crate::{
+    order::{
+        peer::{
+            Peers,
+            server::Answers,
+            wire::{Call, Digest, Reply},
+        },
+        typ::{NodeId, Raft},
     },
-    state_machine::Applied,
-    typ::{NodeId, Raft},
+    telemetry::Telemetry,
 };
-use crate::telemetry::Telemetry;
 
 /// How often digests are compared.
 const EVERY: Duration = Duration::from_secs(1);
@@ -275,6 +277,27 @@ pub async fn watch(
                      {seq}); see /status"
                 ));
             }
+        }
+    }
+}
+
+/// The other side of `ask`: what this replica tells a peer that asks for its digests.
+impl Answers for Applied {
+    fn digests(&self, from: u64) -> Reply {
+        let report = self.digests().report(from, BATCH);
+        Reply::Digests {
+            oldest: report.oldest,
+            digests: report.digests,
+        }
+    }
+
+    fn compare(&self, from: u64) -> Reply {
+        let report = self.digests().report(from, BATCH);
+        Reply::Compare {
+            what: self.digests().what(),
+            fenced: self.fenced(),
+            settled: report.settled,
+            digests: report.digests,
         }
     }
 }

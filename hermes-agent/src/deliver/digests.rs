@@ -11,24 +11,10 @@ use std::{
     sync::Mutex,
 };
 
-use serde::{Deserialize, Serialize};
+use crate::order::peer::wire::Digest;
 
 /// Recent digests kept for comparison between replicas.
 const KEPT: usize = 4096;
-
-/// What replicas compare.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-pub enum Digest {
-    /// HTTP: the status and the body of every answer.
-    StatusAndBody,
-    /// HTTP: the status only (for apps whose bodies legitimately differ, such as those with a
-    /// time in them).
-    Status,
-    /// Raw TCP: every byte the app sent on a connection, once it has closed it.
-    Bytes,
-    /// Nothing: no divergence is looked for.
-    Off,
-}
 
 /// The digests of this replica's answers, kept for comparison, by sequence number.
 #[derive(Debug)]

@@ -19,17 +19,18 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot, watch};
 
 use super::{
-    digests::Digests,
-    log_store::{LogStore, decode, encode},
-    typ::{
-        Command, ConnKey, Entry, EntryPayload, LogId, NodeId, RequestKey, Snapshot, SnapshotMeta,
-        StorageError, StorageIOError, StoredMembership, TypeConfig,
-    },
+    App, Delivery, Outcome, Sessions, Stopper, digests::Digests, hooks::Hooks, tcp::Connections,
 };
 use crate::{
     data_dir::DataDir,
-    deliver::{App, Delivery, Outcome, Sessions, Stopper, hooks::Hooks, tcp::Connections},
     http::Response,
+    order::{
+        log_store::{LogStore, decode, encode},
+        typ::{
+            Command, ConnKey, Entry, EntryPayload, LogId, NodeId, RequestKey, Snapshot,
+            SnapshotMeta, StorageError, StorageIOError, StoredMembership, TypeConfig,
+        },
+    },
     tcp::Chunk,
 };
 
@@ -276,7 +277,7 @@ const OLD_PROGRESS: &str = "applied";
 /// What a replica delivers to, and as whom.
 pub struct Replica {
     pub node_id: NodeId,
-    /// This node's boot count ([`super::identity`]).
+    /// This node's boot count ([`crate::order::identity`]).
     pub incarnation: u64,
     pub app: Arc<App>,
     pub hooks: Option<Hooks>,
@@ -792,4 +793,49 @@ async fn write_atomically(
     bytes: Vec<u8>,
 ) -> std::io::Result<()> {
     dir.blocking(move |dir| dir.replace(name, &bytes)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::testing::{StoreBuilder, Suite};
+    use tempfile::TempDir;
+
+    use super::*;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+        async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+            let tmp = tempfile::tempdir().expect("temporary directory");
+            let dir = DataDir::create(tmp.path()).expect("data directory");
+            let mut log = LogStore::open(&dir, 1 << 20)?;
+            // The suite applies no app requests: the app is never contacted.
+            let app = App::new(
+                ([127, 0, 0, 1], 9).into(),
+                std::net::Ipv4Addr::LOCALHOST,
+                Duration::from_secs(1),
+                crate::http::response::Limits::default(),
+                64,
+                Arc::default(),
+            );
+            let replica = Replica {
+                node_id: 1,
+                incarnation: 1,
+                app: Arc::new(app),
+                hooks: None,
+                digests: Default::default(),
+                tcp: None,
+                sync_progress: true,
+            };
+            let (state_machine, _) = StateMachine::open(&dir, replica, &mut log).await?;
+            Ok((tmp, log, state_machine))
+        }
+    }
+
+    #[test]
+    fn passes_openraft_storage_suite() {
+        Suite::test_all(Builder).unwrap();
+    }
 }

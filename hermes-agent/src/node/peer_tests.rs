@@ -11,18 +11,19 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::{
-    Peers, server,
-    tls::{Files, PeerTls, Security},
-    wire::{self, Call, ForwardError, Reply, Target},
-};
+use super::{Node, testing::single_node};
 use crate::{
     order::{
-        Node, log_store,
+        log_store,
+        peer::{
+            Peers, server,
+            tls::{Files, PeerTls, Security},
+            wire::{self, Call, ForwardError, Reply, Target},
+        },
         propose::Merger,
         typ::{Batch, Command},
     },
-    testing::{Act, FakeApp, OK, single_node},
+    testing::{Act, FakeApp, OK},
 };
 
 fn files(node: &NodeFiles) -> Files {
@@ -93,7 +94,7 @@ const LONG: Duration = Duration::from_secs(60);
 fn server_for(node: &Node) -> server::Server {
     server::Server {
         raft: node.raft.clone(),
-        applied: Arc::clone(&node.applied),
+        answers: Arc::clone(&node.applied) as Arc<dyn server::Answers>,
         merger: Merger::start(node.raft.clone(), node.log.clone()),
         peers: node.peers().clone(),
         identity: node.identity,

@@ -13,12 +13,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{
-    LEADERLESS, Node, SubmitError,
-    peer::wire::{Call, ForwardError, Reply},
-    typ::{NodeId, Raft},
+use super::{LEADERLESS, Node, SubmitError};
+use crate::{
+    http::{Response, ordered::Ordered},
+    order::{
+        self,
+        peer::wire::{Call, Reply},
+        read_index::read_index_on_leader,
+    },
 };
-use crate::http::{Response, ordered::Ordered};
 
 /// How reads are served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -69,7 +72,7 @@ impl Node {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
-            let (leader, addr) = super::leader(&self.raft);
+            let (leader, addr) = order::leader(&self.raft);
             let index = match (leader, addr) {
                 (Some(leader), _) if leader == self.id => {
                     read_index_on_leader(&self.raft, self.id).await.ok()
@@ -93,17 +96,5 @@ impl Node {
             }
             self.await_leader_news(&mut backoff).await;
         }
-    }
-}
-
-/// On the leader: confirms leadership with a quorum and returns the index a reader must wait for.
-pub async fn read_index_on_leader(raft: &Raft, node_id: NodeId) -> Result<u64, ForwardError> {
-    let leader = raft.metrics().borrow().current_leader;
-    if leader != Some(node_id) {
-        return Err(ForwardError::NotLeader(leader));
-    }
-    match raft.get_read_log_id().await {
-        Ok((read, _applied)) => Ok(read.map_or(0, |id| id.index)),
-        Err(error) => Err(ForwardError::Failed(error.to_string())),
     }
 }
