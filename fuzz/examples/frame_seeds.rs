@@ -10,8 +10,8 @@ use hermes_agent::{
     order::{
         peer::wire::{self, Call, ForwardError, MembershipChange, Reply, Target},
         typ::{
-            Batch, Command, Entry, EntryPayload, LogId, Member, NodeId, Proposal, SnapshotMeta, Vote,
-            rpc,
+            Batch, Command, Entry, EntryPayload, LogId, Member, NodeId, Proposal, SnapshotMeta,
+            Vote, rpc,
         },
     },
 };
