@@ -20,11 +20,12 @@
 //!
 //! An exchange writes the request and reads the answer at once: an app may answer before it has
 //! read the whole request (refusing it, or streaming its answer), and then it has the request.
-//! Once the request is written, the connection acknowledges what the app sends at once
-//! (`TCP_QUICKACK`): an app that writes an answer's head and body in two writes with Nagle's
-//! algorithm on (Python's `http.server`, many small servers) holds the body back until the head
-//! is acknowledged, and a kept-alive connection that just sent a request would delay that
-//! acknowledgement by 40 ms.
+//! An answer that comes in pieces is acknowledged at once (`TCP_QUICKACK`, set when the answer
+//! read so far is not whole): an app that writes an answer's head and body in two writes with
+//! Nagle's algorithm on (Python's `http.server`, many small servers) holds the body back until
+//! the head is acknowledged, and a kept-alive connection that just sent a request would delay
+//! that acknowledgement by 40 ms. A whole answer's acknowledgement still rides on the next
+//! request.
 //!
 //! A kept-alive connection is checked before it is written on: bytes nobody asked for, or the
 //! app's close, make it be replaced by a new one first. It is also closed once it has been idle
@@ -39,8 +40,10 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     os::fd::AsRawFd,
+    pin::Pin,
     sync::Arc,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -51,8 +54,8 @@ use nix::{
     sys::socket::{MsgFlags, recv},
 };
 use tokio::{
-    io::AsyncWriteExt,
-    net::{TcpStream, tcp::WriteHalf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::{TcpStream, tcp::ReadHalf},
     sync::{Mutex, MutexGuard},
     time::Instant,
 };
@@ -374,6 +377,10 @@ impl Turn<'_> {
             let Connection { stream, buf, .. } = &mut connection;
             let (mut reader, mut writer) = stream.split();
             let write = write_parts(&mut writer, head, body, &written);
+            let mut reader = QuickAcking {
+                reader: &mut reader,
+                read: false,
+            };
             let read = response::read(&mut reader, buf, method, &app.limits);
             tokio::pin!(write, read);
             let mut writing = true;
@@ -483,11 +490,9 @@ impl Turn<'_> {
     }
 }
 
-/// Writes `head` then `body`, counting in `written` the bytes the kernel took; then makes the
-/// connection acknowledge the answer's bytes at once (see the module's documentation; without
-/// it an answer is only slower).
+/// Writes `head` then `body`, counting in `written` the bytes the kernel took.
 async fn write_parts(
-    writer: &mut WriteHalf<'_>,
+    writer: &mut (impl AsyncWrite + Unpin),
     head: &[u8],
     body: &[u8],
     written: &AtomicUsize,
@@ -510,14 +515,38 @@ async fn write_parts(
             written.fetch_add(n, Ordering::Relaxed);
         }
     }
-    writer.flush().await?;
-    let _ = nix::sys::socket::setsockopt(writer.as_ref(), QuickAck, &true);
-    Ok(())
+    writer.flush().await
+}
+
+/// Reads an answer, acknowledging what came so far at once whenever more is asked for (see the
+/// module's documentation; without it an answer is only slower).
+struct QuickAcking<'r, 'a> {
+    reader: &'r mut ReadHalf<'a>,
+    /// Bytes came since the acknowledgement was last asked for.
+    read: bool,
+}
+
+impl AsyncRead for QuickAcking<'_, '_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if std::mem::take(&mut self.read) {
+            let _ = nix::sys::socket::setsockopt(self.reader.as_ref(), QuickAck, &true);
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.reader).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.read = true;
+        }
+        polled
+    }
 }
 
 sockopt_impl!(
-    /// `TCP_QUICKACK`: acknowledge at once what arrives (the kernel leaves this mode again on its
-    /// own, so it is set anew for each answer).
+    /// `TCP_QUICKACK`: acknowledge what arrived at once (the kernel leaves this mode again on
+    /// its own, so it is set anew each time).
     QuickAck,
     SetOnly,
     libc::IPPROTO_TCP,

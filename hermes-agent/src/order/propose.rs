@@ -28,8 +28,15 @@ use super::{
     typ::{Batch, Command, Metrics, NodeId, Proposal, Raft},
 };
 
-/// Batches in flight at once from one node; entries in flight at once from the leader.
-const IN_FLIGHT: usize = 4;
+/// Batches in flight at once from one node. Two: a node's next batch is made while its last
+/// one is ordered.
+const BATCHES_IN_FLIGHT: usize = 2;
+/// Entries in flight at once from the leader. One: whatever arrives while an entry is ordered
+/// goes into the next, so that under load one fsync and one round of replication serve as many
+/// requests as can share them. (Measured on 2 cores, three nodes, 48 clients: one entry and two
+/// batches in flight order ~10 requests per entry against ~3.7 with four and four, at the same
+/// or higher throughput, with fewer forwards and fsyncs.)
+const ENTRIES_IN_FLIGHT: usize = 1;
 /// Requests in one batch at most.
 const MAX_BATCH: usize = 256;
 /// Payload bytes in one batch, and in one entry, at most (a single larger request, or batch,
@@ -106,7 +113,7 @@ impl Proposer {
 }
 
 async fn batch(mut queue: mpsc::UnboundedReceiver<Pending>, route: Arc<Route>) {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     // A request that did not fit in the previous batch: it opens the next.
     let mut carried = None;
     loop {
@@ -220,7 +227,7 @@ impl Waiting {
 }
 
 /// Proposes batches on the leader, its own and those its followers forwarded: the batches that
-/// arrive while [`IN_FLIGHT`] entries are in flight go into the next entry together.
+/// arrive while [`ENTRIES_IN_FLIGHT`] entries are in flight go into the next entry together.
 #[derive(Clone)]
 pub struct Merger {
     queue: mpsc::UnboundedSender<Waiting>,
@@ -228,7 +235,7 @@ pub struct Merger {
 
 impl Merger {
     pub fn start(raft: Raft, log: LogStore) -> Self {
-        Self::with(IN_FLIGHT, move |proposal| {
+        Self::with(ENTRIES_IN_FLIGHT, move |proposal| {
             let (raft, log) = (raft.clone(), log.clone());
             async move { commit(&raft, &log, proposal).await }
         })
