@@ -59,9 +59,25 @@ pub struct Totals {
     pub log_entries: u64,
     pub log_entry_requests: u64,
     pub log_syncs: u64,
-    /// AppendEntries sent and received, and forwarded batches sent and received.
+    /// AppendEntries sent and received, and forwarded batches sent (attempted) and received.
     pub append_entries: [u64; 2],
     pub forwards: [u64; 2],
+}
+
+impl Totals {
+    /// Each count the larger of the two.
+    fn max(self, other: Self) -> Self {
+        let pair = |a: [u64; 2], b: [u64; 2]| [a[0].max(b[0]), a[1].max(b[1])];
+        Self {
+            steering: [0, 1, 2].map(|i| self.steering[i].max(other.steering[i])),
+            handshake_failures: self.handshake_failures.max(other.handshake_failures),
+            log_entries: self.log_entries.max(other.log_entries),
+            log_entry_requests: self.log_entry_requests.max(other.log_entry_requests),
+            log_syncs: self.log_syncs.max(other.log_syncs),
+            append_entries: pair(self.append_entries, other.append_entries),
+            forwards: pair(self.forwards, other.forwards),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -189,8 +205,9 @@ impl Default for Telemetry {
             );
             r.register(
                 "log_entries",
-                "Entries appended to this node's log (requests per entry: \
-                 hermes_log_entry_requests_total / hermes_log_entries_total)",
+                "Entries appended to this node's log, its leaders' blank and membership entries \
+                 included (requests per entry: hermes_log_entry_requests_total / \
+                 hermes_log_entries_total)",
                 this.log_entries.clone(),
             );
             r.register(
@@ -309,10 +326,12 @@ impl Telemetry {
         }
     }
 
-    /// What was counted elsewhere, at a scrape: counted as it grew since the last one.
+    /// What was counted elsewhere, at a scrape: counted as it grew since the last one. (Two
+    /// scrapes at once may read their totals in either order: what is kept only grows.)
     pub fn totals(&self, now: Totals) {
         let mut seen = self.seen.lock().unwrap();
-        let before = std::mem::replace(&mut seen.totals, now);
+        let before = seen.totals;
+        seen.totals = before.max(now);
         let grown = |now: u64, before: u64| now.saturating_sub(before);
         for (verdict, (now, before)) in ["steered", "dropped", "bypassed"]
             .into_iter()

@@ -914,3 +914,42 @@ async fn a_checkpoint_past_what_the_progress_says_was_applied_is_not_used() {
     let seen: Vec<u64> = app.seen().iter().map(|s| s.index).collect();
     assert_eq!(seen, [1, 2, 2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_in_the_middle_of_an_entry_of_several_batches_delivers_the_rest() {
+    use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut machine = state_machine(dir.path(), &app, &mut log).await;
+    // One entry, two batches of node 2: the later one made once request 11 was given up by its
+    // client, so its floor lies above 11, which the earlier batch still carries.
+    let batch = |floor, ids: &[u64]| match entry(1, 2, floor, ids.iter().copied()).payload {
+        EntryPayload::Normal(proposal) => proposal.batches.into_iter().next().unwrap(),
+        _ => unreachable!(),
+    };
+    let merged = Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
+        payload: EntryPayload::Normal(Proposal {
+            batches: vec![batch(10, &[10, 11]), batch(12, &[12])],
+        }),
+    };
+    log.blocking_append([merged.clone()]).await.unwrap();
+    machine.apply([merged.clone()]).await.unwrap();
+    let seen: Vec<u64> = app.seen().iter().map(|s| s.index).collect();
+    assert_eq!(seen, [1, 2, 3], "every request of the entry, in order");
+    drop(machine);
+    // The agent stopped after the entry's first request: its progress says so.
+    let (mut file, mut progress) = ProgressFile::open(progress::file_in(dir.path())).unwrap();
+    progress.applied = None;
+    progress.requests = 0;
+    (progress.writing, progress.written, progress.answered) = (1, 1, 1);
+    progress.durable_through = 1;
+    file.write(&progress).unwrap();
+    let mut restarted = state_machine(dir.path(), &app, &mut log).await;
+    // Applied again, the entry delivers the rest: 11 is not taken for one below the later
+    // batch's floor, which the apply had not reached when the agent stopped.
+    restarted.apply([merged]).await.unwrap();
+    let seen: Vec<u64> = app.seen().iter().map(|s| s.index).collect();
+    assert_eq!(seen, [1, 2, 3, 2, 3]);
+}

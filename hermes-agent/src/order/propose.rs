@@ -31,17 +31,24 @@ use super::{
 /// Batches in flight at once from one node. Two: a node's next batch is made while its last
 /// one is ordered.
 const BATCHES_IN_FLIGHT: usize = 2;
-/// Entries in flight at once from the leader. One: whatever arrives while an entry is ordered
-/// goes into the next, so that under load one fsync and one round of replication serve as many
-/// requests as can share them. (Measured on 2 cores, three nodes, 48 clients: one entry and two
-/// batches in flight order ~10 requests per entry against ~3.7 with four and four, at the same
-/// or higher throughput, with fewer forwards and fsyncs.)
-const ENTRIES_IN_FLIGHT: usize = 1;
+/// Entries in flight at once from the leader: one, so that whatever arrives while an entry is
+/// ordered goes into the next, and under load one fsync and one round of replication serve as
+/// many requests as can share them (measured on 2 cores, three nodes, 48 clients: one entry and
+/// two batches in flight order ~10 requests per entry against ~3.7 with four and four, at the
+/// same or higher throughput, with fewer forwards and fsyncs). Entries that open with a batch of
+/// [`LARGE`] bytes or more are already full enough: two of them may be in flight, so that large
+/// requests still stream.
+const ENTRIES_IN_FLIGHT: u32 = 2;
+/// A batch this large opens an entry that needs no company (see [`ENTRIES_IN_FLIGHT`]).
+const LARGE: usize = MAX_BATCH_BYTES / 4;
 /// Requests in one batch at most.
 const MAX_BATCH: usize = 256;
-/// Payload bytes in one batch, and in one entry, at most (a single larger request, or batch,
-/// still goes alone).
+/// Bytes in one batch, and in one entry, at most (a single larger request, or batch, still goes
+/// alone), counting [`COMMAND_OVERHEAD`] per request besides its payload.
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// What a request costs in an entry besides its payload (its ids and lengths, its batch's),
+/// rounded up: an entry of many small requests must fit in a frame as well as one large one.
+const COMMAND_OVERHEAD: usize = 64;
 /// A leader that has heard from no quorum for this long is probably cut off: it takes no more
 /// proposals, which could not commit.
 pub const QUORUM_SILENCE_MS: u64 = 1500;
@@ -68,6 +75,12 @@ pub enum Outcome {
 struct Pending {
     command: Command,
     outcome: oneshot::Sender<Outcome>,
+}
+
+impl Pending {
+    fn bytes(&self) -> usize {
+        self.command.payload.len() + COMMAND_OVERHEAD
+    }
 }
 
 /// Batches proposals and routes them to the leader.
@@ -129,15 +142,15 @@ async fn batch(mut queue: mpsc::UnboundedReceiver<Pending>, route: Arc<Route>) {
         };
         // Whatever arrived while waiting for a permit goes along, within the batch's bounds: an
         // entry never grows past one request over MAX_BATCH_BYTES, so it fits in a frame.
-        let mut bytes = first.command.payload.len();
+        let mut bytes = first.bytes();
         let mut pending = vec![first];
         while pending.len() < MAX_BATCH {
             let Ok(next) = queue.try_recv() else { break };
-            if bytes + next.command.payload.len() > MAX_BATCH_BYTES {
+            if bytes + next.bytes() > MAX_BATCH_BYTES {
                 carried = Some(next);
                 break;
             }
-            bytes += next.command.payload.len();
+            bytes += next.bytes();
             pending.push(next);
         }
         let route = Arc::clone(&route);
@@ -222,12 +235,14 @@ struct Waiting {
 
 impl Waiting {
     fn bytes(&self) -> usize {
-        self.batch.commands.iter().map(|c| c.payload.len()).sum()
+        let payloads: usize = self.batch.commands.iter().map(|c| c.payload.len()).sum();
+        payloads + self.batch.commands.len() * COMMAND_OVERHEAD
     }
 }
 
 /// Proposes batches on the leader, its own and those its followers forwarded: the batches that
-/// arrive while [`ENTRIES_IN_FLIGHT`] entries are in flight go into the next entry together.
+/// arrive while an entry is in flight go into the next entry together (see
+/// [`ENTRIES_IN_FLIGHT`]).
 #[derive(Clone)]
 pub struct Merger {
     queue: mpsc::UnboundedSender<Waiting>,
@@ -235,20 +250,20 @@ pub struct Merger {
 
 impl Merger {
     pub fn start(raft: Raft, log: LogStore) -> Self {
-        Self::with(ENTRIES_IN_FLIGHT, move |proposal| {
+        Self::with(move |proposal| {
             let (raft, log) = (raft.clone(), log.clone());
             async move { commit(&raft, &log, proposal).await }
         })
     }
 
-    /// A merger whose entries are committed by `commit`, `in_flight` at once at most.
-    fn with<F, C>(in_flight: usize, commit: C) -> Self
+    /// A merger whose entries are committed by `commit`.
+    fn with<F, C>(commit: C) -> Self
     where
         C: Fn(Proposal) -> F + Send + Sync + 'static,
         F: Future<Output = Outcome> + Send + 'static,
     {
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(merge(waiting, in_flight, commit));
+        tokio::spawn(merge(waiting, commit));
         Self { queue }
     }
 
@@ -264,12 +279,12 @@ impl Merger {
     }
 }
 
-async fn merge<F, C>(mut queue: mpsc::UnboundedReceiver<Waiting>, in_flight: usize, commit: C)
+async fn merge<F, C>(mut queue: mpsc::UnboundedReceiver<Waiting>, commit: C)
 where
     C: Fn(Proposal) -> F + Send + Sync + 'static,
     F: Future<Output = Outcome> + Send + 'static,
 {
-    let in_flight = Arc::new(Semaphore::new(in_flight));
+    let in_flight = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT as usize));
     // A batch that did not fit in the previous entry: it opens the next.
     let mut carried: Option<Waiting> = None;
     loop {
@@ -280,7 +295,14 @@ where
                 None => return,
             },
         };
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+        // An entry opened by a small batch is in flight alone; a large one leaves room for
+        // another large one.
+        let permits = if first.bytes() >= LARGE {
+            1
+        } else {
+            ENTRIES_IN_FLIGHT
+        };
+        let Ok(permit) = Arc::clone(&in_flight).acquire_many_owned(permits).await else {
             return;
         };
         // Batches whose proposer stopped waiting (a forward that timed out) are not proposed:
@@ -373,6 +395,13 @@ mod tests {
         receive
     }
 
+    /// Lets the merger (on this test's one thread) do all it can.
+    async fn settle() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// The origins and sequences of each proposal's batches.
     fn shapes(proposals: &Mutex<Vec<Proposal>>) -> Vec<Vec<(NodeId, u64)>> {
         let proposals = proposals.lock().unwrap();
@@ -387,7 +416,7 @@ mod tests {
         let commits = Arc::new(Semaphore::new(0));
         let merger = {
             let (proposals, commits) = (Arc::clone(&proposals), Arc::clone(&commits));
-            Merger::with(1, move |proposal| {
+            Merger::with(move |proposal| {
                 proposals.lock().unwrap().push(proposal);
                 let commits = Arc::clone(&commits);
                 async move {
@@ -398,9 +427,7 @@ mod tests {
         };
         // The leader's (node 1) first batch goes alone: nothing is in flight.
         let first = queue(&merger, batch(1, 1, 10));
-        while proposals.lock().unwrap().is_empty() {
-            tokio::task::yield_now().await;
-        }
+        settle().await;
         // While it is in flight: two followers' forwarded batches, the leader's next one, a
         // forward whose sender stopped waiting, and a batch too large to share the entry.
         let forwarded = [
@@ -412,9 +439,7 @@ mod tests {
         let large = queue(&merger, batch(3, 2, MAX_BATCH_BYTES));
         commits.add_permits(1);
         assert_eq!(first.await.unwrap(), Outcome::Committed);
-        while proposals.lock().unwrap().len() < 2 {
-            tokio::task::yield_now().await;
-        }
+        settle().await;
         commits.add_permits(2);
         for outcome in forwarded.into_iter().chain([own, large]) {
             assert_eq!(outcome.await.unwrap(), Outcome::Committed);
@@ -425,5 +450,37 @@ mod tests {
             "forwarded batches share an entry with the leader's own; one nobody waits for is \
              not proposed; an entry stays within {MAX_BATCH_BYTES} bytes but for a lone batch"
         );
+    }
+
+    #[tokio::test]
+    async fn large_entries_stream_two_at_a_time_and_a_small_one_waits_for_both() {
+        let proposals = Arc::new(Mutex::new(Vec::new()));
+        let commits = Arc::new(Semaphore::new(0));
+        let merger = {
+            let (proposals, commits) = (Arc::clone(&proposals), Arc::clone(&commits));
+            Merger::with(move |proposal| {
+                proposals.lock().unwrap().push(proposal);
+                let commits = Arc::clone(&commits);
+                async move {
+                    commits.acquire().await.unwrap().forget();
+                    Outcome::Committed
+                }
+            })
+        };
+        // Each over half an entry: they cannot share one.
+        let large = [
+            queue(&merger, batch(1, 1, 2 * LARGE)),
+            queue(&merger, batch(2, 1, 2 * LARGE)),
+        ];
+        // Both large entries are proposed while neither is committed; a small one waits.
+        settle().await;
+        let small = queue(&merger, batch(3, 1, 10));
+        settle().await;
+        assert_eq!(shapes(&proposals), [vec![(1, 1)], vec![(2, 1)]]);
+        commits.add_permits(3);
+        for outcome in large.into_iter().chain([small]) {
+            assert_eq!(outcome.await.unwrap(), Outcome::Committed);
+        }
+        assert_eq!(shapes(&proposals), [vec![(1, 1)], vec![(2, 1)], vec![(3, 1)]]);
     }
 }

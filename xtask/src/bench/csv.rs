@@ -1,20 +1,23 @@
-//! `points.csv`: one row per point, in the order of [`Point`]'s fields; empty cells for absent
-//! CPU figures. Read back to check that what was written is well formed.
+//! `points.csv`: one row per point, in the order of [`Point`]'s fields (a [`Flow`]'s flattened);
+//! empty cells for absent CPU figures and counters. Read back to check that what was written is well formed.
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
 
-use super::point::Point;
+use super::{flow::Flow, point::Point};
 
 const HEADER: &str = "setup,workload,low_load,offered,achieved,completed,errors,p50_ms,p90_ms,\
-                      p99_ms,p999_ms,max_ms,mean_ms,app_cpu_us_per_req,proxy_cpu_us_per_req,saturated";
+                      p99_ms,p999_ms,max_ms,mean_ms,app_cpu_us_per_req,proxy_cpu_us_per_req,saturated,\
+                      requests_per_entry,entries_per_s,syncs_per_s,append_entries_per_s,\
+                      forwards_per_s,app_round_trips_per_s";
 
 pub fn write(path: &Path, points: &[Point]) -> anyhow::Result<()> {
     let mut text = format!("{HEADER}\n");
     for p in points {
         let cpu = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.1}"));
+        let flow = |f: fn(&Flow) -> f64| cpu(p.flow.as_ref().map(f));
         text.push_str(&format!(
-            "{},{},{},{},{:.1},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{}\n",
+            "{},{},{},{},{:.1},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{}\n",
             p.setup,
             p.workload,
             p.low_load,
@@ -30,7 +33,13 @@ pub fn write(path: &Path, points: &[Point]) -> anyhow::Result<()> {
             p.mean_ms,
             cpu(p.app_cpu_us_per_req),
             cpu(p.proxy_cpu_us_per_req),
-            p.saturated
+            p.saturated,
+            flow(|f| f.requests_per_entry),
+            flow(|f| f.entries_per_s),
+            flow(|f| f.syncs_per_s),
+            flow(|f| f.append_entries_per_s),
+            flow(|f| f.forwards_per_s),
+            flow(|f| f.app_round_trips_per_s),
         ));
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
@@ -96,6 +105,24 @@ fn parse_row(line: &str) -> anyhow::Result<Point> {
         app_cpu_us_per_req: optional(13)?,
         proxy_cpu_us_per_req: optional(14)?,
         saturated: flag(15)?,
+        flow: match (16..22).map(optional).collect::<anyhow::Result<Vec<_>>>()?[..] {
+            [
+                Some(requests_per_entry),
+                Some(entries_per_s),
+                Some(syncs_per_s),
+                Some(append_entries_per_s),
+                Some(forwards_per_s),
+                Some(app_round_trips_per_s),
+            ] => Some(Flow {
+                requests_per_entry,
+                entries_per_s,
+                syncs_per_s,
+                append_entries_per_s,
+                forwards_per_s,
+                app_round_trips_per_s,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -105,7 +132,7 @@ mod tests {
 
     #[test]
     fn rows_read_back() {
-        let point = Point {
+        let mut point = Point {
             setup: "hermes-3".into(),
             workload: "post".into(),
             low_load: false,
@@ -122,9 +149,20 @@ mod tests {
             app_cpu_us_per_req: Some(12.5),
             proxy_cpu_us_per_req: None,
             saturated: false,
+            flow: None,
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("points.csv");
+        write(&path, std::slice::from_ref(&point)).unwrap();
+        assert_eq!(read(&path).unwrap(), vec![point.clone()]);
+        point.flow = Some(Flow {
+            requests_per_entry: 10.5,
+            entries_per_s: 400.0,
+            syncs_per_s: 401.5,
+            append_entries_per_s: 800.0,
+            forwards_per_s: 600.0,
+            app_round_trips_per_s: 4200.0,
+        });
         write(&path, std::slice::from_ref(&point)).unwrap();
         assert_eq!(read(&path).unwrap(), vec![point]);
     }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::{
     cpu,
     deploy::{Deployment, Setup},
+    flow::Flow,
     guard,
     plan::{self, Plan},
     point::Point,
@@ -74,6 +75,7 @@ impl Bench<'_> {
             .args(["--duration", &self.plan.duration.as_secs_f64().to_string()])
             .args(["--warmup", &self.plan.warmup.as_secs_f64().to_string()])
             .args(deployment.api.loadgen_args(workload.read_ratio()))
+            .args(workload.loadgen_args())
             .args(["--label", &format!("{setup}/{}", workload.name())])
             .arg("--json")
             .arg(&json)
@@ -89,6 +91,8 @@ impl Bench<'_> {
         // Count CPU from the end of the warm-up, as the load generator counts requests.
         std::thread::sleep(LOADGEN_START + self.plan.warmup);
         let before = cpu_used(deployment);
+        let counted_from = Instant::now();
+        let counts_before = deployment.counts.as_ref().map(|counts| counts());
         while child
             .try_wait()
             .context("waiting for hermes-loadgen")?
@@ -102,6 +106,8 @@ impl Bench<'_> {
             std::thread::sleep(GUARD_INTERVAL);
         }
         let after = cpu_used(deployment);
+        let counted_for = counted_from.elapsed();
+        let counts_after = deployment.counts.as_ref().map(|counts| counts());
         let output = child
             .wait_with_output()
             .context("reading hermes-loadgen's output")?;
@@ -141,6 +147,15 @@ impl Bench<'_> {
                 .then(|| per_request(proxy_after.saturating_sub(proxy_before)))
                 .flatten(),
             saturated: false,
+            flow: match (counts_before, counts_after) {
+                (Some(before), Some(after)) => Some(Flow::between(
+                    before?,
+                    after?,
+                    counted_for,
+                    deployment.nodes,
+                )),
+                _ => None,
+            },
         };
         point.saturated = point.overloaded();
         if !report.errors.is_empty() {

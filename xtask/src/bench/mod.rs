@@ -11,6 +11,7 @@ mod csv;
 mod deploy;
 mod docs;
 mod environment;
+mod flow;
 mod guard;
 mod measure;
 mod plan;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     deploy::Setup,
+    flow::Flow,
     plan::{MAX_ERROR_SHARE, MIN_ACHIEVED_SHARE, P90_LIMIT_MS},
     workload::Workload,
 };
@@ -35,6 +36,9 @@ pub struct Point {
     pub proxy_cpu_us_per_req: Option<f64>,
     /// See [`Point::overloaded`].
     pub saturated: bool,
+    /// What the Hermes agents counted (Hermes setups with Raft only).
+    #[serde(default)]
+    pub flow: Option<Flow>,
 }
 
 impl Point {

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use super::{
     deploy::Setup,
+    flow::Flow,
     plan::{LOW_RATE, MAX_ERROR_SHARE, P90_LIMIT_MS},
     point::{Point, micros},
     results::Results,
@@ -43,6 +44,7 @@ pub fn render(results: &Results, heading: &str, images: &str) -> String {
             workload.description()
         );
         table(&mut out, workload, &rows);
+        flows(&mut out, &rows);
         let _ = writeln!(
             out,
             "\nSaturation: the highest achieved rate whose p90 stayed within {P90_LIMIT_MS} ms \
@@ -94,11 +96,18 @@ fn table(out: &mut String, workload: Workload, rows: &[Row<'_>]) {
     let find = |setup| rows.iter().find(|row| row.setup == setup);
     let direct = find(Setup::Direct);
     // etcd is measured under writes only; it is the reference for what replication costs.
-    let etcd = find(Setup::Etcd3).filter(|_| workload == Workload::Post);
+    // Its peers on TLS, as Hermes' are; and on plain HTTP, etcd's default.
+    let etcds: Vec<&Row<'_>> = [Setup::Etcd3, Setup::Etcd3Plain]
+        .into_iter()
+        .filter_map(find)
+        .filter(|_| workload == Workload::Post)
+        .collect();
     let mut columns = vec!["setup", "saturation (req/s)", "÷ direct"];
-    if etcd.is_some() {
-        columns.push("÷ etcd-3");
-    }
+    let headings: Vec<String> = etcds
+        .iter()
+        .map(|etcd| format!("÷ {}", etcd.setup.name()))
+        .collect();
+    columns.extend(headings.iter().map(String::as_str));
     columns.extend([
         "p50 at low load (ms)",
         "p90 at low load (ms)",
@@ -116,7 +125,7 @@ fn table(out: &mut String, workload: Workload, rows: &[Row<'_>]) {
         };
         let mut cells = vec![row.setup.name().to_owned(), saturation];
         cells.push(direct.map_or_else(|| "-".to_owned(), |direct| throughput_ratio(row, direct)));
-        if let Some(etcd) = etcd {
+        for etcd in &etcds {
             cells.push(throughput_ratio(row, etcd));
         }
         let p50 = row.low.map(|p| p.p50_ms);
@@ -128,6 +137,38 @@ fn table(out: &mut String, workload: Workload, rows: &[Row<'_>]) {
             micros(row.best.and_then(|p| p.proxy_cpu_us_per_req)),
         ]);
         let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+}
+
+/// What the Hermes agents counted at each setup's saturation point, where they count.
+fn flows(out: &mut String, rows: &[Row<'_>]) {
+    let counted: Vec<(&Row<'_>, &Flow)> = rows
+        .iter()
+        .filter_map(|row| Some((row, row.best?.flow.as_ref()?)))
+        .collect();
+    if counted.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nAt saturation, what the agents counted: requests per log entry; per node and second, \
+         entries appended, log syncs and app round trips; over all nodes per second, \
+         AppendEntries sent and batches forwarded to the leader.\n\n\
+         | setup | requests/entry | entries/s | syncs/s | app round trips/s | AppendEntries/s | \
+         forwards/s |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for (row, flow) in counted {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            row.setup.name(),
+            flow.requests_per_entry,
+            flow.entries_per_s,
+            flow.syncs_per_s,
+            flow.app_round_trips_per_s,
+            flow.append_entries_per_s,
+            flow.forwards_per_s
+        );
     }
 }
 

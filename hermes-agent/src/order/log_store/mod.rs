@@ -236,7 +236,10 @@ fn check_format(db: &Database) -> Result<(), std::io::Error> {
             Some(format) => {
                 return Err(std::io::Error::other(format!(
                     "the Raft log is of format {format:?}, which this Hermes (format \
-                     {FORMAT_VERSION}) cannot read"
+                     {FORMAT_VERSION}) cannot read: stop every node, let each finish \
+                     delivering, then start every node on this version with empty data \
+                     directories (the apps keep their state, identical on every replica); a \
+                     cluster never mixes formats"
                 )));
             }
             None if !log.is_empty().map_err(|e| failed(&e))?

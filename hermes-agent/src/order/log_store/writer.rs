@@ -63,7 +63,7 @@ pub fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &Weak<In
             }
         });
         let result = write_batch(db, &batch, committed).map_err(|e| e.to_string());
-        if let Some(shared) = shared.upgrade() {
+        if let (Some(shared), Ok(())) = (shared.upgrade(), &result) {
             shared
                 .counts
                 .syncs

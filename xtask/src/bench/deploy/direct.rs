@@ -28,6 +28,8 @@ pub fn deploy(bin: &Path) -> anyhow::Result<Deployment> {
         api: Api::LogApp,
         app_pids: vec![app.pid()],
         proxy_pids: Vec::new(),
+        counts: None,
+        nodes: 0,
         _running: Box::new((app, lab, files)),
     };
     deployment.wait_answering()?;

@@ -1,9 +1,11 @@
 //! `etcd-3`: Debian's etcd (3.4), three members, clients on every member through the JSON
-//! gateway. The reference for what a replicated, durable store costs on this machine.
+//! gateway. The reference for what a replicated, durable store costs on this machine. Its
+//! members speak mutual TLS to each other, as Hermes' peers do (`etcd-3-plain`: plain HTTP,
+//! etcd's default).
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use hermes_lab::{Lab, Process};
+use hermes_lab::{Lab, Process, certs::Authority};
 
 use super::Deployment;
 use crate::bench::{api::Api, probe};
@@ -12,18 +14,21 @@ const ETCD: &str = "/usr/bin/etcd";
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
 
-pub fn deploy() -> anyhow::Result<Deployment> {
+/// `tls`: the members authenticate each other with certificates from a CA of the lab's own.
+pub fn deploy(tls: bool) -> anyhow::Result<Deployment> {
     let lab = Lab::up(3).context("creating a lab of 3 nodes")?;
     let files = tempfile::tempdir().context("creating a temporary directory")?;
+    let scheme = if tls { "https" } else { "http" };
     let initial_cluster = lab
         .nodes
         .iter()
-        .map(|node| format!("n{}=http://{}:{PEER_PORT}", node.id, node.ip))
+        .map(|node| format!("n{}={scheme}://{}:{PEER_PORT}", node.id, node.ip))
         .collect::<Vec<_>>()
         .join(",");
+    let authority = Authority::new("etcd lab").context("making a CA for etcd's peers")?;
     let mut members = Vec::new();
     for node in &lab.nodes {
-        let peer_url = format!("http://{}:{PEER_PORT}", node.ip);
+        let peer_url = format!("{scheme}://{}:{PEER_PORT}", node.ip);
         let client_url = format!("http://{}:{CLIENT_PORT}", node.ip);
         let mut command = node
             .command(ETCD)
@@ -40,6 +45,20 @@ pub fn deploy() -> anyhow::Result<Deployment> {
             .args(["--initial-cluster-state", "new"])
             // etcd 3.4's default logger is deprecated and ignores --log-level.
             .args(["--logger", "zap", "--log-level", "error"]);
+        if tls {
+            // The certificate names the member's address, which its peers dial.
+            let certs = authority
+                .write_named(&files.path().join("certs"), &node.ip.to_string())
+                .context("writing etcd's peer certificates")?;
+            command
+                .arg("--peer-cert-file")
+                .arg(&certs.cert)
+                .arg("--peer-key-file")
+                .arg(&certs.key)
+                .arg("--peer-trusted-ca-file")
+                .arg(&certs.ca)
+                .arg("--peer-client-cert-auth");
+        }
         members.push(
             Process::spawn(format!("etcd on node {}", node.id), command)
                 .context("starting etcd (install Debian's etcd-server)")?,
@@ -65,6 +84,8 @@ pub fn deploy() -> anyhow::Result<Deployment> {
         api: Api::Etcd,
         app_pids: members.iter().map(Process::pid).collect(),
         proxy_pids: Vec::new(),
+        counts: None,
+        nodes: 0,
         _running: Box::new((members, lab, files)),
     })
 }

@@ -1,6 +1,6 @@
 //! `passthrough`, `hermes-1` and `hermes-3`: the log app behind Hermes agents, in a
 //! [`Cluster`].
-use std::path::Path;
+use std::{path::Path, rc::Rc};
 
 use anyhow::Context as _;
 use hermes_lab::{
@@ -9,7 +9,10 @@ use hermes_lab::{
 };
 
 use super::Deployment;
-use crate::bench::api::{self, Api};
+use crate::bench::{
+    api::{self, Api},
+    flow::Counts,
+};
 
 /// One node whose agent only intercepts and relays.
 pub fn passthrough(bin: &Path) -> anyhow::Result<Deployment> {
@@ -19,7 +22,7 @@ pub fn passthrough(bin: &Path) -> anyhow::Result<Deployment> {
     cluster
         .start_agent(1)
         .context("starting the passthrough agent")?;
-    deployment(cluster)
+    deployment(cluster, false)
 }
 
 /// A Hermes cluster of `nodes` replicas, agents with `agent_args` besides the cluster's.
@@ -28,7 +31,7 @@ pub fn replicated(nodes: usize, bin: &Path, agent_args: &[&str]) -> anyhow::Resu
     cluster
         .start()
         .with_context(|| format!("starting a Hermes cluster of {nodes}"))?;
-    deployment(cluster)
+    deployment(cluster, true)
 }
 
 /// A cluster of the log app on a fresh lab of `nodes`, nothing started yet.
@@ -40,9 +43,11 @@ pub(super) fn cluster(nodes: usize, bin: &Path, agent_args: &[&str]) -> anyhow::
     Ok(cluster)
 }
 
-/// The cluster as a deployment, once every node answers.
-fn deployment(mut cluster: Cluster) -> anyhow::Result<Deployment> {
-    let nodes = 1..=cluster.nodes();
+/// The cluster as a deployment, once every node answers; `raft`: its agents order requests, and
+/// their counters are read.
+fn deployment(mut cluster: Cluster, raft: bool) -> anyhow::Result<Deployment> {
+    let count = cluster.nodes();
+    let nodes = 1..=count;
     let targets = cluster.addrs();
     let app_pids = nodes
         .clone()
@@ -51,11 +56,25 @@ fn deployment(mut cluster: Cluster) -> anyhow::Result<Deployment> {
     let proxy_pids = nodes
         .filter_map(|id| Some(cluster.agent(id)?.pid()))
         .collect();
+    let cluster = Rc::new(cluster);
+    let counted = Rc::clone(&cluster);
+    let counts = move || {
+        let mut counts = Counts::default();
+        for id in 1..=counted.nodes() {
+            let metrics = counted
+                .admin(id, "/metrics")
+                .with_context(|| format!("reading node {id}'s metrics"))?;
+            counts.add(&metrics.text());
+        }
+        Ok(counts)
+    };
     let deployment = Deployment {
         targets,
         api: Api::LogApp,
         app_pids,
         proxy_pids,
+        counts: raft.then(|| Box::new(counts) as Box<dyn Fn() -> anyhow::Result<Counts>>),
+        nodes: count,
         _running: Box::new(cluster),
     };
     deployment.wait_answering()?;

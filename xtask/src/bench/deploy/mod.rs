@@ -7,7 +7,7 @@ mod nginx;
 
 use std::{any::Any, fmt, net::SocketAddr, path::Path};
 
-use super::{api::Api, probe, workload::Workload};
+use super::{api::Api, flow::Counts, probe, workload::Workload};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Setup {
@@ -24,15 +24,18 @@ pub enum Setup {
     /// As `hermes-3`, without syncing the delivery progress (`--no-progress-sync`): what
     /// surviving a power loss costs (writes only).
     Hermes3Unsynced,
-    /// etcd, three members, clients spread over all three (writes only).
+    /// etcd, three members speaking mutual TLS to each other, clients spread over all three
+    /// (writes only).
     Etcd3,
+    /// As `etcd-3`, its members speaking plain HTTP to each other (etcd's default).
+    Etcd3Plain,
     /// The log app behind nginx as a reverse proxy: a conventional proxy's cost, to compare
     /// with interception.
     NginxProxy,
 }
 
 impl Setup {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Direct,
         Self::Passthrough,
         Self::Hermes1,
@@ -40,6 +43,7 @@ impl Setup {
         Self::Hermes3Reads,
         Self::Hermes3Unsynced,
         Self::Etcd3,
+        Self::Etcd3Plain,
         Self::NginxProxy,
     ];
 
@@ -52,6 +56,7 @@ impl Setup {
             Self::Hermes3Reads => "hermes-3-reads",
             Self::Hermes3Unsynced => "hermes-3-unsynced",
             Self::Etcd3 => "etcd-3",
+            Self::Etcd3Plain => "etcd-3-plain",
             Self::NginxProxy => "nginx-proxy",
         }
     }
@@ -61,7 +66,7 @@ impl Setup {
     /// measured where it is paid most, on writes alone.
     pub fn workloads(self) -> &'static [Workload] {
         match self {
-            Self::Etcd3 | Self::Hermes3Unsynced => &[Workload::Post],
+            Self::Etcd3 | Self::Etcd3Plain | Self::Hermes3Unsynced => &[Workload::Post],
             Self::Hermes3Reads => &[Workload::Mixed, Workload::Get],
             _ => &Workload::ALL,
         }
@@ -76,7 +81,8 @@ impl Setup {
             Self::Hermes3 => hermes::replicated(3, bin, &[])?,
             Self::Hermes3Reads => hermes::replicated(3, bin, &["--reads", "linearizable"])?,
             Self::Hermes3Unsynced => hermes::replicated(3, bin, &["--no-progress-sync"])?,
-            Self::Etcd3 => etcd::deploy()?,
+            Self::Etcd3 => etcd::deploy(true)?,
+            Self::Etcd3Plain => etcd::deploy(false)?,
             Self::NginxProxy => nginx::deploy(bin)?,
         })
     }
@@ -97,6 +103,10 @@ pub struct Deployment {
     pub app_pids: Vec<u32>,
     /// The processes in front of the apps: Hermes agents, or nginx; empty where there are none.
     pub proxy_pids: Vec<u32>,
+    /// Reads the Hermes agents' counters, summed (Hermes setups with Raft only).
+    pub counts: Option<Box<dyn Fn() -> anyhow::Result<Counts>>>,
+    /// Agents counted by `counts`.
+    pub nodes: usize,
     /// The lab, processes and files that keep the setup running, in the order to drop them.
     _running: Box<dyn Any>,
 }

@@ -40,6 +40,8 @@ pub fn deploy(bin: &Path) -> anyhow::Result<Deployment> {
         app_pids: cluster.app(1).map(|app| app.pid()).into_iter().collect(),
         // The master; the workers that do the proxying are its children.
         proxy_pids: vec![nginx.pid()],
+        counts: None,
+        nodes: 0,
         _running: Box::new((nginx, cluster, files)),
     })
 }
