@@ -34,9 +34,9 @@ pub enum App {
     Random,
     /// `tests/apps/sloppy.py`: `Append`, whose `POST /ping` answers without reading the body.
     Sloppy,
-    /// Python's own `python3 -m http.server --protocol HTTP/1.1`, serving the files of a folder
-    /// (`hello.txt` holds `hello`). It writes an answer's head and its body in two writes, with
-    /// Nagle's algorithm on.
+    /// Python's own `python3 -m http.server --protocol HTTP/1.1` (Python 3.11 or later), serving
+    /// the files of a folder (`hello.txt` holds `hello`). It writes an answer's head and its body
+    /// in two writes, with Nagle's algorithm on.
     Stock,
     /// Debian's `redis-server` (raw TCP mode), in memory only, its `DEBUG` commands allowed on
     /// loopback (for `DEBUG DIGEST`).
