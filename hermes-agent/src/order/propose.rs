@@ -481,6 +481,9 @@ mod tests {
         for outcome in large.into_iter().chain([small]) {
             assert_eq!(outcome.await.unwrap(), Outcome::Committed);
         }
-        assert_eq!(shapes(&proposals), [vec![(1, 1)], vec![(2, 1)], vec![(3, 1)]]);
+        assert_eq!(
+            shapes(&proposals),
+            [vec![(1, 1)], vec![(2, 1)], vec![(3, 1)]]
+        );
     }
 }
