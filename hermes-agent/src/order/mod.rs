@@ -4,7 +4,8 @@
 //!
 //! - [`typ`]: the Raft type configuration; [`log_store`]: the durable log (redb);
 //! - [`identity`]: who this node is across restarts; [`bootstrap`]: forming the cluster;
-//! - [`propose`]: getting requests into the log, [`in_flight`]: which of them may still be
+//! - [`propose`]: getting requests into the log, [`gather`]: what goes together into a batch
+//!   and into an entry, [`in_flight`]: which of them may still be
 //!   retried; [`read_index`]: the leader's side of reads off the log;
 //!   [`membership`]: changing the members; [`peer`]: the peer transport.
 #![allow(
@@ -12,6 +13,7 @@
     reason = "openraft's storage traits return its StorageError; boxing it here would only move the copy"
 )]
 pub mod bootstrap;
+pub mod gather;
 pub mod identity;
 pub mod in_flight;
 pub mod log_store;

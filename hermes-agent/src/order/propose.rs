@@ -1,11 +1,11 @@
 //! Proposing: gets this node's client requests into the log. Requests that arrive while earlier
-//! batches are in flight are batched together; a follower forwards its batches to the leader.
-//! The leader merges the batches that arrive while its earlier entries are in flight, its own and
-//! those forwarded, into one entry ([`Merger`]), so that under load one append (one fsync, one
-//! round of replication) orders the requests of every node; at low load an entry is a single
-//! request and waits for nothing.
-use std::future::Future;
+//! batches are in flight are gathered into one batch ([`Proposer`]); a follower forwards its
+//! batches to the leader. The leader gathers the batches that arrive while its entry is in
+//! flight, its own and those forwarded, into the next entry ([`Merger`]), so that under load one
+//! append (one fsync, one round of replication) orders the requests of every node; at low load
+//! an entry is a single request and waits for nothing.
 use std::{
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -13,9 +13,8 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
-
 use super::{
+    gather::{Bounds, Gatherer, Item},
     identity::Identity,
     in_flight::InFlight,
     leader_changed,
@@ -30,7 +29,7 @@ use super::{
 
 /// Batches in flight at once from one node. Two: a node's next batch is made while its last
 /// one is ordered.
-const BATCHES_IN_FLIGHT: usize = 2;
+const BATCHES_IN_FLIGHT: u32 = 2;
 /// Entries in flight at once from the leader: one, so that whatever arrives while an entry is
 /// ordered goes into the next, and under load one fsync and one round of replication serve as
 /// many requests as can share them (measured on 2 cores, three nodes, 48 clients: one entry and
@@ -72,20 +71,21 @@ pub enum Outcome {
     Failed { maybe_sent: bool },
 }
 
-struct Pending {
-    command: Command,
-    outcome: oneshot::Sender<Outcome>,
+impl Item for Command {
+    fn bytes(&self) -> usize {
+        self.payload.len() + COMMAND_OVERHEAD
+    }
 }
 
-impl Pending {
+impl Item for Batch {
     fn bytes(&self) -> usize {
-        self.command.payload.len() + COMMAND_OVERHEAD
+        self.commands.iter().map(Item::bytes).sum()
     }
 }
 
 /// Batches proposals and routes them to the leader.
 pub struct Proposer {
-    queue: mpsc::UnboundedSender<Pending>,
+    requests: Gatherer<Command, Outcome>,
 }
 
 impl Proposer {
@@ -99,7 +99,6 @@ impl Proposer {
         in_flight: Arc<InFlight>,
         timeout: Duration,
     ) -> Self {
-        let (queue, pending) = mpsc::unbounded_channel();
         let route = Arc::new(Route {
             raft,
             merger,
@@ -109,60 +108,23 @@ impl Proposer {
             sequence: AtomicU64::new(identity.first_id()),
             timeout,
         });
-        tokio::spawn(batch(pending, route));
-        Self { queue }
+        let bounds = Bounds {
+            permits: BATCHES_IN_FLIGHT,
+            takes: |_| 1,
+            items: MAX_BATCH,
+            bytes: MAX_BATCH_BYTES,
+        };
+        let requests = Gatherer::start(bounds, move |commands| {
+            let route = Arc::clone(&route);
+            async move { route.propose(commands).await }
+        });
+        Self { requests }
     }
 
     /// Proposes `command` (in a batch) and says what became of it.
     pub async fn propose(&self, command: Command) -> Outcome {
-        let (outcome, receive) = oneshot::channel();
-        if self.queue.send(Pending { command, outcome }).is_err() {
-            return Outcome::Failed { maybe_sent: false };
-        }
-        receive
-            .await
-            .unwrap_or(Outcome::Failed { maybe_sent: false })
-    }
-}
-
-async fn batch(mut queue: mpsc::UnboundedReceiver<Pending>, route: Arc<Route>) {
-    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    // A request that did not fit in the previous batch: it opens the next.
-    let mut carried = None;
-    loop {
-        let first = match carried.take() {
-            Some(first) => first,
-            None => match queue.recv().await {
-                Some(first) => first,
-                None => return,
-            },
-        };
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-            return;
-        };
-        // Whatever arrived while waiting for a permit goes along, within the batch's bounds: an
-        // entry never grows past one request over MAX_BATCH_BYTES, so it fits in a frame.
-        let mut bytes = first.bytes();
-        let mut pending = vec![first];
-        while pending.len() < MAX_BATCH {
-            let Ok(next) = queue.try_recv() else { break };
-            if bytes + next.bytes() > MAX_BATCH_BYTES {
-                carried = Some(next);
-                break;
-            }
-            bytes += next.bytes();
-            pending.push(next);
-        }
-        let route = Arc::clone(&route);
-        tokio::spawn(async move {
-            let (commands, waiters): (Vec<_>, Vec<_>) =
-                pending.into_iter().map(|p| (p.command, p.outcome)).unzip();
-            let outcome = route.propose(commands).await;
-            drop(permit);
-            for waiter in waiters {
-                let _ = waiter.send(outcome);
-            }
-        });
+        let outcome = self.requests.submit(command).await;
+        outcome.unwrap_or(Outcome::Failed { maybe_sent: false })
     }
 }
 
@@ -227,25 +189,12 @@ impl Route {
     }
 }
 
-/// A batch waiting for the leader's next entry.
-struct Waiting {
-    batch: Batch,
-    outcome: oneshot::Sender<Outcome>,
-}
-
-impl Waiting {
-    fn bytes(&self) -> usize {
-        let payloads: usize = self.batch.commands.iter().map(|c| c.payload.len()).sum();
-        payloads + self.batch.commands.len() * COMMAND_OVERHEAD
-    }
-}
-
 /// Proposes batches on the leader, its own and those its followers forwarded: the batches that
 /// arrive while an entry is in flight go into the next entry together (see
 /// [`ENTRIES_IN_FLIGHT`]).
 #[derive(Clone)]
 pub struct Merger {
-    queue: mpsc::UnboundedSender<Waiting>,
+    batches: Gatherer<Batch, Outcome>,
 }
 
 impl Merger {
@@ -259,81 +208,25 @@ impl Merger {
     /// A merger whose entries are committed by `commit`.
     fn with<F, C>(commit: C) -> Self
     where
-        C: Fn(Proposal) -> F + Send + Sync + 'static,
+        C: Fn(Proposal) -> F + Send + 'static,
         F: Future<Output = Outcome> + Send + 'static,
     {
-        let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(merge(waiting, commit));
-        Self { queue }
+        let bounds = Bounds {
+            permits: ENTRIES_IN_FLIGHT,
+            // An entry opened by a small batch is in flight alone; a large one leaves room for
+            // another large one.
+            takes: |bytes| if bytes >= LARGE { 1 } else { ENTRIES_IN_FLIGHT },
+            items: usize::MAX,
+            bytes: MAX_BATCH_BYTES,
+        };
+        let batches = Gatherer::start(bounds, move |batches| commit(Proposal { batches }));
+        Self { batches }
     }
 
     /// Proposes `batch` (in an entry with others) and says what became of it.
     pub async fn commit(&self, batch: Batch) -> Outcome {
-        let (outcome, receive) = oneshot::channel();
-        if self.queue.send(Waiting { batch, outcome }).is_err() {
-            return Outcome::Failed { maybe_sent: false };
-        }
-        receive
-            .await
-            .unwrap_or(Outcome::Failed { maybe_sent: false })
-    }
-}
-
-async fn merge<F, C>(mut queue: mpsc::UnboundedReceiver<Waiting>, commit: C)
-where
-    C: Fn(Proposal) -> F + Send + Sync + 'static,
-    F: Future<Output = Outcome> + Send + 'static,
-{
-    let in_flight = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT as usize));
-    // A batch that did not fit in the previous entry: it opens the next.
-    let mut carried: Option<Waiting> = None;
-    loop {
-        let first = match carried.take() {
-            Some(first) => first,
-            None => match queue.recv().await {
-                Some(first) => first,
-                None => return,
-            },
-        };
-        // An entry opened by a small batch is in flight alone; a large one leaves room for
-        // another large one.
-        let permits = if first.bytes() >= LARGE {
-            1
-        } else {
-            ENTRIES_IN_FLIGHT
-        };
-        let Ok(permit) = Arc::clone(&in_flight).acquire_many_owned(permits).await else {
-            return;
-        };
-        // Batches whose proposer stopped waiting (a forward that timed out) are not proposed:
-        // their node proposes them again, or gave them up.
-        let mut bytes = first.bytes();
-        let mut waiting = vec![first];
-        while let Ok(next) = queue.try_recv() {
-            if next.outcome.is_closed() {
-                continue;
-            }
-            if bytes + next.bytes() > MAX_BATCH_BYTES {
-                carried = Some(next);
-                break;
-            }
-            bytes += next.bytes();
-            waiting.push(next);
-        }
-        waiting.retain(|w| !w.outcome.is_closed());
-        if waiting.is_empty() {
-            continue;
-        }
-        let (batches, waiters): (Vec<_>, Vec<_>) =
-            waiting.into_iter().map(|w| (w.batch, w.outcome)).unzip();
-        let committed = commit(Proposal { batches });
-        tokio::spawn(async move {
-            let outcome = committed.await;
-            drop(permit);
-            for waiter in waiters {
-                let _ = waiter.send(outcome);
-            }
-        });
+        let outcome = self.batches.submit(batch).await;
+        outcome.unwrap_or(Outcome::Failed { maybe_sent: false })
     }
 }
 
@@ -389,10 +282,8 @@ mod tests {
     }
 
     /// Queues `batch` as a proposer would, without waiting.
-    fn queue(merger: &Merger, batch: Batch) -> oneshot::Receiver<Outcome> {
-        let (outcome, receive) = oneshot::channel();
-        merger.queue.send(Waiting { batch, outcome }).unwrap();
-        receive
+    fn queue(merger: &Merger, batch: Batch) -> tokio::sync::oneshot::Receiver<Outcome> {
+        merger.batches.queue(batch)
     }
 
     /// Lets the merger (on this test's one thread) do all it can.
