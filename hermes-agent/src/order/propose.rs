@@ -30,13 +30,13 @@ use super::{
 /// Batches in flight at once from one node. Two: a node's next batch is made while its last
 /// one is ordered.
 const BATCHES_IN_FLIGHT: u32 = 2;
-/// Entries in flight at once from the leader: one, so that whatever arrives while an entry is
-/// ordered goes into the next, and under load one fsync and one round of replication serve as
-/// many requests as can share them (measured on 2 cores, three nodes, 48 clients: one entry and
-/// two batches in flight order ~10 requests per entry against ~3.7 with four and four, at the
-/// same or higher throughput, with fewer forwards and fsyncs). Entries that open with a batch of
-/// [`LARGE`] bytes or more are already full enough: two of them may be in flight, so that large
-/// requests still stream.
+/// Permits for the leader's entries in flight. An entry takes both: it is in flight alone, so
+/// that whatever arrives meanwhile goes into the next, and under load one fsync and one round of
+/// replication serve as many requests as can share them (measured on 2 cores, three nodes, 48
+/// clients: one entry and two batches in flight order ~10 requests per entry against ~3.7 with
+/// four and four, at the same or higher throughput, with fewer forwards and fsyncs). An entry
+/// opened by a batch of [`LARGE`] bytes or more is full enough already and takes one, so that
+/// two such are in flight at once and large requests still stream.
 const ENTRIES_IN_FLIGHT: u32 = 2;
 /// A batch this large opens an entry that needs no company (see [`ENTRIES_IN_FLIGHT`]).
 const LARGE: usize = MAX_BATCH_BYTES / 4;
