@@ -64,22 +64,6 @@ pub struct Totals {
     pub forwards: [u64; 2],
 }
 
-impl Totals {
-    /// Each count the larger of the two.
-    fn max(self, other: Self) -> Self {
-        let pair = |a: [u64; 2], b: [u64; 2]| [a[0].max(b[0]), a[1].max(b[1])];
-        Self {
-            steering: [0, 1, 2].map(|i| self.steering[i].max(other.steering[i])),
-            handshake_failures: self.handshake_failures.max(other.handshake_failures),
-            log_entries: self.log_entries.max(other.log_entries),
-            log_entry_requests: self.log_entry_requests.max(other.log_entry_requests),
-            log_syncs: self.log_syncs.max(other.log_syncs),
-            append_entries: pair(self.append_entries, other.append_entries),
-            forwards: pair(self.forwards, other.forwards),
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct Seen {
     totals: Totals,
@@ -326,12 +310,12 @@ impl Telemetry {
         }
     }
 
-    /// What was counted elsewhere, at a scrape: counted as it grew since the last one. (Two
-    /// scrapes at once may read their totals in either order: what is kept only grows.)
-    pub fn totals(&self, now: Totals) {
+    /// What was counted elsewhere, at a scrape: counted as it grew since the last one. The
+    /// totals are `read` under the lock, so that two scrapes at once see them in order.
+    pub fn totals(&self, read: impl FnOnce() -> Totals) {
         let mut seen = self.seen.lock().unwrap();
-        let before = seen.totals;
-        seen.totals = before.max(now);
+        let now = read();
+        let before = std::mem::replace(&mut seen.totals, now);
         let grown = |now: u64, before: u64| now.saturating_sub(before);
         for (verdict, (now, before)) in ["steered", "dropped", "bypassed"]
             .into_iter()

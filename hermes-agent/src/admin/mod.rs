@@ -330,19 +330,23 @@ pub(crate) fn not_ready(admin: &Admin) -> Option<String> {
 
 /// The metrics, with the state of the moment.
 fn metrics(admin: &Admin) -> String {
-    let stats = admin.steering.stats();
-    let mut totals = Totals {
-        steering: [stats.steered, stats.dropped, stats.bypassed],
-        ..Totals::default()
-    };
     if let Some(node) = &admin.node {
-        if let Security::Tls(tls) = node.peer_security() {
-            totals.handshake_failures = tls.handshake_failures();
-        }
-        node.count(&mut totals);
         admin.telemetry.state(&state(node));
     }
-    admin.telemetry.totals(totals);
+    admin.telemetry.totals(|| {
+        let stats = admin.steering.stats();
+        let mut totals = Totals {
+            steering: [stats.steered, stats.dropped, stats.bypassed],
+            ..Totals::default()
+        };
+        if let Some(node) = &admin.node {
+            if let Security::Tls(tls) = node.peer_security() {
+                totals.handshake_failures = tls.handshake_failures();
+            }
+            node.count(&mut totals);
+        }
+        totals
+    });
     admin.telemetry.encode()
 }
 
