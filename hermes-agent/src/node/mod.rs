@@ -527,15 +527,21 @@ impl Node {
         }
     }
 
-    /// Orders `payload` and returns this node's app answer to it.
-    pub async fn submit(&self, payload: Bytes) -> Result<Response, SubmitError> {
-        let _permit = self
+    /// Takes a place among this node's requests in flight, for a member only.
+    pub(super) fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, SubmitError> {
+        let permit = self
             .pending
             .try_acquire()
             .map_err(|_| SubmitError::Overloaded)?;
         if !self.is_member() {
             return Err(SubmitError::NotMember);
         }
+        Ok(permit)
+    }
+
+    /// Orders `payload` and returns this node's app answer to it.
+    pub async fn submit(&self, payload: Bytes) -> Result<Response, SubmitError> {
+        let _permit = self.admit()?;
         let (command, flying) = self.command(payload);
         let id = command.id;
         let answered = self.applied.register(id);

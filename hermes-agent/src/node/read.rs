@@ -37,13 +37,7 @@ pub enum ReadMode {
 impl Node {
     /// Answers a read with the local app's response, off the log.
     pub async fn read(&self, payload: Bytes, mode: ReadMode) -> Result<Response, SubmitError> {
-        let _permit = self
-            .pending
-            .try_acquire()
-            .map_err(|_| SubmitError::Overloaded)?;
-        if !self.is_member() {
-            return Err(SubmitError::NotMember);
-        }
+        let _permit = self.admit()?;
         let read = async {
             if mode == ReadMode::Linearizable {
                 let index = self.read_index().await?;
