@@ -94,25 +94,26 @@ async fn gather<T, O, F, S>(
                 None => return,
             },
         };
-        let takes = (bounds.takes)(first.item.bytes());
+        let mut bytes = first.item.bytes();
+        let takes = (bounds.takes)(bytes);
         let Ok(permit) = Arc::clone(&in_flight).acquire_many_owned(takes).await else {
             return;
         };
         // Whatever arrived meanwhile goes along, within the bounds. Items nobody waits for any
         // more (a request given up, a forward that timed out) are left out: they are not sent,
         // and their senders send them again or gave them up.
-        let mut bytes = first.item.bytes();
         let mut group = vec![first];
         while group.len() < bounds.items {
             let Ok(next) = queue.try_recv() else { break };
             if next.outcome.is_closed() {
                 continue;
             }
-            if bytes + next.item.bytes() > bounds.bytes {
+            let more = next.item.bytes();
+            if bytes + more > bounds.bytes {
                 carried = Some(next);
                 break;
             }
-            bytes += next.item.bytes();
+            bytes += more;
             group.push(next);
         }
         group.retain(|waiting| !waiting.outcome.is_closed());
