@@ -260,12 +260,18 @@ async fn commit(raft: &Raft, log: &LogStore, proposal: Proposal) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
 
     use bytes::Bytes;
-    use tokio::sync::Semaphore;
+    use tokio::sync::{Semaphore, oneshot};
 
     use super::*;
+
+    /// An upper bound for what must happen, never a window for what must not.
+    const LONG: Duration = Duration::from_secs(60);
 
     /// A batch of node `origin` holding one request of `bytes` bytes.
     fn batch(origin: NodeId, sequence: u64, bytes: usize) -> Batch {
@@ -281,100 +287,116 @@ mod tests {
         }
     }
 
-    /// Queues `batch` as a proposer would, without waiting.
-    fn queue(merger: &Merger, batch: Batch) -> tokio::sync::oneshot::Receiver<Outcome> {
-        merger.batches.queue(batch)
+    /// A merger whose entries are committed when the test lets them go, one permit each, and
+    /// which records each entry with how many were committed when it was proposed.
+    struct Scripted {
+        merger: Merger,
+        proposed: Arc<Mutex<Vec<(Proposal, usize)>>>,
+        commits: Arc<Semaphore>,
     }
 
-    /// Lets the merger (on this test's one thread) do all it can.
-    async fn settle() {
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
+    impl Scripted {
+        fn new() -> Self {
+            let proposed = Arc::new(Mutex::new(Vec::new()));
+            let commits = Arc::new(Semaphore::new(0));
+            let committed = Arc::new(AtomicUsize::new(0));
+            let merger = {
+                let (proposed, commits) = (Arc::clone(&proposed), Arc::clone(&commits));
+                Merger::with(move |proposal| {
+                    let done = committed.load(Ordering::SeqCst);
+                    proposed.lock().unwrap().push((proposal, done));
+                    let (commits, committed) = (Arc::clone(&commits), Arc::clone(&committed));
+                    async move {
+                        commits.acquire().await.unwrap().forget();
+                        committed.fetch_add(1, Ordering::SeqCst);
+                        Outcome::Committed
+                    }
+                })
+            };
+            Self {
+                merger,
+                proposed,
+                commits,
+            }
+        }
+
+        /// Queues `batch` as a proposer would, without waiting.
+        fn queue(&self, batch: Batch) -> oneshot::Receiver<Outcome> {
+            self.merger.batches.queue(batch)
+        }
+
+        /// Waits until `n` entries were proposed.
+        async fn proposed(&self, n: usize) {
+            let until = tokio::time::Instant::now() + LONG;
+            while self.proposed.lock().unwrap().len() < n {
+                assert!(
+                    tokio::time::Instant::now() < until,
+                    "{n} entries never proposed"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+
+        /// Each entry's batches (origin, sequence), and how many entries were committed when it
+        /// was proposed.
+        fn entries(&self) -> Vec<(Vec<(NodeId, u64)>, usize)> {
+            let proposed = self.proposed.lock().unwrap();
+            let shape = |p: &Proposal| p.batches.iter().map(|b| (b.id.0, b.id.2)).collect();
+            proposed.iter().map(|(p, done)| (shape(p), *done)).collect()
         }
     }
 
-    /// The origins and sequences of each proposal's batches.
-    fn shapes(proposals: &Mutex<Vec<Proposal>>) -> Vec<Vec<(NodeId, u64)>> {
-        let proposals = proposals.lock().unwrap();
-        let shape = |p: &Proposal| p.batches.iter().map(|b| (b.id.0, b.id.2)).collect();
-        proposals.iter().map(shape).collect()
-    }
-
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn batches_arriving_while_an_entry_is_in_flight_share_the_next_entry() {
-        let proposals = Arc::new(Mutex::new(Vec::new()));
-        // Each proposal is committed once the test lets one go.
-        let commits = Arc::new(Semaphore::new(0));
-        let merger = {
-            let (proposals, commits) = (Arc::clone(&proposals), Arc::clone(&commits));
-            Merger::with(move |proposal| {
-                proposals.lock().unwrap().push(proposal);
-                let commits = Arc::clone(&commits);
-                async move {
-                    commits.acquire().await.unwrap().forget();
-                    Outcome::Committed
-                }
-            })
-        };
+        let scripted = Scripted::new();
         // The leader's (node 1) first batch goes alone: nothing is in flight.
-        let first = queue(&merger, batch(1, 1, 10));
-        settle().await;
+        let first = scripted.queue(batch(1, 1, 10));
+        scripted.proposed(1).await;
         // While it is in flight: two followers' forwarded batches, the leader's next one, a
         // forward whose sender stopped waiting, and a batch too large to share the entry.
         let forwarded = [
-            queue(&merger, batch(2, 1, 10)),
-            queue(&merger, batch(3, 1, 10)),
+            scripted.queue(batch(2, 1, 10)),
+            scripted.queue(batch(3, 1, 10)),
         ];
-        let own = queue(&merger, batch(1, 2, 10));
-        drop(queue(&merger, batch(2, 2, 10)));
-        let large = queue(&merger, batch(3, 2, MAX_BATCH_BYTES));
-        commits.add_permits(1);
+        let own = scripted.queue(batch(1, 2, 10));
+        drop(scripted.queue(batch(2, 2, 10)));
+        let large = scripted.queue(batch(3, 2, MAX_BATCH_BYTES));
+        scripted.commits.add_permits(3);
         assert_eq!(first.await.unwrap(), Outcome::Committed);
-        settle().await;
-        commits.add_permits(2);
         for outcome in forwarded.into_iter().chain([own, large]) {
             assert_eq!(outcome.await.unwrap(), Outcome::Committed);
         }
         assert_eq!(
-            shapes(&proposals),
-            [vec![(1, 1)], vec![(2, 1), (3, 1), (1, 2)], vec![(3, 2)]],
-            "forwarded batches share an entry with the leader's own; one nobody waits for is \
-             not proposed; an entry stays within {MAX_BATCH_BYTES} bytes but for a lone batch"
+            scripted.entries(),
+            [
+                (vec![(1, 1)], 0),
+                (vec![(2, 1), (3, 1), (1, 2)], 1),
+                (vec![(3, 2)], 2)
+            ],
+            "forwarded batches share an entry with the leader's own, one entry in flight at a \
+             time; one nobody waits for is not proposed; an entry stays within \
+             {MAX_BATCH_BYTES} bytes but for a lone batch"
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn large_entries_stream_two_at_a_time_and_a_small_one_waits_for_both() {
-        let proposals = Arc::new(Mutex::new(Vec::new()));
-        let commits = Arc::new(Semaphore::new(0));
-        let merger = {
-            let (proposals, commits) = (Arc::clone(&proposals), Arc::clone(&commits));
-            Merger::with(move |proposal| {
-                proposals.lock().unwrap().push(proposal);
-                let commits = Arc::clone(&commits);
-                async move {
-                    commits.acquire().await.unwrap().forget();
-                    Outcome::Committed
-                }
-            })
-        };
+        let scripted = Scripted::new();
         // Each over half an entry: they cannot share one.
         let large = [
-            queue(&merger, batch(1, 1, 2 * LARGE)),
-            queue(&merger, batch(2, 1, 2 * LARGE)),
+            scripted.queue(batch(1, 1, 2 * LARGE)),
+            scripted.queue(batch(2, 1, 2 * LARGE)),
         ];
-        // Both large entries are proposed while neither is committed; a small one waits.
-        settle().await;
-        let small = queue(&merger, batch(3, 1, 10));
-        settle().await;
-        assert_eq!(shapes(&proposals), [vec![(1, 1)], vec![(2, 1)]]);
-        commits.add_permits(3);
+        scripted.proposed(2).await;
+        let small = scripted.queue(batch(3, 1, 10));
+        scripted.commits.add_permits(3);
         for outcome in large.into_iter().chain([small]) {
             assert_eq!(outcome.await.unwrap(), Outcome::Committed);
         }
         assert_eq!(
-            shapes(&proposals),
-            [vec![(1, 1)], vec![(2, 1)], vec![(3, 1)]]
+            scripted.entries(),
+            [(vec![(1, 1)], 0), (vec![(2, 1)], 0), (vec![(3, 1)], 2)],
+            "both large entries in flight at once, the small one only after both"
         );
     }
 }
