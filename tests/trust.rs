@@ -110,6 +110,24 @@ fn cluster_changes_need_the_token_and_json_reads_stay_open_on_loopback() {
         .unwrap();
     assert!(added.contains("added as a learner"), "{added}");
     assert_eq!(members(&cluster), 4);
+
+    // `ctl` tells a script what went wrong by its exit status.
+    let exit = |args: &[&str]| {
+        let output = cluster.ctl_as_is(leader, args).unwrap();
+        let text = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), text)
+    };
+    let token = cluster.token_file();
+    let token = token.to_str().unwrap();
+    let (code, text) = exit(&["voters", "1,2,3"]);
+    assert_eq!(code, Some(77), "no token: {text}");
+    let (code, text) = exit(&["--admin-token-file", token, "voters", "1,9"]);
+    assert_eq!(code, Some(75), "node 9 is no member: {text}");
+    let (code, text) = exit(&["--admin", "127.0.0.1:1", "status"]);
+    assert_eq!(code, Some(69), "nothing listens: {text}");
+    let (code, text) = exit(&["-o", "json", "status"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(members(&cluster), 4, "nothing refused changed the cluster");
 }
 
 /// The app reaches its admin pages only from loopback; through Hermes a client is not local.

@@ -91,6 +91,11 @@ pub enum Tool {
     Detach(DetachArgs),
     /// Talk to a running agent's admin API: status, and cluster membership (add a node as a
     /// learner, promote it to voter, remove a node).
+    #[command(
+        after_help = "Exit status: 0 done; 69 the admin API cannot be reached or did not \
+answer within --timeout; 75 it refused (e.g. no leader, not a member: the message says why); \
+77 not authorized (no token, or the wrong one); 1 anything else."
+    )]
     Ctl(CtlArgs),
     /// Pod mode (Kubernetes): protect every pod on this node that carries the group label, each
     /// in its own network namespace, with a Raft member per pod. The members' limits and peer
@@ -126,13 +131,44 @@ pub struct CtlArgs {
     /// `status` lists every pod the agent protects).
     #[arg(long, value_parser = parse_pod)]
     pub pod: Option<String>,
+    /// How answers are printed: `table` for people, `json` for programs.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Longest each call to the admin API may take, connecting included.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
     #[command(subcommand)]
     pub action: CtlAction,
 }
 
+/// How the agent writes its log.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Invocation {
+    /// How this invocation writes its log: the agents as asked, the tools as text.
+    pub fn log_format(&self) -> LogFormat {
+        match self {
+            Self::Agent(config) => config.log_format,
+            Self::Pods(args) => args.log_format,
+            Self::Detach(_) | Self::Ctl(_) => LogFormat::Text,
+        }
+    }
+}
+
+/// How `ctl` prints answers.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
 #[derive(Subcommand, Debug, Clone)]
 pub enum CtlAction {
-    /// Print the node's status (JSON).
+    /// Print the node's status.
     Status,
     /// Add a node (started with --join) as a learner: it receives the log but does not vote
     /// yet. Shows its progress when asked of the leader.
@@ -332,6 +368,11 @@ pub struct Config {
     /// Admin API (status, health, readiness, membership).
     #[arg(long, env = "HERMES_ADMIN", default_value = "127.0.0.1:9180")]
     pub admin: SocketAddr,
+
+    /// How the log on standard error is written: `text` for people, `json` (one object per
+    /// line) for a log collector.
+    #[arg(long, env = "HERMES_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// A file holding the admin API's bearer token (mode 0600; read again on every request
     /// that needs it). Changes to the cluster need it; reads need it unless they come from

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use hermes_agent::{
-    config::{Cli, EXIT_USAGE, Invocation},
+    config::{Cli, EXIT_USAGE, Invocation, LogFormat},
     steer,
 };
 use tracing_subscriber::EnvFilter;
@@ -24,20 +24,24 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match invocation.log_format() {
+        LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => log.json().with_current_span(false).init(),
+    }
     match invocation {
         Invocation::Detach(args) => exit(detach(&args)),
         Invocation::Ctl(args) => match hermes_agent::ctl::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("error: {error}");
-                ExitCode::FAILURE
+                ExitCode::from(error.exit_code())
             }
         },
         Invocation::Pods(args) => {

@@ -380,15 +380,9 @@ impl Cluster {
     /// Runs `hermes-agent ctl ARGS` inside node `id` against its admin API; its output, or an
     /// error with it.
     pub fn ctl(&self, id: usize, args: &[&str]) -> io::Result<String> {
-        let output = self
-            .lab
-            .node(id)
-            .command(self.bin.join("hermes-agent"))?
-            .arg("ctl")
-            .arg("--admin-token-file")
-            .arg(self.token_file())
-            .args(args)
-            .output()?;
+        let token = self.token_file();
+        let token = token.to_string_lossy();
+        let output = self.ctl_as_is(id, &[&["--admin-token-file", &token], args].concat())?;
         let text = String::from_utf8_lossy(&output.stdout).into_owned()
             + &String::from_utf8_lossy(&output.stderr);
         if output.status.success() {
@@ -396,6 +390,16 @@ impl Cluster {
         } else {
             Err(io::Error::other(format!("ctl {args:?} failed: {text}")))
         }
+    }
+
+    /// Runs `hermes-agent ctl ARGS` inside node `id`, without the token unless `args` give it.
+    pub fn ctl_as_is(&self, id: usize, args: &[&str]) -> io::Result<std::process::Output> {
+        self.lab
+            .node(id)
+            .command(self.bin.join("hermes-agent"))?
+            .arg("ctl")
+            .args(args)
+            .output()
     }
 
     /// `GET /status` of node `id`'s admin API; `None` if it does not answer.

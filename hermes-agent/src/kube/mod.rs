@@ -75,6 +75,10 @@ pub struct PodsArgs {
     #[arg(long, env = "HERMES_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// How the log on standard error is written: `text`, or `json` (one object per line).
+    #[arg(long, env = "HERMES_LOG_FORMAT", value_enum, default_value_t = crate::config::LogFormat::Text)]
+    pub log_format: crate::config::LogFormat,
+
     /// With peer TLS: the DNS name every agent's certificate carries. Members have no
     /// certificates of their own; the agents' authenticate them (`HERMES_PEER_CERT`, ...).
     #[arg(long, env = "HERMES_PEER_NAME", default_value = "hermes-agent")]
