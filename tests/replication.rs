@@ -234,3 +234,46 @@ fn a_killed_agent_restarted_delivers_nothing_twice_and_skips_nothing() {
     let files = cluster.files();
     check_replicas(&files, &cluster.in_doubt(), &sent).unwrap();
 }
+
+/// The alert rules shipped (`deploy/prometheus/alerts.yaml`) are whole, and every metric they
+/// use is one a running agent serves: renaming a metric breaks this test, not an operator's
+/// alert.
+#[test]
+fn the_alert_rules_use_only_metrics_an_agent_serves() {
+    let path = hermes_tests::podman::workspace().join("deploy/prometheus/alerts.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let rules: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    let rules = rules["groups"][0]["rules"].as_array().unwrap();
+    assert!(rules.len() >= 10, "{} rules", rules.len());
+    let mut used = HashSet::new();
+    for rule in rules {
+        let alert = rule["alert"].as_str().unwrap();
+        let severity = rule["labels"]["severity"].as_str();
+        assert!(matches!(severity, Some("critical" | "warning")), "{alert}");
+        assert!(rule["annotations"]["summary"].is_string(), "{alert}");
+        let expr = rule["expr"].as_str().unwrap();
+        for (at, _) in expr.match_indices("hermes_") {
+            let name: String = expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            used.insert(name);
+        }
+    }
+
+    let cluster = cluster(3, App::Log, &[]);
+    let leader = wait_until("a leader", || cluster.leader()).unwrap();
+    let metrics = cluster.admin(leader, "/metrics").unwrap().text();
+    let served: HashSet<&str> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    for name in &used {
+        let family = ["_total", "_bucket", "_count", "_sum", "_info"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(served.contains(family), "{name} is not served:\n{metrics}");
+    }
+    assert!(used.len() >= 10, "{used:?}");
+}

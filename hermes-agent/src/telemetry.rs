@@ -11,6 +11,7 @@ use prometheus_client::{
         family::Family,
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
+        info::Info,
     },
     registry::Registry,
 };
@@ -27,8 +28,11 @@ pub struct Telemetry {
     apply_seconds: Histogram,
     app_seconds: Histogram,
     app_failures: Family<Labels, Counter>,
-    in_doubt: Gauge,
+    in_doubt: Counter,
     fenced: Gauge,
+    ready: Gauge,
+    is_leader: Gauge,
+    leader_changes: Counter,
     unconfirmed: Gauge,
     divergences: Counter,
     term: Gauge,
@@ -41,6 +45,10 @@ pub struct Telemetry {
     log_entries: Counter,
     log_entry_requests: Counter,
     log_syncs: Counter,
+    log_sync_seconds: Histogram,
+    log_bytes: Gauge,
+    disk_available: Gauge,
+    hook_failures: Family<Labels, Counter>,
     peer_calls: Family<Labels, Counter>,
     tcp_events: Family<Labels, Counter>,
     tcp_connections: Gauge,
@@ -59,6 +67,10 @@ pub struct Totals {
     pub log_entries: u64,
     pub log_entry_requests: u64,
     pub log_syncs: u64,
+    /// Requests sent to the app once more because Hermes could not tell whether it had them.
+    pub in_doubt: u64,
+    /// Leaders this node has seen take office (a new term or a new leader).
+    pub leader_changes: u64,
     /// AppendEntries sent and received, and forwarded batches sent (attempted) and received.
     pub append_entries: [u64; 2],
     pub forwards: [u64; 2],
@@ -84,8 +96,11 @@ impl Default for Telemetry {
             apply_seconds: seconds(),
             app_seconds: seconds(),
             app_failures: Family::default(),
-            in_doubt: Gauge::default(),
+            in_doubt: Counter::default(),
             fenced: Gauge::default(),
+            ready: Gauge::default(),
+            is_leader: Gauge::default(),
+            leader_changes: Counter::default(),
             unconfirmed: Gauge::default(),
             divergences: Counter::default(),
             term: Gauge::default(),
@@ -98,6 +113,10 @@ impl Default for Telemetry {
             log_entries: Counter::default(),
             log_entry_requests: Counter::default(),
             log_syncs: Counter::default(),
+            log_sync_seconds: seconds(),
+            log_bytes: Gauge::default(),
+            disk_available: Gauge::default(),
+            hook_failures: Family::default(),
             peer_calls: Family::default(),
             tcp_events: Family::default(),
             tcp_connections: Gauge::default(),
@@ -105,6 +124,11 @@ impl Default for Telemetry {
         };
         {
             let mut r = this.registry.lock().unwrap();
+            r.register(
+                "build",
+                "The agent's version",
+                Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+            );
             r.register(
                 "requests",
                 "Client requests answered, by outcome and status class",
@@ -137,13 +161,29 @@ impl Default for Telemetry {
             );
             r.register(
                 "in_doubt",
-                "Requests sent to the app once more because Hermes could not tell whether it had them",
+                "Requests sent to the app once more because Hermes could not tell whether it had \
+                 them, over the replica's life",
                 this.in_doubt.clone(),
             );
             r.register(
                 "fenced",
                 "1 while this replica is fenced (it applies nothing; /status says why)",
                 this.fenced.clone(),
+            );
+            r.register(
+                "ready",
+                "1 while the node takes clients (/readyz answers 200; /status says why not)",
+                this.ready.clone(),
+            );
+            r.register(
+                "is_leader",
+                "1 while this node is the Raft leader",
+                this.is_leader.clone(),
+            );
+            r.register(
+                "leader_changes",
+                "Leaders this node has seen take office (a new leader, or a new term)",
+                this.leader_changes.clone(),
             );
             r.register(
                 "unconfirmed",
@@ -205,6 +245,32 @@ impl Default for Telemetry {
                 "Writes of this node's log made durable (each one fsync, of any number of entries)",
                 this.log_syncs.clone(),
             );
+            r.register(
+                "log_sync_seconds",
+                "One write of this node's log made durable: its transaction's commit and fsync",
+                this.log_sync_seconds.clone(),
+            );
+            r.register(
+                "log_bytes",
+                "Size of this node's log file on disk",
+                this.log_bytes.clone(),
+            );
+            r.register(
+                "disk_available_bytes",
+                "Space left for the agent on the data directory's filesystem",
+                this.disk_available.clone(),
+            );
+            r.register(
+                "hook_failures",
+                "Snapshot hooks that failed (each is retried), by hook (snapshot, restore)",
+                this.hook_failures.clone(),
+            );
+            // Present from the start, at 0, for alerts on their increase.
+            for hook in ["snapshot", "restore"] {
+                let _ = this
+                    .hook_failures
+                    .get_or_create(&vec![("hook", hook.to_owned())]);
+            }
             r.register(
                 "peer_calls",
                 "Calls between peers, by kind (append_entries: Raft replication; forward: a \
@@ -288,6 +354,18 @@ impl Telemetry {
         self.tcp_connections.set(open as i64);
     }
 
+    /// A snapshot hook (`snapshot` or `restore`) failed.
+    pub fn hook_failed(&self, hook: &'static str) {
+        self.hook_failures
+            .get_or_create(&vec![("hook", hook.to_owned())])
+            .inc();
+    }
+
+    /// What records the log's syncs: the metrics show it.
+    pub fn log_sync_seconds(&self) -> Histogram {
+        self.log_sync_seconds.clone()
+    }
+
     pub fn diverged(&self) {
         self.divergences.inc();
     }
@@ -295,8 +373,11 @@ impl Telemetry {
     /// The state of the node, at a scrape.
     pub fn state(&self, state: &State) {
         self.in_flight.set(state.in_flight as i64);
-        self.in_doubt.set(state.in_doubt as i64);
         self.fenced.set(i64::from(state.fenced));
+        self.ready.set(i64::from(state.ready));
+        self.is_leader.set(i64::from(state.is_leader));
+        self.log_bytes.set(state.log_bytes as i64);
+        self.disk_available.set(state.disk_available as i64);
         self.unconfirmed.set(state.unconfirmed as i64);
         self.term.set(state.term as i64);
         self.leader.set(state.leader as i64);
@@ -333,6 +414,9 @@ impl Telemetry {
             .inc_by(grown(now.log_entry_requests, before.log_entry_requests));
         self.log_syncs
             .inc_by(grown(now.log_syncs, before.log_syncs));
+        self.in_doubt.inc_by(grown(now.in_doubt, before.in_doubt));
+        self.leader_changes
+            .inc_by(grown(now.leader_changes, before.leader_changes));
         let calls = [
             ("append_entries", now.append_entries, before.append_entries),
             ("forward", now.forwards, before.forwards),
@@ -361,9 +445,15 @@ impl Telemetry {
 #[derive(Debug, Default)]
 pub struct State {
     pub in_flight: usize,
-    pub in_doubt: u64,
     /// The replica is fenced.
     pub fenced: bool,
+    /// The node takes clients.
+    pub ready: bool,
+    pub is_leader: bool,
+    /// Size of the log file.
+    pub log_bytes: u64,
+    /// Space left on the data directory's filesystem.
+    pub disk_available: u64,
     pub unconfirmed: u64,
     pub term: u64,
     pub leader: u64,

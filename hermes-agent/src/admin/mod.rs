@@ -331,7 +331,11 @@ pub(crate) fn not_ready(admin: &Admin) -> Option<String> {
 /// The metrics, with the state of the moment.
 fn metrics(admin: &Admin) -> String {
     if let Some(node) = &admin.node {
-        admin.telemetry.state(&state(node));
+        let state = State {
+            ready: not_ready(admin).is_none(),
+            ..state(node)
+        };
+        admin.telemetry.state(&state);
     }
     admin.telemetry.totals(|| {
         let stats = admin.steering.stats();
@@ -350,7 +354,7 @@ fn metrics(admin: &Admin) -> String {
     admin.telemetry.encode()
 }
 
-/// The replica's state of the moment, for the metrics.
+/// The replica's state of the moment, for the metrics; whether it is ready is the admin's to say.
 fn state(node: &Node) -> State {
     let metrics = node.metrics();
     let last = metrics.last_log_index.unwrap_or(0);
@@ -363,9 +367,12 @@ fn state(node: &Node) -> State {
         .collect();
     State {
         in_flight: node.pending(),
-        in_doubt: node.applied.in_doubt(),
         unconfirmed: node.applied.unconfirmed(),
         fenced: node.applied.fenced(),
+        ready: false,
+        is_leader: metrics.current_leader == Some(node.id),
+        log_bytes: node.log.file_bytes(),
+        disk_available: node.log.disk_available(),
         term: metrics.current_term,
         leader: metrics.current_leader.unwrap_or(0),
         commit_index: node.log.committed().map_or(0, |id| id.index),
@@ -383,7 +390,12 @@ pub(crate) fn status(admin: &Admin) -> serde_json::Value {
         "bypassed": stats.bypassed,
     });
     let Some(node) = &admin.node else {
-        return json!({ "mode": "passthrough", "ready": true, "steering": steering });
+        return json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "mode": "passthrough",
+            "ready": true,
+            "steering": steering,
+        });
     };
     let mut status = replica_status(node);
     status["ready"] = json!(not_ready(admin).is_none());
@@ -408,6 +420,7 @@ fn replica_status(node: &Node) -> serde_json::Value {
                 .collect()
         });
     json!({
+        "version": env!("CARGO_PKG_VERSION"),
         "mode": "replicated",
         "node_id": node.id,
         "incarnation": format!("{:016x}", node.identity.incarnation),

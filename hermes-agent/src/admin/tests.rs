@@ -3,6 +3,7 @@ use super::{replica_status, state};
 use crate::{
     deliver::progress::{ProgressFile, file_in},
     node::testing::single_node,
+    telemetry::Totals,
     testing::{Act, FakeApp, OK},
 };
 
@@ -24,7 +25,63 @@ async fn a_request_written_before_a_restart_and_never_answered_shows_as_unconfir
     assert_eq!(status["unconfirmed"], 1, "{status}");
     assert_eq!(status["in_doubt"], 0, "{status}");
     node.telemetry.state(&state(&node));
+    node.telemetry.totals(|| {
+        let mut totals = Totals::default();
+        node.count(&mut totals);
+        totals
+    });
     let metrics = node.telemetry.encode();
     assert!(metrics.contains("\nhermes_unconfirmed 1\n"), "{metrics}");
-    assert!(metrics.contains("\nhermes_in_doubt 0\n"), "{metrics}");
+    assert!(metrics.contains("\nhermes_in_doubt_total 0\n"), "{metrics}");
+}
+
+/// The value of the series `name` (its whole name, labels included) in `metrics`.
+fn value(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_metrics_say_who_leads_how_often_it_changed_and_what_the_log_costs() {
+    let app = FakeApp::start(|_| Act::Reply(OK)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = single_node(app.addr, dir.path(), |_| {}).await;
+    let scrape = || {
+        node.telemetry.state(&state(&node));
+        node.telemetry.totals(|| {
+            let mut totals = Totals::default();
+            node.count(&mut totals);
+            totals
+        });
+        node.telemetry.encode()
+    };
+    // The count follows Raft's metrics on a task of its own: wait until it has seen the leader.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while value(&scrape(), "hermes_leader_changes_total") != Some(1.0) {
+        assert!(tokio::time::Instant::now() < deadline, "{}", scrape());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let metrics = scrape();
+    let version = format!(
+        "hermes_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(value(&metrics, &version), Some(1.0), "{metrics}");
+    assert_eq!(value(&metrics, "hermes_is_leader"), Some(1.0), "{metrics}");
+    // Forming the cluster wrote the log: its syncs were timed, and its file has a size.
+    assert!(
+        value(&metrics, "hermes_log_sync_seconds_count") >= Some(1.0),
+        "{metrics}"
+    );
+    let bytes = value(&metrics, "hermes_log_bytes").unwrap_or(0.0);
+    let on_disk = std::fs::metadata(dir.path().join(crate::order::log_store::FILE))
+        .unwrap()
+        .len();
+    assert_eq!(bytes, on_disk as f64, "{metrics}");
+    assert!(
+        value(&metrics, "hermes_disk_available_bytes") > Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(replica_status(&node)["version"], env!("CARGO_PKG_VERSION"));
 }

@@ -117,7 +117,7 @@ impl Default for Retry {
 }
 
 impl Retry {
-    fn succeeded<T>(&self, app: &App, what: &str, value: T) -> T {
+    fn succeeded<T>(&self, app: &App, what: &'static str, value: T) -> T {
         if self.failures > 0 {
             tracing::info!(what, failures = self.failures, "snapshot hook succeeded");
             app.set_reachable(true);
@@ -125,9 +125,16 @@ impl Retry {
         value
     }
 
-    async fn failed(&mut self, app: &App, what: &str, command: &str, error: std::io::Error) {
+    async fn failed(
+        &mut self,
+        app: &App,
+        what: &'static str,
+        command: &str,
+        error: std::io::Error,
+    ) {
         self.failures += 1;
         app.set_reachable(false);
+        app.telemetry().hook_failed(what);
         tracing::warn!(what, command, %error, failures = self.failures, "snapshot hook failed; retrying");
         tokio::time::sleep(self.delay).await;
         self.delay = (self.delay * 2).min(RETRY_MAX);
@@ -183,6 +190,9 @@ mod tests {
         let flaky = hooks(dir.path(), &flaky, "true");
         assert_eq!(flaky.capture(&nowhere).await, b"ok\n");
         assert!(nowhere.healthy());
+        let metrics = nowhere.telemetry().encode();
+        let failures = "hermes_hook_failures_total{hook=\"snapshot\"} 2\n";
+        assert!(metrics.contains(failures), "{metrics}");
     }
 
     /// Resolves once a hook of `app` has failed.

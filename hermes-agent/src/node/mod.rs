@@ -188,6 +188,8 @@ pub struct Node {
     connections: AtomicU64,
     /// Raw TCP mode.
     tcp: bool,
+    /// Leaders seen taking office.
+    leaders: Arc<AtomicU64>,
     /// What the start had to order first is applied here ([`Self::announced`]).
     announced: AtomicBool,
     pending: Semaphore,
@@ -244,6 +246,7 @@ impl Node {
             bootstrap::refuse_if_wiped(&peers, &identity, &settings.members).await?;
         }
         let mut log = LogStore::open(&dir, settings.log_cache)?;
+        log.time_syncs(settings.telemetry.log_sync_seconds());
         let startup_commit = log.committed().map_or(0, |id| id.index);
         let app = Arc::new(
             App::new(
@@ -333,6 +336,11 @@ impl Node {
                 max_connections: server::MAX_CONNECTIONS,
             }),
         ));
+        let leaders = Arc::new(AtomicU64::new(0));
+        tokio::spawn(crate::order::follow_leaders(
+            raft.clone(),
+            Arc::clone(&leaders),
+        ));
         let divergence = Arc::new(Divergence::default());
         tokio::spawn(divergence::watch(
             settings.node_id,
@@ -386,6 +394,7 @@ impl Node {
             in_flight,
             connections: AtomicU64::new(identity.first_id()),
             tcp: settings.tcp.is_some(),
+            leaders,
             announced: AtomicBool::new(false),
             pending: Semaphore::new(settings.max_pending),
             max_pending: settings.max_pending,
@@ -655,6 +664,8 @@ impl Node {
             totals.log_entry_requests,
             totals.log_syncs,
         ) = self.log.counts();
+        totals.in_doubt = self.applied.in_doubt();
+        totals.leader_changes = self.leaders.load(Ordering::Relaxed);
         let calls = self.peers.calls();
         totals.append_entries = Calls::read(&calls.append_entries);
         totals.forwards = Calls::read(&calls.forwards);

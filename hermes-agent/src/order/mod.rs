@@ -72,3 +72,26 @@ async fn leader_changed(raft: &Raft, leader: NodeId) {
     let mut metrics = raft.metrics();
     let _ = metrics.wait_for(|m| m.current_leader != Some(leader)).await;
 }
+
+/// Counts in `seen` the leaders this node sees take office (a new leader, or the same in a new
+/// term), and logs each, until Raft stops.
+pub(crate) async fn follow_leaders(raft: Raft, seen: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let mut metrics = raft.metrics();
+    let mut last = None;
+    loop {
+        let (leader, term) = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader, m.current_term)
+        };
+        if let Some(leader) = leader
+            && last != Some((leader, term))
+        {
+            last = Some((leader, term));
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(leader, term, "leader in office");
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

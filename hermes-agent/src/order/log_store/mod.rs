@@ -17,7 +17,7 @@ use std::{
     ops::{Bound, RangeBounds},
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
@@ -29,6 +29,7 @@ mod tables;
 mod writer;
 
 use openraft::{RaftLogReader, storage::RaftLogStorage};
+use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, backends::FileBackend};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
@@ -60,6 +61,10 @@ struct Inner {
     writer: Option<mpsc::Sender<Write>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     counts: Counts,
+    /// The database's file, for its size.
+    file: std::fs::File,
+    /// Where the writer records how long each sync took, once the node gives it one.
+    sync_seconds: OnceLock<Histogram>,
 }
 
 /// What the log counts, for the metrics.
@@ -109,6 +114,9 @@ impl LogStore {
         let file = dir
             .open_file(FILE)
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        let size = file
+            .try_clone()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         let backend = FileBackend::new(file).map_err(|e| StorageIOError::write_logs(&e))?;
         let db = Database::builder()
             .create_with_backend(backend)
@@ -144,6 +152,8 @@ impl LogStore {
                 writer: Some(writer),
                 writer_thread: thread.ok(),
                 counts: Counts::default(),
+                file: size,
+                sync_seconds: OnceLock::new(),
             }
         });
         if shared.writer_thread.is_none() {
@@ -181,6 +191,23 @@ impl LogStore {
             counts.requests.load(Ordering::Relaxed),
             counts.syncs.load(Ordering::Relaxed),
         )
+    }
+
+    /// Records how long each of the log's syncs takes in `histogram` from now on.
+    pub fn time_syncs(&self, histogram: Histogram) {
+        let _ = self.inner.sync_seconds.set(histogram);
+    }
+
+    /// Size of the log's file on disk.
+    pub fn file_bytes(&self) -> u64 {
+        self.inner.file.metadata().map_or(0, |m| m.len())
+    }
+
+    /// Bytes left for the agent on the log's filesystem (the data directory's).
+    pub fn disk_available(&self) -> u64 {
+        nix::sys::statvfs::fstatvfs(&self.inner.file).map_or(0, |stat| {
+            stat.blocks_available().saturating_mul(stat.fragment_size())
+        })
     }
 
     /// Bytes of entries held in memory.

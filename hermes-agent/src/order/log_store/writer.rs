@@ -1,6 +1,9 @@
 //! The writer thread: takes every write queued, writes them in one redb transaction, commits it
 //! with one fsync, and only then tells openraft the entries are durable (group commit).
-use std::sync::{Weak, mpsc};
+use std::{
+    sync::{Weak, mpsc},
+    time::Instant,
+};
 
 use redb::Database;
 use tokio::sync::oneshot;
@@ -62,12 +65,16 @@ pub fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &Weak<In
                 (committed, _) => committed,
             }
         });
+        let started = Instant::now();
         let result = write_batch(db, &batch, committed).map_err(|e| e.to_string());
         if let (Some(shared), Ok(())) = (shared.upgrade(), &result) {
             shared
                 .counts
                 .syncs
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(histogram) = shared.sync_seconds.get() {
+                histogram.observe(started.elapsed().as_secs_f64());
+            }
         }
         let mut last_appended = None;
         for write in batch {

@@ -17,6 +17,7 @@ use tokio::{
 
 use super::{
     tls::Security,
+    warnings::Warnings,
     wire::{self, Call, Reply},
 };
 use crate::order::{log_store, typ::NodeId};
@@ -134,6 +135,7 @@ impl Peers {
                 security: self.security.clone(),
                 resolve: self.resolve.clone(),
                 connection: tokio::sync::Mutex::default(),
+                unreachable: Warnings::default(),
             })
         }))
     }
@@ -171,6 +173,7 @@ pub struct Peer {
     security: Security,
     resolve: Option<Resolve>,
     connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    unreachable: Warnings,
 }
 
 struct Connection {
@@ -262,8 +265,28 @@ impl Peer {
             }
         })
         .await
-        .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
-        .map_err(connect_error)?;
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+        let stream = match stream {
+            Ok(stream) => {
+                let failures = self.unreachable.succeeded();
+                if failures > 0 {
+                    tracing::info!(peer = self.id, addr = %self.addr, failures, "peer reached again");
+                }
+                stream
+            }
+            Err(error) => {
+                if let Some(failures) = self.unreachable.failed(std::time::Instant::now()) {
+                    tracing::warn!(
+                        peer = self.id,
+                        addr = %self.addr,
+                        %error,
+                        failures,
+                        "cannot reach peer (failures counts the tries since the last such warning)"
+                    );
+                }
+                return Err(connect_error(error));
+            }
+        };
         let (mut reader, writer) = tokio::io::split(stream);
         let (frames, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
         let connection = Arc::new(Connection {

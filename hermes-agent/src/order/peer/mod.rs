@@ -4,11 +4,13 @@
 //! - [`wire`]: the calls and replies, and their framing;
 //! - [`client`]: connections to peers; [`network`]: openraft's network built on them;
 //! - [`server`]: serves the calls of peers, and decides who may make which;
-//! - [`tls`]: mutual TLS, and the node ids certificates name.
+//! - [`tls`]: mutual TLS, and the node ids certificates name;
+//! - [`warnings`]: warnings about failures that keep coming, rate-limited.
 pub mod client;
 pub mod network;
 pub mod server;
 pub mod tls;
+pub mod warnings;
 pub mod wire;
 
 pub use client::{CallError, Peers};

@@ -26,6 +26,7 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use super::warnings::Warnings;
 use crate::order::typ::NodeId;
 
 /// How often the files are checked for changes.
@@ -83,6 +84,7 @@ pub struct PeerTls {
     /// Counts reloads: connections made before one are closed.
     generation: AtomicU64,
     handshake_failures: AtomicU64,
+    refused: Warnings,
 }
 
 struct Configs {
@@ -114,6 +116,7 @@ impl PeerTls {
             current: RwLock::new(Arc::new(configs)),
             generation: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
+            refused: Warnings::default(),
         }))
     }
 
@@ -159,6 +162,20 @@ impl PeerTls {
         self.handshake_failures.load(Ordering::Relaxed)
     }
 
+    /// Counts a failed handshake, and warns of it (rate-limited): a peer with the wrong
+    /// certificate, or a stranger, keeps trying.
+    fn handshake_failed(&self, error: &std::io::Error, way: &str) {
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        if let Some(failures) = self.refused.failed(std::time::Instant::now()) {
+            tracing::warn!(
+                %error,
+                failures,
+                "peer TLS handshake {way} failed (check both nodes' certificates and CA; \
+                 failures counts those since the last such warning)"
+            );
+        }
+    }
+
     /// The name node `id`'s certificate must carry.
     fn name_of(&self, id: NodeId) -> String {
         self.shared_name.clone().unwrap_or_else(|| name(id))
@@ -171,7 +188,7 @@ impl PeerTls {
         match connector.connect(server, stream).await {
             Ok(stream) => Ok(Box::new(stream)),
             Err(error) => {
-                self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                self.handshake_failed(&error, &format!("to node {id}"));
                 Err(error)
             }
         }
@@ -196,7 +213,7 @@ impl PeerTls {
         let stream = match accepted {
             Ok(stream) => stream,
             Err(error) => {
-                self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                self.handshake_failed(&error, "from a peer");
                 return Err(error);
             }
         };
