@@ -1,7 +1,7 @@
 //! Failures (issue 5): partitions, an app down on one replica, membership changes. Throughout,
 //! every request acknowledged to a client is in every replica exactly once.
 
-use hermes_tests::{App, Load, check_replicas, client, cluster, lab, wait_until};
+use hermes_tests::{App, Load, RESTORE, TAKE, check_replicas, client, cluster, lab, wait_until};
 
 #[test]
 fn a_partitioned_leader_serves_no_write_and_the_majority_carries_on() {
@@ -240,4 +240,146 @@ fn a_replica_whose_data_was_wiped_is_refused_under_its_old_id_and_joins_under_a_
     assert_eq!(cluster.file(4), cluster.file(1));
     assert_eq!(cluster.file(2), cluster.file(1));
     assert_eq!(cluster.file(1).iter().filter(|&&b| b == b'\n').count(), 60);
+}
+
+/// Two of three nodes lost for good: the survivor cannot commit, until `hermes-agent recover`
+/// makes it the only voter. Two new members join it; every acknowledged write is in every
+/// replica, once, and new writes commit. The log app does not de-duplicate. With snapshot
+/// hooks, so that the membership entries are gone from the log: the snapshot's membership is
+/// the one recovered.
+#[test]
+fn a_survivor_of_a_lost_majority_is_recovered_and_the_cluster_grows_again() {
+    let lab = lab(5);
+    let bin = hermes_lab::binary("hermes-agent").unwrap();
+    let hooks = [
+        "--snapshot-every",
+        "20",
+        "--keep-log",
+        "2",
+        "--snapshot-cmd",
+        TAKE,
+        "--restore-cmd",
+        RESTORE,
+    ];
+    let mut cluster =
+        hermes_tests::Cluster::new(lab, bin.parent().unwrap(), App::Log, &hooks).unwrap();
+    cluster.members = 3;
+    cluster.start().unwrap();
+    let load = Load::start(&cluster.addrs()[..3], 6);
+    load.wait_for_acks(150).unwrap();
+    let mut sent = load.stop();
+    // One request per entry, until every node compacted its log past the membership entries
+    // (the first two).
+    for n in 0.. {
+        let compacted = (1..=3).all(|id| {
+            cluster
+                .status(id)
+                .and_then(|s| s["purged_index"].as_u64())
+                .is_some_and(|purged| purged > 2)
+        });
+        if compacted {
+            break;
+        }
+        assert!(n < 200, "no node compacted its log");
+        let body = format!("padding-{n}").into_bytes();
+        let response = client::post(cluster.addr(1 + n % 3), "/insert", &body).unwrap();
+        assert_eq!(response.status, 201, "{}", response.text());
+        sent.all.push(body.clone());
+        sent.acked.push(body);
+    }
+    cluster.wait_converged().unwrap();
+
+    // The leader and another node are gone for good, with their apps: the survivor, a
+    // follower, cannot commit alone, and takes nothing.
+    let leader = cluster.wait_for_leader().unwrap();
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    for id in (1..=3).filter(|id| *id != survivor) {
+        cluster.kill_agent(id).unwrap();
+        cluster.kill_app(id).unwrap();
+    }
+    wait_until("the survivor to know no leader", || {
+        cluster.status(survivor)?["leader_id"]
+            .is_null()
+            .then_some(())
+    })
+    .unwrap();
+    let stuck = client::post(cluster.addr(survivor), "/insert", b"while-stuck").unwrap();
+    assert_eq!(stuck.status, 503, "{}", stuck.text());
+
+    let me = survivor.to_string();
+    let data = cluster.data_dir(survivor);
+    let recover = |args: &[&str]| {
+        let output = std::process::Command::new(&bin)
+            .args(["recover", "--data-dir", data.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let (done, text) = recover(&["--voters", &me]);
+    assert!(
+        !done && text.contains("still running"),
+        "under a running agent: {text}"
+    );
+    cluster.kill_agent(survivor).unwrap();
+    let (done, text) = recover(&["--voters", &leader.to_string()]);
+    assert!(!done && text.contains("must name this node"), "{text}");
+    let (done, text) = recover(&["--voters", &format!("{me},9")]);
+    assert!(!done && text.contains("node 9"), "an unknown voter: {text}");
+    let (done, text) = recover(&["--voters", &me, "--dry-run"]);
+    assert!(done && text.contains("nothing was changed"), "{text}");
+    let (done, text) = recover(&["--voters", &me]);
+    assert!(done, "{text}");
+    eprintln!("{text}");
+    let dropped = format!("node {leader} at");
+    assert!(
+        text.contains(&dropped) && text.contains("dropped"),
+        "{text}"
+    );
+    assert!(text.contains("never start the dropped nodes"), "{text}");
+
+    // The survivor leads alone, and takes writes again.
+    cluster.start_agent(survivor).unwrap();
+    wait_until("the survivor to lead", || cluster.leader_among(&[survivor])).unwrap();
+    let mut post = |cluster: &hermes_tests::Cluster, nodes: &[usize], tag: &str| {
+        for (n, id) in nodes.iter().cycle().take(30).enumerate() {
+            let body = format!("{tag}-{n}").into_bytes();
+            let response = client::post(cluster.addr(*id), "/insert", &body).unwrap();
+            assert_eq!(response.status, 201, "{}", response.text());
+            sent.all.push(body.clone());
+            sent.acked.push(body);
+        }
+    };
+    post(&cluster, &[survivor], "alone");
+
+    // Two new members, with empty apps, join it and vote.
+    for id in [4, 5] {
+        cluster.start_app(id).unwrap();
+        cluster.start_agent(id).unwrap();
+        let (addr, id) = (cluster.raft_addr(id), id.to_string());
+        let added = cluster.ctl(survivor, &["add-learner", &id, &addr]).unwrap();
+        assert!(added.contains("caught up"), "{added}");
+        cluster.ctl(survivor, &["promote", &id]).unwrap();
+    }
+    let voters: Vec<usize> = cluster.status(survivor).unwrap()["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .map(|m| m["id"].as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(voters, [survivor, 4, 5]);
+    post(&cluster, &[survivor, 4, 5], "grown");
+    cluster.wait_converged().unwrap();
+
+    let replicas = [survivor, 4, 5];
+    let files: Vec<Vec<u8>> = replicas.iter().map(|id| cluster.file(*id)).collect();
+    let in_doubt: Vec<u64> = replicas
+        .iter()
+        .map(|id| cluster.in_doubt()[id - 1])
+        .collect();
+    let lines = check_replicas(&files, &in_doubt, &sent).unwrap();
+    assert!(lines >= sent.acked.len(), "{lines} lines");
 }

@@ -1,7 +1,7 @@
 //! Reads off the log (`--reads`): linearizable reads see every write acknowledged before them,
 //! on any node; local reads are answered even by a replica cut off from the others.
 
-use hermes_tests::{App, client, cluster, wait_until};
+use hermes_tests::{App, RESTORE, TAKE, client, cluster, wait_until};
 
 #[test]
 fn linearizable_reads_see_every_acknowledged_write_and_stay_off_the_log() {
@@ -58,11 +58,6 @@ fn local_reads_are_answered_by_a_replica_cut_off_from_the_others() {
         .set_connected(cluster.lab.node(cut), true)
         .unwrap();
 }
-
-/// The register app's state endpoints, reached on loopback inside the node (not steered).
-const TAKE: &str = r#"curl -sf -o "$HERMES_SNAPSHOT" http://127.0.0.1:8080/state"#;
-const RESTORE: &str =
-    r#"curl -sf -X PUT --data-binary @"$HERMES_SNAPSHOT" http://127.0.0.1:8080/state"#;
 
 fn put(addr: std::net::SocketAddr, value: &str) -> client::Response {
     let raw = format!(

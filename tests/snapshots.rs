@@ -1,11 +1,6 @@
 //! Snapshots of the app's state (issue 5): with hooks, the log is compacted, and a new replica
 //! starts from a snapshot plus the log after it.
-use hermes_tests::{App, Cluster, client, lab, wait_until};
-
-/// The log app's state endpoints, reached on loopback inside the node (not steered).
-const TAKE: &str = r#"curl -sf -o "$HERMES_SNAPSHOT" http://127.0.0.1:8080/state"#;
-const RESTORE: &str =
-    r#"curl -sf -X PUT --data-binary @"$HERMES_SNAPSHOT" http://127.0.0.1:8080/state"#;
+use hermes_tests::{App, Cluster, RESTORE, TAKE, client, lab, wait_until};
 
 #[test]
 fn with_hooks_the_log_is_compacted_and_a_new_replica_installs_a_snapshot() {

@@ -48,7 +48,19 @@ pub enum Invocation {
     Agent(Box<Config>),
     Detach(DetachArgs),
     Ctl(CtlArgs),
+    Recover(RecoverArgs),
     Pods(crate::kube::PodsArgs),
+}
+
+impl From<Tool> for Invocation {
+    fn from(tool: Tool) -> Self {
+        match tool {
+            Tool::Detach(args) => Self::Detach(args),
+            Tool::Ctl(args) => Self::Ctl(args),
+            Tool::Recover(args) => Self::Recover(args),
+            Tool::Pods(args) => Self::Pods(args),
+        }
+    }
 }
 
 impl Cli {
@@ -64,17 +76,11 @@ impl Cli {
         // make `ctl` or `pods` ask for --port.
         let tool = args.get(1).and_then(|a| a.to_str());
         if tool.is_some_and(<Tool as Subcommand>::has_subcommand) {
-            return Ok(match Tools::try_parse_from(args)?.tool {
-                Tool::Detach(args) => Invocation::Detach(args),
-                Tool::Ctl(args) => Invocation::Ctl(args),
-                Tool::Pods(args) => Invocation::Pods(args),
-            });
+            return Ok(Tools::try_parse_from(args)?.tool.into());
         }
         let cli = Self::try_parse_from(args)?;
         match (cli.tool, cli.agent) {
-            (Some(Tool::Detach(args)), _) => Ok(Invocation::Detach(args)),
-            (Some(Tool::Ctl(args)), _) => Ok(Invocation::Ctl(args)),
-            (Some(Tool::Pods(args)), _) => Ok(Invocation::Pods(args)),
+            (Some(tool), _) => Ok(tool.into()),
             (None, Some(config)) => Ok(Invocation::Agent(Box::new(config))),
             (None, None) => Err(Self::command().error(
                 clap::error::ErrorKind::MissingRequiredArgument,
@@ -97,6 +103,11 @@ answer within --timeout; 75 it refused (e.g. no leader, not a member: the messag
 77 not authorized (no token, or the wrong one); 1 anything else."
     )]
     Ctl(CtlArgs),
+    /// After the loss of a majority for good: make the nodes given the only voters, so that
+    /// they form a cluster again. Offline: stop this node's agent first; start it again after.
+    /// Prints what the node has and what may be lost. Never start the dropped nodes with their
+    /// data again (wipe them, and add them back with --join).
+    Recover(RecoverArgs),
     /// Pod mode (Kubernetes): protect every pod on this node that carries the group label, each
     /// in its own network namespace, with a Raft member per pod. The members' limits and peer
     /// security come from the same `HERMES_*` variables as the agent's flags.
@@ -154,7 +165,7 @@ impl Invocation {
         match self {
             Self::Agent(config) => config.log_format,
             Self::Pods(args) => args.log_format,
-            Self::Detach(_) | Self::Ctl(_) => LogFormat::Text,
+            Self::Detach(_) | Self::Ctl(_) | Self::Recover(_) => LogFormat::Text,
         }
     }
 }
@@ -190,6 +201,20 @@ pub enum CtlAction {
     /// Let a replica fenced after a divergence (`--on-divergence fence`) apply again, once its
     /// app has been made to agree with the others.
     Resume,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RecoverArgs {
+    /// The data directory of this node (its agent stopped).
+    #[arg(long, env = "HERMES_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// The voters from now on, e.g. `3` or `2,3`: this node, and each other survivor (recover
+    /// each of them with the same list).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub voters: Vec<u64>,
+    /// Print what would be done, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug, Clone)]

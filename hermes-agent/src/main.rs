@@ -44,6 +44,29 @@ fn main() -> ExitCode {
                 ExitCode::from(error.exit_code())
             }
         },
+        Invocation::Recover(args) => {
+            let voters = args.voters.iter().copied().collect();
+            match hermes_agent::node::recover::run(&args.data_dir, &voters, args.dry_run) {
+                Ok(plan) if args.dry_run => {
+                    println!("{plan}\n(dry run: nothing was changed)");
+                    ExitCode::SUCCESS
+                }
+                Ok(plan) => {
+                    println!("{plan}");
+                    tracing::warn!(
+                        data = %args.data_dir.display(),
+                        ?voters,
+                        entry = plan.entry.log_id.index,
+                        "recovered: the voters are now the nodes given; start the agent"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Invocation::Pods(args) => {
             if let Err(error) = hermes_agent::kube::check(&args) {
                 eprintln!("error: {error}");

@@ -17,6 +17,12 @@ pub use hermes_lab::{
     load::{Load, Sent, check_replicas},
 };
 
+/// Snapshot hooks for the apps that serve their state at `GET/PUT /state` (the log app, the
+/// register app), reached on loopback inside the node (not steered).
+pub const TAKE: &str = r#"curl -sf -o "$HERMES_SNAPSHOT" http://127.0.0.1:8080/state"#;
+pub const RESTORE: &str =
+    r#"curl -sf -X PUT --data-binary @"$HERMES_SNAPSHOT" http://127.0.0.1:8080/state"#;
+
 /// A started cluster of `nodes` running `app`, with binaries built next to the tests.
 pub fn cluster(nodes: usize, app: App, agent_args: &[&str]) -> Cluster {
     let bin = hermes_lab::binary("hermes-agent").expect("binaries");

@@ -274,6 +274,14 @@ const SNAPSHOT: &str = "snapshot";
 /// The progress file of Hermes before delivery counted "written" and "in doubt".
 const OLD_PROGRESS: &str = "applied";
 
+/// The membership the state machine keeps in `dir`: the last one applied, or a snapshot's.
+pub fn stored_membership(dir: &DataDir) -> std::io::Result<StoredMembership> {
+    match dir.read(MEMBERSHIP, SMALL_FILE)? {
+        Some(bytes) => decode(&bytes),
+        None => Ok(StoredMembership::default()),
+    }
+}
+
 /// What a replica delivers to, and as whom.
 pub struct Replica {
     pub node_id: NodeId,
@@ -331,13 +339,7 @@ impl StateMachine {
         if !sync_progress {
             delivery.without_syncs();
         }
-        let membership = match dir
-            .read(MEMBERSHIP, SMALL_FILE)
-            .map_err(|e| read_error(&e))?
-        {
-            Some(bytes) => decode(&bytes).map_err(|e| read_error(&e))?,
-            None => StoredMembership::default(),
-        };
+        let membership = stored_membership(dir).map_err(|e| read_error(&e))?;
         let current: Option<(SnapshotMeta, Vec<u8>)> = match dir
             // With hooks, the app's state is in it (and the operator's directory holds it);
             // without, what delivery keeps besides the app, which is small.

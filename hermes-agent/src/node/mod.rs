@@ -2,7 +2,8 @@
 //! opens the data directory, the Raft log and the state machine, starts Raft, the peer server,
 //! the proposer and the divergence watch, and is what interception and the admin API call.
 //!
-//! - [`read`]: reads off the log; [`membership`]: membership changes asked of this node.
+//! - [`read`]: reads off the log; [`membership`]: membership changes asked of this node;
+//!   [`recover`]: the survivors of a lost majority made the only voters, offline.
 //!
 //! [`Node::submit`] is what interception calls: it proposes a request (directly on the leader,
 //! forwarded by followers), follows leader changes, and returns the local app's answer once this
@@ -13,6 +14,7 @@ pub mod membership;
 #[cfg(test)]
 mod peer_tests;
 pub mod read;
+pub mod recover;
 #[cfg(test)]
 pub mod testing;
 
