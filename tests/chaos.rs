@@ -9,7 +9,7 @@ use hermes_tests::{App, cluster};
 fn chaos_passes_the_invariant_checker() {
     let mut cluster = cluster(3, App::Log, &[]);
     let config = Config {
-        duration: Duration::from_secs(24),
+        duration: Duration::from_secs(30),
         every: Duration::from_secs(4),
         clients: 6,
     };

@@ -1,6 +1,8 @@
 //! Failures (issue 5): partitions, an app down on one replica, membership changes. Throughout,
 //! every request acknowledged to a client is in every replica exactly once.
 
+use std::time::Duration;
+
 use hermes_tests::{App, Load, RESTORE, TAKE, check_replicas, client, cluster, lab, wait_until};
 
 #[test]
@@ -382,4 +384,61 @@ fn a_survivor_of_a_lost_majority_is_recovered_and_the_cluster_grows_again() {
         .collect();
     let lines = check_replicas(&files, &in_doubt, &sent).unwrap();
     assert!(lines >= sent.acked.len(), "{lines} lines");
+}
+
+/// A rolling restart under load, as an upgrade does it: each node in turn stopped (SIGTERM),
+/// down for two seconds, started, and ready before the next. Clients of the nodes that are up
+/// see no failure; the stopping leader hands its leadership over instead of leaving the others
+/// to notice it is gone. The log app does not de-duplicate.
+#[test]
+fn a_rolling_restart_under_load_fails_no_request_at_the_nodes_that_are_up() {
+    let mut cluster = cluster(3, App::Log, &[]);
+    let mut sent = hermes_tests::Sent::default();
+    let mut handed_over = false;
+    for (turn, id) in (1..=3).enumerate() {
+        let up: Vec<_> = (1..=3)
+            .filter(|n| *n != id)
+            .map(|n| cluster.addr(n))
+            .collect();
+        let load = Load::numbered(&up, 4, turn * 4);
+        load.wait_for_acks(20).unwrap();
+        let leader = cluster.wait_for_leader().unwrap();
+        let (status, output) = cluster.stop_agent(id, Duration::from_secs(30)).unwrap();
+        assert!(status.success(), "node {id}'s agent: {status}");
+        std::thread::sleep(Duration::from_secs(2));
+        let said = |line: &String| line.contains("leadership handed over");
+        let handed = output.iter().any(said);
+        if id == leader {
+            // The others saw a leader take office.
+            let metrics = cluster.admin(id % 3 + 1, "/metrics").unwrap().text();
+            let changes = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("hermes_leader_changes_total ")?.parse().ok());
+            assert!(changes >= Some(1.0), "{metrics}");
+        }
+        cluster.start_agent(id).unwrap();
+        cluster.wait_ready(id).unwrap();
+        load.wait_for_acks(20).unwrap();
+        let part = load.stop();
+        eprintln!(
+            "node {id} restarted{}: {} writes acknowledged, longest pause {:?}",
+            if id == leader { " (the leader)" } else { "" },
+            part.acked.len(),
+            part.longest_silence
+        );
+        assert!(
+            part.failures.is_empty(),
+            "node {id} restarting: {:?}",
+            part.failures
+        );
+        if id == leader {
+            assert!(handed, "{}", output.join("\n"));
+            handed_over = true;
+        }
+        sent.add(part);
+    }
+    assert!(handed_over, "the leader was never restarted");
+    cluster.wait_converged().unwrap();
+    let files = cluster.files();
+    check_replicas(&files, &cluster.in_doubt(), &sent).unwrap();
 }

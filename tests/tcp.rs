@@ -590,13 +590,6 @@ fn has(cluster: &Cluster, id: usize, key: &str) -> bool {
     resp::cli(cluster.lab.node(id), PORT, &["EXISTS", key]).trim() == "1"
 }
 
-fn wait_ready(cluster: &Cluster, id: usize) {
-    wait_until(&format!("node {id} to be ready"), || {
-        (cluster.admin(id, "/readyz")?.status == 200).then_some(())
-    })
-    .unwrap();
-}
-
 /// Issue 17, hole 3: a replica never resumes a connection in the middle of a command. A client
 /// sends half of a `SET` whose value holds `\r\nFLUSHALL\r\n`; then a replica's agent stops
 /// (SIGTERM, on a follower and on the client's own node, as in a rolling restart; or kill -9)
@@ -629,10 +622,10 @@ fn a_restarted_replica_never_resumes_a_connection_in_the_middle_of_a_command() {
     // A rolling restart, SIGTERM: a follower, then the client's own node.
     for id in [2, 1] {
         let client = half_sent(&cluster, 1, &first);
-        let status = cluster.stop_agent(id, Duration::from_secs(60)).unwrap();
+        let (status, _) = cluster.stop_agent(id, Duration::from_secs(60)).unwrap();
         assert!(status.success(), "node {id}'s agent: {status}");
         cluster.start_agent(id).unwrap();
-        wait_ready(&cluster, id);
+        cluster.wait_ready(id).unwrap();
         abandoned(client, &rest);
         untouched(&cluster);
     }
@@ -641,7 +634,7 @@ fn a_restarted_replica_never_resumes_a_connection_in_the_middle_of_a_command() {
     let client = half_sent(&cluster, 1, &first);
     cluster.kill_agent(2).unwrap();
     cluster.start_agent(2).unwrap();
-    wait_ready(&cluster, 2);
+    cluster.wait_ready(2).unwrap();
     abandoned(client, &rest);
     untouched(&cluster);
 

@@ -208,8 +208,9 @@ pub struct RecoverArgs {
     /// The data directory of this node (its agent stopped).
     #[arg(long, env = "HERMES_DATA_DIR")]
     pub data_dir: PathBuf,
-    /// The voters from now on, e.g. `3` or `2,3`: this node, and each other survivor (recover
-    /// each of them with the same list).
+    /// The voters from now on, e.g. `3` or `2,3`: this node, and each other survivor. Recover
+    /// one survivor only, the most up-to-date (`--dry-run` on each: the highest last term, then
+    /// the highest last entry); start the others unchanged: they follow it.
     #[arg(long, value_delimiter = ',', required = true)]
     pub voters: Vec<u64>,
     /// Print what would be done, and change nothing.

@@ -103,6 +103,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// open to be committed (raw TCP mode; see [`node::Node::abandon_connections`]).
 const ABANDON_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a stopping leader tries, at most, to hand its leadership over.
+const HAND_OVER_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A budget of `bytes` bytes, one permit each (at most what a semaphore holds).
 pub fn byte_budget(bytes: u64) -> Arc<tokio::sync::Semaphore> {
     let permits = usize::try_from(bytes)
@@ -175,6 +178,8 @@ pub async fn serve(
         // takes long, there is no leader), then this replica's apply up to it.
         let to_order = config.grace_period.min(ABANDON_WITHIN);
         node.abandon_connections(to_order, config.grace_period)
+            .await;
+        node.step_down(config.grace_period.min(HAND_OVER_WITHIN))
             .await;
         let _ = node.raft.shutdown().await;
         // A delivery in flight finishes: the app gets no request cut in half, and the progress

@@ -33,7 +33,7 @@ pub struct Telemetry {
     ready: Gauge,
     is_leader: Gauge,
     leader_changes: Counter,
-    unconfirmed: Gauge,
+    unconfirmed: Counter,
     divergences: Counter,
     term: Gauge,
     leader: Gauge,
@@ -69,6 +69,8 @@ pub struct Totals {
     pub log_syncs: u64,
     /// Requests sent to the app once more because Hermes could not tell whether it had them.
     pub in_doubt: u64,
+    /// Requests written before the agent stopped whose answer it never read.
+    pub unconfirmed: u64,
     /// Leaders this node has seen take office (a new term or a new leader).
     pub leader_changes: u64,
     /// AppendEntries sent and received, and forwarded batches sent (attempted) and received.
@@ -101,7 +103,7 @@ impl Default for Telemetry {
             ready: Gauge::default(),
             is_leader: Gauge::default(),
             leader_changes: Counter::default(),
-            unconfirmed: Gauge::default(),
+            unconfirmed: Counter::default(),
             divergences: Counter::default(),
             term: Gauge::default(),
             leader: Gauge::default(),
@@ -187,8 +189,9 @@ impl Default for Telemetry {
             );
             r.register(
                 "unconfirmed",
-                "Requests written to the app before the agent stopped whose answer it never read: \
-                 not sent again, but if the app stopped too it may not have run them",
+                "Requests written to the app before the agent stopped whose answer it never read, \
+                 over the replica's life: not sent again, but if the app stopped too it may not \
+                 have run them",
                 this.unconfirmed.clone(),
             );
             r.register(
@@ -378,7 +381,6 @@ impl Telemetry {
         self.is_leader.set(i64::from(state.is_leader));
         self.log_bytes.set(state.log_bytes as i64);
         self.disk_available.set(state.disk_available as i64);
-        self.unconfirmed.set(state.unconfirmed as i64);
         self.term.set(state.term as i64);
         self.leader.set(state.leader as i64);
         self.commit_index.set(state.commit_index as i64);
@@ -415,6 +417,8 @@ impl Telemetry {
         self.log_syncs
             .inc_by(grown(now.log_syncs, before.log_syncs));
         self.in_doubt.inc_by(grown(now.in_doubt, before.in_doubt));
+        self.unconfirmed
+            .inc_by(grown(now.unconfirmed, before.unconfirmed));
         self.leader_changes
             .inc_by(grown(now.leader_changes, before.leader_changes));
         let calls = [
@@ -454,7 +458,6 @@ pub struct State {
     pub log_bytes: u64,
     /// Space left on the data directory's filesystem.
     pub disk_available: u64,
-    pub unconfirmed: u64,
     pub term: u64,
     pub leader: u64,
     pub commit_index: u64,

@@ -1,6 +1,7 @@
 //! Chaos: mixed load on a log-app cluster for a while, with a fault injected in turn every few
 //! seconds (kill -9 of the leader's agent, of a follower's agent, of an app; the leader cut off;
-//! 30% of a follower's packets lost), each healed before the next; then the invariant checker: every
+//! 30% of a follower's packets lost; the leader's agent stopped and started again, as a rolling
+//! restart does), each healed before the next; then the invariant checker: every
 //! request acknowledged to a client is in every replica exactly once, the replicas are
 //! byte-identical, and nothing is there that no client sent.
 use std::{
@@ -21,16 +22,18 @@ pub enum Fault {
     KillApp,
     PartitionLeader,
     LossyFollower,
+    RestartLeader,
 }
 
 impl Fault {
     /// Every kind of fault, in the order they come.
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 6] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::PartitionLeader,
         Fault::KillApp,
         Fault::LossyFollower,
+        Fault::RestartLeader,
     ];
 }
 
@@ -42,6 +45,7 @@ impl fmt::Display for Fault {
             Fault::KillApp => "kill -9 an app",
             Fault::PartitionLeader => "cut the leader off",
             Fault::LossyFollower => "30% packet loss at a follower",
+            Fault::RestartLeader => "SIGTERM leader agent, restart",
         })
     }
 }
@@ -69,19 +73,38 @@ pub struct Report {
     pub verdict: Result<usize, String>,
 }
 
+/// How long writes were unavailable after the faults of one kind.
+pub struct PerFault {
+    pub count: usize,
+    /// `None`: at least one fault's writes did not come back within the fault.
+    pub longest: Option<Duration>,
+    pub p99: Option<Duration>,
+}
+
 impl Report {
-    pub fn longest_unavailability(&self) -> BTreeMap<Fault, Option<Duration>> {
-        let mut longest = BTreeMap::new();
+    pub fn per_fault(&self) -> BTreeMap<Fault, PerFault> {
+        let mut times: BTreeMap<Fault, Vec<Option<Duration>>> = BTreeMap::new();
         for injected in &self.injected {
-            let entry = longest
+            times
                 .entry(injected.fault)
-                .or_insert(Some(Duration::ZERO));
-            *entry = match (*entry, injected.unavailable) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                _ => None,
-            };
+                .or_default()
+                .push(injected.unavailable);
         }
-        longest
+        times
+            .into_iter()
+            .map(|(fault, times)| {
+                // Sorted with `None` (longer than the fault) last.
+                let mut sorted: Vec<Option<Duration>> = times;
+                sorted.sort_by_key(|time| (time.is_none(), *time));
+                let rank = (sorted.len() * 99).div_ceil(100).max(1) - 1;
+                let per = PerFault {
+                    count: sorted.len(),
+                    longest: *sorted.last().expect("one at least"),
+                    p99: sorted[rank],
+                };
+                (fault, per)
+            })
+            .collect()
     }
 }
 
@@ -109,9 +132,16 @@ impl fmt::Display for Report {
         for injected in &self.injected {
             writeln!(f, "  {injected}")?;
         }
-        writeln!(f, "longest unavailability per fault:")?;
-        for (fault, longest) in self.longest_unavailability() {
-            writeln!(f, "  {:<30} {}", fault.to_string(), unavailability(longest))?;
+        writeln!(f, "unavailability per kind of fault:")?;
+        for (fault, per) in self.per_fault() {
+            writeln!(
+                f,
+                "  {:<30} {:>3} faults, longest {}, p99 {}",
+                fault.to_string(),
+                per.count,
+                unavailability(per.longest),
+                unavailability(per.p99)
+            )?;
         }
         writeln!(
             f,
@@ -149,7 +179,7 @@ pub fn run(
         let leader = cluster.wait_for_leader()?;
         let followers: Vec<usize> = (1..=cluster.nodes()).filter(|id| *id != leader).collect();
         let node = match fault {
-            Fault::KillLeader | Fault::PartitionLeader => leader,
+            Fault::KillLeader | Fault::PartitionLeader | Fault::RestartLeader => leader,
             _ => followers[turn % followers.len()],
         };
         let at = started.elapsed();
@@ -228,6 +258,9 @@ fn inject(cluster: &mut Cluster, fault: Fault, node: usize) -> io::Result<()> {
         Fault::KillApp => cluster.kill_app(node),
         Fault::PartitionLeader => cluster.lab.set_connected(cluster.lab.node(node), false),
         Fault::LossyFollower => cluster.lab.set_loss(cluster.lab.node(node), Some(30)),
+        Fault::RestartLeader => cluster
+            .stop_agent(node, Duration::from_secs(30))
+            .map(|_| ()),
     }
 }
 
@@ -237,5 +270,9 @@ fn heal(cluster: &mut Cluster, fault: Fault, node: usize) -> io::Result<()> {
         Fault::KillApp => cluster.start_app(node),
         Fault::PartitionLeader => cluster.lab.set_connected(cluster.lab.node(node), true),
         Fault::LossyFollower => cluster.lab.set_loss(cluster.lab.node(node), None),
+        Fault::RestartLeader => {
+            cluster.start_agent(node)?;
+            cluster.wait_ready(node)
+        }
     }
 }

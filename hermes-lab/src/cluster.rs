@@ -354,15 +354,20 @@ impl Cluster {
     }
 
     /// SIGTERM to node `id`'s agent (a planned stop), then waits for it to exit, at most
-    /// `timeout`; the slot is left empty.
-    pub fn stop_agent(&mut self, id: usize, timeout: Duration) -> io::Result<ExitStatus> {
+    /// `timeout`; the slot is left empty. Its exit status, and what it printed.
+    pub fn stop_agent(
+        &mut self,
+        id: usize,
+        timeout: Duration,
+    ) -> io::Result<(ExitStatus, Vec<String>)> {
         let agent = self.agents[id - 1]
             .as_mut()
             .ok_or_else(|| io::Error::other(format!("node {id}'s agent is not running")))?;
         agent.signal(nix::sys::signal::Signal::SIGTERM)?;
         let status = agent.wait(timeout)?;
+        let output = agent.output();
         self.agents[id - 1] = None;
-        Ok(status)
+        Ok((status, output))
     }
 
     pub fn agent(&mut self, id: usize) -> Option<&mut Process> {
@@ -436,6 +441,13 @@ impl Cluster {
             .iter()
             .all(|l| *l == Some(first))
             .then_some(first as usize)
+    }
+
+    /// Waits until node `id`'s agent takes clients (`/readyz` answers 200).
+    pub fn wait_ready(&self, id: usize) -> io::Result<()> {
+        wait_until(&format!("node {id} to be ready"), || {
+            (self.admin(id, "/readyz")?.status == 200).then_some(())
+        })
     }
 
     pub fn wait_for_leader(&self) -> io::Result<usize> {

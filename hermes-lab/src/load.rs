@@ -5,10 +5,10 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::{client, cluster::wait_until};
@@ -18,7 +18,26 @@ use crate::{client, cluster::wait_until};
 pub struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicUsize>,
+    acks: Arc<Acks>,
     threads: Vec<JoinHandle<Sent>>,
+}
+
+/// When the clients' writes were acknowledged: the last, and the longest time without one.
+#[derive(Debug)]
+struct Acks {
+    started: Instant,
+    /// Microseconds after `started`.
+    last: AtomicU64,
+    longest_silence: AtomicU64,
+}
+
+impl Acks {
+    fn acked(&self) {
+        let now = self.started.elapsed().as_micros() as u64;
+        let before = self.last.swap(now, Ordering::Relaxed);
+        self.longest_silence
+            .fetch_max(now.saturating_sub(before), Ordering::Relaxed);
+    }
 }
 
 /// What the clients sent, and which of it the cluster acknowledged (201).
@@ -30,35 +49,64 @@ pub struct Sent {
     pub failures: BTreeMap<String, usize>,
     /// Reads answered 200.
     pub reads: usize,
+    /// The longest time no write was acknowledged to any client, from the start of the load
+    /// until it stopped.
+    pub longest_silence: Duration,
+}
+
+impl Sent {
+    /// Adds what another load sent.
+    pub fn add(&mut self, other: Sent) {
+        self.all.extend(other.all);
+        self.acked.extend(other.acked);
+        self.reads += other.reads;
+        for (kind, count) in other.failures {
+            *self.failures.entry(kind).or_default() += count;
+        }
+        self.longest_silence = self.longest_silence.max(other.longest_silence);
+    }
 }
 
 impl Load {
     /// `clients` threads; client `c` talks to `addrs[c % addrs.len()]`.
     pub fn start(addrs: &[SocketAddr], clients: usize) -> Self {
-        Self::spawn(addrs, clients, false)
+        Self::spawn(addrs, 0..clients, false)
+    }
+
+    /// Like [`Load::start`], with clients numbered from `first` on: loads one after the other
+    /// whose clients' bodies never repeat.
+    pub fn numbered(addrs: &[SocketAddr], clients: usize, first: usize) -> Self {
+        Self::spawn(addrs, first..first + clients, false)
     }
 
     /// Like [`Load::start`], with a read between writes.
     pub fn mixed(addrs: &[SocketAddr], clients: usize) -> Self {
-        Self::spawn(addrs, clients, true)
+        Self::spawn(addrs, 0..clients, true)
     }
 
-    fn spawn(addrs: &[SocketAddr], clients: usize, reads: bool) -> Self {
+    fn spawn(addrs: &[SocketAddr], clients: std::ops::Range<usize>, reads: bool) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicUsize::new(0));
-        let threads = (0..clients)
+        let acks = Arc::new(Acks {
+            started: Instant::now(),
+            last: AtomicU64::new(0),
+            longest_silence: AtomicU64::new(0),
+        });
+        let threads = clients
             .map(|c| {
-                let (stop, acked, addr) = (
+                let (stop, acked, acks, addr) = (
                     Arc::clone(&stop),
                     Arc::clone(&acked),
+                    Arc::clone(&acks),
                     addrs[c % addrs.len()],
                 );
-                std::thread::spawn(move || client_loop(c, addr, reads, &stop, &acked))
+                std::thread::spawn(move || client_loop(c, addr, reads, &stop, &acked, &acks))
             })
             .collect();
         Self {
             stop,
             acked,
+            acks,
             threads,
         }
     }
@@ -80,14 +128,12 @@ impl Load {
         self.stop.store(true, Ordering::Relaxed);
         let mut total = Sent::default();
         for thread in std::mem::take(&mut self.threads) {
-            let sent = thread.join().expect("client thread");
-            total.all.extend(sent.all);
-            total.acked.extend(sent.acked);
-            total.reads += sent.reads;
-            for (kind, count) in sent.failures {
-                *total.failures.entry(kind).or_default() += count;
-            }
+            total.add(thread.join().expect("client thread"));
         }
+        // The silence until the clients stopped counts too.
+        self.acks.acked();
+        let longest = self.acks.longest_silence.load(Ordering::Relaxed);
+        total.longest_silence = Duration::from_micros(longest);
         total
     }
 }
@@ -105,6 +151,7 @@ fn client_loop(
     reads: bool,
     stop: &AtomicBool,
     acked: &AtomicUsize,
+    acks: &Acks,
 ) -> Sent {
     let mut sent = Sent::default();
     for n in 0.. {
@@ -134,6 +181,7 @@ fn client_loop(
             Ok(response) if response.status == 201 => {
                 sent.acked.push(body);
                 acked.fetch_add(1, Ordering::Relaxed);
+                acks.acked();
             }
             Ok(response) => {
                 *sent

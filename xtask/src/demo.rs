@@ -125,7 +125,7 @@ fn tcp(bin: &Path) -> anyhow::Result<()> {
         "10. A rolling restart of node {follower}'s agent (SIGTERM, then started again): it \
          abandons the connections still open, on every replica, before it stops"
     ));
-    let stopped = cluster.stop_agent(follower, std::time::Duration::from_secs(60))?;
+    let (stopped, _) = cluster.stop_agent(follower, std::time::Duration::from_secs(60))?;
     anyhow::ensure!(stopped.success(), "node {follower}'s agent: {stopped}");
     cluster.start_agent(follower)?;
     load(&cluster, &[1, 2, 3])?;

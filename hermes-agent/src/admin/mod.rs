@@ -330,13 +330,18 @@ pub(crate) fn not_ready(admin: &Admin) -> Option<String> {
 
 /// The metrics, with the state of the moment.
 fn metrics(admin: &Admin) -> String {
-    if let Some(node) = &admin.node {
-        let state = State {
+    let state = match &admin.node {
+        Some(node) => State {
             ready: not_ready(admin).is_none(),
             ..state(node)
-        };
-        admin.telemetry.state(&state);
-    }
+        },
+        // Passthrough: ready whenever it answers; it has no replica.
+        None => State {
+            ready: true,
+            ..State::default()
+        },
+    };
+    admin.telemetry.state(&state);
     admin.telemetry.totals(|| {
         let stats = admin.steering.stats();
         let mut totals = Totals {
@@ -367,7 +372,6 @@ fn state(node: &Node) -> State {
         .collect();
     State {
         in_flight: node.pending(),
-        unconfirmed: node.applied.unconfirmed(),
         fenced: node.applied.fenced(),
         ready: false,
         is_leader: metrics.current_leader == Some(node.id),

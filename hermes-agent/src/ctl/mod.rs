@@ -32,28 +32,34 @@ pub enum CtlError {
     Connect(std::net::SocketAddr, std::io::Error),
     #[error("the admin API at {0} did not answer within {1:?} (--timeout)")]
     Timeout(std::net::SocketAddr, Duration),
+    #[error("the admin API at {0} closed the connection before its whole answer")]
+    Lost(std::net::SocketAddr),
     #[error(
         "the admin API answered {0}: {1} (give the agent's token with --admin-token-file or HERMES_ADMIN_TOKEN_FILE)"
     )]
     Unauthorized(u16, String),
     #[error("the admin API answered {0}: {1}")]
     Refused(u16, String),
+    #[error("the admin API failed ({0}): {1}; see the agent's log")]
+    Failed(u16, String),
     #[error("unexpected answer from the admin API: {0}")]
     Garbled(String),
     #[error("node {0} is not a member")]
     NotAMember(u64),
     #[error(transparent)]
     Token(#[from] token::TokenError),
+    #[error("cannot start: {0}")]
+    Runtime(std::io::Error),
 }
 
 impl CtlError {
     /// The process's exit status for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Connect(..) | Self::Timeout(..) => EXIT_UNREACHABLE,
+            Self::Connect(..) | Self::Timeout(..) | Self::Lost(_) => EXIT_UNREACHABLE,
             Self::Unauthorized(..) => EXIT_UNAUTHORIZED,
             Self::Refused(..) | Self::NotAMember(_) => EXIT_REFUSED,
-            Self::Garbled(_) | Self::Token(_) => 1,
+            Self::Failed(..) | Self::Garbled(_) | Self::Token(_) | Self::Runtime(_) => 1,
         }
     }
 }
@@ -184,7 +190,7 @@ impl<'a> Api<'a> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| CtlError::Connect(args.admin, e))?;
+            .map_err(CtlError::Runtime)?;
         Ok(Self {
             args,
             authorization,
@@ -225,17 +231,23 @@ impl<'a> Api<'a> {
             let mut buf = bytes::BytesMut::new();
             response::read(&mut stream, &mut buf, method, &response::Limits::default())
                 .await
-                .map_err(|e| CtlError::Garbled(e.to_string()))
+                .map_err(|e| match e {
+                    response::ReadError::Closed | response::ReadError::Cut => CtlError::Lost(admin),
+                    response::ReadError::Invalid(why) => CtlError::Garbled(why.into()),
+                })
         };
         let response = self
             .runtime
             .block_on(async { tokio::time::timeout(timeout, exchange).await })
             .map_err(|_| CtlError::Timeout(admin, timeout))??;
         let body = String::from_utf8_lossy(&response.body);
+        let why = body.trim().to_owned();
         match response.status {
             200 => serde_json::from_str(&body).map_err(|_| CtlError::Garbled(body.into_owned())),
-            status @ (401 | 403) => Err(CtlError::Unauthorized(status, body.trim().to_owned())),
-            status => Err(CtlError::Refused(status, body.trim().to_owned())),
+            status @ (401 | 403) => Err(CtlError::Unauthorized(status, why)),
+            // 503: not now (no leader, the token unreadable); 4xx: not this.
+            status @ (400..=499 | 503) => Err(CtlError::Refused(status, why)),
+            status => Err(CtlError::Failed(status, why)),
         }
     }
 }
@@ -283,7 +295,22 @@ fn flatten(prefix: &str, value: &Value, lines: &mut Vec<(String, String)>, table
             }
         }
         Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => {
-            tables.push_str(&format!("\n{prefix}:\n{}", rows(items)));
+            let nested = |item: &Value| {
+                let fields = item.as_object().into_iter().flat_map(|o| o.values());
+                fields.clone().any(|v| v.is_object() || v.is_array())
+            };
+            if items.iter().any(nested) {
+                // Too deep for a row each (pod mode's members): a block each.
+                for (i, item) in items.iter().enumerate() {
+                    tables.push_str(&format!("\n{prefix}[{i}]:\n"));
+                    for line in table(item).lines() {
+                        let indent = if line.is_empty() { "" } else { "  " };
+                        tables.push_str(&format!("{indent}{line}\n"));
+                    }
+                }
+            } else {
+                tables.push_str(&format!("\n{prefix}:\n{}", rows(items)));
+            }
         }
         value => lines.push((prefix.to_owned(), cell(value))),
     }

@@ -77,11 +77,13 @@ fn each_failure_has_its_own_exit_status() {
 
     let garbled = fake(Some(answer("200 OK", "not json")));
     assert_eq!(run(&args(garbled, &["status"])).unwrap_err().exit_code(), 1);
+    let failed = fake(Some(answer("500 Internal Server Error", "oops")));
+    assert_eq!(run(&args(failed, &["status"])).unwrap_err().exit_code(), 1);
 
-    let codes = [EXIT_UNREACHABLE, EXIT_UNAUTHORIZED, EXIT_REFUSED, 1];
-    for (i, code) in codes.iter().enumerate() {
-        assert!(!codes[i + 1..].contains(code), "{code} is used twice");
-    }
+    // An agent that closes the connection without answering is not reached.
+    let closed = fake(Some(""));
+    let error = run(&args(closed, &["status"])).unwrap_err();
+    assert_eq!(error.exit_code(), EXIT_UNREACHABLE, "{error}");
 }
 
 #[test]
@@ -122,4 +124,25 @@ fn json_output_is_the_answer_itself() {
         api.call("GET", "/status", None).unwrap(),
         json!({"node_id": 3, "members": []})
     );
+}
+
+#[test]
+fn a_list_of_nested_objects_prints_as_blocks() {
+    let status = json!({
+        "mode": "pods",
+        "pods": [{ "pod": "shop/app-0", "member": { "node_id": 7, "members": [{ "id": 7 }] } }],
+    });
+    let text = table(&status);
+    let expected = "\
+mode  pods
+
+pods[0]:
+  pod             shop/app-0
+  member.node_id  7
+
+  member.members:
+    ID
+    7
+";
+    assert_eq!(text, expected, "\n{text}");
 }

@@ -282,6 +282,16 @@ pub fn stored_membership(dir: &DataDir) -> std::io::Result<StoredMembership> {
     }
 }
 
+/// The last entry the state machine in `dir` applied, as its progress says (a snapshot
+/// installed counts as applied up to its last entry).
+pub fn stored_applied(dir: &DataDir) -> std::io::Result<Option<LogId>> {
+    if !dir.contains(PROGRESS)? {
+        return Ok(None);
+    }
+    let (_, progress) = super::progress::ProgressFile::open(dir.open_file(PROGRESS)?)?;
+    Ok(progress.applied)
+}
+
 /// What a replica delivers to, and as whom.
 pub struct Replica {
     pub node_id: NodeId,

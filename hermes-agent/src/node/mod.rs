@@ -48,7 +48,7 @@ use crate::{
     },
     http::{Response, response},
     order::{
-        StartError, bootstrap,
+        StartError, bootstrap, handover,
         identity::{Identity, IdentityError},
         in_flight::{Flying, InFlight},
         log_store::LogStore,
@@ -183,6 +183,8 @@ pub struct Node {
     pub clients: Arc<Clients>,
     app: Arc<App>,
     proposer: Proposer,
+    /// Proposes on this node while it leads.
+    merger: Merger,
     peers: Peers,
     /// This node's request ids.
     in_flight: Arc<InFlight>,
@@ -375,7 +377,7 @@ impl Node {
         let in_flight = InFlight::new(identity.first_id());
         let proposer = Proposer::start(
             raft.clone(),
-            merger,
+            merger.clone(),
             peers.clone(),
             identity,
             Arc::clone(&in_flight),
@@ -392,6 +394,7 @@ impl Node {
             telemetry: Arc::clone(&settings.telemetry),
             app,
             proposer,
+            merger,
             peers,
             in_flight,
             connections: AtomicU64::new(identity.first_id()),
@@ -667,6 +670,7 @@ impl Node {
             totals.log_syncs,
         ) = self.log.counts();
         totals.in_doubt = self.applied.in_doubt();
+        totals.unconfirmed = self.applied.unconfirmed();
         totals.leader_changes = self.leaders.load(Ordering::Relaxed);
         let calls = self.peers.calls();
         totals.append_entries = Calls::read(&calls.append_entries);
@@ -676,6 +680,22 @@ impl Node {
     /// The app, as delivery and reads reach it.
     pub fn app(&self) -> &Arc<App> {
         &self.app
+    }
+
+    /// On a planned stop of the leader: hands leadership to the most up-to-date voter, within
+    /// `within` (see [`handover`]). Does nothing on a follower.
+    pub async fn step_down(&self, within: Duration) {
+        if self.raft.metrics().borrow().current_leader != Some(self.id) {
+            return;
+        }
+        let (raft, log, merger) = (&self.raft, &self.log, &self.merger);
+        match handover::hand_over(raft, log, merger, &self.peers, self.id, within).await {
+            Ok(successor) => tracing::info!(successor, "leadership handed over"),
+            Err(why) => tracing::warn!(
+                why,
+                "leadership not handed over: the others elect a leader once they miss this one"
+            ),
+        }
     }
 
     /// Waits until the delivery in flight, if any, is done, and keeps any other from starting

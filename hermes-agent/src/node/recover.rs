@@ -9,10 +9,15 @@
 //! for the cluster's; the node, alone or with the other survivors recovered the same way, elects
 //! a leader, which commits that entry and every entry before it.
 //!
-//! What this costs: entries committed by the lost nodes that never reached this one are lost
-//! (recover the survivor with the longest log); entries this node has that were not known
-//! committed are committed now. The lost nodes must never come back with their data: they
-//! would still take themselves for a majority of the old cluster.
+//! Recover one survivor only: the most up-to-date one (whose last entry has the highest term,
+//! then the highest index). The other survivors, named in `--voters`, start unchanged and follow
+//! it: its new entry's term is above all of theirs. Two survivors recovered each on its own
+//! could each write an entry of its own, and one would truncate entries the other committed.
+//!
+//! What this costs: entries committed by the lost nodes that never reached this one are lost;
+//! entries this node has that were not known committed are committed now. The lost nodes must
+//! never come back with their data: they would still take themselves for a majority of the old
+//! cluster.
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::{
@@ -40,11 +45,12 @@ pub enum RecoverError {
     NoIdentity,
     #[error("{0}")]
     Identity(#[from] crate::order::identity::IdentityError),
-    #[error(
-        "cannot open the log ({0}): is this node's agent still running? Stop it first; recover \
-         works on a stopped node only"
-    )]
+    #[error("this node's agent is still running (its log is locked): stop it first")]
+    Running,
+    #[error("cannot open the log: {0}")]
     Open(Box<StorageError>),
+    #[error("the data directory holds no log")]
+    NoLog,
     #[error("the log: {0}")]
     Log(Box<StorageError>),
     #[error("the log holds no membership: this node never was part of a cluster")]
@@ -70,6 +76,7 @@ pub struct Plan {
     /// The members the log names now, voters first.
     pub voters_before: BTreeSet<NodeId>,
     pub members_before: BTreeMap<NodeId, Member>,
+    /// The last entry of the log, and the last known committed (or applied).
     pub last: Option<LogId>,
     pub committed: Option<LogId>,
     /// The membership entry appended, and the vote saved with it.
@@ -81,6 +88,7 @@ impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let index = |id: Option<LogId>| id.map_or(0, |id| id.index);
         let (last, committed) = (index(self.last), index(self.committed));
+        let last_term = self.last.map_or(0, |id| id.leader_id.term);
         let voters: Vec<_> = match &self.entry.payload {
             EntryPayload::Membership(m) => m.voter_ids().collect(),
             _ => Vec::new(),
@@ -97,7 +105,8 @@ impl std::fmt::Display for Plan {
         }
         writeln!(
             f,
-            "this node's log ends at entry {last}; it knew entries up to {committed} committed."
+            "this node's log ends at entry {last} of term {last_term}; it knew entries up to \
+             {committed} committed."
         )?;
         if last > committed {
             writeln!(
@@ -109,9 +118,10 @@ impl std::fmt::Display for Plan {
         }
         writeln!(
             f,
-            "requests committed by the lost nodes beyond entry {last}, if any, are lost: if \
-             another survivor's log is longer (`last_log_index` in its /status, or `recover \
-             --dry-run` there), recover that one instead."
+            "requests committed by the lost nodes beyond this entry, if any, are lost. Recover \
+             one survivor only, the most up-to-date (`recover --dry-run` on each: the highest \
+             last term, then the highest last entry); start the others unchanged, named in \
+             --voters: they follow it."
         )?;
         writeln!(
             f,
@@ -144,10 +154,36 @@ pub fn run(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if !dir.contains(crate::order::log_store::FILE)? {
+        return Err(RecoverError::NoLog);
+    }
     runtime.block_on(async {
-        let mut log = LogStore::open(&dir, 1 << 20).map_err(|e| RecoverError::Open(Box::new(e)))?;
+        let mut log = LogStore::open(&dir, 1 << 20).map_err(|e| {
+            // redb locks the file it has open: the agent holds it.
+            if e.to_string().contains("already open") {
+                RecoverError::Running
+            } else {
+                RecoverError::Open(Box::new(e))
+            }
+        })?;
         let state = log.get_log_state().await?;
-        let membership = match last_membership(&mut log, state.last_purged_log_id).await? {
+        let mut last = state.last_log_id;
+        // A snapshot installed before its log was purged (a crash between the two): the state
+        // machine is ahead of the log. Purge as openraft does at start, so that the entry goes
+        // after everything applied.
+        let applied = state_machine::stored_applied(&dir)?;
+        if let Some(applied) = applied
+            && Some(applied.index) > last.map(|id| id.index)
+        {
+            if !dry_run {
+                log.purge(applied).await?;
+            }
+            last = Some(applied);
+        }
+        // As openraft finds it: the last membership entry after what is applied, or else the
+        // state machine's.
+        let after = applied.max(state.last_purged_log_id);
+        let membership = match last_membership(&mut log, after).await? {
             Some(membership) => membership,
             None => state_machine::stored_membership(&dir)?.membership().clone(),
         };
@@ -170,7 +206,6 @@ pub fn run(
             .collect::<Result<BTreeMap<_, _>, _>>()?;
         let vote = log.read_vote().await?.unwrap_or_default();
         let term = vote.leader_id.term + 1;
-        let last = state.last_log_id;
         let entry = Entry {
             log_id: LogId::new(
                 CommittedLeaderId::new(term, node_id),
@@ -183,7 +218,7 @@ pub fn run(
             voters_before: membership.voter_ids().collect(),
             members_before,
             last,
-            committed: log.read_committed().await?,
+            committed: log.read_committed().await?.max(applied),
             vote: Vote::new(term, node_id),
             entry,
         };
@@ -195,14 +230,15 @@ pub fn run(
     })
 }
 
-/// The membership of the last membership entry in the log, if one is left (a snapshot may have
-/// taken it: then the state machine has it).
+/// The membership of the last membership entry in the log after entry `after`, if there is
+/// one (the state machine has the one before).
 async fn last_membership(
     log: &mut LogStore,
-    purged: Option<LogId>,
+    after: Option<LogId>,
 ) -> Result<Option<Membership<NodeId, Member>>, StorageError> {
-    const CHUNK: u64 = 1024;
-    let first = purged.map_or(0, |id| id.index + 1);
+    // Entries read at once: they may be large.
+    const CHUNK: u64 = 64;
+    let first = after.map_or(0, |id| id.index + 1);
     let Some(mut end) = log
         .get_log_state()
         .await?
@@ -227,4 +263,97 @@ async fn last_membership(
         end = start;
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::StoredMembership;
+
+    use super::*;
+    use crate::{deliver::progress::ProgressFile, order::log_store::encode};
+
+    fn member(id: NodeId) -> Member {
+        Member {
+            addr: format!("10.0.0.{id}:7000"),
+            incarnation: id,
+        }
+    }
+
+    fn membership(voters: &[NodeId]) -> Membership<NodeId, Member> {
+        let nodes: BTreeMap<_, _> = voters.iter().map(|id| (*id, member(*id))).collect();
+        Membership::new(vec![voters.iter().copied().collect()], nodes)
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    /// A crash after a snapshot was installed, before the log was purged: the state machine
+    /// applied up to entry 10 (with the snapshot's membership), the log ends at 3 with an older
+    /// membership. The recovery goes after entry 10, and starts from the snapshot's membership.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_state_machine_ahead_of_the_log_is_recovered_after_what_it_applied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        Identity::load(&dir, 2).unwrap();
+        {
+            let mut log = LogStore::open(&dir, 1 << 20).unwrap();
+            let old = Entry {
+                log_id: log_id(1, 3),
+                payload: EntryPayload::Membership(membership(&[1, 2, 3])),
+            };
+            log.purge(log_id(1, 2)).await.unwrap();
+            log.blocking_append([old]).await.unwrap();
+            log.save_vote(&Vote::new(4, 1)).await.unwrap();
+        }
+        let (mut progress_file, mut progress) =
+            ProgressFile::open(dir.open_file("progress").unwrap()).unwrap();
+        progress.applied = Some(log_id(2, 10));
+        progress_file.write(&progress).unwrap();
+        let snapshot = StoredMembership::new(Some(log_id(2, 9)), membership(&[1, 2, 3, 4]));
+        dir.replace("membership", &encode(&snapshot).unwrap())
+            .unwrap();
+
+        let path = tmp.path().to_owned();
+        let voters: BTreeSet<NodeId> = [2, 4].into();
+        let plan = tokio::task::spawn_blocking(move || run(&path, &voters, false))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            plan.members_before.len(),
+            4,
+            "the snapshot's membership: {plan}"
+        );
+        assert_eq!(
+            plan.entry.log_id,
+            LogId::new(CommittedLeaderId::new(5, 2), 11)
+        );
+        assert_eq!(plan.vote, Vote::new(5, 2));
+
+        let mut log = LogStore::open(&dir, 1 << 20).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 10)));
+        assert_eq!(state.last_log_id, Some(plan.entry.log_id));
+        let entries = log.try_get_log_entries(11..12).await.unwrap();
+        let EntryPayload::Membership(recovered) = &entries[0].payload else {
+            panic!("{:?}", entries[0]);
+        };
+        assert_eq!(recovered.voter_ids().collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(5, 2)));
+    }
+
+    #[test]
+    fn a_directory_without_a_log_or_without_this_node_among_the_voters_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("none");
+        let error = run(&missing, &[1].into(), true).unwrap_err();
+        assert!(matches!(error, RecoverError::Missing(_)), "{error}");
+        let dir = DataDir::create(tmp.path()).unwrap();
+        Identity::load(&dir, 3).unwrap();
+        let error = run(tmp.path(), &[1, 2].into(), true).unwrap_err();
+        assert!(matches!(error, RecoverError::NotAmongVoters(3)), "{error}");
+        let error = run(tmp.path(), &[3].into(), true).unwrap_err();
+        assert!(matches!(error, RecoverError::NoLog), "{error}");
+    }
 }

@@ -14,6 +14,7 @@
 )]
 pub mod bootstrap;
 pub mod gather;
+pub mod handover;
 pub mod identity;
 pub mod in_flight;
 pub mod log_store;
@@ -74,20 +75,24 @@ async fn leader_changed(raft: &Raft, leader: NodeId) {
 }
 
 /// Counts in `seen` the leaders this node sees take office (a new leader, or the same in a new
-/// term), and logs each, until Raft stops.
+/// term), and logs each, until Raft stops. The first one it sees is not counted: it was in
+/// office before this start, or took office at it.
 pub(crate) async fn follow_leaders(raft: Raft, seen: std::sync::Arc<std::sync::atomic::AtomicU64>) {
-    let mut metrics = raft.metrics();
+    // Changes with the vote and the server's state only, not with every entry.
+    let mut metrics = raft.server_metrics();
     let mut last = None;
     loop {
         let (leader, term) = {
             let m = metrics.borrow_and_update();
-            (m.current_leader, m.current_term)
+            (m.current_leader, m.vote.leader_id.term)
         };
         if let Some(leader) = leader
             && last != Some((leader, term))
         {
+            if last.is_some() {
+                seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             last = Some((leader, term));
-            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(leader, term, "leader in office");
         }
         if metrics.changed().await.is_err() {

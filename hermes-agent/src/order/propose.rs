@@ -8,7 +8,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -195,6 +195,8 @@ impl Route {
 #[derive(Clone)]
 pub struct Merger {
     batches: Gatherer<Batch, Outcome>,
+    /// Set when this node hands its leadership over: it proposes nothing more.
+    closed: Arc<AtomicBool>,
 }
 
 impl Merger {
@@ -220,11 +222,23 @@ impl Merger {
             bytes: MAX_BATCH_BYTES,
         };
         let batches = Gatherer::start(bounds, move |batches| commit(Proposal { batches }));
-        Self { batches }
+        Self {
+            batches,
+            closed: Arc::default(),
+        }
+    }
+
+    /// Proposes nothing more: batches are sent on (to the next leader) as if this node did not
+    /// lead. Its leadership is being handed over.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
     }
 
     /// Proposes `batch` (in an entry with others) and says what became of it.
     pub async fn commit(&self, batch: Batch) -> Outcome {
+        if self.closed.load(Ordering::Relaxed) {
+            return Outcome::NotLeader(None);
+        }
         let outcome = self.batches.submit(batch).await;
         outcome.unwrap_or(Outcome::Failed { maybe_sent: false })
     }

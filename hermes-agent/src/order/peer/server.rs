@@ -29,6 +29,7 @@ use super::{
     wire::{self, Call, ForwardError, Reply, Target},
 };
 use crate::order::{
+    handover,
     identity::Identity,
     log_store, membership,
     propose::{Merger, Outcome},
@@ -197,7 +198,7 @@ async fn calls(shaken: Shaken, server: Arc<Server>) -> std::io::Result<()> {
                     return Err(format!("the peer's certificate does not name node {from}"));
                 }
                 authorize(&server, from, &call)?;
-                Ok(call)
+                Ok((from, call))
             });
         let Ok(permit) = Arc::clone(&calls).acquire_owned().await else {
             break;
@@ -205,7 +206,7 @@ async fn calls(shaken: Shaken, server: Arc<Server>) -> std::io::Result<()> {
         let (server, frames) = (Arc::clone(&server), frames.clone());
         tokio::spawn(async move {
             let reply = match call {
-                Ok(call) => handle(&server, call).await,
+                Ok((from, call)) => handle(&server, from, call).await,
                 Err(why) => {
                     tracing::warn!(why, "refused a peer's call");
                     Reply::Rejected(why)
@@ -258,7 +259,8 @@ fn authorize(server: &Server, from: NodeId, call: &Call) -> Result<(), String> {
         | Call::ChangeMembership(_)
         | Call::ReadIndex
         | Call::Digests { .. }
-        | Call::Compare { .. } => Some(from),
+        | Call::Compare { .. }
+        | Call::TakeOver => Some(from),
     };
     if claimed != Some(from) {
         return Err(format!("node {from} speaks for node {claimed:?}"));
@@ -303,7 +305,7 @@ fn for_me(server: &Server, target: Target) -> Result<(), Reply> {
     )))
 }
 
-async fn handle(server: &Server, call: Call) -> Reply {
+async fn handle(server: &Server, from: NodeId, call: Call) -> Reply {
     let raft = &server.raft;
     let calls = server.peers.calls();
     match &call {
@@ -349,6 +351,7 @@ async fn handle(server: &Server, call: Call) -> Reply {
         ),
         Call::Digests { from } => server.answers.digests(from),
         Call::Compare { from } => server.answers.compare(from),
+        Call::TakeOver => Reply::TakeOver(handover::take_over(raft, from)),
         Call::ReadIndex => {
             Reply::ReadIndex(read_index::read_index_on_leader(raft, server.identity.node_id).await)
         }

@@ -201,6 +201,9 @@ impl PeerTls {
         stream: TcpStream,
         within: Duration,
     ) -> std::io::Result<(Box<dyn Io>, Presented)> {
+        let from = stream
+            .peer_addr()
+            .map_or_else(|_| "from a peer".to_owned(), |addr| format!("from {addr}"));
         let acceptor = TlsAcceptor::from(Arc::clone(&self.configs().server));
         let accepted = tokio::time::timeout(within, acceptor.accept(stream))
             .await
@@ -213,7 +216,7 @@ impl PeerTls {
         let stream = match accepted {
             Ok(stream) => stream,
             Err(error) => {
-                self.handshake_failed(&error, "from a peer");
+                self.handshake_failed(&error, &from);
                 return Err(error);
             }
         };

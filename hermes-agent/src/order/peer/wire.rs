@@ -43,6 +43,9 @@ pub enum Call {
     Compare {
         from: u64,
     },
+    /// From the leader, which is stopping and sends no more heartbeats: campaign as soon as the
+    /// other voters' leases on it have run out ([`crate::order::handover`]).
+    TakeOver,
 }
 
 /// The member a Raft call is for.
@@ -99,6 +102,8 @@ pub enum Reply {
         settled: u64,
         digests: Vec<(u64, u64)>,
     },
+    /// The answer to [`Call::TakeOver`]: whether this node will campaign.
+    TakeOver(Result<(), String>),
 }
 
 /// What replicas compare (`--digest`), as [`Reply::Compare`] says.
