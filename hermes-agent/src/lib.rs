@@ -103,8 +103,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// open to be committed (raw TCP mode; see [`node::Node::abandon_connections`]).
 const ABANDON_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How long a stopping leader tries, at most, to hand its leadership over.
-const HAND_OVER_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a stopping leader tries, at most, to hand its leadership over: writes wait meanwhile,
+/// and a request waits [`node::LEADERLESS`] for a leader before its client gets 503.
+const HAND_OVER_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A budget of `bytes` bytes, one permit each (at most what a semaphore holds).
 pub fn byte_budget(bytes: u64) -> Arc<tokio::sync::Semaphore> {

@@ -32,9 +32,11 @@ struct Acks {
 }
 
 impl Acks {
+    /// A write was acknowledged now (or the load stopped now).
     fn acked(&self) {
         let now = self.started.elapsed().as_micros() as u64;
-        let before = self.last.swap(now, Ordering::Relaxed);
+        // A client that read the clock before another but comes later moves nothing back.
+        let before = self.last.fetch_max(now, Ordering::Relaxed);
         self.longest_silence
             .fetch_max(now.saturating_sub(before), Ordering::Relaxed);
     }
@@ -126,12 +128,12 @@ impl Load {
     /// Stops the clients (each finishes its request in progress) and returns what they sent.
     pub fn stop(mut self) -> Sent {
         self.stop.store(true, Ordering::Relaxed);
+        // The silence until the load stopped counts too (not the time the clients take to end).
+        self.acks.acked();
         let mut total = Sent::default();
         for thread in std::mem::take(&mut self.threads) {
             total.add(thread.join().expect("client thread"));
         }
-        // The silence until the clients stopped counts too.
-        self.acks.acked();
         let longest = self.acks.longest_silence.load(Ordering::Relaxed);
         total.longest_silence = Duration::from_micros(longest);
         total

@@ -32,8 +32,13 @@ pub enum CtlError {
     Connect(std::net::SocketAddr, std::io::Error),
     #[error("the admin API at {0} did not answer within {1:?} (--timeout)")]
     Timeout(std::net::SocketAddr, Duration),
-    #[error("the admin API at {0} closed the connection before its whole answer")]
+    #[error("the admin API at {0} closed the connection without answering")]
     Lost(std::net::SocketAddr),
+    #[error(
+        "the admin API at {0} closed the connection in the middle of its answer: a change may \
+         have been made (see `ctl status`)"
+    )]
+    Cut(std::net::SocketAddr),
     #[error(
         "the admin API answered {0}: {1} (give the agent's token with --admin-token-file or HERMES_ADMIN_TOKEN_FILE)"
     )]
@@ -59,7 +64,11 @@ impl CtlError {
             Self::Connect(..) | Self::Timeout(..) | Self::Lost(_) => EXIT_UNREACHABLE,
             Self::Unauthorized(..) => EXIT_UNAUTHORIZED,
             Self::Refused(..) | Self::NotAMember(_) => EXIT_REFUSED,
-            Self::Failed(..) | Self::Garbled(_) | Self::Token(_) | Self::Runtime(_) => 1,
+            Self::Failed(..)
+            | Self::Cut(_)
+            | Self::Garbled(_)
+            | Self::Token(_)
+            | Self::Runtime(_) => 1,
         }
     }
 }
@@ -232,7 +241,8 @@ impl<'a> Api<'a> {
             response::read(&mut stream, &mut buf, method, &response::Limits::default())
                 .await
                 .map_err(|e| match e {
-                    response::ReadError::Closed | response::ReadError::Cut => CtlError::Lost(admin),
+                    response::ReadError::Closed => CtlError::Lost(admin),
+                    response::ReadError::Cut => CtlError::Cut(admin),
                     response::ReadError::Invalid(why) => CtlError::Garbled(why.into()),
                 })
         };

@@ -332,6 +332,7 @@ impl Node {
                 raft: raft.clone(),
                 answers: Arc::clone(&applied) as Arc<dyn Answers>,
                 merger: merger.clone(),
+                appends: Default::default(),
                 peers: peers.clone(),
                 identity,
                 forward_timeout: settings.request_timeout,

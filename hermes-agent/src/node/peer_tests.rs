@@ -96,6 +96,7 @@ fn server_for(node: &Node) -> server::Server {
         raft: node.raft.clone(),
         answers: Arc::clone(&node.applied) as Arc<dyn server::Answers>,
         merger: Merger::start(node.raft.clone(), node.log.clone()),
+        appends: Default::default(),
         peers: node.peers().clone(),
         identity: node.identity,
         forward_timeout: WAIT,

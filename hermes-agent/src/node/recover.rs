@@ -159,8 +159,9 @@ pub fn run(
     }
     runtime.block_on(async {
         let mut log = LogStore::open(&dir, 1 << 20).map_err(|e| {
-            // redb locks the file it has open: the agent holds it.
-            if e.to_string().contains("already open") {
+            // redb locks the file it has open (DatabaseError::DatabaseAlreadyOpen, which the
+            // store passes on as text): the agent holds it.
+            if e.to_string().contains("Database already open") {
                 RecoverError::Running
             } else {
                 RecoverError::Open(Box::new(e))
@@ -173,9 +174,15 @@ pub fn run(
         // after everything applied.
         let applied = state_machine::stored_applied(&dir)?;
         if let Some(applied) = applied
-            && Some(applied.index) > last.map(|id| id.index)
+            && Some(applied) > last
         {
             if !dry_run {
+                // Entries of an older term beyond it were never committed: a snapshot of a
+                // later term replaced them.
+                if let Some(stale) = last.filter(|last| last.index > applied.index) {
+                    log.truncate(LogId::new(stale.leader_id, applied.index + 1))
+                        .await?;
+                }
                 log.purge(applied).await?;
             }
             last = Some(applied);
@@ -341,6 +348,42 @@ mod tests {
         };
         assert_eq!(recovered.voter_ids().collect::<Vec<_>>(), [2, 4]);
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(5, 2)));
+    }
+
+    /// The same, with the log longer than what was applied, in an older term than the snapshot:
+    /// its entries beyond the snapshot were replaced by it, and go.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn entries_of_an_older_term_beyond_a_snapshot_are_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        Identity::load(&dir, 2).unwrap();
+        {
+            let mut log = LogStore::open(&dir, 1 << 20).unwrap();
+            let entries = (1..=12).map(|index| Entry {
+                log_id: log_id(1, index),
+                payload: EntryPayload::Membership(membership(&[1, 2, 3])),
+            });
+            log.blocking_append(entries).await.unwrap();
+            log.save_vote(&Vote::new(2, 1)).await.unwrap();
+        }
+        let (mut progress_file, mut progress) =
+            ProgressFile::open(dir.open_file("progress").unwrap()).unwrap();
+        progress.applied = Some(log_id(2, 10));
+        progress_file.write(&progress).unwrap();
+        let snapshot = StoredMembership::new(Some(log_id(2, 9)), membership(&[1, 2, 3, 4]));
+        dir.replace("membership", &encode(&snapshot).unwrap())
+            .unwrap();
+
+        let path = tmp.path().to_owned();
+        let plan = tokio::task::spawn_blocking(move || run(&path, &[2].into(), false))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.entry.log_id.index, 11);
+        let mut log = LogStore::open(&dir, 1 << 20).unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(plan.entry.log_id));
+        assert_eq!(log.try_get_log_entries(11..).await.unwrap().len(), 1);
     }
 
     #[test]

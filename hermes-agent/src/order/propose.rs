@@ -221,17 +221,31 @@ impl Merger {
             items: usize::MAX,
             bytes: MAX_BATCH_BYTES,
         };
-        let batches = Gatherer::start(bounds, move |batches| commit(Proposal { batches }));
-        Self {
-            batches,
-            closed: Arc::default(),
-        }
+        let closed = Arc::new(AtomicBool::new(false));
+        let shut = Arc::clone(&closed);
+        let batches = Gatherer::start(bounds, move |batches| {
+            // Batches gathered before the merger closed are not proposed after: openraft never
+            // saw them, so they go to the next leader.
+            let proposed = (!shut.load(Ordering::Relaxed)).then(|| commit(Proposal { batches }));
+            async move {
+                match proposed {
+                    Some(proposed) => proposed.await,
+                    None => Outcome::NotLeader(None),
+                }
+            }
+        });
+        Self { batches, closed }
     }
 
     /// Proposes nothing more: batches are sent on (to the next leader) as if this node did not
     /// lead. Its leadership is being handed over.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Proposes again: the handover did not happen.
+    pub fn reopen(&self) {
+        self.closed.store(false, Ordering::Relaxed);
     }
 
     /// Proposes `batch` (in an entry with others) and says what became of it.

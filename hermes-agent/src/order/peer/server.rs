@@ -66,6 +66,8 @@ pub struct Server {
     pub answers: Arc<dyn Answers>,
     /// Proposes forwarded batches while this node leads.
     pub merger: Merger,
+    /// When the last AppendEntries came, for a handover ([`handover::take_over`]).
+    pub appends: Arc<handover::Appends>,
     pub peers: Peers,
     pub identity: Identity,
     /// How long a forwarded proposal may wait to be committed here.
@@ -260,7 +262,7 @@ fn authorize(server: &Server, from: NodeId, call: &Call) -> Result<(), String> {
         | Call::ReadIndex
         | Call::Digests { .. }
         | Call::Compare { .. }
-        | Call::TakeOver => Some(from),
+        | Call::TakeOver { .. } => Some(from),
     };
     if claimed != Some(from) {
         return Err(format!("node {from} speaks for node {claimed:?}"));
@@ -315,7 +317,10 @@ async fn handle(server: &Server, from: NodeId, call: Call) -> Reply {
     }
     match call {
         Call::AppendEntries(target, rpc) => match for_me(server, target) {
-            Ok(()) => Reply::AppendEntries(raft.append_entries(rpc).await),
+            Ok(()) => {
+                server.appends.heard(from);
+                Reply::AppendEntries(raft.append_entries(rpc).await)
+            }
             Err(refused) => refused,
         },
         Call::Vote(target, rpc) => match for_me(server, target) {
@@ -351,7 +356,10 @@ async fn handle(server: &Server, from: NodeId, call: Call) -> Reply {
         ),
         Call::Digests { from } => server.answers.digests(from),
         Call::Compare { from } => server.answers.compare(from),
-        Call::TakeOver => Reply::TakeOver(handover::take_over(raft, from)),
+        Call::TakeOver { term } => {
+            let appends = Arc::clone(&server.appends);
+            Reply::TakeOver(handover::take_over(raft, appends, from, term))
+        }
         Call::ReadIndex => {
             Reply::ReadIndex(read_index::read_index_on_leader(raft, server.identity.node_id).await)
         }

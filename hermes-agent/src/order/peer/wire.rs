@@ -43,9 +43,11 @@ pub enum Call {
     Compare {
         from: u64,
     },
-    /// From the leader, which is stopping and sends no more heartbeats: campaign as soon as the
-    /// other voters' leases on it have run out ([`crate::order::handover`]).
-    TakeOver,
+    /// From the leader of `term`, which is stopping and sends no more heartbeats: campaign as
+    /// soon as the other voters' leases on it have run out ([`crate::order::handover`]).
+    TakeOver {
+        term: u64,
+    },
 }
 
 /// The member a Raft call is for.
