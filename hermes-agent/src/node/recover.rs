@@ -295,6 +295,18 @@ mod tests {
         LogId::new(CommittedLeaderId::new(term, 1), index)
     }
 
+    /// What a snapshot installed up to entry 10 of term 2 leaves in the state machine: the
+    /// progress, and the snapshot's membership (four voters, from entry 9).
+    fn snapshot_installed(dir: &DataDir) {
+        let (mut progress_file, mut progress) =
+            ProgressFile::open(dir.open_file("progress").unwrap()).unwrap();
+        progress.applied = Some(log_id(2, 10));
+        progress_file.write(&progress).unwrap();
+        let snapshot = StoredMembership::new(Some(log_id(2, 9)), membership(&[1, 2, 3, 4]));
+        dir.replace("membership", &encode(&snapshot).unwrap())
+            .unwrap();
+    }
+
     /// A crash after a snapshot was installed, before the log was purged: the state machine
     /// applied up to entry 10 (with the snapshot's membership), the log ends at 3 with an older
     /// membership. The recovery goes after entry 10, and starts from the snapshot's membership.
@@ -313,13 +325,7 @@ mod tests {
             log.blocking_append([old]).await.unwrap();
             log.save_vote(&Vote::new(4, 1)).await.unwrap();
         }
-        let (mut progress_file, mut progress) =
-            ProgressFile::open(dir.open_file("progress").unwrap()).unwrap();
-        progress.applied = Some(log_id(2, 10));
-        progress_file.write(&progress).unwrap();
-        let snapshot = StoredMembership::new(Some(log_id(2, 9)), membership(&[1, 2, 3, 4]));
-        dir.replace("membership", &encode(&snapshot).unwrap())
-            .unwrap();
+        snapshot_installed(&dir);
 
         let path = tmp.path().to_owned();
         let voters: BTreeSet<NodeId> = [2, 4].into();
@@ -366,13 +372,7 @@ mod tests {
             log.blocking_append(entries).await.unwrap();
             log.save_vote(&Vote::new(2, 1)).await.unwrap();
         }
-        let (mut progress_file, mut progress) =
-            ProgressFile::open(dir.open_file("progress").unwrap()).unwrap();
-        progress.applied = Some(log_id(2, 10));
-        progress_file.write(&progress).unwrap();
-        let snapshot = StoredMembership::new(Some(log_id(2, 9)), membership(&[1, 2, 3, 4]));
-        dir.replace("membership", &encode(&snapshot).unwrap())
-            .unwrap();
+        snapshot_installed(&dir);
 
         let path = tmp.path().to_owned();
         let plan = tokio::task::spawn_blocking(move || run(&path, &[2].into(), false))
