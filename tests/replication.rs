@@ -282,3 +282,22 @@ fn the_alert_rules_use_only_metrics_an_agent_serves() {
     }
     assert!(used.len() >= 10, "{used:?}");
 }
+
+/// `--log-format json`: every line the agent writes is one JSON object with a level and a
+/// message, for a log collector.
+#[test]
+fn the_agent_logs_one_json_object_per_line_when_asked() {
+    let mut cluster = cluster(1, App::Log, &["--log-format", "json"]);
+    let response = client::post(cluster.addr(1), "/insert", b"logged").unwrap();
+    assert_eq!(response.status, 201, "{}", response.text());
+    let output = cluster.agent(1).unwrap().output();
+    assert!(output.len() >= 3, "{output:?}");
+    for line in &output {
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(object["level"].is_string(), "{line}");
+        assert!(object["fields"]["message"].is_string(), "{line}");
+    }
+    let attached = |line: &String| line.contains("steering attached");
+    assert!(output.iter().any(attached), "{output:?}");
+}
