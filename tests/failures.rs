@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hermes_tests::{App, Load, RESTORE, TAKE, check_replicas, client, cluster, lab, wait_until};
+use hermes_tests::{App, Load, check_replicas, client, cluster, lab, wait_until};
 
 #[test]
 fn a_partitioned_leader_serves_no_write_and_the_majority_carries_on() {
@@ -253,16 +253,7 @@ fn a_replica_whose_data_was_wiped_is_refused_under_its_old_id_and_joins_under_a_
 fn a_survivor_of_a_lost_majority_is_recovered_and_the_cluster_grows_again() {
     let lab = lab(5);
     let bin = hermes_lab::binary("hermes-agent").unwrap();
-    let hooks = [
-        "--snapshot-every",
-        "20",
-        "--keep-log",
-        "2",
-        "--snapshot-cmd",
-        TAKE,
-        "--restore-cmd",
-        RESTORE,
-    ];
+    let hooks = hermes_tests::snapshot_args("20", "2");
     let mut cluster =
         hermes_tests::Cluster::new(lab, bin.parent().unwrap(), App::Log, &hooks).unwrap();
     cluster.members = 3;

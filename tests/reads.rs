@@ -1,7 +1,7 @@
 //! Reads off the log (`--reads`): linearizable reads see every write acknowledged before them,
 //! on any node; local reads are answered even by a replica cut off from the others.
 
-use hermes_tests::{App, RESTORE, TAKE, client, cluster, wait_until};
+use hermes_tests::{App, client, cluster, wait_until};
 
 #[test]
 fn linearizable_reads_see_every_acknowledged_write_and_stay_off_the_log() {
@@ -72,20 +72,13 @@ fn put(addr: std::net::SocketAddr, value: &str) -> client::Response {
 #[test]
 fn an_app_that_serves_one_connection_at_a_time_gets_writes_reads_and_snapshots() {
     for mode in ["linearizable", "local"] {
+        let snapshots = hermes_tests::snapshot_args("10", "2");
         let args = [
-            "--reads",
-            mode,
-            "--snapshot-every",
-            "10",
-            "--keep-log",
-            "2",
-            "--snapshot-cmd",
-            TAKE,
-            "--restore-cmd",
-            RESTORE,
-            "--request-timeout",
-            "30s",
-        ];
+            &["--reads", mode][..],
+            &snapshots,
+            &["--request-timeout", "30s"],
+        ]
+        .concat();
         let cluster = cluster(3, App::Register, &args);
         for n in 1..=40 {
             let writer = 1 + n % 3;

@@ -1,21 +1,12 @@
 //! Snapshots of the app's state (issue 5): with hooks, the log is compacted, and a new replica
 //! starts from a snapshot plus the log after it.
-use hermes_tests::{App, Cluster, RESTORE, TAKE, client, lab, wait_until};
+use hermes_tests::{App, Cluster, client, lab, wait_until};
 
 #[test]
 fn with_hooks_the_log_is_compacted_and_a_new_replica_installs_a_snapshot() {
     let lab = lab(4);
     let bin = hermes_lab::binary("hermes-agent").unwrap();
-    let args = [
-        "--snapshot-every",
-        "40",
-        "--keep-log",
-        "5",
-        "--snapshot-cmd",
-        TAKE,
-        "--restore-cmd",
-        RESTORE,
-    ];
+    let args = hermes_tests::snapshot_args("40", "5");
     let mut cluster = Cluster::new(lab, bin.parent().unwrap(), App::Log, &args).unwrap();
     cluster.members = 3;
     cluster.start().unwrap();

@@ -23,6 +23,21 @@ pub const TAKE: &str = r#"curl -sf -o "$HERMES_SNAPSHOT" http://127.0.0.1:8080/s
 pub const RESTORE: &str =
     r#"curl -sf -X PUT --data-binary @"$HERMES_SNAPSHOT" http://127.0.0.1:8080/state"#;
 
+/// The agent's flags for snapshots with [`TAKE`] and [`RESTORE`]: one every `every` entries,
+/// keeping `keep` entries behind it.
+pub fn snapshot_args(every: &'static str, keep: &'static str) -> [&'static str; 8] {
+    [
+        "--snapshot-every",
+        every,
+        "--keep-log",
+        keep,
+        "--snapshot-cmd",
+        TAKE,
+        "--restore-cmd",
+        RESTORE,
+    ]
+}
+
 /// A started cluster of `nodes` running `app`, with binaries built next to the tests.
 pub fn cluster(nodes: usize, app: App, agent_args: &[&str]) -> Cluster {
     let bin = hermes_lab::binary("hermes-agent").expect("binaries");

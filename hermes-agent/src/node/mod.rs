@@ -686,12 +686,10 @@ impl Node {
     /// On a planned stop of the leader: hands leadership to the most up-to-date voter, within
     /// `within` (see [`handover`]). Does nothing on a follower.
     pub async fn step_down(&self, within: Duration) {
-        if self.raft.metrics().borrow().current_leader != Some(self.id) {
-            return;
-        }
         let (raft, log, merger) = (&self.raft, &self.log, &self.merger);
         match handover::hand_over(raft, log, merger, &self.peers, self.id, within).await {
-            Ok(successor) => tracing::info!(successor, "leadership handed over"),
+            Ok(None) => {}
+            Ok(Some(successor)) => tracing::info!(successor, "leadership handed over"),
             Err(why) => tracing::warn!(
                 why,
                 "leadership not handed over: the others elect a leader once they miss this one"

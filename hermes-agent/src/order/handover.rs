@@ -56,9 +56,9 @@ impl Appends {
     }
 }
 
-/// On the leader (`me`), stopping: hands leadership to its most up-to-date voter within
-/// `within`; returns that voter, or why not. If it does not, the node proposes and sends
-/// heartbeats again, as before.
+/// On a stopping node (`me`): if it leads, hands leadership to its most up-to-date voter
+/// within `within`, and returns that voter, or why not (then the node proposes and sends
+/// heartbeats again, as before); `Ok(None)` if it does not lead.
 pub async fn hand_over(
     raft: &Raft,
     log: &LogStore,
@@ -66,12 +66,12 @@ pub async fn hand_over(
     peers: &Peers,
     me: NodeId,
     within: Duration,
-) -> Result<NodeId, String> {
+) -> Result<Option<NodeId>, String> {
     let term = {
         let metrics = raft.metrics();
         let metrics = metrics.borrow();
         if metrics.current_leader != Some(me) {
-            return Err("not the leader".into());
+            return Ok(None);
         }
         metrics.current_term
     };
@@ -81,7 +81,7 @@ pub async fn hand_over(
         merger.reopen();
         raft.runtime_config().heartbeat(true);
     }
-    handed
+    handed.map(Some)
 }
 
 async fn hand_over_closed(

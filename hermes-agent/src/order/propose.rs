@@ -248,11 +248,9 @@ impl Merger {
         self.closed.store(false, Ordering::Relaxed);
     }
 
-    /// Proposes `batch` (in an entry with others) and says what became of it.
+    /// Proposes `batch` (in an entry with others) and says what became of it: once closed,
+    /// [`Outcome::NotLeader`] (the gatherer checks it as each entry goes out).
     pub async fn commit(&self, batch: Batch) -> Outcome {
-        if self.closed.load(Ordering::Relaxed) {
-            return Outcome::NotLeader(None);
-        }
         let outcome = self.batches.submit(batch).await;
         outcome.unwrap_or(Outcome::Failed { maybe_sent: false })
     }
