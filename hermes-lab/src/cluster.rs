@@ -65,6 +65,16 @@ impl App {
 pub const PORT: u16 = 8080;
 pub const RAFT_PORT: u16 = 7000;
 pub const ADMIN_PORT: u16 = 9180;
+/// Set (to anything), clusters keep their directory (data directories, apps' files, and every
+/// process's output with the time of each line) instead of deleting it, and say where it is.
+pub const KEEP: &str = "HERMES_LAB_KEEP";
+/// The `RUST_LOG` the lab's processes get, when set (otherwise theirs is removed).
+pub const LOG_FILTER: &str = "HERMES_LAB_RUST_LOG";
+
+fn keeping() -> bool {
+    std::env::var_os(KEEP).is_some()
+}
+
 /// How long a process may take to come up.
 pub const STARTUP: Duration = Duration::from_secs(20);
 /// How long to wait for the cluster to get somewhere before giving up.
@@ -96,7 +106,15 @@ impl Cluster {
     /// has `--insecure-peers`).
     pub fn new(lab: Lab, bin: &Path, app: App, agent_args: &[&str]) -> io::Result<Self> {
         let nodes = lab.nodes.len();
-        let dir = tempfile::tempdir()?;
+        let mut dir = tempfile::tempdir()?;
+        if keeping() {
+            dir.disable_cleanup(true);
+            eprintln!(
+                "hermes-lab: {KEEP} is set: the cluster's files and its processes' output are \
+                 kept in {}",
+                dir.path().display()
+            );
+        }
         let ids: Vec<u64> = (1..=nodes as u64).collect();
         let certs = Authority::new("hermes lab")?.write(&dir.path().join("certs"), &ids)?;
         write_private(&dir.path().join("admin-token"), b"lab-admin-token\n")?;
@@ -197,9 +215,20 @@ impl Cluster {
         ready: &str,
     ) -> io::Result<Process> {
         let mut command = node.command(program)?;
-        // The agent's own default log levels: a cluster may be measured.
+        // The agent's own default log levels (a cluster may be measured), unless asked.
         command.args(args).env_remove("RUST_LOG");
-        let mut process = Process::spawn(name, command)?;
+        if let Ok(filter) = std::env::var(LOG_FILTER) {
+            command.env("RUST_LOG", filter);
+        }
+        let mut process = Process::spawn(&name, command)?;
+        if keeping() {
+            process.log_to(
+                &self
+                    .dir
+                    .path()
+                    .join(format!("{}.log", name.replace(' ', "-"))),
+            )?;
+        }
         process.wait_for(ready, STARTUP)?;
         Ok(process)
     }

@@ -1,10 +1,12 @@
 //! Processes started in a lab: killed by PID when dropped, their output kept for inspection and
 //! printed if the test that owns them fails.
 use std::{
-    io::{self, BufRead, BufReader, Read},
+    fs::File,
+    io::{self, BufRead, BufReader, Read, Write as _},
+    path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Condvar, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use nix::{
@@ -16,6 +18,8 @@ use nix::{
 struct Output {
     lines: Mutex<Vec<String>>,
     changed: Condvar,
+    /// Where each line is also written as it comes, with the time it came ([`Process::log_to`]).
+    file: Mutex<Option<File>>,
 }
 
 /// A child process with its stdout and stderr captured line by line.
@@ -45,6 +49,18 @@ impl Process {
             child,
             output,
         })
+    }
+
+    /// From now on, also appends each line the process prints to `path`, after the time since
+    /// the Unix epoch it came at (kept after the process and its test are gone).
+    pub fn log_to(&self, path: &Path) -> io::Result<()> {
+        let mut file = File::options().create(true).append(true).open(path)?;
+        let lines = self.output.lines.lock().unwrap();
+        for line in lines.iter() {
+            writeln!(file, "{:.6} {line}", since_epoch())?;
+        }
+        *self.output.file.lock().unwrap() = Some(file);
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
@@ -148,8 +164,19 @@ fn collect(stream: impl Read + Send + 'static, output: Arc<Output>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
+            if let Some(file) = output.file.lock().unwrap().as_mut() {
+                let _ = writeln!(file, "{:.6} {line}", since_epoch());
+            }
             output.lines.lock().unwrap().push(line);
             output.changed.notify_all();
         }
     });
+}
+
+/// Seconds since the Unix epoch.
+fn since_epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
