@@ -38,8 +38,13 @@ pub enum Act {
     AnswerWhileReading(&'static [u8], &'static [u8]),
     /// Reads the whole request, writes these bytes, closes.
     ReplyAndClose(&'static [u8]),
-    /// Reads the whole request and closes without a word (the app died).
+    /// Reads the whole request and closes without a word (the app closed on it, or died and
+    /// came back at once: it still listens).
     Die,
+    /// Reads the whole request, and the app dies: it closes the connection and stops listening
+    /// (connections are refused) until the [`Crash`]'s `back` is told. (Not in an app serving
+    /// one connection at a time.)
+    Crash(Crash),
     /// Reads only the head and closes without a word, the body unread (the app died while the
     /// request came): it cannot have run it.
     DieAfterHead,
@@ -47,6 +52,16 @@ pub enum Act {
     ReplyWhenTold(Arc<Notify>, &'static [u8]),
     /// Reads the whole request and never answers.
     Hang,
+}
+
+/// How the fake app dies ([`Act::Crash`]).
+#[derive(Clone)]
+pub struct Crash {
+    /// Told when the app may listen again.
+    pub back: Arc<Notify>,
+    /// The connection that comes next is completed before the listener closes, and ends at
+    /// once: the kernel completes connections to a dying app's listener until it is gone.
+    pub slowly: bool,
 }
 
 /// A request as the fake app read it.
@@ -61,6 +76,7 @@ pub struct FakeApp {
     pub addr: std::net::SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<AtomicUsize>,
+    crashes: Arc<AtomicUsize>,
 }
 
 impl FakeApp {
@@ -85,15 +101,39 @@ impl FakeApp {
         let (record, count) = (Arc::clone(&seen), Arc::clone(&connections));
         // Heads read so far: the script's `n`.
         let heads = Arc::new(AtomicUsize::new(0));
+        let dying = Dying::default();
+        let crashes = Arc::clone(&dying.crashes);
         tokio::spawn(async move {
+            let mut listener = listener;
             loop {
-                let (stream, _) = listener.accept().await.unwrap();
+                let stream = tokio::select! {
+                    accepted = listener.accept() => accepted.unwrap().0,
+                    () = dying.crashing.notified() => {
+                        let crash = dying.crash.lock().unwrap().take().expect("a crash");
+                        if crash.slowly {
+                            dying.stopped.notify_one();
+                            let (mut late, _) = listener.accept().await.unwrap();
+                            // The kernel takes the request; the app never reads it.
+                            let mut buf = Vec::new();
+                            while !whole_request(&buf) && read_more(&mut late, &mut buf).await {}
+                            drop(listener);
+                        } else {
+                            drop(listener);
+                            dying.stopped.notify_one();
+                        }
+                        dying.crashes.fetch_add(1, Ordering::SeqCst);
+                        crash.back.notified().await;
+                        listener = TcpListener::bind(addr).await.unwrap();
+                        continue;
+                    }
+                };
                 count.fetch_add(1, Ordering::SeqCst);
                 let served = serve(
                     stream,
                     Arc::clone(&record),
                     Arc::clone(&heads),
                     Arc::clone(&script),
+                    dying.clone(),
                 );
                 if serial {
                     served.await;
@@ -106,7 +146,13 @@ impl FakeApp {
             addr,
             seen,
             connections,
+            crashes,
         }
+    }
+
+    /// Times the app died ([`Act::Crash`]) so far.
+    pub fn crashes(&self) -> usize {
+        self.crashes.load(Ordering::SeqCst)
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -125,11 +171,23 @@ impl FakeApp {
     }
 }
 
+/// How a connection's task tells the listener that the app dies ([`Act::Crash`]).
+#[derive(Clone, Default)]
+struct Dying {
+    crash: Arc<Mutex<Option<Crash>>>,
+    crashing: Arc<Notify>,
+    /// Crashes so far, counted once the listener is closed.
+    crashes: Arc<AtomicUsize>,
+    /// Told once the listener takes no more connections.
+    stopped: Arc<Notify>,
+}
+
 async fn serve(
     mut stream: TcpStream,
     seen: Arc<Mutex<Vec<Seen>>>,
     heads: Arc<AtomicUsize>,
     script: Arc<impl Fn(usize) -> Act + Send + Sync>,
+    dying: Dying,
 ) {
     let mut buf = Vec::new();
     loop {
@@ -217,6 +275,12 @@ async fn serve(
                 return;
             }
             Act::Die => return,
+            Act::Crash(crash) => {
+                *dying.crash.lock().unwrap() = Some(crash);
+                dying.crashing.notify_one();
+                dying.stopped.notified().await;
+                return;
+            }
             Act::ReplyWhenTold(told, answer) => {
                 told.notified().await;
                 let _ = stream.write_all(answer).await;
@@ -227,6 +291,22 @@ async fn serve(
             }
         }
     }
+}
+
+/// Whether `buf` holds a whole request (with a `Content-Length` body, if any).
+fn whole_request(buf: &[u8]) -> bool {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut fields);
+    let Ok(httparse::Status::Complete(head)) = request.parse(buf) else {
+        return false;
+    };
+    let length = request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    buf.len() >= head + length
 }
 
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {

@@ -17,7 +17,7 @@ use crate::{
         log_store::LogStore,
         typ::{Batch, Command, Entry, EntryPayload, LogId, Proposal},
     },
-    testing::{Act, FakeApp, OK, Seen},
+    testing::{Act, Crash, FakeApp, OK, Seen},
 };
 
 /// The client connection the tests' requests come on (with origin 1, incarnation 1).
@@ -952,4 +952,75 @@ async fn a_restart_in_the_middle_of_an_entry_of_several_batches_delivers_the_res
     restarted.apply([merged]).await.unwrap();
     let seen: Vec<u64> = app.seen().iter().map(|s| s.index).collect();
     assert_eq!(seen, [1, 2, 3, 2, 3]);
+}
+
+/// Tells the fake app to come back each time it died of a request and delivery found it down
+/// (a connection refused), until `delivering` finishes; its outcome.
+async fn bring_back_until_done(
+    app: &FakeApp,
+    app_handle: &App,
+    back: &Notify,
+    delivering: tokio::task::JoinHandle<(Delivery, Outcome)>,
+) -> (Delivery, Outcome) {
+    let mut crashes = 0;
+    while !delivering.is_finished() {
+        if app.crashes() > crashes && !app_handle.healthy() {
+            crashes += 1;
+            back.notify_one();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    delivering.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resend_that_reaches_a_dying_app_does_not_count_the_app_gets_it_when_back() {
+    // The app dies with request 1; the resend reaches it while it dies (its listener still
+    // takes connections), and ends at once; the app is down; then it is back.
+    let back = Arc::new(Notify::new());
+    let crash = Crash {
+        back: Arc::clone(&back),
+        slowly: true,
+    };
+    let app = FakeApp::start(move |n| match n {
+        0 => Act::Crash(crash.clone()),
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, app_handle) = delivery(dir.path(), &app, SECOND);
+    let delivering = tokio::spawn(async move {
+        let outcome = delivery.deliver(1, (1, 1, 1), &post("a")).await.unwrap();
+        (delivery, outcome)
+    });
+    let (delivery, outcome) = bring_back_until_done(&app, &app_handle, &back, delivering).await;
+    assert_eq!(&answered(&outcome).body[..], b"ok");
+    assert_eq!(app.crashes(), 1);
+    assert_eq!(
+        app.seen(),
+        [seen(1, "a"), seen(1, "a")],
+        "the app that came back ran it"
+    );
+    assert_eq!(delivery.progress().in_doubt, 2, "sent again twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_app_that_dies_of_a_request_gets_it_a_bounded_number_of_times() {
+    let back = Arc::new(Notify::new());
+    let crash = Crash {
+        back: Arc::clone(&back),
+        slowly: false,
+    };
+    let app = FakeApp::start(move |_| Act::Crash(crash.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, app_handle) = delivery(dir.path(), &app, SECOND);
+    let delivering = tokio::spawn(async move {
+        let outcome = delivery.deliver(1, (1, 1, 1), &post("a")).await.unwrap();
+        (delivery, outcome)
+    });
+    let (delivery, outcome) = bring_back_until_done(&app, &app_handle, &back, delivering).await;
+    assert!(matches!(outcome, Outcome::Unanswered(_)), "{outcome:?}");
+    let sends = super::MAX_SENDS as usize;
+    assert_eq!(app.seen(), vec![seen(1, "a"); sends]);
+    assert_eq!(delivery.progress().in_doubt, sends as u64 - 1);
 }
