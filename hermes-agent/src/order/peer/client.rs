@@ -7,7 +7,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -23,6 +23,10 @@ use super::{
 use crate::order::{log_store, typ::NodeId};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A connection on which a call timed out after nothing came for this long is closed, and the
+/// next call opens a new one: after a spell of packet loss, TCP's retransmission backoff can
+/// keep an old one silent for many seconds after the network is well again.
+const SILENT: Duration = Duration::from_secs(1);
 
 /// Why a call got no reply.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +187,9 @@ struct Connection {
     closed: AtomicBool,
     /// Tells its reading and writing tasks to end (which closes the stream).
     stop: watch::Sender<bool>,
+    opened: Instant,
+    /// When the last frame came, in milliseconds after `opened` (0: none yet).
+    last_frame: AtomicU64,
 }
 
 impl Connection {
@@ -191,6 +198,12 @@ impl Connection {
         // Dropping the senders fails every waiting call.
         self.calls.lock().unwrap().clear();
         self.stop.send_replace(true);
+    }
+
+    /// How long nothing came on it.
+    fn silent_for(&self) -> Duration {
+        let last = self.opened + Duration::from_millis(self.last_frame.load(Ordering::Relaxed));
+        last.elapsed()
     }
 
     /// Resolves once the connection is closed.
@@ -234,10 +247,20 @@ impl Peer {
             connection.close();
             return Err(CallError::Lost(self.addr.clone()));
         }
-        let body = tokio::time::timeout(timeout, rx)
-            .await
-            .map_err(|_| CallError::Timeout(self.addr.clone(), timeout))?
-            .map_err(|_| CallError::Lost(self.addr.clone()))?;
+        let body = match tokio::time::timeout(timeout, rx).await {
+            Ok(body) => body.map_err(|_| CallError::Lost(self.addr.clone()))?,
+            Err(_) => {
+                if connection.silent_for() >= SILENT {
+                    tracing::debug!(
+                        peer = self.id,
+                        addr = %self.addr,
+                        "nothing came on the connection for a while: opening a new one"
+                    );
+                    connection.close();
+                }
+                return Err(CallError::Timeout(self.addr.clone(), timeout));
+            }
+        };
         log_store::decode(&body).map_err(|_| CallError::Lost(self.addr.clone()))
     }
 
@@ -275,7 +298,7 @@ impl Peer {
                 stream
             }
             Err(error) => {
-                if let Some(failures) = self.unreachable.failed(std::time::Instant::now()) {
+                if let Some(failures) = self.unreachable.failed(Instant::now()) {
                     tracing::warn!(
                         peer = self.id,
                         addr = %self.addr,
@@ -295,6 +318,8 @@ impl Peer {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             stop: watch::Sender::new(false),
+            opened: Instant::now(),
+            last_frame: AtomicU64::new(0),
         });
         let for_writer = Arc::clone(&connection);
         let stopped = connection.stopped();
@@ -315,6 +340,10 @@ impl Peer {
                 loop {
                     match wire::read_frame(&mut reader, &mut buf, max_frame).await {
                         Ok(Some(id)) => {
+                            let since = for_reader.opened.elapsed().as_millis();
+                            for_reader
+                                .last_frame
+                                .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
                             if let Some(call) = for_reader.calls.lock().unwrap().remove(&id) {
                                 let _ = call.send(std::mem::take(&mut buf));
                             }
@@ -335,5 +364,49 @@ impl Peer {
         });
         *slot = Some(Arc::clone(&connection));
         Ok(connection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A peer that takes connections and never answers: calls time out, and once nothing came
+    /// for [`SILENT`], the connection is given up for a new one.
+    #[tokio::test]
+    async fn a_connection_silent_for_long_is_replaced() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                open.push(stream);
+            }
+        });
+        let peers = Peers::new(1, 1 << 20, Security::Insecure);
+        let peer = peers.get(2, &addr);
+        let call = Call::Compare { from: 1 };
+        let started = Instant::now();
+        while started.elapsed() < SILENT {
+            let error = peer
+                .call(&call, Duration::from_millis(50))
+                .await
+                .unwrap_err();
+            assert!(matches!(error, CallError::Timeout(..)), "{error}");
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                1,
+                "one connection while it is young"
+            );
+        }
+        let _ = peer.call(&call, Duration::from_millis(50)).await;
+        let _ = peer.call(&call, Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection");
     }
 }
