@@ -216,11 +216,6 @@ impl App {
 
     /// Opens a new connection to the app, again and again while it cannot be reached.
     pub(super) async fn connect(&self) -> TcpStream {
-        self.connect_counting().await.0
-    }
-
-    /// [`Self::connect`], and how many tries failed first.
-    async fn connect_counting(&self) -> (TcpStream, u64) {
         let mut delay = RETRY_MIN;
         let mut failures = 0u64;
         loop {
@@ -235,7 +230,7 @@ impl App {
                         tracing::info!(app = %self.addr, failures, "app reachable again");
                     }
                     self.set_reachable(true);
-                    return (stream, failures);
+                    return stream;
                 }
                 Err(error) => {
                     self.set_reachable(false);
@@ -311,13 +306,12 @@ impl Turn<'_> {
     /// Makes sure a clean connection is open for client connection `conn`: connects (again and
     /// again while the app cannot be reached) unless the kept-alive one is fit for use. A new
     /// one first closes the connection unused the longest if as many as the app takes are open.
-    /// `true` if the app could not be reached at first: it was down.
-    pub async fn ready(&mut self, conn: ConnKey) -> bool {
+    pub async fn ready(&mut self, conn: ConnKey) {
         let app = self.app;
         if let Some(connection) = self.connections.open.get(&conn) {
             let idle = connection.idle_since.elapsed();
             match clean(&connection.stream) {
-                Ok(()) if idle < MAX_IDLE && connection.buf.is_empty() => return false,
+                Ok(()) if idle < MAX_IDLE && connection.buf.is_empty() => return,
                 Ok(()) => {}
                 Err(Stray) => tracing::warn!(
                     app = %app.addr,
@@ -335,7 +329,7 @@ impl Turn<'_> {
             let Some((&oldest, _)) = oldest else { break };
             self.connections.open.remove(&oldest);
         }
-        let (stream, failures) = app.connect_counting().await;
+        let stream = app.connect().await;
         self.connections.open.insert(
             conn,
             Connection {
@@ -346,7 +340,6 @@ impl Turn<'_> {
                 answered: false,
             },
         );
-        failures > 0
     }
 
     /// Writes `head` then `body` on client connection `conn`'s app connection (made ready

@@ -14,8 +14,9 @@
 //!   answer (the app died, or closed on it), or the agent dying between "writing N" and "written
 //!   N". The request is then sent once more, after the app is back, with `Hermes-Log-Index: N`,
 //!   and counted as in doubt. Apps that want exactly-once even then deduplicate on that header.
-//!   It goes again each time the app dies with it (each replica's app must end up with it),
-//!   [`MAX_SENDS`] times at most; an app that stays up and closes on it twice gets it no more.
+//!   It goes again each time the connection ends so (each replica's app must end up with it, if
+//!   the app is merely restarted), [`MAX_SENDS`] times at most (an app that dies of a request or
+//!   closes on it gets it as often on every replica).
 //! - Requests proposed twice (a retry through a leader change) are recognised by their key and
 //!   delivered once, however late the second copy lands ([`sessions`]).
 //! - A machine crash loses what was only in the page cache: before the first byte of a request
@@ -89,7 +90,8 @@ pub const LOG_INDEX_HEADER: &str = "Hermes-Log-Index";
 pub const PROMISED: u64 = 256;
 
 /// Sends of one request at most in one life of the agent while the app's connection ends before
-/// its answer each time (an app that dies of it, and is restarted).
+/// its answer each time (an app that dies of it and is restarted, or closes on it): the same
+/// number on every replica, whatever the timing of each.
 const MAX_SENDS: u32 = 4;
 
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -319,33 +321,10 @@ impl Delivery {
         }
         let mut uncounted = again;
         let mut delay = RETRY_MIN;
-        // Sends in this life whose connection ended before an answer, and of those, the ones
-        // after which the app was still up: it closed on this request. After one that ended
-        // and the app was down, it died: the request goes again once it is back (a connection
-        // made to a dying app, before its listener closed, ends at once too).
-        let (mut ended, mut closed_on_it) = (0, 0);
-        let mut last_ended = false;
+        // Sends in this life whose connection ended before an answer.
+        let mut ended = 0;
         loop {
-            let down = turn.ready(conn).await;
-            if std::mem::take(&mut last_ended) {
-                closed_on_it += u32::from(!down);
-                if closed_on_it == 2 || ended == MAX_SENDS {
-                    tracing::warn!(
-                        seq,
-                        sends = ended,
-                        "the app's connection ended before its answer, {}; not sending it again",
-                        if closed_on_it == 2 {
-                            "twice while the app stayed up"
-                        } else {
-                            "each time it was sent"
-                        }
-                    );
-                    return self.outcome(
-                        seq,
-                        Outcome::Unanswered("the app's connection ended before its answer"),
-                    );
-                }
-            }
+            turn.ready(conn).await;
             let counting = std::mem::take(&mut uncounted);
             if counting {
                 self.progress.in_doubt += 1;
@@ -387,19 +366,30 @@ impl Delivery {
                     );
                     "the app's answer was cut short"
                 }
-                (_, Err(ReadError::Closed)) => {
+                (_, Err(ReadError::Closed)) if ended + 1 < MAX_SENDS => {
+                    ended += 1;
                     if !again {
                         again = true;
                         self.doubt(seq, "the app's connection ended before its answer");
+                        // Kept at once: an agent that dies before it sends again must not take
+                        // the request for one the app has.
+                        self.write()?;
                     }
                     // Each time it goes again, counted.
                     uncounted = true;
-                    ended += 1;
-                    last_ended = true;
                     // Not at once: a dying app takes a moment to stop listening.
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(RETRY_MAX);
                     continue;
+                }
+                (_, Err(ReadError::Closed)) => {
+                    tracing::warn!(
+                        seq,
+                        sends = MAX_SENDS,
+                        "the app's connection ended before its answer each time; not sending it \
+                         again"
+                    );
+                    "the app's connection ended before its answer"
                 }
             };
             return self.outcome(seq, Outcome::Unanswered(why));

@@ -361,11 +361,12 @@ async fn a_slow_app_is_waited_for_reported_and_never_sent_the_request_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_app_that_dies_with_a_written_request_gets_it_once_more_counted_in_doubt() {
-    let app = FakeApp::start(|n| match n {
+async fn an_app_that_dies_with_a_written_request_gets_it_again_counted_in_doubt() {
+    let sends = super::MAX_SENDS as usize;
+    let app = FakeApp::start(move |n| match n {
         0 => Act::Die,
         1 => Act::Reply(OK),
-        2 | 3 => Act::Die,
+        n if n < 2 + sends => Act::Die,
         _ => Act::Reply(OK),
     })
     .await;
@@ -379,14 +380,14 @@ async fn an_app_that_dies_with_a_written_request_gets_it_once_more_counted_in_do
         "the same log index twice"
     );
     assert_eq!(delivery.progress().in_doubt, 1);
-    // Dying with it twice: no third time.
+    // Closed on each time: no more than MAX_SENDS times, each after the first counted.
     let lost = delivery.deliver(2, (1, 1, 2), &post("b")).await.unwrap();
     assert!(matches!(lost, Outcome::Unanswered(_)), "{lost:?}");
-    assert_eq!(app.seen().len(), 4);
-    assert_eq!(delivery.progress().in_doubt, 2);
+    assert_eq!(app.seen().len(), 2 + sends);
+    assert_eq!(delivery.progress().in_doubt, 1 + sends as u64 - 1);
     let next = delivery.deliver(3, (1, 1, 3), &post("c")).await.unwrap();
     assert_eq!(&answered(&next).body[..], b"ok");
-    assert_eq!(app.seen().len(), 5);
+    assert_eq!(app.seen().len(), 3 + sends);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -962,14 +963,20 @@ async fn bring_back_until_done(
     back: &Notify,
     delivering: tokio::task::JoinHandle<(Delivery, Outcome)>,
 ) -> (Delivery, Outcome) {
-    let mut crashes = 0;
-    while !delivering.is_finished() {
-        if app.crashes() > crashes && !app_handle.healthy() {
-            crashes += 1;
-            back.notify_one();
+    let bring_back = async {
+        let mut crashes = 0;
+        while !delivering.is_finished() {
+            if app.crashes() > crashes && !app_handle.healthy() {
+                crashes += 1;
+                back.notify_one();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    };
+    // An upper bound for what must happen.
+    tokio::time::timeout(Duration::from_secs(60), bring_back)
+        .await
+        .expect("delivery finishes");
     delivering.await.unwrap()
 }
 
@@ -1023,4 +1030,39 @@ async fn an_app_that_dies_of_a_request_gets_it_a_bounded_number_of_times() {
     let sends = super::MAX_SENDS as usize;
     assert_eq!(app.seen(), vec![seen(1, "a"); sends]);
     assert_eq!(delivery.progress().in_doubt, sends as u64 - 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_that_dies_while_it_waits_to_send_again_sends_again_after_its_restart() {
+    let back = Arc::new(Notify::new());
+    let crash = Crash {
+        back: Arc::clone(&back),
+        slowly: false,
+    };
+    let app = FakeApp::start(move |n| match n {
+        0 => Act::Crash(crash.clone()),
+        _ => Act::Reply(OK),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut delivery, app_handle) = delivery(dir.path(), &app, SECOND);
+    let delivering = tokio::spawn(async move {
+        let _ = delivery.deliver(1, (1, 1, 1), &post("a")).await;
+    });
+    // The app died with the request, and delivery found it down: the agent dies now.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while app.crashes() == 0 || app_handle.healthy() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the app is seen down");
+    delivering.abort();
+    let _ = delivering.await;
+    back.notify_one();
+    let (mut delivery, _) = delivery_again(dir.path(), &app);
+    let outcome = delivery.deliver(1, (1, 1, 1), &post("a")).await.unwrap();
+    assert_eq!(&answered(&outcome).body[..], b"ok");
+    assert_eq!(app.seen(), [seen(1, "a"), seen(1, "a")]);
+    assert_eq!(delivery.progress().in_doubt, 1);
 }
