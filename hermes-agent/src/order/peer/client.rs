@@ -23,9 +23,10 @@ use super::{
 use crate::order::{log_store, typ::NodeId};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// A connection on which a call timed out after nothing came for this long is closed, and the
-/// next call opens a new one: after a spell of packet loss, TCP's retransmission backoff can
-/// keep an old one silent for many seconds after the network is well again.
+/// A connection on which calls have waited this long with nothing coming is closed when one
+/// times out, and the next call opens a new one: after a spell of packet loss, TCP's
+/// retransmission backoff can keep an old one silent for many seconds after the network is
+/// well again.
 const SILENT: Duration = Duration::from_secs(1);
 
 /// Why a call got no reply.
@@ -182,28 +183,52 @@ pub struct Peer {
 
 struct Connection {
     frames: mpsc::UnboundedSender<Vec<u8>>,
-    calls: Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
+    calls: Mutex<Waiting>,
     next_id: AtomicU64,
     closed: AtomicBool,
     /// Tells its reading and writing tasks to end (which closes the stream).
     stop: watch::Sender<bool>,
-    opened: Instant,
-    /// When the last frame came, in milliseconds after `opened` (0: none yet).
-    last_frame: AtomicU64,
+}
+
+/// The calls waiting for their reply on a connection.
+#[derive(Default)]
+struct Waiting {
+    calls: HashMap<u64, oneshot::Sender<Vec<u8>>>,
+    /// When the first call since the last frame was sent (`None`: none since): nothing came
+    /// after it.
+    since: Option<Instant>,
+}
+
+impl Waiting {
+    fn insert(&mut self, id: u64, reply: oneshot::Sender<Vec<u8>>) {
+        self.since.get_or_insert_with(Instant::now);
+        self.calls.insert(id, reply);
+    }
+
+    /// Takes call `id`'s reply slot as its frame came.
+    fn answered(&mut self, id: u64) -> Option<oneshot::Sender<Vec<u8>>> {
+        let call = self.calls.remove(&id);
+        self.since = (!self.calls.is_empty()).then(Instant::now);
+        call
+    }
+
+    /// Forgets call `id` (its caller stopped waiting).
+    fn forget(&mut self, id: u64) {
+        self.calls.remove(&id);
+    }
+
+    /// How long calls were sent with nothing coming.
+    fn silent_for(&self) -> Duration {
+        self.since.map_or(Duration::ZERO, |since| since.elapsed())
+    }
 }
 
 impl Connection {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         // Dropping the senders fails every waiting call.
-        self.calls.lock().unwrap().clear();
+        *self.calls.lock().unwrap() = Waiting::default();
         self.stop.send_replace(true);
-    }
-
-    /// How long nothing came on it.
-    fn silent_for(&self) -> Duration {
-        let last = self.opened + Duration::from_millis(self.last_frame.load(Ordering::Relaxed));
-        last.elapsed()
     }
 
     /// Resolves once the connection is closed.
@@ -220,7 +245,7 @@ struct CallGuard<'a>(&'a Connection, u64);
 
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
-        self.0.calls.lock().unwrap().remove(&self.1);
+        self.0.calls.lock().unwrap().forget(self.1);
     }
 }
 
@@ -243,18 +268,20 @@ impl Peer {
         let (tx, rx) = oneshot::channel();
         connection.calls.lock().unwrap().insert(id, tx);
         let _guard = CallGuard(&connection, id);
-        if connection.frames.send(frame).is_err() {
+        // Closed meanwhile (after it dropped the waiting calls): no reply can come.
+        if connection.closed.load(Ordering::Acquire) || connection.frames.send(frame).is_err() {
             connection.close();
             return Err(CallError::Lost(self.addr.clone()));
         }
         let body = match tokio::time::timeout(timeout, rx).await {
             Ok(body) => body.map_err(|_| CallError::Lost(self.addr.clone()))?,
             Err(_) => {
-                if connection.silent_for() >= SILENT {
+                if connection.calls.lock().unwrap().silent_for() >= SILENT {
                     tracing::debug!(
                         peer = self.id,
                         addr = %self.addr,
-                        "nothing came on the connection for a while: opening a new one"
+                        "calls waited on the connection a while with nothing coming: opening a \
+                         new one"
                     );
                     connection.close();
                 }
@@ -318,8 +345,6 @@ impl Peer {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             stop: watch::Sender::new(false),
-            opened: Instant::now(),
-            last_frame: AtomicU64::new(0),
         });
         let for_writer = Arc::clone(&connection);
         let stopped = connection.stopped();
@@ -340,11 +365,7 @@ impl Peer {
                 loop {
                     match wire::read_frame(&mut reader, &mut buf, max_frame).await {
                         Ok(Some(id)) => {
-                            let since = for_reader.opened.elapsed().as_millis();
-                            for_reader
-                                .last_frame
-                                .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
-                            if let Some(call) = for_reader.calls.lock().unwrap().remove(&id) {
+                            if let Some(call) = for_reader.calls.lock().unwrap().answered(id) {
                                 let _ = call.send(std::mem::take(&mut buf));
                             }
                         }
@@ -369,44 +390,61 @@ impl Peer {
 
 #[cfg(test)]
 mod tests {
-    use tokio::net::TcpListener;
+    use tokio::{io::AsyncWriteExt as _, net::TcpListener};
 
     use super::*;
 
-    /// A peer that takes connections and never answers: calls time out, and once nothing came
-    /// for [`SILENT`], the connection is given up for a new one.
+    /// A peer that answers, then falls silent (its connections stay open): calls time out, and
+    /// once calls went unanswered for [`SILENT`], the connection is given up for a new one; a
+    /// connection merely idle that long is not.
     #[tokio::test]
     async fn a_connection_silent_for_long_is_replaced() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&accepted);
+        let mute = Arc::new(AtomicBool::new(false));
+        let (counted, muted) = (Arc::clone(&accepted), Arc::clone(&mute));
         tokio::spawn(async move {
-            let mut open = Vec::new();
             loop {
-                let (stream, _) = listener.accept().await.unwrap();
+                let (mut stream, _) = listener.accept().await.unwrap();
                 counted.fetch_add(1, Ordering::SeqCst);
-                open.push(stream);
+                let muted = Arc::clone(&muted);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while let Ok(Some(id)) = wire::read_frame(&mut stream, &mut buf, 1 << 20).await
+                    {
+                        if !muted.load(Ordering::SeqCst) {
+                            let reply = wire::frame(id, &Reply::Rejected("no".into()), 1 << 20);
+                            stream.write_all(&reply.unwrap()).await.unwrap();
+                        }
+                    }
+                    // Kept open, silent, as a connection in retransmission backoff is.
+                    std::future::pending::<()>().await;
+                });
             }
         });
         let peers = Peers::new(1, 1 << 20, Security::Insecure);
         let peer = peers.get(2, &addr);
         let call = Call::Compare { from: 1 };
+        let short = Duration::from_millis(50);
+        assert!(matches!(
+            peer.call(&call, short).await,
+            Ok(Reply::Rejected(_))
+        ));
+        tokio::time::sleep(SILENT).await;
+        mute.store(true, Ordering::SeqCst);
         let started = Instant::now();
         while started.elapsed() < SILENT {
-            let error = peer
-                .call(&call, Duration::from_millis(50))
-                .await
-                .unwrap_err();
+            let error = peer.call(&call, short).await.unwrap_err();
             assert!(matches!(error, CallError::Timeout(..)), "{error}");
             assert_eq!(
                 accepted.load(Ordering::SeqCst),
                 1,
-                "one connection while it is young"
+                "idle, then silent briefly"
             );
         }
-        let _ = peer.call(&call, Duration::from_millis(50)).await;
-        let _ = peer.call(&call, Duration::from_millis(50)).await;
+        let _ = peer.call(&call, short).await;
+        let _ = peer.call(&call, short).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection");
     }
 }
