@@ -1,6 +1,6 @@
 //! Snapshots of the app's state (issue 5): with hooks, the log is compacted, and a new replica
 //! starts from a snapshot plus the log after it.
-use hermes_tests::{App, Cluster, client, lab, wait_until};
+use hermes_tests::{App, Cluster, Load, client, lab, wait_until};
 
 #[test]
 fn with_hooks_the_log_is_compacted_and_a_new_replica_installs_a_snapshot() {
@@ -59,4 +59,110 @@ fn with_hooks_the_log_is_compacted_and_a_new_replica_installs_a_snapshot() {
         assert_eq!(cluster.file(id), cluster.file(1), "node {id}");
     }
     assert_eq!(cluster.file(1).iter().filter(|&&b| b == b'\n').count(), 280);
+}
+
+/// A backup taken under load, and everything lost: a new cluster started from it holds exactly
+/// the source's state at the backup's entry (the log app does not de-duplicate: its first
+/// `deliveries` lines), takes writes, and a node that joins it gets the same state.
+#[test]
+fn a_backup_taken_under_load_starts_a_new_cluster_with_the_state_at_its_entry() {
+    let lab = lab(5);
+    let bin = hermes_lab::binary("hermes-agent").unwrap();
+    let args = hermes_tests::snapshot_args("2000", "100");
+    let mut cluster = Cluster::new(lab, bin.parent().unwrap(), App::Log, &args).unwrap();
+    cluster.members = 3;
+    cluster.start().unwrap();
+    let load = Load::start(&cluster.addrs()[..3], 4);
+    load.wait_for_acks(300).unwrap();
+    let file = cluster.data_dir(1).with_extension("backup");
+    let path = file.to_str().unwrap();
+    let taken = cluster.ctl(2, &["-o", "json", "backup", path]).unwrap();
+    let taken: serde_json::Value = serde_json::from_str(&taken).unwrap();
+    let deliveries = taken["deliveries"].as_u64().unwrap() as usize;
+    load.wait_for_acks(200).unwrap();
+    load.stop();
+    cluster.wait_converged().unwrap();
+    let source = cluster.file(1);
+    let lines: Vec<&[u8]> = source.split_inclusive(|b| *b == b'\n').collect();
+    assert!(
+        deliveries > 0 && lines.len() > deliveries,
+        "taken under load, with writes after it: {taken}, {} lines",
+        lines.len()
+    );
+    let at_backup = lines[..deliveries].concat();
+
+    // Everything is lost.
+    for id in 1..=3 {
+        cluster.kill_agent(id).unwrap();
+        cluster.kill_app(id).unwrap();
+    }
+    let restore = |args: &[&str]| {
+        let output = std::process::Command::new(&bin)
+            .arg("restore")
+            .arg(&file)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let data = cluster.data_dir(4);
+    let (addr, data) = (cluster.raft_addr(4), data.to_str().unwrap().to_owned());
+    let new_node = ["--data-dir", &data, "--node-id", "4", "--addr", &addr];
+    let (done, text) = restore(&[&new_node[..], &["--dry-run"]].concat());
+    assert!(
+        done && text.contains(&format!("{deliveries} delivered")),
+        "{text}"
+    );
+    let (done, text) = restore(&new_node);
+    assert!(done, "{text}");
+    eprintln!("{text}");
+    let (done, text) = restore(&new_node);
+    assert!(!done && text.contains("not empty"), "a second time: {text}");
+    let mut damaged = std::fs::read(&file).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 1;
+    let copy = file.with_extension("damaged");
+    std::fs::write(&copy, damaged).unwrap();
+    let output = std::process::Command::new(&bin)
+        .args(["restore", copy.to_str().unwrap(), "--dry-run"])
+        .args(new_node)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && text.contains("damaged"),
+        "{text}"
+    );
+
+    // Node 4, its app empty, starts from the backup alone, and takes writes.
+    cluster.start_app(4).unwrap();
+    cluster.start_agent(4).unwrap();
+    wait_until("node 4 to lead", || cluster.leader_among(&[4])).unwrap();
+    assert!(
+        cluster.file(4) == at_backup,
+        "node 4's app holds the state at the backup"
+    );
+    let mut expected = at_backup;
+    for n in 0..20 {
+        let body = format!("after-{n}");
+        let response = client::post(cluster.addr(4), "/insert", body.as_bytes()).unwrap();
+        assert_eq!(response.status, 201, "{}", response.text());
+        expected.extend(body.bytes().chain([b'\n']));
+    }
+    assert!(cluster.file(4) == expected);
+
+    // Node 5, empty, joins it and gets the same state.
+    cluster.start_app(5).unwrap();
+    cluster.start_agent(5).unwrap();
+    let added = cluster
+        .ctl(4, &["add-learner", "5", &cluster.raft_addr(5)])
+        .unwrap();
+    assert!(added.contains("caught up"), "{added}");
+    cluster.ctl(4, &["promote", "5"]).unwrap();
+    wait_until("node 5's app to hold the same state", || {
+        (cluster.file(5) == expected).then_some(())
+    })
+    .unwrap();
 }

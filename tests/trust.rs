@@ -125,6 +125,12 @@ fn cluster_changes_need_the_token_and_json_reads_stay_open_on_loopback() {
     assert_eq!(code, Some(75), "node 9 is no member: {text}");
     let (code, text) = exit(&["--admin", "127.0.0.1:1", "status"]);
     assert_eq!(code, Some(69), "nothing listens: {text}");
+    let backup = cluster.data_dir(leader).with_extension("backup");
+    let backup = backup.to_str().unwrap();
+    let (code, text) = exit(&["--admin-token-file", token, "backup", backup]);
+    assert_eq!(code, Some(75), "no snapshot hooks: {text}");
+    assert!(text.contains("snapshot hooks"), "says why: {text}");
+    assert!(!std::path::Path::new(backup).exists());
     let output = cluster
         .ctl_as_is(leader, &["-o", "json", "status"])
         .unwrap();

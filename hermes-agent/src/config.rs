@@ -49,6 +49,7 @@ pub enum Invocation {
     Detach(DetachArgs),
     Ctl(CtlArgs),
     Recover(RecoverArgs),
+    Restore(RestoreArgs),
     Pods(crate::kube::PodsArgs),
 }
 
@@ -58,6 +59,7 @@ impl From<Tool> for Invocation {
             Tool::Detach(args) => Self::Detach(args),
             Tool::Ctl(args) => Self::Ctl(args),
             Tool::Recover(args) => Self::Recover(args),
+            Tool::Restore(args) => Self::Restore(args),
             Tool::Pods(args) => Self::Pods(args),
         }
     }
@@ -108,6 +110,11 @@ answer within --timeout; 75 it refused (e.g. no leader, not a member: the messag
     /// Prints what the node has and what may be lost. Never start the dropped nodes with their
     /// data again (wipe them, and add them back with --join).
     Recover(RecoverArgs),
+    /// Start a new cluster from a backup (`ctl backup`): makes it the state of the new
+    /// cluster's first node, in an empty data directory, the only voter. Start the agent with
+    /// the snapshot hooks, its app empty: the restore hook gives the app the backup's state.
+    /// Other nodes join it with --join (`ctl add-learner`, `ctl promote`).
+    Restore(RestoreArgs),
     /// Pod mode (Kubernetes): protect every pod on this node that carries the group label, each
     /// in its own network namespace, with a Raft member per pod. The members' limits and peer
     /// security come from the same `HERMES_*` variables as the agent's flags.
@@ -165,7 +172,7 @@ impl Invocation {
         match self {
             Self::Agent(config) => config.log_format,
             Self::Pods(args) => args.log_format,
-            Self::Detach(_) | Self::Ctl(_) | Self::Recover(_) => LogFormat::Text,
+            Self::Detach(_) | Self::Ctl(_) | Self::Recover(_) | Self::Restore(_) => LogFormat::Text,
         }
     }
 }
@@ -201,6 +208,10 @@ pub enum CtlAction {
     /// Let a replica fenced after a divergence (`--on-divergence fence`) apply again, once its
     /// app has been made to agree with the others.
     Resume,
+    /// Take a backup: the node builds a snapshot through its snapshot hooks (the app's state at
+    /// a log entry, between two deliveries, with the membership) and it is written to FILE,
+    /// with a checksum. `hermes-agent restore` starts a new cluster from it.
+    Backup { file: PathBuf },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -214,6 +225,24 @@ pub struct RecoverArgs {
     #[arg(long, value_delimiter = ',', required = true)]
     pub voters: Vec<u64>,
     /// Print what would be done, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// The backup file (`hermes-agent ctl backup FILE`).
+    pub file: PathBuf,
+    /// The new node's data directory: it must not exist, or be empty.
+    #[arg(long, env = "HERMES_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// The new node's id (its --node-id).
+    #[arg(long, env = "HERMES_NODE_ID")]
+    pub node_id: u64,
+    /// Where its peers will reach it, HOST:PORT (its --raft-addr).
+    #[arg(long)]
+    pub addr: String,
+    /// Check the backup and print what it holds; write nothing.
     #[arg(long)]
     pub dry_run: bool,
 }

@@ -67,6 +67,34 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Invocation::Restore(args) => {
+            let restored = hermes_agent::node::backup::restore(
+                &args.file,
+                &args.data_dir,
+                args.node_id,
+                &args.addr,
+                args.dry_run,
+            );
+            match restored {
+                Ok(summary) if args.dry_run => {
+                    println!("{summary}\n(dry run: nothing was written)");
+                    ExitCode::SUCCESS
+                }
+                Ok(summary) => {
+                    println!(
+                        "restored into {}: {summary}. Node {} is the only voter; start its agent \
+                         with the snapshot hooks and an empty app",
+                        args.data_dir.display(),
+                        args.node_id
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Invocation::Pods(args) => {
             if let Err(error) = hermes_agent::kube::check(&args) {
                 eprintln!("error: {error}");

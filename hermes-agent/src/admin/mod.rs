@@ -8,7 +8,9 @@
 //! - `POST /cluster/learners/remove` `{"id": 4}`: forget a learner;
 //! - `POST /cluster/membership` `{"voters": [1, 2, 3, 4]}`: make exactly these the voters
 //!   (promotes learners, removes voters left out);
-//! - `POST /divergence/resume`: a replica fenced after a divergence applies again.
+//! - `POST /divergence/resume`: a replica fenced after a divergence applies again;
+//! - `POST /backup`: a backup of this replica's state as of now (`node::backup`), as a file;
+//!   only with the snapshot hooks.
 //!
 //! What changes the cluster (`POST`) needs `Authorization: Bearer <token>`, the token read from
 //! `--admin-token-file`, and `Content-Type: application/json` (so that no browser form can
@@ -78,7 +80,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
 pub(crate) struct Answer {
     status: u16,
     content_type: &'static str,
-    body: String,
+    body: Vec<u8>,
 }
 
 impl Answer {
@@ -86,7 +88,7 @@ impl Answer {
         Self {
             status,
             content_type: "text/plain",
-            body: body.into() + "\n",
+            body: (body.into() + "\n").into_bytes(),
         }
     }
 
@@ -94,7 +96,7 @@ impl Answer {
         Self {
             status,
             content_type: "application/json",
-            body: value.to_string() + "\n",
+            body: (value.to_string() + "\n").into_bytes(),
         }
     }
 }
@@ -201,7 +203,7 @@ pub(crate) async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]
         ("GET", "/metrics") => Answer {
             status: 200,
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            body: metrics(admin),
+            body: metrics(admin).into_bytes(),
         },
         ("GET", "/digests") => {
             let from = query
@@ -244,6 +246,17 @@ pub(crate) async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]
                 Err(error) => Answer::text(400, format!("expected {{\"id\": N}}: {error}")),
             }
         }
+        ("POST", "/backup") => match &admin.node {
+            Some(node) => match node.backup().await {
+                Ok(file) => Answer {
+                    status: 200,
+                    content_type: "application/octet-stream",
+                    body: file,
+                },
+                Err(why) => Answer::text(409, why),
+            },
+            None => Answer::text(409, "passthrough mode has no replicated state"),
+        },
         ("POST", "/divergence/resume") => match &admin.node {
             Some(node) => match node.applied.resume() {
                 Ok(()) => {
@@ -279,6 +292,7 @@ pub(crate) async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]
             | "/cluster/learners"
             | "/cluster/learners/remove"
             | "/cluster/membership"
+            | "/backup"
             | "/divergence/resume",
         ) => Answer::text(405, "wrong method"),
         _ => Answer::text(404, "unknown path; see the admin API in the README"),

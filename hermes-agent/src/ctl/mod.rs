@@ -15,6 +15,7 @@ use crate::{
     admin::token,
     config::{CtlAction, CtlArgs, Output},
     http::response,
+    node::backup::Backup,
 };
 
 /// Exit status when the admin API cannot be reached, or did not answer in time.
@@ -53,6 +54,8 @@ pub enum CtlError {
     NotAMember(u64),
     #[error(transparent)]
     Token(#[from] token::TokenError),
+    #[error("cannot write {0}: {1}")]
+    Write(std::path::PathBuf, std::io::Error),
     #[error("cannot start: {0}")]
     Runtime(std::io::Error),
 }
@@ -68,10 +71,14 @@ impl CtlError {
             | Self::Cut(_)
             | Self::Garbled(_)
             | Self::Token(_)
+            | Self::Write(..)
             | Self::Runtime(_) => 1,
         }
     }
 }
+
+/// How long `backup` waits for its file at least (the agent builds a snapshot for it).
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long `add-learner` follows the new node's catching up.
 const FOLLOW: Duration = Duration::from_secs(600);
@@ -125,10 +132,46 @@ pub fn run(args: &CtlArgs) -> Result<(), CtlError> {
             set_voters(&api, &voters)?;
         }
         CtlAction::Voters { ids } => set_voters(&api, ids)?,
+        CtlAction::Backup { file } => backup(&api, file)?,
         CtlAction::Resume => {
             let status = api.call("POST", "/divergence/resume", Some(json!({})))?;
             api.done("resumed: the replica applies again", &status);
         }
+    }
+    Ok(())
+}
+
+/// Has the node take a backup, checks it, and keeps it in `file` (whole, or not at all).
+fn backup(api: &Api, file: &std::path::Path) -> Result<(), CtlError> {
+    let limits = response::Limits {
+        max_body: u64::MAX,
+        ..response::Limits::default()
+    };
+    // The snapshot hook may take a while: as long as the agent lets it.
+    let timeout = api.args.timeout.max(BACKUP_TIMEOUT);
+    let answer = api.exchange("POST", "/backup", Some(json!({})), &limits, timeout)?;
+    let summary = Backup::from_file(&answer.body)
+        .and_then(|backup| backup.summary())
+        .map_err(|e| CtlError::Garbled(format!("the backup it sent: {e}")))?;
+    let partial = file.with_extension("partial");
+    std::fs::write(&partial, &answer.body)
+        .and_then(|()| std::fs::File::open(&partial)?.sync_all())
+        .and_then(|()| std::fs::rename(&partial, file))
+        .map_err(|e| CtlError::Write(file.to_owned(), e))?;
+    match api.args.output {
+        Output::Json => print_json(&json!({
+            "file": file,
+            "bytes": answer.body.len(),
+            "entry": summary.entry.map_or(0, |id| id.index),
+            "requests": summary.contents.requests,
+            "deliveries": summary.contents.deliveries,
+            "voters": summary.voters,
+        })),
+        Output::Table => println!(
+            "backup written to {} ({} bytes): {summary}",
+            file.display(),
+            answer.body.len()
+        ),
     }
     Ok(())
 }
@@ -217,7 +260,22 @@ impl<'a> Api<'a> {
 
     /// One request; its JSON answer.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, CtlError> {
-        let (admin, timeout) = (self.args.admin, self.args.timeout);
+        let limits = response::Limits::default();
+        let response = self.exchange(method, path, body, &limits, self.args.timeout)?;
+        let body = String::from_utf8_lossy(&response.body);
+        serde_json::from_str(&body).map_err(|_| CtlError::Garbled(body.into_owned()))
+    }
+
+    /// One request, its answer read within `limits` and `timeout`; an error unless it is 200.
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        limits: &response::Limits,
+        timeout: Duration,
+    ) -> Result<response::Response, CtlError> {
+        let admin = self.args.admin;
         // In pod mode, one agent serves a member per pod: `--pod` picks one.
         let path = &match &self.args.pod {
             Some(pod) => format!("/pods/{pod}{path}"),
@@ -238,7 +296,7 @@ impl<'a> Api<'a> {
                 .await
                 .map_err(|e| CtlError::Connect(admin, e))?;
             let mut buf = bytes::BytesMut::new();
-            response::read(&mut stream, &mut buf, method, &response::Limits::default())
+            response::read(&mut stream, &mut buf, method, limits)
                 .await
                 .map_err(|e| match e {
                     response::ReadError::Closed => CtlError::Lost(admin),
@@ -250,10 +308,9 @@ impl<'a> Api<'a> {
             .runtime
             .block_on(async { tokio::time::timeout(timeout, exchange).await })
             .map_err(|_| CtlError::Timeout(admin, timeout))??;
-        let body = String::from_utf8_lossy(&response.body);
-        let why = body.trim().to_owned();
+        let why = String::from_utf8_lossy(&response.body).trim().to_owned();
         match response.status {
-            200 => serde_json::from_str(&body).map_err(|_| CtlError::Garbled(body.into_owned())),
+            200 => Ok(response),
             status @ (401 | 403) => Err(CtlError::Unauthorized(status, why)),
             // 503: not now (no leader, the token unreadable); 4xx: not this.
             status @ (400..=499 | 503) => Err(CtlError::Refused(status, why)),

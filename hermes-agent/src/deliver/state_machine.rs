@@ -292,6 +292,41 @@ pub fn stored_applied(dir: &DataDir) -> std::io::Result<Option<LogId>> {
     Ok(progress.applied)
 }
 
+/// The snapshot kept in `dir` (the latest built or installed), as its metadata and bytes.
+pub fn stored_snapshot(dir: &DataDir) -> std::io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
+    dir.read(SNAPSHOT, u64::MAX)?
+        .map(|file| decode(&file))
+        .transpose()
+}
+
+/// Makes the snapshot `bytes` with `meta` the state of the new node in `dir` (a restore from a
+/// backup): its state machine installs it at start, through the restore hook.
+pub fn seed(dir: &DataDir, meta: &SnapshotMeta, bytes: &[u8]) -> std::io::Result<()> {
+    dir.replace(MEMBERSHIP, &encode(&meta.last_membership)?)?;
+    dir.replace(SNAPSHOT, &encode(&(meta, bytes))?)
+}
+
+/// What a snapshot holds besides its metadata, as a backup's summary tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contents {
+    /// Requests ordered up to it (the last one's `Hermes-Log-Index`).
+    pub requests: u64,
+    /// App requests delivered up to it.
+    pub deliveries: u64,
+    /// Bytes of the app's state, if it holds it.
+    pub app: Option<usize>,
+}
+
+/// What the snapshot `bytes` hold.
+pub fn contents(bytes: &[u8]) -> std::io::Result<Contents> {
+    let state: SnapshotState = decode(bytes)?;
+    Ok(Contents {
+        requests: state.requests,
+        deliveries: state.deliveries,
+        app: state.app.as_ref().map(Vec::len),
+    })
+}
+
 /// What a replica delivers to, and as whom.
 pub struct Replica {
     pub node_id: NodeId,
@@ -380,9 +415,20 @@ impl StateMachine {
             let (meta, state) = snapshot_state.as_ref().ok_or_else(|| {
                 read_error(&std::io::Error::other("installing a snapshot that is gone"))
             })?;
-            tracing::warn!(snapshot = %meta.snapshot_id, "finishing a snapshot install a crash interrupted");
-            if let (Some(app_state), Some(hooks)) = (&state.app, &hooks) {
-                hooks.restore(app_state, &app).await;
+            tracing::warn!(
+                snapshot = %meta.snapshot_id,
+                "installing the kept snapshot (a restore from a backup, or an install a crash \
+                 interrupted)"
+            );
+            match (&state.app, &hooks) {
+                (Some(app_state), Some(hooks)) => hooks.restore(app_state, &app).await,
+                (Some(_), None) => {
+                    return Err(read_error(&std::io::Error::other(
+                        "the snapshot to install holds the app's state; restoring it needs \
+                         --snapshot-cmd and --restore-cmd",
+                    )));
+                }
+                (None, _) => {}
             }
             delivery
                 .finish_install(

@@ -8,6 +8,7 @@
 //! [`Node::submit`] is what interception calls: it proposes a request (directly on the leader,
 //! forwarded by followers), follows leader changes, and returns the local app's answer once this
 //! node has delivered it.
+pub mod backup;
 #[cfg(test)]
 mod data_dir_tests;
 pub mod membership;
@@ -199,6 +200,10 @@ pub struct Node {
     pending: Semaphore,
     max_pending: usize,
     request_timeout: Duration,
+    /// Where the node keeps its state (its latest snapshot, for a backup).
+    dir: DataDir,
+    /// Whether the snapshot hooks are set: without them, no backup holds the app's state.
+    hooks: bool,
 }
 
 impl Node {
@@ -406,6 +411,8 @@ impl Node {
             max_pending: settings.max_pending,
             request_timeout: settings.request_timeout,
             clients,
+            dir: dir.clone(),
+            hooks: settings.snapshots.is_some(),
         });
         if settings.tcp.is_some() && identity.boot > 1 {
             tokio::spawn(Arc::clone(&node).announce_restart(broken));

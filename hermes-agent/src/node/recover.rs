@@ -212,29 +212,50 @@ pub fn run(
             })
             .collect::<Result<BTreeMap<_, _>, _>>()?;
         let vote = log.read_vote().await?.unwrap_or_default();
-        let term = vote.leader_id.term + 1;
-        let entry = Entry {
-            log_id: LogId::new(
-                CommittedLeaderId::new(term, node_id),
-                last.map_or(0, |id| id.index) + 1,
-            ),
-            payload: EntryPayload::Membership(Membership::new(vec![voters.clone()], nodes)),
-        };
+        let (entry, vote) = membership_entry(node_id, vote.leader_id.term + 1, last, nodes);
         let plan = Plan {
             node_id,
             voters_before: membership.voter_ids().collect(),
             members_before,
             last,
             committed: log.read_committed().await?.max(applied),
-            vote: Vote::new(term, node_id),
+            vote,
             entry,
         };
         if !dry_run {
-            log.save_vote(&plan.vote).await?;
-            log.blocking_append([plan.entry.clone()]).await?;
+            write(&mut log, &plan.entry, &plan.vote).await?;
         }
         Ok(plan)
     })
+}
+
+/// The entry that makes `nodes` the only members, all voters, right after `last`, under `term`,
+/// and node `node_id`'s vote for itself in that term (not committed: it is elected anew).
+pub(crate) fn membership_entry(
+    node_id: NodeId,
+    term: u64,
+    last: Option<LogId>,
+    nodes: BTreeMap<NodeId, Member>,
+) -> (Entry, Vote) {
+    let voters: BTreeSet<NodeId> = nodes.keys().copied().collect();
+    let entry = Entry {
+        log_id: LogId::new(
+            CommittedLeaderId::new(term, node_id),
+            last.map_or(0, |id| id.index) + 1,
+        ),
+        payload: EntryPayload::Membership(Membership::new(vec![voters], nodes)),
+    };
+    (entry, Vote::new(term, node_id))
+}
+
+/// Saves `vote`, then appends `entry` (see [`membership_entry`]), durably.
+pub(crate) async fn write(
+    log: &mut LogStore,
+    entry: &Entry,
+    vote: &Vote,
+) -> Result<(), StorageError> {
+    log.save_vote(vote).await?;
+    log.blocking_append([entry.clone()]).await
 }
 
 /// The membership of the last membership entry in the log after entry `after`, if there is
