@@ -76,8 +76,15 @@ fn a_backup_taken_under_load_starts_a_new_cluster_with_the_state_at_its_entry() 
     load.wait_for_acks(300).unwrap();
     let file = cluster.data_dir(1).with_extension("backup");
     let path = file.to_str().unwrap();
+    let applied = cluster.status(2).unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
     let taken = cluster.ctl(2, &["-o", "json", "backup", path]).unwrap();
     let taken: serde_json::Value = serde_json::from_str(&taken).unwrap();
+    assert!(
+        taken["entry"].as_u64().unwrap() >= applied,
+        "as of when it was asked for, at least: {taken}"
+    );
     let deliveries = taken["deliveries"].as_u64().unwrap() as usize;
     load.wait_for_acks(200).unwrap();
     load.stop();
@@ -152,6 +159,9 @@ fn a_backup_taken_under_load_starts_a_new_cluster_with_the_state_at_its_entry() 
         expected.extend(body.bytes().chain([b'\n']));
     }
     assert!(cluster.file(4) == expected);
+    // The total order goes on where the backup left it.
+    let requests = cluster.status(4).unwrap()["requests"].as_u64().unwrap();
+    assert_eq!(requests, taken["requests"].as_u64().unwrap() + 20);
 
     // Node 5, empty, joins it and gets the same state.
     cluster.start_app(5).unwrap();

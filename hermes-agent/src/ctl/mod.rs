@@ -77,8 +77,9 @@ impl CtlError {
     }
 }
 
-/// How long `backup` waits for its file at least (the agent builds a snapshot for it).
-const BACKUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `backup` waits for its file at least: longer than the admin API gives a request
+/// (the agent builds a snapshot for it).
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(70);
 
 /// How long `add-learner` follows the new node's catching up.
 const FOLLOW: Duration = Duration::from_secs(600);
@@ -153,11 +154,7 @@ fn backup(api: &Api, file: &std::path::Path) -> Result<(), CtlError> {
     let summary = Backup::from_file(&answer.body)
         .and_then(|backup| backup.summary())
         .map_err(|e| CtlError::Garbled(format!("the backup it sent: {e}")))?;
-    let partial = file.with_extension("partial");
-    std::fs::write(&partial, &answer.body)
-        .and_then(|()| std::fs::File::open(&partial)?.sync_all())
-        .and_then(|()| std::fs::rename(&partial, file))
-        .map_err(|e| CtlError::Write(file.to_owned(), e))?;
+    keep(file, &answer.body).map_err(|e| CtlError::Write(file.to_owned(), e))?;
     match api.args.output {
         Output::Json => print_json(&json!({
             "file": file,
@@ -174,6 +171,39 @@ fn backup(api: &Api, file: &std::path::Path) -> Result<(), CtlError> {
         ),
     }
     Ok(())
+}
+
+/// Writes `bytes` to `file` whole or not at all: to `FILE.partial` first (made anew, readable
+/// by its owner only: it holds the app's state), synced, then renamed over `file`.
+pub(crate) fn keep(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    // One left by a run that died: removed, never written through (it may be a link).
+    let _ = std::fs::remove_file(&partial);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .and_then(|mut out| {
+            let done = out.write_all(bytes).and_then(|()| out.sync_all());
+            if done.is_err() {
+                let _ = std::fs::remove_file(&partial);
+            }
+            done
+        });
+    written?;
+    if let Err(error) = std::fs::rename(&partial, file) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(error);
+    }
+    let parent = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::File::open(parent)?.sync_all()
 }
 
 fn voters(api: &Api) -> Result<Vec<u64>, CtlError> {
@@ -308,9 +338,11 @@ impl<'a> Api<'a> {
             .runtime
             .block_on(async { tokio::time::timeout(timeout, exchange).await })
             .map_err(|_| CtlError::Timeout(admin, timeout))??;
+        if response.status == 200 {
+            return Ok(response);
+        }
         let why = String::from_utf8_lossy(&response.body).trim().to_owned();
         match response.status {
-            200 => Ok(response),
             status @ (401 | 403) => Err(CtlError::Unauthorized(status, why)),
             // 503: not now (no leader, the token unreadable); 4xx: not this.
             status @ (400..=499 | 503) => Err(CtlError::Refused(status, why)),

@@ -146,3 +146,23 @@ pods[0]:
 ";
     assert_eq!(text, expected, "\n{text}");
 }
+
+#[test]
+fn a_backup_is_kept_whole_for_its_owner_only_and_never_through_a_link() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("state.backup");
+    // A link where the partial file goes (left behind, or planted): not written through.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"untouched").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.path().join("state.backup.partial")).unwrap();
+    keep(&file, b"the backup").unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), b"the backup");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!dir.path().join("state.backup.partial").exists());
+    // Kept over an older one.
+    keep(&file, b"newer").unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), b"newer");
+}

@@ -292,11 +292,10 @@ pub fn stored_applied(dir: &DataDir) -> std::io::Result<Option<LogId>> {
     Ok(progress.applied)
 }
 
-/// The snapshot kept in `dir` (the latest built or installed), as its metadata and bytes.
-pub fn stored_snapshot(dir: &DataDir) -> std::io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
-    dir.read(SNAPSHOT, u64::MAX)?
-        .map(|file| decode(&file))
-        .transpose()
+/// The file of the snapshot kept in `dir` (the latest built or installed): its metadata and
+/// bytes, encoded together.
+pub fn stored_snapshot_file(dir: &DataDir) -> std::io::Result<Option<Vec<u8>>> {
+    dir.read(SNAPSHOT, u64::MAX)
 }
 
 /// Makes the snapshot `bytes` with `meta` the state of the new node in `dir` (a restore from a
@@ -384,7 +383,7 @@ impl StateMachine {
         if !sync_progress {
             delivery.without_syncs();
         }
-        let membership = stored_membership(dir).map_err(|e| read_error(&e))?;
+        let mut membership = stored_membership(dir).map_err(|e| read_error(&e))?;
         let current: Option<(SnapshotMeta, Vec<u8>)> = match dir
             // With hooks, the app's state is in it (and the operator's directory holds it);
             // without, what delivery keeps besides the app, which is small.
@@ -430,6 +429,11 @@ impl StateMachine {
                 }
                 (None, _) => {}
             }
+            // The snapshot's membership, as the install saves it (a crash may have come first).
+            membership = meta.last_membership.clone();
+            encode(&membership)
+                .and_then(|bytes| dir.replace(MEMBERSHIP, &bytes))
+                .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
             delivery
                 .finish_install(
                     meta.last_log_id,

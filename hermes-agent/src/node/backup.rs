@@ -30,8 +30,9 @@ use crate::{
 
 /// What a backup file begins with (its format's version included).
 const MAGIC: &[u8] = b"hermes backup 1\n";
-/// Longest a backup's snapshot may take to be built (the snapshot hook included).
-const BUILD_WITHIN: Duration = Duration::from_secs(50);
+/// Longest a backup may take to be ready (the snapshot hook included): the admin API gives a
+/// request 60 s in all, the file's transfer included.
+const BUILD_WITHIN: Duration = Duration::from_secs(45);
 /// How long one ask for a snapshot is waited on before it is asked again (openraft passes over
 /// an ask while it builds one).
 const ASK_EVERY: Duration = Duration::from_secs(2);
@@ -48,6 +49,12 @@ pub enum BackupError {
     Io(#[from] std::io::Error),
     #[error("the backup holds no app state: it was taken without snapshot hooks")]
     NoAppState,
+    #[error("the backup's log entry is missing or out of range")]
+    NoEntry,
+    #[error("--addr {0} is not HOST:PORT")]
+    Addr(String),
+    #[error("cannot read {0}: {1}")]
+    Read(std::path::PathBuf, std::io::Error),
     #[error("{0} is not empty: restore seeds a new node's data directory")]
     NotEmpty(std::path::PathBuf),
     #[error("{0}")]
@@ -70,13 +77,10 @@ pub struct Backup {
 }
 
 impl Backup {
-    /// The file: [`MAGIC`], the snapshot with its metadata, and the CRC-32 of all before it.
+    /// The file: [`MAGIC`], the snapshot with its metadata (as the state machine keeps it),
+    /// and the CRC-32 of all before it.
     pub fn to_file(&self) -> std::io::Result<Vec<u8>> {
-        let mut file = MAGIC.to_vec();
-        file.extend(encode(&(&self.meta, &self.snapshot))?);
-        let checksum = crc32fast::hash(&file);
-        file.extend(checksum.to_le_bytes());
-        Ok(file)
+        Ok(framed(&encode(&(&self.meta, &self.snapshot))?))
     }
 
     pub fn from_file(file: &[u8]) -> Result<Self, BackupError> {
@@ -100,8 +104,9 @@ impl Backup {
 }
 
 impl Node {
-    /// A backup of this replica's state as of now: a snapshot built through the hooks (or one
-    /// built since), as a backup file. Why not, if not.
+    /// A backup of the replicated state as of now (everything committed when it was asked
+    /// for): a snapshot this replica builds through the hooks once it has applied that much, as
+    /// a backup file. Why not, if not.
     pub async fn backup(&self) -> Result<Vec<u8>, String> {
         if !self.hooks {
             return Err(
@@ -110,8 +115,24 @@ impl Node {
                     .into(),
             );
         }
-        let target = self.applied.applied_index();
-        let deadline = std::time::Instant::now() + BUILD_WITHIN;
+        if self.applied.fenced() || self.divergence.first().is_some_and(|found| found.minority) {
+            return Err(
+                "this replica's answers diverged from the others': take the backup on \
+                        another node"
+                    .into(),
+            );
+        }
+        let deadline = tokio::time::Instant::now() + BUILD_WITHIN;
+        let target = self
+            .read_index()
+            .await
+            .map_err(|e| format!("what is committed cannot be known: {e}"))?;
+        if target == 0 {
+            return Err("nothing is committed yet: there is no state to back up".into());
+        }
+        tokio::time::timeout_at(deadline, self.applied.applied_at_least(target))
+            .await
+            .map_err(|_| format!("this replica did not apply entry {target} in time"))?;
         loop {
             self.raft
                 .trigger()
@@ -129,22 +150,37 @@ impl Node {
             if built.is_ok() {
                 break;
             }
-            if std::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline {
                 return Err(format!(
                     "no snapshot was built within {BUILD_WITHIN:?}; see the agent's log (the \
                      snapshot hook)"
                 ));
             }
         }
-        let (meta, snapshot) = state_machine::stored_snapshot(&self.dir)
-            .map_err(|e| format!("the snapshot cannot be read: {e}"))?
-            .ok_or("no snapshot is kept")?;
-        let backup = Backup { meta, snapshot };
-        if let Ok(summary) = backup.summary() {
-            tracing::info!(%summary, "backup taken");
-        }
-        backup.to_file().map_err(|e| e.to_string())
+        // Read and framed off the runtime: it may be large.
+        let file = self
+            .dir
+            .blocking(|dir| {
+                let snapshot = state_machine::stored_snapshot_file(dir)?
+                    .ok_or_else(|| std::io::Error::other("no snapshot is kept"))?;
+                Ok(framed(&snapshot))
+            })
+            .await
+            .map_err(|e| format!("the snapshot cannot be read: {e}"))?;
+        tracing::info!(entry = target, bytes = file.len(), "backup taken");
+        Ok(file)
     }
+}
+
+/// A backup file around `snapshot` (a snapshot and its metadata, encoded together):
+/// [`MAGIC`], it, and the CRC-32 of both.
+fn framed(snapshot: &[u8]) -> Vec<u8> {
+    let mut file = Vec::with_capacity(MAGIC.len() + snapshot.len() + 4);
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(snapshot);
+    let checksum = crc32fast::hash(&file);
+    file.extend(checksum.to_le_bytes());
+    file
 }
 
 /// What a backup holds, as people read it.
@@ -185,10 +221,25 @@ pub fn restore(
     addr: &str,
     dry_run: bool,
 ) -> Result<Summary, BackupError> {
-    let backup = Backup::from_file(&std::fs::read(file)?)?;
+    let bytes = std::fs::read(file).map_err(|e| BackupError::Read(file.to_owned(), e))?;
+    let backup = Backup::from_file(&bytes)?;
+    drop(bytes);
     let summary = backup.summary()?;
     if summary.contents.app.is_none() {
         return Err(BackupError::NoAppState);
+    }
+    let last = backup.meta.last_log_id.ok_or(BackupError::NoEntry)?;
+    let term = last
+        .leader_id
+        .term
+        .checked_add(1)
+        .filter(|_| last.index < u64::MAX)
+        .ok_or(BackupError::NoEntry)?;
+    if !addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+    {
+        return Err(BackupError::Addr(addr.to_owned()));
     }
     if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
         return Err(BackupError::NotEmpty(data_dir.to_owned()));
@@ -208,10 +259,9 @@ pub fn restore(
     )]);
     // The new cluster's history begins here, with this node alone: the nodes that join it
     // install this snapshot, and take its leader for a member.
-    let last = backup.meta.last_log_id;
     let meta = SnapshotMeta {
         last_membership: StoredMembership::new(
-            last,
+            Some(last),
             Membership::new(vec![BTreeSet::from([node_id])], members.clone()),
         ),
         ..backup.meta
@@ -222,11 +272,8 @@ pub fn restore(
         .build()?;
     runtime.block_on(async {
         let mut log = LogStore::open(&dir, 1 << 20)?;
-        if let Some(last) = last {
-            log.purge(last).await?;
-        }
-        let term = last.map_or(0, |id| id.leader_id.term) + 1;
-        let (entry, vote) = super::recover::membership_entry(node_id, term, last, members);
+        log.purge(last).await?;
+        let (entry, vote) = super::recover::membership_entry(node_id, term, Some(last), members);
         super::recover::write(&mut log, &entry, &vote).await
     })?;
     Ok(summary)

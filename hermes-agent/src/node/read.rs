@@ -62,7 +62,7 @@ impl Node {
     }
 
     /// The leader's read index; `NoLeader` when no leader confirms one within [`LEADERLESS`].
-    async fn read_index(&self) -> Result<u64, SubmitError> {
+    pub(crate) async fn read_index(&self) -> Result<u64, SubmitError> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
