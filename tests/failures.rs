@@ -301,15 +301,9 @@ fn a_survivor_of_a_lost_majority_is_recovered_and_the_cluster_grows_again() {
 
     let me = survivor.to_string();
     let data = cluster.data_dir(survivor);
+    let data = data.to_str().unwrap();
     let recover = |args: &[&str]| {
-        let output = std::process::Command::new(&bin)
-            .args(["recover", "--data-dir", data.to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        (output.status.success(), text)
+        hermes_tests::agent_tool(&[&["recover", "--data-dir", data], args].concat())
     };
     let (done, text) = recover(&["--voters", &me]);
     assert!(

@@ -103,17 +103,7 @@ fn a_backup_taken_under_load_starts_a_new_cluster_with_the_state_at_its_entry() 
         cluster.kill_agent(id).unwrap();
         cluster.kill_app(id).unwrap();
     }
-    let restore = |args: &[&str]| {
-        let output = std::process::Command::new(&bin)
-            .arg("restore")
-            .arg(&file)
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        (output.status.success(), text)
-    };
+    let restore = |args: &[&str]| hermes_tests::agent_tool(&[&["restore", path], args].concat());
     let data = cluster.data_dir(4);
     let (addr, data) = (cluster.raft_addr(4), data.to_str().unwrap().to_owned());
     let new_node = ["--data-dir", &data, "--node-id", "4", "--addr", &addr];
@@ -132,16 +122,9 @@ fn a_backup_taken_under_load_starts_a_new_cluster_with_the_state_at_its_entry() 
     damaged[middle] ^= 1;
     let copy = file.with_extension("damaged");
     std::fs::write(&copy, damaged).unwrap();
-    let output = std::process::Command::new(&bin)
-        .args(["restore", copy.to_str().unwrap(), "--dry-run"])
-        .args(new_node)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success() && text.contains("damaged"),
-        "{text}"
-    );
+    let damaged = ["restore", copy.to_str().unwrap(), "--dry-run"];
+    let (done, text) = hermes_tests::agent_tool(&[&damaged[..], &new_node].concat());
+    assert!(!done && text.contains("damaged"), "{text}");
 
     // Node 4, its app empty, starts from the backup alone, and takes writes.
     cluster.start_app(4).unwrap();

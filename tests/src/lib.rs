@@ -17,6 +17,19 @@ pub use hermes_lab::{
     load::{Load, Sent, check_replicas},
 };
 
+/// Runs `hermes-agent ARGS` here (an offline tool: `recover`, `restore`); whether it
+/// succeeded, and what it printed (stdout, then stderr).
+pub fn agent_tool(args: &[&str]) -> (bool, String) {
+    let bin = hermes_lab::binary("hermes-agent").expect("binaries");
+    let output = std::process::Command::new(bin)
+        .args(args)
+        .output()
+        .expect("hermes-agent runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
 /// Snapshot hooks for the apps that serve their state at `GET/PUT /state` (the log app, the
 /// register app), reached on loopback inside the node (not steered).
 pub const TAKE: &str = r#"curl -sf -o "$HERMES_SNAPSHOT" http://127.0.0.1:8080/state"#;

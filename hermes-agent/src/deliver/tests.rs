@@ -980,26 +980,44 @@ async fn bring_back_until_done(
     delivering.await.unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_resend_that_reaches_a_dying_app_does_not_count_the_app_gets_it_when_back() {
-    // The app dies with request 1; the resend reaches it while it dies (its listener still
-    // takes connections), and ends at once; the app is down; then it is back.
+/// A fake app that dies (`slowly` or not: see [`Crash`]) of the requests `dies` picks by their
+/// number, and answers the others; what brings it back.
+async fn dying_app(
+    slowly: bool,
+    dies: impl Fn(usize) -> bool + Send + Sync + 'static,
+) -> (FakeApp, Arc<Notify>) {
     let back = Arc::new(Notify::new());
     let crash = Crash {
         back: Arc::clone(&back),
-        slowly: true,
+        slowly,
     };
-    let app = FakeApp::start(move |n| match n {
-        0 => Act::Crash(crash.clone()),
-        _ => Act::Reply(OK),
+    let app = FakeApp::start(move |n| {
+        if dies(n) {
+            Act::Crash(crash.clone())
+        } else {
+            Act::Reply(OK)
+        }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let (mut delivery, app_handle) = delivery(dir.path(), &app, SECOND);
-    let delivering = tokio::spawn(async move {
+    (app, back)
+}
+
+/// Delivers request 1, `post("a")`, in a task of its own.
+fn deliver_first(mut delivery: Delivery) -> tokio::task::JoinHandle<(Delivery, Outcome)> {
+    tokio::spawn(async move {
         let outcome = delivery.deliver(1, (1, 1, 1), &post("a")).await.unwrap();
         (delivery, outcome)
-    });
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resend_that_reaches_a_dying_app_ends_too_and_the_app_gets_it_when_back() {
+    // The app dies with request 1; the resend reaches it while it dies (its listener still
+    // takes connections), and ends at once; the app is down; then it is back.
+    let (app, back) = dying_app(true, |n| n == 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (delivery, app_handle) = delivery(dir.path(), &app, SECOND);
+    let delivering = deliver_first(delivery);
     let (delivery, outcome) = bring_back_until_done(&app, &app_handle, &back, delivering).await;
     assert_eq!(&answered(&outcome).body[..], b"ok");
     assert_eq!(app.crashes(), 1);
@@ -1013,18 +1031,10 @@ async fn a_resend_that_reaches_a_dying_app_does_not_count_the_app_gets_it_when_b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_app_that_dies_of_a_request_gets_it_a_bounded_number_of_times() {
-    let back = Arc::new(Notify::new());
-    let crash = Crash {
-        back: Arc::clone(&back),
-        slowly: false,
-    };
-    let app = FakeApp::start(move |_| Act::Crash(crash.clone())).await;
+    let (app, back) = dying_app(false, |_| true).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut delivery, app_handle) = delivery(dir.path(), &app, SECOND);
-    let delivering = tokio::spawn(async move {
-        let outcome = delivery.deliver(1, (1, 1, 1), &post("a")).await.unwrap();
-        (delivery, outcome)
-    });
+    let (delivery, app_handle) = delivery(dir.path(), &app, SECOND);
+    let delivering = deliver_first(delivery);
     let (delivery, outcome) = bring_back_until_done(&app, &app_handle, &back, delivering).await;
     assert!(matches!(outcome, Outcome::Unanswered(_)), "{outcome:?}");
     let sends = super::MAX_SENDS as usize;
@@ -1034,21 +1044,10 @@ async fn an_app_that_dies_of_a_request_gets_it_a_bounded_number_of_times() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_that_dies_while_it_waits_to_send_again_sends_again_after_its_restart() {
-    let back = Arc::new(Notify::new());
-    let crash = Crash {
-        back: Arc::clone(&back),
-        slowly: false,
-    };
-    let app = FakeApp::start(move |n| match n {
-        0 => Act::Crash(crash.clone()),
-        _ => Act::Reply(OK),
-    })
-    .await;
+    let (app, back) = dying_app(false, |n| n == 0).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut delivery, app_handle) = delivery(dir.path(), &app, SECOND);
-    let delivering = tokio::spawn(async move {
-        let _ = delivery.deliver(1, (1, 1, 1), &post("a")).await;
-    });
+    let (delivery, app_handle) = delivery(dir.path(), &app, SECOND);
+    let delivering = deliver_first(delivery);
     // The app died with the request, and delivery found it down: the agent dies now.
     tokio::time::timeout(Duration::from_secs(60), async {
         while app.crashes() == 0 || app_handle.healthy() {
