@@ -244,6 +244,57 @@ fn a_replica_whose_data_was_wiped_is_refused_under_its_old_id_and_joins_under_a_
     assert_eq!(cluster.file(1).iter().filter(|&&b| b == b'\n').count(), 60);
 }
 
+/// A machine loses its disk and comes back at the same address as a new node (a new id, a new
+/// certificate), as docs/operations.md says: `ctl remove`, a fresh data directory and an empty
+/// app, `--join`, `ctl add-learner`, `ctl promote`. Under load all along; the log app does not
+/// de-duplicate; every acknowledged write is in every replica, once.
+#[test]
+fn a_machine_that_lost_its_disk_comes_back_as_a_new_node_under_load() {
+    // Lab node 4 stays idle: node 4 runs on machine 3.
+    let lab = lab(4);
+    let bin = hermes_lab::binary("hermes-agent").unwrap();
+    let mut cluster =
+        hermes_tests::Cluster::new(lab, bin.parent().unwrap(), App::Log, &[]).unwrap();
+    cluster.members = 3;
+    cluster.start().unwrap();
+    let load = Load::start(&cluster.addrs()[..2], 4);
+    load.wait_for_acks(200).unwrap();
+
+    let address = cluster.raft_addr(3);
+    cluster.kill_agent(3).unwrap();
+    cluster.kill_app(3).unwrap();
+    std::fs::remove_dir_all(cluster.data_dir(3)).unwrap();
+    std::fs::remove_file(cluster.file_path(3)).unwrap();
+    let leader = wait_until("a leader", || cluster.leader_among(&[1, 2])).unwrap();
+    cluster.ctl(leader, &["remove", "3"]).unwrap();
+    load.wait_for_acks(200).unwrap();
+
+    cluster.place(4, 3);
+    assert_eq!(cluster.raft_addr(4), address, "the same machine");
+    cluster.start_app(4).unwrap();
+    cluster.start_agent(4).unwrap();
+    let added = cluster
+        .ctl(leader, &["add-learner", "4", &address])
+        .unwrap();
+    assert!(added.contains("caught up"), "{added}");
+    cluster.ctl(leader, &["promote", "4"]).unwrap();
+    load.wait_for_acks(200).unwrap();
+    let sent = load.stop();
+    cluster.wait_converged().unwrap();
+    let voters: Vec<u64> = cluster.status(leader).unwrap()["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    assert_eq!(voters, [1, 2, 4]);
+    let doubt = cluster.in_doubt();
+    let files = [cluster.file(1), cluster.file(2), cluster.file(4)];
+    let lines = check_replicas(&files, &[doubt[0], doubt[1], doubt[3]], &sent).unwrap();
+    assert!(lines >= 600, "{lines} lines");
+}
+
 /// Two of three nodes lost for good: the survivor cannot commit, until `hermes-agent recover`
 /// makes it the only voter. Two new members join it; every acknowledged write is in every
 /// replica, once, and new writes commit. The log app does not de-duplicate. With snapshot

@@ -98,6 +98,8 @@ pub struct Cluster {
     launcher: Option<Box<dyn Launcher>>,
     /// Each node's TLS files for its peers (from a CA of the cluster's own).
     certs: Vec<NodeFiles>,
+    /// The lab node (machine) each node runs on, by node id: its own unless [`Self::place`]d.
+    hosts: Vec<usize>,
 }
 
 impl Cluster {
@@ -130,6 +132,7 @@ impl Cluster {
             agents: (0..nodes).map(|_| None).collect(),
             launcher: None,
             certs,
+            hosts: (1..=nodes).collect(),
         })
     }
 
@@ -160,7 +163,18 @@ impl Cluster {
 
     /// Where clients reach node `id`.
     pub fn addr(&self, id: usize) -> SocketAddr {
-        SocketAddr::new(self.lab.node(id).ip.into(), PORT)
+        SocketAddr::new(self.host(id).ip.into(), PORT)
+    }
+
+    /// From now on node `id` (its app and agent) runs on the machine of lab node `host`: a
+    /// machine that lost its disk comes back as a new node, at the same address.
+    pub fn place(&mut self, id: usize, host: usize) {
+        self.hosts[id - 1] = host;
+    }
+
+    /// The machine node `id` runs on.
+    fn host(&self, id: usize) -> &Node {
+        self.lab.node(self.hosts[id - 1])
     }
 
     /// Where clients reach each node, in order.
@@ -234,7 +248,7 @@ impl Cluster {
     }
 
     pub fn start_app(&mut self, id: usize) -> io::Result<()> {
-        let node = self.lab.node(id);
+        let node = self.host(id);
         // On every address: the agent reaches it from its delivery address, not loopback.
         let listen = format!("0.0.0.0:{PORT}");
         let file = self.file_path(id);
@@ -317,7 +331,7 @@ impl Cluster {
 
     /// Where node `id`'s peers reach it.
     pub fn raft_addr(&self, id: usize) -> String {
-        format!("{}:{RAFT_PORT}", self.lab.node(id).ip)
+        format!("{}:{RAFT_PORT}", self.host(id).ip)
     }
 
     /// The `--peers` value for node `id`: the founding members, and itself.
@@ -362,12 +376,7 @@ impl Cluster {
         args.push(self.token_file().to_str().expect("UTF-8 path").to_owned());
         args.extend(self.agent_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let agent = self.spawn(
-            self.lab.node(id),
-            "hermes-agent",
-            &args,
-            "steering attached",
-        )?;
+        let agent = self.spawn(self.host(id), "hermes-agent", &args, "steering attached")?;
         self.agents[id - 1] = Some(agent);
         Ok(())
     }
@@ -428,8 +437,7 @@ impl Cluster {
 
     /// Runs `hermes-agent ctl ARGS` inside node `id`, without the token unless `args` give it.
     pub fn ctl_as_is(&self, id: usize, args: &[&str]) -> io::Result<std::process::Output> {
-        self.lab
-            .node(id)
+        self.host(id)
             .command(self.bin.join("hermes-agent"))?
             .arg("ctl")
             .args(args)
@@ -445,8 +453,7 @@ impl Cluster {
     /// A `GET` on node `id`'s admin API (loopback inside the node).
     pub fn admin(&self, id: usize, path: &str) -> Option<client::Response> {
         let path = path.to_owned();
-        self.lab
-            .node(id)
+        self.host(id)
             .run_inside(move || client::get(SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT)), &path))
             .ok()
     }
