@@ -2,14 +2,15 @@
 //! in turn; the invariant checker must pass. `cargo xtask chaos` runs the long version.
 use std::{collections::BTreeSet, time::Duration};
 
-use hermes_lab::chaos::{self, Config, Fault};
+use hermes_lab::chaos::{self, Config, Fault, Length};
 use hermes_tests::{App, cluster};
 
 #[test]
 fn chaos_passes_the_invariant_checker() {
     let mut cluster = cluster(3, App::Log, &[]);
     let config = Config {
-        duration: Duration::from_secs(30),
+        // Each kind of fault once (about 25 s).
+        length: Length::Rounds(1),
         every: Duration::from_secs(4),
         clients: 6,
     };

@@ -51,10 +51,20 @@ impl fmt::Display for Fault {
 }
 
 pub struct Config {
-    pub duration: Duration,
+    /// How long faults keep coming.
+    pub length: Length,
     /// Time between faults; each fault lasts this long, then is healed.
     pub every: Duration,
     pub clients: usize,
+}
+
+/// How long a chaos run lasts.
+#[derive(Clone, Copy, Debug)]
+pub enum Length {
+    /// Faults come until this much time has passed.
+    Time(Duration),
+    /// Every kind of fault comes this many times.
+    Rounds(usize),
 }
 
 /// One fault, and how long the cluster took no write after it.
@@ -173,7 +183,11 @@ pub fn run(
     let started = Instant::now();
     let mut injected = Vec::new();
     for (turn, fault) in Fault::ALL.iter().copied().cycle().enumerate() {
-        if started.elapsed() >= config.duration {
+        let over = match config.length {
+            Length::Time(time) => started.elapsed() >= time,
+            Length::Rounds(rounds) => turn >= rounds * Fault::ALL.len(),
+        };
+        if over {
             break;
         }
         let leader = cluster.wait_for_leader()?;

@@ -4,18 +4,22 @@ use std::{path::Path, time::Duration};
 
 use hermes_lab::{
     Lab,
-    chaos::{self, Config},
+    chaos::{self, Config, Length},
     cluster::{App, Cluster},
 };
 
-pub fn run(bin: &Path, seconds: u64, every: u64, clients: usize) -> anyhow::Result<()> {
+pub fn run(bin: &Path, length: Length, every: u64, clients: usize) -> anyhow::Result<()> {
     let mut cluster = Cluster::new(Lab::up(3)?, bin, App::Log, &[])?;
     cluster.start()?;
+    let how_long = match length {
+        Length::Time(time) => format!("{} s", time.as_secs()),
+        Length::Rounds(rounds) => format!("{rounds} faults of each kind"),
+    };
     println!(
-        "chaos: {seconds} s of mixed load from {clients} clients on 3 nodes, a fault every {every} s"
+        "chaos: {how_long}, mixed load from {clients} clients on 3 nodes, a fault every {every} s"
     );
     let config = Config {
-        duration: Duration::from_secs(seconds),
+        length,
         every: Duration::from_secs(every),
         clients,
     };
