@@ -132,7 +132,8 @@ pub async fn read(
                 return Err(too_large);
             }
             let n = n as usize;
-            buf.reserve(n.saturating_sub(buf.len()));
+            // The length is the sender's word: the rest is reserved as it comes.
+            buf.reserve(n.saturating_sub(buf.len()).min(RESERVED_AHEAD));
             while buf.len() < n {
                 fill(stream, buf, &mut received).await?;
             }
@@ -176,6 +177,9 @@ pub async fn read(
 }
 
 /// Reads more; `received` says whether any byte of the response came before.
+/// The most reserved at once for a body whose length the head announced.
+const RESERVED_AHEAD: usize = 1 << 20;
+
 async fn fill(
     stream: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
@@ -379,5 +383,24 @@ fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A length announced far beyond what comes costs what came, not what was announced.
+    #[tokio::test]
+    async fn an_announced_length_is_not_reserved_ahead_of_its_bytes() {
+        let limits = Limits {
+            max_body: u64::MAX,
+            ..Limits::default()
+        };
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\npartial";
+        let mut buf = BytesMut::new();
+        let read = read(&mut &answer[..], &mut buf, "GET", &limits).await;
+        assert!(matches!(read, Err(ReadError::Cut)));
+        assert!(buf.capacity() <= 2 * RESERVED_AHEAD, "{}", buf.capacity());
     }
 }
