@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hermes_tests::{App, Load, check_replicas, client, cluster, lab, wait_until};
+use hermes_tests::{App, Load, check_replicas, client, cluster, wait_until};
 
 #[test]
 fn a_partitioned_leader_serves_no_write_and_the_majority_carries_on() {
@@ -103,12 +103,7 @@ fn an_app_down_on_one_replica_holds_it_back_without_skipping_and_it_catches_up()
 
 #[test]
 fn a_node_added_with_an_empty_app_catches_up_and_a_removed_node_stops_receiving() {
-    let lab = lab(4);
-    let bin = hermes_lab::binary("hermes-agent").unwrap();
-    let mut cluster =
-        hermes_tests::Cluster::new(lab, bin.parent().unwrap(), App::Log, &[]).unwrap();
-    cluster.members = 3;
-    cluster.start().unwrap();
+    let mut cluster = hermes_tests::three_of(4, App::Log, &[]);
     let post_all = |cluster: &hermes_tests::Cluster, nodes: &[usize], tag: &str| {
         for (n, id) in nodes.iter().cycle().take(40).enumerate() {
             let response = client::post(
@@ -204,12 +199,7 @@ fn a_request_whose_outcome_is_unknown_gets_504_and_still_runs_once() {
 
 #[test]
 fn a_replica_whose_data_was_wiped_is_refused_under_its_old_id_and_joins_under_a_new_one() {
-    let lab = lab(4);
-    let bin = hermes_lab::binary("hermes-agent").unwrap();
-    let mut cluster =
-        hermes_tests::Cluster::new(lab, bin.parent().unwrap(), App::Append, &[]).unwrap();
-    cluster.members = 3;
-    cluster.start().unwrap();
+    let mut cluster = hermes_tests::three_of(4, App::Append, &[]);
     let post = |cluster: &hermes_tests::Cluster, nodes: &[usize], tag: &str| {
         for (n, id) in nodes.iter().cycle().take(20).enumerate() {
             let body = format!("{tag}-{n}");
@@ -251,12 +241,7 @@ fn a_replica_whose_data_was_wiped_is_refused_under_its_old_id_and_joins_under_a_
 #[test]
 fn a_machine_that_lost_its_disk_comes_back_as_a_new_node_under_load() {
     // Lab node 4 stays idle: node 4 runs on machine 3.
-    let lab = lab(4);
-    let bin = hermes_lab::binary("hermes-agent").unwrap();
-    let mut cluster =
-        hermes_tests::Cluster::new(lab, bin.parent().unwrap(), App::Log, &[]).unwrap();
-    cluster.members = 3;
-    cluster.start().unwrap();
+    let mut cluster = hermes_tests::three_of(4, App::Log, &[]);
     let load = Load::start(&cluster.addrs()[..2], 4);
     load.wait_for_acks(200).unwrap();
 
@@ -302,13 +287,8 @@ fn a_machine_that_lost_its_disk_comes_back_as_a_new_node_under_load() {
 /// the one recovered.
 #[test]
 fn a_survivor_of_a_lost_majority_is_recovered_and_the_cluster_grows_again() {
-    let lab = lab(5);
-    let bin = hermes_lab::binary("hermes-agent").unwrap();
     let hooks = hermes_tests::snapshot_args("20", "2");
-    let mut cluster =
-        hermes_tests::Cluster::new(lab, bin.parent().unwrap(), App::Log, &hooks).unwrap();
-    cluster.members = 3;
-    cluster.start().unwrap();
+    let mut cluster = hermes_tests::three_of(5, App::Log, &hooks);
     let load = Load::start(&cluster.addrs()[..3], 6);
     load.wait_for_acks(150).unwrap();
     let mut sent = load.stop();

@@ -1,15 +1,11 @@
 //! Snapshots of the app's state (issue 5): with hooks, the log is compacted, and a new replica
 //! starts from a snapshot plus the log after it.
-use hermes_tests::{App, Cluster, Load, client, lab, wait_until};
+use hermes_tests::{App, Cluster, Load, client, wait_until};
 
 #[test]
 fn with_hooks_the_log_is_compacted_and_a_new_replica_installs_a_snapshot() {
-    let lab = lab(4);
-    let bin = hermes_lab::binary("hermes-agent").unwrap();
     let args = hermes_tests::snapshot_args("40", "5");
-    let mut cluster = Cluster::new(lab, bin.parent().unwrap(), App::Log, &args).unwrap();
-    cluster.members = 3;
-    cluster.start().unwrap();
+    let mut cluster = hermes_tests::three_of(4, App::Log, &args);
     let post = |cluster: &Cluster, nodes: &[usize], tag: &str, count: usize| {
         for n in 0..count {
             let node = nodes[n % nodes.len()];
@@ -66,12 +62,8 @@ fn with_hooks_the_log_is_compacted_and_a_new_replica_installs_a_snapshot() {
 /// `deliveries` lines), takes writes, and a node that joins it gets the same state.
 #[test]
 fn a_backup_taken_under_load_starts_a_new_cluster_with_the_state_at_its_entry() {
-    let lab = lab(5);
-    let bin = hermes_lab::binary("hermes-agent").unwrap();
     let args = hermes_tests::snapshot_args("2000", "100");
-    let mut cluster = Cluster::new(lab, bin.parent().unwrap(), App::Log, &args).unwrap();
-    cluster.members = 3;
-    cluster.start().unwrap();
+    let mut cluster = hermes_tests::three_of(5, App::Log, &args);
     let load = Load::start(&cluster.addrs()[..3], 4);
     load.wait_for_acks(300).unwrap();
     let file = cluster.data_dir(1).with_extension("backup");

@@ -68,11 +68,7 @@ fn admin(cluster: &Cluster, id: usize, raw: String) -> hermes_tests::client::Res
 
 #[test]
 fn cluster_changes_need_the_token_and_json_reads_stay_open_on_loopback() {
-    let lab = hermes_tests::lab(4);
-    let bin = hermes_lab::binary("hermes-agent").unwrap();
-    let mut cluster = Cluster::new(lab, bin.parent().unwrap(), App::Append, &[]).unwrap();
-    cluster.members = 3;
-    cluster.start().unwrap();
+    let mut cluster = hermes_tests::three_of(4, App::Append, &[]);
     let body = r#"{"id": 4, "addr": "198.18.0.4:7000"}"#;
     let change = |extra: &str| {
         format!(

@@ -60,6 +60,17 @@ pub fn cluster(nodes: usize, app: App, agent_args: &[&str]) -> Cluster {
     cluster
 }
 
+/// A started cluster of three members running `app` on a lab of `nodes`: the others are free to
+/// join it, or to take a member's place.
+pub fn three_of(nodes: usize, app: App, agent_args: &[&str]) -> Cluster {
+    let bin = hermes_lab::binary("hermes-agent").expect("binaries");
+    let mut cluster =
+        Cluster::new(lab(nodes), bin.parent().unwrap(), app, agent_args).expect("cluster");
+    cluster.members = 3;
+    cluster.start().expect("cluster up");
+    cluster
+}
+
 /// A lab of `nodes` for one test. Without root the test fails: it never passes unrun.
 pub fn lab(nodes: usize) -> Lab {
     Lab::up(nodes).expect("cannot create the lab (run as root; `cargo xtask test` does)")
