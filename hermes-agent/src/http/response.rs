@@ -391,7 +391,7 @@ mod tests {
     use super::*;
 
     /// A length announced far beyond what comes costs what came, not what was announced.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_announced_length_is_not_reserved_ahead_of_its_bytes() {
         let limits = Limits {
             max_body: u64::MAX,
