@@ -1,11 +1,11 @@
 //! openraft's view of the network: Raft's calls on the peer connections, each addressed to one
 //! incarnation of a member.
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use openraft::{
     RaftNetwork, RaftNetworkFactory,
     error::{NetworkError, PayloadTooLarge, RPCError, RemoteError, Unreachable},
-    network::RPCOption,
+    network::{Backoff, RPCOption},
 };
 
 use super::{
@@ -79,6 +79,17 @@ fn failed<E: std::error::Error>(error: CallError) -> rpc::RpcError<E> {
 }
 
 impl RaftNetwork<TypeConfig> for PeerNetwork {
+    /// How long the leader waits before it tries an unreachable follower again: 50 ms, doubling
+    /// up to 200 ms (openraft's default, 500 ms, is how long a follower that restarted may wait
+    /// for its first entries, while a commit may need it).
+    fn backoff(&self) -> Backoff {
+        let mut wait = Duration::from_millis(25);
+        Backoff::new(std::iter::from_fn(move || {
+            wait = (wait * 2).min(Duration::from_millis(200));
+            Some(wait)
+        }))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: rpc::AppendEntriesRequest,
