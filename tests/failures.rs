@@ -52,6 +52,55 @@ fn a_partitioned_leader_serves_no_write_and_the_majority_carries_on() {
     assert!(!contains(&files[0], "cut-off"));
 }
 
+/// The leader dies while a follower is cut off, its log behind: the follower with the longest
+/// log is elected, at once. The one that was cut off neither raised its term while alone
+/// (which would depose the leader when it came back) nor campaigned first, to be refused by
+/// log and cost the others a round.
+#[test]
+fn when_the_leader_dies_the_longest_log_wins_the_first_election() {
+    let mut cluster = cluster(3, App::Log, &[]);
+    let load = Load::start(&cluster.addrs(), 6);
+    load.wait_for_acks(50).unwrap();
+    let leader = cluster.wait_for_leader().unwrap();
+    let term = |cluster: &hermes_tests::Cluster, id| {
+        cluster
+            .status(id)
+            .and_then(|status| status["term"].as_u64())
+    };
+    let before = term(&cluster, leader).unwrap();
+    let followers: Vec<usize> = (1..=3).filter(|id| *id != leader).collect();
+    let (behind, ahead) = (followers[0], followers[1]);
+    cluster
+        .lab
+        .set_connected(cluster.lab.node(behind), false)
+        .unwrap();
+    load.wait_for_acks(300).unwrap();
+    // Several election timeouts alone: openraft's own timer would have campaigned each time.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(term(&cluster, behind), Some(before), "campaigned alone");
+
+    cluster.kill_agent(leader).unwrap();
+    cluster
+        .lab
+        .set_connected(cluster.lab.node(behind), true)
+        .unwrap();
+    let new = wait_until("a new leader among the survivors", || {
+        cluster.leader_among(&followers).filter(|id| *id != leader)
+    })
+    .unwrap();
+    assert_eq!(new, ahead, "the longest log");
+    // One election; two if this machine held the best voter up for longer than the others
+    // wait for it (then the other campaigns too, and the next round is the best's again).
+    let after = term(&cluster, new).unwrap();
+    assert!(after <= before + 2, "term {before} before, {after} after");
+    load.wait_for_acks(100).unwrap();
+
+    cluster.start_agent(leader).unwrap();
+    let sent = load.stop();
+    cluster.wait_converged().unwrap();
+    check_replicas(&cluster.files(), &cluster.in_doubt(), &sent).unwrap();
+}
+
 fn contains(file: &[u8], text: &str) -> bool {
     file.windows(text.len()).any(|w| w == text.as_bytes())
 }

@@ -49,7 +49,9 @@ use crate::{
     },
     http::{Response, response},
     order::{
-        StartError, bootstrap, handover,
+        StartError, bootstrap,
+        elect::{self, Elector},
+        handover,
         identity::{Identity, IdentityError},
         in_flight::{Flying, InFlight},
         log_store::LogStore,
@@ -186,6 +188,8 @@ pub struct Node {
     proposer: Proposer,
     /// Proposes on this node while it leads.
     merger: Merger,
+    /// Starts this node's elections.
+    elector: Arc<Elector>,
     peers: Peers,
     /// This node's request ids.
     in_flight: Arc<InFlight>,
@@ -316,6 +320,8 @@ impl Node {
                     SnapshotPolicy::LogsSinceLast(s.every)
                 }),
             max_in_snapshot_log_to_keep: settings.snapshots.as_ref().map_or(0, |s| s.keep),
+            // Hermes chooses who campaigns, and when (see `elect`).
+            enable_elect: false,
             ..Default::default()
         }
         .validate()
@@ -331,13 +337,19 @@ impl Node {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let merger = Merger::start(raft.clone(), log.clone());
+        let elector = Arc::new(Elector::new(log.clone(), merger.clone()));
+        tokio::spawn(elect::run(
+            Arc::clone(&elector),
+            raft.clone(),
+            peers.clone(),
+        ));
         tokio::spawn(server::serve(
             listener,
             Arc::new(server::Server {
                 raft: raft.clone(),
                 answers: Arc::clone(&applied) as Arc<dyn Answers>,
                 merger: merger.clone(),
-                appends: Default::default(),
+                elector: Arc::clone(&elector),
                 peers: peers.clone(),
                 identity,
                 forward_timeout: settings.request_timeout,
@@ -401,6 +413,7 @@ impl Node {
             app,
             proposer,
             merger,
+            elector,
             peers,
             in_flight,
             connections: AtomicU64::new(identity.first_id()),
@@ -690,9 +703,10 @@ impl Node {
         &self.app
     }
 
-    /// On a planned stop of the leader: hands leadership to the most up-to-date voter, within
-    /// `within` (see [`handover`]). Does nothing on a follower.
+    /// On a planned stop: campaigns no more, and, on the leader, hands leadership to the most
+    /// up-to-date voter within `within` (see [`handover`]).
     pub async fn step_down(&self, within: Duration) {
+        self.elector.stop();
         let (raft, log, merger) = (&self.raft, &self.log, &self.merger);
         match handover::hand_over(raft, log, merger, &self.peers, self.id, within).await {
             Ok(None) => {}

@@ -14,6 +14,7 @@ use tokio::{
 use super::{Node, testing::single_node};
 use crate::{
     order::{
+        elect::Elector,
         log_store,
         peer::{
             Peers, server,
@@ -92,11 +93,12 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// A peer server for `node`, as the node's own is.
 fn server_for(node: &Node) -> server::Server {
+    let merger = Merger::start(node.raft.clone(), node.log.clone());
     server::Server {
         raft: node.raft.clone(),
         answers: Arc::clone(&node.applied) as Arc<dyn server::Answers>,
-        merger: Merger::start(node.raft.clone(), node.log.clone()),
-        appends: Default::default(),
+        merger: merger.clone(),
+        elector: Arc::new(Elector::new(node.log.clone(), merger)),
         peers: node.peers().clone(),
         identity: node.identity,
         forward_timeout: WAIT,

@@ -5,18 +5,18 @@
 //! a lease ago (the maximum election timeout) refuses to vote for anyone. So the stopping
 //! leader: proposes nothing more (followers' batches wait for the next leader); waits until
 //! what it proposed is committed and its most up-to-date voter has all of it; sends one last
-//! heartbeat (the commit index), then none; and tells that voter to take over
-//! ([`Call::TakeOver`], with its term). The voter campaigns once a lease has passed since the
-//! last AppendEntries it had from the leader, if that leader still leads in that term: before
-//! any follower's own election timeout, and with the longest log, so it normally wins. Writes
-//! pause for about a lease, against a lease plus a random election timeout otherwise. If
-//! anything goes wrong, the others elect a leader as they would have anyway.
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+//! heartbeat (the commit index), then none; tells that voter to take over ([`Call::TakeOver`],
+//! with its term); and stays up until it has. The voter campaigns at once, if that leader still
+//! leads in that term. A leader's own lease on itself dates from its election, so after that
+//! long the stopping leader grants its vote to a successor whose log is as long as its own,
+//! and steps down: with three voters, that vote is all the successor needs, and writes pause
+//! for milliseconds. Otherwise (more voters, a leader elected less than a lease ago), the
+//! successor campaigns again, before the others, once their leases on the stopping leader have
+//! run out ([`crate::order::elect`]). If anything goes wrong, the others elect a leader as they
+//! would have anyway.
+use std::time::Duration;
 
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep};
 
 use super::{
     log_store::LogStore,
@@ -25,36 +25,13 @@ use super::{
         wire::{Call, Reply},
     },
     propose::Merger,
-    typ::{Metrics, NodeId, Raft},
+    typ::{NodeId, Raft},
 };
 
-/// Added to the lease before campaigning: the other voters had the leader's last AppendEntries
-/// no later than the successor, but their clocks only agree so far.
-const MARGIN: Duration = Duration::from_millis(30);
 /// How often the stopping leader looks at its progress.
 const POLL: Duration = Duration::from_millis(5);
 /// How long the stopping leader waits for the successor's answer, at least.
 const CALL: Duration = Duration::from_millis(500);
-
-/// When this node last had AppendEntries, and from whom: a successor campaigns a lease after the
-/// last one.
-#[derive(Debug, Default)]
-pub struct Appends(Mutex<Option<(NodeId, Instant)>>);
-
-impl Appends {
-    /// Node `from` sent AppendEntries now.
-    pub fn heard(&self, from: NodeId) {
-        *self.0.lock().unwrap() = Some((from, Instant::now()));
-    }
-
-    /// When `from` last sent AppendEntries, if it was the last to.
-    fn last_from(&self, from: NodeId) -> Option<Instant> {
-        match *self.0.lock().unwrap() {
-            Some((node, at)) if node == from => Some(at),
-            _ => None,
-        }
-    }
-}
 
 /// On a stopping node (`me`): if it leads, hands leadership to its most up-to-date voter
 /// within `within`, and returns that voter, or why not (then the node proposes and sends
@@ -136,48 +113,24 @@ async fn hand_over_closed(
     let wait = deadline.saturating_duration_since(Instant::now()).max(CALL);
     let call = Call::TakeOver { term };
     match peers.get(successor, &addr).call(&call, wait).await {
-        Ok(Reply::TakeOver(Ok(()))) => Ok(successor),
+        Ok(Reply::TakeOver(Ok(()))) => {
+            // The successor campaigns at once: stay up to vote for it. With three voters, this
+            // node's vote is all it needs, while the other follower's lease on this leader runs.
+            let wait = deadline.saturating_duration_since(Instant::now()).max(CALL);
+            if tokio::time::timeout(wait, super::leader_changed(raft, me))
+                .await
+                .is_err()
+            {
+                tracing::info!(
+                    successor,
+                    "the successor did not win at once: it campaigns again when the others' \
+                     leases on this leader have run out"
+                );
+            }
+            Ok(successor)
+        }
         Ok(Reply::TakeOver(Err(why))) => Err(format!("node {successor} refused: {why}")),
         Ok(other) => Err(format!("node {successor} answered {other:?}")),
         Err(error) => Err(error.to_string()),
     }
-}
-
-/// On a voter asked by its leader `from`, in `term`, to take over: campaigns once a lease has
-/// passed since the last AppendEntries from it, if it still leads in that term (no one else
-/// campaigned first).
-pub fn take_over(
-    raft: &Raft,
-    appends: Arc<Appends>,
-    from: NodeId,
-    term: u64,
-) -> Result<(), String> {
-    let still = move |m: &Metrics| m.current_leader == Some(from) && m.current_term == term;
-    let metrics = raft.metrics().borrow().clone();
-    if !still(&metrics) {
-        return Err(format!("node {from} does not lead in term {term} here"));
-    }
-    let mut voters = metrics.membership_config.membership().voter_ids();
-    if !voters.any(|id| id == metrics.id) {
-        return Err("this node does not vote".into());
-    }
-    let lease = Duration::from_millis(raft.config().election_timeout_max) + MARGIN;
-    let raft = raft.clone();
-    tokio::spawn(async move {
-        // Until a lease has passed since the leader's last AppendEntries here (the others had
-        // theirs no later), however late that came.
-        let mut expires = Instant::now() + lease;
-        loop {
-            sleep_until(expires).await;
-            match appends.last_from(from) {
-                Some(last) if last + lease > expires => expires = last + lease,
-                _ => break,
-            }
-        }
-        if still(&raft.metrics().borrow()) {
-            tracing::info!(from, term, "taking over from the stopping leader");
-            let _ = raft.trigger().elect().await;
-        }
-    });
-    Ok(())
 }

@@ -13,6 +13,7 @@
     reason = "openraft's storage traits return its StorageError; boxing it here would only move the copy"
 )]
 pub mod bootstrap;
+pub mod elect;
 pub mod gather;
 pub mod handover;
 pub mod identity;

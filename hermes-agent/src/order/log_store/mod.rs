@@ -215,6 +215,11 @@ impl LogStore {
         self.inner.state.lock().unwrap().cache.bytes()
     }
 
+    /// The last entry of the log, durable or not yet.
+    pub fn last(&self) -> Option<LogId> {
+        self.inner.state.lock().unwrap().last_log_id
+    }
+
     /// The commit index openraft last reported, for status and readiness.
     pub fn committed(&self) -> Option<LogId> {
         self.inner.state.lock().unwrap().committed

@@ -29,12 +29,12 @@ use super::{
     wire::{self, Call, ForwardError, Reply, Target},
 };
 use crate::order::{
-    handover,
+    elect::Elector,
     identity::Identity,
     log_store, membership,
     propose::{Merger, Outcome},
     read_index,
-    typ::{NodeId, Raft},
+    typ::{NodeId, Raft, rpc::AppendEntriesResponse},
 };
 
 /// Calls of one connection served at once.
@@ -66,8 +66,8 @@ pub struct Server {
     pub answers: Arc<dyn Answers>,
     /// Proposes forwarded batches while this node leads.
     pub merger: Merger,
-    /// When the last AppendEntries came, for a handover ([`handover::take_over`]).
-    pub appends: Arc<handover::Appends>,
+    /// Hears of leaders and candidates, answers [`Call::Standing`] and [`Call::TakeOver`].
+    pub elector: Arc<Elector>,
     pub peers: Peers,
     pub identity: Identity,
     /// How long a forwarded proposal may wait to be committed here.
@@ -262,7 +262,8 @@ fn authorize(server: &Server, from: NodeId, call: &Call) -> Result<(), String> {
         | Call::ReadIndex
         | Call::Digests { .. }
         | Call::Compare { .. }
-        | Call::TakeOver { .. } => Some(from),
+        | Call::TakeOver { .. }
+        | Call::Standing => Some(from),
     };
     if claimed != Some(from) {
         return Err(format!("node {from} speaks for node {claimed:?}"));
@@ -318,17 +319,40 @@ async fn handle(server: &Server, from: NodeId, call: Call) -> Reply {
     match call {
         Call::AppendEntries(target, rpc) => match for_me(server, target) {
             Ok(()) => {
-                server.appends.heard(from);
-                Reply::AppendEntries(raft.append_entries(rpc).await)
+                let appended = raft.append_entries(rpc).await;
+                // Not from a leader this node has seen deposed.
+                let accepted = |response: &AppendEntriesResponse| {
+                    !matches!(response, AppendEntriesResponse::HigherVote(_))
+                };
+                if appended.as_ref().is_ok_and(accepted) {
+                    server.elector.heard();
+                }
+                Reply::AppendEntries(appended)
             }
             Err(refused) => refused,
         },
         Call::Vote(target, rpc) => match for_me(server, target) {
-            Ok(()) => Reply::Vote(raft.vote(rpc).await),
+            Ok(()) => {
+                let voted = raft.vote(rpc).await;
+                if voted.as_ref().is_ok_and(|response| response.vote_granted) {
+                    server.elector.heard();
+                }
+                Reply::Vote(voted)
+            }
             Err(refused) => refused,
         },
         Call::InstallSnapshot(target, rpc) => match for_me(server, target) {
-            Ok(()) => Reply::InstallSnapshot(raft.install_snapshot(rpc).await),
+            Ok(()) => {
+                let vote = rpc.vote;
+                let installed = raft.install_snapshot(rpc).await;
+                if installed
+                    .as_ref()
+                    .is_ok_and(|response| response.vote == vote)
+                {
+                    server.elector.heard();
+                }
+                Reply::InstallSnapshot(installed)
+            }
             Err(refused) => refused,
         },
         Call::Forward(batch) => {
@@ -357,9 +381,18 @@ async fn handle(server: &Server, from: NodeId, call: Call) -> Reply {
         Call::Digests { from } => server.answers.digests(from),
         Call::Compare { from } => server.answers.compare(from),
         Call::TakeOver { term } => {
-            let appends = Arc::clone(&server.appends);
-            Reply::TakeOver(handover::take_over(raft, appends, from, term))
+            let taking = server
+                .elector
+                .take_over(&raft.metrics().borrow(), from, term);
+            if taking.is_ok() {
+                tracing::info!(from, term, "taking over from the stopping leader");
+                if let Err(error) = raft.trigger().elect().await {
+                    tracing::warn!(%error, "cannot campaign");
+                }
+            }
+            Reply::TakeOver(taking)
         }
+        Call::Standing => Reply::Standing(server.elector.standing(&raft.metrics().borrow())),
         Call::ReadIndex => {
             Reply::ReadIndex(read_index::read_index_on_leader(raft, server.identity.node_id).await)
         }

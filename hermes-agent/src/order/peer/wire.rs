@@ -11,7 +11,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::order::typ::{Batch, NodeId, rpc};
+use crate::order::typ::{Batch, LogId, NodeId, rpc};
 
 /// The smallest cap on frames a node may be given: room for Raft's messages and a batch of
 /// small requests.
@@ -48,6 +48,9 @@ pub enum Call {
     TakeOver {
         term: u64,
     },
+    /// Where does your log end, and how long have you not heard a leader? Asked by a voter that
+    /// thinks of campaigning ([`crate::order::elect`]).
+    Standing,
 }
 
 /// The member a Raft call is for.
@@ -106,6 +109,17 @@ pub enum Reply {
     },
     /// The answer to [`Call::TakeOver`]: whether this node will campaign.
     TakeOver(Result<(), String>),
+    Standing(Standing),
+}
+
+/// Where a voter stands, as it tells another that thinks of campaigning ([`Call::Standing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Standing {
+    /// The last entry of its log.
+    pub last_log: Option<LogId>,
+    /// Milliseconds since it last heard a leader (0: it leads; `u64::MAX`: it is handing its
+    /// leadership over).
+    pub quiet_ms: u64,
 }
 
 /// What replicas compare (`--digest`), as [`Reply::Compare`] says.
@@ -257,6 +271,12 @@ mod tests {
             digests: Vec::new(),
         };
         assert_eq!(reply(compare), 9);
+        assert_eq!(call(Call::Standing), 10);
+        let standing = Standing {
+            last_log: None,
+            quiet_ms: 0,
+        };
+        assert_eq!(reply(Reply::Standing(standing)), 11);
         // `Compare` carries the kind of digests, by index too.
         let kinds = [
             Digest::StatusAndBody,
