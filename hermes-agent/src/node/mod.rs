@@ -58,7 +58,7 @@ use crate::{
         peer::{
             self, Network, Peers,
             client::Calls,
-            server::{self, Answers},
+            server::{self, Answers, Elections},
             tls::{PeerTls, Security},
         },
         propose::{Merger, Outcome, Proposer},
@@ -144,8 +144,8 @@ pub struct Snapshots {
     pub keep: u64,
 }
 
-/// How long a request waits for a leader to take it before the client gets 503: longer than an
-/// election (with its random timeouts) normally takes.
+/// How long a request waits for a leader to take it before the client gets 503: several times
+/// what an election normally takes (about half a second after a leader fault).
 pub const LEADERLESS: Duration = Duration::from_secs(3);
 
 /// Why a request was not answered by the app.
@@ -303,13 +303,13 @@ impl Node {
         let config = openraft::Config {
             cluster_name: "hermes".into(),
             // openraft waits one heartbeat interval for an AppendEntries answer: long enough for
-            // a follower's fsync on a busy machine. A follower that heard from its leader
-            // campaigns after the leader lease (the maximum election timeout) plus a random
-            // election timeout: 0.6 to 0.8 s of silence, 6 to 8 missed heartbeats. Failover
-            // stays under a second.
+            // a follower's fsync on a busy machine. A voter refuses any candidate for a lease
+            // (the maximum election timeout) after it last heard its leader; Hermes starts
+            // elections once a majority has been that long without a leader (see `elect`). A
+            // vote request waits the minimum election timeout for its answer.
             heartbeat_interval: 100,
             election_timeout_min: 200,
-            election_timeout_max: 400,
+            election_timeout_max: elect::LEADER_LEASE_MS,
             max_payload_entries: 1024,
             // Without snapshot hooks the app's state cannot be captured: keep the whole log, so
             // that a new or wiped replica replays it from the start.
@@ -337,7 +337,7 @@ impl Node {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let merger = Merger::start(raft.clone(), log.clone());
-        let elector = Arc::new(Elector::new(log.clone(), merger.clone()));
+        let elector = Arc::new(Elector::new(log.clone()));
         tokio::spawn(elect::run(
             Arc::clone(&elector),
             raft.clone(),
@@ -349,7 +349,7 @@ impl Node {
                 raft: raft.clone(),
                 answers: Arc::clone(&applied) as Arc<dyn Answers>,
                 merger: merger.clone(),
-                elector: Arc::clone(&elector),
+                elections: Arc::clone(&elector) as Arc<dyn Elections>,
                 peers: peers.clone(),
                 identity,
                 forward_timeout: settings.request_timeout,

@@ -93,12 +93,11 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// A peer server for `node`, as the node's own is.
 fn server_for(node: &Node) -> server::Server {
-    let merger = Merger::start(node.raft.clone(), node.log.clone());
     server::Server {
         raft: node.raft.clone(),
         answers: Arc::clone(&node.applied) as Arc<dyn server::Answers>,
-        merger: merger.clone(),
-        elector: Arc::new(Elector::new(node.log.clone(), merger)),
+        merger: Merger::start(node.raft.clone(), node.log.clone()),
+        elections: Arc::new(Elector::new(node.log.clone())),
         peers: node.peers().clone(),
         identity: node.identity,
         forward_timeout: WAIT,

@@ -11,15 +11,17 @@
 //!
 //! So here a voter that has heard no leader for a lease ([`LEASE`]) asks the other voters where
 //! their logs end and how long they have not heard a leader ([`Call::Standing`]). It campaigns
-//! only if a majority (itself included) answered, so that a node cut off from the others does
-//! not raise its term again and again and depose the leader when it comes back; and only once
-//! none of them has heard a leader for a lease either, since until then they refuse any vote.
-//! The voter with the most up-to-date log (the lowest id among equals) campaigns at once; the
-//! others hold off for [`HOLD`] more and campaign only if nothing came meanwhile (the best one
-//! died as it was asked, say). A campaign that did not win is tried again after [`RETRY`], the
-//! voters ranked afresh. A leader that is stopping names its successor ([`Call::TakeOver`]),
-//! which campaigns at once, and again, before the others, once their leases on that leader
-//! have run out.
+//! only once a majority of the voters (itself included) have heard no leader for a lease: a
+//! node cut off from the others does not raise its term again and again, to depose the leader
+//! when it comes back, and no candidate asks voters that would refuse it by their lease. Of
+//! those quiet voters, the one with the most up-to-date log (the lowest id among equals)
+//! campaigns at once; the others hold off for [`HOLD`] more and campaign only if nothing came
+//! meanwhile (the best one died as it was asked, say). A campaign that did not win is tried
+//! again after [`RETRY`], the voters ranked afresh. A leader that is stopping names its
+//! successor ([`Call::TakeOver`]), which campaigns at once (see [`crate::order::handover`]),
+//! and again, before the others, once a majority is quiet. While some voter does not answer
+//! the question (a peer of an older version, or a node not yet in the cluster), openraft's own
+//! timer campaigns too, as it did before.
 use std::{
     sync::{
         Arc, Mutex,
@@ -29,6 +31,7 @@ use std::{
 };
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
+use openraft::ServerState;
 use tokio::{
     sync::Notify,
     time::{Instant, sleep_until, timeout_at},
@@ -38,21 +41,22 @@ use super::{
     log_store::LogStore,
     peer::{
         Peers,
+        server::Elections,
         wire::{Call, Reply, Standing},
     },
-    propose::Merger,
     typ::{Metrics, NodeId, Raft},
 };
 
-/// openraft's leader lease (the maximum election timeout, 400 ms) and a margin: a voter refuses
-/// every candidate until a lease has passed since it last heard its leader, and the voters'
-/// clocks only agree so far. Also, with the heartbeat every 100 ms, long enough not to take a
-/// leader slowed by load for a dead one.
-pub const LEASE: Duration = Duration::from_millis(430);
+/// openraft's leader lease, its `election_timeout_max`: a voter refuses every candidate until a
+/// lease has passed since it last heard its leader.
+pub const LEADER_LEASE_MS: u64 = 400;
+/// The lease and a margin (the voters' clocks agree only so far). With the heartbeat every
+/// 100 ms, also long enough not to take a leader slowed by load for a dead one.
+const LEASE: Duration = Duration::from_millis(LEADER_LEASE_MS + 30);
 /// How much longer than the most up-to-date voter the others wait before campaigning.
-pub const HOLD: Duration = Duration::from_millis(200);
+const HOLD: Duration = Duration::from_millis(200);
 /// Until a campaign that did not win is tried again: a vote request's timeout and some.
-pub const RETRY: Duration = Duration::from_millis(250);
+const RETRY: Duration = Duration::from_millis(250);
 /// How long a voter named by a stopping leader goes on campaigning before the others.
 const TAKE_OVER: Duration = Duration::from_secs(2);
 /// How long a voter waits for the others' standing.
@@ -60,28 +64,27 @@ const ASK: Duration = Duration::from_millis(150);
 /// How much longer it waits for the rest once a majority answered: a voter cut off (the old
 /// leader, often) never does.
 const STRAGGLERS: Duration = Duration::from_millis(20);
+/// How often a node not yet in a cluster looks again.
+const UNFORMED: Duration = Duration::from_millis(20);
 
 /// What a node heard of leaders and candidates, and what its elections are to do.
 pub struct Elector {
     heard: Mutex<Heard>,
-    /// The node is stopping: it campaigns no more.
+    /// The node is stopping: it campaigns no more (it still votes).
     stopped: AtomicBool,
     wake: Notify,
     log: LogStore,
-    /// Closed while this node hands its leadership over.
-    merger: Merger,
 }
 
-#[derive(Debug)]
 struct Heard {
     /// The last time a leader was heard, or a vote granted (or the node started).
     quiet_since: Instant,
-    /// A stopping leader, and its term, asked this node to take over, then.
-    take_over: Option<(NodeId, u64, Instant)>,
+    /// A stopping leader asked this node to take over, then.
+    take_over: Option<(NodeId, Instant)>,
 }
 
 impl Elector {
-    pub fn new(log: LogStore, merger: Merger) -> Self {
+    pub fn new(log: LogStore) -> Self {
         Self {
             heard: Mutex::new(Heard {
                 quiet_since: Instant::now(),
@@ -90,65 +93,64 @@ impl Elector {
             stopped: AtomicBool::new(false),
             wake: Notify::new(),
             log,
-            merger,
         }
     }
 
-    /// This node accepted AppendEntries or a snapshot from a leader, or granted a candidate its
-    /// vote (and gives it time to win).
-    pub fn heard(&self) {
-        self.heard.lock().unwrap().quiet_since = Instant::now();
-    }
-
-    /// The node is stopping: it campaigns no more (it still votes).
+    /// The node is stopping: it campaigns no more, and a leader among them tells the others it
+    /// is as good as gone ([`Standing::quiet_ms`]).
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
         self.wake.notify_one();
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
     }
 
     /// How long this node has not heard a leader.
     fn quiet(&self) -> Duration {
         self.heard.lock().unwrap().quiet_since.elapsed()
     }
+}
 
-    /// On a voter asked by its leader `from`, stopping in `term`, to take over (it campaigns at
-    /// once, see [`crate::order::handover`]): should that campaign not win, it campaigns again
-    /// as soon as a majority of the voters have not heard a leader for a lease, whatever their
-    /// logs, unless another leader came meanwhile, or [`TAKE_OVER`] passed.
-    pub fn take_over(&self, metrics: &Metrics, from: NodeId, term: u64) -> Result<(), String> {
-        if !leads(metrics, from, term) {
+impl Elections for Elector {
+    fn heard(&self) {
+        self.heard.lock().unwrap().quiet_since = Instant::now();
+    }
+
+    fn standing(&self, metrics: &Metrics) -> Result<Standing, String> {
+        if let Err(fatal) = &metrics.running_state {
+            return Err(format!("raft has stopped: {fatal}"));
+        }
+        let quiet_ms = match metrics.state {
+            ServerState::Leader if self.stopped() => u64::MAX,
+            ServerState::Leader => metrics.millis_since_quorum_ack.unwrap_or(u64::MAX),
+            _ => millis(self.quiet()),
+        };
+        Ok(Standing {
+            last_log: self.log.last(),
+            quiet_ms,
+            campaigns: !self.stopped(),
+        })
+    }
+
+    fn take_over(&self, metrics: &Metrics, from: NodeId, term: u64) -> Result<(), String> {
+        if self.stopped() {
+            return Err("this node is stopping too".into());
+        }
+        if metrics.current_leader != Some(from) || metrics.current_term != term {
             return Err(format!("node {from} does not lead in term {term} here"));
         }
         if !votes(metrics) {
             return Err("this node does not vote".into());
         }
-        self.heard.lock().unwrap().take_over = Some((from, term, Instant::now()));
-        self.wake.notify_one();
+        self.heard.lock().unwrap().take_over = Some((from, Instant::now()));
         Ok(())
-    }
-
-    /// Where this node stands, for a voter that thinks of campaigning.
-    pub fn standing(&self, metrics: &Metrics) -> Standing {
-        let quiet_ms = if metrics.current_leader != Some(metrics.id) {
-            millis(self.quiet())
-        } else if self.merger.is_closed() {
-            u64::MAX
-        } else {
-            0
-        };
-        Standing {
-            last_log: self.log.last(),
-            quiet_ms,
-        }
     }
 }
 
 fn millis(time: Duration) -> u64 {
     u64::try_from(time.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn leads(metrics: &Metrics, leader: NodeId, term: u64) -> bool {
-    metrics.current_leader == Some(leader) && metrics.current_term == term
 }
 
 fn votes(metrics: &Metrics) -> bool {
@@ -170,7 +172,7 @@ pub async fn run(elector: Arc<Elector>, raft: Raft, peers: Peers) {
     // Ends when Raft has stopped (its metrics' sender is gone).
     while metrics.has_changed().is_ok() {
         let current = metrics.borrow().clone();
-        let next = match next(&elector, &current, &peers).await {
+        let next = match next(&elector, &raft, &current, &peers).await {
             Next::Campaign => {
                 if raft.trigger().elect().await.is_err() {
                     return;
@@ -186,16 +188,24 @@ pub async fn run(elector: Arc<Elector>, raft: Raft, peers: Peers) {
     }
 }
 
-async fn next(elector: &Elector, metrics: &Metrics, peers: &Peers) -> Next {
+async fn next(elector: &Elector, raft: &Raft, metrics: &Metrics, peers: &Peers) -> Next {
     let now = Instant::now();
-    if elector.stopped.load(Ordering::Relaxed)
-        || metrics.current_leader == Some(metrics.id)
-        || !votes(metrics)
-    {
-        return Next::WaitUntil(now + LEASE);
-    }
     let membership = metrics.membership_config.membership();
     let voters: Vec<NodeId> = membership.voter_ids().collect();
+    if voters.is_empty() {
+        return Next::WaitUntil(now + UNFORMED);
+    }
+    let chosen = {
+        let mut heard = elector.heard.lock().unwrap();
+        // A handover counts until a leader comes, for a while.
+        heard.take_over = heard.take_over.filter(|(from, at)| {
+            metrics.current_leader.is_none_or(|leader| leader == *from) && at.elapsed() < TAKE_OVER
+        });
+        heard.take_over
+    };
+    if elector.stopped() || metrics.state == ServerState::Leader || !votes(metrics) {
+        return Next::WaitUntil(now + LEASE);
+    }
     if voters.len() == 1 {
         // Nobody else to hear from, or to ask.
         return Next::Campaign;
@@ -211,40 +221,37 @@ async fn next(elector: &Elector, metrics: &Metrics, peers: &Peers) -> Next {
             let addr = membership.get_node(id).map(|member| member.addr.clone());
             async move {
                 let peer = peers.get(*id, &addr?);
-                match peer.call(&Call::Standing, ASK).await {
-                    Ok(Reply::Standing(standing)) => Some((*id, standing)),
-                    _ => None,
-                }
+                Some((*id, peer.call(&Call::Standing, ASK).await.ok()?))
             }
         })
         .collect();
     let mut standings = Vec::new();
+    let mut unasked = false;
     let mut until = now + ASK;
     // Until every voter answered, or a majority did and the others had a little longer.
     while let Ok(Some(answer)) = timeout_at(until, asks.next()).await {
-        standings.extend(answer);
+        match answer {
+            Some((id, Reply::Standing(Ok(standing)))) => standings.push((id, standing)),
+            Some((_, Reply::Rejected(_))) => unasked = true,
+            _ => {}
+        }
         if standings.len() + 1 > voters.len() / 2 {
             until = until.min(Instant::now() + STRAGGLERS);
         }
     }
+    raft.runtime_config().elect(unasked);
     // Measured again: while the others answered, a leader may have come, or a candidate that
     // this node voted for.
     let quiet = elector.quiet();
+    let last_log = elector.log.last();
     standings.push((
         metrics.id,
         Standing {
-            last_log: elector.log.last(),
+            last_log,
             quiet_ms: millis(quiet),
+            campaigns: true,
         },
     ));
-    let chosen = {
-        let mut heard = elector.heard.lock().unwrap();
-        // A handover counts until another leader comes, for a while.
-        heard.take_over = heard.take_over.filter(|(from, _, at)| {
-            metrics.current_leader.is_none_or(|leader| leader == *from) && at.elapsed() < TAKE_OVER
-        });
-        heard.take_over
-    };
     let next = decide(
         metrics.id,
         voters.len(),
@@ -253,23 +260,13 @@ async fn next(elector: &Elector, metrics: &Metrics, peers: &Peers) -> Next {
         Instant::now(),
     );
     if next == Next::Campaign {
-        let last_log = elector.log.last();
-        match chosen {
-            Some((from, term, _)) => {
-                tracing::info!(
-                    from,
-                    term,
-                    ?last_log,
-                    "taking over from the stopping leader"
-                );
-            }
-            None => tracing::info!(
-                quiet = ?quiet,
-                ?last_log,
-                answered = standings.len(),
-                "campaigning: no leader heard for a lease, by a majority of the voters"
-            ),
-        }
+        tracing::info!(
+            ?quiet,
+            ?last_log,
+            answered = standings.len(),
+            successor = chosen.is_some(),
+            "campaigning: a majority of the voters heard no leader for a lease"
+        );
     }
     next
 }
@@ -283,29 +280,37 @@ fn decide(
     chosen: bool,
     now: Instant,
 ) -> Next {
-    if standings.len() <= voters / 2 {
-        // No majority answered: this node could not win, and would only raise its term.
-        return Next::WaitUntil(now + RETRY);
-    }
-    // Since when all of them have heard no leader (each counts from its own last hearing).
-    let least = standings
+    let majority = voters / 2 + 1;
+    let mut quiet: Vec<Duration> = standings
         .iter()
         .map(|(_, standing)| Duration::from_millis(standing.quiet_ms))
-        .min()
-        .unwrap_or_default();
-    if least < LEASE {
-        // Someone heard a leader lately (this node too, maybe): it would refuse any vote until
-        // its lease runs out.
-        return Next::WaitUntil(now + (LEASE - least));
+        .collect();
+    quiet.sort_unstable_by(|a, b| b.cmp(a));
+    let Some(&since) = quiet.get(majority - 1) else {
+        // No majority answered: this node could not win, and would only raise its term.
+        return Next::WaitUntil(now + RETRY);
+    };
+    let mine = standings
+        .iter()
+        .find(|(id, _)| *id == me)
+        .map_or(Duration::ZERO, |(_, standing)| {
+            Duration::from_millis(standing.quiet_ms)
+        });
+    // A majority has heard no leader for `since`, this node for `mine`: until both are a
+    // lease, there may be a leader, and voters that would refuse any candidate.
+    let wait = LEASE.saturating_sub(since).max(LEASE.saturating_sub(mine));
+    if !wait.is_zero() {
+        return Next::WaitUntil(now + wait);
     }
     let best = standings
         .iter()
+        .filter(|(_, standing)| standing.campaigns && standing.quiet_ms >= millis(LEASE))
         .max_by_key(|(id, standing)| (standing.last_log, std::cmp::Reverse(*id)))
         .map(|(id, _)| *id);
-    if chosen || best == Some(me) || least >= LEASE + HOLD {
+    if chosen || best == Some(me) || since >= LEASE + HOLD {
         Next::Campaign
     } else {
-        Next::WaitUntil(now + (LEASE + HOLD - least))
+        Next::WaitUntil(now + (LEASE + HOLD - since))
     }
 }
 
@@ -319,6 +324,7 @@ mod tests {
         Standing {
             last_log: Some(LogId::new(CommittedLeaderId::new(term, 1), index)),
             quiet_ms,
+            campaigns: true,
         }
     }
 
@@ -371,5 +377,29 @@ mod tests {
         assert_ne!(decide(1, 3, &hearing, true, now), Next::Campaign);
         let leading = [(1, standing(2, 9, 500)), (2, standing(2, 5, 0))];
         assert_ne!(decide(1, 3, &leading, false, now), Next::Campaign);
+    }
+
+    #[test]
+    fn a_quiet_majority_elects_though_a_minority_still_hears_its_leader() {
+        let now = Instant::now();
+        // Of five, node 2 still hears a leader that reaches no majority; 1, 3 and 4 do not.
+        let standings = [
+            (1, standing(2, 9, 600)),
+            (2, standing(2, 9, 50)),
+            (3, standing(2, 8, 500)),
+            (4, standing(2, 8, 450)),
+        ];
+        assert_eq!(decide(1, 5, &standings, false, now), Next::Campaign);
+        // Node 2's log is as long, but it hears a leader: it is not ranked.
+        assert_ne!(decide(3, 5, &standings, false, now), Next::Campaign);
+    }
+
+    #[test]
+    fn a_stopping_voter_is_not_ranked() {
+        let now = Instant::now();
+        let mut stopping = standing(2, 99, 500);
+        stopping.campaigns = false;
+        let standings = [(1, standing(2, 9, 500)), (2, stopping)];
+        assert_eq!(decide(1, 3, &standings, false, now), Next::Campaign);
     }
 }

@@ -6,14 +6,15 @@
 //! leader: proposes nothing more (followers' batches wait for the next leader); waits until
 //! what it proposed is committed and its most up-to-date voter has all of it; sends one last
 //! heartbeat (the commit index), then none; tells that voter to take over ([`Call::TakeOver`],
-//! with its term); and stays up until it has. The voter campaigns at once, if that leader still
-//! leads in that term. A leader's own lease on itself dates from its election, so after that
-//! long the stopping leader grants its vote to a successor whose log is as long as its own,
-//! and steps down: with three voters, that vote is all the successor needs, and writes pause
-//! for milliseconds. Otherwise (more voters, a leader elected less than a lease ago), the
-//! successor campaigns again, before the others, once their leases on the stopping leader have
-//! run out ([`crate::order::elect`]). If anything goes wrong, the others elect a leader as they
-//! would have anyway.
+//! with its term); and stays up until another leader is known, within its time. The voter
+//! campaigns at once, if that leader still leads in that term. A leader's own lease on itself
+//! dates from its election (or its restart), so a lease after that the stopping leader grants
+//! its vote to a successor whose log is as long as its own, and steps down: with three voters,
+//! that vote is all the successor needs, and writes pause for milliseconds. Otherwise (more
+//! voters, a leader elected less than a lease ago), the successor campaigns again, before the
+//! others, once a majority has not heard the stopping leader for a lease
+//! ([`crate::order::elect`]). If anything goes wrong, the others elect a leader as they would
+//! have anyway.
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
@@ -114,17 +115,16 @@ async fn hand_over_closed(
     let call = Call::TakeOver { term };
     match peers.get(successor, &addr).call(&call, wait).await {
         Ok(Reply::TakeOver(Ok(()))) => {
-            // The successor campaigns at once: stay up to vote for it. With three voters, this
-            // node's vote is all it needs, while the other follower's lease on this leader runs.
+            // The successor campaigns: stay up to vote for it. With three voters, this node's
+            // vote is all it needs, while the other follower's lease on this leader runs.
             let wait = deadline.saturating_duration_since(Instant::now()).max(CALL);
-            if tokio::time::timeout(wait, super::leader_changed(raft, me))
-                .await
-                .is_err()
-            {
+            let mut metrics = raft.metrics();
+            let moved = metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != me));
+            if tokio::time::timeout(wait, moved).await.is_err() {
                 tracing::info!(
                     successor,
-                    "the successor did not win at once: it campaigns again when the others' \
-                     leases on this leader have run out"
+                    "no other leader yet: the successor campaigns again once a majority has \
+                     not heard this one for a lease"
                 );
             }
             Ok(successor)

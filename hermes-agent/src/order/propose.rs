@@ -243,11 +243,6 @@ impl Merger {
         self.closed.store(true, Ordering::Relaxed);
     }
 
-    /// Whether it proposes nothing more ([`Self::close`]).
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
-    }
-
     /// Proposes again: the handover did not happen.
     pub fn reopen(&self) {
         self.closed.store(false, Ordering::Relaxed);

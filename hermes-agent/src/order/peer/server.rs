@@ -26,15 +26,14 @@ use super::{
     Peers,
     client::{Calls, Direction},
     tls::{Io, Presented, Security},
-    wire::{self, Call, ForwardError, Reply, Target},
+    wire::{self, Call, ForwardError, Reply, Standing, Target},
 };
 use crate::order::{
-    elect::Elector,
     identity::Identity,
     log_store, membership,
     propose::{Merger, Outcome},
     read_index,
-    typ::{NodeId, Raft, rpc::AppendEntriesResponse},
+    typ::{Metrics, NodeId, Raft, rpc::AppendEntriesResponse},
 };
 
 /// Calls of one connection served at once.
@@ -61,13 +60,25 @@ pub trait Answers: Send + Sync {
     fn compare(&self, from: u64) -> Reply;
 }
 
+/// What this node's elections hear from its peers, and answer them ([`Call::Standing`],
+/// [`Call::TakeOver`]): ordering's elector keeps it ([`crate::order::elect`]).
+pub trait Elections: Send + Sync {
+    /// This node accepted AppendEntries or a snapshot from a leader, or granted a candidate its
+    /// vote (and gives it time to win).
+    fn heard(&self);
+    /// Where this node stands, for a voter that thinks of campaigning.
+    fn standing(&self, metrics: &Metrics) -> Result<Standing, String>;
+    /// Node `from`, leading in `term` and stopping, asks this node to take over: whether it
+    /// may (then it campaigns at once, and goes on campaigning before the others for a while).
+    fn take_over(&self, metrics: &Metrics, from: NodeId, term: u64) -> Result<(), String>;
+}
+
 pub struct Server {
     pub raft: Raft,
     pub answers: Arc<dyn Answers>,
     /// Proposes forwarded batches while this node leads.
     pub merger: Merger,
-    /// Hears of leaders and candidates, answers [`Call::Standing`] and [`Call::TakeOver`].
-    pub elector: Arc<Elector>,
+    pub elections: Arc<dyn Elections>,
     pub peers: Peers,
     pub identity: Identity,
     /// How long a forwarded proposal may wait to be committed here.
@@ -325,7 +336,7 @@ async fn handle(server: &Server, from: NodeId, call: Call) -> Reply {
                     !matches!(response, AppendEntriesResponse::HigherVote(_))
                 };
                 if appended.as_ref().is_ok_and(accepted) {
-                    server.elector.heard();
+                    server.elections.heard();
                 }
                 Reply::AppendEntries(appended)
             }
@@ -335,7 +346,7 @@ async fn handle(server: &Server, from: NodeId, call: Call) -> Reply {
             Ok(()) => {
                 let voted = raft.vote(rpc).await;
                 if voted.as_ref().is_ok_and(|response| response.vote_granted) {
-                    server.elector.heard();
+                    server.elections.heard();
                 }
                 Reply::Vote(voted)
             }
@@ -349,7 +360,7 @@ async fn handle(server: &Server, from: NodeId, call: Call) -> Reply {
                     .as_ref()
                     .is_ok_and(|response| response.vote == vote)
                 {
-                    server.elector.heard();
+                    server.elections.heard();
                 }
                 Reply::InstallSnapshot(installed)
             }
@@ -382,17 +393,20 @@ async fn handle(server: &Server, from: NodeId, call: Call) -> Reply {
         Call::Compare { from } => server.answers.compare(from),
         Call::TakeOver { term } => {
             let taking = server
-                .elector
+                .elections
                 .take_over(&raft.metrics().borrow(), from, term);
-            if taking.is_ok() {
-                tracing::info!(from, term, "taking over from the stopping leader");
-                if let Err(error) = raft.trigger().elect().await {
-                    tracing::warn!(%error, "cannot campaign");
+            Reply::TakeOver(match taking {
+                Ok(()) => {
+                    tracing::info!(from, term, "taking over from the stopping leader");
+                    raft.trigger()
+                        .elect()
+                        .await
+                        .map_err(|error| format!("cannot campaign: {error}"))
                 }
-            }
-            Reply::TakeOver(taking)
+                Err(why) => Err(why),
+            })
         }
-        Call::Standing => Reply::Standing(server.elector.standing(&raft.metrics().borrow())),
+        Call::Standing => Reply::Standing(server.elections.standing(&raft.metrics().borrow())),
         Call::ReadIndex => {
             Reply::ReadIndex(read_index::read_index_on_leader(raft, server.identity.node_id).await)
         }

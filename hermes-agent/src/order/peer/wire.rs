@@ -43,8 +43,8 @@ pub enum Call {
     Compare {
         from: u64,
     },
-    /// From the leader of `term`, which is stopping and sends no more heartbeats: campaign as
-    /// soon as the other voters' leases on it have run out ([`crate::order::handover`]).
+    /// From the leader of `term`, which is stopping and sends no more heartbeats: campaign now
+    /// ([`crate::order::handover`]).
     TakeOver {
         term: u64,
     },
@@ -107,9 +107,10 @@ pub enum Reply {
         settled: u64,
         digests: Vec<(u64, u64)>,
     },
-    /// The answer to [`Call::TakeOver`]: whether this node will campaign.
+    /// The answer to [`Call::TakeOver`]: whether this node campaigns.
     TakeOver(Result<(), String>),
-    Standing(Standing),
+    /// The answer to [`Call::Standing`], or why this node cannot say (its Raft has stopped).
+    Standing(Result<Standing, String>),
 }
 
 /// Where a voter stands, as it tells another that thinks of campaigning ([`Call::Standing`]).
@@ -117,9 +118,11 @@ pub enum Reply {
 pub struct Standing {
     /// The last entry of its log.
     pub last_log: Option<LogId>,
-    /// Milliseconds since it last heard a leader (0: it leads; `u64::MAX`: it is handing its
-    /// leadership over).
+    /// Milliseconds since it last heard a leader; on a leader, since a majority last answered
+    /// it (`u64::MAX`: it is stopping).
     pub quiet_ms: u64,
+    /// It would campaign (it is not stopping).
+    pub campaigns: bool,
 }
 
 /// What replicas compare (`--digest`), as [`Reply::Compare`] says.
@@ -272,11 +275,7 @@ mod tests {
         };
         assert_eq!(reply(compare), 9);
         assert_eq!(call(Call::Standing), 10);
-        let standing = Standing {
-            last_log: None,
-            quiet_ms: 0,
-        };
-        assert_eq!(reply(Reply::Standing(standing)), 11);
+        assert_eq!(reply(Reply::Standing(Err(String::new()))), 11);
         // `Compare` carries the kind of digests, by index too.
         let kinds = [
             Digest::StatusAndBody,
