@@ -9,7 +9,7 @@ use hermes_tests::{App, cluster};
 fn chaos_passes_the_invariant_checker() {
     let mut cluster = cluster(3, App::Log, &[]);
     let config = Config {
-        // Each kind of fault once (about 25 s).
+        // Each kind of fault once (about 30 s).
         length: Length::Rounds(1),
         every: Duration::from_secs(4),
         clients: 6,

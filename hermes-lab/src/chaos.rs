@@ -1,7 +1,7 @@
 //! Chaos: mixed load on a log-app cluster for a while, with a fault injected in turn every few
 //! seconds (kill -9 of the leader's agent, of a follower's agent, of an app; the leader cut off;
 //! 30% of a follower's packets lost; the leader's agent stopped and started again, as a rolling
-//! restart does), each healed before the next; then the invariant checker: every
+//! restart does; the leader's machine frozen, agent and app), each healed before the next; then the invariant checker: every
 //! request acknowledged to a client is in every replica exactly once, the replicas are
 //! byte-identical, and nothing is there that no client sent.
 use std::{
@@ -23,17 +23,19 @@ pub enum Fault {
     PartitionLeader,
     LossyFollower,
     RestartLeader,
+    FreezeLeader,
 }
 
 impl Fault {
     /// Every kind of fault, in the order they come.
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 7] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::PartitionLeader,
         Fault::KillApp,
         Fault::LossyFollower,
         Fault::RestartLeader,
+        Fault::FreezeLeader,
     ];
 }
 
@@ -46,6 +48,7 @@ impl fmt::Display for Fault {
             Fault::PartitionLeader => "cut the leader off",
             Fault::LossyFollower => "30% packet loss at a follower",
             Fault::RestartLeader => "SIGTERM leader agent, restart",
+            Fault::FreezeLeader => "freeze the leader's machine",
         })
     }
 }
@@ -193,7 +196,10 @@ pub fn run(
         let leader = cluster.wait_for_leader()?;
         let followers: Vec<usize> = (1..=cluster.nodes()).filter(|id| *id != leader).collect();
         let node = match fault {
-            Fault::KillLeader | Fault::PartitionLeader | Fault::RestartLeader => leader,
+            Fault::KillLeader
+            | Fault::PartitionLeader
+            | Fault::RestartLeader
+            | Fault::FreezeLeader => leader,
             _ => followers[turn % followers.len()],
         };
         let at = started.elapsed();
@@ -306,6 +312,7 @@ fn inject(cluster: &mut Cluster, fault: Fault, node: usize) -> io::Result<()> {
         Fault::RestartLeader => cluster
             .stop_agent(node, Duration::from_secs(30))
             .map(|_| ()),
+        Fault::FreezeLeader => cluster.freeze(node, true),
     }
 }
 
@@ -319,6 +326,7 @@ fn heal(cluster: &mut Cluster, fault: Fault, node: usize) -> io::Result<()> {
             cluster.start_agent(node)?;
             cluster.wait_ready(node)
         }
+        Fault::FreezeLeader => cluster.freeze(node, false),
     }
 }
 

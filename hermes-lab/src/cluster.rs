@@ -391,6 +391,23 @@ impl Cluster {
         kill(&mut self.agents[id - 1])
     }
 
+    /// SIGSTOP (`frozen`) or SIGCONT to node `id`'s agent and app, as when its machine stalls.
+    pub fn freeze(&mut self, id: usize, frozen: bool) -> io::Result<()> {
+        use nix::sys::signal::Signal;
+        let signal = if frozen {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        for process in [&self.agents[id - 1], &self.apps[id - 1]]
+            .into_iter()
+            .flatten()
+        {
+            process.signal(signal)?;
+        }
+        Ok(())
+    }
+
     /// SIGTERM to node `id`'s agent (a planned stop), then waits for it to exit, at most
     /// `timeout`; the slot is left empty. Its exit status, and what it printed.
     pub fn stop_agent(

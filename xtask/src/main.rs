@@ -41,12 +41,13 @@ enum Task {
     Demo,
     /// Faults under load: a three-node cluster of the log app under mixed load while faults come
     /// in turn (kill -9 of agents and apps, the leader cut off, packet loss, the leader stopped
-    /// and restarted), then the invariant checker: every acknowledged write exactly once in
-    /// every replica, replicas identical. Prints each fault's unavailability, and per kind the
-    /// count, the longest and the p99. By default 20 faults of each kind (about 9 minutes).
+    /// and restarted, the leader's machine frozen), then the invariant checker: every
+    /// acknowledged write exactly once in every replica, replicas identical. Prints each fault's
+    /// unavailability, and per kind the count, the longest and the p99. By default 20 faults of
+    /// each kind (about 10 minutes).
     /// Needs root.
     Chaos {
-        /// How many faults of each kind (six kinds; three are leader faults).
+        /// How many faults of each kind (seven kinds; four are leader faults).
         #[arg(long, default_value_t = 20)]
         rounds: usize,
         /// Run this many seconds instead of a number of rounds.
