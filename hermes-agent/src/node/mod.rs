@@ -706,7 +706,7 @@ impl Node {
     /// On a planned stop: campaigns no more, and, on the leader, hands leadership to the most
     /// up-to-date voter within `within` (see [`handover`]).
     pub async fn step_down(&self, within: Duration) {
-        self.elector.stop();
+        self.elector.stop(&self.raft);
         let (raft, log, merger) = (&self.raft, &self.log, &self.merger);
         match handover::hand_over(raft, log, merger, &self.peers, self.id, within).await {
             Ok(None) => {}

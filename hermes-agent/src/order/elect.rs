@@ -13,15 +13,16 @@
 //! their logs end and how long they have not heard a leader ([`Call::Standing`]). It campaigns
 //! only once a majority of the voters (itself included) have heard no leader for a lease: a
 //! node cut off from the others does not raise its term again and again, to depose the leader
-//! when it comes back, and no candidate asks voters that would refuse it by their lease. Of
+//! when it comes back, and a majority of the voters it asks grant votes (their leases ran). Of
 //! those quiet voters, the one with the most up-to-date log (the lowest id among equals)
 //! campaigns at once; the others hold off for [`HOLD`] more and campaign only if nothing came
 //! meanwhile (the best one died as it was asked, say). A campaign that did not win is tried
 //! again after [`RETRY`], the voters ranked afresh. A leader that is stopping names its
 //! successor ([`Call::TakeOver`]), which campaigns at once (see [`crate::order::handover`]),
-//! and again, before the others, once a majority is quiet. While some voter does not answer
-//! the question (a peer of an older version, or a node not yet in the cluster), openraft's own
-//! timer campaigns too, as it did before.
+//! and again, before the others, once a majority is quiet. When a voter refuses the question
+//! (a peer of an older version, or a node not yet in the cluster), openraft's own timer is
+//! switched on, as it was before, until a later round in which none refuses; a stopping node
+//! switches it off.
 use std::{
     sync::{
         Arc, Mutex,
@@ -96,10 +97,11 @@ impl Elector {
         }
     }
 
-    /// The node is stopping: it campaigns no more, and a leader among them tells the others it
-    /// is as good as gone ([`Standing::quiet_ms`]).
-    pub fn stop(&self) {
+    /// The node is stopping: it campaigns no more (nor does openraft's timer), and a leader
+    /// tells the others it is as good as gone ([`Standing::quiet_ms`]).
+    pub fn stop(&self, raft: &Raft) {
         self.stopped.store(true, Ordering::Relaxed);
+        raft.runtime_config().elect(false);
         self.wake.notify_one();
     }
 
@@ -124,13 +126,15 @@ impl Elections for Elector {
         }
         let quiet_ms = match metrics.state {
             ServerState::Leader if self.stopped() => u64::MAX,
-            ServerState::Leader => metrics.millis_since_quorum_ack.unwrap_or(u64::MAX),
+            // Unknown until a quorum first answers a new leader: as good as heard.
+            ServerState::Leader => metrics.millis_since_quorum_ack.unwrap_or(0),
             _ => millis(self.quiet()),
         };
         Ok(Standing {
             last_log: self.log.last(),
             quiet_ms,
-            campaigns: !self.stopped(),
+            // A leader does not campaign (openraft ignores it): rank the others.
+            campaigns: !self.stopped() && metrics.state != ServerState::Leader,
         })
     }
 
