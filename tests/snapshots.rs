@@ -151,3 +151,42 @@ fn a_backup_taken_under_load_starts_a_new_cluster_with_the_state_at_its_entry() 
     })
     .unwrap();
 }
+
+/// One replica's app state is changed behind Hermes' back (a line inserted by a client that
+/// reaches the app directly, on loopback inside its node): its answers no longer match, it is
+/// fenced, and it heals itself from the others' snapshot through the restore hook, then applies
+/// on. Every replica ends identical and ready, and the line nobody sent through Hermes is gone.
+/// The log app does not de-duplicate.
+#[test]
+fn a_replica_whose_app_was_changed_behind_hermes_heals_from_the_others() {
+    let hooks = hermes_tests::snapshot_args("200", "20");
+    let args = [&hooks[..], &["--on-divergence", "fence"]].concat();
+    let cluster = hermes_tests::cluster(3, App::Log, &args);
+    let load = Load::start(&cluster.addrs(), 4);
+    load.wait_for_acks(100).unwrap();
+
+    let node = cluster.lab.node(3);
+    let app = std::net::SocketAddr::from(([127, 0, 0, 1], hermes_lab::cluster::PORT));
+    let sneaked = node
+        .run_inside(move || client::post(app, "/insert", b"behind-hermes-back"))
+        .unwrap();
+    assert_eq!(sneaked.status, 201, "{}", sneaked.text());
+    wait_until("node 3 fenced", || {
+        let ready = cluster.admin(3, "/readyz")?;
+        (ready.status == 503 && ready.text().contains("fenced")).then_some(())
+    })
+    .unwrap();
+    wait_until("node 3 healed and ready", || {
+        (cluster.admin(3, "/readyz")?.status == 200).then_some(())
+    })
+    .unwrap();
+    let status = cluster.status(3).unwrap();
+    assert!(status["divergence"].is_null(), "{status}");
+
+    load.wait_for_acks(200).unwrap();
+    let sent = load.stop();
+    cluster.wait_converged().unwrap();
+    let files = cluster.files();
+    let lines = hermes_tests::check_replicas(&files, &cluster.in_doubt(), &sent).unwrap();
+    assert!(lines >= 300, "{lines} lines");
+}

@@ -90,6 +90,16 @@ impl Digests {
         self.kept.lock().unwrap().coming.remove(&seq);
     }
 
+    /// Forgets the digests up to `seq`, all handled: they are of answers given from a state the
+    /// app no longer has (a replica that healed from another's snapshot).
+    pub fn forget_through(&self, seq: u64) {
+        let mut kept = self.kept.lock().unwrap();
+        let after = kept.digests.partition_point(|(kept, _)| *kept <= seq);
+        kept.digests.drain(..after);
+        kept.coming.retain(|coming| *coming > seq);
+        kept.handled = kept.handled.max(seq);
+    }
+
     /// The digest of `seq` that was expected.
     pub fn record(&self, seq: u64, digest: u64) {
         let mut kept = self.kept.lock().unwrap();
@@ -177,6 +187,21 @@ impl StreamDigest {
 #[cfg(test)]
 mod tests {
     use super::{Digests, KEPT, Report, StreamDigest, fnv1a};
+
+    #[test]
+    fn a_replica_that_healed_forgets_the_digests_of_the_state_it_left() {
+        let digests = Digests::default();
+        for seq in 1..=5 {
+            digests.answer(seq, Some(seq * 10));
+        }
+        digests.expect(7);
+        digests.forget_through(8);
+        let report = digests.report(1, 10);
+        assert!(report.digests.is_empty(), "{report:?}");
+        assert_eq!(report.settled, 8, "nothing up to 8 is still to come");
+        digests.answer(9, Some(90));
+        assert_eq!(digests.report(1, 10).digests, [(9, 90)]);
+    }
 
     /// Progress files and peers of other builds agree only if this stays FNV-1a.
     #[test]

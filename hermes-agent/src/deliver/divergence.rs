@@ -70,6 +70,12 @@ impl Divergence {
         self.first.lock().unwrap().clone()
     }
 
+    /// This replica healed from a healthy one's snapshot: what was found no longer holds (the
+    /// metrics still count it).
+    pub fn healed(&self) {
+        *self.first.lock().unwrap() = None;
+    }
+
     /// Requests up to this one have been compared with the other voters.
     pub fn checked(&self) -> u64 {
         self.checked.load(Ordering::Relaxed)
@@ -299,6 +305,13 @@ impl Answers for Applied {
             settled: report.settled,
             digests: report.digests,
         }
+    }
+
+    fn snapshot(&self, at_least: u64) -> Result<Option<Vec<u8>>, String> {
+        if self.fenced() {
+            return Err("this replica is fenced too".into());
+        }
+        self.kept_snapshot(at_least).map_err(|e| e.to_string())
     }
 }
 

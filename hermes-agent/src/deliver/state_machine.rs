@@ -37,6 +37,9 @@ use crate::{
 /// What a waiting client learns: the app's answer, or why there is none.
 pub type Answer = Result<Response, &'static str>;
 
+/// A snapshot to heal from: its metadata and bytes.
+pub type Healing = Arc<(SnapshotMeta, Vec<u8>)>;
+
 /// What interception and the admin API see of the state machine.
 #[derive(Debug)]
 pub struct Applied {
@@ -54,6 +57,10 @@ pub struct Applied {
     fenced: watch::Sender<bool>,
     /// Why it was fenced, last.
     fenced_because: Mutex<Option<String>>,
+    /// A healthy replica's snapshot for this fenced one to heal from ([`Self::heal`]).
+    healing: watch::Sender<Option<Healing>>,
+    /// The entry whose request waits for the fence to lift (0: none waits).
+    waiting_in: AtomicU64,
     /// Where a fence is kept across restarts (the file [`FENCED`]).
     dir: DataDir,
     /// The command after which delivery stops for good (a planned stop in raw TCP mode).
@@ -139,8 +146,9 @@ impl Applied {
     pub fn fence(&self, why: String) {
         tracing::error!(
             why,
-            "fenced: this replica stops applying and reports not ready until an operator \
-             resumes it (`hermes-agent ctl resume`) or rebuilds it"
+            "fenced: this replica stops applying and reports not ready until it heals from \
+             another replica's snapshot (with snapshot hooks), an operator resumes it \
+             (`hermes-agent ctl resume`), or it is rebuilt"
         );
         if let Err(error) = self.dir.replace(FENCED, why.as_bytes()) {
             tracing::error!(%error, "cannot keep the fence in the data directory");
@@ -176,10 +184,52 @@ impl Applied {
         self.stopper.stop()
     }
 
-    /// Waits while this replica is fenced.
-    async fn unfenced(&self) {
-        if *self.fenced.borrow() {
-            let _ = self.fenced.subscribe().wait_for(|fenced| !*fenced).await;
+    /// The snapshot this replica keeps (its metadata and bytes, encoded together), if it covers
+    /// entry `at_least`.
+    pub fn kept_snapshot(&self, at_least: u64) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(file) = stored_snapshot_file(&self.dir)? else {
+            return Ok(None);
+        };
+        // The metadata comes first: the bytes need not be decoded.
+        let (meta, _) =
+            postcard::take_from_bytes::<SnapshotMeta>(&file).map_err(std::io::Error::other)?;
+        Ok(meta
+            .last_log_id
+            .is_some_and(|last| last.index >= at_least)
+            .then_some(file))
+    }
+
+    /// The entry in which a request waits for the fence to lift, if one does: a snapshot to
+    /// heal from must cover it.
+    pub fn waiting_in(&self) -> Option<u64> {
+        Some(self.waiting_in.load(Ordering::Relaxed)).filter(|index| *index > 0)
+    }
+
+    /// Has this fenced replica heal from `snapshot` (a healthy replica's, through the restore
+    /// hook) once its application reaches a request of an entry the snapshot covers.
+    pub fn heal(&self, snapshot: Healing) {
+        self.healing.send_replace(Some(snapshot));
+    }
+
+    /// Waits while this replica is fenced; a snapshot to heal from, if one came meanwhile.
+    async fn unfenced(&self) -> Option<Healing> {
+        let mut fenced = self.fenced.subscribe();
+        let mut healing = self.healing.subscribe();
+        loop {
+            let still = *fenced.borrow_and_update();
+            if !still {
+                return None;
+            }
+            // Read, and the read lock let go, before it is taken.
+            let given = healing.borrow_and_update().clone();
+            if given.is_some() {
+                self.healing.send_replace(None);
+                return given;
+            }
+            tokio::select! {
+                _ = fenced.changed() => {}
+                _ = healing.changed() => {}
+            }
         }
     }
 
@@ -494,6 +544,8 @@ impl StateMachine {
             digests,
             fenced: watch::Sender::new(fenced_because.is_some()),
             fenced_because: Mutex::new(fenced_because),
+            healing: watch::Sender::new(None),
+            waiting_in: AtomicU64::new(0),
             dir: dir.clone(),
             halt_after: Mutex::default(),
             halted: Notify::new(),
@@ -558,112 +610,14 @@ impl StateMachine {
             .await
             .map_err(|e| StorageIOError::write_state_machine(&e).into())
     }
-}
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = SnapshotBuilder;
-
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        Ok((self.delivery.progress().applied, self.membership.clone()))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError>
-    where
-        I: IntoIterator<Item = Entry> + Send,
-        I::IntoIter: Send,
-    {
-        let mut replies = Vec::new();
-        for entry in entries {
-            let failed = |e: std::io::Error| StorageIOError::apply(entry.log_id, &e);
-            match entry.payload {
-                EntryPayload::Blank => {}
-                EntryPayload::Membership(membership) => {
-                    if let Some(connections) = self.delivery.tcp_mut() {
-                        connections.keep_members(members(&membership));
-                    }
-                    self.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    self.save_membership().await?;
-                }
-                EntryPayload::Normal(proposal) => {
-                    let mut seq = self.delivery.progress().requests;
-                    for batch in proposal.batches {
-                        let (origin, incarnation, _) = batch.id;
-                        self.delivery.advance((origin, incarnation), batch.floor);
-                        for command in batch.commands {
-                            seq += 1;
-                            self.applied.unfenced().await;
-                            let outcome = self
-                                .delivery
-                                .deliver(seq, command.key(), &command.payload)
-                                .await
-                                .map_err(failed)?;
-                            if let Outcome::Diverged(why) = &outcome {
-                                // Fenced for good first, then the event is passed over: a crash
-                                // in between finds the fence, never the event merely gone.
-                                self.applied.fence(why.clone());
-                                self.delivery.pass_over(seq).map_err(failed)?;
-                            }
-                            self.applied.record(seq, &command, outcome, &self.delivery);
-                            self.halt_if_asked(&command).await;
-                        }
-                    }
-                }
-            }
-            self.delivery.finish_entry(entry.log_id).map_err(failed)?;
-            self.applied.applied.send_replace(entry.log_id.index);
-            if entry.log_id.index.is_multiple_of(CHECKPOINT_EVERY) {
-                self.checkpoint(entry.log_id).await?;
-            }
-            replies.push(());
-        }
-        Ok(replies)
-    }
-
-    /// Runs in order with `apply`, so the app's state captured here is exactly that of
-    /// `applied`. (openraft builds the snapshot itself in another task, concurrently with
-    /// applying more entries.)
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let app = match &self.hooks {
-            Some(hooks) => Some(hooks.capture(self.delivery.app()).await),
-            None => None,
-        };
-        let progress = self.delivery.progress();
-        SnapshotBuilder {
-            meta: SnapshotMeta {
-                last_log_id: progress.applied,
-                last_membership: self.membership.clone(),
-                snapshot_id: format!(
-                    "{}-{}",
-                    progress.applied.map_or(0, |id| id.index),
-                    progress.deliveries
-                ),
-            },
-            state: SnapshotState {
-                requests: progress.requests,
-                deliveries: progress.deliveries,
-                sessions: self.delivery.sessions().clone(),
-                app,
-            },
-            current: Arc::clone(&self.current),
-            dir: self.dir.clone(),
-        }
-    }
-
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::default())
-    }
-
-    /// Crash-consistent: the snapshot is kept on disk first, then the progress says
+    /// Installs a snapshot (openraft's, or one to heal from); returns the number of requests it
+    /// covers. Crash-consistent: the snapshot is kept on disk first, then the progress says
     /// "installing", then the app's state is restored, then the progress records the snapshot.
     /// A crash in between restores again at start.
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
+    async fn install(&mut self, meta: &SnapshotMeta, bytes: Vec<u8>) -> Result<u64, StorageError> {
         let signature = Some(meta.signature());
         let failed = |e: std::io::Error| StorageIOError::write_snapshot(signature.clone(), &e);
-        let bytes = snapshot.into_inner();
         let state: SnapshotState =
             decode(&bytes).map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
         match (&state.app, &self.hooks) {
@@ -714,7 +668,180 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied
             .applied
             .send_replace(meta.last_log_id.map_or(0, |id| id.index));
-        Ok(())
+        Ok(state.requests)
+    }
+
+    /// Whether entry `log_id` is already applied: a snapshot this replica healed from covers it.
+    fn covered(&self, log_id: LogId) -> bool {
+        self.delivery
+            .progress()
+            .applied
+            .is_some_and(|applied| applied.index >= log_id.index)
+    }
+
+    /// Waits while this replica is fenced. If a snapshot to heal from comes meanwhile that
+    /// covers the entry being applied (`applying`), installs it and lifts the fence: then the
+    /// rest of that entry, and any other it covers, are passed over (`true`). An older one is
+    /// dropped (the healer asks again).
+    async fn heal_if_fenced(&mut self, applying: LogId) -> Result<bool, StorageError> {
+        if !self.applied.fenced() {
+            return Ok(false);
+        }
+        self.applied
+            .waiting_in
+            .store(applying.index, Ordering::Relaxed);
+        let healed = self.heal_when_given(applying).await;
+        self.applied.waiting_in.store(0, Ordering::Relaxed);
+        healed
+    }
+
+    async fn heal_when_given(&mut self, applying: LogId) -> Result<bool, StorageError> {
+        while let Some(healing) = self.applied.unfenced().await {
+            let (meta, bytes) = &*healing;
+            let covers = meta
+                .last_log_id
+                .is_some_and(|last| last.index >= applying.index);
+            if !covers || self.hooks.is_none() {
+                tracing::warn!(
+                    snapshot = %meta.snapshot_id,
+                    applying = applying.index,
+                    "a snapshot to heal from that does not cover the entry being applied: not used"
+                );
+                continue;
+            }
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                applying = applying.index,
+                "healing: restoring the app from a healthy replica's snapshot"
+            );
+            let requests = self.install(meta, bytes.clone()).await?;
+            // The digests of this replica's answers until then are of a state that is gone.
+            self.applied.digests.forget_through(requests);
+            self.applied
+                .resume()
+                .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                requests,
+                "healed: the app holds the healthy replicas' state; applying on"
+            );
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.delivery.progress().applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut replies = Vec::new();
+        for entry in entries {
+            let failed = |e: std::io::Error| StorageIOError::apply(entry.log_id, &e);
+            if self.covered(entry.log_id) {
+                // By a snapshot this replica healed from: its requests are in the app's state.
+                replies.push(());
+                continue;
+            }
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Membership(membership) => {
+                    if let Some(connections) = self.delivery.tcp_mut() {
+                        connections.keep_members(members(&membership));
+                    }
+                    self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    self.save_membership().await?;
+                }
+                EntryPayload::Normal(proposal) => {
+                    let mut seq = self.delivery.progress().requests;
+                    'entry: for batch in proposal.batches {
+                        let (origin, incarnation, _) = batch.id;
+                        self.delivery.advance((origin, incarnation), batch.floor);
+                        for command in batch.commands {
+                            seq += 1;
+                            if self.heal_if_fenced(entry.log_id).await? {
+                                break 'entry;
+                            }
+                            let outcome = self
+                                .delivery
+                                .deliver(seq, command.key(), &command.payload)
+                                .await
+                                .map_err(failed)?;
+                            if let Outcome::Diverged(why) = &outcome {
+                                // Fenced for good first, then the event is passed over: a crash
+                                // in between finds the fence, never the event merely gone.
+                                self.applied.fence(why.clone());
+                                self.delivery.pass_over(seq).map_err(failed)?;
+                            }
+                            self.applied.record(seq, &command, outcome, &self.delivery);
+                            self.halt_if_asked(&command).await;
+                        }
+                    }
+                }
+            }
+            if self.covered(entry.log_id) {
+                // Healed half way through it.
+                replies.push(());
+                continue;
+            }
+            self.delivery.finish_entry(entry.log_id).map_err(failed)?;
+            self.applied.applied.send_replace(entry.log_id.index);
+            if entry.log_id.index.is_multiple_of(CHECKPOINT_EVERY) {
+                self.checkpoint(entry.log_id).await?;
+            }
+            replies.push(());
+        }
+        Ok(replies)
+    }
+
+    /// Runs in order with `apply`, so the app's state captured here is exactly that of
+    /// `applied`. (openraft builds the snapshot itself in another task, concurrently with
+    /// applying more entries.)
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let app = match &self.hooks {
+            Some(hooks) => Some(hooks.capture(self.delivery.app()).await),
+            None => None,
+        };
+        let progress = self.delivery.progress();
+        SnapshotBuilder {
+            meta: SnapshotMeta {
+                last_log_id: progress.applied,
+                last_membership: self.membership.clone(),
+                snapshot_id: format!(
+                    "{}-{}",
+                    progress.applied.map_or(0, |id| id.index),
+                    progress.deliveries
+                ),
+            },
+            state: SnapshotState {
+                requests: progress.requests,
+                deliveries: progress.deliveries,
+                sessions: self.delivery.sessions().clone(),
+                app,
+            },
+            current: Arc::clone(&self.current),
+            dir: self.dir.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::default())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        self.install(meta, snapshot.into_inner()).await.map(drop)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {

@@ -11,6 +11,7 @@
 pub mod backup;
 #[cfg(test)]
 mod data_dir_tests;
+mod heal;
 pub mod membership;
 #[cfg(test)]
 mod peer_tests;
@@ -427,6 +428,7 @@ impl Node {
             dir: dir.clone(),
             hooks: settings.snapshots.is_some(),
         });
+        tokio::spawn(Arc::clone(&node).heal());
         if settings.tcp.is_some() && identity.boot > 1 {
             tokio::spawn(Arc::clone(&node).announce_restart(broken));
         } else {

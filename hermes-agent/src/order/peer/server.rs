@@ -58,6 +58,10 @@ pub trait Answers: Send + Sync {
     fn digests(&self, from: u64) -> Reply;
     /// The reply to [`Call::Compare`] from request `from` on.
     fn compare(&self, from: u64) -> Reply;
+    /// The snapshot this replica keeps (its metadata and bytes, encoded together), if it covers
+    /// entry `at_least`; `None` if it keeps none that far; an error if it cannot tell, or is
+    /// not a replica to heal from. Reads a file: called off the runtime.
+    fn snapshot(&self, at_least: u64) -> Result<Option<Vec<u8>>, String>;
 }
 
 /// What this node's elections hear from its peers, and answer them ([`Call::Standing`],
@@ -274,7 +278,8 @@ fn authorize(server: &Server, from: NodeId, call: &Call) -> Result<(), String> {
         | Call::Digests { .. }
         | Call::Compare { .. }
         | Call::TakeOver { .. }
-        | Call::Standing => Some(from),
+        | Call::Standing
+        | Call::Snapshot { .. } => Some(from),
     };
     if claimed != Some(from) {
         return Err(format!("node {from} speaks for node {claimed:?}"));
@@ -407,6 +412,7 @@ async fn handle(server: &Server, from: NodeId, call: Call) -> Reply {
             })
         }
         Call::Standing => Reply::Standing(server.elections.standing(&raft.metrics().borrow())),
+        Call::Snapshot { at_least } => Reply::Snapshot(snapshot(server, at_least).await),
         Call::ReadIndex => {
             Reply::ReadIndex(read_index::read_index_on_leader(raft, server.identity.node_id).await)
         }
@@ -431,4 +437,28 @@ async fn handle(server: &Server, from: NodeId, call: Call) -> Reply {
             }
         }
     }
+}
+
+/// The snapshot this replica keeps, for a fenced peer to heal from (`crate::node::heal`), if it
+/// covers entry `at_least`; otherwise why not, and one is built for the next ask.
+async fn snapshot(server: &Server, at_least: u64) -> Result<Vec<u8>, String> {
+    let answers = Arc::clone(&server.answers);
+    let kept = tokio::task::spawn_blocking(move || answers.snapshot(at_least))
+        .await
+        .map_err(|e| e.to_string())??;
+    let Some(snapshot) = kept else {
+        let _ = server.raft.trigger().snapshot().await;
+        return Err(format!(
+            "no snapshot here covers entry {at_least} yet: one is being built"
+        ));
+    };
+    // The reply's frame holds the snapshot and a few bytes more.
+    if snapshot.len() + 64 > server.peers.max_frame() {
+        return Err(format!(
+            "the snapshot ({} bytes) does not fit in a peer frame (--max-frame, {} bytes)",
+            snapshot.len(),
+            server.peers.max_frame()
+        ));
+    }
+    Ok(snapshot)
 }

@@ -51,6 +51,10 @@ pub enum Call {
     /// Where does your log end, and how long have you not heard a leader? Asked by a voter that
     /// thinks of campaigning ([`crate::order::elect`]).
     Standing,
+    /// The snapshot you keep, if it covers entry `at_least`: a fenced replica heals from it.
+    Snapshot {
+        at_least: u64,
+    },
 }
 
 /// The member a Raft call is for.
@@ -111,6 +115,9 @@ pub enum Reply {
     TakeOver(Result<(), String>),
     /// The answer to [`Call::Standing`], or why this node cannot say (its Raft has stopped).
     Standing(Result<Standing, String>),
+    /// The answer to [`Call::Snapshot`]: the snapshot's metadata and bytes, encoded together as
+    /// the state machine keeps them, or why not.
+    Snapshot(Result<Vec<u8>, String>),
 }
 
 /// Where a voter stands, as it tells another that thinks of campaigning ([`Call::Standing`]).
@@ -119,7 +126,7 @@ pub struct Standing {
     /// The last entry of its log.
     pub last_log: Option<LogId>,
     /// Milliseconds since it last heard a leader; on a leader, since a majority last answered
-    /// it (`u64::MAX`: it is stopping).
+    /// it (0 until the first answers; `u64::MAX`: it is stopping).
     pub quiet_ms: u64,
     /// It would campaign (it is not stopping).
     pub campaigns: bool,
@@ -276,6 +283,8 @@ mod tests {
         assert_eq!(reply(compare), 9);
         assert_eq!(call(Call::Standing), 10);
         assert_eq!(reply(Reply::Standing(Err(String::new()))), 11);
+        assert_eq!(call(Call::Snapshot { at_least: 1 }), 11);
+        assert_eq!(reply(Reply::Snapshot(Err(String::new()))), 12);
         // `Compare` carries the kind of digests, by index too.
         let kinds = [
             Digest::StatusAndBody,
