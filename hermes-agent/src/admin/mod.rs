@@ -317,7 +317,7 @@ pub(crate) fn not_ready(admin: &Admin) -> Option<String> {
         return Some(format!("fenced: {why}"));
     }
     let metrics = node.metrics();
-    if metrics.current_leader.is_none() {
+    if node.leader(&metrics).is_none() {
         return Some("no leader".into());
     }
     if propose::cut_off(&metrics) {
@@ -392,7 +392,7 @@ fn state(node: &Node) -> State {
         log_bytes: node.log.file_bytes(),
         disk_available: node.log.disk_available(),
         term: metrics.current_term,
-        leader: metrics.current_leader.unwrap_or(0),
+        leader: node.leader(&metrics).unwrap_or(0),
         commit_index: node.log.committed().map_or(0, |id| id.index),
         applied_index: node.applied.applied_index(),
         lags,
@@ -443,7 +443,7 @@ fn replica_status(node: &Node) -> serde_json::Value {
         "node_id": node.id,
         "incarnation": format!("{:016x}", node.identity.incarnation),
         "state": format!("{:?}", metrics.state),
-        "leader_id": metrics.current_leader,
+        "leader_id": node.leader(&metrics),
         "term": metrics.current_term,
         "last_log_index": metrics.last_log_index.unwrap_or(0),
         "commit_index": node.log.committed().map_or(0, |id| id.index),

@@ -8,7 +8,10 @@
 //! have happened, possibly after digests of later events ([`Digests::expect`]).
 use std::{
     collections::{BTreeSet, VecDeque},
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use crate::order::peer::wire::Digest;
@@ -21,6 +24,9 @@ const KEPT: usize = 4096;
 pub struct Digests {
     what: Digest,
     kept: Mutex<Kept>,
+    /// Counts [`Self::forget_through`]: a comparison that read digests before one must not act
+    /// on them.
+    generation: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +63,7 @@ impl Digests {
         Self {
             what,
             kept: Mutex::default(),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -98,6 +105,12 @@ impl Digests {
         kept.digests.drain(..after);
         kept.coming.retain(|coming| *coming > seq);
         kept.handled = kept.handled.max(seq);
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Changes with every [`Self::forget_through`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// The digest of `seq` that was expected.

@@ -6,7 +6,8 @@
 //! An answer that differs is reported: the first such in `/status`, every one in the
 //! metrics and the log (at error level, with the digests). With `--on-divergence fence`, a node
 //! whose answer a majority of the voters did not give stops applying and reports not ready,
-//! until an operator resumes it (`hermes-agent ctl resume`) or rebuilds it.
+//! until it heals from a healthy replica's snapshot (with snapshot hooks, see
+//! `crate::node::heal`), an operator resumes it (`hermes-agent ctl resume`), or it is rebuilt.
 use std::{
     collections::BTreeMap,
     sync::{
@@ -24,7 +25,7 @@ use crate::{
         peer::{
             Peers,
             server::Answers,
-            wire::{Call, Digest, Reply},
+            wire::{Call, Digest, Offered, Reply},
         },
         typ::{NodeId, Raft},
     },
@@ -188,6 +189,7 @@ pub async fn watch(
     let mut waiting_on = None;
     loop {
         tokio::time::sleep(EVERY).await;
+        let generation = applied.digests().generation();
         let report = applied.digests().report(checked + 1, BATCH);
         // Not beyond what is settled here: a digest still to come must not be passed over.
         let mine: Vec<(u64, u64)> = report
@@ -233,6 +235,10 @@ pub async fn watch(
             }
         }
         for (seq, digest) in mine {
+            if applied.digests().generation() != generation {
+                // This replica healed meanwhile: these digests are of a state that is gone.
+                break;
+            }
             let Some(others) = theirs(seq, &reports, what) else {
                 // Wait for the peers to get there.
                 break;
@@ -287,10 +293,16 @@ pub async fn watch(
     }
 }
 
-/// The other side of `ask`: what this replica tells a peer that asks for its digests.
-impl Answers for Applied {
+/// What this replica tells its peers: its digests (the other side of `ask`), and the snapshot it
+/// offers a fenced one to heal from.
+pub struct Answering {
+    pub applied: Arc<Applied>,
+    pub divergence: Arc<Divergence>,
+}
+
+impl Answers for Answering {
     fn digests(&self, from: u64) -> Reply {
-        let report = self.digests().report(from, BATCH);
+        let report = self.applied.digests().report(from, BATCH);
         Reply::Digests {
             oldest: report.oldest,
             digests: report.digests,
@@ -298,20 +310,31 @@ impl Answers for Applied {
     }
 
     fn compare(&self, from: u64) -> Reply {
-        let report = self.digests().report(from, BATCH);
+        let digests = self.applied.digests();
+        let report = digests.report(from, BATCH);
         Reply::Compare {
-            what: self.digests().what(),
-            fenced: self.fenced(),
+            what: digests.what(),
+            fenced: self.applied.fenced(),
             settled: report.settled,
             digests: report.digests,
         }
     }
 
-    fn snapshot(&self, at_least: u64) -> Result<Option<Vec<u8>>, String> {
-        if self.fenced() {
-            return Err("this replica is fenced too".into());
+    fn snapshot(&self, at_least: u64, limit: usize) -> Offered {
+        if self.applied.fenced() {
+            return Offered::Refused("this replica is fenced too".into());
         }
-        self.kept_snapshot(at_least).map_err(|e| e.to_string())
+        if self.divergence.first().is_some_and(|found| found.minority) {
+            return Offered::Refused("this replica's answers diverged from the majority's".into());
+        }
+        match self.applied.kept_snapshot(limit) {
+            Err(error) => Offered::Refused(format!("its snapshot: {error}")),
+            // Its answers up to the last second's were compared with the others' (a snapshot
+            // built under load always covers some that were not yet).
+            Ok(Some((file, last))) if last >= at_least => Offered::Snapshot(file),
+            Ok(_) if self.applied.applied_index() >= at_least => Offered::Building,
+            Ok(_) => Offered::Refused(format!("it has not applied entry {at_least} yet")),
+        }
     }
 }
 

@@ -61,6 +61,7 @@ pub struct Applied {
     healing: watch::Sender<Option<Healing>>,
     /// The entry whose request waits for the fence to lift (0: none waits).
     waiting_in: AtomicU64,
+    heals: AtomicU64,
     /// Where a fence is kept across restarts (the file [`FENCED`]).
     dir: DataDir,
     /// The command after which delivery stops for good (a planned stop in raw TCP mode).
@@ -147,8 +148,8 @@ impl Applied {
         tracing::error!(
             why,
             "fenced: this replica stops applying and reports not ready until it heals from \
-             another replica's snapshot (with snapshot hooks), an operator resumes it \
-             (`hermes-agent ctl resume`), or it is rebuilt"
+             another replica's snapshot (with snapshot hooks, in HTTP mode), an operator \
+             resumes it (`hermes-agent ctl resume`), or it is rebuilt"
         );
         if let Err(error) = self.dir.replace(FENCED, why.as_bytes()) {
             tracing::error!(%error, "cannot keep the fence in the data directory");
@@ -165,8 +166,14 @@ impl Applied {
     /// Lets a fenced replica apply again.
     pub fn resume(&self) -> std::io::Result<()> {
         self.dir.remove(FENCED)?;
+        self.healing.send_replace(None);
         self.fenced.send_replace(false);
         Ok(())
+    }
+
+    /// How many times this replica healed from another's snapshot since it started.
+    pub fn heals(&self) -> u64 {
+        self.heals.load(Ordering::Relaxed)
     }
 
     /// Makes delivery stop for good right after the command with `key` (once it is applied).
@@ -184,19 +191,17 @@ impl Applied {
         self.stopper.stop()
     }
 
-    /// The snapshot this replica keeps (its metadata and bytes, encoded together), if it covers
-    /// entry `at_least`.
-    pub fn kept_snapshot(&self, at_least: u64) -> std::io::Result<Option<Vec<u8>>> {
-        let Some(file) = stored_snapshot_file(&self.dir)? else {
+    /// The snapshot this replica keeps, if any, of at most `limit` bytes (more is an error): the
+    /// file (its metadata and bytes, encoded together) and its last entry.
+    pub fn kept_snapshot(&self, limit: usize) -> std::io::Result<Option<(Vec<u8>, u64)>> {
+        let Some(file) = self.dir.read(SNAPSHOT, limit as u64)? else {
             return Ok(None);
         };
         // The metadata comes first: the bytes need not be decoded.
         let (meta, _) =
             postcard::take_from_bytes::<SnapshotMeta>(&file).map_err(std::io::Error::other)?;
-        Ok(meta
-            .last_log_id
-            .is_some_and(|last| last.index >= at_least)
-            .then_some(file))
+        let last = meta.last_log_id.map_or(0, |id| id.index);
+        Ok(Some((file, last)))
     }
 
     /// The entry in which a request waits for the fence to lift, if one does: a snapshot to
@@ -205,8 +210,8 @@ impl Applied {
         Some(self.waiting_in.load(Ordering::Relaxed)).filter(|index| *index > 0)
     }
 
-    /// Has this fenced replica heal from `snapshot` (a healthy replica's, through the restore
-    /// hook) once its application reaches a request of an entry the snapshot covers.
+    /// Gives this fenced replica `snapshot` (a healthy replica's) to heal from, through the
+    /// restore hook, when a request waits in an entry the snapshot covers.
     pub fn heal(&self, snapshot: Healing) {
         self.healing.send_replace(Some(snapshot));
     }
@@ -220,10 +225,13 @@ impl Applied {
             if !still {
                 return None;
             }
-            // Read, and the read lock let go, before it is taken.
-            let given = healing.borrow_and_update().clone();
+            healing.borrow_and_update();
+            let mut given = None;
+            self.healing.send_if_modified(|healing| {
+                given = healing.take();
+                given.is_some()
+            });
             if given.is_some() {
-                self.healing.send_replace(None);
                 return given;
             }
             tokio::select! {
@@ -286,6 +294,10 @@ pub struct StateMachine {
     dir: DataDir,
     membership: StoredMembership,
     current: CurrentSnapshot,
+    /// The last entry whose application openraft has been told of. Behind `applied` only after
+    /// this replica healed from a snapshot ahead of openraft's view: the entries between are
+    /// passed over as they come.
+    returned: watch::Sender<u64>,
 }
 
 /// The most read of a file the state machine keeps that holds no app state.
@@ -546,6 +558,7 @@ impl StateMachine {
             fenced_because: Mutex::new(fenced_because),
             healing: watch::Sender::new(None),
             waiting_in: AtomicU64::new(0),
+            heals: AtomicU64::new(0),
             dir: dir.clone(),
             halt_after: Mutex::default(),
             halted: Notify::new(),
@@ -559,6 +572,7 @@ impl StateMachine {
             dir: dir.clone(),
             membership,
             current: Arc::new(tokio::sync::Mutex::new(current)),
+            returned: watch::Sender::new(applied),
         };
         Ok((machine, shared))
     }
@@ -698,14 +712,12 @@ impl StateMachine {
     async fn heal_when_given(&mut self, applying: LogId) -> Result<bool, StorageError> {
         while let Some(healing) = self.applied.unfenced().await {
             let (meta, bytes) = &*healing;
-            let covers = meta
-                .last_log_id
-                .is_some_and(|last| last.index >= applying.index);
-            if !covers || self.hooks.is_none() {
+            if let Err(why) = self.can_heal_from(meta, bytes, applying) {
                 tracing::warn!(
                     snapshot = %meta.snapshot_id,
                     applying = applying.index,
-                    "a snapshot to heal from that does not cover the entry being applied: not used"
+                    why,
+                    "a snapshot to heal from not used"
                 );
                 continue;
             }
@@ -720,6 +732,7 @@ impl StateMachine {
             self.applied
                 .resume()
                 .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+            self.applied.heals.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 snapshot = %meta.snapshot_id,
                 requests,
@@ -728,6 +741,33 @@ impl StateMachine {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Why this replica cannot heal from the snapshot `bytes` with `meta` while a request of
+    /// entry `applying` waits, if it cannot.
+    fn can_heal_from(
+        &self,
+        meta: &SnapshotMeta,
+        bytes: &[u8],
+        applying: LogId,
+    ) -> Result<(), String> {
+        if meta
+            .last_log_id
+            .is_none_or(|last| last.index < applying.index)
+        {
+            return Err("it does not cover the entry whose request waits".into());
+        }
+        let state: SnapshotState = decode(bytes).map_err(|e| format!("it cannot be read: {e}"))?;
+        if state.app.is_none() || self.hooks.is_none() {
+            return Err("it holds no app state, or this replica has no restore hook".into());
+        }
+        if state.requests < self.delivery.progress().requests {
+            return Err(format!(
+                "it covers {} requests, fewer than this replica handled",
+                state.requests
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -749,6 +789,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if self.covered(entry.log_id) {
                 // By a snapshot this replica healed from: its requests are in the app's state.
                 replies.push(());
+                self.returned.send_replace(entry.log_id.index);
                 continue;
             }
             match entry.payload {
@@ -790,6 +831,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if self.covered(entry.log_id) {
                 // Healed half way through it.
                 replies.push(());
+                self.returned.send_replace(entry.log_id.index);
                 continue;
             }
             self.delivery.finish_entry(entry.log_id).map_err(failed)?;
@@ -798,6 +840,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.checkpoint(entry.log_id).await?;
             }
             replies.push(());
+            self.returned.send_replace(entry.log_id.index);
         }
         Ok(replies)
     }
@@ -829,6 +872,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             },
             current: Arc::clone(&self.current),
             dir: self.dir.clone(),
+            returned: self.returned.subscribe(),
         }
     }
 
@@ -841,7 +885,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        self.install(meta, snapshot.into_inner()).await.map(drop)
+        self.install(meta, snapshot.into_inner()).await?;
+        // openraft applies on after it.
+        let last = meta.last_log_id.map_or(0, |id| id.index);
+        self.returned.send_replace(last);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
@@ -863,12 +911,25 @@ pub struct SnapshotBuilder {
     state: SnapshotState,
     current: CurrentSnapshot,
     dir: DataDir,
+    returned: watch::Receiver<u64>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let failed =
             |e: std::io::Error| StorageIOError::write_snapshot(Some(self.meta.signature()), &e);
+        // openraft purges the log up to a snapshot it is told of: not before it has handed
+        // every entry the snapshot covers to `apply` (a replica that healed from a snapshot
+        // ahead of openraft's view passes them over as they come).
+        let last = self.meta.last_log_id.map_or(0, |id| id.index);
+        if self
+            .returned
+            .wait_for(|returned| *returned >= last)
+            .await
+            .is_err()
+        {
+            return Err(failed(std::io::Error::other("the state machine has stopped")).into());
+        }
         let bytes = encode(&self.state).map_err(failed)?;
         keep_snapshot(&self.dir, &self.current, &self.meta, bytes.clone())
             .await

@@ -4,19 +4,27 @@
 //! operator. Without hooks, or in raw TCP mode, it stays fenced and says what to do.
 //!
 //! The snapshot must cover the entry the fenced replica stopped in, so that nothing between is
-//! missed: this node asks the other voters for one that does; a healthy replica sends the
-//! snapshot it keeps, or builds one for the next ask ([`Call::Snapshot`]). The state machine installs it when it next has a request to deliver,
-//! passes over what it covers, and lifts the fence ([`crate::deliver::state_machine`]).
-use std::{sync::Arc, time::Duration};
+//! missed: this node asks the other voters for one that does; a healthy replica (neither
+//! fenced nor diverged) sends the snapshot it keeps, or builds one for the next ask ([`Call::Snapshot`]). The state machine installs it when a
+//! request waits in an entry it covers, passes over what it covers, and lifts the fence
+//! ([`crate::deliver::state_machine`]). A replica fenced with nothing to deliver heals when the
+//! next request comes.
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
-use tokio::time::{sleep, timeout};
+use tokio::{
+    sync::watch,
+    time::{sleep, timeout},
+};
 
 use super::Node;
 use crate::{
     deliver::state_machine::{self, Healing},
     order::{
         log_store::decode,
-        peer::wire::{Call, Reply},
+        peer::wire::{Call, Offered, Reply},
         typ::{NodeId, SnapshotMeta},
     },
 };
@@ -30,43 +38,66 @@ const LONGEST_WAIT: Duration = Duration::from_secs(10);
 /// runs meanwhile; a replica with nothing to deliver takes it only once requests come).
 const INSTALL_WITHIN: Duration = Duration::from_secs(30);
 
+/// Heals the replica of `node` whenever it is fenced, for as long as the node lives.
+pub(crate) async fn heal(node: Weak<Node>) {
+    let Some(mut fenced) = node.upgrade().map(|node| node.applied.fenced_subscribe()) else {
+        return;
+    };
+    loop {
+        if fenced.wait_for(|fenced| *fenced).await.is_err() {
+            return;
+        }
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        if let Some(why) = node.cannot_heal() {
+            tracing::error!(
+                why,
+                "this replica is fenced and cannot heal itself: make its app agree with the \
+                 others' and run `hermes-agent ctl resume`, or replace it (docs/operations.md, \
+                 \"A replica fenced\")"
+            );
+        } else {
+            node.heal_now(&mut fenced).await;
+        }
+        drop(node);
+        if fenced.wait_for(|fenced| !*fenced).await.is_err() {
+            return;
+        }
+    }
+}
+
 impl Node {
-    /// Heals this replica whenever it is fenced, for as long as the runtime runs.
-    pub(crate) async fn heal(self: Arc<Self>) {
-        let mut fenced = self.applied.fenced_subscribe();
-        loop {
-            if fenced.wait_for(|fenced| *fenced).await.is_err() {
-                return;
-            }
-            if let Some(why) = self.cannot_heal() {
-                tracing::error!(
-                    why,
-                    "this replica is fenced and cannot heal itself: rebuild it (docs/operations.md, \
-                     \"A replica fenced\")"
-                );
-                if fenced.wait_for(|fenced| !*fenced).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            let mut wait = FIRST_WAIT;
-            while self.applied.fenced() {
-                match self.snapshot_to_heal_from().await {
-                    Ok(snapshot) => {
-                        let entry = snapshot.0.last_log_id.map_or(0, |id| id.index);
-                        tracing::info!(entry, "healing from a healthy replica's snapshot");
-                        self.applied.heal(snapshot);
-                        let lifted = fenced.wait_for(|fenced| !*fenced);
-                        if timeout(INSTALL_WITHIN, lifted).await.is_ok() {
-                            self.divergence.healed();
-                            break;
-                        }
+    /// Asks the others for a snapshot and hands it to the state machine until the fence lifts.
+    async fn heal_now(&self, fenced: &mut watch::Receiver<bool>) {
+        let heals = self.applied.heals();
+        let mut wait = FIRST_WAIT;
+        let mut rounds = 0;
+        while self.applied.fenced() && self.raft.metrics().borrow().running_state.is_ok() {
+            match self.snapshot_to_heal_from().await {
+                Ok(snapshot) => {
+                    let entry = snapshot.0.last_log_id.map_or(0, |id| id.index);
+                    tracing::info!(entry, "healing from a healthy replica's snapshot");
+                    self.applied.heal(snapshot);
+                    let lifted = fenced.wait_for(|fenced| !*fenced);
+                    if timeout(INSTALL_WITHIN, lifted).await.is_ok() {
+                        break;
                     }
-                    Err(why) => tracing::info!(why, "no snapshot to heal from yet"),
                 }
-                sleep(wait).await;
-                wait = (wait * 2).min(LONGEST_WAIT);
+                Err(why) => {
+                    rounds += 1;
+                    if rounds % 10 == 0 {
+                        tracing::warn!(why, rounds, "still no snapshot to heal from");
+                    } else {
+                        tracing::info!(why, "no snapshot to heal from yet");
+                    }
+                }
             }
+            sleep(wait).await;
+            wait = (wait * 2).min(LONGEST_WAIT);
+        }
+        if self.applied.heals() > heals {
+            self.divergence.healed();
         }
     }
 
@@ -85,7 +116,7 @@ impl Node {
     }
 
     /// A snapshot of another voter's that covers the entry in which this replica stopped (the
-    /// next one, while it has no request waiting).
+    /// next one, while it has no request waiting). One voter builds one if none has it.
     async fn snapshot_to_heal_from(&self) -> Result<Healing, String> {
         let at_least = self
             .applied
@@ -94,34 +125,21 @@ impl Node {
         let mut refusals = Vec::new();
         for (id, addr) in self.others_leader_first() {
             let call = Call::Snapshot { at_least };
-            let file = match self.peers.get(id, &addr).call(&call, ASK).await {
-                Ok(Reply::Snapshot(Ok(file))) => file,
-                Ok(Reply::Snapshot(Err(why))) => {
+            match self.peers.get(id, &addr).call(&call, ASK).await {
+                Ok(Reply::Snapshot(Offered::Snapshot(file))) => match usable(&file, at_least) {
+                    Ok(snapshot) => return Ok(snapshot),
+                    Err(why) => refusals.push(format!("node {id}'s snapshot {why}")),
+                },
+                Ok(Reply::Snapshot(Offered::Building)) => {
+                    refusals.push(format!("node {id} builds one"));
+                    break;
+                }
+                Ok(Reply::Snapshot(Offered::Refused(why))) => {
                     refusals.push(format!("node {id}: {why}"));
-                    continue;
                 }
-                Ok(_) => {
-                    refusals.push(format!("node {id} does not send snapshots"));
-                    continue;
-                }
-                Err(error) => {
-                    refusals.push(format!("node {id}: {error}"));
-                    continue;
-                }
-            };
-            let (meta, bytes): (SnapshotMeta, Vec<u8>) =
-                decode(&file).map_err(|e| format!("node {id}'s snapshot: {e}"))?;
-            let contents = state_machine::contents(&bytes)
-                .map_err(|e| format!("node {id}'s snapshot: {e}"))?;
-            if contents.app.is_none() {
-                return Err(format!("node {id}'s snapshot holds no app state"));
+                Ok(_) => refusals.push(format!("node {id} does not offer snapshots")),
+                Err(error) => refusals.push(format!("node {id}: {error}")),
             }
-            if meta.last_log_id.is_none_or(|last| last.index < at_least) {
-                return Err(format!(
-                    "node {id}'s snapshot does not reach entry {at_least}"
-                ));
-            }
-            return Ok(Arc::new((meta, bytes)));
         }
         Err(refusals.join("; "))
     }
@@ -138,4 +156,19 @@ impl Node {
         others.sort_by_key(|(id, _)| Some(*id) != metrics.current_leader);
         others
     }
+}
+
+/// The snapshot in a peer's `file`, if it can be healed from at entry `at_least`; otherwise
+/// what is wrong with it.
+fn usable(file: &[u8], at_least: u64) -> Result<Healing, String> {
+    let (meta, bytes): (SnapshotMeta, Vec<u8>) =
+        decode(file).map_err(|e| format!("cannot be read: {e}"))?;
+    let contents = state_machine::contents(&bytes).map_err(|e| format!("cannot be read: {e}"))?;
+    if contents.app.is_none() {
+        return Err("holds no app state".into());
+    }
+    if meta.last_log_id.is_none_or(|last| last.index < at_least) {
+        return Err(format!("does not reach entry {at_least}"));
+    }
+    Ok(Arc::new((meta, bytes)))
 }

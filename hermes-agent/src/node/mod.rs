@@ -43,7 +43,7 @@ use crate::{
     data_dir::DataDir,
     deliver::{
         App, digests,
-        divergence::{self, Divergence, OnDivergence},
+        divergence::{self, Answering, Divergence, OnDivergence},
         hooks::Hooks,
         state_machine::{Applied, Replica, StateMachine},
         tcp::{Clients, Connections, TcpMode},
@@ -59,7 +59,7 @@ use crate::{
         peer::{
             self, Network, Peers,
             client::Calls,
-            server::{self, Answers, Elections},
+            server::{self, Elections},
             tls::{PeerTls, Security},
         },
         propose::{Merger, Outcome, Proposer},
@@ -144,6 +144,10 @@ pub struct Snapshots {
     /// Entries kept in the log behind a snapshot, for followers that lag a little.
     pub keep: u64,
 }
+
+/// How long a follower goes on naming a leader it no longer hears ([`Node::leader`]): twice
+/// what it takes the others to start an election.
+pub const LEADER_LOST: Duration = Duration::from_secs(1);
 
 /// How long a request waits for a leader to take it before the client gets 503: several times
 /// what an election normally takes (about half a second after a leader fault).
@@ -338,6 +342,7 @@ impl Node {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let merger = Merger::start(raft.clone(), log.clone());
+        let divergence = Arc::new(Divergence::default());
         let elector = Arc::new(Elector::new(log.clone()));
         tokio::spawn(elect::run(
             Arc::clone(&elector),
@@ -348,7 +353,10 @@ impl Node {
             listener,
             Arc::new(server::Server {
                 raft: raft.clone(),
-                answers: Arc::clone(&applied) as Arc<dyn Answers>,
+                answers: Arc::new(Answering {
+                    applied: Arc::clone(&applied),
+                    divergence: Arc::clone(&divergence),
+                }),
                 merger: merger.clone(),
                 elections: Arc::clone(&elector) as Arc<dyn Elections>,
                 peers: peers.clone(),
@@ -364,7 +372,6 @@ impl Node {
             raft.clone(),
             Arc::clone(&leaders),
         ));
-        let divergence = Arc::new(Divergence::default());
         tokio::spawn(divergence::watch(
             settings.node_id,
             raft.clone(),
@@ -428,7 +435,7 @@ impl Node {
             dir: dir.clone(),
             hooks: settings.snapshots.is_some(),
         });
-        tokio::spawn(Arc::clone(&node).heal());
+        tokio::spawn(heal::heal(Arc::downgrade(&node)));
         if settings.tcp.is_some() && identity.boot > 1 {
             tokio::spawn(Arc::clone(&node).announce_restart(broken));
         } else {
@@ -657,6 +664,18 @@ impl Node {
 
     pub fn metrics(&self) -> Metrics {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// The leader as this node knows it (in `metrics`): itself while it leads; another while
+    /// this node has heard from it within [`LEADER_LOST`]. openraft names the last leader until
+    /// another is elected; a node that heard none for that long (the leader died, or this node
+    /// is cut off, and in a minority no election starts) knows none.
+    pub fn leader(&self, metrics: &Metrics) -> Option<NodeId> {
+        match metrics.current_leader {
+            Some(leader) if leader == self.id => Some(leader),
+            Some(leader) if self.elector.quiet() < LEADER_LOST => Some(leader),
+            _ => None,
+        }
     }
 
     /// Whether this node is in the cluster's membership (as a voter or a learner).

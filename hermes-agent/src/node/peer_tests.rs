@@ -13,6 +13,7 @@ use tokio::{
 
 use super::{Node, testing::single_node};
 use crate::{
+    deliver::divergence::Answering,
     order::{
         elect::Elector,
         log_store,
@@ -95,7 +96,10 @@ const LONG: Duration = Duration::from_secs(60);
 fn server_for(node: &Node) -> server::Server {
     server::Server {
         raft: node.raft.clone(),
-        answers: Arc::clone(&node.applied) as Arc<dyn server::Answers>,
+        answers: Arc::new(Answering {
+            applied: Arc::clone(&node.applied),
+            divergence: Arc::clone(&node.divergence),
+        }),
         merger: Merger::start(node.raft.clone(), node.log.clone()),
         elections: Arc::new(Elector::new(node.log.clone())),
         peers: node.peers().clone(),

@@ -109,8 +109,8 @@ impl Elector {
         self.stopped.load(Ordering::Relaxed)
     }
 
-    /// How long this node has not heard a leader.
-    fn quiet(&self) -> Duration {
+    /// How long this node has not heard a leader (nor granted a vote).
+    pub fn quiet(&self) -> Duration {
         self.heard.lock().unwrap().quiet_since.elapsed()
     }
 }

@@ -26,7 +26,7 @@ use super::{
     Peers,
     client::{Calls, Direction},
     tls::{Io, Presented, Security},
-    wire::{self, Call, ForwardError, Reply, Standing, Target},
+    wire::{self, Call, ForwardError, Offered, Reply, Standing, Target},
 };
 use crate::order::{
     identity::Identity,
@@ -58,10 +58,10 @@ pub trait Answers: Send + Sync {
     fn digests(&self, from: u64) -> Reply;
     /// The reply to [`Call::Compare`] from request `from` on.
     fn compare(&self, from: u64) -> Reply;
-    /// The snapshot this replica keeps (its metadata and bytes, encoded together), if it covers
-    /// entry `at_least`; `None` if it keeps none that far; an error if it cannot tell, or is
-    /// not a replica to heal from. Reads a file: called off the runtime.
-    fn snapshot(&self, at_least: u64) -> Result<Option<Vec<u8>>, String>;
+    /// What this replica offers a fenced one that needs a snapshot covering entry `at_least`,
+    /// at most `limit` bytes: [`Offered::Building`] if it should build one (the caller does).
+    /// Reads a file: called off the runtime.
+    fn snapshot(&self, at_least: u64, limit: usize) -> Offered;
 }
 
 /// What this node's elections hear from its peers, and answer them ([`Call::Standing`],
@@ -439,26 +439,18 @@ async fn handle(server: &Server, from: NodeId, call: Call) -> Reply {
     }
 }
 
-/// The snapshot this replica keeps, for a fenced peer to heal from (`crate::node::heal`), if it
-/// covers entry `at_least`; otherwise why not, and one is built for the next ask.
-async fn snapshot(server: &Server, at_least: u64) -> Result<Vec<u8>, String> {
+/// What this replica offers a fenced peer to heal from (`crate::node::heal`): the snapshot it
+/// keeps, if it covers entry `at_least`; otherwise one is built, for the next ask, if this
+/// replica applied that far.
+async fn snapshot(server: &Server, at_least: u64) -> Offered {
     let answers = Arc::clone(&server.answers);
-    let kept = tokio::task::spawn_blocking(move || answers.snapshot(at_least))
-        .await
-        .map_err(|e| e.to_string())??;
-    let Some(snapshot) = kept else {
-        let _ = server.raft.trigger().snapshot().await;
-        return Err(format!(
-            "no snapshot here covers entry {at_least} yet: one is being built"
-        ));
-    };
     // The reply's frame holds the snapshot and a few bytes more.
-    if snapshot.len() + 64 > server.peers.max_frame() {
-        return Err(format!(
-            "the snapshot ({} bytes) does not fit in a peer frame (--max-frame, {} bytes)",
-            snapshot.len(),
-            server.peers.max_frame()
-        ));
+    let limit = server.peers.max_frame().saturating_sub(64);
+    let offered = tokio::task::spawn_blocking(move || answers.snapshot(at_least, limit))
+        .await
+        .unwrap_or_else(|e| Offered::Refused(e.to_string()));
+    if offered == Offered::Building {
+        let _ = server.raft.trigger().snapshot().await;
     }
-    Ok(snapshot)
+    offered
 }

@@ -115,9 +115,21 @@ pub enum Reply {
     TakeOver(Result<(), String>),
     /// The answer to [`Call::Standing`], or why this node cannot say (its Raft has stopped).
     Standing(Result<Standing, String>),
-    /// The answer to [`Call::Snapshot`]: the snapshot's metadata and bytes, encoded together as
-    /// the state machine keeps them, or why not.
-    Snapshot(Result<Vec<u8>, String>),
+    /// The answer to [`Call::Snapshot`].
+    Snapshot(Offered),
+}
+
+/// What a replica offers a fenced one to heal from ([`Call::Snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Offered {
+    /// The snapshot it keeps: its metadata and bytes, encoded together as the state machine
+    /// keeps them.
+    Snapshot(Vec<u8>),
+    /// It keeps none that covers the entry, and builds one now: ask again.
+    Building,
+    /// It has none to offer, and why (it is fenced or diverged too, or has not applied that
+    /// far, or the snapshot is too large for a frame).
+    Refused(String),
 }
 
 /// Where a voter stands, as it tells another that thinks of campaigning ([`Call::Standing`]).
@@ -284,7 +296,7 @@ mod tests {
         assert_eq!(call(Call::Standing), 10);
         assert_eq!(reply(Reply::Standing(Err(String::new()))), 11);
         assert_eq!(call(Call::Snapshot { at_least: 1 }), 11);
-        assert_eq!(reply(Reply::Snapshot(Err(String::new()))), 12);
+        assert_eq!(reply(Reply::Snapshot(Offered::Building)), 12);
         // `Compare` carries the kind of digests, by index too.
         let kinds = [
             Digest::StatusAndBody,
