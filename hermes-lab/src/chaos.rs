@@ -77,6 +77,8 @@ pub struct Injected {
     pub node: usize,
     /// Until writes sent after the fault were acknowledged again; `None`: not within the fault.
     pub unavailable: Option<Duration>,
+    /// The longest time no write was acknowledged to any client while the fault lasted.
+    pub pause: Duration,
 }
 
 pub struct Report {
@@ -92,16 +94,21 @@ pub struct PerFault {
     /// `None`: at least one fault's writes did not come back within the fault.
     pub longest: Option<Duration>,
     pub p99: Option<Duration>,
+    /// The longest pause in acknowledged writes during one of them.
+    pub longest_pause: Duration,
 }
 
 impl Report {
     pub fn per_fault(&self) -> BTreeMap<Fault, PerFault> {
         let mut times: BTreeMap<Fault, Vec<Option<Duration>>> = BTreeMap::new();
+        let mut pauses: BTreeMap<Fault, Duration> = BTreeMap::new();
         for injected in &self.injected {
             times
                 .entry(injected.fault)
                 .or_default()
                 .push(injected.unavailable);
+            let pause = pauses.entry(injected.fault).or_default();
+            *pause = (*pause).max(injected.pause);
         }
         times
             .into_iter()
@@ -114,6 +121,7 @@ impl Report {
                     count: sorted.len(),
                     longest: *sorted.last().expect("one at least"),
                     p99: sorted[rank],
+                    longest_pause: pauses[&fault],
                 };
                 (fault, per)
             })
@@ -130,11 +138,12 @@ impl fmt::Display for Injected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:>6.1?}  {:<30} node {}  writes unavailable for {}",
+            "{:>6.1?}  {:<30} node {}  writes unavailable for {} (longest pause {:.2?})",
             self.at,
             self.fault.to_string(),
             self.node,
-            unavailability(self.unavailable)
+            unavailability(self.unavailable),
+            self.pause
         )
     }
 }
@@ -149,11 +158,12 @@ impl fmt::Display for Report {
         for (fault, per) in self.per_fault() {
             writeln!(
                 f,
-                "  {:<30} {:>3} faults, longest {}, p99 {}",
+                "  {:<30} {:>3} faults, longest {}, p99 {}; longest pause {:.2?}",
                 fault.to_string(),
                 per.count,
                 unavailability(per.longest),
-                unavailability(per.p99)
+                unavailability(per.p99),
+                per.longest_pause
             )?;
         }
         writeln!(
@@ -205,6 +215,7 @@ pub fn run(
         let at = started.elapsed();
         let acked = load.acked();
         let since = Instant::now();
+        load.longest_pause();
         inject(cluster, fault, node)?;
         // Each client had at most one write in flight: once `clients` more are acknowledged,
         // at least one was sent after the fault.
@@ -215,6 +226,7 @@ pub fn run(
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        let pause = load.longest_pause();
         heal(cluster, fault, node)?;
         // Let the cluster settle (e.g. the reconnected old leader's election) before the next
         // fault, so that each fault's figure is its own.
@@ -224,6 +236,7 @@ pub fn run(
             fault,
             node,
             unavailable,
+            pause,
         };
         progress(&done);
         injected.push(done);

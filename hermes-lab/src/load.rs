@@ -29,6 +29,8 @@ struct Acks {
     /// Microseconds after `started`.
     last: AtomicU64,
     longest_silence: AtomicU64,
+    /// The longest silence since [`Load::longest_pause`] was last called.
+    longest_pause: AtomicU64,
 }
 
 impl Acks {
@@ -37,8 +39,9 @@ impl Acks {
         let now = self.started.elapsed().as_micros() as u64;
         // A client that read the clock before another but comes later moves nothing back.
         let before = self.last.fetch_max(now, Ordering::Relaxed);
-        self.longest_silence
-            .fetch_max(now.saturating_sub(before), Ordering::Relaxed);
+        let silence = now.saturating_sub(before);
+        self.longest_silence.fetch_max(silence, Ordering::Relaxed);
+        self.longest_pause.fetch_max(silence, Ordering::Relaxed);
     }
 }
 
@@ -93,6 +96,7 @@ impl Load {
             started: Instant::now(),
             last: AtomicU64::new(0),
             longest_silence: AtomicU64::new(0),
+            longest_pause: AtomicU64::new(0),
         });
         let threads = clients
             .map(|c| {
@@ -115,6 +119,15 @@ impl Load {
 
     pub fn acked(&self) -> usize {
         self.acked.load(Ordering::Relaxed)
+    }
+
+    /// The longest time no write was acknowledged to any client since the last call (or the
+    /// start of the load), until now.
+    pub fn longest_pause(&self) -> Duration {
+        let now = self.acks.started.elapsed().as_micros() as u64;
+        let since_last = now.saturating_sub(self.acks.last.load(Ordering::Relaxed));
+        let longest = self.acks.longest_pause.swap(0, Ordering::Relaxed);
+        Duration::from_micros(longest.max(since_last))
     }
 
     /// Waits until `more` further requests have been acknowledged.

@@ -43,7 +43,8 @@ enum Task {
     /// in turn (kill -9 of agents and apps, the leader cut off, packet loss, the leader stopped
     /// and restarted, the leader's machine frozen), then the invariant checker: every
     /// acknowledged write exactly once in every replica, replicas identical. Prints each fault's
-    /// unavailability, and per kind the count, the longest and the p99. By default 20 faults of
+    /// unavailability and the longest pause in acknowledged writes while it lasted, and per kind
+    /// the count, the longest, the p99 and the longest pause. By default 20 faults of
     /// each kind (about 10 minutes).
     /// Needs root.
     Chaos {
