@@ -261,6 +261,8 @@ pub(crate) async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]
             Some(node) => match node.applied.resume() {
                 Ok(()) => {
                     tracing::warn!("resumed by an operator after a divergence");
+                    // The operator made the app agree: what was found no longer holds.
+                    node.divergence.healed();
                     Answer::json(200, status(admin))
                 }
                 Err(error) => Answer::text(500, format!("the fence cannot be lifted: {error}")),

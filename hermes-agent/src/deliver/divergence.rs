@@ -327,11 +327,19 @@ impl Answers for Answering {
         if self.divergence.first().is_some_and(|found| found.minority) {
             return Offered::Refused("this replica's answers diverged from the majority's".into());
         }
-        match self.applied.kept_snapshot(limit) {
+        match self.applied.snapshot_to_offer(at_least, limit) {
             Err(error) => Offered::Refused(format!("its snapshot: {error}")),
-            // Its answers up to the last second's were compared with the others' (a snapshot
-            // built under load always covers some that were not yet).
-            Ok(Some((file, last))) if last >= at_least => Offered::Snapshot(file),
+            // Only a state whose every answer was found to agree with the others'.
+            Ok(Some((_, last, requests)))
+                if last >= at_least && requests > self.divergence.checked() =>
+            {
+                Offered::Refused(format!(
+                    "its snapshot covers requests up to {requests}, compared with the other \
+                     replicas' up to {} so far",
+                    self.divergence.checked()
+                ))
+            }
+            Ok(Some((file, last, _))) if last >= at_least => Offered::Snapshot(file),
             Ok(_) if self.applied.applied_index() >= at_least => Offered::Building,
             Ok(_) => Offered::Refused(format!("it has not applied entry {at_least} yet")),
         }

@@ -191,17 +191,41 @@ impl Applied {
         self.stopper.stop()
     }
 
-    /// The snapshot this replica keeps, if any, of at most `limit` bytes (more is an error): the
-    /// file (its metadata and bytes, encoded together) and its last entry.
-    pub fn kept_snapshot(&self, limit: usize) -> std::io::Result<Option<(Vec<u8>, u64)>> {
-        let Some(file) = self.dir.read(SNAPSHOT, limit as u64)? else {
-            return Ok(None);
+    /// A snapshot this replica offers fenced ones to heal from, of at most `limit` bytes (more
+    /// is an error): the file (its metadata and bytes, encoded together), its last entry, and
+    /// the requests it covers. The one pinned for healing, if it reaches entry `at_least`;
+    /// otherwise the latest kept, pinned now (copied: openraft replaces the latest as it builds
+    /// snapshots, and one offered must stay until its answers have been compared with the
+    /// other replicas').
+    pub fn snapshot_to_offer(
+        &self,
+        at_least: u64,
+        limit: usize,
+    ) -> std::io::Result<Option<(Vec<u8>, u64, u64)>> {
+        let read = |name: &str| -> std::io::Result<Option<(Vec<u8>, u64, u64)>> {
+            let Some(file) = self.dir.read(name, limit as u64)? else {
+                return Ok(None);
+            };
+            let (meta, bytes): (SnapshotMeta, Vec<u8>) = decode(&file)?;
+            let requests = contents(&bytes)?.requests;
+            Ok(Some((
+                file,
+                meta.last_log_id.map_or(0, |id| id.index),
+                requests,
+            )))
         };
-        // The metadata comes first: the bytes need not be decoded.
-        let (meta, _) =
-            postcard::take_from_bytes::<SnapshotMeta>(&file).map_err(std::io::Error::other)?;
-        let last = meta.last_log_id.map_or(0, |id| id.index);
-        Ok(Some((file, last)))
+        if let Some(pinned) = read(PINNED)?
+            && pinned.1 >= at_least
+        {
+            return Ok(Some(pinned));
+        }
+        let latest = read(SNAPSHOT)?;
+        if let Some((file, last, _)) = &latest
+            && *last >= at_least
+        {
+            self.dir.replace(PINNED, file)?;
+        }
+        Ok(latest)
     }
 
     /// The entry in which a request waits for the fence to lift, if one does: a snapshot to
@@ -294,7 +318,7 @@ pub struct StateMachine {
     dir: DataDir,
     membership: StoredMembership,
     current: CurrentSnapshot,
-    /// The last entry whose application openraft has been told of. Behind `applied` only after
+    /// The last entry handed to `apply` (so read from the log). Behind `applied` only after
     /// this replica healed from a snapshot ahead of openraft's view: the entries between are
     /// passed over as they come.
     returned: watch::Sender<u64>,
@@ -333,6 +357,8 @@ impl Checkpoint {
 }
 const MEMBERSHIP: &str = "membership";
 const SNAPSHOT: &str = "snapshot";
+/// A copy of a snapshot offered to fenced replicas to heal from ([`Applied::snapshot_to_offer`]).
+const PINNED: &str = "snapshot-offered";
 /// The progress file of Hermes before delivery counted "written" and "in doubt".
 const OLD_PROGRESS: &str = "applied";
 

@@ -34,6 +34,9 @@ const NAMES: &[&str] = &[
     "membership.tmp",
     "snapshot",
     "snapshot.tmp",
+    // A copy offered to fenced replicas to heal from.
+    "snapshot-offered",
+    "snapshot-offered.tmp",
     "app-state",
 ];
 

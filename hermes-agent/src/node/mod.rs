@@ -145,10 +145,6 @@ pub struct Snapshots {
     pub keep: u64,
 }
 
-/// How long a follower goes on naming a leader it no longer hears ([`Node::leader`]): twice
-/// what it takes the others to start an election.
-pub const LEADER_LOST: Duration = Duration::from_secs(1);
-
 /// How long a request waits for a leader to take it before the client gets 503: several times
 /// what an election normally takes (about half a second after a leader fault).
 pub const LEADERLESS: Duration = Duration::from_secs(3);
@@ -405,6 +401,7 @@ impl Node {
             raft.clone(),
             merger.clone(),
             peers.clone(),
+            Arc::clone(&elector),
             identity,
             Arc::clone(&in_flight),
             settings.request_timeout,
@@ -666,16 +663,9 @@ impl Node {
         self.raft.metrics().borrow().clone()
     }
 
-    /// The leader as this node knows it (in `metrics`): itself while it leads; another while
-    /// this node has heard from it within [`LEADER_LOST`]. openraft names the last leader until
-    /// another is elected; a node that heard none for that long (the leader died, or this node
-    /// is cut off, and in a minority no election starts) knows none.
+    /// The leader as this node knows it (see [`Elector::leader`]).
     pub fn leader(&self, metrics: &Metrics) -> Option<NodeId> {
-        match metrics.current_leader {
-            Some(leader) if leader == self.id => Some(leader),
-            Some(leader) if self.elector.quiet() < LEADER_LOST => Some(leader),
-            _ => None,
-        }
+        self.elector.leader(metrics)
     }
 
     /// Whether this node is in the cluster's membership (as a voter or a learner).

@@ -65,6 +65,9 @@ const ASK: Duration = Duration::from_millis(150);
 /// How much longer it waits for the rest once a majority answered: a voter cut off (the old
 /// leader, often) never does.
 const STRAGGLERS: Duration = Duration::from_millis(20);
+/// How long a follower goes on naming a leader it no longer hears ([`Elector::leader`]): as
+/// long as a request waits for a leader.
+pub const LEADER_LOST: Duration = Duration::from_secs(3);
 /// How often a node not yet in a cluster looks again.
 const UNFORMED: Duration = Duration::from_millis(20);
 
@@ -109,8 +112,20 @@ impl Elector {
         self.stopped.load(Ordering::Relaxed)
     }
 
+    /// The leader as this node knows it (in `metrics`): itself while it leads; another while
+    /// this node has heard from it within [`LEADER_LOST`]. openraft names the last leader until
+    /// another is elected; a node that heard none for that long (the leader died, or this node
+    /// is cut off, and in a minority no election starts) knows none.
+    pub fn leader(&self, metrics: &Metrics) -> Option<NodeId> {
+        match metrics.current_leader {
+            Some(leader) if leader == metrics.id => Some(leader),
+            Some(leader) if self.quiet() < LEADER_LOST => Some(leader),
+            _ => None,
+        }
+    }
+
     /// How long this node has not heard a leader (nor granted a vote).
-    pub fn quiet(&self) -> Duration {
+    fn quiet(&self) -> Duration {
         self.heard.lock().unwrap().quiet_since.elapsed()
     }
 }

@@ -14,6 +14,7 @@ use std::{
 };
 
 use super::{
+    elect::Elector,
     gather::{Bounds, Gatherer, Item},
     identity::Identity,
     in_flight::InFlight,
@@ -95,6 +96,7 @@ impl Proposer {
         raft: Raft,
         merger: Merger,
         peers: Peers,
+        elector: Arc<Elector>,
         identity: Identity,
         in_flight: Arc<InFlight>,
         timeout: Duration,
@@ -103,6 +105,7 @@ impl Proposer {
             raft,
             merger,
             peers,
+            elector,
             identity,
             in_flight,
             sequence: AtomicU64::new(identity.first_id()),
@@ -132,6 +135,8 @@ struct Route {
     raft: Raft,
     merger: Merger,
     peers: Peers,
+    /// Which leader this node still hears.
+    elector: Arc<Elector>,
     identity: Identity,
     in_flight: Arc<InFlight>,
     sequence: AtomicU64,
@@ -152,7 +157,13 @@ impl Route {
             floor,
             commands,
         };
-        let (leader, addr) = super::leader(&self.raft);
+        let (leader, addr) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let leader = self.elector.leader(&metrics);
+            let member = leader.and_then(|l| metrics.membership_config.membership().get_node(&l));
+            (leader, member.map(|member| member.addr.clone()))
+        };
         match (leader, addr) {
             (Some(leader), _) if leader == self.identity.node_id => self.merger.commit(batch).await,
             (Some(leader), Some(addr)) => {
