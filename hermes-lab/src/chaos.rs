@@ -1,9 +1,9 @@
 //! Chaos: mixed load on a log-app cluster for a while, with a fault injected in turn every few
 //! seconds (kill -9 of the leader's agent, of a follower's agent, of an app; the leader cut off;
 //! 30% of a follower's packets lost; the leader's agent stopped and started again, as a rolling
-//! restart does; the leader's machine frozen, agent and app), each healed before the next; then the invariant checker: every
-//! request acknowledged to a client is in every replica exactly once, the replicas are
-//! byte-identical, and nothing is there that no client sent.
+//! restart does; the leader's machine frozen, agent and app), each healed before the next; then
+//! the invariant checker: every request acknowledged to a client is in every replica exactly
+//! once, the replicas are byte-identical, and nothing is there that no client sent.
 use std::{
     collections::BTreeMap,
     fmt, io,

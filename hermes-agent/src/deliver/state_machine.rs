@@ -685,7 +685,11 @@ impl StateMachine {
             .map_err(failed)?;
         self.delivery.begin_install().map_err(failed)?;
         if let (Some(app), Some(hooks)) = (&state.app, &self.hooks) {
-            tracing::info!(snapshot = %meta.snapshot_id, bytes = app.len(), "restoring the app from a snapshot");
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                bytes = app.len(),
+                "restoring the app from a snapshot"
+            );
             hooks.restore(app, self.delivery.app()).await;
         }
         self.membership = meta.last_membership.clone();

@@ -4,11 +4,12 @@
 //! operator. Without hooks, or in raw TCP mode, it stays fenced and says what to do.
 //!
 //! The snapshot must cover the entry the fenced replica stopped in, so that nothing between is
-//! missed: this node asks the other voters for one that does; a healthy replica (neither
-//! fenced nor diverged) sends the snapshot it keeps, or builds one for the next ask ([`Call::Snapshot`]). The state machine installs it when a
-//! request waits in an entry it covers, passes over what it covers, and lifts the fence
-//! ([`crate::deliver::state_machine`]). A replica fenced with nothing to deliver heals when the
-//! next request comes.
+//! missed: this node asks the other voters for one that does ([`Call::Snapshot`]). A healthy
+//! replica (neither fenced nor diverged) offers the snapshot it keeps once every answer it
+//! covers was compared with the others', or builds one for the next ask. The state machine
+//! installs it when a request waits in an entry it covers, passes over what it covers, and
+//! lifts the fence ([`crate::deliver::state_machine`]). A replica fenced with nothing to
+//! deliver heals when the next request comes.
 use std::{
     sync::{Arc, Weak},
     time::Duration,
