@@ -24,6 +24,7 @@ use super::Node;
 use crate::{
     deliver::state_machine::{self, Healing},
     order::{
+        self,
         log_store::decode,
         peer::wire::{Call, Offered, Reply},
         typ::{NodeId, SnapshotMeta},
@@ -148,11 +149,12 @@ impl Node {
     /// The other voters and their addresses, the leader first.
     fn others_leader_first(&self) -> Vec<(NodeId, String)> {
         let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let mut others: Vec<(NodeId, String)> = membership
+        let mut others: Vec<(NodeId, String)> = metrics
+            .membership_config
+            .membership()
             .voter_ids()
             .filter(|id| *id != self.id)
-            .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
+            .filter_map(|id| Some((id, order::address(&metrics, id)?)))
             .collect();
         others.sort_by_key(|(id, _)| Some(*id) != metrics.current_leader);
         others

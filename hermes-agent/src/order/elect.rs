@@ -237,7 +237,7 @@ async fn next(elector: &Elector, raft: &Raft, metrics: &Metrics, peers: &Peers) 
         .iter()
         .filter(|id| **id != metrics.id)
         .map(|id| {
-            let addr = membership.get_node(id).map(|member| member.addr.clone());
+            let addr = super::address(metrics, *id);
             async move {
                 let peer = peers.get(*id, &addr?);
                 Some((*id, peer.call(&Call::Standing, ASK).await.ok()?))

@@ -103,13 +103,7 @@ async fn hand_over_closed(
     };
     let _ = raft.trigger().heartbeat().await;
     raft.runtime_config().heartbeat(false);
-    let addr = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .get_node(&successor)
-        .map(|member| member.addr.clone())
+    let addr = super::address(&raft.metrics().borrow(), successor)
         .ok_or_else(|| format!("node {successor} has no address"))?;
     let wait = deadline.saturating_duration_since(Instant::now()).max(CALL);
     let call = Call::TakeOver { term };

@@ -59,14 +59,13 @@ pub(crate) fn leader(raft: &Raft) -> (Option<NodeId>, Option<String>) {
     let metrics = raft.metrics();
     let metrics = metrics.borrow();
     let leader = metrics.current_leader;
-    let addr = leader.and_then(|l| {
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&l)
-            .map(|n| n.addr.clone())
-    });
-    (leader, addr)
+    (leader, leader.and_then(|id| address(&metrics, id)))
+}
+
+/// Where peers reach member `id`, as the membership in `metrics` says.
+pub(crate) fn address(metrics: &typ::Metrics, id: NodeId) -> Option<String> {
+    let member = metrics.membership_config.membership().get_node(&id)?;
+    Some(member.addr.clone())
 }
 
 /// Resolves once the leader is no longer `leader`.

@@ -161,8 +161,7 @@ impl Route {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             let leader = self.elector.leader(&metrics);
-            let member = leader.and_then(|l| metrics.membership_config.membership().get_node(&l));
-            (leader, member.map(|member| member.addr.clone()))
+            (leader, leader.and_then(|id| super::address(&metrics, id)))
         };
         match (leader, addr) {
             (Some(leader), _) if leader == self.identity.node_id => self.merger.commit(batch).await,
