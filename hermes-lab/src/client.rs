@@ -128,7 +128,12 @@ pub fn read_response(
             }
         }
         let mut chunk = [0; 64 * 1024];
-        let n = stream.read(&mut chunk)?;
+        // A read with a timeout fails with EINTR after the process was stopped and continued
+        // (signal(7)), as a loaded CI machine may do; `read_to_end` retries it, `read` does not.
+        let n = match stream.read(&mut chunk) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            read => read?,
+        };
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
