@@ -672,3 +672,36 @@ fn a_restarted_replica_never_resumes_a_connection_in_the_middle_of_a_command() {
     assert_eq!(digests[0], digests[2]);
     assert_ne!(digests[1], digests[0]);
 }
+
+/// A planned stop ends within the grace period from its signal, whatever it waits for (issue
+/// 20: the pod's `terminationGracePeriodSeconds` must be a bound above it). Here the worst case:
+/// the other two agents are gone, so neither the open connection's close nor the order that
+/// abandons it can be committed; draining, abandoning and the rest each used to wait a grace
+/// period, or 5 s, of their own.
+#[test]
+fn a_planned_stop_without_a_majority_ends_within_the_grace_period() {
+    let grace = Duration::from_secs(2);
+    let mut cluster = cluster(
+        3,
+        App::Redis,
+        &["--protocol", "tcp", "--grace-period", "2s"],
+    );
+    let (first, _, _) = poisoned_set();
+    let _client = half_sent(&cluster, 1, &first);
+    for id in [2, 3] {
+        cluster.kill_agent(id).unwrap();
+    }
+    let began = std::time::Instant::now();
+    let (status, output) = cluster.stop_agent(1, Duration::from_secs(60)).unwrap();
+    let took = began.elapsed();
+    assert!(status.success(), "{status}: {output:?}");
+    // What runs after the grace period (stopping Raft, exiting) is quick; 1.5 s is ample.
+    assert!(
+        took < grace + Duration::from_millis(1500),
+        "the stop took {took:?} with a grace period of {grace:?}: {output:?}"
+    );
+    assert!(
+        output.iter().any(|line| line.contains("grace period over")),
+        "the stop did not wait for the connection it could not close: {output:?}"
+    );
+}

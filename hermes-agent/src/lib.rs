@@ -124,6 +124,13 @@ pub async fn serve(
     listeners: steer::Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // The whole stop, draining included, ends within the grace period from the signal: the one
+    // number an operator sets the pod's terminationGracePeriodSeconds above.
+    let signalled = std::sync::OnceLock::new();
+    let shutdown = async {
+        shutdown.await;
+        let _ = signalled.set(tokio::time::Instant::now());
+    };
     let max_connections = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
     // Bytes of client requests (or of TCP chunks) held at once, until ordered.
     let budget = byte_budget(config.body_budget);
@@ -175,17 +182,17 @@ pub async fn serve(
         }
     };
     if let Some(node) = node {
+        let deadline = *signalled.get_or_init(tokio::time::Instant::now) + config.grace_period;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         // Raw TCP mode: no connection is left open behind this replica. One commit (if it
         // takes long, there is no leader), then this replica's apply up to it.
-        let to_order = config.grace_period.min(ABANDON_WITHIN);
-        node.abandon_connections(to_order, config.grace_period)
+        node.abandon_connections(ABANDON_WITHIN.min(left()), deadline)
             .await;
-        node.step_down(config.grace_period.min(HAND_OVER_WITHIN))
-            .await;
+        node.step_down(HAND_OVER_WITHIN.min(left())).await;
         let _ = node.raft.shutdown().await;
         // A delivery in flight finishes: the app gets no request cut in half, and the progress
         // says exactly what it has.
-        if tokio::time::timeout(config.grace_period, node.finish_delivery())
+        if tokio::time::timeout(left(), node.finish_delivery())
             .await
             .is_err()
         {

@@ -494,9 +494,9 @@ impl Node {
     /// In raw TCP mode, before a planned stop: orders that every connection still open is
     /// abandoned (closed on every replica, clients reset), and stops delivering right after it,
     /// so that this replica leaves no connection open behind it: it could not apply the rest
-    /// of one after its restart. Waits `to_order` at most for the order to be committed, then
-    /// `to_apply` for this replica to apply it; says whether it stopped right after it.
-    pub async fn abandon_connections(&self, to_order: Duration, to_apply: Duration) -> bool {
+    /// of one after its restart. Waits `to_order` at most for the order to be committed, and
+    /// until `deadline` for this replica to apply it; says whether it stopped right after it.
+    pub async fn abandon_connections(&self, to_order: Duration, deadline: Instant) -> bool {
         if !self.tcp {
             return true;
         }
@@ -511,14 +511,14 @@ impl Node {
             );
             return false;
         }
-        if tokio::time::timeout(to_apply, self.applied.halted())
+        if tokio::time::timeout_at(deadline, self.applied.halted())
             .await
             .is_err()
         {
             tracing::warn!(
                 "the connections still open were abandoned, but this replica did not apply that \
-                 within {to_apply:?}: after its restart it fences itself if it missed bytes of \
-                 one"
+                 within the grace period: after its restart it fences itself if it missed bytes \
+                 of one"
             );
             return false;
         }
