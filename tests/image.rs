@@ -60,6 +60,15 @@ fn agent_containers_replicate_fail_closed_when_killed_or_stopped_and_new_ones_ta
         assert_eq!(pods.probe(&cluster, id, "livenessProbe").unwrap(), 200);
     }
 
+    // `kubectl exec POD -- hermes-agent ctl ...` (docs/kubernetes.md): a change to the cluster,
+    // asked of the leader, finds the admin token in the container's environment. (The voters
+    // it names are the voters already: nothing changes.)
+    let leader = cluster.wait_for_leader().unwrap();
+    let changed = pods
+        .exec(leader, &["hermes-agent", "ctl", "voters", "1,2,3"])
+        .expect("`hermes-agent ctl voters` in the leader's container");
+    eprintln!("ctl voters in the container: {changed}");
+
     let mut sent = Sent::default();
     post_through_every_node(&cluster, "first", &mut sent);
     let load = Load::start(&cluster.addrs(), 6);

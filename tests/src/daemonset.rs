@@ -65,6 +65,15 @@ impl DaemonSet {
         &self.pod["containers"][0]
     }
 
+    /// The pod's init containers, in the order they run.
+    fn init_containers(&self) -> Vec<&Value> {
+        self.pod["initContainers"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
     /// `terminationGracePeriodSeconds` (Kubernetes' default: 30).
     pub fn grace_seconds(&self) -> u64 {
         self.pod["terminationGracePeriodSeconds"]
@@ -165,6 +174,13 @@ impl Pods {
         podman(&args)
     }
 
+    /// Runs `command` in node `id`'s agent container, as `kubectl exec` does: with the
+    /// container's environment, not its start script's. Its output, if it exits 0.
+    pub fn exec(&self, id: usize, command: &[&str]) -> io::Result<String> {
+        let name = self.container(id);
+        podman(&[&["exec", name.as_str()], command].concat())
+    }
+
     /// The HTTP status of node `id`'s probe `kind` (e.g. `readinessProbe`), asked as the kubelet
     /// asks it, in the node's (host) network.
     pub fn probe(&self, cluster: &Cluster, id: usize, kind: &str) -> io::Result<u16> {
@@ -196,10 +212,15 @@ impl Pods {
         args
     }
 
-    /// `podman run` arguments for node `id`'s agent container, from the pod spec.
-    fn run_args(&self, cluster: &Cluster, id: usize) -> io::Result<Vec<String>> {
+    /// `podman run` arguments for node `id`'s `container` of the pod spec, named `name`.
+    fn run_args(
+        &self,
+        cluster: &Cluster,
+        id: usize,
+        container: &Value,
+        name: String,
+    ) -> io::Result<Vec<String>> {
         let pod = &self.daemonset().pod;
-        let container = self.daemonset().container();
         let node = cluster.lab.node(id);
         if pod["hostNetwork"].as_bool() != Some(true) {
             return Err(io::Error::other(
@@ -207,14 +228,12 @@ impl Pods {
             ));
         }
         let lab = LabConfig::new(cluster, id);
-        let env = self.environment(node, &lab)?;
-        let mounts = self.mounts(cluster, id, &env, &lab)?;
+        let env = self.environment(container, node, &lab)?;
+        let mounts = self.mounts(container, cluster, id, &env, &lab)?;
 
         let mut args = self.podman_run(node);
-        args.extend(["--name".into(), self.container(id)]);
-        if container["securityContext"]["privileged"].as_bool() == Some(true) {
-            args.push("--privileged".into());
-        }
+        args.extend(["--name".into(), name]);
+        args.extend(security(container)?);
         for (name, value) in env {
             args.extend(["--env".into(), format!("{name}={value}")]);
         }
@@ -240,8 +259,12 @@ impl Pods {
 
     /// The container's environment: `envFrom` its ConfigMaps, then `env`, then what the lab
     /// sets that no ConfigMap has.
-    fn environment(&self, node: &Node, lab: &LabConfig) -> io::Result<BTreeMap<String, String>> {
-        let container = self.daemonset().container();
+    fn environment(
+        &self,
+        container: &Value,
+        node: &Node,
+        lab: &LabConfig,
+    ) -> io::Result<BTreeMap<String, String>> {
         let mut env = BTreeMap::new();
         for source in container["envFrom"].as_sequence().into_iter().flatten() {
             let name = source["configMapRef"]["name"]
@@ -268,7 +291,9 @@ impl Pods {
                 env.insert(name.clone(), value.clone());
             }
         }
-        if env.get("HERMES_PORT") != Some(&PORT.to_string()) {
+        if container == self.daemonset().container()
+            && env.get("HERMES_PORT") != Some(&PORT.to_string())
+        {
             return Err(io::Error::other(format!(
                 "the ConfigMap's HERMES_PORT is {:?}; the lab's apps listen on {PORT}",
                 env.get("HERMES_PORT")
@@ -281,6 +306,7 @@ impl Pods {
     /// files the lab's configuration names.
     fn mounts(
         &self,
+        container: &Value,
         cluster: &Cluster,
         id: usize,
         env: &BTreeMap<String, String>,
@@ -289,7 +315,6 @@ impl Pods {
         let pod = &self.daemonset().pod;
         let volumes = pod["volumes"].as_sequence().cloned().unwrap_or_default();
         let mut mounts = lab.mounts.clone();
-        let container = self.daemonset().container();
         for mount in container["volumeMounts"]
             .as_sequence()
             .into_iter()
@@ -422,7 +447,18 @@ impl Launcher for Pods {
         let name = self.container(id);
         // The node's earlier container, if any, goes (as the kubelet replaces a pod's).
         podman(&["rm", "--force", "--ignore", "--time", "0", &name])?;
-        let args = self.run_args(cluster, id)?;
+        // The init containers first, each to its end, as the kubelet runs them.
+        for (n, init) in self.daemonset().init_containers().into_iter().enumerate() {
+            let mut args = self.run_args(cluster, id, init, format!("{name}-init{n}"))?;
+            args.insert(
+                args.iter().position(|a| a == "run").expect("run") + 1,
+                "--rm".into(),
+            );
+            eprintln!("$ podman {}", args.join(" "));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            podman(&args)?;
+        }
+        let args = self.run_args(cluster, id, self.daemonset().container(), name.clone())?;
         eprintln!("$ podman {}", args.join(" "));
         let mut command = std::process::Command::new("podman");
         command.args(&args);
@@ -485,4 +521,49 @@ fn is_variable(name: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `podman run` arguments for the container's `securityContext`, as Kubernetes applies it.
+/// Kubernetes allows `Bidirectional` mount propagation to privileged containers only.
+fn security(container: &Value) -> io::Result<Vec<String>> {
+    let context = &container["securityContext"];
+    if context["privileged"].as_bool() == Some(true) {
+        return Ok(vec!["--privileged".into()]);
+    }
+    let propagating = container["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .any(|mount| mount["mountPropagation"].as_str() == Some("Bidirectional"));
+    if propagating {
+        return Err(io::Error::other(format!(
+            "container {:?} is not privileged, and Kubernetes refuses Bidirectional mount \
+             propagation to it",
+            container["name"]
+        )));
+    }
+    let mut args = Vec::new();
+    let capabilities = |key: &str| strings(&context["capabilities"][key]);
+    for (flag, key) in [("--cap-drop", "drop"), ("--cap-add", "add")] {
+        for capability in capabilities(key) {
+            let capability = match capability.as_str() {
+                "ALL" => capability,
+                name => format!("CAP_{name}"),
+            };
+            args.extend([flag.into(), capability]);
+        }
+    }
+    match context["seccompProfile"]["type"].as_str() {
+        Some("Unconfined") => args.extend(["--security-opt".into(), "seccomp=unconfined".into()]),
+        None | Some("RuntimeDefault") => {}
+        Some(other) => {
+            return Err(io::Error::other(format!(
+                "seccomp profile {other}: no lab equivalent"
+            )));
+        }
+    }
+    if context["allowPrivilegeEscalation"].as_bool() == Some(false) {
+        args.extend(["--security-opt".into(), "no-new-privileges".into()]);
+    }
+    Ok(args)
 }

@@ -41,7 +41,9 @@ pub enum Error {
     Bpffs { path: PathBuf, source: io::Error },
     #[error("cannot open network namespace {path}: {source}")]
     Netns { path: PathBuf, source: io::Error },
-    #[error("cannot load the eBPF object (are you root or CAP_BPF + CAP_SYS_ADMIN?): {0}")]
+    #[error(
+        "cannot load the eBPF object (it needs root, or CAP_BPF and CAP_NET_ADMIN with a seccomp profile that allows bpf(2)): {0}"
+    )]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program: {0}")]
     Program(#[from] aya::programs::ProgramError),
