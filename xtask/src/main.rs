@@ -3,6 +3,7 @@ mod bench;
 mod chaos;
 mod demo;
 mod fuzz;
+mod image;
 mod manifests;
 mod setup;
 
@@ -77,6 +78,18 @@ enum Task {
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
     },
+    /// Build the agent's container image from deploy/Dockerfile, as the tests build it: the
+    /// release agent first (after setup), then podman (or docker) with a context that holds
+    /// only that binary.
+    Image {
+        /// The image's name and tag.
+        #[arg(long, default_value = "hermes-agent:0.1.0")]
+        tag: String,
+        /// Passed to `podman build` as they are, e.g. `--isolation chroot --pull=never` where
+        /// no registry or container network is reachable (docs/kubernetes.md).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        build_args: Vec<String>,
+    },
     /// Network namespaces as hosts, for trying things by hand.
     Lab {
         #[command(subcommand)]
@@ -139,6 +152,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::Certs { nodes, dir, .. } => certs(nodes, &dir),
+        Task::Image { tag, build_args } => {
+            let ebpf = setup::run(&[])?;
+            cargo(&ebpf, &["build", "--release", "--package", "hermes-agent"])?;
+            let agent = target_dir().join("release/hermes-agent");
+            image::run(&agent, workspace_root(), &tag, &build_args)
+        }
         Task::Lab { command } => lab(command),
         Task::Demo => demo::run(&build_cluster_binaries(demo::PACKAGES)?),
         Task::Chaos {
