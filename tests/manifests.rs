@@ -56,9 +56,9 @@ fn duration(text: &str) -> Duration {
     }
 }
 
-/// The containers of a DaemonSet's pod, init containers first.
-fn containers(daemonset: &Value) -> Vec<&Value> {
-    let pod = &daemonset["spec"]["template"]["spec"];
+/// The containers of a workload's pod, init containers first.
+fn containers(workload: &Value) -> Vec<&Value> {
+    let pod = &workload["spec"]["template"]["spec"];
     ["initContainers", "containers"]
         .iter()
         .flat_map(|key| pod[*key].as_sequence().into_iter().flatten())
@@ -145,10 +145,17 @@ fn host_network_agents_run_only_on_nodes_with_an_id_and_unprivileged() {
 fn one_image_pulled_the_same_way_everywhere() {
     let mut images = BTreeMap::new();
     for (file, objects) in manifests() {
-        for daemonset in of_kind(&objects, "DaemonSet") {
-            for container in containers(daemonset) {
+        let workloads = [
+            of_kind(&objects, "DaemonSet"),
+            of_kind(&objects, "StatefulSet"),
+        ];
+        for workload in workloads.concat() {
+            for container in containers(workload) {
                 let name = container["name"].as_str().unwrap_or_default();
                 let image = container["image"].as_str().unwrap_or_default();
+                if workload["kind"] == "StatefulSet" && !image.contains("hermes-agent") {
+                    continue; // the app's own
+                }
                 let policy = container["imagePullPolicy"].as_str();
                 assert!(policy.is_some(), "{file}: {name} has no imagePullPolicy");
                 images.insert(image.to_owned(), format!("{file}: {name}"));

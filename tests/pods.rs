@@ -186,6 +186,51 @@ fn a_group_of_pods_on_three_nodes_forms_one_raft_group_and_follows_its_pods() {
     });
     load(&[&pods[0], &pods[1], &fresh], "second", 60);
     converged(&lab, &["app-0", "app-1", "app-2-new"], 210);
+
+    // Readiness that a Service sees (issue 20): the agents set each pod's `hermes.io/ready`
+    // condition, in the API server's record, True while its member is ready. app-1's app goes
+    // down and a request comes: app-1's member holds it back, and the condition turns False,
+    // saying why, as does node 2's agent's own readiness. The app back, the request is
+    // delivered and the condition is True again.
+    for pod in ["app-0", "app-1", "app-2"] {
+        wait(&format!("{pod} ready in the API"), || {
+            (readiness(&lab, pod)?.0 == "True").then_some(())
+        });
+    }
+    pods[1].kill_app();
+    load(&[&pods[0]], "while-app-1-is-down", 1);
+    let why = wait("app-1 not ready in the API", || {
+        let (status, message) = readiness(&lab, "app-1")?;
+        (status == "False").then_some(message)
+    });
+    assert!(why.contains("app does not answer"), "{why}");
+    let agent = lab.admin(2, "/readyz").unwrap();
+    assert_eq!(agent.status, 503, "{}", agent.text());
+    assert!(agent.text().contains("app-1"), "{}", agent.text());
+    assert_eq!(readiness(&lab, "app-0").unwrap().0, "True");
+    start_log_app(&mut pods[1]);
+    wait("app-1 ready again in the API", || {
+        (readiness(&lab, "app-1")?.0 == "True").then_some(())
+    });
+    converged(&lab, &["app-0", "app-1", "app-2-new"], 211);
+    // An agent that stops leaves its pods' ports closed: it says so first.
+    lab.agent(1)
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let why = wait("app-0 not ready once its agent stops", || {
+        let (status, message) = readiness(&lab, "app-0")?;
+        (status == "False").then_some(message)
+    });
+    assert!(why.contains("agent is stopping"), "{why}");
+}
+
+/// Pod `name`'s `hermes.io/ready` condition as the API server holds it: status and message.
+fn readiness(lab: &PodLab, name: &str) -> Option<(String, String)> {
+    let pod = lab.api.get(hermes_lab::pods::NAMESPACE, name)?;
+    let conditions = pod["status"]["conditions"].as_array()?;
+    let ready = conditions.iter().find(|c| c["type"] == "hermes.io/ready")?;
+    let text = |field: &str| ready[field].as_str().unwrap_or_default().to_owned();
+    Some((text("status"), text("message")))
 }
 
 /// What a probe of the echo app's port came back with.

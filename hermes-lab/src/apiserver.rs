@@ -9,12 +9,15 @@
 //!   a version older than the history kept ([`ApiServer::compact`]) gets an `ERROR` event with
 //!   a 410 Gone status, as etcd's compaction causes;
 //! - `labelSelector` (`key`, `!key`, `key=value`, `key!=value`) and `fieldSelector`
-//!   (`spec.nodeName`, `metadata.name`, `metadata.namespace`, with `=` or `!=`) are honoured.
+//!   (`spec.nodeName`, `metadata.name`, `metadata.namespace`, with `=` or `!=`) are honoured;
+//! - `PATCH /api/v1/namespaces/NS/pods/NAME/status` with a strategic merge patch sets
+//!   `status.conditions` by their `type`, as the kubelet's and the agent's patches do (other
+//!   patch types are refused: a JSON merge patch would replace the whole list).
 //!
 //! Plain HTTP: clients reach it through a kubeconfig ([`ApiServer::kubeconfig`]).
 use std::{
     collections::BTreeMap,
-    io::{self, BufRead, BufReader, Write},
+    io::{self, BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
     sync::{
@@ -42,6 +45,50 @@ struct Shared {
     state: Mutex<State>,
     changed: Condvar,
     stop: AtomicBool,
+}
+
+impl Shared {
+    /// Applies a strategic merge patch to a pod's `status`: its conditions are merged by
+    /// `type`, every other field replaced. The pod as stored after it, if there is one.
+    fn patch_status(&self, namespace: &str, name: &str, patch: &Value) -> Option<Value> {
+        let mut state = self.state.lock().unwrap();
+        let key = (namespace.to_owned(), name.to_owned());
+        let before = state.pods.get(&key)?.clone();
+        let mut pod = before.clone();
+        for (field, value) in patch["status"].as_object().into_iter().flatten() {
+            if field != "conditions" {
+                pod["status"][field] = value.clone();
+                continue;
+            }
+            let mut conditions = pod["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for condition in value.as_array().into_iter().flatten() {
+                match conditions
+                    .iter_mut()
+                    .find(|c| c["type"] == condition["type"])
+                {
+                    Some(old) => {
+                        for (k, v) in condition.as_object().into_iter().flatten() {
+                            old[k] = v.clone();
+                        }
+                    }
+                    None => conditions.push(condition.clone()),
+                }
+            }
+            pod["status"]["conditions"] = Value::Array(conditions);
+        }
+        state.version += 1;
+        let version = state.version;
+        pod["metadata"]["resourceVersion"] = json!(version.to_string());
+        state.pods.insert(key, pod.clone());
+        state
+            .events
+            .push((version, "MODIFIED", Some(before), pod.clone()));
+        self.changed.notify_all();
+        Some(pod)
+    }
 }
 
 /// The fake API server; it stops when dropped.
@@ -293,11 +340,19 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    // The rest of the head; GETs have no body.
+    // The rest of the head; only PATCHes have a body.
+    let (mut length, mut content_type) = (0, String::new());
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
             break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            match name.trim().to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap_or(0),
+                "content-type" => content_type = value.trim().to_owned(),
+                _ => {}
+            }
         }
     }
     let mut parts = line.split_whitespace();
@@ -316,6 +371,24 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
         .collect();
     let mut selectors = Selectors::default();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if let ["api", "v1", "namespaces", namespace, "pods", name, "status"] = segments.as_slice() {
+        if method != "PATCH" {
+            return answer(stream, 405, &status(405, "MethodNotAllowed", "PATCH only"));
+        }
+        if content_type != "application/strategic-merge-patch+json" {
+            let why = format!("{content_type}: only strategic merge patches are served");
+            return answer(stream, 415, &status(415, "UnsupportedMediaType", &why));
+        }
+        let mut body = vec![0; length.min(1 << 20)];
+        reader.read_exact(&mut body)?;
+        let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+            return answer(stream, 400, &status(400, "BadRequest", "not JSON"));
+        };
+        return match shared.patch_status(namespace, name, &patch) {
+            Some(pod) => answer(stream, 200, &pod),
+            None => answer(stream, 404, &status(404, "NotFound", "pods not found")),
+        };
+    }
     if let ["api", "v1", "namespaces", namespace, "pods", name] = segments.as_slice() {
         let pod = shared
             .state

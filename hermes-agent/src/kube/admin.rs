@@ -1,5 +1,7 @@
 //! Pod mode's admin API: the agent's own `/healthz`, `/readyz` (200 once the first full list
-//! of this node's pods has been reconciled) and `/status` (every labelled pod of this node: its
+//! of this node's pods has been reconciled and every labelled pod's member is ready, so that a
+//! rolling update of the agents waits for each node's members) and `/status` (every labelled
+//! pod of this node: its
 //! state, and its member's status), and each protected pod's member's admin API under
 //! `/pods/NAMESPACE/NAME/` (`status`, `readyz`, `metrics`, `cluster/...`, as in host-network
 //! mode), served on that member's runtime. Tokens and loopback rules are host-network mode's.
@@ -67,13 +69,10 @@ async fn route(view: &Mutex<View>, method: &str, target: &str, body: &[u8]) -> A
     }
     match (method, target) {
         ("GET", "/healthz") => Answer::text(200, "ok"),
-        ("GET", "/readyz") => {
-            if view.lock().unwrap().synced {
-                Answer::text(200, "ready")
-            } else {
-                Answer::text(503, "not ready: this node's pods are not listed yet")
-            }
-        }
+        ("GET", "/readyz") => match not_ready(&view.lock().unwrap()) {
+            None => Answer::text(200, "ready"),
+            Some(why) => Answer::text(503, format!("not ready: {why}")),
+        },
         ("GET", "/status") => Answer::json(200, status(&view.lock().unwrap())),
         (_, "/healthz" | "/readyz" | "/status") => Answer::text(405, "wrong method"),
         _ => Answer::text(
@@ -81,6 +80,21 @@ async fn route(view: &Mutex<View>, method: &str, target: &str, body: &[u8]) -> A
             "unknown path: /status, /healthz, /readyz, or /pods/NAMESPACE/NAME/... for a pod's member",
         ),
     }
+}
+
+/// Why the agent is not ready, if it is not: its pods not listed yet, or the first labelled pod
+/// whose member is not ready.
+fn not_ready(view: &View) -> Option<String> {
+    if !view.synced {
+        return Some("this node's pods are not listed yet".into());
+    }
+    view.pods.iter().find_map(|(key, pod)| {
+        let why = match &pod.member {
+            Some((admin, _)) => admin::not_ready(admin)?,
+            None => pod.state.clone(),
+        };
+        Some(format!("{key}: {why}"))
+    })
 }
 
 fn status(view: &View) -> serde_json::Value {

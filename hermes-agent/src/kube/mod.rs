@@ -21,6 +21,7 @@ pub mod discover;
 pub mod group;
 pub mod member;
 pub mod pod;
+pub mod readiness;
 pub mod record;
 pub mod watch;
 
@@ -179,6 +180,7 @@ pub async fn run(args: PodsArgs, shutdown: impl Future<Output = ()>) -> Result<(
         client,
         members: BTreeMap::new(),
         view,
+        readiness: readiness::Reported::default(),
     };
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -193,8 +195,29 @@ pub async fn run(args: PodsArgs, shutdown: impl Future<Output = ()>) -> Result<(
         };
         if synced {
             reconciler.reconcile(&pods).await;
+            let Reconciler {
+                client,
+                view,
+                readiness,
+                ..
+            } = &mut reconciler;
+            readiness.report(client, view).await;
         }
     }
+    let Reconciler {
+        client,
+        view,
+        readiness,
+        ..
+    } = &mut reconciler;
+    readiness
+        .withdraw(
+            client,
+            view,
+            "the node's Hermes agent is stopping: the pod's port is closed until the next one \
+             takes it over",
+        )
+        .await;
     let members = std::mem::take(&mut reconciler.members);
     futures_util::future::join_all(members.into_values().map(Member::stop)).await;
     Ok(())
@@ -208,6 +231,8 @@ struct Reconciler {
     /// By pod uid.
     members: BTreeMap<String, Member>,
     view: Arc<Mutex<View>>,
+    /// The pods' `hermes.io/ready` conditions, as last set.
+    readiness: readiness::Reported,
 }
 
 impl Reconciler {
