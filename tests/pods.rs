@@ -138,6 +138,22 @@ fn a_group_of_pods_on_three_nodes_forms_one_raft_group_and_follows_its_pods() {
     for (i, pod) in pods.iter().enumerate() {
         let status = lab.pod_status(i + 1, &pod.name).unwrap();
         assert!(status["member"]["steering"]["steered"].as_u64().unwrap() > 0);
+        // One scrape per agent, from off the node (`--metrics-addr`): its members' metrics,
+        // each family once, each sample labelled with its pod.
+        let metrics = lab.metrics(i + 1);
+        hermes_tests::check_exposition(&metrics);
+        let labels = format!(
+            r#"namespace="lab",pod="{}",group="orders",member="{}""#,
+            pod.name, ids[i]
+        );
+        assert!(
+            metrics.contains(&format!("hermes_ready{{{labels}}} 1")),
+            "{labels}: {metrics}"
+        );
+        assert!(
+            metrics.contains(&format!("hermes_requests_total{{{labels},")),
+            "{metrics}"
+        );
     }
 
     // app-2 is deleted: while it terminates its port is closed (its app still runs), then its

@@ -1,6 +1,6 @@
 //! Trust: peers authenticated by certificates that rotate under traffic.
 use hermes_lab::certs::Authority;
-use hermes_tests::{App, Cluster, Load, check_replicas, cluster, wait_until};
+use hermes_tests::{App, Cluster, Load, check_exposition, check_replicas, cluster, wait_until};
 
 /// Waits until every node has reloaded its peer certificates `generation` times.
 fn reloaded(cluster: &Cluster, generation: u64) {
@@ -221,36 +221,28 @@ fn sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// Checks the OpenMetrics text format line by line: `# TYPE/HELP/UNIT` comments, samples of
-/// `name{labels} value`, and `# EOF` last.
-fn check_exposition(text: &str) {
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.last(), Some(&"# EOF"), "{text}");
-    for line in &lines[..lines.len() - 1] {
-        if let Some(comment) = line.strip_prefix("# ") {
-            let kind = comment.split(' ').next().unwrap();
-            assert!(["TYPE", "HELP", "UNIT"].contains(&kind), "{line}");
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
-        assert!(value.parse::<f64>().is_ok(), "{line}");
-        let name = series.split('{').next().unwrap();
-        assert!(
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-            "{line}"
-        );
-        if let Some(labels) = series.strip_prefix(name) {
-            assert!(
-                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
-                "{line}"
-            );
-        }
-    }
-}
-
 #[test]
 fn metrics_parse_and_move_with_traffic_and_a_deterministic_app_raises_no_alarm() {
-    let cluster = cluster(3, App::Append, &[]);
+    let cluster = cluster(3, App::Append, &["--metrics-addr", "0.0.0.0:9181"]);
+    // `--metrics-addr`: the metrics alone, to anyone, here from off the node (the admin API
+    // answers on the node's loopback only).
+    let off_node = std::net::SocketAddr::new(cluster.addr(1).ip(), 9181);
+    let scraped = hermes_tests::client::get(off_node, "/metrics").unwrap();
+    assert_eq!(scraped.status, 200, "{}", scraped.text());
+    check_exposition(&scraped.text());
+    assert!(
+        metric(&scraped.text(), "hermes_ready") == 1.0,
+        "{}",
+        scraped.text()
+    );
+    assert_eq!(
+        hermes_tests::client::get(off_node, "/status")
+            .unwrap()
+            .status,
+        404
+    );
+    let post = hermes_tests::client::post(off_node, "/metrics", b"").unwrap();
+    assert_eq!(post.status, 405);
     let before = cluster.admin(1, "/metrics").unwrap();
     assert_eq!(before.status, 200);
     assert!(

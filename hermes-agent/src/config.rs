@@ -424,6 +424,11 @@ pub struct Config {
     #[arg(long, env = "HERMES_ADMIN", default_value = "127.0.0.1:9180")]
     pub admin: SocketAddr,
 
+    /// Also serve `GET /metrics`, and nothing else, here, to anyone (no token): for a
+    /// Prometheus that scrapes from off the node. Default: the metrics are on the admin API only.
+    #[arg(long, env = "HERMES_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// How the log on standard error is written: `text` for people, `json` (one object per
     /// line) for a log collector.
     #[arg(long, env = "HERMES_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

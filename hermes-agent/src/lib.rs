@@ -51,6 +51,8 @@ pub enum Error {
     Listen(std::io::Error),
     #[error("cannot serve the admin API on {0}: {1}")]
     Admin(SocketAddr, std::io::Error),
+    #[error("cannot serve the metrics on {0} (--metrics-addr): {1}")]
+    Metrics(SocketAddr, std::io::Error),
     #[error(transparent)]
     Start(#[from] order::StartError),
     #[error(transparent)]
@@ -71,6 +73,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let admin_listener = tokio::net::TcpListener::bind(config.admin)
         .await
         .map_err(|e| Error::Admin(config.admin, e))?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Metrics(addr, e))?,
+        ),
+        None => None,
+    };
     let node = match settings {
         Some(settings) => Some(node::Node::start(settings).await?),
         None => None,
@@ -87,13 +97,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
         &listeners,
     )?;
-    let admin = admin::Admin {
+    let admin = Arc::new(admin::Admin {
         steering,
         node: node.clone(),
         token_file: config.admin_token_file.clone(),
         telemetry,
-    };
-    tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
+    });
+    tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin)));
+    if let Some(listener) = metrics_listener {
+        let encode = move || admin::metrics(&admin);
+        tokio::spawn(admin::serve_metrics(listener, Arc::new(encode)));
+    }
     serve(&config, node.as_ref(), listeners, shutdown)
         .await
         .map_err(Error::Listen)

@@ -131,3 +131,34 @@ pub fn greeting(stream: &TcpStream) -> Greeting {
         conn: field("conn").parse().expect("connection count"),
     }
 }
+
+/// Checks the OpenMetrics text format line by line: `# TYPE/HELP/UNIT` comments, samples of
+/// `name{labels} value`, each family's `# TYPE` once, and `# EOF` last.
+pub fn check_exposition(text: &str) {
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "{text}");
+    let mut types = std::collections::BTreeSet::new();
+    for line in &lines[..lines.len() - 1] {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let kind = comment.split(' ').next().unwrap();
+            assert!(["TYPE", "HELP", "UNIT"].contains(&kind), "{line}");
+            if kind == "TYPE" {
+                assert!(types.insert(comment.to_owned()), "a family twice: {line}");
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line}"
+            );
+        }
+    }
+}

@@ -17,6 +17,9 @@ use hermes_lab::{
 };
 use serde_json::{Value, json};
 
+/// Where the agents serve their metrics to anyone (`--metrics-addr`), on their node's address.
+pub const METRICS_PORT: u16 = 9181;
+
 /// A lab for pod mode.
 pub struct PodLab {
     pub api: ApiServer,
@@ -71,7 +74,8 @@ impl PodLab {
             .env("HERMES_PEER_CERT", &self.certs.cert)
             .env("HERMES_PEER_KEY", &self.certs.key)
             .env("HERMES_PEER_CA", &self.certs.ca)
-            .env("HERMES_GRACE_PERIOD", "2s");
+            .env("HERMES_GRACE_PERIOD", "2s")
+            .env("HERMES_METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}"));
         let mut agent =
             Process::spawn(format!("pod agent on node {node}"), command).expect("agent starts");
         agent
@@ -136,6 +140,14 @@ impl PodLab {
             .node(node)
             .run_inside(move || client::get(SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT)), &path))
             .ok()
+    }
+
+    /// Node `node`'s agent's metrics endpoint (`--metrics-addr`), asked from off the node.
+    pub fn metrics(&self, node: usize) -> String {
+        let addr = SocketAddr::new(self.lab.node(node).ip.into(), METRICS_PORT);
+        let scraped = client::get(addr, "/metrics").expect("metrics endpoint");
+        assert_eq!(scraped.status, 200, "{}", scraped.text());
+        scraped.text()
     }
 
     /// Node `node`'s view of pod `name` (its entry in `/status`).

@@ -17,6 +17,9 @@
 //! post it); without a token file such changes are refused. Reads are open on loopback; from
 //! elsewhere (an admin address that is not loopback) they need the token too.
 //!
+//! `--metrics-addr` serves `GET /metrics` alone, to anyone, for a Prometheus off the node
+//! ([`serve_metrics`]).
+//!
 //! `hermes-agent ctl` is the command-line front of it.
 #[cfg(test)]
 mod tests;
@@ -92,6 +95,15 @@ impl Answer {
         }
     }
 
+    /// The metrics, in the exposition format `encode` wrote them in (OpenMetrics text).
+    pub(crate) fn metrics(encoded: String) -> Self {
+        Self {
+            status: 200,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body: encoded.into_bytes(),
+        }
+    }
+
     pub(crate) fn json(status: u16, value: serde_json::Value) -> Self {
         Self {
             status,
@@ -105,7 +117,44 @@ impl Answer {
 async fn connection(stream: TcpStream, peer: SocketAddr, admin: &Admin) -> std::io::Result<()> {
     let route =
         async |method: &str, target: &str, body: &[u8]| route(admin, method, target, body).await;
-    answer_one(stream, peer, admin.token_file.as_deref(), route).await
+    answer_one(
+        stream,
+        peer,
+        Access::Admin(admin.token_file.as_deref()),
+        route,
+    )
+    .await
+}
+
+/// Serves `GET /metrics` alone on `listener`, to anyone (`--metrics-addr`): what `encode` says
+/// at each scrape.
+pub async fn serve_metrics(listener: TcpListener, encode: Arc<dyn Fn() -> String + Send + Sync>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let encode = Arc::clone(&encode);
+        tokio::spawn(async move {
+            let route = async |method: &str, target: &str, _: &[u8]| match (method, target) {
+                ("GET", "/metrics") => Answer::metrics(encode()),
+                (_, "/metrics") => Answer::text(405, "wrong method"),
+                _ => Answer::text(404, "only /metrics here (the admin API has the rest)"),
+            };
+            let answered = answer_one(stream, peer, Access::ReadOnly, route);
+            let _ = tokio::time::timeout(TIMEOUT, answered).await;
+        });
+    }
+}
+
+/// Who may ask what.
+#[derive(Clone, Copy)]
+pub(crate) enum Access<'a> {
+    /// The admin API: reads open on loopback, the rest with the token in this file (none: no
+    /// change is taken).
+    Admin(Option<&'a std::path::Path>),
+    /// Reads only, from anywhere.
+    ReadOnly,
 }
 
 /// Reads one request, checks that it is `allowed`, answers it with `route` (method, target,
@@ -113,7 +162,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admin: &Admin) -> std::
 pub(crate) async fn answer_one(
     stream: TcpStream,
     peer: SocketAddr,
-    token_file: Option<&std::path::Path>,
+    access: Access<'_>,
     route: impl AsyncFnOnce(&str, &str, &[u8]) -> Answer,
 ) -> std::io::Result<()> {
     let (reader, mut writer) = stream.into_split();
@@ -127,7 +176,7 @@ pub(crate) async fn answer_one(
         {
             Err(ReadError::Closed) => return Ok(()),
             Err(ReadError::Invalid(invalid)) => Answer::text(invalid.status(), invalid.to_string()),
-            Ok(body) => match allowed(token_file, peer, &head) {
+            Ok(body) => match allowed(access, peer, &head) {
                 Err(refused) => refused,
                 Ok(()) => {
                     let target = head.target().to_owned();
@@ -145,11 +194,16 @@ pub(crate) async fn answer_one(
 
 /// Whether the request may be served: see the module's documentation.
 pub(crate) fn allowed(
-    token_file: Option<&std::path::Path>,
+    access: Access<'_>,
     peer: SocketAddr,
     head: &RequestHead,
 ) -> Result<(), Answer> {
     let writes = head.method != "GET" && head.method != "HEAD";
+    let token_file = match access {
+        Access::ReadOnly if writes => return Err(Answer::text(405, "read only")),
+        Access::ReadOnly => return Ok(()),
+        Access::Admin(token_file) => token_file,
+    };
     if !writes && peer.ip().to_canonical().is_loopback() {
         return Ok(());
     }
@@ -200,11 +254,7 @@ pub(crate) async fn route(admin: &Admin, method: &str, target: &str, body: &[u8]
             Some(reason) => Answer::text(503, format!("not ready: {reason}")),
         },
         ("GET", "/status") => Answer::json(200, status(admin)),
-        ("GET", "/metrics") => Answer {
-            status: 200,
-            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            body: metrics(admin).into_bytes(),
-        },
+        ("GET", "/metrics") => Answer::metrics(metrics(admin)),
         ("GET", "/digests") => {
             let from = query
                 .split('&')
@@ -345,7 +395,7 @@ pub(crate) fn not_ready(admin: &Admin) -> Option<String> {
 }
 
 /// The metrics, with the state of the moment.
-fn metrics(admin: &Admin) -> String {
+pub(crate) fn metrics(admin: &Admin) -> String {
     let state = match &admin.node {
         Some(node) => State {
             ready: not_ready(admin).is_none(),

@@ -30,7 +30,8 @@ pub async fn serve(listener: TcpListener, view: Arc<Mutex<View>>, token_file: Op
             let route = async |method: &str, target: &str, body: &[u8]| {
                 route(&view, method, target, body).await
             };
-            let answered = admin::answer_one(stream, peer, token_file.as_deref(), route);
+            let access = admin::Access::Admin(token_file.as_deref());
+            let answered = admin::answer_one(stream, peer, access, route);
             let _ = tokio::time::timeout(TIMEOUT, answered).await;
         });
     }

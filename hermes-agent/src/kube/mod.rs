@@ -20,6 +20,7 @@ pub mod cgroup;
 pub mod discover;
 pub mod group;
 pub mod member;
+pub mod metrics;
 pub mod pod;
 pub mod readiness;
 pub mod record;
@@ -72,6 +73,12 @@ pub struct PodsArgs {
     #[arg(long, env = "HERMES_ADMIN", default_value = "127.0.0.1:9180")]
     pub admin: SocketAddr,
 
+    /// Also serve `GET /metrics`, and nothing else, here, to anyone (no token): every protected
+    /// pod's member's metrics in one exposition, labelled `namespace`, `pod`, `group` and
+    /// `member`, for a Prometheus that scrapes from off the node.
+    #[arg(long, env = "HERMES_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// The admin API's bearer token (mode 0600), for changes to a group (see `ctl --pod`).
     #[arg(long, env = "HERMES_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
@@ -103,6 +110,8 @@ pub enum PodsError {
     State(PathBuf, std::io::Error),
     #[error("cannot serve the admin API on {0}: {1}")]
     Admin(SocketAddr, std::io::Error),
+    #[error("cannot serve the metrics on {0} (--metrics-addr): {1}")]
+    Metrics(SocketAddr, std::io::Error),
 }
 
 /// What the admin API shows of a pod.
@@ -142,6 +151,14 @@ pub async fn run(args: PodsArgs, shutdown: impl Future<Output = ()>) -> Result<(
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
         .map_err(|e| PodsError::Admin(args.admin, e))?;
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| PodsError::Metrics(addr, e))?,
+        ),
+        None => None,
+    };
     let context = Arc::new(Context {
         args: args.clone(),
         directory: group::Directory::default(),
@@ -170,6 +187,11 @@ pub async fn run(args: PodsArgs, shutdown: impl Future<Output = ()>) -> Result<(
         Arc::clone(&view),
         args.admin_token_file.clone(),
     ));
+    if let Some(listener) = metrics_listener {
+        let view = Arc::clone(&view);
+        let encode = move || metrics::merged(&view);
+        tokio::spawn(crate::admin::serve_metrics(listener, Arc::new(encode)));
+    }
     tracing::info!(
         node = args.node_name,
         label = args.group_label,
