@@ -50,10 +50,21 @@ struct Shared {
 impl Shared {
     /// Applies a strategic merge patch to a pod's `status`: its conditions are merged by
     /// `type`, every other field replaced. The pod as stored after it, if there is one.
-    fn patch_status(&self, namespace: &str, name: &str, patch: &Value) -> Option<Value> {
+    /// A patch whose `metadata.uid` is not the pod's is refused (`Err`), as the real server
+    /// refuses it: that pod was made anew under the same name.
+    fn patch_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Option<Result<Value, ()>> {
         let mut state = self.state.lock().unwrap();
         let key = (namespace.to_owned(), name.to_owned());
         let before = state.pods.get(&key)?.clone();
+        let uid = &patch["metadata"]["uid"];
+        if !uid.is_null() && *uid != before["metadata"]["uid"] {
+            return Some(Err(()));
+        }
         let mut pod = before.clone();
         for (field, value) in patch["status"].as_object().into_iter().flatten() {
             if field != "conditions" {
@@ -87,7 +98,7 @@ impl Shared {
             .events
             .push((version, "MODIFIED", Some(before), pod.clone()));
         self.changed.notify_all();
-        Some(pod)
+        Some(Ok(pod))
     }
 }
 
@@ -337,6 +348,8 @@ fn unescape(text: &str) -> String {
 
 fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
     stream.set_nodelay(true)?;
+    // A request that never ends ends its connection (watches only write).
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -379,13 +392,21 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
             let why = format!("{content_type}: only strategic merge patches are served");
             return answer(stream, 415, &status(415, "UnsupportedMediaType", &why));
         }
-        let mut body = vec![0; length.min(1 << 20)];
+        if length > 1 << 20 {
+            return answer(
+                stream,
+                413,
+                &status(413, "RequestEntityTooLarge", "over 1 MiB"),
+            );
+        }
+        let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
         let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
             return answer(stream, 400, &status(400, "BadRequest", "not JSON"));
         };
         return match shared.patch_status(namespace, name, &patch) {
-            Some(pod) => answer(stream, 200, &pod),
+            Some(Ok(pod)) => answer(stream, 200, &pod),
+            Some(Err(())) => answer(stream, 409, &status(409, "Conflict", "uid precondition")),
             None => answer(stream, 404, &status(404, "NotFound", "pods not found")),
         };
     }

@@ -45,6 +45,12 @@ use record::Records;
 /// How often the agent looks at its pods even without news from the API (a sandbox made anew
 /// shows only on the node).
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// The state of a pod whose member is yet to be started, and why.
+pub const WAITING: &str = "waiting";
+/// A pod whose member is yet to be started holds the agent's readiness back for this long at
+/// most after the agent first listed it (one that cannot be protected must not stall a rolling
+/// update of the agents for ever).
+pub const HOLDS_READINESS: Duration = Duration::from_secs(60);
 
 /// `hermes-agent pods`: pod mode.
 #[derive(Args, Debug, Clone)]
@@ -121,6 +127,19 @@ pub struct PodView {
     pub group: String,
     pub state: String,
     pub member: Option<(Arc<crate::admin::Admin>, tokio::runtime::Handle)>,
+    /// When this agent first listed the pod.
+    pub since: std::time::Instant,
+}
+
+impl PodView {
+    /// Why the pod is not ready, if it is not: its member's reason, or, without a member, the
+    /// pod's state.
+    pub fn not_ready(&self) -> Option<String> {
+        match &self.member {
+            Some((admin, _)) => crate::admin::not_ready(admin),
+            None => Some(self.state.clone()),
+        }
+    }
 }
 
 /// What the admin API shows.
@@ -197,12 +216,18 @@ pub async fn run(args: PodsArgs, shutdown: impl Future<Output = ()>) -> Result<(
         label = args.group_label,
         "pod mode: watching this node's labelled pods"
     );
+    let (stop_readiness, readiness_stop) = tokio::sync::watch::channel(false);
+    let readiness = tokio::spawn(readiness::run(
+        client.clone(),
+        Arc::clone(&view),
+        readiness_stop,
+    ));
     let mut reconciler = Reconciler {
         context,
         client,
         members: BTreeMap::new(),
         view,
-        readiness: readiness::Reported::default(),
+        seen: BTreeMap::new(),
     };
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -217,31 +242,13 @@ pub async fn run(args: PodsArgs, shutdown: impl Future<Output = ()>) -> Result<(
         };
         if synced {
             reconciler.reconcile(&pods).await;
-            let Reconciler {
-                client,
-                view,
-                readiness,
-                ..
-            } = &mut reconciler;
-            readiness.report(client, view).await;
         }
     }
-    let Reconciler {
-        client,
-        view,
-        readiness,
-        ..
-    } = &mut reconciler;
-    readiness
-        .withdraw(
-            client,
-            view,
-            "the node's Hermes agent is stopping: the pod's port is closed until the next one \
-             takes it over",
-        )
-        .await;
+    // The pods are set not ready while their members drain.
+    stop_readiness.send_replace(true);
     let members = std::mem::take(&mut reconciler.members);
-    futures_util::future::join_all(members.into_values().map(Member::stop)).await;
+    let stopped = futures_util::future::join_all(members.into_values().map(Member::stop));
+    let _ = tokio::join!(readiness, stopped);
     Ok(())
 }
 
@@ -253,8 +260,8 @@ struct Reconciler {
     /// By pod uid.
     members: BTreeMap<String, Member>,
     view: Arc<Mutex<View>>,
-    /// The pods' `hermes.io/ready` conditions, as last set.
-    readiness: readiness::Reported,
+    /// When each pod (by uid) was first listed.
+    seen: BTreeMap<String, std::time::Instant>,
 }
 
 impl Reconciler {
@@ -332,7 +339,7 @@ impl Reconciler {
             let found = match discover::find(&self.context.args.proc, pod) {
                 Ok(found) => found,
                 Err(error) => {
-                    states.insert(uid.clone(), format!("waiting: {error}"));
+                    states.insert(uid.clone(), format!("{WAITING}: {error}"));
                     continue;
                 }
             };
@@ -342,7 +349,7 @@ impl Reconciler {
                 }
                 Err(error) => {
                     tracing::warn!(pod = %pod.key, %error, "cannot protect the pod yet");
-                    states.insert(uid.clone(), format!("waiting: {error}"));
+                    states.insert(uid.clone(), format!("{WAITING}: {error}"));
                 }
             }
         }
@@ -403,7 +410,13 @@ impl Reconciler {
     }
 
     /// Updates what the admin API shows.
-    fn show(&self, pods: &Pods, mut states: BTreeMap<String, String>) {
+    fn show(&mut self, pods: &Pods, mut states: BTreeMap<String, String>) {
+        self.seen.retain(|uid, _| pods.contains_key(uid));
+        for uid in pods.keys() {
+            self.seen
+                .entry(uid.clone())
+                .or_insert_with(std::time::Instant::now);
+        }
         let mut view = self.view.lock().unwrap();
         view.synced = true;
         view.pods = pods
@@ -416,13 +429,14 @@ impl Reconciler {
                 let member = self.members.get(uid);
                 let state = match member {
                     Some(_) => "protected".to_owned(),
-                    None => states.remove(uid).unwrap_or_else(|| "waiting".into()),
+                    None => states.remove(uid).unwrap_or_else(|| WAITING.into()),
                 };
                 let pod_view = PodView {
                     uid: uid.clone(),
                     group,
                     state,
                     member: member.map(|m| (Arc::clone(&m.admin), m.runtime.clone())),
+                    since: self.seen[uid],
                 };
                 (key, pod_view)
             })

@@ -5,139 +5,174 @@
 //! when the agent stops, as their ports then fail closed until the next agent takes them over.
 //! A pod that lists the condition in its `readinessGates` is Ready, and gets a Service's
 //! clients, only while it is `True`.
+//!
+//! It runs in a task of its own, apart from the reconciling of pods and members: the API being
+//! slow or away holds neither back.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use futures_util::future::join_all;
 use k8s_openapi::{
     api::core::v1::{Pod, PodCondition, PodStatus},
-    apimachinery::pkg::apis::meta::v1::Time,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     jiff::Timestamp,
 };
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
 };
+use tokio::sync::watch;
 
 use super::{View, pod::PodKey};
 
 /// The condition's type, which a pod's `readinessGates` name.
 pub const CONDITION: &str = "hermes.io/ready";
+/// How often the pods' readiness is looked at.
+const EVERY: Duration = Duration::from_secs(1);
 /// A reason that changes while the readiness does not (e.g. "catching up: applied N of M") is
 /// set again at most this often.
 const REASON_EVERY: Duration = Duration::from_secs(10);
-/// How long one patch may take.
+/// How long one round of patches may take.
 const PATCH_WITHIN: Duration = Duration::from_secs(5);
+/// How long the agent's stop waits for its pods to be set not ready.
+const WITHDRAW_WITHIN: Duration = Duration::from_secs(2);
+const STOPPING: &str = "the node's Hermes agent is stopping: the pod's port is closed until the next one takes it over";
+
+/// Sets the conditions of the pods in `view` as their readiness changes, until `stop`; then
+/// sets them all not ready.
+pub async fn run(client: Client, view: Arc<Mutex<View>>, mut stop: watch::Receiver<bool>) {
+    let mut reported = Reported::default();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => break,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+        let due = reported.due(&view);
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => break,
+            () = reported.patch(&client, due) => {}
+        }
+    }
+    let all = reported.all_not_ready(STOPPING);
+    let _ = tokio::time::timeout(WITHDRAW_WITHIN, reported.patch(&client, all)).await;
+}
+
+/// A pod's readiness to set: its uid, its name, why it is not ready (`None`: ready), and
+/// whether that flipped since it was last set.
+struct Due {
+    uid: String,
+    key: PodKey,
+    not_ready: Option<String>,
+    flipped: bool,
+}
 
 /// What was last set on each pod, by uid: why it is not ready (`None`: ready), and when.
 #[derive(Default)]
-pub struct Reported {
-    set: BTreeMap<String, (Option<String>, Instant)>,
+struct Reported {
+    set: BTreeMap<String, (PodKey, Option<String>, Instant)>,
     /// Pods whose last patch failed (warned once until one succeeds).
     failing: BTreeSet<String>,
 }
 
 impl Reported {
-    /// Sets the condition of every pod in `view` whose readiness changed since it was last set.
-    pub async fn report(&mut self, client: &Client, view: &std::sync::Mutex<View>) {
+    /// The pods of `view` whose readiness changed since it was last set.
+    fn due(&mut self, view: &Mutex<View>) -> Vec<Due> {
         let now: Vec<(String, PodKey, Option<String>)> = {
             let view = view.lock().unwrap();
             view.pods
                 .iter()
-                .map(|(key, pod)| {
-                    let not_ready = match &pod.member {
-                        Some((admin, _)) => crate::admin::not_ready(admin),
-                        None => Some(pod.state.clone()),
-                    };
-                    (pod.uid.clone(), key.clone(), not_ready)
-                })
+                .map(|(key, pod)| (pod.uid.clone(), key.clone(), pod.not_ready()))
                 .collect()
         };
         self.set.retain(|uid, _| now.iter().any(|(u, ..)| u == uid));
-        for (uid, key, not_ready) in now {
-            let due = match self.set.get(&uid) {
-                None => true,
-                Some((was, at)) => {
-                    was.is_none() != not_ready.is_none()
-                        || (*was != not_ready && at.elapsed() >= REASON_EVERY)
-                }
-            };
-            if !due {
-                continue;
-            }
-            let flipped = self
-                .set
-                .get(&uid)
-                .is_none_or(|(was, _)| was.is_none() != not_ready.is_none());
-            self.patch(client, &uid, &key, not_ready, flipped).await;
-        }
-    }
-
-    /// Sets every pod reported so far not ready, saying `why` (the agent stops).
-    pub async fn withdraw(&mut self, client: &Client, view: &std::sync::Mutex<View>, why: &str) {
-        let pods: Vec<(String, PodKey)> = {
-            let view = view.lock().unwrap();
-            view.pods
-                .iter()
-                .filter(|(_, pod)| self.set.contains_key(&pod.uid))
-                .map(|(key, pod)| (pod.uid.clone(), key.clone()))
-                .collect()
-        };
-        for (uid, key) in pods {
-            let flipped = self.set.get(&uid).is_some_and(|(was, _)| was.is_none());
-            self.patch(client, &uid, &key, Some(why.to_owned()), flipped)
-                .await;
-        }
-    }
-
-    async fn patch(
-        &mut self,
-        client: &Client,
-        uid: &str,
-        key: &PodKey,
-        not_ready: Option<String>,
-        flipped: bool,
-    ) {
-        let api = Api::<Pod>::namespaced(client.clone(), &key.namespace);
-        let status = Patch::Strategic(condition(not_ready.as_deref(), flipped));
-        let patched = tokio::time::timeout(
-            PATCH_WITHIN,
-            api.patch_status(&key.name, &PatchParams::default(), &status),
-        )
-        .await;
-        match patched {
-            Ok(Ok(_)) => {
-                tracing::debug!(pod = %key, ready = not_ready.is_none(), "readiness set");
-                self.failing.remove(uid);
-                self.set.insert(uid.to_owned(), (not_ready, Instant::now()));
-            }
-            failed => {
-                let error = match failed {
-                    Ok(Err(error)) => error.to_string(),
-                    _ => format!("no answer within {PATCH_WITHIN:?}"),
+        now.into_iter()
+            .filter_map(|(uid, key, not_ready)| {
+                let flipped = match self.set.get(&uid) {
+                    None => true,
+                    Some((_, was, at)) => {
+                        let flipped = was.is_none() != not_ready.is_none();
+                        if !flipped && (*was == not_ready || at.elapsed() < REASON_EVERY) {
+                            return None;
+                        }
+                        flipped
+                    }
                 };
-                if self.failing.insert(uid.to_owned()) {
-                    tracing::warn!(
-                        pod = %key,
-                        error,
-                        "cannot set the pod's {CONDITION} condition (RBAC: patch pods/status); \
-                         tried again every second"
-                    );
+                Some(Due {
+                    uid,
+                    key,
+                    not_ready,
+                    flipped,
+                })
+            })
+            .collect()
+    }
+
+    /// Every pod set so far, not ready for `why`.
+    fn all_not_ready(&self, why: &str) -> Vec<Due> {
+        self.set
+            .iter()
+            .map(|(uid, (key, was, _))| Due {
+                uid: uid.clone(),
+                key: key.clone(),
+                not_ready: Some(why.to_owned()),
+                flipped: was.is_none(),
+            })
+            .collect()
+    }
+
+    /// Sets the conditions `due`, all at once.
+    async fn patch(&mut self, client: &Client, due: Vec<Due>) {
+        let patches = due.into_iter().map(|due| async move {
+            let api = Api::<Pod>::namespaced(client.clone(), &due.key.namespace);
+            let status = Patch::Strategic(condition(&due));
+            let patched = tokio::time::timeout(
+                PATCH_WITHIN,
+                api.patch_status(&due.key.name, &PatchParams::default(), &status),
+            )
+            .await;
+            let outcome = match patched {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!("no answer within {PATCH_WITHIN:?}")),
+            };
+            (due, outcome)
+        });
+        for (due, outcome) in join_all(patches).await {
+            match outcome {
+                Ok(()) => {
+                    tracing::debug!(pod = %due.key, ready = due.not_ready.is_none(), "readiness set");
+                    self.failing.remove(&due.uid);
+                    self.set
+                        .insert(due.uid, (due.key, due.not_ready, Instant::now()));
+                }
+                Err(error) => {
+                    if self.failing.insert(due.uid) {
+                        tracing::warn!(
+                            pod = %due.key,
+                            error,
+                            "cannot set the pod's {CONDITION} condition (is `patch` on pods/status \
+                             allowed?); tried again every second"
+                        );
+                    }
                 }
             }
         }
     }
 }
 
-/// The status patch that sets the condition: ready if `not_ready` is `None`, else not, saying
-/// why. The transition time is set only when the readiness `flipped`.
-fn condition(not_ready: Option<&str>, flipped: bool) -> Pod {
+/// The status patch that sets the condition of `due`. Its uid is a precondition: a pod made
+/// anew under the same name is not patched. The transition time is set only when the readiness
+/// flipped.
+fn condition(due: &Due) -> Pod {
+    let ready = due.not_ready.is_none();
     let condition = PodCondition {
         type_: CONDITION.to_owned(),
-        status: if not_ready.is_none() { "True" } else { "False" }.to_owned(),
+        status: if ready { "True" } else { "False" }.to_owned(),
         reason: Some(
-            if not_ready.is_none() {
+            if ready {
                 "MemberReady"
             } else {
                 "MemberNotReady"
@@ -145,14 +180,18 @@ fn condition(not_ready: Option<&str>, flipped: bool) -> Pod {
             .to_owned(),
         ),
         message: Some(
-            not_ready
-                .unwrap_or("the pod's Hermes member is ready")
-                .to_owned(),
+            due.not_ready
+                .clone()
+                .unwrap_or_else(|| "the pod's Hermes member is ready".to_owned()),
         ),
-        last_transition_time: flipped.then(|| Time(Timestamp::now())),
+        last_transition_time: due.flipped.then(|| Time(Timestamp::now())),
         ..PodCondition::default()
     };
     Pod {
+        metadata: ObjectMeta {
+            uid: Some(due.uid.clone()),
+            ..ObjectMeta::default()
+        },
         status: Some(PodStatus {
             conditions: Some(vec![condition]),
             ..PodStatus::default()
@@ -165,19 +204,31 @@ fn condition(not_ready: Option<&str>, flipped: bool) -> Pod {
 mod tests {
     use super::*;
 
+    fn due(not_ready: Option<&str>, flipped: bool) -> Due {
+        Due {
+            uid: "u-1".into(),
+            key: PodKey {
+                namespace: "ns".into(),
+                name: "app-0".into(),
+            },
+            not_ready: not_ready.map(str::to_owned),
+            flipped,
+        }
+    }
+
     #[test]
-    fn the_patch_sets_one_condition_and_its_time_only_when_it_flips() {
-        let patch = serde_json::to_value(condition(Some("no leader"), false)).unwrap();
+    fn the_patch_sets_one_condition_of_that_pod_and_its_time_only_when_it_flips() {
+        let patch = serde_json::to_value(condition(&due(Some("no leader"), false))).unwrap();
         let conditions = patch["status"]["conditions"].as_array().unwrap();
         assert_eq!(conditions.len(), 1);
         assert_eq!(conditions[0]["type"], CONDITION);
         assert_eq!(conditions[0]["status"], "False");
         assert_eq!(conditions[0]["message"], "no leader");
         assert!(conditions[0].get("lastTransitionTime").is_none());
-        // Nothing else of the pod: a strategic merge patch changes only what it holds.
-        assert!(patch["metadata"].as_object().is_none_or(|m| m.is_empty()));
+        // Nothing else of the pod but its uid: a strategic merge patch changes what it holds.
+        assert_eq!(patch["metadata"], serde_json::json!({ "uid": "u-1" }));
         assert!(patch.get("spec").is_none());
-        let patch = serde_json::to_value(condition(None, true)).unwrap();
+        let patch = serde_json::to_value(condition(&due(None, true))).unwrap();
         let ready = &patch["status"]["conditions"][0];
         assert_eq!(ready["status"], "True");
         assert!(ready["lastTransitionTime"].is_string());
