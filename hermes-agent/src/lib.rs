@@ -117,6 +117,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// open to be committed (raw TCP mode; see [`node::Node::abandon_connections`]).
 const ABANDON_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Of the grace period, what a planned stop keeps at most for what comes after draining the
+/// clients (a quarter of it, up to this).
+const AFTER_DRAINING: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long a stopping leader tries, at most, to hand its leadership over: writes wait meanwhile,
 /// and a request waits [`node::LEADERLESS`] for a leader before its client gets 503.
 const HAND_OVER_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
@@ -145,6 +149,9 @@ pub async fn serve(
         shutdown.await;
         let _ = signalled.set(tokio::time::Instant::now());
     };
+    // Draining clients may take the grace period but for a part kept for what comes after it
+    // (the handover, the delivery in flight).
+    let drain = config.grace_period - (config.grace_period / 4).min(AFTER_DRAINING);
     let max_connections = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
     // Bytes of client requests (or of TCP chunks) held at once, until ordered.
     let budget = byte_budget(config.body_budget);
@@ -154,8 +161,7 @@ pub async fn serve(
                 app: config.app_addr(),
                 source: config.app_source,
             };
-            let grace = config.grace_period;
-            intercept::serve(listeners, handler, shutdown, grace, max_connections).await
+            intercept::serve(listeners, handler, shutdown, drain, max_connections).await
         }
         Some(node) if config.protocol == config::Protocol::Tcp => {
             let handler = intercept::tcp::Tcp {
@@ -163,8 +169,7 @@ pub async fn serve(
                 idle_timeout: config.idle_timeout(),
                 budget,
             };
-            let grace = config.grace_period;
-            intercept::serve(listeners, handler, shutdown, grace, max_connections).await
+            intercept::serve(listeners, handler, shutdown, drain, max_connections).await
         }
         Some(node) => {
             let limits = intercept::http::Limits {
@@ -191,8 +196,7 @@ pub async fn serve(
                 // The app's answers held for slow clients: a second budget of the same size.
                 answers: byte_budget(config.body_budget),
             };
-            let grace = config.grace_period;
-            intercept::serve(listeners, handler, shutdown, grace, max_connections).await
+            intercept::serve(listeners, handler, shutdown, drain, max_connections).await
         }
     };
     if let Some(node) = node {
