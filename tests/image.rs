@@ -58,6 +58,15 @@ fn agent_containers_replicate_fail_closed_when_killed_or_stopped_and_new_ones_ta
         assert_eq!(status["node_id"].as_u64(), Some(id as u64), "{status}");
         wait_ready(&cluster, &pods, id);
         assert_eq!(pods.probe(&cluster, id, "livenessProbe").unwrap(), 200);
+        // The ConfigMap's HERMES_METRICS_ADDR: the metrics, from off the node, without a token.
+        let metrics = SocketAddr::new(cluster.addr(id).ip(), 9181);
+        let scraped = client::get(metrics, "/metrics").expect("the metrics endpoint");
+        assert_eq!(scraped.status, 200, "{}", scraped.text());
+        assert!(
+            scraped.text().contains("hermes_ready 1"),
+            "{}",
+            scraped.text()
+        );
     }
 
     // `kubectl exec POD -- hermes-agent ctl ...` (docs/kubernetes.md): a change to the cluster,

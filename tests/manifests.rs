@@ -158,9 +158,47 @@ fn one_image_pulled_the_same_way_everywhere() {
                 }
                 let policy = container["imagePullPolicy"].as_str();
                 assert!(policy.is_some(), "{file}: {name} has no imagePullPolicy");
-                images.insert(image.to_owned(), format!("{file}: {name}"));
+                images.insert(
+                    (image.to_owned(), policy.map(str::to_owned)),
+                    format!("{file}: {name}"),
+                );
             }
         }
     }
-    assert_eq!(images.len(), 1, "more than one agent image: {images:?}");
+    assert_eq!(
+        images.len(),
+        1,
+        "more than one agent image or pull policy: {images:?}"
+    );
+}
+
+/// A pod that gates on `hermes.io/ready` is Ready only once its group has a leader, and a group
+/// of N forms only once N pods are there: a StatefulSet that makes its pods one after the
+/// other (the default, OrderedReady) would wait for the first for ever.
+#[test]
+fn a_statefulset_gating_on_its_group_makes_its_pods_at_once() {
+    let mut checked = 0;
+    for (file, objects) in manifests() {
+        for set in of_kind(&objects, "StatefulSet") {
+            let template = &set["spec"]["template"];
+            let gates = template["spec"]["readinessGates"].as_sequence();
+            let gated = gates.is_some_and(|gates| {
+                gates
+                    .iter()
+                    .any(|g| g["conditionType"].as_str() == Some("hermes.io/ready"))
+            });
+            let size: u64 = template["metadata"]["annotations"]["hermes.io/group-size"]
+                .as_str()
+                .map_or(1, |size| size.parse().unwrap());
+            if gated && size > 1 {
+                assert_eq!(
+                    set["spec"]["podManagementPolicy"].as_str(),
+                    Some("Parallel"),
+                    "{file}: its pods would wait for each other"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "the example StatefulSet gates on its group");
 }

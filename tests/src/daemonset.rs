@@ -562,6 +562,18 @@ fn security(container: &Value) -> io::Result<Vec<String>> {
             )));
         }
     }
+    match context["appArmorProfile"]["type"].as_str() {
+        Some("Unconfined") => args.extend(["--security-opt".into(), "apparmor=unconfined".into()]),
+        None | Some("RuntimeDefault") => {}
+        Some(other) => {
+            return Err(io::Error::other(format!(
+                "AppArmor profile {other}: no lab equivalent"
+            )));
+        }
+    }
+    if let Some(kind) = context["seLinuxOptions"]["type"].as_str() {
+        args.extend(["--security-opt".into(), format!("label=type:{kind}")]);
+    }
     if context["allowPrivilegeEscalation"].as_bool() == Some(false) {
         args.extend(["--security-opt".into(), "no-new-privileges".into()]);
     }

@@ -43,8 +43,13 @@ pub fn report_earlier(pin: &Path) {
         });
     match earlier {
         Ok(mut logger) => logger.flush(),
-        // A program of an older agent, without the log map.
-        Err(error) => tracing::debug!(%error, "no records of the earlier steering program"),
+        // A program of an older agent, without the log map; or, without CAP_SYS_ADMIN (the
+        // host-network DaemonSet's capabilities), the map cannot be opened by its id.
+        Err(error) => tracing::info!(
+            %error,
+            "the connections the earlier steering program dropped while no agent ran cannot be \
+             reported (an older agent's program, or no CAP_SYS_ADMIN to open its records)"
+        ),
     }
 }
 
