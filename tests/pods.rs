@@ -8,7 +8,7 @@ use std::{
     net::{SocketAddr, TcpStream},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -18,7 +18,10 @@ use hermes_lab::{
     cluster::PORT,
     pods::{Driver, Pod},
 };
-use hermes_tests::pods::{PodLab, netns_inode, pins, wait};
+use hermes_tests::{
+    pods::{PodLab, netns_inode, pins, wait},
+    resp::{Redis, Reply},
+};
 use serde_json::Value;
 
 fn addr(pod: &Pod) -> SocketAddr {
@@ -404,4 +407,200 @@ fn an_agent_restart_reconciles_without_an_open_window_and_state_stays_in_the_vol
     assert_eq!(member_id(&lab, 1, "log-0"), id);
     let status: Value = lab.pod_status(1, "log-0").unwrap();
     assert_eq!(status["member"]["in_doubt"], 0);
+}
+
+/// Starts Debian's `redis-server` in `pod` on the protected port, in memory only, `DEBUG`
+/// allowed from loopback.
+fn start_redis(pod: &mut Pod) {
+    let args = [
+        "--port",
+        "8080",
+        "--bind",
+        "0.0.0.0",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--enable-debug-command",
+        "local",
+    ];
+    pod.start_app(
+        std::path::Path::new("/usr/bin/redis-server"),
+        &args,
+        "Ready to accept connections",
+    )
+    .expect("redis-server");
+}
+
+/// `DEBUG DIGEST` of the Redis in `pod` (a digest of its whole dataset), asked on its loopback.
+fn redis_digest(pod: &Pod) -> String {
+    let local = SocketAddr::from(([127, 0, 0, 1], PORT));
+    match pod
+        .run_inside(move || Redis::connect(local)?.call(&[b"DEBUG", b"DIGEST"]))
+        .expect("DEBUG DIGEST")
+    {
+        Reply::Status(digest) => digest,
+        other => panic!("DEBUG DIGEST: {other:?}"),
+    }
+}
+
+/// A client of `pod` that pushes values tagged `tag` to one shared list, incrementing a shared
+/// counter with each, until `stop` (after `rounds` at least), counting each round in `done`; it
+/// connects again whenever its connection is reset (an agent restarting). The values Redis
+/// acknowledged, and how many times the connection was reset.
+fn redis_client(
+    pod: &Pod,
+    tag: String,
+    rounds: usize,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<(Vec<String>, usize)> {
+    let addr = addr(pod);
+    std::thread::spawn(move || {
+        let (mut acked, mut resets) = (Vec::new(), 0);
+        let mut redis = None;
+        let mut round = 0;
+        let mut refused = 0;
+        while round < rounds || !stop.load(Ordering::Relaxed) {
+            let connection = match redis.as_mut() {
+                Some(redis) => redis,
+                None => match Redis::connect(addr) {
+                    Ok(connected) => redis.insert(connected),
+                    Err(_) => {
+                        refused += 1;
+                        assert!(refused < 600, "{tag}: cannot connect for a minute");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                },
+            };
+            let value = format!("{tag}-{round}");
+            let replies = connection.pipeline(&[
+                &[b"RPUSH", b"list", value.as_bytes()],
+                &[b"INCR", b"counter"],
+            ]);
+            match replies {
+                Ok(replies) if matches!(replies[0], Reply::Int(_)) => acked.push(value),
+                Ok(replies) => panic!("{value}: {replies:?}"),
+                // Reset: whether it ran is unknown; the next round goes on a new connection.
+                Err(_) => {
+                    resets += 1;
+                    redis = None;
+                }
+            }
+            round += 1;
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+        (acked, resets)
+    })
+}
+
+/// Raw TCP mode in pod mode (issue 20): a group of three Debian `redis-server` pods, one per
+/// node, with clients on every pod, stays identical (`DEBUG DIGEST`) through a planned restart
+/// of one node's agent under load, and every acknowledged write is in every replica, once.
+#[test]
+fn a_group_of_redis_pods_in_tcp_mode_stays_identical_through_an_agent_restart() {
+    let mut lab = PodLab::new(3);
+    lab.agent_env = vec![("HERMES_PROTOCOL".into(), "tcp".into())];
+    for node in 1..=3 {
+        lab.start_agent(node);
+    }
+    let mut pods = vec![
+        lab.pod(1, 1, "cache-0", "cache", "cache-0", Driver::Cgroupfs),
+        lab.pod(2, 1, "cache-1", "cache", "cache-1", Driver::Systemd),
+        lab.pod(3, 1, "cache-2", "cache", "cache-2", Driver::Cgroupfs),
+    ];
+    for pod in &mut pods {
+        pod.annotations["hermes.io/group-size"] = "3".into();
+        start_redis(pod);
+        lab.publish(pod);
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        lab.wait_protected(i + 1, pod);
+    }
+    wait("the three pods ready", || {
+        (0..3)
+            .all(|i| {
+                lab.admin(i + 1, &format!("/pods/lab/{}/readyz", pods[i].name))
+                    .is_some_and(|r| r.status == 200)
+            })
+            .then_some(())
+    });
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let clients = |tag: &str, rounds, stop: &Arc<AtomicBool>| -> Vec<_> {
+        pods.iter()
+            .map(|pod| {
+                let tag = format!("{tag}-{}", pod.name);
+                redis_client(pod, tag, rounds, Arc::clone(stop), Arc::clone(&done))
+            })
+            .collect()
+    };
+    let mut acked: Vec<String> = Vec::new();
+    let stopped = Arc::new(AtomicBool::new(true));
+    for client in clients("first", 100, &stopped) {
+        let (values, resets) = client.join().expect("client");
+        assert_eq!((values.len(), resets), (100, 0), "before the restart");
+        acked.extend(values);
+    }
+
+    // Node 2's agent stops as the kubelet stops it, under load, and comes back: its clients'
+    // connections are abandoned on every replica, and they connect again.
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = clients("second", 0, &stop);
+    let until = |rounds| {
+        wait(&format!("{rounds} rounds of the clients"), || {
+            (done.load(Ordering::Relaxed) >= rounds).then_some(())
+        });
+    };
+    until(300 + 150);
+    lab.agent(2)
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let status = lab.agent(2).wait(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "node 2's agent: {status}");
+    lab.start_agent(2);
+    lab.wait_ready(2, &pods[1]);
+    until(done.load(Ordering::Relaxed) + 150);
+    stop.store(true, Ordering::Relaxed);
+    for (client, pod) in running.into_iter().zip(&pods) {
+        let (values, resets) = client.join().expect("client");
+        if pod.name == "cache-1" {
+            assert!(
+                resets > 0,
+                "node 2's client was not connected across the restart"
+            );
+        }
+        acked.extend(values);
+    }
+
+    let digests = wait("the replicas identical", || {
+        let digests: Vec<String> = pods.iter().map(redis_digest).collect();
+        digests.iter().all(|d| *d == digests[0]).then_some(digests)
+    });
+    assert_ne!(digests[0], "0".repeat(40), "an empty dataset");
+    let local = SocketAddr::from(([127, 0, 0, 1], PORT));
+    let list = pods[0]
+        .run_inside(move || Redis::connect(local)?.call(&[b"LRANGE", b"list", b"0", b"-1"]))
+        .unwrap();
+    let Reply::Array(items) = list else {
+        panic!("LRANGE: {list:?}")
+    };
+    let items: Vec<String> = items
+        .iter()
+        .map(|item| match item {
+            Reply::Bulk(Some(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let unique: HashSet<&String> = items.iter().collect();
+    assert_eq!(unique.len(), items.len(), "a write applied twice");
+    for value in &acked {
+        assert!(
+            unique.contains(value),
+            "{value} acknowledged, not in the list"
+        );
+    }
 }

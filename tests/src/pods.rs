@@ -26,6 +26,9 @@ pub struct PodLab {
     pub dir: tempfile::TempDir,
     certs: NodeFiles,
     agents: Vec<Option<Process>>,
+    /// Variables every agent started from now on gets besides the lab's (its members'
+    /// settings, e.g. `HERMES_PROTOCOL`).
+    pub agent_env: Vec<(String, String)>,
     // Last: dropped after the pods and agents.
     pub lab: Lab,
 }
@@ -48,6 +51,7 @@ impl PodLab {
             dir,
             certs,
             agents: (0..nodes).map(|_| None).collect(),
+            agent_env: Vec::new(),
             lab,
         }
     }
@@ -75,7 +79,8 @@ impl PodLab {
             .env("HERMES_PEER_KEY", &self.certs.key)
             .env("HERMES_PEER_CA", &self.certs.ca)
             .env("HERMES_GRACE_PERIOD", "2s")
-            .env("HERMES_METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}"));
+            .env("HERMES_METRICS_ADDR", format!("0.0.0.0:{METRICS_PORT}"))
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)));
         let mut agent =
             Process::spawn(format!("pod agent on node {node}"), command).expect("agent starts");
         agent
