@@ -11,7 +11,8 @@
 //!
 //! So here a voter that has heard no leader for a lease ([`LEASE`]) asks the other voters where
 //! their logs end and how long they have not heard a leader ([`Call::Standing`]). It campaigns
-//! only once a majority of the voters (itself included) have heard no leader for a lease: a
+//! only once a majority of the voters (itself included; of each configuration while the
+//! membership changes, as a candidate needs) have heard no leader for a lease: a
 //! node cut off from the others does not raise its term again and again, to depose the leader
 //! when it comes back, and a majority of the voters it asks grant votes (their leases ran). Of
 //! those quiet voters, the one with the most up-to-date log (the lowest id among equals)
@@ -24,6 +25,7 @@
 //! switched on, as it was before, until a later round in which none refuses; a stopping node
 //! switches it off.
 use std::{
+    collections::BTreeSet,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -273,7 +275,7 @@ async fn next(elector: &Elector, raft: &Raft, metrics: &Metrics, peers: &Peers) 
     ));
     let next = decide(
         metrics.id,
-        voters.len(),
+        membership.get_joint_config(),
         &standings,
         chosen.is_some(),
         Instant::now(),
@@ -291,22 +293,32 @@ async fn next(elector: &Elector, raft: &Raft, metrics: &Metrics, peers: &Peers) 
 }
 
 /// Whether node `me` campaigns now, given the `standings` of the voters that answered (its own
-/// among them) out of `voters`; `chosen`: a stopping leader named it.
+/// among them) out of the voters of `configs` (two while the membership changes: a candidate
+/// needs a majority of each); `chosen`: a stopping leader named it.
 fn decide(
     me: NodeId,
-    voters: usize,
+    configs: &[BTreeSet<NodeId>],
     standings: &[(NodeId, Standing)],
     chosen: bool,
     now: Instant,
 ) -> Next {
-    let majority = voters / 2 + 1;
-    let mut quiet: Vec<Duration> = standings
-        .iter()
-        .map(|(_, standing)| Duration::from_millis(standing.quiet_ms))
-        .collect();
-    quiet.sort_unstable_by(|a, b| b.cmp(a));
-    let Some(&since) = quiet.get(majority - 1) else {
-        // No majority answered: this node could not win, and would only raise its term.
+    // How long a majority of every configuration has heard no leader: of each, the quiet time
+    // of its majority-th quietest voter that answered.
+    let mut since = None::<Duration>;
+    for config in configs {
+        let mut quiet: Vec<Duration> = standings
+            .iter()
+            .filter(|(id, _)| config.contains(id))
+            .map(|(_, standing)| Duration::from_millis(standing.quiet_ms))
+            .collect();
+        quiet.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&of_config) = quiet.get(config.len() / 2) else {
+            // No majority answered: this node could not win, and would only raise its term.
+            return Next::WaitUntil(now + RETRY);
+        };
+        since = Some(since.map_or(of_config, |since| since.min(of_config)));
+    }
+    let Some(since) = since else {
         return Next::WaitUntil(now + RETRY);
     };
     let mine = standings
@@ -339,6 +351,11 @@ mod tests {
 
     use super::*;
 
+    /// One configuration of voters 1 to `n`.
+    fn all(n: u64) -> Vec<BTreeSet<NodeId>> {
+        vec![(1..=n).collect()]
+    }
+
     fn standing(term: u64, index: u64, quiet_ms: u64) -> Standing {
         Standing {
             last_log: Some(LogId::new(CommittedLeaderId::new(term, 1), index)),
@@ -351,26 +368,26 @@ mod tests {
     fn the_voter_with_the_longest_log_campaigns_first_and_the_others_hold_off() {
         let now = Instant::now();
         let standings = [(1, standing(2, 3032, 440)), (2, standing(2, 4383, 450))];
-        assert_eq!(decide(2, 3, &standings, false, now), Next::Campaign);
+        assert_eq!(decide(2, &all(3), &standings, false, now), Next::Campaign);
         assert_eq!(
-            decide(1, 3, &standings, false, now),
+            decide(1, &all(3), &standings, false, now),
             Next::WaitUntil(now + (LEASE + HOLD - Duration::from_millis(440)))
         );
         // Nothing came of the best one's campaign: the other campaigns too.
         let later = [(1, standing(2, 3032, 640)), (2, standing(2, 4383, 650))];
-        assert_eq!(decide(1, 3, &later, false, now), Next::Campaign);
+        assert_eq!(decide(1, &all(3), &later, false, now), Next::Campaign);
         // A voter cut off for long holds off as long as the others.
         let back = [(1, standing(2, 3032, 9000)), (2, standing(2, 4383, 450))];
-        assert_ne!(decide(1, 3, &back, false, now), Next::Campaign);
+        assert_ne!(decide(1, &all(3), &back, false, now), Next::Campaign);
         // A later term beats a longer log, as in Raft's vote.
         let standings = [(1, standing(3, 10, 440)), (2, standing(2, 4383, 450))];
-        assert_eq!(decide(1, 3, &standings, false, now), Next::Campaign);
+        assert_eq!(decide(1, &all(3), &standings, false, now), Next::Campaign);
         // Equal logs: the lowest id.
         let standings = [(3, standing(2, 7, 440)), (2, standing(2, 7, 440))];
-        assert_eq!(decide(2, 3, &standings, false, now), Next::Campaign);
-        assert_ne!(decide(3, 3, &standings, false, now), Next::Campaign);
+        assert_eq!(decide(2, &all(3), &standings, false, now), Next::Campaign);
+        assert_ne!(decide(3, &all(3), &standings, false, now), Next::Campaign);
         // Named by the stopping leader: it campaigns, though its log is not the longest.
-        assert_eq!(decide(3, 3, &standings, true, now), Next::Campaign);
+        assert_eq!(decide(3, &all(3), &standings, true, now), Next::Campaign);
     }
 
     #[test]
@@ -378,24 +395,24 @@ mod tests {
         let now = Instant::now();
         let alone = [(1, standing(2, 9, 5000))];
         assert_eq!(
-            decide(1, 3, &alone, false, now),
+            decide(1, &all(3), &alone, false, now),
             Next::WaitUntil(now + RETRY)
         );
-        assert_eq!(decide(1, 1, &alone, false, now), Next::Campaign);
+        assert_eq!(decide(1, &all(1), &alone, false, now), Next::Campaign);
         let three_of_five = [(1, standing(2, 9, 500)), (4, standing(2, 9, 500))];
         assert_eq!(
-            decide(1, 5, &three_of_five, false, now),
+            decide(1, &all(5), &three_of_five, false, now),
             Next::WaitUntil(now + RETRY)
         );
         let hearing = [(1, standing(2, 9, 500)), (2, standing(2, 5, 130))];
         assert_eq!(
-            decide(1, 3, &hearing, false, now),
+            decide(1, &all(3), &hearing, false, now),
             Next::WaitUntil(now + Duration::from_millis(300))
         );
         // Not even when a stopping leader named it: the other would refuse.
-        assert_ne!(decide(1, 3, &hearing, true, now), Next::Campaign);
+        assert_ne!(decide(1, &all(3), &hearing, true, now), Next::Campaign);
         let leading = [(1, standing(2, 9, 500)), (2, standing(2, 5, 0))];
-        assert_ne!(decide(1, 3, &leading, false, now), Next::Campaign);
+        assert_ne!(decide(1, &all(3), &leading, false, now), Next::Campaign);
     }
 
     #[test]
@@ -408,9 +425,9 @@ mod tests {
             (3, standing(2, 8, 500)),
             (4, standing(2, 8, 450)),
         ];
-        assert_eq!(decide(1, 5, &standings, false, now), Next::Campaign);
+        assert_eq!(decide(1, &all(5), &standings, false, now), Next::Campaign);
         // Node 2's log is as long, but it hears a leader: it is not ranked.
-        assert_ne!(decide(3, 5, &standings, false, now), Next::Campaign);
+        assert_ne!(decide(3, &all(5), &standings, false, now), Next::Campaign);
     }
 
     #[test]
@@ -419,6 +436,29 @@ mod tests {
         let mut stopping = standing(2, 99, 500);
         stopping.campaigns = false;
         let standings = [(1, standing(2, 9, 500)), (2, stopping)];
-        assert_eq!(decide(1, 3, &standings, false, now), Next::Campaign);
+        assert_eq!(decide(1, &all(3), &standings, false, now), Next::Campaign);
+    }
+
+    #[test]
+    fn while_the_membership_changes_a_majority_of_each_configuration_must_be_quiet() {
+        let now = Instant::now();
+        let joint: Vec<BTreeSet<NodeId>> = vec![[1, 2, 3].into(), [3, 4, 5].into()];
+        // 1, 2 and 3 are a majority of the five, and of the old three, but of the new three
+        // only 3 is quiet: 4 and 5 may still hear a leader.
+        let old_side = [
+            (1, standing(2, 9, 600)),
+            (2, standing(2, 9, 600)),
+            (3, standing(2, 9, 600)),
+            (4, standing(2, 9, 20)),
+        ];
+        assert_ne!(decide(1, &joint, &old_side, false, now), Next::Campaign);
+        assert_eq!(decide(1, &all(5), &old_side, false, now), Next::Campaign);
+        let both = [
+            (1, standing(2, 9, 600)),
+            (2, standing(2, 9, 600)),
+            (4, standing(2, 9, 600)),
+            (5, standing(2, 9, 600)),
+        ];
+        assert_eq!(decide(1, &joint, &both, false, now), Next::Campaign);
     }
 }
