@@ -409,27 +409,15 @@ fn an_agent_restart_reconciles_without_an_open_window_and_state_stays_in_the_vol
     assert_eq!(status["member"]["in_doubt"], 0);
 }
 
-/// Starts Debian's `redis-server` in `pod` on the protected port, in memory only, `DEBUG`
-/// allowed from loopback.
+/// Starts Debian's `redis-server` in `pod` on the protected port, as the lab's clusters run it.
 fn start_redis(pod: &mut Pod) {
-    let args = [
-        "--port",
-        "8080",
-        "--bind",
-        "0.0.0.0",
-        "--protected-mode",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--enable-debug-command",
-        "local",
-    ];
+    use hermes_lab::cluster::{REDIS_ARGS, REDIS_READY};
+    let port = PORT.to_string();
+    let args = [REDIS_ARGS, &["--port", &port]].concat();
     pod.start_app(
         std::path::Path::new("/usr/bin/redis-server"),
         &args,
-        "Ready to accept connections",
+        REDIS_READY,
     )
     .expect("redis-server");
 }

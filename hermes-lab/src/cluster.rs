@@ -61,6 +61,23 @@ impl App {
     }
 }
 
+/// `redis-server`'s arguments besides its port and files: every address, in memory only, its
+/// `DEBUG` commands allowed on loopback (for `DEBUG DIGEST`).
+pub const REDIS_ARGS: &[&str] = &[
+    "--bind",
+    "0.0.0.0",
+    "--protected-mode",
+    "no",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--enable-debug-command",
+    "local",
+];
+/// What `redis-server` prints once it serves.
+pub const REDIS_READY: &str = "Ready to accept connections";
+
 /// The protected port: where apps listen (on loopback) and clients connect (on node addresses).
 pub const PORT: u16 = 8080;
 pub const RAFT_PORT: u16 = 7000;
@@ -291,25 +308,9 @@ impl Cluster {
                 (PathBuf::from("python3"), args)
             }
             App::Redis => {
-                ready = "Ready to accept connections";
-                let args = vec![
-                    "--port",
-                    &port,
-                    "--bind",
-                    "0.0.0.0",
-                    "--protected-mode",
-                    "no",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    &dir,
-                    "--dbfilename",
-                    &dump,
-                    "--enable-debug-command",
-                    "local",
-                ];
+                ready = REDIS_READY;
+                let mut args = REDIS_ARGS.to_vec();
+                args.extend(["--port", &port, "--dir", &dir, "--dbfilename", &dump]);
                 (PathBuf::from("redis-server"), args)
             }
         };
