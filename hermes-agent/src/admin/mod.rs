@@ -126,23 +126,36 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admin: &Admin) -> std::
     .await
 }
 
+/// Scrapes served at once on the metrics address; more connections are closed at once.
+const SCRAPES: usize = 16;
+/// Longest a scrape may take, reading the request included.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves `GET /metrics` alone on `listener`, to anyone (`--metrics-addr`): what `encode` says
-/// at each scrape.
+/// at each scrape. Whoever reaches the address may ask, so it serves few at once, briefly.
 pub async fn serve_metrics(listener: TcpListener, encode: Arc<dyn Fn() -> String + Send + Sync>) {
+    let scrapes = Arc::new(tokio::sync::Semaphore::new(SCRAPES));
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(scrape) = Arc::clone(&scrapes).try_acquire_owned() else {
+            continue; // dropped: closed
+        };
         let encode = Arc::clone(&encode);
         tokio::spawn(async move {
-            let route = async |method: &str, target: &str, _: &[u8]| match (method, target) {
-                ("GET", "/metrics") => Answer::metrics(encode()),
-                (_, "/metrics") => Answer::text(405, "wrong method"),
-                _ => Answer::text(404, "only /metrics here (the admin API has the rest)"),
+            let route = async |method: &str, target: &str, _: &[u8]| {
+                let path = target.split_once('?').map_or(target, |(path, _)| path);
+                match (method, path) {
+                    ("GET", "/metrics") => Answer::metrics(encode()),
+                    (_, "/metrics") => Answer::text(405, "GET only"),
+                    _ => Answer::text(404, "only GET /metrics here (the admin API has the rest)"),
+                }
             };
             let answered = answer_one(stream, peer, Access::ReadOnly, route);
-            let _ = tokio::time::timeout(TIMEOUT, answered).await;
+            let _ = tokio::time::timeout(SCRAPE_TIMEOUT, answered).await;
+            drop(scrape);
         });
     }
 }
