@@ -209,8 +209,7 @@ fn a_group_of_pods_on_three_nodes_forms_one_raft_group_and_follows_its_pods() {
     // Readiness that a Service sees (issue 20): the agents set each pod's `hermes.io/ready`
     // condition, in the API server's record, True while its member is ready. app-1's app goes
     // down and a request comes: app-1's member holds it back, and the condition turns False,
-    // saying why (node 2's agent stays ready: its member is there). The app back, the request
-    // is delivered and the condition is True again.
+    // saying why. The app back, the request is delivered and the condition is True again.
     for pod in ["app-0", "app-1", "app-2"] {
         wait(&format!("{pod} ready in the API"), || {
             (readiness(&lab, pod)?.0 == "True").then_some(())
@@ -223,8 +222,6 @@ fn a_group_of_pods_on_three_nodes_forms_one_raft_group_and_follows_its_pods() {
         (status == "False").then_some(message)
     });
     assert!(why.contains("app does not answer"), "{why}");
-    let agent = lab.admin(2, "/readyz").unwrap();
-    assert_eq!(agent.status, 200, "{}", agent.text());
     assert_eq!(readiness(&lab, "app-0").unwrap().0, "True");
     start_log_app(&mut pods[1]);
     wait("app-1 ready again in the API", || {
@@ -458,7 +455,7 @@ fn redis_client(
                     Ok(connected) => redis.insert(connected),
                     Err(_) => {
                         refused += 1;
-                        assert!(refused < 600, "{tag}: cannot connect for a minute");
+                        assert!(refused < 600, "{tag}: refused 600 times in a row");
                         std::thread::sleep(Duration::from_millis(100));
                         continue;
                     }

@@ -1,6 +1,7 @@
 //! Pod mode's admin API: the agent's own `/healthz`, `/readyz` (200 once the first full list
-//! of this node's pods has been reconciled and every labelled pod that can be protected has its
-//! member started, so that a rolling update of the agents waits for each node's members) and
+//! of this node's pods has been reconciled and every labelled pod's member is started and ready,
+//! each for a while at most, so that a rolling update of the agents waits for each node's
+//! members) and
 //! `/status` (every labelled pod of this node: its state, and its member's status), and each
 //! protected pod's member's admin API under
 //! `/pods/NAMESPACE/NAME/` (`status`, `readyz`, `metrics`, `cluster/...`, as in host-network
@@ -84,18 +85,19 @@ async fn route(view: &Mutex<View>, method: &str, target: &str, body: &[u8]) -> A
 }
 
 /// Why the agent is not ready, if it is not: its pods not listed yet, or the first labelled pod
-/// whose member is yet to be started, for [`super::HOLDS_READINESS`] at most. (Whether a member
-/// is ready, which depends on its group and its app, is the pod's own readiness: a member that
-/// stays unready holds no agent back.)
+/// whose member is yet to be started, or is not ready, for [`super::HOLDS_READINESS`] at most
+/// after the agent listed it. (Pods that cannot be protected hold nothing back.)
 fn not_ready(view: &View) -> Option<String> {
     if !view.synced {
         return Some("this node's pods are not listed yet".into());
     }
     view.pods.iter().find_map(|(key, pod)| {
-        let starting = pod.member.is_none()
-            && pod.state.starts_with(super::WAITING)
-            && pod.since.elapsed() < super::HOLDS_READINESS;
-        starting.then(|| format!("{key}: {}", pod.state))
+        let counts = pod.member.is_some() || pod.state.starts_with(super::WAITING);
+        if !counts || pod.since.elapsed() >= super::HOLDS_READINESS {
+            return None;
+        }
+        let why = pod.not_ready()?;
+        Some(format!("{key}: {why}"))
     })
 }
 

@@ -134,6 +134,43 @@ mod tests {
     }
 
     #[test]
+    fn two_agents_real_expositions_merge_with_every_family_once() {
+        let one = crate::telemetry::Telemetry::default();
+        let two = crate::telemetry::Telemetry::default();
+        one.request(crate::telemetry::Outcome::Answered, 201);
+        one.exchanged(0.003);
+        two.request(crate::telemetry::Outcome::Unavailable, 503);
+        two.exchanged(0.001);
+        let merged = merge(&[
+            ("pod=\"a\"".to_owned(), one.encode()),
+            ("pod=\"b\"".to_owned(), two.encode()),
+        ]);
+        let types: Vec<&str> = merged
+            .lines()
+            .filter(|l| l.starts_with("# TYPE "))
+            .collect();
+        let unique: std::collections::BTreeSet<&&str> = types.iter().collect();
+        assert_eq!(types.len(), unique.len(), "{merged}");
+        assert!(types.len() > 10, "{merged}");
+        assert!(merged.ends_with("# EOF\n"));
+        assert_eq!(merged.matches("# EOF").count(), 1);
+        for line in merged.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                line.contains("{pod=\"a\"") || line.contains("{pod=\"b\""),
+                "{line}"
+            );
+        }
+        // A histogram's samples stay together under its family, both pods' buckets included.
+        let buckets = |pod: &str| {
+            merged
+                .lines()
+                .filter(|l| l.starts_with(&format!("hermes_app_seconds_bucket{{pod=\"{pod}\"")))
+                .count()
+        };
+        assert!(buckets("a") > 1 && buckets("a") == buckets("b"), "{merged}");
+    }
+
+    #[test]
     fn nothing_to_merge_is_an_empty_exposition() {
         assert_eq!(merge(&[]), "# EOF\n");
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");

@@ -47,9 +47,9 @@ use record::Records;
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// The state of a pod whose member is yet to be started, and why.
 pub const WAITING: &str = "waiting";
-/// A pod whose member is yet to be started holds the agent's readiness back for this long at
-/// most after the agent first listed it (one that cannot be protected must not stall a rolling
-/// update of the agents for ever).
+/// A pod whose member is yet to be started, or not ready, holds the agent's readiness back for
+/// this long at most after the agent first listed it (one that cannot be protected, or whose
+/// group stays unready, must not stall a rolling update of the agents for ever).
 pub const HOLDS_READINESS: Duration = Duration::from_secs(60);
 
 /// `hermes-agent pods`: pod mode.
@@ -244,11 +244,12 @@ pub async fn run(args: PodsArgs, shutdown: impl Future<Output = ()>) -> Result<(
             reconciler.reconcile(&pods).await;
         }
     }
-    // The pods are set not ready while their members drain.
+    // The pods are set not ready first (their ports close as their members drain), within
+    // `readiness::WITHDRAW_WITHIN` and a round of patches under way.
     stop_readiness.send_replace(true);
+    let _ = readiness.await;
     let members = std::mem::take(&mut reconciler.members);
-    let stopped = futures_util::future::join_all(members.into_values().map(Member::stop));
-    let _ = tokio::join!(readiness, stopped);
+    futures_util::future::join_all(members.into_values().map(Member::stop)).await;
     Ok(())
 }
 

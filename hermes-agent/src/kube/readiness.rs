@@ -7,7 +7,7 @@
 //! clients, only while it is `True`.
 //!
 //! It runs in a task of its own, apart from the reconciling of pods and members: the API being
-//! slow or away holds neither back.
+//! slow or away holds no reconcile back.
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
@@ -38,7 +38,8 @@ const REASON_EVERY: Duration = Duration::from_secs(10);
 /// How long one round of patches may take.
 const PATCH_WITHIN: Duration = Duration::from_secs(5);
 /// How long the agent's stop waits for its pods to be set not ready.
-const WITHDRAW_WITHIN: Duration = Duration::from_secs(2);
+pub const WITHDRAW_WITHIN: Duration = Duration::from_secs(2);
+/// Why every pod is set not ready when the agent stops.
 const STOPPING: &str = "the node's Hermes agent is stopping: the pod's port is closed until the next one takes it over";
 
 /// Sets the conditions of the pods in `view` as their readiness changes, until `stop`; then
@@ -56,7 +57,8 @@ pub async fn run(client: Client, view: Arc<Mutex<View>>, mut stop: watch::Receiv
             () = reported.patch(&client, due) => {}
         }
     }
-    let all = reported.all_not_ready(STOPPING);
+    // Every pod of the view, set or not: a first patch cut short by the stop may have landed.
+    let all = reported.all_not_ready(&view, STOPPING);
     let _ = tokio::time::timeout(WITHDRAW_WITHIN, reported.patch(&client, all)).await;
 }
 
@@ -110,15 +112,22 @@ impl Reported {
             .collect()
     }
 
-    /// Every pod set so far, not ready for `why`.
-    fn all_not_ready(&self, why: &str) -> Vec<Due> {
-        self.set
+    /// Every pod of `view`, and every pod set so far, not ready for `why`.
+    fn all_not_ready(&self, view: &Mutex<View>, why: &str) -> Vec<Due> {
+        let mut pods: BTreeMap<String, PodKey> = self
+            .set
             .iter()
-            .map(|(uid, (key, was, _))| Due {
-                uid: uid.clone(),
-                key: key.clone(),
+            .map(|(uid, (key, ..))| (uid.clone(), key.clone()))
+            .collect();
+        for (key, pod) in &view.lock().unwrap().pods {
+            pods.insert(pod.uid.clone(), key.clone());
+        }
+        pods.into_iter()
+            .map(|(uid, key)| Due {
+                flipped: self.set.get(&uid).is_none_or(|(_, was, _)| was.is_none()),
+                uid,
+                key,
                 not_ready: Some(why.to_owned()),
-                flipped: was.is_none(),
             })
             .collect()
     }
