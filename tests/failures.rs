@@ -52,11 +52,12 @@ fn a_partitioned_leader_serves_no_write_and_the_majority_carries_on() {
     assert!(!contains(&files[0], "cut-off"));
 }
 
-/// The leader dies while a follower is cut off, its log behind: the follower with the longest
-/// log is elected. The one that was cut off neither raised its term while alone (which would
-/// depose the leader when it came back) nor won an election it campaigned in.
+/// A follower cut off alone does not raise its term (openraft's own timer did, every few hundred
+/// ms, and its return deposed the leader); then the leader dies, the follower comes back, and
+/// the survivors elect one of them with the other's log. Which voter campaigns first, and
+/// when, is `order::elect`'s unit tests' and `cargo xtask chaos`'s to show.
 #[test]
-fn when_the_leader_dies_the_longest_log_wins_the_first_election() {
+fn a_follower_cut_off_keeps_its_term_and_after_the_leader_dies_the_longest_log_leads() {
     let mut cluster = cluster(3, App::Log, &[]);
     let load = Load::start(&cluster.addrs(), 6);
     load.wait_for_acks(50).unwrap();
