@@ -1,11 +1,10 @@
 //! Pod mode's admin API: the agent's own `/healthz`, `/readyz` (200 once the first full list
 //! of this node's pods has been reconciled and every labelled pod's member is started and ready,
 //! each for a while at most, so that a rolling update of the agents waits for each node's
-//! members) and
-//! `/status` (every labelled pod of this node: its state, and its member's status), and each
-//! protected pod's member's admin API under
-//! `/pods/NAMESPACE/NAME/` (`status`, `readyz`, `metrics`, `cluster/...`, as in host-network
-//! mode), served on that member's runtime. Tokens and loopback rules are host-network mode's.
+//! members) and `/status` (every labelled pod of this node: its state, and its member's
+//! status); and each protected pod's member's admin API under `/pods/NAMESPACE/NAME/`
+//! (`status`, `readyz`, `metrics`, `cluster/...`, as in host-network mode), served on that
+//! member's runtime. Tokens and loopback rules are host-network mode's.
 use std::{
     path::PathBuf,
     sync::{Arc, Mutex},
