@@ -88,6 +88,7 @@ fn member_id(lab: &PodLab, node: usize, pod: &str) -> u64 {
 #[test]
 fn a_group_of_pods_on_three_nodes_forms_one_raft_group_and_follows_its_pods() {
     let mut lab = PodLab::new(3);
+    lab.agent_env = vec![("HERMES_ON_DIVERGENCE".into(), "fence".into())];
     for node in 1..=3 {
         lab.start_agent(node);
     }
@@ -228,6 +229,26 @@ fn a_group_of_pods_on_three_nodes_forms_one_raft_group_and_follows_its_pods() {
         (readiness(&lab, "app-1")?.0 == "True").then_some(())
     });
     converged(&lab, &["app-0", "app-1", "app-2-new"], 211);
+    // A member fenced: app-1's app is changed behind Hermes' back (on the pod's loopback, which
+    // is not steered), then a request comes. app-1's answer differs from the two others', its
+    // member fences itself (`HERMES_ON_DIVERGENCE=fence`), and the condition turns False
+    // saying so; `ctl resume` lifts the fence and the condition is True again.
+    let local = SocketAddr::from(([127, 0, 0, 1], PORT));
+    let sneaked = pods[1]
+        .run_inside(move || client::post(local, "/insert", b"behind-hermes-back"))
+        .unwrap();
+    assert_eq!(sneaked.status, 201, "{}", sneaked.text());
+    load(&[&pods[0]], "after-the-change", 1);
+    wait("app-1 fenced in the API", || {
+        let (status, message) = readiness(&lab, "app-1")?;
+        (status == "False" && message.contains("fenced")).then_some(())
+    });
+    assert_eq!(readiness(&lab, "app-0").unwrap().0, "True");
+    let resumed = lab.ctl(2, "app-1", &["resume"]);
+    assert!(resumed.status.success(), "ctl resume: {resumed:?}");
+    wait("app-1 ready again after resume", || {
+        (readiness(&lab, "app-1")?.0 == "True").then_some(())
+    });
     // An agent that stops leaves its pods' ports closed: it says so first.
     lab.agent(1)
         .signal(nix::sys::signal::Signal::SIGTERM)
