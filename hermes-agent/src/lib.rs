@@ -73,14 +73,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let admin_listener = tokio::net::TcpListener::bind(config.admin)
         .await
         .map_err(|e| Error::Admin(config.admin, e))?;
-    let metrics_listener = match config.metrics_addr {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| Error::Metrics(addr, e))?,
-        ),
-        None => None,
-    };
+    let metrics_listener = admin::bind_metrics(config.metrics_addr)
+        .await
+        .map_err(|(addr, e)| Error::Metrics(addr, e))?;
     let node = match settings {
         Some(settings) => Some(node::Node::start(settings).await?),
         None => None,

@@ -126,6 +126,19 @@ async fn connection(stream: TcpStream, peer: SocketAddr, admin: &Admin) -> std::
     .await
 }
 
+/// The listener of `--metrics-addr`, if one is given; or the address that cannot be bound.
+pub async fn bind_metrics(
+    addr: Option<SocketAddr>,
+) -> Result<Option<TcpListener>, (SocketAddr, std::io::Error)> {
+    match addr {
+        Some(addr) => TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|e| (addr, e)),
+        None => Ok(None),
+    }
+}
+
 /// Scrapes served at once on the metrics address; more connections are closed at once.
 const SCRAPES: usize = 16;
 /// Longest a scrape may take, reading the request included.

@@ -715,12 +715,19 @@ impl StateMachine {
         Ok(state.requests)
     }
 
-    /// Whether entry `log_id` is already applied: a snapshot this replica healed from covers it.
-    fn covered(&self, log_id: LogId) -> bool {
-        self.delivery
+    /// Whether entry `log_id` is already applied, a snapshot this replica healed from covering
+    /// it (its requests are in the app's state); then it is passed over, as applied.
+    fn pass_over(&self, log_id: LogId, replies: &mut Vec<()>) -> bool {
+        let covered = self
+            .delivery
             .progress()
             .applied
-            .is_some_and(|applied| applied.index >= log_id.index)
+            .is_some_and(|applied| applied.index >= log_id.index);
+        if covered {
+            replies.push(());
+            self.returned.send_replace(log_id.index);
+        }
+        covered
     }
 
     /// Waits while this replica is fenced. If a snapshot to heal from comes meanwhile that
@@ -787,7 +794,7 @@ impl StateMachine {
         {
             return Err("it does not cover the entry whose request waits".into());
         }
-        let state: SnapshotState = decode(bytes).map_err(|e| format!("it cannot be read: {e}"))?;
+        let state = contents(bytes).map_err(|e| format!("it cannot be read: {e}"))?;
         if state.app.is_none() || self.hooks.is_none() {
             return Err("it holds no app state, or this replica has no restore hook".into());
         }
@@ -816,10 +823,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut replies = Vec::new();
         for entry in entries {
             let failed = |e: std::io::Error| StorageIOError::apply(entry.log_id, &e);
-            if self.covered(entry.log_id) {
-                // By a snapshot this replica healed from: its requests are in the app's state.
-                replies.push(());
-                self.returned.send_replace(entry.log_id.index);
+            if self.pass_over(entry.log_id, &mut replies) {
                 continue;
             }
             match entry.payload {
@@ -858,10 +862,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             }
-            if self.covered(entry.log_id) {
-                // Healed half way through it.
-                replies.push(());
-                self.returned.send_replace(entry.log_id.index);
+            // Healed half way through it.
+            if self.pass_over(entry.log_id, &mut replies) {
                 continue;
             }
             self.delivery.finish_entry(entry.log_id).map_err(failed)?;

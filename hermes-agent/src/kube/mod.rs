@@ -170,14 +170,9 @@ pub async fn run(args: PodsArgs, shutdown: impl Future<Output = ()>) -> Result<(
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
         .map_err(|e| PodsError::Admin(args.admin, e))?;
-    let metrics_listener = match args.metrics_addr {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| PodsError::Metrics(addr, e))?,
-        ),
-        None => None,
-    };
+    let metrics_listener = crate::admin::bind_metrics(args.metrics_addr)
+        .await
+        .map_err(|(addr, e)| PodsError::Metrics(addr, e))?;
     let context = Arc::new(Context {
         args: args.clone(),
         directory: group::Directory::default(),
