@@ -341,7 +341,7 @@ fn an_agent_restart_reconciles_without_an_open_window_and_state_stays_in_the_vol
     let id = member_id(&lab, 1, "log-0");
     // The member's identity, log and delivery progress are on the pod's volume.
     let state = lab.volume("log-0").join("hermes");
-    for file in ["identity", "log.redb"] {
+    for file in ["identity", "raft.log"] {
         assert!(state.join(file).is_file(), "{file} not on the volume");
     }
     let identity = std::fs::read_to_string(state.join("identity")).unwrap();

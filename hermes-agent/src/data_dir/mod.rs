@@ -151,6 +151,15 @@ impl DataDir {
     /// file or the new one. The new one is written as `NAME.tmp`, made anew, synced, renamed over
     /// `name`; then the directory is synced.
     pub fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.replace_with(name, |file| file.write_all(bytes))
+    }
+
+    /// [`Self::replace`], with the new file's content written by `write`.
+    pub fn replace_with(
+        &self,
+        name: &str,
+        write: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> io::Result<()> {
         self.check_name(name)?;
         let tmp = format!("{name}.tmp");
         // One a crash left behind goes; anything but such a file is refused.
@@ -158,9 +167,9 @@ impl DataDir {
         // What is replaced must be a file the node could have written.
         self.contains(name)?;
         let mut file = self
-            .open(&tmp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL)?
+            .open(&tmp, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL)?
             .ok_or_else(|| self.failed(&tmp, Errno::ENOENT.into()))?;
-        file.write_all(bytes)
+        write(&mut file)
             .and_then(|()| file.sync_all())
             .map_err(|e| self.failed(&tmp, e))?;
         renameat(self.fd(), tmp.as_str(), self.fd(), name)

@@ -116,7 +116,7 @@ fn links_to_files_and_directories_outside_are_refused() {
     let before = setup.outside();
     let links: [(&str, PathBuf); 5] = [
         ("progress", setup.outside.join("target")),
-        ("log.redb", setup.outside.join("dir")),
+        ("raft.log", setup.outside.join("dir")),
         ("relative", Path::new("../outside/target").to_owned()),
         // Dangling: a create through it would make a file outside.
         ("snapshot", setup.outside.join("new")),

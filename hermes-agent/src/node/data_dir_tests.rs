@@ -26,6 +26,10 @@ const NAMES: &[&str] = &[
     "identity.tmp",
     "boot",
     "boot.tmp",
+    "raft.log",
+    "raft.log.tmp",
+    "raft.lock",
+    // The log of an older Hermes, looked for at start.
     "log.redb",
     "progress",
     // The progress file of an older Hermes, looked for at start.

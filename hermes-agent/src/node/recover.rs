@@ -154,14 +154,19 @@ pub fn run(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    if !dir.contains(crate::order::log_store::FILE)? {
+    // An older Hermes' log is refused when opened, saying why.
+    if !dir.contains(crate::order::log_store::FILE)?
+        && !dir.contains(crate::order::log_store::OLD_FILE)?
+    {
         return Err(RecoverError::NoLog);
     }
     runtime.block_on(async {
         let mut log = LogStore::open(&dir, 1 << 20).map_err(|e| {
-            // redb locks the file it has open (DatabaseError::DatabaseAlreadyOpen, which the
-            // store passes on as text): the agent holds it.
-            if e.to_string().contains("Database already open") {
+            // The log is locked while open (the store passes the refusal on as text): the agent
+            // holds it.
+            if e.to_string()
+                .contains(crate::order::log_store::ALREADY_OPEN)
+            {
                 RecoverError::Running
             } else {
                 RecoverError::Open(Box::new(e))

@@ -57,7 +57,7 @@ impl Identity {
                 (incarnation, false)
             }
             None => {
-                if dir.contains(log_store::FILE)? {
+                if dir.contains(log_store::FILE)? || dir.contains(log_store::OLD_FILE)? {
                     return Err(IdentityError::Older);
                 }
                 let incarnation = random()?;

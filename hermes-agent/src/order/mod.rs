@@ -2,7 +2,7 @@
 //! nothing of what the requests are, nor of how they are delivered: it hands the committed
 //! entries to Raft's state machine, which the next stage provides.
 //!
-//! - [`typ`]: the Raft type configuration; [`log_store`]: the durable log (redb);
+//! - [`typ`]: the Raft type configuration; [`log_store`]: the durable log (an append-only file);
 //! - [`identity`]: who this node is across restarts; [`bootstrap`]: forming the cluster;
 //! - [`propose`]: getting requests into the log, [`gather`]: what goes together into a batch
 //!   and into an entry, [`in_flight`]: which of them may still be

@@ -1,9 +1,9 @@
-//! The durable Raft log, in redb, with group commit.
+//! The durable Raft log, an append-only [`file`], with group commit.
 //!
 //! `append` puts entries in an in-memory [`cache`], where readers see them at once, and queues
-//! them to the [`writer`] thread. The writer takes everything queued, writes it in one
-//! transaction, commits it with one fsync (redb's `Durability::Immediate`), and only then tells
-//! openraft the entries are durable. The cache also keeps the most recent durable entries, which
+//! them to the [`writer`] thread. The writer takes everything queued, appends it to the file in
+//! one write, syncs it once (`fdatasync`), and only then tells openraft the entries are
+//! durable. The cache also keeps the most recent durable entries, which
 //! replication reads, within a budget of bytes; older ones are read from disk on a blocking
 //! thread. Operations that must be in order with appends (truncate, purge, vote) go through the
 //! same queue and wait for their commit. The commit index is saved with appends, never beyond
@@ -25,12 +25,11 @@ use std::{
 };
 
 mod cache;
-mod tables;
+mod file;
 mod writer;
 
 use openraft::{RaftLogReader, storage::RaftLogStorage};
 use prometheus_client::metrics::histogram::Histogram;
-use redb::{Database, backends::FileBackend};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::oneshot;
 
@@ -40,11 +39,9 @@ use super::typ::{
 };
 use crate::data_dir::DataDir;
 use cache::Cache;
-use tables::{COMMITTED, FORMAT, FORMAT_VERSION, LOG, META, PURGED, VOTE, read_meta, read_range};
+use file::Disk;
+pub use file::{ALREADY_OPEN, FILE, OLD_FILE};
 use writer::{Done, Write, write_loop};
-
-/// The log's file in the data directory.
-pub const FILE: &str = "log.redb";
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -52,7 +49,7 @@ pub struct LogStore {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    disk: Arc<Mutex<Disk>>,
     state: Mutex<State>,
     /// Bytes of durable entries the cache keeps.
     cache_budget: usize,
@@ -61,8 +58,6 @@ struct Inner {
     writer: Option<mpsc::Sender<Write>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     counts: Counts,
-    /// The database's file, for its size.
-    file: std::fs::File,
     /// Where the writer records how long each sync took, once the node gives it one.
     sync_seconds: OnceLock<Histogram>,
 }
@@ -78,8 +73,8 @@ struct Counts {
 }
 
 impl Drop for Inner {
-    /// Lets the writer finish what is queued and close the database before returning, so that
-    /// the log can be opened again at once.
+    /// Lets the writer finish what is queued and close the file (and its lock) before returning,
+    /// so that the log can be opened again at once.
     fn drop(&mut self) {
         self.writer = None;
         if let Some(thread) = self.writer_thread.take() {
@@ -109,50 +104,46 @@ struct Watches {
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`, keeping up to `cache_budget` bytes of durable
-    /// entries in memory. redb is handed the file the directory opened, never its path.
+    /// entries in memory; refused while another process has it open.
     pub fn open(dir: &DataDir, cache_budget: usize) -> Result<Self, StorageError> {
-        let file = dir
-            .open_file(FILE)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        let size = file
-            .try_clone()
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        let backend = FileBackend::new(file).map_err(|e| StorageIOError::write_logs(&e))?;
-        let db = Database::builder()
-            .create_with_backend(backend)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        check_format(&db).map_err(|e| StorageIOError::write_logs(&e))?;
-        let db = Arc::new(db);
-
+        let disk = Disk::open(dir).map_err(|e| StorageIOError::read_logs(&e))?;
+        let last = match disk.last_index() {
+            Some(index) => disk
+                .span(index..=index)
+                .read()
+                .map_err(|e| StorageIOError::read_logs(&e))?
+                .pop()
+                .map(|entry| entry.log_id),
+            None => None,
+        };
         let mut state = State {
-            last_purged: read_meta::<Option<LogId>>(&db, PURGED)?.flatten(),
-            committed: read_meta::<Option<LogId>>(&db, COMMITTED)?.flatten(),
+            last_purged: disk.purged(),
+            committed: disk.committed(),
             ..State::default()
         };
-        let last = read_range(&db, (Bound::Unbounded, Bound::Unbounded), true)?;
-        state.last_log_id = last.last().map(|e| e.log_id).or(state.last_purged);
+        state.last_log_id = last.or(state.last_purged);
         state.durable = state.last_log_id;
-        // An older Hermes could save a commit index beyond its durable log.
+        // Saved along with appends, never beyond the entries durable with it; checked all the same.
         if state.committed.map(|c| c.index) > state.last_log_id.map(|l| l.index) {
             state.committed = state.last_log_id;
         }
+        let disk = Arc::new(Mutex::new(disk));
 
         let (writer, queue) = mpsc::channel();
-        let writer_db = Arc::clone(&db);
+        let writer_disk = Arc::clone(&disk);
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
             let weak = weak.clone();
             let thread = std::thread::Builder::new()
                 .name("hermes-log-writer".into())
-                .spawn(move || write_loop(&writer_db, &queue, &weak));
+                .spawn(move || write_loop(&writer_disk, &queue, &weak));
             Inner {
-                db,
+                disk,
                 state: Mutex::new(state),
                 cache_budget,
                 watches: Mutex::default(),
                 writer: Some(writer),
                 writer_thread: thread.ok(),
                 counts: Counts::default(),
-                file: size,
                 sync_seconds: OnceLock::new(),
             }
         });
@@ -200,12 +191,13 @@ impl LogStore {
 
     /// Size of the log's file on disk.
     pub fn file_bytes(&self) -> u64 {
-        self.inner.file.metadata().map_or(0, |m| m.len())
+        self.inner.disk.lock().unwrap().len()
     }
 
     /// Bytes left for the agent on the log's filesystem (the data directory's).
     pub fn disk_available(&self) -> u64 {
-        nix::sys::statvfs::fstatvfs(&self.inner.file).map_or(0, |stat| {
+        let file = self.inner.disk.lock().unwrap().file();
+        nix::sys::statvfs::fstatvfs(&*file).map_or(0, |stat| {
             stat.blocks_available().saturating_mul(stat.fragment_size())
         })
     }
@@ -249,49 +241,6 @@ impl LogStore {
             Err(_) => Err(error(&std::io::Error::other("log writer stopped")).into()),
         }
     }
-}
-
-/// Makes the tables of a new log, and refuses a log whose entries this version cannot read.
-fn check_format(db: &Database) -> Result<(), std::io::Error> {
-    use redb::{ReadableTable as _, ReadableTableMetadata as _};
-    let failed = |e: &dyn std::error::Error| std::io::Error::other(e.to_string());
-    let txn = db.begin_write().map_err(|e| failed(&e))?;
-    {
-        let log = txn.open_table(LOG).map_err(|e| failed(&e))?;
-        let mut meta = txn.open_table(META).map_err(|e| failed(&e))?;
-        let format = meta
-            .get(FORMAT)
-            .map_err(|e| failed(&e))?
-            .map(|v| v.value().to_vec());
-        match format {
-            Some(format) if format == FORMAT_VERSION.to_le_bytes() => {}
-            Some(format) => {
-                return Err(std::io::Error::other(format!(
-                    "the Raft log is of format {format:?}, which this Hermes (format \
-                     {FORMAT_VERSION}) cannot read: stop every node, let each finish \
-                     delivering, then start every node on this version with empty data \
-                     directories (the apps keep their state, identical on every replica); a \
-                     cluster never mixes formats"
-                )));
-            }
-            None if !log.is_empty().map_err(|e| failed(&e))?
-                || meta.get(VOTE).map_err(|e| failed(&e))?.is_some() =>
-            {
-                return Err(std::io::Error::other(
-                    "the Raft log was written by an older Hermes, whose entries this one cannot \
-                     read (its requests carry no in-flight floor, nor their client connection): \
-                     stop every node, let each finish delivering, then start this version with \
-                     empty data directories (the apps keep their state, identical on every \
-                     replica)",
-                ));
-            }
-            None => {
-                meta.insert(FORMAT, &FORMAT_VERSION.to_le_bytes()[..])
-                    .map_err(|e| failed(&e))?;
-            }
-        }
-    }
-    txn.commit().map_err(|e| failed(&e))
 }
 
 /// A proposer's wait for its batch to be committed ([`LogStore::watch`]).
@@ -339,24 +288,30 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut found = Vec::new();
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
-            Bound::Excluded(i) => i + 1,
+            Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
         if first_cached.is_none_or(|first| start < first) {
             let end = first_cached.map_or(Bound::Unbounded, Bound::Excluded);
             let end = match (end, range.end_bound()) {
                 (Bound::Excluded(a), Bound::Excluded(b)) => Bound::Excluded(a.min(*b)),
-                (Bound::Excluded(a), Bound::Included(b)) => Bound::Excluded(a.min(b + 1)),
+                (Bound::Excluded(a), Bound::Included(b)) => {
+                    Bound::Excluded(a.min(b.saturating_add(1)))
+                }
                 (Bound::Unbounded, b) => b.cloned(),
                 (other, _) => other,
             };
             // A lagging follower's entries, from disk: not on the runtime's threads.
-            let db = Arc::clone(&self.inner.db);
-            found = tokio::task::spawn_blocking(move || {
-                read_range(&db, (Bound::Included(start), end), false)
-            })
-            .await
-            .map_err(|e| StorageIOError::read_logs(&std::io::Error::other(e)))??;
+            let span = self
+                .inner
+                .disk
+                .lock()
+                .unwrap()
+                .span((Bound::Included(start), end));
+            found = tokio::task::spawn_blocking(move || span.read())
+                .await
+                .map_err(|e| StorageIOError::read_logs(&std::io::Error::other(e)))?
+                .map_err(|e| StorageIOError::read_logs(&e))?;
         }
         found.extend(cached);
         found.retain(|e| e.log_id.index <= last);
@@ -380,20 +335,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let value = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        let vote = *vote;
         self.queue_and_wait(
-            |done| Write::Meta {
-                key: VOTE,
-                value,
-                done,
-            },
+            |done| Write::Vote { vote, done },
             |e| StorageIOError::write_vote(e),
         )
         .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        read_meta(&self.inner.db, VOTE)
+        Ok(self.inner.disk.lock().unwrap().vote())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -476,13 +427,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Some(i) if state.last_purged.is_none_or(|p| p.index < i) => {
                     match state.cache.get(i) {
                         Some(entry) => Some(entry.log_id),
-                        None => read_range(
-                            &self.inner.db,
-                            (Bound::Included(i), Bound::Included(i)),
-                            false,
-                        )?
-                        .first()
-                        .map(|e| e.log_id),
+                        None => {
+                            let span = self.inner.disk.lock().unwrap().span(i..=i);
+                            span.read()
+                                .map_err(|e| StorageIOError::read_logs(&e))?
+                                .first()
+                                .map(|e| e.log_id)
+                        }
                     }
                 }
                 _ => state.last_purged,

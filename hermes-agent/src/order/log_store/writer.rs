@@ -1,21 +1,22 @@
-//! The writer thread: takes every write queued, writes them in one redb transaction, commits it
-//! with one fsync, and only then tells openraft the entries are durable (group commit).
+//! The writer thread: takes every write queued, appends them to the log's file in one write,
+//! syncs it once, and only then tells openraft the entries are durable (group commit).
 use std::{
-    sync::{Weak, mpsc},
+    sync::{Mutex, Weak, mpsc},
     time::Instant,
 };
 
-use redb::Database;
 use tokio::sync::oneshot;
 
 use super::{
-    Inner, encode,
-    tables::{COMMITTED, LOG, META, PURGED},
+    Inner,
+    file::{Disk, Record},
 };
-use crate::order::typ::{LogFlushed, LogId};
+use crate::order::typ::{LogFlushed, LogId, Vote};
 
-/// Most operations written in one transaction.
+/// Most operations written at once.
 const BATCH: usize = 4096;
+/// Bytes of entries written at once, at most (one entry may be larger).
+const BATCH_BYTES: usize = 16 << 20;
 
 pub type Done = oneshot::Sender<Result<(), String>>;
 
@@ -24,9 +25,8 @@ pub enum Write {
         entries: Vec<(LogId, Vec<u8>)>,
         flushed: LogFlushed,
     },
-    Meta {
-        key: &'static str,
-        value: Vec<u8>,
+    Vote {
+        vote: Vote,
         done: Done,
     },
     Truncate {
@@ -40,12 +40,16 @@ pub enum Write {
 }
 
 /// Writes what is queued until the queue closes.
-pub fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &Weak<Inner>) {
+pub fn write_loop(disk: &Mutex<Disk>, queue: &mpsc::Receiver<Write>, shared: &Weak<Inner>) {
     while let Ok(first) = queue.recv() {
+        let mut bytes = first.bytes();
         let mut batch = vec![first];
-        while batch.len() < BATCH {
+        while batch.len() < BATCH && bytes < BATCH_BYTES {
             match queue.try_recv() {
-                Ok(write) => batch.push(write),
+                Ok(write) => {
+                    bytes += write.bytes();
+                    batch.push(write);
+                }
                 Err(_) => break,
             }
         }
@@ -66,7 +70,9 @@ pub fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &Weak<In
             }
         });
         let started = Instant::now();
-        let result = write_batch(db, &batch, committed).map_err(|e| e.to_string());
+        let result = write_batch(disk, &batch, committed).map_err(|e| e.to_string());
+        let purged = result == Ok(true);
+        let result = result.map(drop);
         if let (Some(shared), Ok(())) = (shared.upgrade(), &result) {
             shared
                 .counts
@@ -85,63 +91,104 @@ pub fn write_loop(db: &Database, queue: &mpsc::Receiver<Write>, shared: &Weak<In
                 }
                 Write::Truncate { done, .. }
                 | Write::Purge { done, .. }
-                | Write::Meta { done, .. } => {
+                | Write::Vote { done, .. } => {
                     let _ = done.send(result.clone());
                 }
             }
         }
-        let (Some(shared), Some(appended), Ok(())) = (shared.upgrade(), last_appended, &result)
-        else {
-            continue;
-        };
-        let mut state = shared.state.lock().unwrap();
-        if state.last_log_id >= Some(appended) {
-            state.durable = state.durable.max(Some(appended));
+        if let (Some(shared), Some(appended), Ok(())) = (shared.upgrade(), last_appended, &result) {
+            let mut state = shared.state.lock().unwrap();
+            if state.last_log_id >= Some(appended) {
+                state.durable = state.durable.max(Some(appended));
+            }
+            // Keep the newest entries; drop the oldest durable ones.
+            let (budget, durable) = (shared.cache_budget, state.durable);
+            state.cache.shrink(budget, durable);
         }
-        // Keep the newest entries; drop the oldest durable ones.
-        let (budget, durable) = (shared.cache_budget, state.durable);
-        state.cache.shrink(budget, durable);
+        // After the purge was acknowledged: openraft waits for it.
+        if purged {
+            compact(disk);
+        }
     }
 }
 
+/// Writes the file anew without what was purged, if that is worth it. Readers take the disk
+/// only to swap the files; appends wait.
+fn compact(disk: &Mutex<Disk>) {
+    let compaction = match disk.lock().unwrap().compaction() {
+        Ok(Some(compaction)) => compaction,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("cannot write the Raft log's file anew: {e}");
+            return;
+        }
+    };
+    match compaction.write() {
+        Ok(compacted) => disk.lock().unwrap().compacted(compacted),
+        Err((e, false)) => {
+            tracing::warn!(
+                "writing the Raft log's file anew without its purged entries failed (kept as it \
+                 is, tried again at the next purge): {e}"
+            );
+        }
+        Err((e, true)) => {
+            tracing::error!(
+                "writing the Raft log's file anew failed once it replaced the old one: the log \
+                 takes no more writes, and the node stops; it starts again from the file in \
+                 place: {e}"
+            );
+            disk.lock().unwrap().fail(&e);
+        }
+    }
+}
+
+impl Write {
+    /// Bytes of entries it writes.
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Append { entries, .. } => entries.iter().map(|(_, bytes)| bytes.len()).sum(),
+            _ => 0,
+        }
+    }
+}
+
+/// Appends `batch`, with the commit index `committed` if it appends entries, and syncs it;
+/// whether it purged.
 fn write_batch(
-    db: &Database,
+    disk: &Mutex<Disk>,
     batch: &[Write],
     committed: Option<LogId>,
-) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
-    {
-        let mut log = txn.open_table(LOG)?;
-        let mut meta = txn.open_table(META)?;
-        if committed.is_some() && batch.iter().any(|w| matches!(w, Write::Append { .. })) {
-            meta.insert(
-                COMMITTED,
-                encode(&committed).map_err(redb::Error::Io)?.as_slice(),
-            )?;
-        }
-        for write in batch {
-            match write {
-                Write::Append { entries, .. } => {
-                    for (id, bytes) in entries {
-                        log.insert(id.index, bytes.as_slice())?;
-                    }
-                }
-                Write::Meta { key, value, .. } => {
-                    meta.insert(*key, value.as_slice())?;
-                }
-                Write::Truncate { from, .. } => {
-                    log.retain_in(*from.., |_, _| false)?;
-                }
-                Write::Purge { upto, .. } => {
-                    log.retain_in(..=upto.index, |_, _| false)?;
-                    meta.insert(
-                        PURGED,
-                        encode(&Some(*upto)).map_err(redb::Error::Io)?.as_slice(),
-                    )?;
-                }
+) -> std::io::Result<bool> {
+    let mut records = Vec::new();
+    let (mut appends, mut purges) = (false, false);
+    for write in batch {
+        match write {
+            Write::Append { entries, .. } => {
+                appends = true;
+                records.extend(entries.iter().map(|(id, bytes)| Record::Entry {
+                    index: id.index,
+                    bytes,
+                }));
+            }
+            Write::Vote { vote, .. } => records.push(Record::Vote(*vote)),
+            Write::Truncate { from, .. } => records.push(Record::Truncate(*from)),
+            Write::Purge { upto, .. } => {
+                purges = true;
+                records.push(Record::Purged(*upto));
             }
         }
     }
-    txn.commit()?;
-    Ok(())
+    if appends && committed.is_some() {
+        records.push(Record::Committed(committed));
+    }
+    let file = {
+        let mut disk = disk.lock().unwrap();
+        disk.append(&records)?;
+        disk.file()
+    };
+    if let Err(e) = file.sync_data() {
+        disk.lock().unwrap().fail(&e);
+        return Err(e);
+    }
+    Ok(purges)
 }

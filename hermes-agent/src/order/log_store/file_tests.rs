@@ -1,0 +1,255 @@
+//! The log's file: what a crash, a truncation, a purge and a second process do to it.
+use std::os::unix::fs::FileExt as _;
+
+use super::*;
+use crate::order::typ::{Batch, Command, EntryPayload, Proposal};
+
+fn entry(term: u64, index: u64, size: usize) -> Entry {
+    Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+        payload: EntryPayload::Normal(Proposal::from(Batch {
+            id: (1, 1, index),
+            floor: 0,
+            commands: vec![Command {
+                origin: 1,
+                incarnation: 1,
+                id: index,
+                payload: bytes::Bytes::from(vec![term as u8; size]),
+            }],
+        })),
+    }
+}
+
+fn append(disk: &mut Disk, entries: &[Entry]) {
+    let encoded: Vec<_> = entries.iter().map(|e| encode(e).unwrap()).collect();
+    let records: Vec<_> = entries
+        .iter()
+        .zip(&encoded)
+        .map(|(e, bytes)| Record::Entry {
+            index: e.log_id.index,
+            bytes,
+        })
+        .collect();
+    disk.append(&records).unwrap();
+    disk.file().sync_data().unwrap();
+}
+
+fn entries(disk: &Disk) -> Vec<Entry> {
+    disk.span(..).read().unwrap()
+}
+
+fn ids(disk: &Disk) -> Vec<(u64, u64)> {
+    entries(disk)
+        .iter()
+        .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+        .collect()
+}
+
+#[test]
+fn a_torn_write_is_cut_off_so_that_nothing_behind_it_comes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::create(tmp.path()).unwrap();
+    let mut disk = Disk::open(&dir).unwrap();
+    append(
+        &mut disk,
+        &[entry(1, 1, 10), entry(1, 2, 10), entry(1, 3, 10)],
+    );
+    // A crash in the middle of a write of entries 4 and 5: a sector of 4 never reached the
+    // disk (it reads as zeros), 5 did.
+    let (end, file) = (disk.end, disk.file());
+    let (mut four, mut five) = (Vec::new(), Vec::new());
+    let (e4, e5) = (
+        encode(&entry(1, 4, 3000)).unwrap(),
+        encode(&entry(1, 5, 10)).unwrap(),
+    );
+    Record::Entry {
+        index: 4,
+        bytes: &e4,
+    }
+    .encode(&mut four)
+    .unwrap();
+    Record::Entry {
+        index: 5,
+        bytes: &e5,
+    }
+    .encode(&mut five)
+    .unwrap();
+    let sector = (end / SECTOR + 2) * SECTOR - end;
+    four[sector as usize..][..SECTOR as usize].fill(0);
+    file.write_all_at(&four, end).unwrap();
+    file.write_all_at(&five, end + four.len() as u64).unwrap();
+    drop((disk, file));
+
+    let mut disk = Disk::open(&dir).unwrap();
+    assert_eq!(ids(&disk), [(1, 1), (1, 2), (1, 3)]);
+    // Entry 4 again, as long as the torn one: entry 5 of the torn write would follow it.
+    append(&mut disk, &[entry(2, 4, 3000)]);
+    drop(disk);
+    let disk = Disk::open(&dir).unwrap();
+    assert_eq!(ids(&disk), [(1, 1), (1, 2), (1, 3), (2, 4)]);
+}
+
+#[test]
+fn a_record_damaged_but_not_torn_is_refused_not_cut_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::create(tmp.path()).unwrap();
+    let mut disk = Disk::open(&dir).unwrap();
+    append(
+        &mut disk,
+        &[entry(1, 1, 10), entry(1, 2, 10), entry(1, 3, 10)],
+    );
+    let (end, file) = (disk.end, disk.file());
+    drop(disk);
+    // A bit changed in entry 2, acknowledged long ago.
+    let mut byte = [0];
+    let at = end - 70;
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 4], at).unwrap();
+    let error = Disk::open(&dir).err().expect("refused").to_string();
+    assert!(error.contains("damaged"), "{error}");
+    assert!(file.metadata().unwrap().len() > end, "nothing was cut");
+}
+
+#[test]
+fn a_batch_openraft_could_not_have_written_is_taken_back_and_no_more_writes_follow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::create(tmp.path()).unwrap();
+    let mut disk = Disk::open(&dir).unwrap();
+    append(&mut disk, &[entry(1, 1, 10), entry(1, 2, 10)]);
+    let (three, five) = (
+        encode(&entry(1, 3, 10)).unwrap(),
+        encode(&entry(1, 5, 10)).unwrap(),
+    );
+    let gap = [
+        Record::Entry {
+            index: 3,
+            bytes: &three,
+        },
+        Record::Entry {
+            index: 5,
+            bytes: &five,
+        },
+    ];
+    assert!(disk.append(&gap).is_err());
+    assert!(disk.append(&[Record::Vote(Vote::new(5, 1))]).is_err());
+    drop(disk);
+    let disk = Disk::open(&dir).unwrap();
+    assert_eq!(ids(&disk), [(1, 1), (1, 2)]);
+    assert_eq!(disk.vote(), None);
+}
+
+#[test]
+fn truncations_votes_commits_and_purges_survive_a_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::create(tmp.path()).unwrap();
+    let mut disk = Disk::open(&dir).unwrap();
+    let first: Vec<_> = (1..=10).map(|i| entry(1, i, 10)).collect();
+    append(&mut disk, &first);
+    let vote = Vote::new(2, 3);
+    let committed = Some(first[3].log_id);
+    disk.append(&[
+        Record::Vote(vote),
+        Record::Truncate(6),
+        Record::Committed(committed),
+    ])
+    .unwrap();
+    append(&mut disk, &[entry(2, 6, 20), entry(2, 7, 20)]);
+    disk.append(&[Record::Purged(first[2].log_id)]).unwrap();
+    let expected = [(1, 4), (1, 5), (2, 6), (2, 7)];
+    assert_eq!(ids(&disk), expected);
+    drop(disk);
+
+    let disk = Disk::open(&dir).unwrap();
+    assert_eq!(ids(&disk), expected);
+    assert_eq!(entries(&disk)[2], entry(2, 6, 20));
+    assert_eq!(disk.last_index(), Some(7));
+    assert_eq!(
+        (disk.vote(), disk.committed(), disk.purged()),
+        (Some(vote), committed, Some(first[2].log_id))
+    );
+    assert_eq!(
+        disk.span(5..7).read().unwrap(),
+        [entry(1, 5, 10), entry(2, 6, 20)]
+    );
+}
+
+#[test]
+fn a_log_purged_past_its_end_takes_the_next_entry_after_the_purge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::create(tmp.path()).unwrap();
+    let mut disk = Disk::open(&dir).unwrap();
+    append(&mut disk, &[entry(1, 1, 10), entry(1, 2, 10)]);
+    // A snapshot installed beyond the log.
+    disk.append(&[Record::Purged(entry(3, 50, 0).log_id)])
+        .unwrap();
+    assert_eq!(disk.last_index(), None);
+    append(&mut disk, &[entry(3, 51, 10)]);
+    drop(disk);
+    let disk = Disk::open(&dir).unwrap();
+    assert_eq!(ids(&disk), [(3, 51)]);
+    assert_eq!(disk.purged().map(|p| p.index), Some(50));
+}
+
+#[test]
+fn a_file_mostly_purged_is_written_anew_with_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::create(tmp.path()).unwrap();
+    let mut disk = Disk::open(&dir).unwrap();
+    disk.compact = 50 << 10;
+    let all: Vec<_> = (1..=100).map(|i| entry(1, i, 1000)).collect();
+    append(&mut disk, &all);
+    let vote = Vote::new(1, 1);
+    disk.append(&[Record::Vote(vote), Record::Committed(Some(all[94].log_id))])
+        .unwrap();
+    let before = disk.end;
+    // Purged up to 40: less than is left, kept as it is.
+    disk.append(&[Record::Purged(all[39].log_id)]).unwrap();
+    assert!(disk.compaction().unwrap().is_none(), "not written anew");
+    disk.append(&[Record::Purged(all[89].log_id)]).unwrap();
+    let compacted = disk
+        .compaction()
+        .unwrap()
+        .expect("worth it")
+        .write()
+        .unwrap();
+    disk.compacted(compacted);
+    assert!(
+        disk.end < before / 5,
+        "written anew: {} of {before} bytes",
+        disk.end
+    );
+    assert_eq!(entries(&disk), all[90..]);
+    append(&mut disk, &[entry(1, 101, 1000)]);
+    drop(disk);
+
+    let disk = Disk::open(&dir).unwrap();
+    assert_eq!(entries(&disk)[..10], all[90..]);
+    assert_eq!(disk.last_index(), Some(101));
+    assert_eq!(
+        (disk.vote(), disk.committed(), disk.purged()),
+        (Some(vote), Some(all[94].log_id), Some(all[89].log_id))
+    );
+    assert!(!dir.contains("raft.log.tmp").unwrap());
+}
+
+#[test]
+fn a_second_process_and_an_older_log_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The lock belongs to the open file description: a second one in this process stands for
+    // another process.
+    let disk = Disk::open(&DataDir::create(tmp.path()).unwrap()).unwrap();
+    let error = Disk::open(&DataDir::create(tmp.path()).unwrap())
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains(ALREADY_OPEN), "{error}");
+    drop(disk);
+    Disk::open(&DataDir::create(tmp.path()).unwrap()).unwrap();
+
+    let old = tempfile::tempdir().unwrap();
+    std::fs::write(old.path().join(OLD_FILE), b"redb").unwrap();
+    let error = Disk::open(&DataDir::create(old.path()).unwrap())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("older Hermes"), "{error}");
+}
