@@ -13,13 +13,17 @@
 //!   is all zeros, it is a torn write: the file is cut there before anything else is written,
 //!   so that no record written later can ever be followed by an older one that survived the
 //!   tear. Otherwise the log is damaged (a bit changed on the disk), and the node refuses it
-//!   rather than cut away what it acknowledged.
+//!   rather than cut away what it acknowledged; so too a record longer than the file (a tear
+//!   only leaves zeros: it never makes a length longer). Damage that cannot be told from a tear
+//!   is taken for one (as etcd does): a whole sector of zeros in a record, or a length made
+//!   longer, but not beyond the file, in one of the last records.
 //! - What reading found is synced before the log is used: records written, but not synced,
 //!   before the agent was killed are in the page cache, and a power loss could still take them.
 //! - A purge only records how far the log was purged. Once the purged part is larger than
 //!   [`COMPACT`] and than what is left, the writer writes the file anew with what is left,
 //!   atomically ([`DataDir::replace_with`]), after it acknowledged the purge.
-//! - After a failed write or sync nothing more is written: what reached the disk is unknown.
+//! - After a failed write or sync the file is cut back to where that write began, and takes no
+//!   more: what reached the disk is unknown.
 //!
 //! Where each entry's bytes are is kept in memory, 16 bytes an entry: a read goes straight to an
 //! entry's bytes.
@@ -61,8 +65,8 @@ const GROW: u64 = 8 << 20;
 const COMPACT: u64 = 64 << 20;
 /// A record's length and checksum.
 const HEADER: u64 = 8;
-/// Bytes of a record other than an entry at most (a vote, a log id): reading the file allocates
-/// no more, whatever its lengths say.
+/// Bytes of a record other than an entry at most (a vote, a log id): reading the file at start
+/// allocates no more per record, whatever its lengths say.
 const SMALL: usize = 4096;
 /// What a torn write leaves whole or zero: a disk sector.
 const SECTOR: u64 = 512;
@@ -172,6 +176,62 @@ fn checksum(len: u32, body: &[u8]) -> u32 {
 #[path = "file_tests.rs"]
 mod tests;
 
+/// Which entries the log holds: what a record may follow.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Shape {
+    /// The index of the first entry held.
+    first: u64,
+    /// Entries held.
+    len: u64,
+    purged: Option<u64>,
+}
+
+impl Shape {
+    /// The shape after `record`; an error if it cannot follow.
+    fn after(mut self, record: &Record) -> io::Result<Self> {
+        match *record {
+            Record::Entry { index, .. } => {
+                if index >= u64::MAX - 1 {
+                    return Err(io::Error::other(format!("an entry of index {index}")));
+                }
+                // An entry the purge covers is in the snapshot already (openraft's storage
+                // suite appends such entries; a node never does).
+                if self.purged.is_some_and(|purged| index <= purged) {
+                    return Ok(self);
+                }
+                // An entry in place of one held replaces it and those after it.
+                self.len = self.len.min(index.saturating_sub(self.first));
+                let expected = match self.len {
+                    0 => self.purged.map(|purged| purged + 1),
+                    n => Some(self.first + n),
+                };
+                if let Some(expected) = expected
+                    && index != expected
+                {
+                    return Err(io::Error::other(format!(
+                        "entry {index} where entry {expected} was expected"
+                    )));
+                }
+                if self.len == 0 {
+                    self.first = index;
+                }
+                self.len += 1;
+            }
+            Record::Truncate(from) => self.len = self.len.min(from.saturating_sub(self.first)),
+            Record::Purged(upto) => {
+                if upto.index >= u64::MAX - 1 {
+                    return Err(io::Error::other(format!("a purge up to {}", upto.index)));
+                }
+                self.purged = Some(upto.index);
+                let gone = (upto.index + 1).saturating_sub(self.first).min(self.len);
+                (self.first, self.len) = (self.first + gone, self.len - gone);
+            }
+            Record::Format(_) | Record::Vote(_) | Record::Committed(_) => {}
+        }
+        Ok(self)
+    }
+}
+
 /// Where an entry's encoded bytes are in the file.
 #[derive(Debug, Clone, Copy)]
 pub struct Place {
@@ -246,7 +306,7 @@ impl Disk {
         Ok(disk)
     }
 
-    /// Reads every whole record, and cuts off a torn write after them.
+    /// Reads every whole record, and cuts off a torn write after them; refuses a damaged log.
     fn replay(&mut self) -> io::Result<()> {
         let file = Arc::clone(&self.file);
         let mut reader = BufReader::with_capacity(1 << 20, &*file);
@@ -307,16 +367,26 @@ impl Disk {
         if written == 0 {
             return Ok(());
         }
-        // A record is there, but not whole: torn, or damaged.
-        let len = u32::from_le_bytes(self.read_array(offset)?);
-        let end = (offset + HEADER + u64::from(len)).min(self.len);
-        if !self.has_zero_sector(offset, end.max(offset + HEADER))? {
+        // A record is there, but not whole: torn, or damaged. A tear only leaves zeros, so it
+        // never makes a length longer.
+        let len = match offset + HEADER <= self.len {
+            true => u64::from(u32::from_le_bytes(self.read_array(offset)?)),
+            false => 0,
+        };
+        let end = offset + HEADER + len;
+        let why = if end > self.len {
+            Some("a record longer than the file")
+        } else if !self.has_zero_sector(offset, end)? {
+            Some(
+                "a record whose checksum is wrong, and not by a torn write (no sector of it is zeros)",
+            )
+        } else {
+            None
+        };
+        if let Some(why) = why {
             return Err(self.damaged(
                 offset,
-                &io::Error::other(
-                    "a record whose checksum is wrong, and not by a torn write (no part of it \
-                     is zeros); not cutting it and what follows away",
-                ),
+                &io::Error::other(format!("{why}; not cutting it and what follows away")),
             ));
         }
         tracing::warn!(
@@ -335,13 +405,15 @@ impl Disk {
         Ok(bytes)
     }
 
-    /// Whether a part of `start..end` that lies in one sector is all zeros.
+    /// Whether, in a sector that `start..end` reaches into, everything from `start` on is zeros
+    /// (a sector that never reached the disk reads as zeros to its end: nothing after `start` was
+    /// written before).
     fn has_zero_sector(&self, start: u64, end: u64) -> io::Result<bool> {
         let mut sector = [0; SECTOR as usize];
         let mut at = start;
-        while at < end {
-            let until = (at / SECTOR + 1) * SECTOR;
-            let part = &mut sector[..(until.min(end) - at) as usize];
+        while at < end.min(self.len) {
+            let until = ((at / SECTOR + 1) * SECTOR).min(self.len);
+            let part = &mut sector[..(until - at) as usize];
             self.file.read_exact_at(part, at)?;
             if part.iter().all(|b| *b == 0) {
                 return Ok(true);
@@ -379,58 +451,36 @@ impl Disk {
 
     /// Takes what `record`, whose body of `len` bytes begins at `at`, says into the log's state.
     fn apply(&mut self, record: &Record, at: u64, len: u32) -> io::Result<()> {
+        let shape = self.shape().after(record)?;
+        let kept = |n: u64| usize::try_from(n).expect("entries held in memory");
         match *record {
             Record::Format(_) => {}
-            Record::Entry { index, .. } => {
-                if index == u64::MAX {
-                    return Err(io::Error::other("an entry of index 2^64 - 1"));
-                }
-                // An entry the purge covers is in the snapshot already (openraft's storage
-                // suite appends such entries; a node never does).
-                if self.purged.is_some_and(|purged| index <= purged.index) {
-                    return Ok(());
-                }
-                // An entry in place of one held replaces it and those after it.
-                if index < self.first + self.places.len() as u64 {
-                    self.apply(&Record::Truncate(index), at, len)?;
-                }
-                let expected = match self.places.len() {
-                    0 => self.purged.map(|p| p.index + 1),
-                    n => Some(self.first + n as u64),
-                };
-                if expected.is_some_and(|expected| index != expected) {
-                    return Err(io::Error::other(format!(
-                        "entry {index} where entry {} was expected",
-                        expected.unwrap_or_default()
-                    )));
-                }
-                if self.places.is_empty() {
-                    self.first = index;
-                }
+            Record::Entry { index, .. } if self.purged.is_some_and(|p| index <= p.index) => {}
+            Record::Entry { .. } => {
+                self.places.truncate(kept(shape.len - 1));
                 self.places.push_back(Place {
                     offset: at + 1 + 8,
                     len: len - 1 - 8,
                 });
             }
-            Record::Truncate(from) => {
-                let kept = from.saturating_sub(self.first);
-                self.places
-                    .truncate(usize::try_from(kept).unwrap_or(usize::MAX));
-            }
+            Record::Truncate(_) => self.places.truncate(kept(shape.len)),
             Record::Vote(vote) => self.vote = Some(vote),
             Record::Committed(committed) => self.committed = committed,
             Record::Purged(upto) => {
-                if upto.index == u64::MAX {
-                    return Err(io::Error::other("a purge up to index 2^64 - 1"));
-                }
                 self.purged = Some(upto);
-                while !self.places.is_empty() && self.first <= upto.index {
-                    self.places.pop_front();
-                    self.first += 1;
-                }
+                self.places.drain(..self.places.len() - kept(shape.len));
             }
         }
+        self.first = shape.first;
         Ok(())
+    }
+
+    fn shape(&self) -> Shape {
+        Shape {
+            first: self.first,
+            len: self.places.len() as u64,
+            purged: self.purged.map(|p| p.index),
+        }
     }
 
     /// Writes `records` after the last one (not synced: see [`Self::file`]).
@@ -440,6 +490,10 @@ impl Disk {
                 "the Raft log takes no more writes: {why}"
             )));
         }
+        // Checked before anything is written: the file never holds what a start would refuse.
+        records
+            .iter()
+            .try_fold(self.shape(), |shape, record| shape.after(record))?;
         let mut buf = Vec::new();
         let mut starts = Vec::with_capacity(records.len());
         for record in records {
@@ -454,26 +508,37 @@ impl Disk {
                 self.file.set_len(len)?;
                 self.len = len;
             }
-            self.file.write_all_at(&buf, at)?;
-            self.end = end;
-            for (record, start) in records.iter().zip(starts) {
-                let len = u32::from_le_bytes(buf[start..start + 4].try_into().expect("4 bytes"));
-                self.apply(record, at + start as u64 + HEADER, len)?;
-            }
-            Ok(())
+            self.file.write_all_at(&buf, at)
         })();
-        if let Err(e) = &written {
-            // Not read again by this process; cut, so that a start does not refuse the log for
-            // a record openraft never saw written.
-            let _ = self.file.set_len(at).and_then(|()| self.file.sync_all());
-            self.fail(e);
+        if let Err(e) = written {
+            self.fail_since(at, &e);
+            return Err(e);
         }
-        written
+        self.end = end;
+        for (record, start) in records.iter().zip(starts) {
+            let len = u32::from_le_bytes(buf[start..start + 4].try_into().expect("4 bytes"));
+            self.apply(record, at + start as u64 + HEADER, len)
+                .expect("checked before it was written");
+        }
+        Ok(())
     }
 
-    /// Takes no more writes: `e` left what is on the disk unknown.
+    /// Takes no more writes, `e` having left what is on the disk since `at` unknown: cuts it off
+    /// as well as it can, so that a start in this boot does not take a write that failed (the
+    /// kernel may keep it in the page cache, marked clean) for one that is durable.
+    pub fn fail_since(&mut self, at: u64, e: &io::Error) {
+        let _ = self.file.set_len(at).and_then(|()| self.file.sync_all());
+        self.fail(e);
+    }
+
+    /// Takes no more writes: `e` left the file in use unknown.
     pub fn fail(&mut self, e: &io::Error) {
         self.failed.get_or_insert_with(|| e.to_string());
+    }
+
+    /// Where the next record goes.
+    pub fn end(&self) -> u64 {
+        self.end
     }
 
     /// The file, to sync what was appended without holding the disk.
@@ -543,13 +608,16 @@ impl Disk {
             Record::Vote(vote).encode(&mut head)?;
         }
         Record::Committed(self.committed).encode(&mut head)?;
+        // After the entries: they need not begin right after the purge.
+        let mut tail = Vec::new();
         if let Some(upto) = self.purged {
-            Record::Purged(upto).encode(&mut head)?;
+            Record::Purged(upto).encode(&mut tail)?;
         }
         Ok(Some(Compaction {
             dir: self.dir.clone(),
             head,
             left: self.span(self.first..),
+            tail,
         }))
     }
 
@@ -599,9 +667,11 @@ impl Span {
 /// Writing the log's file anew with what a purge left, without holding the disk.
 pub struct Compaction {
     dir: DataDir,
-    /// The records before the entries: format, vote, commit index, purge.
+    /// The records before the entries: format, vote, commit index.
     head: Vec<u8>,
     left: Span,
+    /// The purge.
+    tail: Vec<u8>,
 }
 
 /// The file written anew.
@@ -640,6 +710,8 @@ impl Compaction {
                 out.write_all(&record)?;
                 end += record.len() as u64;
             }
+            out.write_all(&self.tail)?;
+            end += self.tail.len() as u64;
             out.flush()
         });
         match (written, new) {
@@ -647,8 +719,9 @@ impl Compaction {
             (Ok(()), None) => unreachable!("replace_with wrote the file"),
             (Err(e), new) => {
                 let tmp = format!("{FILE}.tmp");
-                // The new file was made, and is no longer under its temporary name: renamed.
-                let replaced = new.is_some() && !self.dir.contains(&tmp).unwrap_or(true);
+                // The new file was made, and is no longer under its temporary name: renamed
+                // (and so, when that cannot be told either).
+                let replaced = new.is_some() && !self.dir.contains(&tmp).unwrap_or(false);
                 let _ = self.dir.remove(&tmp);
                 Err((e, replaced))
             }

@@ -111,7 +111,7 @@ fn a_record_damaged_but_not_torn_is_refused_not_cut_away() {
 }
 
 #[test]
-fn a_batch_openraft_could_not_have_written_is_taken_back_and_no_more_writes_follow() {
+fn a_batch_that_cannot_follow_is_refused_before_anything_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = DataDir::create(tmp.path()).unwrap();
     let mut disk = Disk::open(&dir).unwrap();
@@ -130,12 +130,15 @@ fn a_batch_openraft_could_not_have_written_is_taken_back_and_no_more_writes_foll
             bytes: &five,
         },
     ];
-    assert!(disk.append(&gap).is_err());
-    assert!(disk.append(&[Record::Vote(Vote::new(5, 1))]).is_err());
+    let end = disk.end;
+    let error = disk.append(&gap).expect_err("refused").to_string();
+    assert!(error.contains("entry 5 where entry 4"), "{error}");
+    assert_eq!((disk.end, ids(&disk)), (end, vec![(1, 1), (1, 2)]));
+    disk.append(&[Record::Vote(Vote::new(5, 1))]).unwrap();
     drop(disk);
     let disk = Disk::open(&dir).unwrap();
     assert_eq!(ids(&disk), [(1, 1), (1, 2)]);
-    assert_eq!(disk.vote(), None);
+    assert_eq!(disk.vote(), Some(Vote::new(5, 1)));
 }
 
 #[test]
@@ -252,4 +255,48 @@ fn a_second_process_and_an_older_log_are_refused() {
         .expect("refused")
         .to_string();
     assert!(error.contains("older Hermes"), "{error}");
+}
+
+#[test]
+fn a_length_made_longer_is_damage_and_a_header_never_written_a_tear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::create(tmp.path()).unwrap();
+    let mut disk = Disk::open(&dir).unwrap();
+    append(&mut disk, &[entry(1, 1, 10)]);
+    let second = disk.end;
+    append(&mut disk, &[entry(1, 2, 10), entry(1, 3, 10)]);
+    let (end, file) = (disk.end, disk.file());
+    drop(disk);
+    // A high bit of entry 2's length changed: a tear only leaves zeros, never a longer length.
+    let mut byte = [0];
+    file.read_exact_at(&mut byte, second + 3).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], second + 3).unwrap();
+    let error = Disk::open(&dir).err().expect("refused").to_string();
+    assert!(error.contains("longer than the file"), "{error}");
+    file.write_all_at(&byte, second + 3).unwrap();
+
+    // Entries 4 and 5 written at once, and the sector with 4's header never reached the disk.
+    let mut disk = Disk::open(&dir).unwrap();
+    assert_eq!(disk.end, end);
+    let end = disk.end;
+    append(&mut disk, &[entry(1, 4, 1000), entry(1, 5, 10)]);
+    drop(disk);
+    let sector = (end / SECTOR + 1) * SECTOR;
+    file.write_all_at(&vec![0; (sector - end) as usize], end)
+        .unwrap();
+    let disk = Disk::open(&dir).unwrap();
+    assert_eq!(ids(&disk), [(1, 1), (1, 2), (1, 3)]);
+    assert_eq!(disk.len(), end);
+}
+
+#[test]
+fn the_last_entry_replaced_by_one_of_a_later_term_is_the_one_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::create(tmp.path()).unwrap();
+    let mut disk = Disk::open(&dir).unwrap();
+    append(&mut disk, &[entry(1, 1, 10), entry(1, 2, 10)]);
+    append(&mut disk, &[entry(2, 2, 10)]);
+    assert_eq!(ids(&disk), [(1, 1), (2, 2)]);
+    drop(disk);
+    assert_eq!(ids(&Disk::open(&dir).unwrap()), [(1, 1), (2, 2)]);
 }

@@ -54,7 +54,7 @@ pub fn write_loop(disk: &Mutex<Disk>, queue: &mpsc::Receiver<Write>, shared: &We
             }
         }
         // The commit index saved with these entries: never beyond the last of them durable
-        // after this transaction (a follower may hear of a commit before it has the entries).
+        // after this write (a follower may hear of a commit before it has the entries).
         let appended = batch.iter().rev().find_map(|write| match write {
             Write::Append { entries, .. } => entries.last().map(|(id, _)| *id),
             _ => None,
@@ -112,8 +112,9 @@ pub fn write_loop(disk: &Mutex<Disk>, queue: &mpsc::Receiver<Write>, shared: &We
     }
 }
 
-/// Writes the file anew without what was purged, if that is worth it. Readers take the disk
-/// only to swap the files; appends wait.
+/// Writes the file anew without what was purged, if that is worth it. The disk is taken only to
+/// swap the files, so readers go on; appends wait for the copy (of what the purge left: the
+/// entries kept after a snapshot, usually).
 fn compact(disk: &Mutex<Disk>) {
     let compaction = match disk.lock().unwrap().compaction() {
         Ok(Some(compaction)) => compaction,
@@ -134,8 +135,8 @@ fn compact(disk: &Mutex<Disk>) {
         Err((e, true)) => {
             tracing::error!(
                 "writing the Raft log's file anew failed once it replaced the old one: the log \
-                 takes no more writes, and the node stops; it starts again from the file in \
-                 place: {e}"
+                 takes no more writes (the next one fails, and openraft stops the node, which \
+                 starts again from the file in place): {e}"
             );
             disk.lock().unwrap().fail(&e);
         }
@@ -181,13 +182,14 @@ fn write_batch(
     if appends && committed.is_some() {
         records.push(Record::Committed(committed));
     }
-    let file = {
+    let (file, at) = {
         let mut disk = disk.lock().unwrap();
+        let at = disk.end();
         disk.append(&records)?;
-        disk.file()
+        (disk.file(), at)
     };
     if let Err(e) = file.sync_data() {
-        disk.lock().unwrap().fail(&e);
+        disk.lock().unwrap().fail_since(at, &e);
         return Err(e);
     }
     Ok(purges)
