@@ -34,6 +34,14 @@ fn append(disk: &mut Disk, entries: &[Entry]) {
     disk.file().sync_data().unwrap();
 }
 
+/// A new log in a directory of its own.
+fn opened() -> (tempfile::TempDir, DataDir, Disk) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = DataDir::create(tmp.path()).unwrap();
+    let disk = Disk::open(&dir).unwrap();
+    (tmp, dir, disk)
+}
+
 fn entries(disk: &Disk) -> Vec<Entry> {
     disk.span(..).read().unwrap()
 }
@@ -47,9 +55,7 @@ fn ids(disk: &Disk) -> Vec<(u64, u64)> {
 
 #[test]
 fn a_torn_write_is_cut_off_so_that_nothing_behind_it_comes_back() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::create(tmp.path()).unwrap();
-    let mut disk = Disk::open(&dir).unwrap();
+    let (_tmp, dir, mut disk) = opened();
     append(
         &mut disk,
         &[entry(1, 1, 10), entry(1, 2, 10), entry(1, 3, 10)],
@@ -91,9 +97,7 @@ fn a_torn_write_is_cut_off_so_that_nothing_behind_it_comes_back() {
 
 #[test]
 fn a_record_damaged_but_not_torn_is_refused_not_cut_away() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::create(tmp.path()).unwrap();
-    let mut disk = Disk::open(&dir).unwrap();
+    let (_tmp, dir, mut disk) = opened();
     append(
         &mut disk,
         &[entry(1, 1, 10), entry(1, 2, 10), entry(1, 3, 10)],
@@ -112,9 +116,7 @@ fn a_record_damaged_but_not_torn_is_refused_not_cut_away() {
 
 #[test]
 fn a_batch_that_cannot_follow_is_refused_before_anything_is_written() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::create(tmp.path()).unwrap();
-    let mut disk = Disk::open(&dir).unwrap();
+    let (_tmp, dir, mut disk) = opened();
     append(&mut disk, &[entry(1, 1, 10), entry(1, 2, 10)]);
     let (three, five) = (
         encode(&entry(1, 3, 10)).unwrap(),
@@ -143,9 +145,7 @@ fn a_batch_that_cannot_follow_is_refused_before_anything_is_written() {
 
 #[test]
 fn truncations_votes_commits_and_purges_survive_a_reopen() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::create(tmp.path()).unwrap();
-    let mut disk = Disk::open(&dir).unwrap();
+    let (_tmp, dir, mut disk) = opened();
     let first: Vec<_> = (1..=10).map(|i| entry(1, i, 10)).collect();
     append(&mut disk, &first);
     let vote = Vote::new(2, 3);
@@ -178,9 +178,7 @@ fn truncations_votes_commits_and_purges_survive_a_reopen() {
 
 #[test]
 fn a_log_purged_past_its_end_takes_the_next_entry_after_the_purge() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::create(tmp.path()).unwrap();
-    let mut disk = Disk::open(&dir).unwrap();
+    let (_tmp, dir, mut disk) = opened();
     append(&mut disk, &[entry(1, 1, 10), entry(1, 2, 10)]);
     // A snapshot installed beyond the log.
     disk.append(&[Record::Purged(entry(3, 50, 0).log_id)])
@@ -195,9 +193,7 @@ fn a_log_purged_past_its_end_takes_the_next_entry_after_the_purge() {
 
 #[test]
 fn a_file_mostly_purged_is_written_anew_with_the_rest() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::create(tmp.path()).unwrap();
-    let mut disk = Disk::open(&dir).unwrap();
+    let (_tmp, dir, mut disk) = opened();
     disk.compact = 50 << 10;
     let all: Vec<_> = (1..=100).map(|i| entry(1, i, 1000)).collect();
     append(&mut disk, &all);
@@ -259,9 +255,7 @@ fn a_second_process_and_an_older_log_are_refused() {
 
 #[test]
 fn a_length_made_longer_is_damage_and_a_header_never_written_a_tear() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::create(tmp.path()).unwrap();
-    let mut disk = Disk::open(&dir).unwrap();
+    let (_tmp, dir, mut disk) = opened();
     append(&mut disk, &[entry(1, 1, 10)]);
     let second = disk.end;
     append(&mut disk, &[entry(1, 2, 10), entry(1, 3, 10)]);
@@ -291,9 +285,7 @@ fn a_length_made_longer_is_damage_and_a_header_never_written_a_tear() {
 
 #[test]
 fn the_last_entry_replaced_by_one_of_a_later_term_is_the_one_read() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::create(tmp.path()).unwrap();
-    let mut disk = Disk::open(&dir).unwrap();
+    let (_tmp, dir, mut disk) = opened();
     append(&mut disk, &[entry(1, 1, 10), entry(1, 2, 10)]);
     append(&mut disk, &[entry(2, 2, 10)]);
     assert_eq!(ids(&disk), [(1, 1), (2, 2)]);
