@@ -439,3 +439,22 @@ async fn serve_lines(mut stream: TcpStream, journal: Arc<Mutex<Vec<String>>>) {
         }
     }
 }
+
+/// Log entry `index` of `term`: one batch of one command of node 1 (incarnation 1), whose id is
+/// the index, carrying `payload`.
+pub fn entry(term: u64, index: u64, payload: bytes::Bytes) -> crate::order::typ::Entry {
+    use crate::order::typ::{Batch, Command, EntryPayload, LogId, Proposal};
+    crate::order::typ::Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+        payload: EntryPayload::Normal(Proposal::from(Batch {
+            id: (1, 1, index),
+            floor: 0,
+            commands: vec![Command {
+                origin: 1,
+                incarnation: 1,
+                id: index,
+                payload,
+            }],
+        })),
+    }
+}

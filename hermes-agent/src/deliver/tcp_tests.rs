@@ -280,19 +280,7 @@ async fn open_state_machine(
 
 /// Log entry `index`: event `event` of connection `conn` of origin 1 (incarnation 1).
 fn entry(index: u64, conn: u64, event: Event) -> Entry {
-    Entry {
-        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Proposal::from(Batch {
-            id: (1, 1, index),
-            floor: 0,
-            commands: vec![Command {
-                origin: 1,
-                incarnation: 1,
-                id: index,
-                payload: Chunk::new(conn, event).encode(),
-            }],
-        })),
-    }
+    crate::testing::entry(1, index, Chunk::new(conn, event).encode())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -2,22 +2,10 @@
 use std::os::unix::fs::FileExt as _;
 
 use super::*;
-use crate::order::typ::{Batch, Command, EntryPayload, Proposal};
 
+/// Entry `index` of `term`, with a payload of `size` bytes.
 fn entry(term: u64, index: u64, size: usize) -> Entry {
-    Entry {
-        log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
-        payload: EntryPayload::Normal(Proposal::from(Batch {
-            id: (1, 1, index),
-            floor: 0,
-            commands: vec![Command {
-                origin: 1,
-                incarnation: 1,
-                id: index,
-                payload: bytes::Bytes::from(vec![term as u8; size]),
-            }],
-        })),
-    }
+    crate::testing::entry(term, index, vec![term as u8; size].into())
 }
 
 fn append(disk: &mut Disk, entries: &[Entry]) {

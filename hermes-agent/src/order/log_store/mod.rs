@@ -491,21 +491,7 @@ mod tests {
         {
             let mut log = LogStore::open(&dir, 1 << 20).unwrap();
             let entries: Vec<Entry> = (1..=3)
-                .map(|i| Entry {
-                    log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
-                    payload: EntryPayload::Normal(crate::order::typ::Proposal::from(
-                        crate::order::typ::Batch {
-                            id: (1, 1, i),
-                            floor: 0,
-                            commands: vec![crate::order::typ::Command {
-                                origin: 1,
-                                incarnation: 1,
-                                id: i,
-                                payload: bytes::Bytes::from(vec![i as u8; 3]),
-                            }],
-                        },
-                    )),
-                })
+                .map(|i| crate::testing::entry(1, i, vec![i as u8; 3].into()))
                 .collect();
             log.blocking_append(entries).await.unwrap();
             log.save_vote(&vote).await.unwrap();
