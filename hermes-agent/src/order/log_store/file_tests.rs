@@ -280,3 +280,23 @@ fn the_last_entry_replaced_by_one_of_a_later_term_is_the_one_read() {
     drop(disk);
     assert_eq!(ids(&Disk::open(&dir).unwrap()), [(1, 1), (2, 2)]);
 }
+
+#[test]
+fn the_file_grows_by_zeros_on_the_disk_not_by_a_hole() {
+    use std::os::unix::fs::MetadataExt as _;
+    let (_tmp, _dir, mut disk) = opened();
+    append(&mut disk, &[entry(1, 1, 10)]);
+    // An entry that reaches past the first step: the file grows a second one.
+    append(&mut disk, &[entry(1, 2, GROW as usize)]);
+    let metadata = disk.file().metadata().unwrap();
+    assert_eq!(metadata.len(), 2 * GROW);
+    // Every block is the disk's already: a record's sync allocates none (st_blocks counts
+    // 512-byte units, a hole none).
+    assert!(
+        metadata.blocks() * 512 >= metadata.len(),
+        "{} of {} bytes on the disk",
+        metadata.blocks() * 512,
+        metadata.len()
+    );
+    assert_eq!(ids(&disk), [(1, 1), (1, 2)]);
+}
