@@ -1092,7 +1092,7 @@ mod tests {
         async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
             let tmp = tempfile::tempdir().expect("temporary directory");
             let dir = DataDir::create(tmp.path()).expect("data directory");
-            let mut log = LogStore::open(&dir, 1 << 20)?;
+            let mut log = LogStore::open(&dir, 1 << 20, u64::MAX)?;
             // The suite applies no app requests: the app is never contacted.
             let app = App::new(
                 ([127, 0, 0, 1], 9).into(),

@@ -288,7 +288,7 @@ async fn a_replica_restarted_after_an_origin_restarted_still_ignores_its_earlier
     use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
     let app = LineApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20, u64::MAX).unwrap();
     // Origin 1 opened connection 5, then restarted: its connections below 10 are gone.
     let before = vec![entry(1, 5, Event::Open), entry(2, 10, Event::Lost)];
     log.blocking_append(before.clone()).await.unwrap();
@@ -436,7 +436,7 @@ async fn a_replica_that_cannot_apply_the_rest_of_a_lost_connection_fences_itself
     use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
     let app = LineApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20, u64::MAX).unwrap();
     let before = vec![
         entry(1, 5, Event::Open),
         entry(2, 5, data("APPEND a\n")),
@@ -476,7 +476,7 @@ async fn a_membership_change_that_removes_a_node_closes_its_connections_everywhe
     use crate::order::typ::Member;
     let app = LineApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20, u64::MAX).unwrap();
     let mut machine = state_machine(dir.path(), &app, &mut log).await;
     let opened = vec![entry(1, 5, Event::Open), entry(2, 5, data("APPEND a\n"))];
     log.blocking_append(opened.clone()).await.unwrap();
@@ -529,7 +529,7 @@ async fn the_connections_open_at_a_checkpoint_are_broken_after_a_restart_from_it
     use openraft::storage::{RaftLogStorage as _, RaftLogStorageExt as _, RaftStateMachine as _};
     let app = LineApp::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20, u64::MAX).unwrap();
     let mut machine = state_machine(dir.path(), &app, &mut log).await;
     // Connection 5 opens; origin 1 restarts (its connections below 7 go), and opens 8.
     let mut entries = vec![

@@ -627,7 +627,7 @@ async fn a_retry_landing_after_far_more_requests_than_any_window_is_not_delivere
     use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
     let app = FakeApp::start(|_| Act::Reply(OK)).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20, u64::MAX).unwrap();
     let mut machine = state_machine(dir.path(), &app, &mut log).await;
     // Origin 2's request 7 is committed and delivered; its origin never hears of it (cut off)
     // and keeps it in flight. Origin 2 goes on with other requests meanwhile, and so do the
@@ -827,7 +827,7 @@ async fn the_sessions_rebuilt_at_start_are_those_applying_built() {
     use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
     let app = FakeApp::start(|_| Act::Reply(OK)).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20, u64::MAX).unwrap();
     let mut machine = state_machine(dir.path(), &app, &mut log).await;
     // Copies of requests (7 twice in one entry, 9 in a later one, 8 below the floor by then),
     // floors that advance and one that comes late, requests of two nodes.
@@ -865,7 +865,7 @@ async fn a_start_replays_the_log_from_its_last_checkpoint() {
     use openraft::storage::{RaftLogStorage as _, RaftLogStorageExt as _, RaftStateMachine as _};
     let app = FakeApp::start(|_| Act::Reply(OK)).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20, u64::MAX).unwrap();
     let mut machine = state_machine(dir.path(), &app, &mut log).await;
     // Request 7 of node 2 (still in flight there), then entries up to a checkpoint.
     let mut entries = vec![entry(1, 2, 7, [7])];
@@ -890,7 +890,7 @@ async fn a_checkpoint_past_what_the_progress_says_was_applied_is_not_used() {
     use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
     let app = FakeApp::start(|_| Act::Reply(OK)).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20, u64::MAX).unwrap();
     let mut machine = state_machine(dir.path(), &app, &mut log).await;
     let mut entries = vec![entry(1, 2, 7, [7]), entry(2, 2, 9, [9])];
     entries.extend(blanks(3..=4096));
@@ -921,7 +921,7 @@ async fn a_restart_in_the_middle_of_an_entry_of_several_batches_delivers_the_res
     use openraft::storage::{RaftLogStorageExt as _, RaftStateMachine as _};
     let app = FakeApp::start(|_| Act::Reply(OK)).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20).unwrap();
+    let mut log = LogStore::open(&DataDir::create(dir.path()).unwrap(), 1 << 20, u64::MAX).unwrap();
     let mut machine = state_machine(dir.path(), &app, &mut log).await;
     // One entry, two batches of node 2: the later one made once request 11 was given up by its
     // client, so its floor lies above 11, which the earlier batch still carries.

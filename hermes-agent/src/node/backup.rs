@@ -23,7 +23,7 @@ use crate::{
     deliver::state_machine::{self, Contents},
     order::{
         identity::Identity,
-        log_store::{LogStore, decode, encode},
+        log_store::{LONGEST_ENTRY, LogStore, decode, encode},
         typ::{LogId, Member, NodeId, SnapshotMeta, StorageError},
     },
 };
@@ -271,7 +271,7 @@ pub fn restore(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut log = LogStore::open(&dir, 1 << 20)?;
+        let mut log = LogStore::open(&dir, 1 << 20, LONGEST_ENTRY)?;
         log.purge(last).await?;
         let (entry, vote) = super::recover::membership_entry(node_id, term, Some(last), members);
         super::recover::write(&mut log, &entry, &vote).await

@@ -259,7 +259,7 @@ impl Node {
         if identity.fresh && !settings.join {
             bootstrap::refuse_if_wiped(&peers, &identity, &settings.members).await?;
         }
-        let mut log = LogStore::open(&dir, settings.log_cache)?;
+        let mut log = LogStore::open(&dir, settings.log_cache, settings.max_frame as u64)?;
         log.time_syncs(settings.telemetry.log_sync_seconds());
         let startup_commit = log.committed().map_or(0, |id| id.index);
         let app = Arc::new(

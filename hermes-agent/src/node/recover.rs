@@ -30,7 +30,7 @@ use crate::{
     deliver::state_machine,
     order::{
         identity::Identity,
-        log_store::LogStore,
+        log_store::{LONGEST_ENTRY, LogStore},
         typ::{Entry, EntryPayload, LogId, Member, NodeId, StorageError, Vote},
     },
 };
@@ -161,7 +161,7 @@ pub fn run(
         return Err(RecoverError::NoLog);
     }
     runtime.block_on(async {
-        let mut log = LogStore::open(&dir, 1 << 20).map_err(|e| {
+        let mut log = LogStore::open(&dir, 1 << 20, LONGEST_ENTRY).map_err(|e| {
             // The log is locked while open (the store passes the refusal on as text): the agent
             // holds it.
             if e.to_string()
@@ -342,7 +342,7 @@ mod tests {
         let dir = DataDir::create(tmp.path()).unwrap();
         Identity::load(&dir, 2).unwrap();
         {
-            let mut log = LogStore::open(&dir, 1 << 20).unwrap();
+            let mut log = LogStore::open(&dir, 1 << 20, u64::MAX).unwrap();
             let old = Entry {
                 log_id: log_id(1, 3),
                 payload: EntryPayload::Membership(membership(&[1, 2, 3])),
@@ -370,7 +370,7 @@ mod tests {
         );
         assert_eq!(plan.vote, Vote::new(5, 2));
 
-        let mut log = LogStore::open(&dir, 1 << 20).unwrap();
+        let mut log = LogStore::open(&dir, 1 << 20, u64::MAX).unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(log_id(2, 10)));
         assert_eq!(state.last_log_id, Some(plan.entry.log_id));
@@ -390,7 +390,7 @@ mod tests {
         let dir = DataDir::create(tmp.path()).unwrap();
         Identity::load(&dir, 2).unwrap();
         {
-            let mut log = LogStore::open(&dir, 1 << 20).unwrap();
+            let mut log = LogStore::open(&dir, 1 << 20, u64::MAX).unwrap();
             let entries = (1..=12).map(|index| Entry {
                 log_id: log_id(1, index),
                 payload: EntryPayload::Membership(membership(&[1, 2, 3])),
@@ -406,7 +406,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(plan.entry.log_id.index, 11);
-        let mut log = LogStore::open(&dir, 1 << 20).unwrap();
+        let mut log = LogStore::open(&dir, 1 << 20, u64::MAX).unwrap();
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id, Some(plan.entry.log_id));
         assert_eq!(log.try_get_log_entries(11..).await.unwrap().len(), 1);

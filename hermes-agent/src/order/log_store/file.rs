@@ -19,6 +19,9 @@
 //!   only leaves zeros: it never makes a length longer). Damage that cannot be told from a tear
 //!   is taken for one (as etcd does): a whole sector of zeros in a record, or a length made
 //!   longer, but not beyond the file, in one of the last records.
+//! - An entry is no longer than `--max-frame` (no peer could send or take a longer one): a file
+//!   that holds a longer one is refused at start, so that reading an entry never allocates what
+//!   the file says (a data directory on a volume that a pod writes, in pod mode).
 //! - What reading found is synced before the log is used: records written, but not synced,
 //!   before the agent was killed are in the page cache, and a power loss could still take them.
 //! - A purge only records how far the log was purged. Once the purged part is larger than
@@ -261,14 +264,17 @@ pub struct Disk {
     purged: Option<LogId>,
     /// Purged bytes that make it worth writing the file anew: [`COMPACT`], less in tests.
     compact: u64,
+    /// Bytes of one entry at most (`--max-frame`: no peer could send or take a longer one), so
+    /// that reading an entry allocates no more than that, whatever the file says.
+    max_entry: u64,
     /// Why nothing more is written.
     failed: Option<String>,
 }
 
 impl Disk {
     /// Opens the log in `dir`, made if missing, and reads it; refused while another process
-    /// has it open.
-    pub fn open(dir: &DataDir) -> io::Result<Self> {
+    /// has it open, or if an entry is longer than `max_entry` bytes.
+    pub fn open(dir: &DataDir, max_entry: u64) -> io::Result<Self> {
         let lock = Flock::lock(dir.open_file(LOCK)?, FlockArg::LockExclusiveNonblock).map_err(
             |(_, e)| match e {
                 Errno::EWOULDBLOCK => io::Error::new(
@@ -301,6 +307,7 @@ impl Disk {
             committed: None,
             purged: None,
             compact: COMPACT,
+            max_entry,
             failed: None,
         };
         disk.replay()?;
@@ -346,6 +353,9 @@ impl Disk {
                 return Err(self.damaged(offset, &io::Error::other("a record too long")));
             }
             let record = Record::decode(&prefix).map_err(|e| self.damaged(offset, &e))?;
+            if let Record::Entry { index, .. } = &record {
+                self.fits(*index, u64::from(len) - 1 - 8)?;
+            }
             match (offset, &record) {
                 (0, Record::Format(FORMAT_VERSION)) => {}
                 (0, Record::Format(version)) => {
@@ -480,6 +490,23 @@ impl Disk {
         Ok(())
     }
 
+    /// Refuses entry `index` of `len` bytes if it is longer than [`Self::max_entry`].
+    fn fits(&self, index: u64, len: u64) -> io::Result<()> {
+        if len <= self.max_entry {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: entry {index} of the Raft log is {len} bytes long, more than --max-frame \
+                 ({} bytes) lets a peer send: written with a larger --max-frame (start with that \
+                 one again), or not by Hermes",
+                self.dir.path().display(),
+                self.max_entry
+            ),
+        ))
+    }
+
     fn shape(&self) -> Shape {
         Shape {
             first: self.first,
@@ -499,6 +526,11 @@ impl Disk {
         records
             .iter()
             .try_fold(self.shape(), |shape, record| shape.after(record))?;
+        for record in records {
+            if let Record::Entry { index, bytes } = record {
+                self.fits(*index, bytes.len() as u64)?;
+            }
+        }
         let mut buf = Vec::new();
         let mut starts = Vec::with_capacity(records.len());
         for record in records {

@@ -26,7 +26,7 @@ fn append(disk: &mut Disk, entries: &[Entry]) {
 fn opened() -> (tempfile::TempDir, DataDir, Disk) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = DataDir::create(tmp.path()).unwrap();
-    let disk = Disk::open(&dir).unwrap();
+    let disk = Disk::open(&dir, u64::MAX).unwrap();
     (tmp, dir, disk)
 }
 
@@ -74,12 +74,12 @@ fn a_torn_write_is_cut_off_so_that_nothing_behind_it_comes_back() {
     file.write_all_at(&five, end + four.len() as u64).unwrap();
     drop((disk, file));
 
-    let mut disk = Disk::open(&dir).unwrap();
+    let mut disk = Disk::open(&dir, u64::MAX).unwrap();
     assert_eq!(ids(&disk), [(1, 1), (1, 2), (1, 3)]);
     // Entry 4 again, as long as the torn one: entry 5 of the torn write would follow it.
     append(&mut disk, &[entry(2, 4, 3000)]);
     drop(disk);
-    let disk = Disk::open(&dir).unwrap();
+    let disk = Disk::open(&dir, u64::MAX).unwrap();
     assert_eq!(ids(&disk), [(1, 1), (1, 2), (1, 3), (2, 4)]);
 }
 
@@ -97,7 +97,10 @@ fn a_record_damaged_but_not_torn_is_refused_not_cut_away() {
     let at = end - 70;
     file.read_exact_at(&mut byte, at).unwrap();
     file.write_all_at(&[byte[0] ^ 4], at).unwrap();
-    let error = Disk::open(&dir).err().expect("refused").to_string();
+    let error = Disk::open(&dir, u64::MAX)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(error.contains("damaged"), "{error}");
     assert!(file.metadata().unwrap().len() > end, "nothing was cut");
 }
@@ -126,7 +129,7 @@ fn a_batch_that_cannot_follow_is_refused_before_anything_is_written() {
     assert_eq!((disk.end, ids(&disk)), (end, vec![(1, 1), (1, 2)]));
     disk.append(&[Record::Vote(Vote::new(5, 1))]).unwrap();
     drop(disk);
-    let disk = Disk::open(&dir).unwrap();
+    let disk = Disk::open(&dir, u64::MAX).unwrap();
     assert_eq!(ids(&disk), [(1, 1), (1, 2)]);
     assert_eq!(disk.vote(), Some(Vote::new(5, 1)));
 }
@@ -150,7 +153,7 @@ fn truncations_votes_commits_and_purges_survive_a_reopen() {
     assert_eq!(ids(&disk), expected);
     drop(disk);
 
-    let disk = Disk::open(&dir).unwrap();
+    let disk = Disk::open(&dir, u64::MAX).unwrap();
     assert_eq!(ids(&disk), expected);
     assert_eq!(entries(&disk)[2], entry(2, 6, 20));
     assert_eq!(disk.last_index(), Some(7));
@@ -174,7 +177,7 @@ fn a_log_purged_past_its_end_takes_the_next_entry_after_the_purge() {
     assert_eq!(disk.last_index(), None);
     append(&mut disk, &[entry(3, 51, 10)]);
     drop(disk);
-    let disk = Disk::open(&dir).unwrap();
+    let disk = Disk::open(&dir, u64::MAX).unwrap();
     assert_eq!(ids(&disk), [(3, 51)]);
     assert_eq!(disk.purged().map(|p| p.index), Some(50));
 }
@@ -209,7 +212,7 @@ fn a_file_mostly_purged_is_written_anew_with_the_rest() {
     append(&mut disk, &[entry(1, 101, 1000)]);
     drop(disk);
 
-    let disk = Disk::open(&dir).unwrap();
+    let disk = Disk::open(&dir, u64::MAX).unwrap();
     assert_eq!(entries(&disk)[..10], all[90..]);
     assert_eq!(disk.last_index(), Some(101));
     assert_eq!(
@@ -224,17 +227,17 @@ fn a_second_process_and_an_older_log_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     // The lock belongs to the open file description: a second one in this process stands for
     // another process.
-    let disk = Disk::open(&DataDir::create(tmp.path()).unwrap()).unwrap();
-    let error = Disk::open(&DataDir::create(tmp.path()).unwrap())
+    let disk = Disk::open(&DataDir::create(tmp.path()).unwrap(), u64::MAX).unwrap();
+    let error = Disk::open(&DataDir::create(tmp.path()).unwrap(), u64::MAX)
         .err()
         .expect("refused");
     assert!(error.to_string().contains(ALREADY_OPEN), "{error}");
     drop(disk);
-    Disk::open(&DataDir::create(tmp.path()).unwrap()).unwrap();
+    Disk::open(&DataDir::create(tmp.path()).unwrap(), u64::MAX).unwrap();
 
     let old = tempfile::tempdir().unwrap();
     std::fs::write(old.path().join(OLD_FILE), b"redb").unwrap();
-    let error = Disk::open(&DataDir::create(old.path()).unwrap())
+    let error = Disk::open(&DataDir::create(old.path()).unwrap(), u64::MAX)
         .err()
         .expect("refused")
         .to_string();
@@ -253,12 +256,15 @@ fn a_length_made_longer_is_damage_and_a_header_never_written_a_tear() {
     let mut byte = [0];
     file.read_exact_at(&mut byte, second + 3).unwrap();
     file.write_all_at(&[byte[0] ^ 0x10], second + 3).unwrap();
-    let error = Disk::open(&dir).err().expect("refused").to_string();
+    let error = Disk::open(&dir, u64::MAX)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(error.contains("longer than the file"), "{error}");
     file.write_all_at(&byte, second + 3).unwrap();
 
     // Entries 4 and 5 written at once, and the sector with 4's header never reached the disk.
-    let mut disk = Disk::open(&dir).unwrap();
+    let mut disk = Disk::open(&dir, u64::MAX).unwrap();
     assert_eq!(disk.end, end);
     let end = disk.end;
     append(&mut disk, &[entry(1, 4, 1000), entry(1, 5, 10)]);
@@ -266,7 +272,7 @@ fn a_length_made_longer_is_damage_and_a_header_never_written_a_tear() {
     let sector = (end / SECTOR + 1) * SECTOR;
     file.write_all_at(&vec![0; (sector - end) as usize], end)
         .unwrap();
-    let disk = Disk::open(&dir).unwrap();
+    let disk = Disk::open(&dir, u64::MAX).unwrap();
     assert_eq!(ids(&disk), [(1, 1), (1, 2), (1, 3)]);
     assert_eq!(disk.len(), end);
 }
@@ -278,7 +284,7 @@ fn the_last_entry_replaced_by_one_of_a_later_term_is_the_one_read() {
     append(&mut disk, &[entry(2, 2, 10)]);
     assert_eq!(ids(&disk), [(1, 1), (2, 2)]);
     drop(disk);
-    assert_eq!(ids(&Disk::open(&dir).unwrap()), [(1, 1), (2, 2)]);
+    assert_eq!(ids(&Disk::open(&dir, u64::MAX).unwrap()), [(1, 1), (2, 2)]);
 }
 
 #[test]
@@ -299,4 +305,33 @@ fn the_file_grows_by_zeros_on_the_disk_not_by_a_hole() {
         metadata.len()
     );
     assert_eq!(ids(&disk), [(1, 1), (1, 2)]);
+}
+
+#[test]
+fn an_entry_longer_than_a_frame_is_refused_when_written_and_when_read() {
+    let (_tmp, dir, mut disk) = opened();
+    append(&mut disk, &[entry(1, 1, 10), entry(1, 2, 5000)]);
+    drop(disk);
+    // Read with a smaller bound (--max-frame lowered, or a file not written by Hermes): refused,
+    // before anything reads the entry's bytes into memory.
+    let error = Disk::open(&dir, 4096).err().expect("refused").to_string();
+    assert!(
+        error.contains("entry 2") && error.contains("--max-frame"),
+        "{error}"
+    );
+    // With the bound it was written with, read whole.
+    let mut disk = Disk::open(&dir, 5000 + 64).unwrap();
+    assert_eq!(ids(&disk), [(1, 1), (1, 2)]);
+    // An append longer than the bound is refused before it is written.
+    let bytes = encode(&entry(1, 3, 6000)).unwrap();
+    let error = disk
+        .append(&[Record::Entry {
+            index: 3,
+            bytes: &bytes,
+        }])
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("entry 3"), "{error}");
+    drop(disk);
+    assert_eq!(ids(&Disk::open(&dir, u64::MAX).unwrap()), [(1, 1), (1, 2)]);
 }

@@ -41,6 +41,9 @@ use crate::data_dir::DataDir;
 use cache::Cache;
 use file::Disk;
 pub use file::{ALREADY_OPEN, FILE, OLD_FILE};
+
+/// The longest entry any `--max-frame` lets a peer send.
+pub const LONGEST_ENTRY: u64 = u32::MAX as u64;
 use writer::{Done, Write, write_loop};
 
 #[derive(Clone)]
@@ -104,9 +107,11 @@ struct Watches {
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`, keeping up to `cache_budget` bytes of durable
-    /// entries in memory; refused while another process has it open.
-    pub fn open(dir: &DataDir, cache_budget: usize) -> Result<Self, StorageError> {
-        let disk = Disk::open(dir).map_err(|e| StorageIOError::read_logs(&e))?;
+    /// entries in memory; refused while another process has it open, or if an entry is longer
+    /// than `max_entry` bytes (`--max-frame`, or [`LONGEST_ENTRY`] for the offline tools, which
+    /// an operator runs on their own data directory).
+    pub fn open(dir: &DataDir, cache_budget: usize, max_entry: u64) -> Result<Self, StorageError> {
+        let disk = Disk::open(dir, max_entry).map_err(|e| StorageIOError::read_logs(&e))?;
         let last = match disk.last_index() {
             Some(index) => disk
                 .span(index..=index)
@@ -489,14 +494,14 @@ mod tests {
         let dir = DataDir::create(tmp.path()).unwrap();
         let vote = Vote::new(3, 2);
         {
-            let mut log = LogStore::open(&dir, 1 << 20).unwrap();
+            let mut log = LogStore::open(&dir, 1 << 20, u64::MAX).unwrap();
             let entries: Vec<Entry> = (1..=3)
                 .map(|i| crate::testing::entry(1, i, vec![i as u8; 3].into()))
                 .collect();
             log.blocking_append(entries).await.unwrap();
             log.save_vote(&vote).await.unwrap();
         }
-        let mut log = LogStore::open(&dir, 1 << 20).unwrap();
+        let mut log = LogStore::open(&dir, 1 << 20, u64::MAX).unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(vote));
         let entries = log.try_get_log_entries(1..).await.unwrap();
         assert_eq!(entries.len(), 3);
