@@ -497,7 +497,9 @@ pub struct Config {
     #[arg(long, env = "HERMES_LOG_CACHE", default_value = "64MiB", value_parser = parse_size, help_heading = "Limits")]
     pub log_cache: u64,
 
-    /// Largest message between peers. At least --max-body plus 1 MiB: one request must fit.
+    /// Largest message between peers, and so the longest log entry (a log that holds a longer
+    /// one, written before this was lowered, is refused at start). At least --max-body plus
+    /// 1 MiB: one request must fit.
     #[arg(long, env = "HERMES_MAX_FRAME", default_value = "32MiB", value_parser = parse_size, help_heading = "Limits")]
     pub max_frame: u64,
 

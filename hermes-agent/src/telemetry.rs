@@ -250,7 +250,7 @@ impl Default for Telemetry {
             );
             r.register(
                 "log_sync_seconds",
-                "One write of this node's log made durable: its fdatasync",
+                "One write of this node's log made durable: its write and fdatasync",
                 this.log_sync_seconds.clone(),
             );
             r.register(

@@ -3,12 +3,16 @@
 //! records too, so the file is only ever appended to, and reading it from the start rebuilds the
 //! log: where each entry's bytes are, the vote, the commit index, how far the log was purged.
 //!
-//! - The file grows in steps of [`GROW`] bytes of zeros, written and synced, so that a record's
+//! - Zeros are written and synced ahead of the records, some [`GROW`] bytes at a time, by the writer
+//!   between two writes and without holding the file ([`Growth`]), so that a record's
 //!   `fdatasync` writes its own bytes and nothing else: no block to allocate, no size or inode
 //!   to write. Here an append of 10 KB and its `fdatasync` cost 136-152 µs and 50-59 µs of CPU
 //!   into zeros written before, 203-263 µs and 77-98 µs into a hole (a redb commit of a 1.5 KiB
-//!   entry 280 µs and 140 µs). The records end where the zeros begin (no record has a length of
-//!   zero).
+//!   entry 280 µs and 140 µs). Every byte of the log is written twice (the zeros, then the
+//!   record), which costs little next to the syncs. A write that finds no zeros ahead of it (a
+//!   batch larger than them, or the zeros could not be written: a disk nearly full) makes the
+//!   file longer by a hole, as before. The records end where the zeros begin (no record has a
+//!   length of zero).
 //! - A crash may leave the last records written in part (a torn write): the pages that reached
 //!   the disk hold what was written, the others still read as zeros. Reading stops at the first
 //!   record whose length or checksum is wrong. If a part of it that lies in one 512-byte sector
@@ -20,8 +24,8 @@
 //!   is taken for one (as etcd does): a whole sector of zeros in a record, or a length made
 //!   longer, but not beyond the file, in one of the last records.
 //! - An entry is no longer than `--max-frame` (no peer could send or take a longer one): a file
-//!   that holds a longer one is refused at start, so that reading an entry never allocates what
-//!   the file says (a data directory on a volume that a pod writes, in pod mode).
+//!   whose log holds a longer one is refused at start, so that reading an entry never allocates
+//!   what the file says (a data directory on a volume that a pod writes, in pod mode).
 //! - What reading found is synced before the log is used: records written, but not synced,
 //!   before the agent was killed are in the page cache, and a power loss could still take them.
 //! - A purge only records how far the log was purged. Once the purged part is larger than
@@ -64,10 +68,11 @@ pub const ALREADY_OPEN: &str = "the Raft log is open in another process";
 /// connection; 3: an entry holds the batches of several nodes.
 pub const FORMAT_VERSION: u32 = 3;
 
-/// Bytes the file grows by when a write reaches its end: written as zeros, and synced, in
-/// about 8 ms here (an append waits for it once in 8 MiB).
+/// Once fewer than half of this are left, zeros are written ahead of the records up to the next
+/// multiple of it (8 MiB in about 8 ms here); and the step by which a write that finds no zeros
+/// makes the file longer.
 const GROW: u64 = 8 << 20;
-/// Zeros to grow the file with, written a piece at a time.
+/// Zeros to write ahead, a piece at a time.
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 /// Purged bytes that make it worth writing the file anew.
 const COMPACT: u64 = 64 << 20;
@@ -256,6 +261,10 @@ pub struct Disk {
     end: u64,
     /// The file's length: [`Self::end`] and zeros after it.
     len: u64,
+    /// Where the zeros written ahead of the records end (from there on to `len`, a hole).
+    zeroed: u64,
+    /// The zeros could not be written once: not tried again.
+    cannot_zero: bool,
     /// The index of `places[0]`.
     first: u64,
     places: VecDeque<Place>,
@@ -301,6 +310,9 @@ impl Disk {
             _lock: lock,
             end: 0,
             len,
+            // Unknown for a file written before (its zeros may be a hole): written again.
+            zeroed: 0,
+            cannot_zero: false,
             first: 0,
             places: VecDeque::new(),
             vote: None,
@@ -353,9 +365,6 @@ impl Disk {
                 return Err(self.damaged(offset, &io::Error::other("a record too long")));
             }
             let record = Record::decode(&prefix).map_err(|e| self.damaged(offset, &e))?;
-            if let Record::Entry { index, .. } = &record {
-                self.fits(*index, u64::from(len) - 1 - 8)?;
-            }
             match (offset, &record) {
                 (0, Record::Format(FORMAT_VERSION)) => {}
                 (0, Record::Format(version)) => {
@@ -378,6 +387,23 @@ impl Disk {
             offset += HEADER + u64::from(len);
         }
         self.end = offset;
+        // Of the entries the log holds (not those truncated or purged since).
+        let longest = (self.first..)
+            .zip(&self.places)
+            .find(|(_, place)| u64::from(place.len) > self.max_entry);
+        if let Some((index, place)) = longest {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: entry {index} of the Raft log is {} bytes long, more than --max-frame \
+                     ({} bytes) lets a peer send: written with a larger --max-frame (start with \
+                     that one again), or not by Hermes",
+                    self.dir.path().display(),
+                    place.len,
+                    self.max_entry
+                ),
+            ));
+        }
         let written = self.written_after(offset)?;
         if written == 0 {
             return Ok(());
@@ -490,23 +516,6 @@ impl Disk {
         Ok(())
     }
 
-    /// Refuses entry `index` of `len` bytes if it is longer than [`Self::max_entry`].
-    fn fits(&self, index: u64, len: u64) -> io::Result<()> {
-        if len <= self.max_entry {
-            return Ok(());
-        }
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{}: entry {index} of the Raft log is {len} bytes long, more than --max-frame \
-                 ({} bytes) lets a peer send: written with a larger --max-frame (start with that \
-                 one again), or not by Hermes",
-                self.dir.path().display(),
-                self.max_entry
-            ),
-        ))
-    }
-
     fn shape(&self) -> Shape {
         Shape {
             first: self.first,
@@ -527,8 +536,15 @@ impl Disk {
             .iter()
             .try_fold(self.shape(), |shape, record| shape.after(record))?;
         for record in records {
-            if let Record::Entry { index, bytes } = record {
-                self.fits(*index, bytes.len() as u64)?;
+            if let Record::Entry { index, bytes } = record
+                && bytes.len() as u64 > self.max_entry
+            {
+                return Err(io::Error::other(format!(
+                    "entry {index} is {} bytes long, more than --max-frame ({} bytes) lets a \
+                     peer send: not written",
+                    bytes.len(),
+                    self.max_entry
+                )));
             }
         }
         let mut buf = Vec::new();
@@ -541,7 +557,9 @@ impl Disk {
         let end = at + buf.len() as u64;
         let written = (|| {
             if end > self.len {
-                self.grow(end.next_multiple_of(GROW))?;
+                let len = end.next_multiple_of(GROW);
+                self.file.set_len(len)?;
+                self.len = len;
             }
             self.file.write_all_at(&buf, at)
         })();
@@ -558,17 +576,40 @@ impl Disk {
         Ok(())
     }
 
-    /// Makes the file `len` bytes long with zeros written and synced after what it holds.
-    fn grow(&mut self, len: u64) -> io::Result<()> {
-        let mut at = self.len;
-        while at < len {
-            let piece = &ZEROS[..ZEROS.len().min((len - at) as usize)];
-            self.file.write_all_at(piece, at)?;
-            at += piece.len() as u64;
+    /// The zeros to write ahead of the records, if fewer than half of [`GROW`] are left.
+    pub fn growth(&self) -> Option<Growth> {
+        let from = self.zeroed.max(self.end);
+        if self.cannot_zero || self.failed.is_some() || from >= self.end + GROW / 2 {
+            return None;
         }
-        self.file.sync_data()?;
-        self.len = len;
-        Ok(())
+        Some(Growth {
+            file: Arc::clone(&self.file),
+            from,
+            to: (self.end + GROW / 2).next_multiple_of(GROW),
+        })
+    }
+
+    /// Takes the zeros written ahead, or that they could not be.
+    pub fn grown(&mut self, growth: &Growth, written: io::Result<()>) {
+        match written {
+            // The file they were written to is the one in use: only the writer appends,
+            // compacts and writes zeros, one at a time.
+            Ok(()) => {
+                self.zeroed = growth.to;
+                self.len = self.len.max(growth.to);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot write zeros ahead of the Raft log's records ({e}): its file grows by \
+                     holes from now on, and each sync that reaches into one costs more"
+                );
+                self.cannot_zero = true;
+                // Partly written, perhaps: the file's length is the file's to say.
+                if let Ok(metadata) = self.file.metadata() {
+                    self.len = self.len.max(metadata.len());
+                }
+            }
+        }
     }
 
     /// Takes no more writes, `e` having left what is on the disk since `at` unknown: cuts it off
@@ -679,6 +720,27 @@ impl Disk {
         );
         self.file = Arc::new(compacted.file);
         (self.places, self.end, self.len) = (compacted.places, compacted.end, compacted.end);
+        self.zeroed = compacted.end;
+    }
+}
+
+/// Zeros to write ahead of the records, without holding the disk.
+pub struct Growth {
+    file: Arc<File>,
+    from: u64,
+    to: u64,
+}
+
+impl Growth {
+    /// Writes the zeros and syncs them.
+    pub fn write(&self) -> io::Result<()> {
+        let mut at = self.from;
+        while at < self.to {
+            let piece = &ZEROS[..ZEROS.len().min((self.to - at) as usize)];
+            self.file.write_all_at(piece, at)?;
+            at += piece.len() as u64;
+        }
+        self.file.sync_data()
     }
 }
 

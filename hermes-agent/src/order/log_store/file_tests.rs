@@ -288,23 +288,44 @@ fn the_last_entry_replaced_by_one_of_a_later_term_is_the_one_read() {
 }
 
 #[test]
-fn the_file_grows_by_zeros_on_the_disk_not_by_a_hole() {
+fn zeros_are_written_ahead_of_the_records_where_the_file_had_a_hole() {
     use std::os::unix::fs::MetadataExt as _;
-    let (_tmp, _dir, mut disk) = opened();
+    // The file's length, and the bytes of it on the disk (st_blocks counts 512-byte units, a
+    // hole none).
+    let on_disk = |disk: &Disk| {
+        let metadata = disk.file().metadata().unwrap();
+        (metadata.len(), metadata.blocks() * 512)
+    };
+    let grow = |disk: &mut Disk| {
+        let growth = disk
+            .growth()
+            .expect("fewer than half a step of zeros ahead");
+        let written = growth.write();
+        disk.grown(&growth, written);
+        assert!(disk.growth().is_none(), "zeros enough ahead");
+    };
+    let (_tmp, dir, mut disk) = opened();
     append(&mut disk, &[entry(1, 1, 10)]);
-    // An entry that reaches past the first step: the file grows a second one.
+    grow(&mut disk);
+    let (len, bytes) = on_disk(&disk);
+    assert_eq!(len, GROW);
+    assert!(bytes >= len, "{bytes} of {len} bytes on the disk");
+    // An entry that reaches past the zeros: the file grows by a hole, and zeros are written
+    // over it next.
     append(&mut disk, &[entry(1, 2, GROW as usize)]);
-    let metadata = disk.file().metadata().unwrap();
-    assert_eq!(metadata.len(), 2 * GROW);
-    // Every block is the disk's already: a record's sync allocates none (st_blocks counts
-    // 512-byte units, a hole none).
-    assert!(
-        metadata.blocks() * 512 >= metadata.len(),
-        "{} of {} bytes on the disk",
-        metadata.blocks() * 512,
-        metadata.len()
+    let (len, bytes) = on_disk(&disk);
+    assert_eq!(len, 2 * GROW);
+    assert!(bytes < len, "a hole: {bytes} of {len} bytes on the disk");
+    grow(&mut disk);
+    let (len, bytes) = on_disk(&disk);
+    assert_eq!(len, 2 * GROW);
+    assert!(bytes >= len, "{bytes} of {len} bytes on the disk");
+    append(&mut disk, &[entry(1, 3, 10)]);
+    drop(disk);
+    assert_eq!(
+        ids(&Disk::open(&dir, u64::MAX).unwrap()),
+        [(1, 1), (1, 2), (1, 3)]
     );
-    assert_eq!(ids(&disk), [(1, 1), (1, 2)]);
 }
 
 #[test]
@@ -331,7 +352,20 @@ fn an_entry_longer_than_a_frame_is_refused_when_written_and_when_read() {
         }])
         .expect_err("refused")
         .to_string();
-    assert!(error.contains("entry 3"), "{error}");
+    assert!(
+        error.contains("entry 3") && error.contains("not written"),
+        "{error}"
+    );
     drop(disk);
     assert_eq!(ids(&Disk::open(&dir, u64::MAX).unwrap()), [(1, 1), (1, 2)]);
+}
+
+#[test]
+fn an_entry_longer_than_a_frame_that_the_log_no_longer_holds_is_no_obstacle() {
+    let (_tmp, dir, mut disk) = opened();
+    append(&mut disk, &[entry(1, 1, 10), entry(1, 2, 5000)]);
+    disk.append(&[Record::Truncate(2)]).unwrap();
+    append(&mut disk, &[entry(2, 2, 10)]);
+    drop(disk);
+    assert_eq!(ids(&Disk::open(&dir, 4096).unwrap()), [(1, 1), (2, 2)]);
 }

@@ -109,7 +109,18 @@ pub fn write_loop(disk: &Mutex<Disk>, queue: &mpsc::Receiver<Write>, shared: &We
         if purged {
             compact(disk);
         }
+        grow_ahead(disk);
     }
+}
+
+/// Writes zeros ahead of the records if few are left, without holding the disk: the next syncs
+/// write records into blocks the file has already (see [`super::file`]).
+fn grow_ahead(disk: &Mutex<Disk>) {
+    let Some(growth) = disk.lock().unwrap().growth() else {
+        return;
+    };
+    let written = growth.write();
+    disk.lock().unwrap().grown(&growth, written);
 }
 
 /// Writes the file anew without what was purged, if that is worth it. The disk is taken only to
