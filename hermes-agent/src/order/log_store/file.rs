@@ -81,6 +81,8 @@ const HEADER: u64 = 8;
 /// Bytes of a record other than an entry at most (a vote, a log id): reading the file at start
 /// allocates no more per record, whatever its lengths say.
 const SMALL: usize = 4096;
+/// A file system block.
+const BLOCK: u64 = 4096;
 /// What a torn write leaves whole or zero: a disk sector.
 const SECTOR: u64 = 512;
 
@@ -282,7 +284,7 @@ pub struct Disk {
 
 impl Disk {
     /// Opens the log in `dir`, made if missing, and reads it; refused while another process
-    /// has it open, or if an entry is longer than `max_entry` bytes.
+    /// has it open, or if an entry the log holds is longer than `max_entry` bytes.
     pub fn open(dir: &DataDir, max_entry: u64) -> io::Result<Self> {
         let lock = Flock::lock(dir.open_file(LOCK)?, FlockArg::LockExclusiveNonblock).map_err(
             |(_, e)| match e {
@@ -576,9 +578,11 @@ impl Disk {
         Ok(())
     }
 
-    /// The zeros to write ahead of the records, if fewer than half of [`GROW`] are left.
+    /// The zeros to write ahead of the records, if fewer than half of [`GROW`] are left. They
+    /// begin at the block after the last record, so that they never rewrite a page that holds
+    /// one (whose writing back could fail).
     pub fn growth(&self) -> Option<Growth> {
-        let from = self.zeroed.max(self.end);
+        let from = self.zeroed.max(self.end.next_multiple_of(BLOCK));
         if self.cannot_zero || self.failed.is_some() || from >= self.end + GROW / 2 {
             return None;
         }
@@ -589,25 +593,39 @@ impl Disk {
         })
     }
 
-    /// Takes the zeros written ahead, or that they could not be.
+    /// Takes the zeros written ahead, or that they could not be: for want of space, the file
+    /// grows by holes from then on (until it is written anew); for any other error, the file
+    /// takes no more writes (a failed sync is reported once, and the records' next sync would
+    /// not see it).
     pub fn grown(&mut self, growth: &Growth, written: io::Result<()>) {
+        // Partly written, perhaps: the file's length is the file's to say.
+        let len = self
+            .file
+            .metadata()
+            .map_or(growth.to, |metadata| metadata.len());
+        self.len = self.len.max(len);
         match written {
             // The file they were written to is the one in use: only the writer appends,
             // compacts and writes zeros, one at a time.
-            Ok(()) => {
-                self.zeroed = growth.to;
-                self.len = self.len.max(growth.to);
-            }
-            Err(e) => {
+            Ok(()) => self.zeroed = growth.to,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::StorageFull
+                        | io::ErrorKind::QuotaExceeded
+                        | io::ErrorKind::FileTooLarge
+                ) =>
+            {
                 tracing::warn!(
                     "cannot write zeros ahead of the Raft log's records ({e}): its file grows by \
-                     holes from now on, and each sync that reaches into one costs more"
+                     holes until it is written anew, and each sync that reaches into one costs \
+                     more"
                 );
                 self.cannot_zero = true;
-                // Partly written, perhaps: the file's length is the file's to say.
-                if let Ok(metadata) = self.file.metadata() {
-                    self.len = self.len.max(metadata.len());
-                }
+            }
+            Err(e) => {
+                tracing::error!("writing zeros ahead of the Raft log's records failed: {e}");
+                self.fail(&e);
             }
         }
     }
@@ -720,7 +738,7 @@ impl Disk {
         );
         self.file = Arc::new(compacted.file);
         (self.places, self.end, self.len) = (compacted.places, compacted.end, compacted.end);
-        self.zeroed = compacted.end;
+        (self.zeroed, self.cannot_zero) = (compacted.end, false);
     }
 }
 

@@ -329,6 +329,33 @@ fn zeros_are_written_ahead_of_the_records_where_the_file_had_a_hole() {
 }
 
 #[test]
+fn zeros_that_cannot_be_written_for_want_of_space_leave_holes_and_any_other_error_stops_writes() {
+    let (_tmp, _dir, mut disk) = opened();
+    append(&mut disk, &[entry(1, 1, 10)]);
+    let growth = disk.growth().expect("no zeros ahead yet");
+    disk.grown(&growth, Err(io::ErrorKind::StorageFull.into()));
+    assert!(disk.growth().is_none(), "not tried again");
+    // A record past the end still grows the file, by a hole.
+    append(&mut disk, &[entry(1, 2, GROW as usize)]);
+    assert_eq!(disk.len(), 2 * GROW);
+
+    let (_tmp, _dir, mut disk) = opened();
+    append(&mut disk, &[entry(1, 1, 10)]);
+    let growth = disk.growth().expect("no zeros ahead yet");
+    disk.grown(&growth, Err(io::Error::from_raw_os_error(nix::libc::EIO)));
+    assert!(disk.growth().is_none());
+    let bytes = encode(&entry(1, 2, 10)).unwrap();
+    let refused = disk.append(&[Record::Entry {
+        index: 2,
+        bytes: &bytes,
+    }]);
+    assert!(
+        refused.is_err(),
+        "a failed sync of the zeros stops the writes"
+    );
+}
+
+#[test]
 fn an_entry_longer_than_a_frame_is_refused_when_written_and_when_read() {
     let (_tmp, dir, mut disk) = opened();
     append(&mut disk, &[entry(1, 1, 10), entry(1, 2, 5000)]);

@@ -489,6 +489,29 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn the_writer_writes_zeros_ahead_of_what_it_appends() {
+        use std::os::unix::fs::MetadataExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        let mut log = LogStore::open(&dir, 1 << 20, u64::MAX).unwrap();
+        let entries: Vec<Entry> = (1..=3)
+            .map(|i| crate::testing::entry(1, i, vec![i as u8; 3000].into()))
+            .collect();
+        log.blocking_append(entries).await.unwrap();
+        // Written after the append's zeros (the writer takes one thing at a time).
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        let metadata = log.inner.disk.lock().unwrap().file().metadata().unwrap();
+        assert!(metadata.len() > 0 && metadata.len() == log.file_bytes());
+        // Every byte of the file is on the disk (st_blocks counts 512-byte units; a hole, none).
+        assert!(
+            metadata.blocks() * 512 >= metadata.len(),
+            "{} of {} bytes on the disk",
+            metadata.blocks() * 512,
+            metadata.len()
+        );
+    }
+
+    #[tokio::test]
     async fn entries_and_vote_survive_reopen() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::create(tmp.path()).unwrap();

@@ -41,6 +41,7 @@ pub enum Write {
 
 /// Writes what is queued until the queue closes.
 pub fn write_loop(disk: &Mutex<Disk>, queue: &mpsc::Receiver<Write>, shared: &Weak<Inner>) {
+    grow_ahead(disk);
     while let Ok(first) = queue.recv() {
         let mut bytes = first.bytes();
         let mut batch = vec![first];
