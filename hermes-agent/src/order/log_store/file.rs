@@ -3,8 +3,8 @@
 //! records too, so the file is only ever appended to, and reading it from the start rebuilds the
 //! log: where each entry's bytes are, the vote, the commit index, how far the log was purged.
 //!
-//! - Zeros are written and synced ahead of the records, some [`GROW`] bytes at a time, by the writer
-//!   between two writes and without holding the file ([`Growth`]), so that a record's
+//! - Zeros are written and synced ahead of the records, some [`GROW`] bytes at a time, by the
+//!   writer between two writes and without holding the file ([`Growth`]), so that a record's
 //!   `fdatasync` writes its own bytes and nothing else: no block to allocate, no size or inode
 //!   to write. Here an append of 10 KB and its `fdatasync` cost 136-152 µs and 50-59 µs of CPU
 //!   into zeros written before, 203-263 µs and 77-98 µs into a hole (a redb commit of a 1.5 KiB
@@ -263,9 +263,9 @@ pub struct Disk {
     end: u64,
     /// The file's length: [`Self::end`] and zeros after it.
     len: u64,
-    /// Where the zeros written ahead of the records end (from there on to `len`, a hole).
+    /// Where the zeros written ahead of the records end (after it, up to `len`, perhaps a hole).
     zeroed: u64,
-    /// The zeros could not be written once: not tried again.
+    /// The disk had no room for the zeros: not tried again until the file is written anew.
     cannot_zero: bool,
     /// The index of `places[0]`.
     first: u64,

@@ -41,10 +41,10 @@ use crate::data_dir::DataDir;
 use cache::Cache;
 use file::Disk;
 pub use file::{ALREADY_OPEN, FILE, OLD_FILE};
+use writer::{Done, Write, write_loop};
 
 /// The longest entry any `--max-frame` lets a peer send.
 pub const LONGEST_ENTRY: u64 = u32::MAX as u64;
-use writer::{Done, Write, write_loop};
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -107,9 +107,9 @@ struct Watches {
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`, keeping up to `cache_budget` bytes of durable
-    /// entries in memory; refused while another process has it open, or if an entry is longer
-    /// than `max_entry` bytes (`--max-frame`, or [`LONGEST_ENTRY`] for the offline tools, which
-    /// an operator runs on their own data directory).
+    /// entries in memory; refused while another process has it open, or if an entry it holds is
+    /// longer than `max_entry` bytes (`--max-frame`, or [`LONGEST_ENTRY`] for the offline tools,
+    /// which an operator runs on their own data directory).
     pub fn open(dir: &DataDir, cache_budget: usize, max_entry: u64) -> Result<Self, StorageError> {
         let disk = Disk::open(dir, max_entry).map_err(|e| StorageIOError::read_logs(&e))?;
         let last = match disk.last_index() {
