@@ -598,16 +598,18 @@ impl Disk {
     /// takes no more writes (a failed sync is reported once, and the records' next sync would
     /// not see it).
     pub fn grown(&mut self, growth: &Growth, written: io::Result<()>) {
-        // Partly written, perhaps: the file's length is the file's to say.
-        let len = self
-            .file
-            .metadata()
-            .map_or(growth.to, |metadata| metadata.len());
-        self.len = self.len.max(len);
+        if written.is_err() {
+            // Partly written, perhaps: the file's length is the file's to say.
+            let len = self
+                .file
+                .metadata()
+                .map_or(self.len, |metadata| metadata.len());
+            self.len = self.len.max(len);
+        }
         match written {
             // The file they were written to is the one in use: only the writer appends,
             // compacts and writes zeros, one at a time.
-            Ok(()) => self.zeroed = growth.to,
+            Ok(()) => (self.zeroed, self.len) = (growth.to, self.len.max(growth.to)),
             Err(e)
                 if matches!(
                     e.kind(),

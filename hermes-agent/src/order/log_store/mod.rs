@@ -488,7 +488,7 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_writer_writes_zeros_ahead_of_what_it_appends() {
         use std::os::unix::fs::MetadataExt as _;
         let tmp = tempfile::tempdir().unwrap();
