@@ -322,6 +322,8 @@ pub struct StateMachine {
     /// this replica healed from a snapshot ahead of openraft's view: the entries between are
     /// passed over as they come.
     returned: watch::Sender<u64>,
+    /// This node's log: no entry goes to the app before it is durable there.
+    log: LogStore,
 }
 
 /// The most read of a file the state machine keeps that holds no app state.
@@ -599,6 +601,7 @@ impl StateMachine {
             membership,
             current: Arc::new(tokio::sync::Mutex::new(current)),
             returned: watch::Sender::new(applied),
+            log: log.clone(),
         };
         Ok((machine, shared))
     }
@@ -823,6 +826,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut replies = Vec::new();
         for entry in entries {
             let failed = |e: std::io::Error| StorageIOError::apply(entry.log_id, &e);
+            // A leader's followers may commit an entry before the leader's own log has it on
+            // disk (it sends them its entries while it writes them): the app gets nothing this
+            // replica's log could lose in a crash, so that a restart never finds a request
+            // delivered that its log does not hold.
+            self.log
+                .durable_through(entry.log_id.index)
+                .await
+                .map_err(failed)?;
             if self.pass_over(entry.log_id, &mut replies) {
                 continue;
             }
@@ -1119,5 +1130,63 @@ mod tests {
     #[test]
     fn passes_openraft_storage_suite() {
         Suite::test_all(Builder).unwrap();
+    }
+
+    /// A leader's followers can commit an entry before the leader's own log has it on disk (it
+    /// sends them its entries while it writes them): the entry reaches the app only once it is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_entry_reaches_the_app_only_once_the_log_has_it_on_disk() {
+        use openraft::storage::RaftLogStorageExt as _;
+
+        use crate::testing::{Act, FakeApp, OK};
+
+        let app = FakeApp::start(|_| Act::Reply(OK)).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        let mut log = LogStore::open(&dir, 1 << 20, u64::MAX).unwrap();
+        let replica = Replica {
+            node_id: 1,
+            incarnation: 1,
+            app: Arc::new(App::new(
+                app.addr,
+                std::net::Ipv4Addr::LOCALHOST,
+                Duration::from_secs(5),
+                crate::http::response::Limits::default(),
+                64,
+                Arc::default(),
+            )),
+            hooks: None,
+            digests: Default::default(),
+            tcp: None,
+            sync_progress: true,
+        };
+        let (mut machine, _) = StateMachine::open(&dir, replica, &mut log).await.unwrap();
+        let request = crate::http::ordered::Ordered {
+            conn: 1,
+            request: "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi".into(),
+        };
+        let entry = crate::testing::entry(1, 1, request.to_payload());
+
+        let held = log.hold_writes();
+        let appending = tokio::spawn({
+            let (mut log, entry) = (log.clone(), entry.clone());
+            async move { log.blocking_append([entry]).await }
+        });
+        let applying = tokio::spawn(async move { machine.apply([entry]).await });
+        // The apply waits for the log, which cannot write: nothing has gone to the app. (The
+        // bound only turns an apply that never waits into a failure rather than a hang.)
+        let waits = async {
+            while log.durable_waiters() == 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), waits)
+            .await
+            .expect("the apply never waited for the log");
+        assert!(app.seen().is_empty(), "delivered before the log had it");
+        drop(held);
+        appending.await.unwrap().unwrap();
+        applying.await.unwrap().unwrap();
+        assert_eq!(app.seen().len(), 1);
     }
 }

@@ -31,7 +31,7 @@ mod writer;
 use openraft::{RaftLogReader, storage::RaftLogStorage};
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::typ::{
     BatchId, Entry, EntryPayload, LogFlushed, LogId, LogState, StorageError, StorageIOError,
@@ -63,6 +63,35 @@ struct Inner {
     counts: Counts,
     /// Where the writer records how long each sync took, once the node gives it one.
     sync_seconds: OnceLock<Histogram>,
+    /// How far the entries are durable, for those that wait for it.
+    durable: watch::Sender<Durable>,
+    /// While set, the writer waits before each write ([`LogStore::hold_writes`]).
+    #[cfg(test)]
+    hold: (Mutex<bool>, std::sync::Condvar),
+}
+
+/// How far the log's entries are durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durable {
+    /// Up to this entry's index.
+    Through(Option<u64>),
+    /// The log can no longer write.
+    Failed,
+}
+
+impl Inner {
+    /// Tells those waiting that the entries are durable up to `state.durable`, now (which a
+    /// truncation lowers); nothing more once the log failed.
+    fn durable_now(&self, state: &State) {
+        let now = Durable::Through(state.durable.map(|id| id.index));
+        self.durable.send_if_modified(|durable| {
+            let changed = *durable != Durable::Failed && *durable != now;
+            if changed {
+                *durable = now;
+            }
+            changed
+        });
+    }
 }
 
 /// What the log counts, for the metrics.
@@ -83,6 +112,31 @@ impl Drop for Inner {
         if let Some(thread) = self.writer_thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Writes held back ([`LogStore::hold_writes`]).
+#[cfg(test)]
+pub struct Held(Arc<Inner>);
+
+#[cfg(test)]
+impl Drop for Held {
+    fn drop(&mut self) {
+        *self.0.hold.0.lock().unwrap() = false;
+        self.0.hold.1.notify_all();
+    }
+}
+
+#[cfg(test)]
+impl Inner {
+    /// Waits while writes are held.
+    fn wait_while_held(&self) {
+        let (held, released) = &self.hold;
+        drop(
+            released
+                .wait_while(held.lock().unwrap(), |held| *held)
+                .unwrap(),
+        );
     }
 }
 
@@ -132,6 +186,7 @@ impl LogStore {
         if state.committed.map(|c| c.index) > state.last_log_id.map(|l| l.index) {
             state.committed = state.last_log_id;
         }
+        let durable = Durable::Through(state.durable.map(|id| id.index));
         let disk = Arc::new(Mutex::new(disk));
 
         let (writer, queue) = mpsc::channel();
@@ -150,6 +205,9 @@ impl LogStore {
                 writer_thread: thread.ok(),
                 counts: Counts::default(),
                 sync_seconds: OnceLock::new(),
+                durable: watch::Sender::new(durable),
+                #[cfg(test)]
+                hold: Default::default(),
             }
         });
         if shared.writer_thread.is_none() {
@@ -215,6 +273,41 @@ impl LogStore {
     /// The last entry of the log, durable or not yet.
     pub fn last(&self) -> Option<LogId> {
         self.inner.state.lock().unwrap().last_log_id
+    }
+
+    /// Waits until the entries this log holds up to `index` are durable; fails if the log can no
+    /// longer write. A leader sends its entries to its followers while it writes them, so they
+    /// may be committed before its own log has them.
+    pub async fn durable_through(&self, index: u64) -> std::io::Result<()> {
+        let held = self.last().map(|last| last.index);
+        let index = held.map_or(0, |last| last.min(index));
+        let mut durable = self.inner.durable.subscribe();
+        let reached = durable
+            .wait_for(|durable| match durable {
+                Durable::Through(through) => held.is_none() || *through >= Some(index),
+                Durable::Failed => true,
+            })
+            .await
+            .map(|durable| *durable);
+        match reached {
+            Ok(Durable::Through(_)) => Ok(()),
+            _ => Err(std::io::Error::other(
+                "the Raft log can no longer write: its entries are not durable",
+            )),
+        }
+    }
+
+    /// Those waiting in [`Self::durable_through`] now, or that waited and hold on to their watch.
+    #[cfg(test)]
+    pub fn durable_waiters(&self) -> usize {
+        self.inner.durable.receiver_count()
+    }
+
+    /// Keeps the writer from writing until the hold is dropped.
+    #[cfg(test)]
+    pub fn hold_writes(&self) -> Held {
+        *self.inner.hold.0.lock().unwrap() = true;
+        Held(Arc::clone(&self.inner))
     }
 
     /// The commit index openraft last reported, for status and readiness.
@@ -445,6 +538,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             };
             state.last_log_id = previous;
             state.durable = state.durable.min(previous);
+            self.inner.durable_now(&state);
         }
         self.queue_and_wait(
             |done| Write::Truncate {

@@ -70,6 +70,10 @@ pub fn write_loop(disk: &Mutex<Disk>, queue: &mpsc::Receiver<Write>, shared: &We
                 (committed, _) => committed,
             }
         });
+        #[cfg(test)]
+        if let Some(shared) = shared.upgrade() {
+            shared.wait_while_held();
+        }
         let started = Instant::now();
         let result = write_batch(disk, &batch, committed).map_err(|e| e.to_string());
         let purged = result == Ok(true);
@@ -83,11 +87,27 @@ pub fn write_loop(disk: &Mutex<Disk>, queue: &mpsc::Receiver<Write>, shared: &We
                 histogram.observe(started.elapsed().as_secs_f64());
             }
         }
-        let mut last_appended = None;
+        // Those waiting for the entries to be durable hear it first: openraft's next step may
+        // be to apply them.
+        if let Some(shared) = shared.upgrade() {
+            let mut state = shared.state.lock().unwrap();
+            match (&result, appended) {
+                (Err(_), _) => {
+                    shared.durable.send_replace(super::Durable::Failed);
+                }
+                (Ok(()), Some(appended)) if state.last_log_id >= Some(appended) => {
+                    state.durable = state.durable.max(Some(appended));
+                    shared.durable_now(&state);
+                }
+                _ => {}
+            }
+            // Keep the newest entries; drop the oldest durable ones.
+            let (budget, durable) = (shared.cache_budget, state.durable);
+            state.cache.shrink(budget, durable);
+        }
         for write in batch {
             match write {
-                Write::Append { entries, flushed } => {
-                    last_appended = entries.last().map(|(id, _)| *id).or(last_appended);
+                Write::Append { flushed, .. } => {
                     flushed.log_io_completed(result.clone().map_err(std::io::Error::other));
                 }
                 Write::Truncate { done, .. }
@@ -96,15 +116,6 @@ pub fn write_loop(disk: &Mutex<Disk>, queue: &mpsc::Receiver<Write>, shared: &We
                     let _ = done.send(result.clone());
                 }
             }
-        }
-        if let (Some(shared), Some(appended), Ok(())) = (shared.upgrade(), last_appended, &result) {
-            let mut state = shared.state.lock().unwrap();
-            if state.last_log_id >= Some(appended) {
-                state.durable = state.durable.max(Some(appended));
-            }
-            // Keep the newest entries; drop the oldest durable ones.
-            let (budget, durable) = (shared.cache_budget, state.durable);
-            state.cache.shrink(budget, durable);
         }
         // After the purge was acknowledged: openraft waits for it.
         if purged {
