@@ -11,6 +11,8 @@
 pub mod backup;
 #[cfg(test)]
 mod data_dir_tests;
+#[cfg(test)]
+mod durability_tests;
 mod heal;
 pub mod membership;
 #[cfg(test)]
