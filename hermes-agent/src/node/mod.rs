@@ -263,6 +263,12 @@ impl Node {
         }
         let mut log = LogStore::open(&dir, settings.log_cache, settings.max_frame as u64)?;
         log.time_syncs(settings.telemetry.log_sync_seconds());
+        if log.resign(settings.node_id).await? {
+            tracing::info!(
+                "this node led before it stopped: it does not lead again in that term (its log \
+                 may lack entries it had sent), a new one is elected"
+            );
+        }
         let startup_commit = log.committed().map_or(0, |id| id.index);
         let app = Arc::new(
             App::new(

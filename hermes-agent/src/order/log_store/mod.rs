@@ -34,8 +34,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{oneshot, watch};
 
 use super::typ::{
-    BatchId, Entry, EntryPayload, LogFlushed, LogId, LogState, StorageError, StorageIOError,
-    TypeConfig, Vote,
+    BatchId, Entry, EntryPayload, LogFlushed, LogId, LogState, NodeId, StorageError,
+    StorageIOError, TypeConfig, Vote,
 };
 use crate::data_dir::DataDir;
 use cache::Cache;
@@ -273,6 +273,23 @@ impl LogStore {
     /// The last entry of the log, durable or not yet.
     pub fn last(&self) -> Option<LogId> {
         self.inner.state.lock().unwrap().last_log_id
+    }
+
+    /// Makes this node's own committed vote, if the log holds one, a candidate's vote again, so
+    /// that a node that led before it stopped does not lead again in that term: a new one is
+    /// elected. A leader sends its entries to the followers while it writes them, so its log
+    /// may lack some it sent, committed ones too. Leading again in the same term, it would give
+    /// their indexes to new entries under the same log ids, and a follower would take each for
+    /// the entry it holds. Says whether the vote was this node's.
+    pub async fn resign(&mut self, me: NodeId) -> Result<bool, StorageError> {
+        match self.read_vote().await? {
+            Some(vote) if vote.is_committed() && vote.leader_id().voted_for() == Some(me) => {
+                self.save_vote(&Vote::new(vote.leader_id().term, me))
+                    .await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Waits until the entries this log holds up to `index` are durable; fails if the log can no
@@ -603,6 +620,27 @@ mod tests {
             metadata.blocks() * 512,
             metadata.len()
         );
+    }
+
+    #[tokio::test]
+    async fn a_node_that_led_does_not_lead_again_in_the_same_term_after_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        {
+            let mut log = LogStore::open(&dir, 1 << 20, u64::MAX).unwrap();
+            log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
+            assert!(log.resign(1).await.unwrap());
+        }
+        // Durable: a candidate's vote for itself in that term, never again a leader's.
+        let mut log = LogStore::open(&dir, 1 << 20, u64::MAX).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 1)));
+        assert!(!log.resign(1).await.unwrap());
+        // Another node's leadership, and a vote for another candidate, stay as they are.
+        for vote in [Vote::new_committed(5, 2), Vote::new(6, 3)] {
+            log.save_vote(&vote).await.unwrap();
+            assert!(!log.resign(1).await.unwrap());
+            assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        }
     }
 
     #[tokio::test]
