@@ -1172,6 +1172,10 @@ mod tests {
             let (mut log, entry) = (log.clone(), entry.clone());
             async move { log.blocking_append([entry]).await }
         });
+        // The log holds the entry (as openraft's would before it applies it), not on disk.
+        while log.last() != Some(entry.log_id) {
+            tokio::task::yield_now().await;
+        }
         let applying = tokio::spawn(async move { machine.apply([entry]).await });
         // The apply waits for the log, which cannot write: nothing has gone to the app. (The
         // bound only turns an apply that never waits into a failure rather than a hang.)

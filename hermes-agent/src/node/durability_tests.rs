@@ -1,7 +1,7 @@
 //! A leader's own log and the quorum, in process, against a one-node cluster: openraft goes on
 //! while the leader's entries are written, and counts the leader in their quorum only once they
 //! are on its disk.
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 
@@ -33,12 +33,16 @@ async fn a_leader_counts_itself_in_a_quorum_only_once_its_log_has_the_entry_on_d
     });
     // openraft appended the entry and went on without waiting for the disk (the metrics are
     // published once the commands that followed the append have run, a commit among them)...
+    // (The bound only turns an openraft that waits for the disk into a failure, not a hang.)
     let mut metrics = node.raft.metrics();
-    let appended = metrics
-        .wait_for(|m| m.last_log_index > last)
-        .await
-        .unwrap()
-        .last_log_index;
+    let appended = tokio::time::timeout(
+        Duration::from_secs(60),
+        metrics.wait_for(|m| m.last_log_index > last),
+    )
+    .await
+    .expect("openraft waited for the leader's own write before it went on")
+    .unwrap()
+    .last_log_index;
     // ...but the leader, the only voter, does not count itself yet: it is not committed.
     assert!(node.log.committed().map(|id| id.index) < appended);
     assert!(app.seen().is_empty());
