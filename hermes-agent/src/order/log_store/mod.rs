@@ -622,6 +622,39 @@ mod tests {
         );
     }
 
+    /// A leader's appends do not wait for the disk (see `vendor/openraft`): what makes a node
+    /// that changes its vote safe is that the vote is saved only after every entry appended
+    /// before it is durable, so a node never leads in a new term while earlier entries it
+    /// sent may still be lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_vote_is_saved_only_once_the_entries_appended_before_it_are_durable() {
+        use futures_util::FutureExt as _;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::create(tmp.path()).unwrap();
+        let log = LogStore::open(&dir, 1 << 20, u64::MAX).unwrap();
+        let entry = crate::testing::entry(1, 1, vec![1; 3].into());
+        let held = log.hold_writes();
+        let appending = tokio::spawn({
+            let (mut log, entry) = (log.clone(), entry.clone());
+            async move { log.blocking_append([entry]).await }
+        });
+        while log.last() != Some(entry.log_id) {
+            tokio::task::yield_now().await;
+        }
+        let voting = tokio::spawn({
+            let mut log = log.clone();
+            async move { log.save_vote(&Vote::new(2, 1)).await }
+        });
+        drop(held);
+        voting.await.unwrap().unwrap();
+        assert!(
+            log.durable_through(1).now_or_never().is_some(),
+            "the vote was saved before the entry appended first was durable"
+        );
+        appending.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn a_node_that_led_does_not_lead_again_in_the_same_term_after_a_restart() {
         let tmp = tempfile::tempdir().unwrap();

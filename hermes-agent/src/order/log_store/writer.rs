@@ -95,6 +95,8 @@ pub fn write_loop(disk: &Mutex<Disk>, queue: &mpsc::Receiver<Write>, shared: &We
                 (Err(_), _) => {
                     shared.durable.send_replace(super::Durable::Failed);
                 }
+                // Unless truncated since (openraft waits for a truncation before it appends
+                // again, so the log ids compare as their indexes would).
                 (Ok(()), Some(appended)) if state.last_log_id >= Some(appended) => {
                     state.durable = state.durable.max(Some(appended));
                     shared.durable_now(&state);
