@@ -1136,8 +1136,6 @@ mod tests {
     /// sends them its entries while it writes them): the entry reaches the app only once it is.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn an_entry_reaches_the_app_only_once_the_log_has_it_on_disk() {
-        use openraft::storage::RaftLogStorageExt as _;
-
         use crate::testing::{Act, FakeApp, OK};
 
         let app = FakeApp::start(|_| Act::Reply(OK)).await;
@@ -1167,15 +1165,8 @@ mod tests {
         };
         let entry = crate::testing::entry(1, 1, request.to_payload());
 
-        let held = log.hold_writes();
-        let appending = tokio::spawn({
-            let (mut log, entry) = (log.clone(), entry.clone());
-            async move { log.blocking_append([entry]).await }
-        });
         // The log holds the entry (as openraft's would before it applies it), not on disk.
-        while log.last() != Some(entry.log_id) {
-            tokio::task::yield_now().await;
-        }
+        let (held, appending) = log.append_held(entry.clone()).await;
         let applying = tokio::spawn(async move { machine.apply([entry]).await });
         // The apply waits for the log, which cannot write: nothing has gone to the app. (The
         // bound only turns an apply that never waits into a failure rather than a hang.)

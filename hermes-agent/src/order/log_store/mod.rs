@@ -296,12 +296,12 @@ impl LogStore {
     /// longer write. A leader sends its entries to its followers while it writes them, so they
     /// may be committed before its own log has them.
     pub async fn durable_through(&self, index: u64) -> std::io::Result<()> {
-        let held = self.last().map(|last| last.index);
-        let index = held.map_or(0, |last| last.min(index));
+        let last = self.last().map(|last| last.index);
+        let index = last.map_or(0, |last| last.min(index));
         let mut durable = self.inner.durable.subscribe();
         let reached = durable
             .wait_for(|durable| match durable {
-                Durable::Through(through) => held.is_none() || *through >= Some(index),
+                Durable::Through(through) => last.is_none() || *through >= Some(index),
                 Durable::Failed => true,
             })
             .await
@@ -325,6 +325,27 @@ impl LogStore {
     pub fn hold_writes(&self) -> Held {
         *self.inner.hold.0.lock().unwrap() = true;
         Held(Arc::clone(&self.inner))
+    }
+
+    /// Appends `entry` with the writer held: on return the log holds it, not on disk, until the
+    /// hold is dropped; the task ends once it is durable.
+    #[cfg(test)]
+    pub async fn append_held(
+        &self,
+        entry: Entry,
+    ) -> (Held, tokio::task::JoinHandle<Result<(), StorageError>>) {
+        use openraft::storage::RaftLogStorageExt as _;
+
+        let held = self.hold_writes();
+        let id = entry.log_id;
+        let appending = tokio::spawn({
+            let mut log = self.clone();
+            async move { log.blocking_append([entry]).await }
+        });
+        while self.last() != Some(id) {
+            tokio::task::yield_now().await;
+        }
+        (held, appending)
     }
 
     /// The commit index openraft last reported, for status and readiness.
@@ -634,14 +655,7 @@ mod tests {
         let dir = DataDir::create(tmp.path()).unwrap();
         let log = LogStore::open(&dir, 1 << 20, u64::MAX).unwrap();
         let entry = crate::testing::entry(1, 1, vec![1; 3].into());
-        let held = log.hold_writes();
-        let appending = tokio::spawn({
-            let (mut log, entry) = (log.clone(), entry.clone());
-            async move { log.blocking_append([entry]).await }
-        });
-        while log.last() != Some(entry.log_id) {
-            tokio::task::yield_now().await;
-        }
+        let (held, appending) = log.append_held(entry).await;
         let voting = tokio::spawn({
             let mut log = log.clone();
             async move { log.save_vote(&Vote::new(2, 1)).await }
