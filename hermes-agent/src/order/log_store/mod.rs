@@ -296,6 +296,12 @@ impl LogStore {
     /// longer write. A leader sends its entries to its followers while it writes them, so they
     /// may be committed before its own log has them.
     pub async fn durable_through(&self, index: u64) -> std::io::Result<()> {
+        // Usually it is already (always on a follower): no lock, no watch.
+        if let Durable::Through(through) = *self.inner.durable.borrow()
+            && through >= Some(index)
+        {
+            return Ok(());
+        }
         let last = self.last().map(|last| last.index);
         let index = last.map_or(0, |last| last.min(index));
         let mut durable = self.inner.durable.subscribe();
