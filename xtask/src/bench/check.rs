@@ -38,6 +38,9 @@ pub fn output(dir: &Path) -> anyhow::Result<()> {
             if let Some(p) = points.iter().find(|p| p.completed == 0) {
                 problems.push(format!("{what}: no request completed at {}/s", p.offered));
             }
+            if let Some(p) = points.iter().find(|p| p.disk_sync_ms.is_none()) {
+                problems.push(format!("{what}: no disk sync timed after {}/s", p.offered));
+            }
         }
     }
     for setup in RedisSetup::ALL {
@@ -50,6 +53,9 @@ pub fn output(dir: &Path) -> anyhow::Result<()> {
                 None => problems.push(format!("{} under {test}: not measured", setup.name())),
                 Some(p) if p.rps <= 0.0 => {
                     problems.push(format!("{} under {test}: no reply", setup.name()))
+                }
+                Some(p) if p.disk_sync_ms.is_none() => {
+                    problems.push(format!("{} under {test}: no disk sync timed", setup.name()))
                 }
                 Some(_) => {}
             }

@@ -1,5 +1,5 @@
 //! `points.csv`: one row per point, in the order of [`Point`]'s fields (a [`Flow`]'s flattened);
-//! empty cells for absent CPU figures and counters. Read back to check that what was written is well formed.
+//! empty cells for absent CPU figures, counters and disk figures. Read back to check that what was written is well formed.
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
@@ -9,7 +9,7 @@ use super::{flow::Flow, point::Point};
 const HEADER: &str = "setup,workload,low_load,offered,achieved,completed,errors,p50_ms,p90_ms,\
                       p99_ms,p999_ms,max_ms,mean_ms,app_cpu_us_per_req,proxy_cpu_us_per_req,saturated,\
                       requests_per_entry,entries_per_s,syncs_per_s,append_entries_per_s,\
-                      forwards_per_s,app_round_trips_per_s";
+                      forwards_per_s,app_round_trips_per_s,disk_sync_ms";
 
 pub fn write(path: &Path, points: &[Point]) -> anyhow::Result<()> {
     let mut text = format!("{HEADER}\n");
@@ -17,7 +17,7 @@ pub fn write(path: &Path, points: &[Point]) -> anyhow::Result<()> {
         let cpu = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.1}"));
         let flow = |f: fn(&Flow) -> f64| cpu(p.flow.as_ref().map(f));
         text.push_str(&format!(
-            "{},{},{},{},{:.1},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{:.1},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{},{},{},{},{},{}\n",
             p.setup,
             p.workload,
             p.low_load,
@@ -40,6 +40,7 @@ pub fn write(path: &Path, points: &[Point]) -> anyhow::Result<()> {
             flow(|f| f.append_entries_per_s),
             flow(|f| f.forwards_per_s),
             flow(|f| f.app_round_trips_per_s),
+            p.disk_sync_ms.map_or_else(String::new, |v| format!("{v:.3}")),
         ));
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
@@ -123,6 +124,7 @@ fn parse_row(line: &str) -> anyhow::Result<Point> {
             }),
             _ => None,
         },
+        disk_sync_ms: optional(22)?,
     })
 }
 
@@ -150,6 +152,7 @@ mod tests {
             proxy_cpu_us_per_req: None,
             saturated: false,
             flow: None,
+            disk_sync_ms: None,
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("points.csv");
@@ -163,6 +166,7 @@ mod tests {
             forwards_per_s: 600.0,
             app_round_trips_per_s: 4200.0,
         });
+        point.disk_sync_ms = Some(0.125);
         write(&path, std::slice::from_ref(&point)).unwrap();
         assert_eq!(read(&path).unwrap(), vec![point]);
     }

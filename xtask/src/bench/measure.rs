@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::{
     cpu,
     deploy::{Deployment, Setup},
+    disk,
     flow::Flow,
     guard,
     plan::{self, Plan},
@@ -108,6 +109,8 @@ impl Bench<'_> {
         let after = cpu_used(deployment);
         let counted_for = counted_from.elapsed();
         let counts_after = deployment.counts.as_ref().map(|counts| counts());
+        // Where the lab's files are, once the load is off it.
+        let disk_sync_ms = disk::sync_ms(self.scratch)?;
         let output = child
             .wait_with_output()
             .context("reading hermes-loadgen's output")?;
@@ -156,6 +159,7 @@ impl Bench<'_> {
                 )),
                 _ => None,
             },
+            disk_sync_ms: Some(disk_sync_ms),
         };
         point.saturated = point.overloaded();
         if !report.errors.is_empty() {

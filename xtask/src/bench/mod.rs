@@ -9,6 +9,7 @@ mod check;
 mod cpu;
 mod csv;
 mod deploy;
+mod disk;
 mod docs;
 mod environment;
 mod flow;

@@ -39,6 +39,10 @@ pub struct Point {
     /// What the Hermes agents counted (Hermes setups with Raft only).
     #[serde(default)]
     pub flow: Option<Flow>,
+    /// What one sync of the disk took right after the point (see [`super::disk`]); `None` in
+    /// runs from before it was measured.
+    #[serde(default)]
+    pub disk_sync_ms: Option<f64>,
 }
 
 impl Point {
@@ -77,7 +81,7 @@ impl fmt::Display for Point {
         write!(
             f,
             "{:<11} {:<5} offered {:>6.0}/s  achieved {:>6.0}/s  p50 {:>8.3} ms  p90 {:>8.3} ms  \
-             errors {:>5}  cpu/req app {} proxy {}{}",
+             errors {:>5}  cpu/req app {} proxy {}  disk sync {}{}",
             self.setup,
             self.workload,
             self.offered,
@@ -87,9 +91,15 @@ impl fmt::Display for Point {
             self.errors,
             micros(self.app_cpu_us_per_req),
             micros(self.proxy_cpu_us_per_req),
+            millis(self.disk_sync_ms),
             if self.saturated { "  SATURATED" } else { "" }
         )
     }
+}
+
+/// A duration in ms for people: "0.25 ms", or "-" when there is none.
+pub fn millis(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2} ms"))
 }
 
 /// A CPU figure for people: "123 µs", or "-" when there is none.

@@ -62,6 +62,10 @@ pub struct RedisPoint {
     pub p99_ms: f64,
     /// The median latency of one client alone (the latency of an idle system).
     pub idle_p50_ms: f64,
+    /// What one sync of the disk took right after the client alone (see [`super::disk`]);
+    /// `None` in runs from before it was measured.
+    #[serde(default)]
+    pub disk_sync_ms: Option<f64>,
 }
 
 /// What `redis-benchmark` measured of one command.
@@ -101,6 +105,7 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<RedisPoint>> {
             _ => vec![cluster.addr(1)],
         };
         let idle = benchmark(&targets[..1], 1, if quick { 100 } else { 2000 })?;
+        let disk_sync_ms = super::disk::sync_ms(&std::env::temp_dir())?;
         let loaded = benchmark(&targets, load.clients, load.requests)?;
         for (test, measured) in &loaded {
             let idle_p50 = idle
@@ -116,10 +121,18 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<RedisPoint>> {
                 p50_ms: measured.p50_ms,
                 p99_ms: measured.p99_ms,
                 idle_p50_ms: idle_p50,
+                disk_sync_ms: Some(disk_sync_ms),
             };
             println!(
-                "        {} {}: {:.0} replies/s with {} clients, p50 {:.3} ms (one client: {:.3} ms)",
-                point.setup, point.test, point.rps, point.clients, point.p50_ms, point.idle_p50_ms
+                "        {} {}: {:.0} replies/s with {} clients, p50 {:.3} ms (one client: {:.3} ms, \
+                 disk sync {:.2} ms)",
+                point.setup,
+                point.test,
+                point.rps,
+                point.clients,
+                point.p50_ms,
+                point.idle_p50_ms,
+                disk_sync_ms
             );
             points.push(point);
         }
@@ -285,14 +298,16 @@ pub fn render(points: &[RedisPoint], heading: &str) -> String {
          {KEYSPACE} keys; for redis-hermes-3 one `redis-benchmark` per node at once, a third of \
          the clients each, replies per second summed). redis-replicated-3 is Redis' own \
          replication (a primary and two replicas, asynchronous: a reply does not wait for the \
-         replicas), clients on the primary. Latency with one client alone: the idle system's.\n",
+         replicas), clients on the primary. Latency with one client alone: the idle system's. Disk \
+         sync: the median time of a 128-byte write and its fdatasync on the lab's disk, right \
+         after the client alone.\n",
         first.clients, first.requests
     );
     let _ = writeln!(
         out,
-        "| setup | command | replies/s | ÷ direct | ÷ replicated-3 | p50 (ms) | p99 (ms) | p50, one client (ms) |"
+        "| setup | command | replies/s | ÷ direct | ÷ replicated-3 | p50 (ms) | p99 (ms) | p50, one client (ms) | disk sync (ms) |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let find = |setup: RedisSetup, test: &str| {
         points
             .iter()
@@ -309,14 +324,17 @@ pub fn render(points: &[RedisPoint], heading: &str) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {test} | {:.0} | {} | {} | {:.3} | {:.3} | {:.3} |",
+                "| {} | {test} | {:.0} | {} | {} | {:.3} | {:.3} | {:.3} | {} |",
                 point.setup,
                 point.rps,
                 ratio(find(RedisSetup::Direct, test)),
                 ratio(find(RedisSetup::Replicated3, test)),
                 point.p50_ms,
                 point.p99_ms,
-                point.idle_p50_ms
+                point.idle_p50_ms,
+                point
+                    .disk_sync_ms
+                    .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.3}"))
             );
         }
     }

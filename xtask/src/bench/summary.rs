@@ -50,7 +50,9 @@ pub fn render(results: &Results, heading: &str, images: &str) -> String {
             "\nSaturation: the highest achieved rate whose p90 stayed within {P90_LIMIT_MS} ms \
              with at most {errors}% errors; \"≥\" where even the highest offered rate did not \
              saturate, which makes ratios to it bounds. CPU per request at that point, summed over the nodes: app = the log apps \
-             or the etcd members, proxy = the Hermes agents or nginx.\n\n![{name}]({images}{name}.svg)\n",
+             or the etcd members, proxy = the Hermes agents or nginx. Disk sync: the median time of \
+             a 128-byte write and its fdatasync on the lab's disk, right after the low-load point \
+             and the saturation point.\n\n![{name}]({images}{name}.svg)\n",
             name = workload.name(),
             errors = MAX_ERROR_SHARE * 100.0
         );
@@ -114,6 +116,7 @@ fn table(out: &mut String, workload: Workload, rows: &[Row<'_>]) {
         "p50 ÷ direct",
         "app CPU/req",
         "proxy CPU/req",
+        "disk sync, low load / saturation (ms)",
     ]);
     let _ = writeln!(out, "| {} |", columns.join(" | "));
     let _ = writeln!(out, "|---|{}", "---:|".repeat(columns.len() - 1));
@@ -135,6 +138,11 @@ fn table(out: &mut String, workload: Workload, rows: &[Row<'_>]) {
             ratio(p50, direct.and_then(|d| d.low).map(|p| p.p50_ms)),
             micros(row.best.and_then(|p| p.app_cpu_us_per_req)),
             micros(row.best.and_then(|p| p.proxy_cpu_us_per_req)),
+            format!(
+                "{} / {}",
+                ms(row.low.and_then(|p| p.disk_sync_ms)),
+                ms(row.best.and_then(|p| p.disk_sync_ms))
+            ),
         ]);
         let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
