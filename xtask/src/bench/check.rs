@@ -17,7 +17,14 @@ pub fn output(dir: &Path) -> anyhow::Result<()> {
     let results = results::read(dir)?;
     let rows = csv::read(&dir.join("points.csv"))?;
     let mut problems = Vec::new();
-    let key = |p: &super::point::Point| (p.setup.clone(), p.workload.clone(), p.offered);
+    let key = |p: &super::point::Point| {
+        (
+            p.setup.clone(),
+            p.workload.clone(),
+            p.offered,
+            p.disk_sync_ms.is_some(),
+        )
+    };
     if rows.iter().map(key).ne(results.points.iter().map(key)) {
         problems.push("points.csv and points.json list different points".to_owned());
     }

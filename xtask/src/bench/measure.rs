@@ -110,7 +110,7 @@ impl Bench<'_> {
         let counted_for = counted_from.elapsed();
         let counts_after = deployment.counts.as_ref().map(|counts| counts());
         // Where the lab's files are, once the load is off it.
-        let disk_sync_ms = disk::sync_ms(self.scratch)?;
+        let disk_sync_ms = disk::sync_ms(self.scratch);
         let output = child
             .wait_with_output()
             .context("reading hermes-loadgen's output")?;
@@ -159,7 +159,7 @@ impl Bench<'_> {
                 )),
                 _ => None,
             },
-            disk_sync_ms: Some(disk_sync_ms),
+            disk_sync_ms,
         };
         point.saturated = point.overloaded();
         if !report.errors.is_empty() {

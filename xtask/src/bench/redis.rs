@@ -105,7 +105,7 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<RedisPoint>> {
             _ => vec![cluster.addr(1)],
         };
         let idle = benchmark(&targets[..1], 1, if quick { 100 } else { 2000 })?;
-        let disk_sync_ms = super::disk::sync_ms(&std::env::temp_dir())?;
+        let disk_sync_ms = super::disk::sync_ms(&std::env::temp_dir());
         let loaded = benchmark(&targets, load.clients, load.requests)?;
         for (test, measured) in &loaded {
             let idle_p50 = idle
@@ -121,18 +121,18 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<RedisPoint>> {
                 p50_ms: measured.p50_ms,
                 p99_ms: measured.p99_ms,
                 idle_p50_ms: idle_p50,
-                disk_sync_ms: Some(disk_sync_ms),
+                disk_sync_ms,
             };
             println!(
                 "        {} {}: {:.0} replies/s with {} clients, p50 {:.3} ms (one client: {:.3} ms, \
-                 disk sync {:.2} ms)",
+                 disk sync {} ms)",
                 point.setup,
                 point.test,
                 point.rps,
                 point.clients,
                 point.p50_ms,
                 point.idle_p50_ms,
-                disk_sync_ms
+                disk_sync_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}"))
             );
             points.push(point);
         }
