@@ -98,7 +98,7 @@ impl fmt::Display for Point {
 }
 
 /// A duration in ms for people: "0.25 ms", or "-" when there is none.
-fn millis(value: Option<f64>) -> String {
+pub fn millis(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2} ms"))
 }
 

@@ -125,14 +125,14 @@ pub fn run(bin: &Path, quick: bool) -> anyhow::Result<Vec<RedisPoint>> {
             };
             println!(
                 "        {} {}: {:.0} replies/s with {} clients, p50 {:.3} ms (one client: {:.3} ms, \
-                 disk sync {} ms)",
+                 disk sync {})",
                 point.setup,
                 point.test,
                 point.rps,
                 point.clients,
                 point.p50_ms,
                 point.idle_p50_ms,
-                disk_sync_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}"))
+                super::point::millis(disk_sync_ms)
             );
             points.push(point);
         }
